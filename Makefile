@@ -1,0 +1,22 @@
+# The two commands a fresh machine needs (both install what they use first):
+#   make demo   runs the demo scenario
+#   make test   runs the whole test suite (unit + integration, as root)
+.PHONY: setup demo test unit bench clean
+
+setup:
+	./scripts/setup
+
+demo: setup
+	.venv/bin/python examples/demo.py
+
+test: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+
+unit: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+bench: setup
+	.venv/bin/python bench/attach.py
+
+clean:
+	.venv/bin/python -m portlink.runtime.clean

@@ -1,0 +1,1 @@
+"""The TCP forwarder that runs inside ambassador containers (see the ambassador issue)."""

@@ -1,0 +1,1 @@
+"""The DNS server for containers (see the links/DNS issue)."""

@@ -1,0 +1,1 @@
+"""Images, containers run by runc, state store, daemon, HTTP API and CLI."""
