@@ -1,26 +1,5 @@
-"""Errors a user can act on. The daemon maps each class to an HTTP status and the
-CLI prints the message as it is, with no traceback."""
+"""Re-export of portlink.errors for the runtime's modules."""
 
+from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 
-class PortlinkError(Exception):
-    """Base class: the message names the problem and, where there is one, the fix."""
-
-    status = 500
-
-
-class InvalidArgument(PortlinkError):
-    status = 400
-
-
-class NotFound(PortlinkError):
-    status = 404
-
-
-class Conflict(PortlinkError):
-    status = 409
-
-
-class RuntimeFailure(PortlinkError):
-    """A step of the runtime failed (runc, mount, netlink); what was made was rolled back."""
-
-    status = 500
+__all__ = ["Conflict", "InvalidArgument", "NotFound", "PortlinkError", "RuntimeFailure"]

@@ -1,0 +1,105 @@
+"""The iptables firewall driver; touches the kernel through iptables-restore/-save.
+
+Every change is one `iptables-restore --noflush` exec fed text rendered by
+rules_iptables (atomic per table); apply_all and teardown read `iptables-save`
+first, since a restore script cannot test whether a rule exists."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Sequence
+
+from portlink.errors import RuntimeFailure
+from portlink.netns import rules_iptables as R
+from portlink.netns.firewall import FirewallDriver
+from portlink.netns.model import NetworkSpec, PortMapping
+
+TIMEOUT = 30   # seconds; a wedged iptables must not hang the daemon
+
+
+def _which(binary: str) -> str:
+    path = shutil.which(binary)
+    if not path:
+        raise RuntimeFailure(f"{binary} not found; install the apt package iptables")
+    return path
+
+
+class IptablesDriver(FirewallDriver):
+    name = "iptables"
+
+    def __init__(self) -> None:
+        self._restore = _which("iptables-restore")
+        self._save = _which("iptables-save")
+
+    def _exec(self, argv: list[str], text: str | None = None) -> str:
+        tool = os.path.basename(argv[0])
+        try:
+            r = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise RuntimeFailure(f"{tool} timed out after {TIMEOUT}s") from None
+        if r.returncode != 0:
+            raise RuntimeFailure(f"{tool} failed: {r.stderr.strip() or 'exit ' + str(r.returncode)}")
+        return r.stdout
+
+    def _run(self, script: str) -> None:
+        # --wait: the legacy backend takes the xtables lock; nft ignores it.
+        self._exec([self._restore, "--wait=10", "--noflush"], script)
+
+    def _saved(self) -> str:
+        return self._exec([self._save])
+
+    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> None:
+        self._run(R.render_ruleset(networks, ports, self._saved()))
+
+    def add_ports(self, ports: Sequence[PortMapping]) -> None:
+        if ports:
+            self._run(R.render_add_ports(ports))
+
+    def remove_ports(self, ports: Sequence[PortMapping]) -> list[str]:
+        if not ports:
+            return []
+        try:
+            self._run(R.render_remove_ports(ports))
+            return []
+        except RuntimeFailure:
+            pass   # the batch is all or nothing: one port already gone must not keep the rest
+        errors = []
+        for p in ports:
+            try:
+                self._run(R.render_remove_ports([p]))
+            except RuntimeFailure as e:
+                errors.append(f"unpublish {p}: {e}")
+        return errors
+
+    def teardown(self) -> list[str]:
+        try:
+            saved = self._saved()
+        except RuntimeFailure as e:
+            return [str(e)]
+        script = R.render_teardown(saved)
+        if not script:
+            return []
+        try:
+            self._run(script)
+            return []
+        except RuntimeFailure:
+            pass   # fall back to step by step, collecting every error
+        try:
+            saved = self._saved()   # tables that committed before the failure are done
+        except RuntimeFailure as e:
+            return [str(e)]
+        errors = []
+        for table, line in R.teardown_ops(saved):
+            try:
+                self._run(f"*{table}\n{line}\nCOMMIT\n")
+            except RuntimeFailure as e:
+                errors.append(f"{table} {line}: {e}")
+        return errors
+
+    def dump(self) -> str:
+        try:
+            return R.filter_dump(self._saved())
+        except RuntimeFailure:
+            return ""

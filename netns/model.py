@@ -1,0 +1,48 @@
+"""The pure model of what portlink builds on a host: networks, endpoints and
+published ports. The kernel realisation (kernel_*, fw_*) takes these as input;
+nothing here touches the kernel (mininet's topo.py / net.py split)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    id: str
+    name: str
+    subnet: IPv4Network
+    gateway: IPv4Address
+    bridge: str
+    internal: bool = False   # no route out, no masquerade
+    icc: bool = True         # containers on the bridge may talk to each other
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: host [ip:]port/proto -> container ip:port."""
+
+    proto: str                       # "tcp" | "udp"
+    host_port: int
+    container_ip: IPv4Address
+    container_port: int
+    host_ip: IPv4Address | None = None   # None: every local address of the host
+
+    def __str__(self) -> str:
+        hip = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{hip}{self.host_port}->{self.container_ip}:{self.container_port}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A container's attachment to one network: a veth pair, one end in the
+    container's namespace (ifname), the other on the network's bridge."""
+
+    container_id: str
+    netns_path: str
+    network: NetworkSpec
+    address: IPv4Address
+    host_ifname: str
+    ifname: str = "eth0"
+    default_route: bool = True

@@ -1,0 +1,116 @@
+"""nftables rule sets as pure functions of the model.
+
+Layout, all in portlink's own tables (nothing else in the host is touched):
+
+  table ip portlink
+    maps  tcp_any / udp_any   dport            -> container ip . port   (host ip "any")
+          tcp_ip  / udp_ip    host ip . dport  -> container ip . port
+    chain published           DNAT through those maps; jumped to from prerouting
+                              and output for local destinations only
+    chain postrouting         per network: masquerade out, hairpin, loopback
+    chain forward             per network: established, published, icc, out, drop
+
+icc relies on br_netfilter (the daemon turns on bridge-nf-call-iptables in its
+namespace): frames bridged between two ports then pass the ip forward hook with
+iif = oif = the bridge, where icc=true accepts them and icc=false drops them.
+
+Publishing a port is one map element, so the cost of the 500th container is the
+cost of the first: the rule count depends on networks, never on containers."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.names import NFT_TABLE as T
+
+
+def _map_of(p: PortMapping) -> str:
+    return f"{p.proto}_{'ip' if p.host_ip else 'any'}"
+
+
+def element(p: PortMapping) -> str:
+    key = f"{p.host_ip} . {p.host_port}" if p.host_ip else f"{p.host_port}"
+    return f"{key} : {p.container_ip} . {p.container_port}"
+
+
+def _elements(ports: Iterable[PortMapping], op: str) -> list[str]:
+    by_map: dict[str, list[str]] = {}
+    for p in ports:
+        by_map.setdefault(_map_of(p), []).append(element(p))
+    return [f"{op} element ip {T} {m} {{ {', '.join(els)} }}" for m, els in sorted(by_map.items())]
+
+
+def render_add_ports(ports: Sequence[PortMapping]) -> str:
+    return "\n".join(_elements(ports, "add")) + "\n"
+
+
+def render_remove_ports(ports: Sequence[PortMapping]) -> str:
+    return "\n".join(_elements(ports, "delete")) + "\n"
+
+
+def network_postrouting(n: NetworkSpec) -> list[str]:
+    b, s = n.bridge, n.subnet
+    rules = []
+    if not n.internal:
+        rules.append(f'ip saddr {s} oifname != "{b}" masquerade')
+    rules += [
+        # hairpin: a container reaching a published port that lands on its own bridge
+        f'oifname "{b}" ct status dnat ip saddr {s} masquerade',
+        # the host's own 127.0.0.1 reaching a published port
+        f'oifname "{b}" ip saddr 127.0.0.0/8 masquerade',
+    ]
+    return rules
+
+
+def network_forward(n: NetworkSpec) -> list[str]:
+    b = n.bridge
+    rules = [
+        f'oifname "{b}" ct state established,related accept',
+        f'oifname "{b}" ct status dnat accept',
+    ]
+    if n.icc:
+        rules.append(f'iifname "{b}" oifname "{b}" accept')
+    rules.append(f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}')
+    # Nothing else reaches the containers: not other networks, not the outside
+    # by container address (only published ports, above).
+    rules.append(f'oifname "{b}" drop')
+    return rules
+
+
+def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> str:
+    """The whole of portlink's nftables state; applied as one atomic batch that
+    first deletes the previous tables (the add-then-delete idiom makes the
+    delete safe when they do not exist yet)."""
+    nets = sorted(networks, key=lambda n: n.bridge)
+    ind = "\t\t"
+    post = "".join(f"{ind}{r}\n" for n in nets for r in network_postrouting(n))
+    fwd = "".join(f"{ind}{r}\n" for n in nets for r in network_forward(n))
+    maps = ""
+    for proto in ("tcp", "udp"):
+        maps += f"\tmap {proto}_any {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}\n"
+        maps += f"\tmap {proto}_ip {{\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\t}}\n"
+    text = (
+        f"add table ip {T}\ndelete table ip {T}\n"
+        f"table ip {T} {{\n{maps}"
+        "\tchain published {\n"
+        "\t\tmeta l4proto tcp dnat ip to ip daddr . tcp dport map @tcp_ip\n"
+        "\t\tmeta l4proto tcp dnat ip to tcp dport map @tcp_any\n"
+        "\t\tmeta l4proto udp dnat ip to ip daddr . udp dport map @udp_ip\n"
+        "\t\tmeta l4proto udp dnat ip to udp dport map @udp_any\n"
+        "\t}\n"
+        "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
+        "\t\tfib daddr type local jump published\n\t}\n"
+        "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n"
+        "\t\tfib daddr type local jump published\n\t}\n"
+        f"\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{post}\t}}\n"
+        f"\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n{fwd}\t}}\n"
+        "}\n"
+    )
+    if ports:
+        text += render_add_ports(ports)
+    return text
+
+
+def render_teardown() -> str:
+    return f"add table ip {T}\ndelete table ip {T}\n"

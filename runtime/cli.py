@@ -1,0 +1,419 @@
+"""The `portlink` command: a Docker-style CLI that talks to portlinkd.
+
+--host / PORTLINK_HOST pick the daemon's socket, so one machine can drive several
+simulated hosts. Errors print one line and exit 125 (as docker does); a
+foreground `run` exits with the container's own exit code."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+from portlink.runtime.daemon import DEFAULT_SOCKET
+
+EXIT_ERROR = 125
+
+
+class CliError(Exception):
+    pass
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise CliError(f"cannot reach portlinkd at {self._path}: is it running? "
+                           "(start it with `portlinkd`, or pick a host with --host / PORTLINK_HOST)") from None
+        except PermissionError:
+            raise CliError(f"permission denied on {self._path}: the portlink socket is root-only") from None
+        self.sock = s
+
+
+class Client:
+    def __init__(self, socket_path: str, timeout: float | None = 120) -> None:
+        self.path = socket_path.removeprefix("unix://")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict | None = None, query: dict | None = None,
+                stream: bool = False):
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        conn = _UnixConnection(self.path, None if stream else self.timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        resp = conn.getresponse()
+        if resp.status >= 400:
+            raw = resp.read()
+            try:
+                msg = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                msg = raw.decode(errors="replace").strip() or f"HTTP {resp.status}"
+            raise CliError(msg)
+        if stream:
+            return resp
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def get(self, path, **q):
+        return self.request("GET", path, query=q or None)
+
+    def post(self, path, body=None, **q):
+        return self.request("POST", path, body, q or None)
+
+    def delete(self, path, **q):
+        return self.request("DELETE", path, query=q or None)
+
+
+def _q(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="")
+
+
+def parse_env_file(path: str) -> list[str]:
+    """Docker's --env-file: KEY=value lines, # comments, a bare KEY takes the caller's value."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise CliError(f"cannot read --env-file {path}: {e.strerror}") from None
+    out = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            if line in os.environ:
+                out.append(f"{line}={os.environ[line]}")
+            continue
+        out.append(line)
+    return out
+
+
+def _env_args(entries: list[str]) -> list[str]:
+    # -e KEY alone passes the caller's value, as docker does.
+    return [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in entries]
+
+
+def _ports_text(c: dict) -> str:
+    return ", ".join(f"{p['host_ip']}:{p['host_port']}->{p['container_port']}/{p['proto']}"
+                     for p in c["network"]["ports"])
+
+
+def _status_text(c: dict) -> str:
+    if c["status"] == "running":
+        return f"Up {_ago(c['started'])}"
+    if c["status"] == "exited":
+        code = c["exit_code"]
+        return f"Exited ({'?' if code is None else code}) {_ago(c['finished'])} ago" if c["finished"] else "Created"
+    return c["status"].capitalize()
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return ""
+    s = int(time.time() - t)
+    for unit, n in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if s >= n:
+            return f"{s // n} {unit}"
+    return f"{s} seconds"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _stream(resp, out=None) -> None:
+    out = out or sys.stdout.buffer
+    while True:
+        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+        if not chunk:
+            break
+        out.write(chunk)
+        out.flush()
+
+
+# commands -------------------------------------------------------------------------
+def cmd_run(cl: Client, a) -> int:
+    env = _env_args(a.env)
+    for f in a.env_file:
+        env = parse_env_file(f) + env
+    spec = {"image": a.image, "name": a.name or "", "cmd": a.command, "env": env,
+            "publish": a.publish, "expose": a.expose, "network": a.net, "hostname": a.hostname or "",
+            "dns": a.dns, "workdir": a.workdir or "", "user": a.user or "", "rm": a.rm,
+            "labels": dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)}
+    c = cl.post("/containers", spec)
+    if a.detach:
+        print(c["id"])
+        return 0
+    try:
+        _stream(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1"}, stream=True))
+    except KeyboardInterrupt:
+        return 130
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:   # the exit code lands just after the log ends
+        try:
+            info = cl.get(f"/containers/{c['id']}")
+        except CliError:
+            return 0   # --rm removed it
+        if info["status"] != "running" and (info["exit_code"] is not None or a.rm is False):
+            return info["exit_code"] or 0
+        time.sleep(0.05)
+    return 0
+
+
+def cmd_ps(cl: Client, a) -> int:
+    cs = cl.get("/containers", all="1" if a.all else None)
+    if a.format == "json":
+        print(json.dumps(cs, indent=2))
+        return 0
+    if a.quiet:
+        print("\n".join(c["id"][:12] for c in cs))
+        return 0
+    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "IP", "PORTS", "NAMES"]]
+    for c in cs:
+        cmd = " ".join(c["config"]["cmd"])
+        rows.append([c["id"][:12], c["image"], json.dumps(cmd[:20] + ("…" if len(cmd) > 20 else ""), ensure_ascii=False),
+                     _status_text(c), c["network"]["ip"] or "", _ports_text(c), c["name"]])
+    print(_table(rows))
+    return 0
+
+
+def _each(refs, fn) -> int:
+    rc = 0
+    for ref in refs:
+        try:
+            fn(ref)
+            print(ref)
+        except CliError as e:
+            print(f"portlink: {e}", file=sys.stderr)
+            rc = EXIT_ERROR
+    return rc
+
+
+def cmd_start(cl, a):
+    return _each(a.containers, lambda r: cl.post(f"/containers/{_q(r)}/start"))
+
+
+def cmd_stop(cl, a):
+    return _each(a.containers, lambda r: cl.post(f"/containers/{_q(r)}/stop", t=str(a.time)))
+
+
+def cmd_restart(cl, a):
+    return _each(a.containers, lambda r: cl.post(f"/containers/{_q(r)}/restart", t=str(a.time)))
+
+
+def cmd_rm(cl, a):
+    return _each(a.containers, lambda r: cl.delete(f"/containers/{_q(r)}", force="1" if a.force else None))
+
+
+def cmd_inspect(cl, a):
+    out = []
+    for ref in a.refs:
+        try:
+            out.append(cl.get(f"/containers/{_q(ref)}"))
+        except CliError as e:
+            try:
+                out.append(cl.get(f"/networks/{_q(ref)}"))
+            except CliError:
+                raise e from None
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_logs(cl, a):
+    resp = cl.request("GET", f"/containers/{_q(a.container)}/logs",
+                      query={"follow": "1" if a.follow else None, "tail": a.tail}, stream=True)
+    try:
+        _stream(resp)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_exec(cl, a):
+    r = cl.post(f"/containers/{_q(a.container)}/exec",
+                {"cmd": a.command, "env": _env_args(a.env), "tty": a.tty, "workdir": a.workdir})
+    # runc exec joins the container's namespaces by pid: run it here with our own
+    # stdio so an interactive exec needs no stream relay through the daemon.
+    argv = r["argv"]
+    os.execv(argv[0], argv)
+
+
+def cmd_network(cl, a):
+    if a.ncmd == "create":
+        icc = {"on": True, "true": True, "off": False, "false": False}.get(a.icc.lower())
+        if icc is None:
+            raise CliError(f"invalid --icc {a.icc!r}: use on or off")
+        n = cl.post("/networks", {"name": a.name, "subnet": a.subnet, "gateway": a.gateway,
+                                  "internal": a.internal, "icc": icc})
+        print(n["id"])
+    elif a.ncmd == "ls":
+        ns = cl.get("/networks")
+        if a.format == "json":
+            print(json.dumps(ns, indent=2))
+        else:
+            rows = [["NETWORK ID", "NAME", "SUBNET", "GATEWAY", "BRIDGE", "INTERNAL", "ICC"]]
+            rows += [[n["id"][:12], n["name"], n["subnet"], n["gateway"], n["bridge"],
+                      str(n["internal"]).lower(), "on" if n["icc"] else "off"] for n in ns]
+            print(_table(rows))
+    elif a.ncmd == "inspect":
+        print(json.dumps([cl.get(f"/networks/{_q(r)}") for r in a.refs], indent=2))
+    elif a.ncmd == "rm":
+        return _each(a.refs, lambda r: cl.delete(f"/networks/{_q(r)}"))
+    return 0
+
+
+def cmd_image(cl, a):
+    if a.icmd == "import":
+        path = os.path.abspath(a.tarball)
+        if sys.stderr.isatty():
+            print(f"importing {path} as {a.name} ...", file=sys.stderr)
+        img = cl.post("/images", {"path": path, "name": a.name})
+        print(img["name"])
+    elif a.icmd == "ls":
+        rows = [["NAME", "SIZE", "COMMAND"]]
+        rows += [[i["name"], f"{i['size'] / 1e6:.1f}MB", " ".join(i["cmd"])] for i in cl.get("/images")]
+        print(_table(rows))
+    elif a.icmd == "rm":
+        return _each(a.names, lambda n: cl.delete(f"/images/{_q(n)}"))
+    return 0
+
+
+def cmd_system(cl, a):
+    if a.scmd == "prune":
+        if not a.force and sys.stdin.isatty():
+            if input("This removes every container, network and rule portlink made on this host. Continue? [y/N] ").lower() != "y":
+                return 1
+        r = cl.post("/system/prune")
+        for x in r["removed"]:
+            print(f"removed {x}")
+        for e in r["errors"]:
+            print(f"portlink: {e}", file=sys.stderr)
+        return EXIT_ERROR if r["errors"] else 0
+    if a.scmd == "firewall":
+        r = cl.get("/system/firewall")
+        print(f"# driver: {r['driver']}\n{r['rules']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="portlink", description="portlink: containers, networks and links across hosts")
+    p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
+                   help="daemon socket (env PORTLINK_HOST; default %(default)s)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="create and start a container")
+    r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument("--name")
+    r.add_argument("-e", "--env", action="append", default=[])
+    r.add_argument("--env-file", action="append", default=[])
+    r.add_argument("-p", "--publish", action="append", default=[], help="[hostip:][hostport:]port[/proto]")
+    r.add_argument("--expose", action="append", default=[])
+    r.add_argument("--net", "--network", default="bridge")
+    r.add_argument("--hostname")
+    r.add_argument("--rm", action="store_true")
+    r.add_argument("--dns", action="append", default=[])
+    r.add_argument("-w", "--workdir")
+    r.add_argument("-u", "--user")
+    r.add_argument("-l", "--label", action="append", default=[])
+    r.add_argument("image")
+    r.add_argument("command", nargs=argparse.REMAINDER)
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("ps", help="list containers")
+    s.add_argument("-a", "--all", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.set_defaults(fn=cmd_ps)
+
+    for name, fn, helptext in (("start", cmd_start, "start stopped containers"),
+                               ("stop", cmd_stop, "stop running containers"),
+                               ("restart", cmd_restart, "restart containers")):
+        x = sub.add_parser(name, help=helptext)
+        if name != "start":
+            x.add_argument("-t", "--time", type=float, default=10, help="seconds before SIGKILL")
+        x.add_argument("containers", nargs="+")
+        x.set_defaults(fn=fn)
+
+    x = sub.add_parser("rm", help="remove containers")
+    x.add_argument("-f", "--force", action="store_true")
+    x.add_argument("containers", nargs="+")
+    x.set_defaults(fn=cmd_rm)
+
+    x = sub.add_parser("logs", help="print a container's output")
+    x.add_argument("-f", "--follow", action="store_true")
+    x.add_argument("--tail")
+    x.add_argument("container")
+    x.set_defaults(fn=cmd_logs)
+
+    x = sub.add_parser("exec", help="run a command in a running container")
+    x.add_argument("-i", "--interactive", action="store_true", help="accepted for docker compatibility; stdin is always attached")
+    x.add_argument("-t", "--tty", action="store_true")
+    x.add_argument("-e", "--env", action="append", default=[])
+    x.add_argument("-w", "--workdir")
+    x.add_argument("container")
+    x.add_argument("command", nargs=argparse.REMAINDER)
+    x.set_defaults(fn=cmd_exec)
+
+    x = sub.add_parser("inspect", help="show containers or networks as JSON")
+    x.add_argument("refs", nargs="+")
+    x.set_defaults(fn=cmd_inspect)
+
+    n = sub.add_parser("network", help="manage networks")
+    nsub = n.add_subparsers(dest="ncmd", required=True)
+    c = nsub.add_parser("create")
+    c.add_argument("--subnet")
+    c.add_argument("--gateway")
+    c.add_argument("--internal", action="store_true")
+    c.add_argument("--icc", default="on", help="on|off: may containers on this network talk to each other")
+    c.add_argument("name")
+    ls = nsub.add_parser("ls")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    nsub.add_parser("inspect").add_argument("refs", nargs="+")
+    nsub.add_parser("rm").add_argument("refs", nargs="+")
+    n.set_defaults(fn=cmd_network)
+
+    i = sub.add_parser("image", help="manage images")
+    isub = i.add_subparsers(dest="icmd", required=True)
+    imp = isub.add_parser("import")
+    imp.add_argument("tarball")
+    imp.add_argument("name")
+    isub.add_parser("ls")
+    isub.add_parser("rm").add_argument("names", nargs="+")
+    i.set_defaults(fn=cmd_image)
+
+    y = sub.add_parser("system", help="host-wide operations")
+    ysub = y.add_subparsers(dest="scmd", required=True)
+    ysub.add_parser("prune", help="remove everything portlink created on this host").add_argument(
+        "-f", "--force", action="store_true")
+    ysub.add_parser("firewall", help="show portlink's firewall rules")
+    y.set_defaults(fn=cmd_system)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
+    try:
+        sys.exit(a.fn(Client(a.host), a))
+    except CliError as e:
+        print(f"portlink: {e}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

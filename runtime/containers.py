@@ -1,0 +1,471 @@
+"""Containers: validation, creation, start/stop/remove, exit handling.
+
+Every object a container owns is journalled in the store before it is made
+(kind, name, owner). Undo walks that journal backwards, so rollback of a failed
+`run`, `stop`, removal after death and crash recovery are one code path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from typing import Callable
+
+from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
+from portlink.netns import kernel_link, kernel_ns, names
+from portlink.netns.firewall import FirewallDriver
+from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
+from portlink.runtime import mounts, oci, ports as portspec, validate
+from portlink.runtime.images import ImageStore
+from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
+from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
+from portlink.runtime.state import Store, dumps
+
+log = logging.getLogger("portlink.containers")
+
+# Container status values
+CREATING, RUNNING, EXITED = "creating", "running", "exited"
+
+
+@dataclass
+class ContainerSpec:
+    """What the user asked for; stored as JSON. Unknown fields are rejected."""
+
+    image: str
+    name: str = ""
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    expose: list[str] = field(default_factory=list)
+    network: str = DEFAULT_NETWORK
+    hostname: str = ""
+    dns: list[str] = field(default_factory=list)
+    workdir: str = ""
+    user: str = ""
+    rm: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ContainerSpec":
+        if not isinstance(data, dict):
+            raise InvalidArgument("the container spec must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown field(s) in the container spec: {', '.join(unknown)}")
+        if "image" not in data:
+            raise InvalidArgument("no image given")
+        spec = cls(**data)
+        for f in ("cmd", "env", "publish", "expose", "dns"):
+            v = getattr(spec, f)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise InvalidArgument(f"field {f!r} must be a list of strings")
+        if not isinstance(spec.labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in spec.labels.items()):
+            raise InvalidArgument("field 'labels' must map strings to strings")
+        for f in ("image", "name", "network", "hostname", "workdir", "user"):
+            if not isinstance(getattr(spec, f), str):
+                raise InvalidArgument(f"field {f!r} must be a string")
+        return spec
+
+
+def _mapping_key(p: PortMapping) -> str:
+    return json.dumps([p.proto, str(p.host_ip or ""), p.host_port, str(p.container_ip), p.container_port])
+
+
+def _mapping_from_key(key: str) -> PortMapping:
+    proto, hip, hport, cip, cport = json.loads(key)
+    return PortMapping(proto, hport, ip_address(cip), cport, ip_address(hip) if hip else None)
+
+
+class Containers:
+    def __init__(self, state_dir: Path, store: Store, images: ImageStore, networks: Networks,
+                 firewall: FirewallDriver, default_dns: list[str]) -> None:
+        self.dir = state_dir / "containers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.netns_dir = state_dir / "netns"
+        self.store, self.images, self.networks, self.fw = store, images, networks, firewall
+        self.runc = Runc(state_dir / "runc")
+        self.default_dns = default_dns
+        self.watch: Callable[[str, int], None] = lambda cid, pid: None   # set by the daemon's reaper
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    # Lookup ------------------------------------------------------------------------
+    def _lock(self, cid: str) -> threading.RLock:
+        with self._locks_guard:
+            return self._locks.setdefault(cid, threading.RLock())
+
+    def row(self, ref: str):
+        r = self.store.one("SELECT * FROM containers WHERE name=?", ref) or \
+            self.store.one("SELECT * FROM containers WHERE id=?", ref)
+        if r is None and len(ref) >= 4:
+            rows = self.store.query("SELECT * FROM containers WHERE id LIKE ?", ref + "%")
+            if len(rows) > 1:
+                raise InvalidArgument(f"container id prefix {ref!r} is ambiguous")
+            r = rows[0] if rows else None
+        if r is None:
+            raise NotFound(f"container {ref!r} not found (see `portlink ps -a`)")
+        return r
+
+    def cdir(self, cid: str) -> Path:
+        return self.dir / cid
+
+    def netns_path(self, cid: str) -> str:
+        return str(self.netns_dir / (names.NETNS_PREFIX + cid[:12]))
+
+    # run ---------------------------------------------------------------------------
+    def run(self, data: dict) -> dict:
+        spec = ContainerSpec.from_json(data)
+        image = self.images.get(spec.image)          # NotFound names the import command
+        net = None if spec.network == NO_NETWORK else self.networks.get(spec.network)
+        requests = [r for p in spec.publish for r in portspec.parse_publish(p)]
+        portspec.check_conflicts(requests)
+        exposed = sorted({e for x in spec.expose for e in portspec.parse_expose(x)} |
+                         set(image.config.exposed) | {r.key() for r in requests})
+        for e in spec.env:
+            validate.env_entry(e)
+        for d in spec.dns:
+            try:
+                ip_address(d)
+            except ValueError:
+                raise InvalidArgument(f"invalid --dns {d!r}: not an IP address") from None
+        if requests and net is None:
+            raise InvalidArgument("cannot publish ports of a container on network 'none'")
+        cid = secrets.token_hex(32)
+        name = validate.name("container", spec.name) if spec.name else "ctr-" + cid[:8]
+        spec.name = name
+        spec.hostname = validate.hostname(spec.hostname) if spec.hostname else cid[:12]
+        spec.cmd = spec.cmd or image.config.cmd
+        if not spec.cmd:
+            raise InvalidArgument(f"no command given and image {image.name!r} has no default command")
+        self._process(spec, image)   # validates --user against the image now, not at start
+        record = {"spec": asdict(spec), "exposed": exposed}
+        with self.store.tx() as db:
+            if db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone():
+                raise Conflict(f"container name {name!r} is already in use")
+            db.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)",
+                       (cid, name, dumps(record), CREATING, time.time()))
+            self._reserve_ports(db, cid, requests)
+        try:
+            self.store.record("dir", str(self.cdir(cid)), cid)
+            self.cdir(cid).mkdir()
+            with self._lock(cid):
+                self._start(cid)
+        except BaseException as e:
+            errors = self._undo(cid, keep_dir=False)
+            self.store.execute("DELETE FROM ports WHERE container_id=?", cid)
+            self.store.execute("DELETE FROM containers WHERE id=?", cid)
+            if errors:
+                log.error("rollback of %s left errors: %s", name, "; ".join(errors))
+            if isinstance(e, PortlinkError):
+                raise
+            raise RuntimeFailure(f"cannot run container {name!r}: {e}") from e
+        return self.inspect(cid)
+
+    def _reserve_ports(self, db, cid: str, requests: list[portspec.PortRequest]) -> None:
+        taken = {}
+        for r in db.execute("SELECT proto, host_ip, host_port, container_id FROM ports"):
+            taken.setdefault((r[0], r[2]), []).append((r[1], r[3]))
+        for req in requests:
+            port = req.host_port
+            if port is None:   # pick the lowest free ephemeral port
+                port = next((p for p in portspec.EPHEMERAL if (req.proto, p) not in taken), None)
+                if port is None:
+                    raise Conflict(f"no free host port left for {req.key()}")
+            for hip, owner in taken.get((req.proto, port), []):
+                if portspec.addresses_overlap(req.host_ip, ip_address(hip) if hip else None):
+                    oname = db.execute("SELECT name FROM containers WHERE id=?", (owner,)).fetchone()
+                    where = f"{hip}:" if hip else ""
+                    raise Conflict(f"host port {where}{port}/{req.proto} is already published by "
+                                   f"container {oname[0] if oname else owner[:12]!r}")
+            db.execute("INSERT INTO ports VALUES (?,?,?,?,?)",
+                       (req.proto, str(req.host_ip or ""), port, cid, req.container_port))
+            taken.setdefault((req.proto, port), []).append((str(req.host_ip or ""), cid))
+
+    def _process(self, spec: ContainerSpec, image) -> oci.ProcessSpec:
+        uid = gid = 0
+        if spec.user:
+            read = lambda p: (image.rootfs / p).read_text() if (image.rootfs / p).is_file() else ""
+            uid, gid = validate.parse_user(spec.user, read("etc/passwd"), read("etc/group"))
+        env = dict(e.split("=", 1) for e in image.config.env)
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env["HOSTNAME"] = spec.hostname
+        env.update(e.split("=", 1) for e in spec.env)
+        return oci.ProcessSpec(args=spec.cmd, env=[f"{k}={v}" for k, v in env.items()],
+                               cwd=spec.workdir or image.config.workdir or "/", uid=uid, gid=gid,
+                               hostname=spec.hostname)
+
+    # start: every step journalled before it is taken ----------------------------------
+    def _start(self, cid: str) -> None:
+        row = self.row(cid)
+        rec = json.loads(row["spec"])
+        spec = ContainerSpec(**rec["spec"])
+        image = self.images.get(spec.image)
+        cdir = self.cdir(cid)
+        rootfs = str(cdir / "rootfs")
+        self.store.record("mount", rootfs, cid)
+        mounts.mount_overlay(str(image.rootfs), str(cdir / "upper"), str(cdir / "work"), rootfs)
+
+        nspath = self.netns_path(cid)
+        self.store.record("netns", nspath, cid)
+        kernel_ns.create_netns(nspath)
+        ip = None
+        if spec.network != NO_NETWORK:
+            net = self.networks.get(spec.network)
+            with self.store.tx() as db:
+                ip = Networks.lease(db, net, cid)
+                self._record_in(db, "lease", f"{net.id}/{ip}", cid)
+            ep = self._endpoint(cid, net, ip)
+            self.store.record("veth", ep.host_ifname, cid)
+            kernel_link.attach(ep)
+            mappings = self._mappings(cid, ip)
+            for m in mappings:
+                self.store.record("port", _mapping_key(m), cid)
+            self.fw.add_ports(mappings)
+        else:
+            kernel_link.loopback_up(nspath)
+        files = self._write_files(cid, spec, ip)
+        proc = self._process(spec, image)
+        proc = oci.ProcessSpec(**{**proc.__dict__, "files": files})
+        bundle = cdir / "bundle"
+        bundle.mkdir(exist_ok=True)
+        config = oci.build_config(proc, rootfs, nspath, f"/portlink/{cid}")
+        (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        self.store.record("runc", cid, cid)
+        pid = self.runc.run_detached(cid, bundle, cdir / "container.log")
+        self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL "
+                           "WHERE id=?", RUNNING, pid, time.time(), cid)
+        self.watch(cid, pid)
+
+    def _record_in(self, db, kind: str, name: str, owner: str) -> None:
+        db.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", (kind, name, owner, time.time()))
+
+    def _endpoint(self, cid: str, net: NetworkSpec, ip: IPv4Address) -> Endpoint:
+        return Endpoint(container_id=cid, netns_path=self.netns_path(cid), network=net,
+                        address=ip, host_ifname=names.veth_name(cid))
+
+    def _mappings(self, cid: str, ip: IPv4Address) -> list[PortMapping]:
+        return [PortMapping(r["proto"], r["host_port"], ip, r["container_port"],
+                            ip_address(r["host_ip"]) if r["host_ip"] else None)
+                for r in self.store.query("SELECT * FROM ports WHERE container_id=? "
+                                          "ORDER BY proto, host_port", cid)]
+
+    def _write_files(self, cid: str, spec: ContainerSpec, ip: IPv4Address | None) -> dict[str, str]:
+        cdir = self.cdir(cid)
+        hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        if ip is not None:
+            hosts.append(f"{ip}\t{spec.hostname}" + (f" {spec.name}" if spec.name != spec.hostname else ""))
+        dns = spec.dns or self.default_dns
+        files = {
+            "/etc/hosts": ("hosts", "\n".join(hosts) + "\n"),
+            "/etc/resolv.conf": ("resolv.conf", "".join(f"nameserver {d}\n" for d in dns) or
+                                 "# no DNS server configured (portlink run --dns, portlinkd --dns)\n"),
+            "/etc/hostname": ("hostname", spec.hostname + "\n"),
+        }
+        out = {}
+        for dest, (fname, text) in files.items():
+            (cdir / fname).write_text(text)
+            out[dest] = str(cdir / fname)
+        return out
+
+    # undo: the one teardown path ------------------------------------------------------
+    def _undo(self, cid: str, keep_dir: bool = True) -> list[str]:
+        """Remove what the journal says `cid` owns, newest first; best effort."""
+        errors: list[str] = []
+        for r in reversed(self.store.resources(cid)):
+            kind, name = r["kind"], r["name"]
+            if kind == "dir" and keep_dir:
+                continue
+            try:
+                self._undo_one(kind, name)
+                self.store.forget(kind, name)
+            except Exception as e:
+                errors.append(f"{kind} {name}: {e}")
+        return errors
+
+    def _undo_one(self, kind: str, name: str) -> None:
+        if kind == "runc":
+            err = self.runc.delete(name)
+            if err:
+                raise RuntimeFailure(err)
+        elif kind == "port":
+            errs = self.fw.remove_ports([_mapping_from_key(name)])
+            # An element already gone is what we want; anything else is reported.
+            errs = [e for e in errs if "No such file" not in e and "does not exist" not in e]
+            if errs:
+                raise RuntimeFailure("; ".join(errs))
+        elif kind == "veth":
+            kernel_link.delete_link(name)
+        elif kind == "lease":
+            net_id, ip = name.split("/")
+            self.store.execute("DELETE FROM leases WHERE network_id=? AND ip=?", net_id, ip)
+        elif kind == "netns":
+            kernel_ns.delete_netns(name)
+        elif kind == "mount":
+            mounts.unmount(name)
+        elif kind == "dir":
+            shutil.rmtree(name, ignore_errors=False) if os.path.exists(name) else None
+        else:
+            raise RuntimeFailure(f"unknown resource kind {kind!r}")
+
+    # lifecycle -----------------------------------------------------------------------
+    def start(self, ref: str) -> dict:
+        cid = self.row(ref)["id"]
+        with self._lock(cid):
+            if self.row(cid)["status"] == RUNNING:
+                return self.inspect(cid)
+            try:
+                self._start(cid)
+            except BaseException as e:
+                errors = self._undo(cid)
+                if errors:
+                    log.error("rollback of start %s left errors: %s", cid[:12], "; ".join(errors))
+                if isinstance(e, PortlinkError):
+                    raise
+                raise RuntimeFailure(f"cannot start container {ref!r}: {e}") from e
+        return self.inspect(cid)
+
+    def stop(self, ref: str, timeout: float = 10) -> dict:
+        row = self.row(ref)
+        cid = row["id"]
+        with self._lock(cid):
+            row = self.row(cid)
+            if row["status"] == RUNNING:
+                pid = row["pid"]
+                self.runc.kill(cid, signal_number("TERM"))
+                if not wait_gone(pid, timeout):
+                    self.runc.kill(cid, signal_number("KILL"))
+                    wait_gone(pid, 10)
+                errors = self._stopped(cid, None)
+                if errors:
+                    raise RuntimeFailure(f"container {row['name']!r} stopped, but cleanup failed: " + "; ".join(errors))
+        return self.inspect(cid)
+
+    def _stopped(self, cid: str, code: int | None) -> list[str]:
+        """The process is gone: release what a running container holds."""
+        errors = self._undo(cid)
+        self.store.execute("UPDATE containers SET status=?, pid=NULL, finished=?, "
+                           "exit_code=COALESCE(?, exit_code) WHERE id=?", EXITED, time.time(), code, cid)
+        return errors
+
+    def on_exit(self, cid: str, code: int | None) -> None:
+        """Called by the reaper when a container's init process ends."""
+        with self._lock(cid):
+            row = self.store.one("SELECT * FROM containers WHERE id=?", cid)
+            if row is None:
+                return
+            if code is not None:
+                self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
+            if row["status"] == RUNNING:
+                errors = self._stopped(cid, code)
+                if errors:
+                    log.error("cleanup after %s exited: %s", row["name"], "; ".join(errors))
+                if json.loads(row["spec"])["spec"].get("rm"):
+                    self.remove(cid, force=True)
+
+    def restart(self, ref: str, timeout: float = 10) -> dict:
+        self.stop(ref, timeout)
+        return self.start(ref)
+
+    def remove(self, ref: str, force: bool = False) -> list[str]:
+        row = self.row(ref)
+        cid = row["id"]
+        with self._lock(cid):
+            row = self.row(cid)
+            if row["status"] == RUNNING:
+                if not force:
+                    raise Conflict(f"container {row['name']!r} is running: stop it first or use rm -f")
+                self.runc.kill(cid, signal_number("KILL"))
+                wait_gone(row["pid"], 10)
+            errors = self._undo(cid, keep_dir=False)
+            if errors:
+                raise RuntimeFailure(f"could not remove container {row['name']!r} entirely: " + "; ".join(errors))
+            with self.store.tx() as db:
+                db.execute("DELETE FROM ports WHERE container_id=?", (cid,))
+                db.execute("DELETE FROM containers WHERE id=?", (cid,))
+        with self._locks_guard:
+            self._locks.pop(cid, None)
+        return []
+
+    # views ---------------------------------------------------------------------------
+    def inspect(self, ref: str) -> dict:
+        row = self.row(ref)
+        cid = row["id"]
+        rec = json.loads(row["spec"])
+        spec = rec["spec"]
+        lease = self.store.one("SELECT * FROM leases WHERE container_id=?", cid)
+        net = None
+        if spec["network"] != NO_NETWORK:
+            try:
+                net = self.networks.get(spec["network"])
+            except NotFound:
+                pass
+        ports = [{"proto": r["proto"], "host_ip": r["host_ip"] or "0.0.0.0", "host_port": r["host_port"],
+                  "container_port": r["container_port"]}
+                 for r in self.store.query("SELECT * FROM ports WHERE container_id=? ORDER BY proto, host_port", cid)]
+        return {
+            "id": cid, "name": row["name"], "image": spec["image"], "status": row["status"],
+            "pid": row["pid"], "exit_code": row["exit_code"], "created": row["created"],
+            "started": row["started"], "finished": row["finished"], "config": spec,
+            "exposed": rec["exposed"],
+            "network": {
+                "name": spec["network"], "ip": lease["ip"] if lease else None,
+                "gateway": str(net.gateway) if net else None,
+                "prefixlen": net.subnet.prefixlen if net else None,
+                "bridge": net.bridge if net else None,
+                "veth": names.veth_name(cid) if lease else None,
+                "netns": self.netns_path(cid) if row["status"] == RUNNING else None,
+                "ports": ports,
+            },
+            "paths": {"dir": str(self.cdir(cid)), "log": str(self.cdir(cid) / "container.log"),
+                      "hosts": str(self.cdir(cid) / "hosts")},
+        }
+
+    def list(self, all: bool = False) -> list[dict]:
+        rows = self.store.query("SELECT id FROM containers ORDER BY created")
+        out = [self.inspect(r["id"]) for r in rows]
+        return out if all else [c for c in out if c["status"] == RUNNING]
+
+    def active_mappings(self) -> list[PortMapping]:
+        return [_mapping_from_key(r["name"]) for r in
+                self.store.query("SELECT name FROM resources WHERE kind='port'")]
+
+    def users_of(self, network_name: str) -> list[str]:
+        return [r["name"] for r in self.store.query("SELECT name, spec FROM containers")
+                if json.loads(r["spec"])["spec"]["network"] == network_name]
+
+    def exec_argv(self, ref: str, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
+        row = self.row(ref)
+        if row["status"] != RUNNING:
+            raise Conflict(f"container {row['name']!r} is not running")
+        for e in env:
+            validate.env_entry(e)
+        if not args:
+            raise InvalidArgument("exec needs a command")
+        return self.runc.exec_argv(row["id"], args, env, tty, workdir)
+
+    # recovery ------------------------------------------------------------------------
+    def reconcile(self) -> list[str]:
+        """After a (crashed) daemon restart: make the journal and the kernel agree."""
+        errors: list[str] = []
+        for row in self.store.query("SELECT * FROM containers"):
+            cid = row["id"]
+            if row["status"] == CREATING:
+                # Interrupted `run`: fully gone, as if it never happened.
+                errors += self._undo(cid, keep_dir=False)
+                self.store.execute("DELETE FROM ports WHERE container_id=?", cid)
+                self.store.execute("DELETE FROM containers WHERE id=?", cid)
+            elif row["status"] == RUNNING and row["pid"] and pid_alive(row["pid"]) and self.runc.state(cid):
+                self.watch(cid, row["pid"])
+            elif row["status"] == RUNNING or any(r["kind"] != "dir" for r in self.store.resources(cid)):
+                # Died while we were away, or an interrupted stop: finish the stop.
+                errors += self._stopped(cid, None)
+        return errors

@@ -1,0 +1,276 @@
+"""portlinkd: one per host. HTTP/JSON API on a root-only UNIX socket.
+
+Handlers are thin: they parse the request and run the host's (blocking) methods
+in a thread pool; errors a user can act on become 4xx with {"error": message}."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+
+from portlink.errors import InvalidArgument, PortlinkError
+from portlink.runtime import reaper
+from portlink.runtime.host import Host, HostConfig
+
+log = logging.getLogger("portlink.daemon")
+MAX_BODY = 1 << 20   # a container spec is small; a huge body is an error, not an allocation
+
+DEFAULT_SOCKET = "/run/portlink/portlink.sock"
+DEFAULT_STATE = "/var/lib/portlink"
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Api:
+    def __init__(self, host: Host, workers: int = 16) -> None:
+        self.host = host
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
+
+    async def call(self, fn, *args, **kw):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
+
+    @staticmethod
+    async def body(request: web.Request) -> dict:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"malformed JSON in the request body: {e}") from None
+        if not isinstance(data, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        return data
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler):
+        try:
+            return await handler(request)
+        except PortlinkError as e:
+            return _json_error(e.status, str(e))
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(413, f"request body too large (limit {MAX_BODY} bytes)")
+        except web.HTTPException:
+            raise
+        except Exception as e:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return _json_error(500, f"internal error: {e}")
+
+    def routes(self) -> list:
+        c, n, h = self.host.containers, self.host.networks, self.host
+        q = lambda r, k, d=None: r.query.get(k, d)
+        flag = lambda r, k: q(r, k, "0") in ("1", "true", "yes")
+        ok = lambda data: web.json_response(data)
+
+        async def ping(r):
+            return ok({"ok": True, "firewall": h.fw.name, "state_dir": str(h.cfg.state_dir)})
+
+        async def run(r):
+            return ok(await self.call(c.run, await self.body(r)))
+
+        async def ps(r):
+            return ok(await self.call(c.list, flag(r, "all")))
+
+        async def inspect(r):
+            return ok(await self.call(c.inspect, r.match_info["ref"]))
+
+        async def start(r):
+            return ok(await self.call(c.start, r.match_info["ref"]))
+
+        async def stop(r):
+            return ok(await self.call(c.stop, r.match_info["ref"], _timeout(q(r, "t", "10"))))
+
+        async def restart(r):
+            return ok(await self.call(c.restart, r.match_info["ref"], _timeout(q(r, "t", "10"))))
+
+        async def rm(r):
+            await self.call(c.remove, r.match_info["ref"], flag(r, "force"))
+            return ok({"removed": r.match_info["ref"]})
+
+        async def exec_argv(r):
+            b = await self.body(r)
+            return ok({"argv": await self.call(c.exec_argv, r.match_info["ref"], b.get("cmd") or [],
+                                               b.get("env") or [], bool(b.get("tty")), b.get("workdir"))})
+
+        async def logs(r):
+            info = await self.call(c.inspect, r.match_info["ref"])
+            return await self._logs(r, info, c)
+
+        async def net_create(r):
+            b = await self.body(r)
+            unknown = set(b) - {"name", "subnet", "gateway", "internal", "icc"}
+            if unknown:
+                raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
+            spec = await self.call(n.create, b.get("name", ""), b.get("subnet"), b.get("gateway"),
+                                   bool(b.get("internal", False)), bool(b.get("icc", True)))
+            return ok(_net_json(spec))
+
+        async def net_ls(r):
+            return ok([_net_json(s) for s in await self.call(n.list)])
+
+        async def net_inspect(r):
+            spec = await self.call(n.get, r.match_info["ref"])
+            return ok({**_net_json(spec), "containers": await self.call(c.users_of, spec.name)})
+
+        async def net_rm(r):
+            spec = await self.call(n.get, r.match_info["ref"])
+            errors = await self.call(n.remove, spec.name, await self.call(c.users_of, spec.name))
+            return ok({"removed": spec.name, "errors": errors})
+
+        async def img_import(r):
+            b = await self.body(r)
+            img = await self.call(h.images.import_tar, Path(b.get("path", "")), b.get("name", ""))
+            return ok(_img_json(img))
+
+        async def img_ls(r):
+            return ok([_img_json(i) for i in await self.call(h.images.list)])
+
+        async def img_rm(r):
+            name = r.match_info["name"]
+            users = [x["name"] for x in await self.call(c.list, True) if x["image"] == name]
+            if users:
+                from portlink.errors import Conflict
+                raise Conflict(f"image {name!r} is used by containers: {', '.join(users)}")
+            await self.call(h.images.remove, name)
+            return ok({"removed": name})
+
+        async def prune(r):
+            return ok(await self.call(h.prune))
+
+        async def firewall(r):
+            return ok({"driver": h.fw.name, "rules": await self.call(h.fw.dump)})
+
+        return [
+            web.get("/_ping", ping),
+            web.post("/containers", run), web.get("/containers", ps),
+            web.get("/containers/{ref}", inspect), web.post("/containers/{ref}/start", start),
+            web.post("/containers/{ref}/stop", stop), web.post("/containers/{ref}/restart", restart),
+            web.delete("/containers/{ref}", rm), web.post("/containers/{ref}/exec", exec_argv),
+            web.get("/containers/{ref}/logs", logs),
+            web.post("/networks", net_create), web.get("/networks", net_ls),
+            web.get("/networks/{ref}", net_inspect), web.delete("/networks/{ref}", net_rm),
+            web.post("/images", img_import), web.get("/images", img_ls),
+            web.delete("/images/{name}", img_rm),
+            web.post("/system/prune", prune), web.get("/system/firewall", firewall),
+        ]
+
+    async def _logs(self, r: web.Request, info: dict, c) -> web.StreamResponse:
+        path = Path(info["paths"]["log"])
+        tail = r.query.get("tail")
+        follow = r.query.get("follow") in ("1", "true")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(r)
+        data = path.read_bytes() if path.exists() else b""
+        if tail is not None and tail != "all":
+            if not tail.isdigit():
+                raise InvalidArgument(f"invalid --tail {tail!r}: expected a number or 'all'")
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-int(tail):]) if int(tail) else b""
+        await resp.write(data)
+        if follow:
+            pos = path.stat().st_size if path.exists() else 0
+            while True:
+                await asyncio.sleep(0.1)
+                if path.exists() and path.stat().st_size > pos:
+                    with open(path, "rb") as f:
+                        f.seek(pos)
+                        chunk = f.read()
+                    pos += len(chunk)
+                    await resp.write(chunk)
+                else:
+                    try:
+                        if c.row(info["id"])["status"] != "running":
+                            break
+                    except PortlinkError:
+                        break
+        await resp.write_eof()
+        return resp
+
+
+def _timeout(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid stop timeout {text!r}: expected seconds") from None
+    if not 0 <= t <= 3600:
+        raise InvalidArgument(f"invalid stop timeout {t}: expected 0 to 3600 seconds")
+    return t
+
+
+def _net_json(s) -> dict:
+    return {"id": s.id, "name": s.name, "subnet": str(s.subnet), "gateway": str(s.gateway),
+            "bridge": s.bridge, "internal": s.internal, "icc": s.icc}
+
+
+def _img_json(i) -> dict:
+    return {"name": i.name, "rootfs": str(i.rootfs), "cmd": i.config.cmd, "created": i.created, "size": i.size}
+
+
+async def serve(cfg: HostConfig, socket_path: Path) -> None:
+    host = Host(cfg)
+    reap = reaper.Reaper(host.containers.on_exit)
+    host.containers.watch = reap.watch
+    repaired = await asyncio.get_running_loop().run_in_executor(None, host.setup)
+    if repaired:
+        log.warning("reconciled after restart: %s", "; ".join(repaired))
+    api = Api(host)
+    app = web.Application(middlewares=[api.errors], client_max_size=MAX_BODY)
+    app.add_routes(api.routes())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if socket_path.exists() or socket_path.is_symlink():
+        socket_path.unlink()
+    old = os.umask(0o177)   # the socket is root-only from its first moment
+    try:
+        site = web.UnixSite(runner, str(socket_path))
+        await site.start()
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, 0o600)
+    log.info("portlinkd ready on %s (state %s, firewall %s)", socket_path, cfg.state_dir, host.fw.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    await stop.wait()
+    # Containers keep running across a daemon stop; the next start reconciles.
+    await runner.cleanup()
+    reap.close()
+    host.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="portlinkd", description="the portlink daemon (one per host)")
+    p.add_argument("--socket", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET).removeprefix("unix://"))
+    p.add_argument("--state-dir", default=DEFAULT_STATE)
+    p.add_argument("--firewall", choices=["nftables", "iptables"], default="nftables")
+    p.add_argument("--default-subnet", default="10.77.0.0/16")
+    p.add_argument("--dns", action="append", default=[], help="DNS server for containers (repeatable)")
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        sys.exit("portlinkd: must run as root (it manages namespaces, bridges and firewalls)")
+    reaper.become_subreaper()
+    cfg = HostConfig(state_dir=Path(a.state_dir), firewall=a.firewall,
+                     default_subnet=a.default_subnet, dns=a.dns)
+    try:
+        asyncio.run(serve(cfg, Path(a.socket)))
+    except PortlinkError as e:
+        sys.exit(f"portlinkd: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""One portlink host: the state store, images, networks, containers and the
+firewall, wired together; set-up at daemon start, reconciliation and prune."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portlink.errors import RuntimeFailure
+from portlink.netns import kernel_link, kernel_ns, names
+from portlink.netns.firewall import make_driver
+from portlink.runtime import mounts
+from portlink.runtime.containers import Containers
+from portlink.runtime.images import ImageStore
+from portlink.runtime.networks import DEFAULT_NETWORK, Networks
+from portlink.runtime.state import Store
+
+log = logging.getLogger("portlink.host")
+
+
+@dataclass
+class HostConfig:
+    state_dir: Path
+    firewall: str = "nftables"
+    default_subnet: str = "10.77.0.0/16"
+    dns: list[str] = field(default_factory=list)
+
+
+class Host:
+    def __init__(self, cfg: HostConfig) -> None:
+        self.cfg = cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = Store(cfg.state_dir / "state.db")
+        self.fw = make_driver(cfg.firewall)
+        self.images = ImageStore(cfg.state_dir / "images")
+        self.networks = Networks(self.store, self.apply_firewall, cfg.default_subnet)
+        self.containers = Containers(cfg.state_dir, self.store, self.images, self.networks,
+                                     self.fw, cfg.dns)
+
+    def apply_firewall(self) -> None:
+        self.fw.apply_all(self.networks.list(), self.containers.active_mappings())
+
+    def setup(self) -> list[str]:
+        """Bring the host to the recorded state; returns what had to be repaired."""
+        try:
+            kernel_ns.write_sysctl("net.ipv4.ip_forward", "1")
+            # icc and isolation of bridged traffic are enforced in the ip forward hook.
+            kernel_ns.write_sysctl("net.bridge.bridge-nf-call-iptables", "1")
+        except OSError as e:
+            raise RuntimeFailure(f"cannot set the host's forwarding sysctls: {e}") from None
+        self._switch_firewall_driver()
+        self.images.ensure_busybox()
+        for net in self.networks.list():
+            kernel_link.ensure_bridge(net)
+        self.networks.get(DEFAULT_NETWORK)   # creates it on first start
+        repaired = self.containers.reconcile()
+        self.apply_firewall()
+        repaired += self.sweep()
+        return repaired
+
+    def _switch_firewall_driver(self) -> None:
+        marker = self.cfg.state_dir / "firewall-driver"
+        old = marker.read_text().strip() if marker.exists() else None
+        if old and old != self.fw.name:
+            errs = make_driver(old).teardown()
+            log.info("firewall driver changed from %s to %s%s", old, self.fw.name,
+                     f" (teardown errors: {errs})" if errs else "")
+        marker.write_text(self.fw.name + "\n")
+
+    def sweep(self) -> list[str]:
+        """Remove prefixed objects in this host that no journal row accounts for
+        (what a crash between creating and recording could leave)."""
+        known = {(r["kind"], r["name"]) for r in self.store.resources()}
+        swept: list[str] = []
+        for ifname in kernel_link.list_links():
+            kind = "bridge" if ifname.startswith(names.BRIDGE_PREFIX) else "veth"
+            if (kind, ifname) not in known:
+                kernel_link.delete_link(ifname)
+                swept.append(f"{kind} {ifname}")
+        nsdir = self.containers.netns_dir
+        if nsdir.is_dir():
+            for f in nsdir.iterdir():
+                if ("netns", str(f)) not in known:
+                    kernel_ns.delete_netns(str(f))
+                    swept.append(f"netns {f}")
+        ids = {r["id"] for r in self.store.query("SELECT id FROM containers")}
+        for cid in self.containers.runc.list_ids():
+            if cid not in ids:
+                self.containers.runc.delete(cid)
+                swept.append(f"runc {cid[:12]}")
+        if self.containers.dir.is_dir():
+            for d in self.containers.dir.iterdir():
+                if d.name not in ids:
+                    mounts.unmount(str(d / "rootfs"))
+                    shutil.rmtree(d, ignore_errors=True)
+                    swept.append(f"dir {d}")
+        for s in swept:
+            log.warning("swept leaked %s", s)
+        return swept
+
+    def prune(self) -> dict:
+        """Remove everything portlink created on this host; best effort, all errors kept."""
+        errors: list[str] = []
+        removed: list[str] = []
+        for c in self.containers.list(all=True):
+            try:
+                self.containers.remove(c["id"], force=True)
+                removed.append(f"container {c['name']}")
+            except Exception as e:
+                errors.append(f"container {c['name']}: {e}")
+        for n in self.networks.list():
+            errs = self.networks._drop(n)
+            errors += errs
+            if not errs:
+                removed.append(f"network {n.name}")
+        errors += self.fw.teardown()
+        try:
+            removed += self.sweep()
+        except Exception as e:
+            errors.append(f"sweep: {e}")
+        return {"removed": removed, "errors": errors}
+
+    def close(self) -> None:
+        self.store.close()

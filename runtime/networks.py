@@ -1,0 +1,108 @@
+"""portlink networks: a bridge, a subnet with persistent IPAM, firewall rules."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from ipaddress import IPv4Address, ip_address, ip_network
+
+from portlink.errors import Conflict, InvalidArgument, NotFound
+from portlink.netns import ipam, kernel_link, names
+from portlink.netns.model import NetworkSpec
+from portlink.runtime import validate
+from portlink.runtime.state import Store
+
+DEFAULT_NETWORK = "bridge"
+NO_NETWORK = "none"   # loopback only
+
+
+def _spec(row) -> NetworkSpec:
+    return NetworkSpec(id=row["id"], name=row["name"], subnet=ip_network(row["subnet"]),
+                       gateway=ip_address(row["gateway"]), bridge=row["bridge"],
+                       internal=bool(row["internal"]), icc=bool(row["icc"]))
+
+
+class Networks:
+    def __init__(self, store: Store, apply_firewall, default_subnet: str) -> None:
+        self.store = store
+        self.default_subnet = default_subnet
+        self._apply_firewall = apply_firewall   # re-renders the whole firewall from state
+
+    def list(self) -> list[NetworkSpec]:
+        return [_spec(r) for r in self.store.query("SELECT * FROM networks ORDER BY name")]
+
+    def get(self, ref: str) -> NetworkSpec:
+        row = self.store.one("SELECT * FROM networks WHERE name=?", ref) or \
+            self.store.one("SELECT * FROM networks WHERE id=?", ref)
+        if row is None and len(ref) >= 6:
+            rows = self.store.query("SELECT * FROM networks WHERE id LIKE ?", ref + "%")
+            row = rows[0] if len(rows) == 1 else None
+        if row is None and ref == DEFAULT_NETWORK:
+            # The default network comes back on first use, also after `system prune`.
+            return self.create(DEFAULT_NETWORK, subnet=self.default_subnet)
+        if row is None:
+            raise NotFound(f"network {ref!r} not found (see `portlink network ls`)")
+        return _spec(row)
+
+    def create(self, name: str, subnet: str | None = None, gateway: str | None = None,
+               internal: bool = False, icc: bool = True) -> NetworkSpec:
+        validate.name("network", name)
+        if name == NO_NETWORK:
+            raise InvalidArgument(f"network name {name!r} is reserved")
+        existing = [(n.name, n.subnet) for n in self.list()]
+        if any(n == name for n, _ in existing):
+            raise Conflict(f"network {name!r} already exists")
+        if subnet:
+            net = ipam.parse_subnet(subnet)
+            ipam.check_overlap(net, existing)
+        else:
+            if gateway:
+                raise InvalidArgument("--gateway needs --subnet")
+            net = ipam.auto_subnet(s for _, s in existing)
+        gw = ipam.parse_gateway(gateway, net)
+        nid = secrets.token_hex(32)
+        spec = NetworkSpec(id=nid, name=name, subnet=net, gateway=gw,
+                           bridge=names.bridge_name(nid), internal=internal, icc=icc)
+        with self.store.tx() as db:
+            db.execute("INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,NULL)",
+                       (nid, name, str(net), str(gw), spec.bridge, int(internal), int(icc), time.time()))
+        self.store.record("bridge", spec.bridge, nid)
+        try:
+            kernel_link.ensure_bridge(spec)
+            self._apply_firewall()
+        except BaseException:
+            self._drop(spec)
+            raise
+        return spec
+
+    def _drop(self, spec: NetworkSpec) -> list[str]:
+        """Remove the network's row, firewall rules and bridge, collecting errors."""
+        errors = []
+        self.store.execute("DELETE FROM networks WHERE id=?", spec.id)
+        for step in (self._apply_firewall, lambda: kernel_link.delete_link(spec.bridge)):
+            try:
+                step()
+            except Exception as e:
+                errors.append(f"network {spec.name}: {e}")
+        if not errors:
+            self.store.forget("bridge", spec.bridge)
+        return errors
+
+    def remove(self, ref: str, users: list[str]) -> list[str]:
+        spec = self.get(ref)
+        if spec.name == DEFAULT_NETWORK:
+            raise InvalidArgument(f"network {DEFAULT_NETWORK!r} is the default network and cannot be removed")
+        if users:
+            raise Conflict(f"network {spec.name!r} is in use by containers: {', '.join(sorted(users))}")
+        return self._drop(spec)
+
+    # IPAM: called inside the caller's transaction ------------------------------------
+    @staticmethod
+    def lease(db, spec: NetworkSpec, container_id: str) -> IPv4Address:
+        used = {ip_address(r[0]) for r in db.execute(
+            "SELECT ip FROM leases WHERE network_id=?", (spec.id,))}
+        cur = db.execute("SELECT cursor FROM networks WHERE id=?", (spec.id,)).fetchone()[0]
+        ip = ipam.next_free(spec.subnet, spec.gateway, used, ip_address(cur) if cur else None)
+        db.execute("INSERT INTO leases VALUES (?,?,?)", (spec.id, str(ip), container_id))
+        db.execute("UPDATE networks SET cursor=? WHERE id=?", (str(ip), spec.id))
+        return ip

@@ -1,0 +1,79 @@
+"""The OCI runtime config (config.json) for runc, as a pure function."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+
+# Docker's default capability set.
+CAPS = [f"CAP_{c}" for c in (
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")]
+
+MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+          "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+          "/sys/firmware", "/sys/devices/virtual/powercap"]
+READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    args: list[str]
+    env: list[str]
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    hostname: str = ""
+    files: dict[str, str] = field(default_factory=dict)   # container path -> host file (hosts, resolv.conf)
+
+
+def nofile_limit() -> int:
+    # The daemon may not raise RLIMIT_NOFILE past its hard limit (no CAP_SYS_RESOURCE
+    # here), and runc fails if asked to: stay at or below it.
+    return min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576)
+
+
+def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str) -> dict:
+    nofile = nofile_limit()
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+    ]
+    for dest, src in sorted(proc.files.items()):
+        mounts.append({"destination": dest, "type": "bind", "source": src,
+                       "options": ["rbind", "rprivate"]})
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": proc.uid, "gid": proc.gid},
+            "args": proc.args,
+            "env": proc.env,
+            "cwd": proc.cwd,
+            "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": rootfs, "readonly": False},
+        "hostname": proc.hostname,
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "network", "path": netns_path},
+            ],
+            "maskedPaths": MASKED,
+            "readonlyPaths": READONLY,
+        },
+    }

@@ -1,0 +1,81 @@
+"""Watches container init processes through pidfds and reports their exit.
+
+The daemon is a child subreaper, so a container's init (whose parent, runc,
+exits right after starting it) becomes the daemon's child and its exit status
+can be collected. After a daemon restart the old containers belong to someone
+else: their end is still seen through the pidfd, with no exit code."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import threading
+from typing import Callable
+
+log = logging.getLogger("portlink.reaper")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+class Reaper:
+    def __init__(self, on_exit: Callable[[str, int | None], None]) -> None:
+        self._on_exit = on_exit
+        self._ep = select.epoll()
+        self._fds: dict[int, tuple[str, int]] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+        self._thread.start()
+
+    def watch(self, cid: str, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            threading.Thread(target=self._report, args=(cid, pid, None), daemon=True).start()
+            return
+        with self._lock:
+            self._fds[fd] = (cid, pid)
+            self._ep.register(fd, select.EPOLLIN)
+
+    def _loop(self) -> None:
+        while not self._stop:
+            for fd, _ in self._ep.poll():
+                if fd == self._wake_r:
+                    continue
+                with self._lock:
+                    cid, pid = self._fds.pop(fd)
+                    self._ep.unregister(fd)
+                code = self._status(fd)
+                os.close(fd)
+                # Cleanup takes locks and does I/O: never block the watch loop on it.
+                threading.Thread(target=self._report, args=(cid, pid, code), daemon=True).start()
+
+    @staticmethod
+    def _status(fd: int) -> int | None:
+        try:
+            r = os.waitid(os.P_PIDFD, fd, os.WEXITED)
+        except ChildProcessError:
+            return None   # not our child (daemon restarted since): code unknown
+        if r is None:
+            return None
+        return r.si_status if r.si_code == os.CLD_EXITED else 128 + r.si_status
+
+    def _report(self, cid: str, pid: int, code: int | None) -> None:
+        try:
+            self._on_exit(cid, code)
+        except Exception:
+            log.exception("handling the exit of container %s (pid %d)", cid[:12], pid)
+
+    def close(self) -> None:
+        self._stop = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=2)

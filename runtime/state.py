@@ -1,0 +1,93 @@
+"""The daemon's state store (SQLite in WAL mode in the state dir).
+
+It records every object portlink creates, before creating it (`resources`), so
+a crash at any step leaves a journal that restart reconciliation can roll back.
+Leases and published ports are rows with unique keys: no address or port is
+ever handed out twice, also across daemon restarts and concurrent requests."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS networks(
+  id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, subnet TEXT NOT NULL, gateway TEXT NOT NULL,
+  bridge TEXT UNIQUE NOT NULL, internal INTEGER NOT NULL, icc INTEGER NOT NULL,
+  created REAL NOT NULL, cursor TEXT);
+CREATE TABLE IF NOT EXISTS containers(
+  id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+  pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, finished REAL);
+CREATE TABLE IF NOT EXISTS leases(
+  network_id TEXT NOT NULL, ip TEXT NOT NULL, container_id TEXT NOT NULL,
+  PRIMARY KEY(network_id, ip));
+CREATE TABLE IF NOT EXISTS ports(
+  proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL,
+  container_id TEXT NOT NULL, container_port INTEGER NOT NULL,
+  PRIMARY KEY(proto, host_ip, host_port));
+CREATE TABLE IF NOT EXISTS resources(
+  kind TEXT NOT NULL, name TEXT NOT NULL, owner TEXT NOT NULL, created REAL NOT NULL,
+  PRIMARY KEY(kind, name));
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process (not a power cut): the case we guard.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One serialised write transaction: check-then-insert is atomic inside it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        rows = self.query(sql, *args)
+        return rows[0] if rows else None
+
+    def execute(self, sql: str, *args: Any) -> None:
+        with self.tx() as db:
+            db.execute(sql, args)
+
+    # The journal of created objects ------------------------------------------------
+    def record(self, kind: str, name: str, owner: str) -> None:
+        """Call before creating `name`: a crash after creation still finds it."""
+        self.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", kind, name, owner, time.time())
+
+    def forget(self, kind: str, name: str) -> None:
+        self.execute("DELETE FROM resources WHERE kind=? AND name=?", kind, name)
+
+    def resources(self, owner: str | None = None) -> list[sqlite3.Row]:
+        if owner is None:
+            return self.query("SELECT * FROM resources ORDER BY created")
+        return self.query("SELECT * FROM resources WHERE owner=? ORDER BY created", owner)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
