@@ -1,0 +1,198 @@
+"""Simulated hosts on one machine: each a network namespace of its own with its
+own portlinkd and state dir. Used by the tests, the demo and the benchmarks so
+that nothing ever touches the machine's root network namespace.
+
+Namespaces are named plt-<role>-<random> (portlink test), so a sweep after a
+crash can find them: `python -m portlink.runtime.sandbox --clean`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portlink.runtime.cli import Client, CliError
+
+SANDBOX_PREFIX = "plt-"
+VENV_BIN = Path(sys.executable).parent
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Run a command (argument list, never a shell) and capture its output as text."""
+    p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+@dataclass
+class Namespace:
+    """A named network namespace made with iproute2, deleted by `delete()`."""
+
+    name: str
+
+    @classmethod
+    def create(cls, role: str) -> "Namespace":
+        ns = cls(f"{SANDBOX_PREFIX}{role}-{secrets.token_hex(3)}")
+        sh("ip", "netns", "add", ns.name)
+        ns.run("ip", "link", "set", "lo", "up")
+        return ns
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def argv(self, *argv: str) -> list[str]:
+        # nsenter, not `ip netns exec`: the latter remounts /sys and hides cgroups.
+        return ["nsenter", f"--net={self.path}", *argv]
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        return sh(*self.argv(*argv), check=check, timeout=timeout, **kw)
+
+    def popen(self, *argv: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*argv), **kw)
+
+    def delete(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+def link_namespaces(a: Namespace, a_ip: str, b: Namespace, b_ip: str, prefix: int = 24) -> None:
+    """A veth pair between two sandbox namespaces, addressed: a simple underlay."""
+    ia, ib = f"pl{secrets.token_hex(4)}", f"pl{secrets.token_hex(4)}"
+    sh("ip", "link", "add", ia, "netns", a.name, "type", "veth", "peer", "name", ib, "netns", b.name)
+    for ns, ifname, ip in ((a, ia, a_ip), (b, ib, b_ip)):
+        ns.run("ip", "addr", "add", f"{ip}/{prefix}", "dev", ifname)
+        ns.run("ip", "link", "set", ifname, "up")
+
+
+@dataclass
+class SimHost:
+    """A simulated portlink host: namespace + portlinkd + state dir."""
+
+    ns: Namespace
+    workdir: Path
+    firewall: str = "nftables"
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def start(cls, role: str = "host", firewall: str = "nftables", extra_args: list[str] | None = None) -> "SimHost":
+        ns = Namespace.create(role)
+        h = cls(ns, Path(tempfile.mkdtemp(prefix=f"{ns.name}-")), firewall, extra_args or [])
+        try:
+            h.start_daemon()
+        except BaseException:
+            h.destroy()
+            raise
+        return h
+
+    @property
+    def socket(self) -> str:
+        return str(self.workdir / "portlink.sock")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def start_daemon(self, timeout: float = 30) -> None:
+        log = open(self.workdir / "portlinkd.log", "ab")
+        self.proc = self.ns.popen(str(VENV_BIN / "portlinkd"), "--socket", self.socket,
+                                  "--state-dir", str(self.state_dir), "--firewall", self.firewall,
+                                  *self.extra_args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"portlinkd exited ({self.proc.returncode}): {self.daemon_log()[-2000:]}")
+            try:
+                self.client.get("/_ping")
+                return
+            except (CliError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"portlinkd did not answer within {timeout}s: {self.daemon_log()[-2000:]}")
+
+    def daemon_log(self) -> str:
+        try:
+            return (self.workdir / "portlinkd.log").read_text()
+        except OSError:
+            return ""
+
+    def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)   # our own child, by its pid
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PORTLINK_HOST": self.socket}
+        p = subprocess.run([str(VENV_BIN / "portlink"), *args], capture_output=True, text=True,
+                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"portlink {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p
+
+    def destroy(self) -> list[str]:
+        """Prune everything, stop the daemon, delete the namespace; returns the errors."""
+        errors: list[str] = []
+        if self.proc and self.proc.poll() is None:
+            try:
+                r = self.client.post("/system/prune")
+                errors += r["errors"]
+            except (CliError, OSError) as e:
+                errors.append(f"prune: {e}")
+        self.stop_daemon()
+        self.ns.delete()
+        errors += unmount_under(self.workdir)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return errors
+
+
+def unmount_under(root: Path) -> list[str]:
+    """Lazily unmount whatever is still mounted below `root` (overlays, netns
+    files), deepest first, so removing the directory cannot fail on a mount."""
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    errors = []
+    for mp in sorted((m for m in points if m.startswith(prefix)), key=len, reverse=True):
+        p = sh("umount", "-l", mp, check=False)
+        if p.returncode != 0:
+            errors.append(f"umount {mp}: {p.stderr.strip()}")
+        else:
+            errors.append(f"leaked mount {mp} (unmounted)")
+    return errors
+
+
+def clean() -> list[str]:
+    """Delete every sandbox namespace left by a crashed test run (plt-*)."""
+    out = sh("ip", "netns", "list", check=False).stdout.split("\n")
+    gone = []
+    for line in out:
+        name = line.split(" ")[0]
+        if name.startswith(SANDBOX_PREFIX):
+            sh("ip", "netns", "del", name, check=False)
+            gone.append(name)
+    return gone
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="portlink sandbox helpers")
+    p.add_argument("--clean", action="store_true", help="delete leftover plt-* namespaces")
+    if p.parse_args().clean:
+        print("\n".join(clean()) or "nothing to clean")
