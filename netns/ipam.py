@@ -23,7 +23,7 @@ def parse_subnet(text: str) -> IPv4Network:
         raise InvalidArgument(f"invalid subnet {text!r}: only IPv4 subnets are supported")
     if net.prefixlen > 30:
         raise InvalidArgument(f"invalid subnet {text!r}: a /{net.prefixlen} has no room for a gateway and a container (use /30 or larger)")
-    if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified:
+    if net.is_loopback or net.is_multicast or net.is_link_local or net.overlaps(ip_network("0.0.0.0/8")):
         raise InvalidArgument(f"invalid subnet {text!r}: not a unicast range usable for containers")
     return net
 

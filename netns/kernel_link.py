@@ -89,7 +89,12 @@ def attach(ep: Endpoint) -> None:
                  peer={"ifname": ep.ifname, "net_ns_fd": fd})
     finally:
         os.close(fd)
-    ipr.link("set", ifname=ep.host_ifname, state="up")
+    idx = _index(ipr, ep.host_ifname)
+    # Hairpin: with br_netfilter a published port is DNATed at the bridge, so a
+    # container reaching its own published port needs frames sent back out the
+    # port they came in on.
+    ipr.brport("set", index=idx, mode=1)
+    ipr.link("set", index=idx, state="up")
     with kernel_ns.entered(ep.netns_path):
         cipr = IPRoute()
     try:

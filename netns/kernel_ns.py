@@ -31,7 +31,7 @@ def _setns(fd: int) -> None:
 
 
 def current_netns_fd() -> int:
-    return os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
 @contextlib.contextmanager

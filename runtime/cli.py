@@ -152,7 +152,10 @@ def cmd_run(cl: Client, a) -> int:
         env = parse_env_file(f) + env
     spec = {"image": a.image, "name": a.name or "", "cmd": a.command, "env": env,
             "publish": a.publish, "expose": a.expose, "network": a.net, "hostname": a.hostname or "",
-            "dns": a.dns, "workdir": a.workdir or "", "user": a.user or "", "rm": a.rm,
+            "dns": a.dns, "workdir": a.workdir or "", "user": a.user or "",
+            # In the foreground the CLI removes the container itself, after it has
+            # read the output and the exit code (as the docker client does).
+            "rm": a.rm and a.detach,
             "labels": dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)}
     c = cl.post("/containers", spec)
     if a.detach:
@@ -160,18 +163,23 @@ def cmd_run(cl: Client, a) -> int:
         return 0
     try:
         _stream(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1"}, stream=True))
+        code = _exit_code(cl, c["id"])
     except KeyboardInterrupt:
         return 130
+    if a.rm:
+        cl.delete(f"/containers/{c['id']}", force="1")
+    return code
+
+
+def _exit_code(cl: Client, cid: str) -> int:
+    # The log stream ends when the container stops; the reaper records the code
+    # a moment later.
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:   # the exit code lands just after the log ends
-        try:
-            info = cl.get(f"/containers/{c['id']}")
-        except CliError:
-            return 0   # --rm removed it
-        if info["status"] != "running" and (info["exit_code"] is not None or a.rm is False):
-            return info["exit_code"] or 0
-        time.sleep(0.05)
-    return 0
+    while True:
+        info = cl.get(f"/containers/{cid}")
+        if info["status"] != "running" and (info["exit_code"] is not None or time.monotonic() > deadline):
+            return info["exit_code"] if info["exit_code"] is not None else EXIT_ERROR
+        time.sleep(0.02)
 
 
 def cmd_ps(cl: Client, a) -> int:

@@ -70,6 +70,8 @@ class ContainerSpec:
         if not isinstance(spec.labels, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in spec.labels.items()):
             raise InvalidArgument("field 'labels' must map strings to strings")
+        if not isinstance(spec.rm, bool):
+            raise InvalidArgument("field 'rm' must be true or false")
         for f in ("image", "name", "network", "hostname", "workdir", "user"):
             if not isinstance(getattr(spec, f), str):
                 raise InvalidArgument(f"field {f!r} must be a string")

@@ -172,27 +172,28 @@ class Api:
         await resp.prepare(r)
         data = path.read_bytes() if path.exists() else b""
         if tail is not None and tail != "all":
-            if not tail.isdigit():
+            if not (tail.isascii() and tail.isdigit()):
                 raise InvalidArgument(f"invalid --tail {tail!r}: expected a number or 'all'")
             lines = data.splitlines(keepends=True)
             data = b"".join(lines[-int(tail):]) if int(tail) else b""
         await resp.write(data)
         if follow:
-            pos = path.stat().st_size if path.exists() else 0
+            pos = len(path.read_bytes()) if path.exists() else 0
             while True:
-                await asyncio.sleep(0.1)
+                try:
+                    running = c.row(info["id"])["status"] == "running"
+                except PortlinkError:
+                    running = False
+                # Read after the status check: output written before the exit is never lost.
                 if path.exists() and path.stat().st_size > pos:
                     with open(path, "rb") as f:
                         f.seek(pos)
                         chunk = f.read()
                     pos += len(chunk)
                     await resp.write(chunk)
-                else:
-                    try:
-                        if c.row(info["id"])["status"] != "running":
-                            break
-                    except PortlinkError:
-                        break
+                if not running:
+                    break
+                await asyncio.sleep(0.05)
         await resp.write_eof()
         return resp
 

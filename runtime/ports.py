@@ -27,7 +27,7 @@ class PortRequest:
 
 
 def _port(text: str, spec: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise InvalidArgument(f"invalid port {text!r} in {spec!r}: expected a number from 1 to 65535")
     return int(text)
 

@@ -12,7 +12,7 @@ HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 
 
 def name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise InvalidArgument(
             f"invalid {kind} name {value!r}: use 1 to 63 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit")
@@ -23,7 +23,7 @@ def env_entry(entry: str) -> str:
     if not isinstance(entry, str):
         raise InvalidArgument(f"invalid environment entry {entry!r}: expected KEY=value")
     key, sep, val = entry.partition("=")
-    if not sep or not ENV_KEY_RE.match(key):
+    if not sep or not ENV_KEY_RE.fullmatch(key):
         raise InvalidArgument(f"invalid environment entry {entry!r}: expected KEY=value with KEY "
                               "made of letters, digits and '_'")
     if "\n" in val or "\0" in val or "\r" in val:
@@ -32,7 +32,7 @@ def env_entry(entry: str) -> str:
 
 
 def hostname(value: str) -> str:
-    if not HOSTNAME_RE.match(value):
+    if not HOSTNAME_RE.fullmatch(value):
         raise InvalidArgument(f"invalid hostname {value!r}: use a DNS label (letters, digits, '-', at most 63)")
     return value
 
@@ -42,7 +42,7 @@ def parse_user(value: str, passwd: str, group: str) -> tuple[int, int]:
     user, _, grp = value.partition(":")
 
     def lookup(text: str, table: str, what: str) -> tuple[int, int]:
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text), -1
         for line in table.splitlines():
             f = line.split(":")

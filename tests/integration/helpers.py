@@ -1,0 +1,48 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from portlink.runtime.sandbox import Namespace, SimHost, link_namespaces
+
+
+class Outside:
+    """A second namespace routed to the host over an underlay veth: 'the internet'."""
+
+    HOST_IP = "198.51.100.1"
+    IP = "198.51.100.2"
+
+    def __init__(self, host: SimHost):
+        self.ns = Namespace.create("out")
+        link_namespaces(host.ns, self.HOST_IP, self.ns, self.IP)
+        # The outside knows no route to the containers' subnets: only published
+        # ports (DNAT to the host address) and masqueraded replies can work.
+
+    def serve_peer_address(self, port: int = 9000):
+        """A TCP server that answers each connection with the peer's address."""
+        code = ("import socket\n"
+                "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                f"s.bind(('0.0.0.0',{port})); s.listen(8)\n"
+                "for _ in range(50):\n"
+                "  c,a=s.accept(); c.sendall(('HTTP/1.0 200 OK\\r\\n\\r\\n'+a[0]+'\\n').encode()); c.close()\n")
+        p = self.ns.popen(sys.executable, "-c", code)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if str(port) in self.ns.run("ss", "-ltn").stdout:
+                return p
+            time.sleep(0.05)
+        p.kill()
+        raise RuntimeError("peer-address server did not start")
+
+
+def wait_for(fn, timeout: float = 10, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    return last

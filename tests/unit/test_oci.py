@@ -1,0 +1,88 @@
+"""The OCI config.json given to runc (pure)."""
+
+import json
+import resource
+
+import pytest
+
+from portlink.runtime import oci
+
+PROC = oci.ProcessSpec(
+    args=["/bin/sh", "-c", "echo hi"],
+    env=["PATH=/bin", "HOSTNAME=web"],
+    cwd="/srv",
+    uid=1000,
+    gid=50,
+    hostname="web",
+    files={"/etc/resolv.conf": "/state/c1/resolv.conf", "/etc/hosts": "/state/c1/hosts"},
+)
+NETNS = "/state/netns/plc-0123456789ab"
+
+
+@pytest.fixture
+def cfg():
+    return oci.build_config(PROC, "/state/c1/rootfs", NETNS, "/portlink/c1")
+
+
+def test_process(cfg):
+    p = cfg["process"]
+    assert p["args"] == ["/bin/sh", "-c", "echo hi"]
+    assert p["env"] == ["PATH=/bin", "HOSTNAME=web"]
+    assert p["cwd"] == "/srv"
+    assert p["user"] == {"uid": 1000, "gid": 50}
+    assert p["noNewPrivileges"] is True
+    assert p["terminal"] is False
+    assert cfg["hostname"] == "web"
+    assert cfg["root"]["path"] == "/state/c1/rootfs"
+
+
+def test_defaults():
+    p = oci.build_config(oci.ProcessSpec(args=["true"], env=[]), "/r", NETNS, "/c")["process"]
+    assert p["cwd"] == "/" and p["user"] == {"uid": 0, "gid": 0}
+
+
+def test_namespaces(cfg):
+    ns = {n["type"]: n for n in cfg["linux"]["namespaces"]}
+    assert ns["network"] == {"type": "network", "path": NETNS}
+    for t in ("pid", "ipc", "uts", "mount"):
+        assert ns[t] == {"type": t}           # no path: a new namespace
+    assert len(cfg["linux"]["namespaces"]) == len(ns)   # no type twice
+
+
+def test_rlimit_nofile_within_hard_limit(cfg):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    (lim,) = [r for r in cfg["process"]["rlimits"] if r["type"] == "RLIMIT_NOFILE"]
+    assert 0 < lim["soft"] <= lim["hard"]
+    assert lim["hard"] <= hard
+
+
+@pytest.mark.parametrize("hard, want", [(4096, 4096), (1 << 21, 1048576)])
+def test_rlimit_nofile_follows_hard_limit(monkeypatch, hard, want):
+    monkeypatch.setattr(oci.resource, "getrlimit", lambda which: (1024, hard))
+    (lim,) = oci.build_config(PROC, "/r", NETNS, "/c")["process"]["rlimits"]
+    assert lim == {"type": "RLIMIT_NOFILE", "hard": want, "soft": want}
+
+
+def test_bind_mounts_for_files(cfg):
+    binds = [m for m in cfg["mounts"] if m["type"] == "bind"]
+    assert {m["destination"]: m["source"] for m in binds} == PROC.files
+    for m in binds:
+        assert "rbind" in m["options"]
+    dests = [m["destination"] for m in cfg["mounts"]]
+    assert dests.index("/proc") < dests.index("/etc/hosts")   # after the base mounts
+
+
+def test_cgroups_and_security(cfg):
+    assert cfg["linux"]["cgroupsPath"] == "/portlink/c1"
+    caps = cfg["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted"):
+        assert caps[kind], kind
+        for forbidden in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE"):
+            assert forbidden not in caps[kind]
+        assert "CAP_NET_BIND_SERVICE" in caps[kind]
+    assert "/proc/kcore" in cfg["linux"]["maskedPaths"]
+    assert "/proc/sys" in cfg["linux"]["readonlyPaths"]
+
+
+def test_serialisable(cfg):
+    assert json.loads(json.dumps(cfg)) == cfg

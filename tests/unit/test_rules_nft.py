@@ -1,0 +1,127 @@
+"""The exact nftables rule sets portlink renders (no root: pure functions)."""
+
+from ipaddress import IPv4Address as A, IPv4Network as N
+
+from portlink.netns import rules_nft as R
+from portlink.netns.model import NetworkSpec, PortMapping
+
+FRONT = NetworkSpec("n1", "front", N("10.77.0.0/24"), A("10.77.0.1"), "plb-front")
+BACK = NetworkSpec("n2", "back", N("10.78.0.0/24"), A("10.78.0.1"), "plb-back", internal=True, icc=False)
+PORTS = [
+    PortMapping("tcp", 8080, A("10.77.0.2"), 80),
+    PortMapping("udp", 5353, A("10.77.0.3"), 53, host_ip=A("127.0.0.1")),
+]
+
+EXPECTED = """\
+add table ip portlink
+delete table ip portlink
+table ip portlink {
+\tmap tcp_any {
+\t\ttype inet_service : ipv4_addr . inet_service
+\t}
+\tmap tcp_ip {
+\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
+\t}
+\tmap udp_any {
+\t\ttype inet_service : ipv4_addr . inet_service
+\t}
+\tmap udp_ip {
+\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
+\t}
+\tchain published {
+\t\tmeta l4proto tcp dnat ip to ip daddr . tcp dport map @tcp_ip
+\t\tmeta l4proto tcp dnat ip to tcp dport map @tcp_any
+\t\tmeta l4proto udp dnat ip to ip daddr . udp dport map @udp_ip
+\t\tmeta l4proto udp dnat ip to udp dport map @udp_any
+\t}
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tfib daddr type local jump published
+\t}
+\tchain output {
+\t\ttype nat hook output priority -100; policy accept;
+\t\tfib daddr type local jump published
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "plb-back" ct status dnat ip saddr 10.78.0.0/24 masquerade
+\t\toifname "plb-back" ip saddr 127.0.0.0/8 masquerade
+\t\tip saddr 10.77.0.0/24 oifname != "plb-front" masquerade
+\t\toifname "plb-front" ct status dnat ip saddr 10.77.0.0/24 masquerade
+\t\toifname "plb-front" ip saddr 127.0.0.0/8 masquerade
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\toifname "plb-back" ct state established,related accept
+\t\toifname "plb-back" ct status dnat accept
+\t\tiifname "plb-back" oifname != "plb-back" drop
+\t\toifname "plb-back" drop
+\t\toifname "plb-front" ct state established,related accept
+\t\toifname "plb-front" ct status dnat accept
+\t\tiifname "plb-front" oifname "plb-front" accept
+\t\tiifname "plb-front" oifname != "plb-front" accept
+\t\toifname "plb-front" drop
+\t}
+}
+add element ip portlink tcp_any { 8080 : 10.77.0.2 . 80 }
+add element ip portlink udp_ip { 127.0.0.1 . 5353 : 10.77.0.3 . 53 }
+"""
+
+
+def test_render_ruleset_exact():
+    assert R.render_ruleset([FRONT, BACK], PORTS) == EXPECTED
+
+
+def test_render_ruleset_order_independent_of_input_order():
+    assert R.render_ruleset([BACK, FRONT], PORTS) == R.render_ruleset([FRONT, BACK], PORTS)
+
+
+def test_render_ruleset_without_ports_has_no_elements():
+    text = R.render_ruleset([FRONT, BACK], [])
+    assert "element" not in text
+    assert text == EXPECTED.split("add element")[0]
+
+
+def test_render_add_and_remove_group_elements_per_map():
+    ports = [
+        PortMapping("tcp", 8080, A("10.77.0.2"), 80),
+        PortMapping("udp", 53, A("10.77.0.4"), 53),
+        PortMapping("tcp", 8081, A("10.77.0.3"), 80),
+        PortMapping("tcp", 443, A("10.77.0.2"), 8443, host_ip=A("192.0.2.1")),
+        PortMapping("tcp", 444, A("10.77.0.3"), 8443, host_ip=A("192.0.2.2")),
+    ]
+    assert R.render_add_ports(ports) == (
+        "add element ip portlink tcp_any { 8080 : 10.77.0.2 . 80, 8081 : 10.77.0.3 . 80 }\n"
+        "add element ip portlink tcp_ip { 192.0.2.1 . 443 : 10.77.0.2 . 8443, "
+        "192.0.2.2 . 444 : 10.77.0.3 . 8443 }\n"
+        "add element ip portlink udp_any { 53 : 10.77.0.4 . 53 }\n"
+    )
+    assert R.render_remove_ports(ports[1:2]) == "delete element ip portlink udp_any { 53 : 10.77.0.4 . 53 }\n"
+    assert R.render_remove_ports(ports).count("\n") == 3
+    assert all(line.startswith("delete element ip portlink ")
+               for line in R.render_remove_ports(ports).splitlines())
+
+
+def _ports(n):
+    return [PortMapping("tcp" if i % 2 else "udp", 10000 + i, A(f"10.77.{1 + i // 250}.{2 + i % 250}"), 80,
+                        host_ip=A("127.0.0.1") if i % 3 == 0 else None) for i in range(n)]
+
+
+def test_rule_count_does_not_grow_with_ports():
+    one, many = R.render_ruleset([FRONT, BACK], _ports(1)), R.render_ruleset([FRONT, BACK], _ports(500))
+
+    def split(text):
+        lines = text.splitlines()
+        return [x for x in lines if "element" not in x], [x for x in lines if "element" in x]
+
+    rules_1, els_1 = split(one)
+    rules_500, els_500 = split(many)
+    assert rules_1 == rules_500                 # identical rules, byte for byte
+    assert len(els_1) == 1
+    assert len(els_500) == 4                    # one element line per map, not per port
+    assert sum(line.count(" : ") for line in els_500) == 500
+
+
+def test_render_teardown():
+    assert R.render_teardown() == "add table ip portlink\ndelete table ip portlink\n"
+    assert R.render_ruleset([], []).startswith(R.render_teardown())
