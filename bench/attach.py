@@ -275,9 +275,9 @@ def run_inner(args: argparse.Namespace) -> int:
 
         spent = 0.0
         for n, slot in enumerate(slots):
-            # Leave room for the detaches (about as long as the attaches so far).
+            # Leave room for the detaches (netavark's take up to twice its attaches).
             now = time.monotonic()
-            if now + spent + (spent / n if n else 0) > deadline:
+            if now + 2 * spent + (spent / n if n else 0) > deadline:
                 stopped_early = True
                 break
             if prof:
@@ -379,8 +379,12 @@ def _unmount_tree(root: str) -> None:
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
+    # nsenter execs the inner python (no fork), so proc.pid is that process.
+    # A Ctrl-C at a terminal reached it already; a SIGTERM to us did not.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)       # it got the Ctrl-C too and cleans up
+        proc.wait(timeout=30)       # it removes its container namespaces
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGTERM)

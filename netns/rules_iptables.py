@@ -94,7 +94,10 @@ def network_postrouting(n: NetworkSpec) -> list[str]:
     ]
 
 
-def network_forward(n: NetworkSpec) -> list[str]:
+def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
+    """(what may reach the network, what may leave it). Every network's first
+    part goes before any network's second, so one network's way out is never
+    another network's way in."""
     b, c = n.bridge, f"-A {P}FORWARD"
     rules = [
         f"{c} -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -102,10 +105,9 @@ def network_forward(n: NetworkSpec) -> list[str]:
     ]
     if n.icc:   # bridged frames reach FORWARD with -i b -o b through br_netfilter
         rules.append(f"{c} -i {b} -o {b} -j ACCEPT")
-    rules.append(f"{c} -i {b} ! -o {b} -j {'DROP' if n.internal else 'ACCEPT'}")
     # Nothing else reaches the containers: only published ports, above.
     rules.append(f"{c} -o {b} -j DROP")
-    return rules
+    return rules, [f"{c} -i {b} ! -o {b} -j {'DROP' if n.internal else 'ACCEPT'}"]
 
 
 def _table(name: str, state: TableState | None, rules: list[str]) -> str:
@@ -131,7 +133,8 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
     nat = [f"-A {P}{c} -m addrtype --dst-type LOCAL -j {DNAT}" for c in ("PREROUTING", "OUTPUT")]
     nat += [r for n in nets for r in network_postrouting(n)]
     nat += _dnat_adds(ports, specific="-A")
-    fwd = [r for n in nets for r in network_forward(n)]
+    parts = [network_forward(n) for n in nets]
+    fwd = [r for inbound, _ in parts for r in inbound] + [r for _, out in parts for r in out]
     return _table("nat", state.get("nat"), nat) + _table("filter", state.get("filter"), fwd)
 
 

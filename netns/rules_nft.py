@@ -63,7 +63,10 @@ def network_postrouting(n: NetworkSpec) -> list[str]:
     return rules
 
 
-def network_forward(n: NetworkSpec) -> list[str]:
+def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
+    """(what may reach the network, what may leave it). Every network's first
+    part goes before any network's second, so one network's way out is never
+    another network's way in."""
     b = n.bridge
     rules = [
         f'oifname "{b}" ct state established,related accept',
@@ -71,11 +74,10 @@ def network_forward(n: NetworkSpec) -> list[str]:
     ]
     if n.icc:
         rules.append(f'iifname "{b}" oifname "{b}" accept')
-    rules.append(f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}')
     # Nothing else reaches the containers: not other networks, not the outside
     # by container address (only published ports, above).
     rules.append(f'oifname "{b}" drop')
-    return rules
+    return rules, [f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}']
 
 
 def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> str:
@@ -85,7 +87,8 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
     nets = sorted(networks, key=lambda n: n.bridge)
     ind = "\t\t"
     post = "".join(f"{ind}{r}\n" for n in nets for r in network_postrouting(n))
-    fwd = "".join(f"{ind}{r}\n" for n in nets for r in network_forward(n))
+    parts = [network_forward(n) for n in nets]
+    fwd = "".join(f"{ind}{r}\n" for r in [r for i, _ in parts for r in i] + [r for _, o in parts for r in o])
     maps = ""
     for proto in ("tcp", "udp"):
         maps += f"\tmap {proto}_any {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}\n"

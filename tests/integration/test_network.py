@@ -18,8 +18,10 @@ def ip_of(host, name):
 
 
 def wget(host, url, *run_args, timeout=3):
-    # busybox timeout, not wget -T: Debian's static busybox wget segfaults with -T.
-    return host.cli("run", "--rm", *run_args, "busybox", "timeout", str(timeout), "wget", "-q", "-O-", url)
+    # busybox timeout, not wget -T (Debian's static busybox wget segfaults with -T),
+    # under sh so wget is not PID 1, which ignores the timeout's SIGTERM.
+    return host.cli("run", "--rm", *run_args, "busybox", "sh", "-c",
+                    f"timeout {timeout} wget -q -O- {url}; exit $?")
 
 
 def serve(host, name, *args, text=None, net="bridge"):

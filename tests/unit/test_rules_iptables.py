@@ -36,13 +36,13 @@ COMMIT
 FILTER_BODY = """\
 -A PORTLINK-FORWARD -o plb-back -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A PORTLINK-FORWARD -o plb-back -m conntrack --ctstate DNAT -j ACCEPT
--A PORTLINK-FORWARD -i plb-back ! -o plb-back -j DROP
 -A PORTLINK-FORWARD -o plb-back -j DROP
 -A PORTLINK-FORWARD -o plb-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A PORTLINK-FORWARD -o plb-front -m conntrack --ctstate DNAT -j ACCEPT
 -A PORTLINK-FORWARD -i plb-front -o plb-front -j ACCEPT
--A PORTLINK-FORWARD -i plb-front ! -o plb-front -j ACCEPT
 -A PORTLINK-FORWARD -o plb-front -j DROP
+-A PORTLINK-FORWARD -i plb-back ! -o plb-back -j DROP
+-A PORTLINK-FORWARD -i plb-front ! -o plb-front -j ACCEPT
 -I FORWARD -j PORTLINK-FORWARD
 COMMIT
 """

@@ -54,13 +54,13 @@ table ip portlink {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\toifname "plb-back" ct state established,related accept
 \t\toifname "plb-back" ct status dnat accept
-\t\tiifname "plb-back" oifname != "plb-back" drop
 \t\toifname "plb-back" drop
 \t\toifname "plb-front" ct state established,related accept
 \t\toifname "plb-front" ct status dnat accept
 \t\tiifname "plb-front" oifname "plb-front" accept
-\t\tiifname "plb-front" oifname != "plb-front" accept
 \t\toifname "plb-front" drop
+\t\tiifname "plb-back" oifname != "plb-back" drop
+\t\tiifname "plb-front" oifname != "plb-front" accept
 \t}
 }
 add element ip portlink tcp_any { 8080 : 10.77.0.2 . 80 }
