@@ -354,15 +354,17 @@ class Containers:
     def _stopped(self, cid: str, code: int | None) -> list[str]:
         """The process is gone: release what a running container holds."""
         errors = self._undo(cid)
-        self.store.execute("UPDATE containers SET status=?, pid=NULL, finished=?, "
+        # The pid is kept (shown only while running) so a late exit report is recognised as stale.
+        self.store.execute("UPDATE containers SET status=?, finished=?, "
                            "exit_code=COALESCE(?, exit_code) WHERE id=?", EXITED, time.time(), code, cid)
         return errors
 
-    def on_exit(self, cid: str, code: int | None) -> None:
-        """Called by the reaper when a container's init process ends."""
+    def on_exit(self, cid: str, pid: int, code: int | None) -> None:
+        """Called by the reaper when a container's init process `pid` ends."""
         with self._lock(cid):
             row = self.store.one("SELECT * FROM containers WHERE id=?", cid)
-            if row is None:
+            # A late report about an earlier run (stopped, then started again) is stale.
+            if row is None or row["pid"] != pid:
                 return
             if code is not None:
                 self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
@@ -415,7 +417,7 @@ class Containers:
                  for r in self.store.query("SELECT * FROM ports WHERE container_id=? ORDER BY proto, host_port", cid)]
         return {
             "id": cid, "name": row["name"], "image": spec["image"], "status": row["status"],
-            "pid": row["pid"], "exit_code": row["exit_code"], "created": row["created"],
+            "pid": row["pid"] if row["status"] == RUNNING else None, "exit_code": row["exit_code"], "created": row["created"],
             "started": row["started"], "finished": row["finished"], "config": spec,
             "exposed": rec["exposed"],
             "network": {

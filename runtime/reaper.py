@@ -25,7 +25,7 @@ def become_subreaper() -> None:
 
 
 class Reaper:
-    def __init__(self, on_exit: Callable[[str, int | None], None]) -> None:
+    def __init__(self, on_exit: Callable[[str, int, int | None], None]) -> None:
         self._on_exit = on_exit
         self._ep = select.epoll()
         self._fds: dict[int, tuple[str, int]] = {}
@@ -71,7 +71,7 @@ class Reaper:
 
     def _report(self, cid: str, pid: int, code: int | None) -> None:
         try:
-            self._on_exit(cid, code)
+            self._on_exit(cid, pid, code)
         except Exception:
             log.exception("handling the exit of container %s (pid %d)", cid[:12], pid)
 
