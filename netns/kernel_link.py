@@ -63,10 +63,9 @@ def delete_link(ifname: str) -> None:
         _tolerate(e, errno.ENODEV, errno.ENOENT, errno.EINVAL)
 
 
-def list_links(prefix: str = names.PREFIX) -> list[str]:
-    """Names of this namespace's links that start with `prefix`."""
-    return sorted(l.get_attr("IFLA_IFNAME") for l in _ipr().get_links()
-                  if l.get_attr("IFLA_IFNAME").startswith(prefix))
+def list_links() -> list[str]:
+    """Names of this namespace's links that portlink owns (bridges and veths)."""
+    return sorted(n for n in (l.get_attr("IFLA_IFNAME") for l in _ipr().get_links()) if names.is_ours(n))
 
 
 def link_exists(ifname: str) -> bool:

@@ -66,7 +66,8 @@ class Namespace:
 
 def link_namespaces(a: Namespace, a_ip: str, b: Namespace, b_ip: str, prefix: int = 24) -> None:
     """A veth pair between two sandbox namespaces, addressed: a simple underlay."""
-    ia, ib = f"pl{secrets.token_hex(4)}", f"pl{secrets.token_hex(4)}"
+    # "ul-": sandbox underlay, never mistaken for a portlink bridge or veth
+    ia, ib = f"ul-{secrets.token_hex(4)}", f"ul-{secrets.token_hex(4)}"
     sh("ip", "link", "add", ia, "netns", a.name, "type", "veth", "peer", "name", ib, "netns", b.name)
     for ns, ifname, ip in ((a, ia, a_ip), (b, ib, b_ip)):
         ns.run("ip", "addr", "add", f"{ip}/{prefix}", "dev", ifname)
