@@ -49,6 +49,8 @@ def ensure_bridge(net: NetworkSpec) -> None:
         ipr.addr("add", index=idx, address=str(net.gateway), prefixlen=net.subnet.prefixlen)
     except NetlinkError as e:
         _tolerate(e, errno.EEXIST)
+    _bridges[net.bridge] = idx
+    _disable_ipv6(net.bridge)
     ipr.link("set", index=idx, state="up")
     # Published ports reached from the host's own 127.0.0.1 are DNATed out this
     # bridge; the kernel drops loopback sources on other devices unless allowed.
@@ -56,6 +58,7 @@ def ensure_bridge(net: NetworkSpec) -> None:
 
 
 def delete_link(ifname: str) -> None:
+    _bridges.pop(ifname, None)
     ipr = _ipr()
     try:
         ipr.link("del", ifname=ifname)
@@ -72,6 +75,43 @@ def link_exists(ifname: str) -> bool:
     return _index(_ipr(), ifname) is not None
 
 
+_bridges: dict[str, int] = {}   # bridge name -> ifindex; kept current by ensure_bridge/delete_link
+
+
+def _bridge_index(ipr: IPRoute, ep: Endpoint) -> int:
+    idx = _bridges.get(ep.network.bridge)
+    if idx is None:
+        idx = _index(ipr, ep.network.bridge)
+        if idx is None:
+            raise OSError(errno.ENODEV, f"bridge {ep.network.bridge} of network {ep.network.name!r} is missing")
+        _bridges[ep.network.bridge] = idx
+    return idx
+
+
+def _disable_ipv6(ifname: str) -> None:
+    # IPv4-only networks: no link-local address, DAD or router solicitations,
+    # whose multicast the bridge would flood to every port (attach time would
+    # then grow with the number of containers).
+    try:
+        kernel_ns.write_sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
+    except FileNotFoundError:
+        pass   # kernel without IPv6
+
+
+def _add_veth(ipr: IPRoute, ep: Endpoint, br: int) -> None:
+    fd = os.open(ep.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # index 2: the first link made in a new namespace after lo, named up front
+        # so no lookup is needed inside.
+        ipr.link("add", ifname=ep.host_ifname, kind="veth", master=br,
+                 peer={"ifname": ep.ifname, "net_ns_fd": fd, "index": CONTAINER_IFINDEX})
+    finally:
+        os.close(fd)
+
+
+CONTAINER_IFINDEX = 2
+
+
 def attach(ep: Endpoint) -> None:
     """Wire a container namespace to its network's bridge.
 
@@ -79,31 +119,41 @@ def attach(ep: Endpoint) -> None:
     renamed or moved through the host), then addressed and routed from a netlink
     socket opened in that namespace."""
     ipr = _ipr()
-    br = _index(ipr, ep.network.bridge)
-    if br is None:
-        raise OSError(errno.ENODEV, f"bridge {ep.network.bridge} of network {ep.network.name!r} is missing")
-    fd = os.open(ep.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        ipr.link("add", ifname=ep.host_ifname, kind="veth", master=br,
-                 peer={"ifname": ep.ifname, "net_ns_fd": fd})
-    finally:
-        os.close(fd)
-    idx = _index(ipr, ep.host_ifname)
-    # Hairpin: with br_netfilter a published port is DNATed at the bridge, so a
-    # container reaching its own published port needs frames sent back out the
-    # port they came in on.
-    ipr.brport("set", index=idx, mode=1)
-    ipr.link("set", index=idx, state="up")
     with kernel_ns.entered(ep.netns_path):
+        for key in ("default", "all"):
+            _disable_ipv6(key)
         cipr = IPRoute()
     try:
-        _configure_inside(cipr, ep)
+        try:
+            br = _bridge_index(ipr, ep)
+            try:
+                _add_veth(ipr, ep, br)
+            except NetlinkError as e:
+                if e.code == errno.EEXIST:
+                    # A host end left by a namespace the kernel has not finished
+                    # tearing down (same container restarted): replace it.
+                    delete_link(ep.host_ifname)
+                    _add_veth(ipr, ep, br)
+                else:
+                    _bridges.pop(ep.network.bridge, None)
+                    raise
+            idx = _index(ipr, ep.host_ifname)
+            _disable_ipv6(ep.host_ifname)
+            # Hairpin: with br_netfilter a published port is DNATed at the bridge, so
+            # a container reaching its own published port needs frames sent back out
+            # the port they came in on.
+            ipr.brport("set", index=idx, mode=1)
+            ipr.link("set", index=idx, state="up")
+            _configure_inside(cipr, ep)
+        except BaseException:
+            delete_link(ep.host_ifname)   # leave no half-made pair behind
+            raise
     finally:
         cipr.close()
 
 
 def _configure_inside(ipr: IPRoute, ep: Endpoint) -> None:
-    idx = _index(ipr, ep.ifname)
+    idx = CONTAINER_IFINDEX
     ipr.addr("add", index=idx, address=str(ep.address), prefixlen=ep.network.subnet.prefixlen)
     ipr.link("set", index=idx, state="up")
     ipr.link("set", index=1, state="up")  # lo is always ifindex 1 in a new namespace
@@ -122,7 +172,12 @@ def loopback_up(netns_path: str) -> None:
 
 
 def detach(ep: Endpoint) -> None:
-    """Remove the host end of the pair (the kernel removes the peer with it)."""
+    """Remove the host end of the pair now (the kernel removes the peer with it).
+
+    Deleting a veth waits for an RCU grace period (about 20 ms). When the
+    container's namespace goes too, prefer deleting just the namespace: the
+    kernel then removes the pair in its own batched cleanup (see
+    Containers._undo)."""
     delete_link(ep.host_ifname)
 
 

@@ -282,9 +282,16 @@ class Containers:
     def _undo(self, cid: str, keep_dir: bool = True) -> list[str]:
         """Remove what the journal says `cid` owns, newest first; best effort."""
         errors: list[str] = []
-        for r in reversed(self.store.resources(cid)):
+        rows = self.store.resources(cid)
+        netns_goes = any(r["kind"] == "netns" for r in rows)
+        for r in reversed(rows):
             kind, name = r["kind"], r["name"]
             if kind == "dir" and keep_dir:
+                continue
+            if kind == "veth" and netns_goes:
+                # The pair goes with the namespace, in the kernel's batched cleanup:
+                # deleting it here would wait ~20 ms for an RCU grace period.
+                self.store.forget(kind, name)
                 continue
             try:
                 self._undo_one(kind, name)
