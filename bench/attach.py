@@ -109,10 +109,10 @@ class PortlinkSide:
     name = "portlink"
 
     def __init__(self, run: str, nsdir: str) -> None:
-        from portlink.netns import kernel_link, names
+        from portlink.netns import kernel_link, kernel_ns, names
         from portlink.netns.fw_nftables import NftablesDriver
         from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
-        self._kl = kernel_link
+        self._kl, self._ns = kernel_link, kernel_ns
         self._Endpoint, self._PortMapping = Endpoint, PortMapping
         self._names = names
         self._run, self._nsdir = run, nsdir
@@ -148,7 +148,7 @@ class PortlinkSide:
         # veth delete that waits ~20 ms for an RCU grace period. netavark's
         # teardown deletes the veth itself; podman deletes the namespace after it
         # (not timed here), so this only adds work to portlink's side.
-        kernel_ns.delete_netns(ep.netns_path)
+        self._ns.delete_netns(ep.netns_path)
         if errs:
             raise BenchError("; ".join(errs))
 
