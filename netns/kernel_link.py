@@ -8,8 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from ipaddress import IPv4Address
-
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -69,10 +67,6 @@ def delete_link(ifname: str) -> None:
 def list_links() -> list[str]:
     """Names of this namespace's links that portlink owns (bridges and veths)."""
     return sorted(n for n in (l.get_attr("IFLA_IFNAME") for l in _ipr().get_links()) if names.is_ours(n))
-
-
-def link_exists(ifname: str) -> bool:
-    return _index(_ipr(), ifname) is not None
 
 
 _bridges: dict[str, int] = {}   # bridge name -> ifindex; kept current by ensure_bridge/delete_link
@@ -179,18 +173,3 @@ def detach(ep: Endpoint) -> None:
     kernel then removes the pair in its own batched cleanup (see
     Containers._undo)."""
     delete_link(ep.host_ifname)
-
-
-def address_of(netns_path: str, ifname: str = "eth0") -> IPv4Address | None:
-    """The IPv4 address of `ifname` inside a namespace (for drift checks)."""
-    with kernel_ns.entered(netns_path):
-        ipr = IPRoute()
-    try:
-        idx = _index(ipr, ifname)
-        if idx is None:
-            return None
-        for a in ipr.get_addr(index=idx, family=2):
-            return IPv4Address(a.get_attr("IFA_ADDRESS"))
-        return None
-    finally:
-        ipr.close()

@@ -83,16 +83,6 @@ def delete_netns(path: str) -> None:
         os.unlink(path)
 
 
-def netns_exists(path: str) -> bool:
-    """True when `path` holds a namespace (a bind-mounted nsfs file)."""
-    try:
-        st = os.stat(path)
-        parent = os.stat(os.path.dirname(path))
-    except FileNotFoundError:
-        return False
-    return st.st_dev != parent.st_dev
-
-
 def write_sysctl(name: str, value: str) -> None:
     """Set a sysctl of the calling thread's network namespace (net.* only)."""
     with open("/proc/sys/" + name.replace(".", "/"), "w") as f:

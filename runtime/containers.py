@@ -321,7 +321,8 @@ class Containers:
         elif kind == "mount":
             mounts.unmount(name)
         elif kind == "dir":
-            shutil.rmtree(name, ignore_errors=False) if os.path.exists(name) else None
+            if os.path.exists(name):
+                shutil.rmtree(name)
         else:
             raise RuntimeFailure(f"unknown resource kind {kind!r}")
 

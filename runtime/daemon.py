@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from portlink.errors import InvalidArgument, PortlinkError
+from portlink.errors import Conflict, InvalidArgument, PortlinkError
 from portlink.runtime import reaper
 from portlink.runtime.host import Host, HostConfig
 
@@ -139,7 +139,6 @@ class Api:
             name = r.match_info["name"]
             users = [x["name"] for x in await self.call(c.list, True) if x["image"] == name]
             if users:
-                from portlink.errors import Conflict
                 raise Conflict(f"image {name!r} is used by containers: {', '.join(users)}")
             await self.call(h.images.remove, name)
             return ok({"removed": name})

@@ -2,21 +2,14 @@
 (never the machine's own): apply twice, publish, unpublish, tear down."""
 
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(not shutil.which("iptables-restore") or not shutil.which("ip"),
-                       reason="needs iptables and iproute2"),
-]
+pytestmark = pytest.mark.root   # root and the apt packages come from `make test`
 
 # Runs inside the namespace; prints iptables-save after each step as JSON.
 SNIPPET = r"""

@@ -23,7 +23,6 @@ from portlink.runtime import images as images_mod
 from portlink.runtime.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from portlink.runtime.images import ImageStore
 
-IS_ROOT = os.geteuid() == 0
 
 
 @pytest.fixture
@@ -117,7 +116,7 @@ def test_busybox_image_layout(store):
     assert json.loads((store.root / "busybox/image.json").read_text())["config"]["cmd"] == ["sh"]
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="chroot needs root")
+@pytest.mark.root   # chroot needs root (make test runs as root)
 def test_busybox_image_runs_in_chroot(store):
     root = store.ensure_busybox().rootfs
     out = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "echo hi; wget --help 2>&1 | head -1"],
@@ -200,7 +199,7 @@ def test_import_default_cmd_and_list_sorted(store, tmp_path):
     assert store.get("alpha").config.cmd == ["sh"]
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="chown needs root")
+@pytest.mark.root   # chown needs root (make test runs as root)
 def test_import_keeps_numeric_ownership(store, tmp_path):
     tar = make_tar(tmp_path / "own.tar", [reg("mine", uid=1234, gid=4321, uname="nosuchuser"), reg("root")])
     root = store.import_tar(tar, "own").rootfs
