@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from ipaddress import IPv4Address
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -173,3 +174,18 @@ def detach(ep: Endpoint) -> None:
     kernel then removes the pair in its own batched cleanup (see
     Containers._undo)."""
     delete_link(ep.host_ifname)
+
+
+def address_of(netns_path: str, ifname: str = "eth0") -> IPv4Address | None:
+    """The IPv4 address of `ifname` inside a namespace (checks and benchmarks)."""
+    with kernel_ns.entered(netns_path):
+        ipr = IPRoute()
+    try:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return None
+        for a in ipr.get_addr(index=idx, family=2):
+            return IPv4Address(a.get_attr("IFA_ADDRESS"))
+        return None
+    finally:
+        ipr.close()
