@@ -13,7 +13,7 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Callable
@@ -224,7 +224,7 @@ class Containers:
             net = self.networks.get(spec.network)
             with self.store.tx() as db:
                 ip = Networks.lease(db, net, cid)
-                self._record_in(db, "lease", f"{net.id}/{ip}", cid)
+                self.store.record("lease", f"{net.id}/{ip}", cid, db)
             ep = self._endpoint(cid, net, ip)
             self.store.record("veth", ep.host_ifname, cid)
             kernel_link.attach(ep)
@@ -235,8 +235,7 @@ class Containers:
         else:
             kernel_link.loopback_up(nspath)
         files = self._write_files(cid, spec, ip)
-        proc = self._process(spec, image)
-        proc = oci.ProcessSpec(**{**proc.__dict__, "files": files})
+        proc = replace(self._process(spec, image), files=files)
         bundle = cdir / "bundle"
         bundle.mkdir(exist_ok=True)
         config = oci.build_config(proc, rootfs, nspath, f"/portlink/{cid}")
@@ -246,9 +245,6 @@ class Containers:
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL "
                            "WHERE id=?", RUNNING, pid, time.time(), cid)
         self.watch(cid, pid)
-
-    def _record_in(self, db, kind: str, name: str, owner: str) -> None:
-        db.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", (kind, name, owner, time.time()))
 
     def _endpoint(self, cid: str, net: NetworkSpec, ip: IPv4Address) -> Endpoint:
         return Endpoint(container_id=cid, netns_path=self.netns_path(cid), network=net,

@@ -72,9 +72,14 @@ class Store:
             db.execute(sql, args)
 
     # The journal of created objects ------------------------------------------------
-    def record(self, kind: str, name: str, owner: str) -> None:
-        """Call before creating `name`: a crash after creation still finds it."""
-        self.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", kind, name, owner, time.time())
+    def record(self, kind: str, name: str, owner: str, db: sqlite3.Connection | None = None) -> None:
+        """Call before creating `name`: a crash after creation still finds it.
+        Pass `db` to record inside a transaction already open (see tx())."""
+        args = (kind, name, owner, time.time())
+        if db is not None:
+            db.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", args)
+        else:
+            self.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", *args)
 
     def forget(self, kind: str, name: str) -> None:
         self.execute("DELETE FROM resources WHERE kind=? AND name=?", kind, name)
