@@ -10,10 +10,10 @@ demo: setup
 	.venv/bin/python examples/demo.py
 
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv/bin/python -P -m pytest -q -p no:cacheprovider tests
 
 unit: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
+	.venv/bin/python -P -m pytest -q -p no:cacheprovider tests/unit
 
 bench: setup
 	.venv/bin/python bench/attach.py

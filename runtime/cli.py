@@ -153,6 +153,7 @@ def cmd_run(cl: Client, a) -> int:
     spec = {"image": a.image, "name": a.name or "", "cmd": a.command, "env": env,
             "publish": a.publish, "expose": a.expose, "network": a.net, "hostname": a.hostname or "",
             "dns": a.dns, "workdir": a.workdir or "", "user": a.user or "",
+            "links": a.link, "aliases": a.network_alias,
             # In the foreground the CLI removes the container itself, after it has
             # read the output and the exit code (as the docker client does).
             "rm": a.rm and a.detach,
@@ -333,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--net", "--network", default="bridge")
     r.add_argument("--hostname")
     r.add_argument("--rm", action="store_true")
-    r.add_argument("--dns", action="append", default=[])
+    r.add_argument("--dns", action="append", default=[],
+                   help="upstream resolver for this container's names portlink does not own")
+    r.add_argument("--link", action="append", default=[], help="NAME[:ALIAS]: env vars, /etc/hosts and DNS for NAME")
+    r.add_argument("--network-alias", "--alias", action="append", default=[],
+                   help="another DNS name for this container on its network")
     r.add_argument("-w", "--workdir")
     r.add_argument("-u", "--user")
     r.add_argument("-l", "--label", action="append", default=[])

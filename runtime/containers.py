@@ -22,7 +22,8 @@ from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, 
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
-from portlink.runtime import mounts, oci, ports as portspec, validate
+from portlink.runtime import discovery, links as linkspec, mounts, oci, ports as portspec, validate
+from portlink.runtime.discovery import Seen
 from portlink.runtime.images import ImageStore
 from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
@@ -51,6 +52,8 @@ class ContainerSpec:
     user: str = ""
     rm: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    links: list[str] = field(default_factory=list)      # --link name[:alias]
+    aliases: list[str] = field(default_factory=list)    # --network-alias: more DNS names
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -63,7 +66,7 @@ class ContainerSpec:
         if "image" not in data:
             raise InvalidArgument("no image given")
         spec = cls(**data)
-        for f in ("cmd", "env", "publish", "expose", "dns"):
+        for f in ("cmd", "env", "publish", "expose", "dns", "links", "aliases"):
             v = getattr(spec, f)
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise InvalidArgument(f"field {f!r} must be a list of strings")
@@ -97,6 +100,7 @@ class Containers:
         self.runc = Runc(state_dir / "runc")
         self.default_dns = default_dns
         self.watch: Callable[[str, int], None] = lambda cid, pid: None   # set by the daemon's reaper
+        self.changed: Callable[[], None] = lambda: None   # names moved: the host refreshes DNS and hosts files
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
@@ -141,6 +145,13 @@ class Containers:
                 raise InvalidArgument(f"invalid --dns {d!r}: not an IP address") from None
         if requests and net is None:
             raise InvalidArgument("cannot publish ports of a container on network 'none'")
+        link_reqs = [linkspec.parse_link(x) for x in spec.links]
+        linkspec.check_links(link_reqs)
+        for a in spec.aliases:
+            validate.name("network alias", a)
+        if link_reqs and net is None:
+            raise InvalidArgument("--link needs a network: a container on network 'none' cannot reach another")
+        self._check_link_targets(link_reqs, spec.network)
         cid = secrets.token_hex(32)
         name = validate.name("container", spec.name) if spec.name else "ctr-" + cid[:8]
         spec.name = name
@@ -170,7 +181,20 @@ class Containers:
             if isinstance(e, PortlinkError):
                 raise
             raise RuntimeFailure(f"cannot run container {name!r}: {e}") from e
+        self.changed()
         return self.inspect(cid)
+
+    def _check_link_targets(self, reqs: list[linkspec.LinkRequest], network: str) -> None:
+        for r in reqs:
+            row = self.store.one("SELECT * FROM containers WHERE name=?", r.name)
+            if row is None:
+                raise NotFound(f"cannot link to {r.name!r}: no such container (see `portlink ps -a`)")
+            if row["status"] != RUNNING:
+                raise Conflict(f"cannot link to {r.name!r}: it is not running (start it first)")
+            other = json.loads(row["spec"])["spec"]["network"]
+            if other != network:
+                raise InvalidArgument(f"cannot link to {r.name!r}: it is on network {other!r}, this "
+                                      f"container on {network!r} (links work within one network)")
 
     def _reserve_ports(self, db, cid: str, requests: list[portspec.PortRequest]) -> None:
         taken = {}
@@ -192,16 +216,16 @@ class Containers:
                        (req.proto, str(req.host_ip or ""), port, cid, req.container_port))
             taken.setdefault((req.proto, port), []).append((str(req.host_ip or ""), cid))
 
-    def _process(self, spec: ContainerSpec, image) -> oci.ProcessSpec:
+    def _process(self, spec: ContainerSpec, image, link_env: list[str] = ()) -> oci.ProcessSpec:
         uid = gid = 0
         if spec.user:
             read = lambda p: (image.rootfs / p).read_text() if (image.rootfs / p).is_file() else ""
             uid, gid = validate.parse_user(spec.user, read("etc/passwd"), read("etc/group"))
-        env = dict(e.split("=", 1) for e in image.config.env)
-        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        env["HOSTNAME"] = spec.hostname
-        env.update(e.split("=", 1) for e in spec.env)
-        return oci.ProcessSpec(args=spec.cmd, env=[f"{k}={v}" for k, v in env.items()],
+        # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
+        # user's entries replacing or appending (so -e overrides a link variable).
+        base = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"HOSTNAME={spec.hostname}"]
+        env = linkspec.merge_env(base, list(link_env), [*image.config.env, *spec.env])
+        return oci.ProcessSpec(args=spec.cmd, env=env,
                                cwd=spec.workdir or image.config.workdir or "/", uid=uid, gid=gid,
                                hostname=spec.hostname)
 
@@ -234,8 +258,12 @@ class Containers:
             self.fw.add_ports(mappings)
         else:
             kernel_link.loopback_up(nspath)
-        files = self._write_files(cid, spec, ip)
-        proc = replace(self._process(spec, image), files=files)
+        me = self._seen(cid, spec, image.config.env, str(ip) if ip else None)
+        by_name = {c.name: c for c in self.seen()}
+        link_env = [v for link, child in discovery.resolve_links(me, by_name) if child is not None
+                    for v in linkspec.link_env(spec.name, link.alias, child.linked())]
+        files = self._write_files(cid, spec, me, by_name, str(net.gateway) if ip else None)
+        proc = replace(self._process(spec, image, link_env), files=files)
         bundle = cdir / "bundle"
         bundle.mkdir(exist_ok=True)
         config = oci.build_config(proc, rootfs, nspath, f"/portlink/{cid}")
@@ -245,6 +273,43 @@ class Containers:
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL "
                            "WHERE id=?", RUNNING, pid, time.time(), cid)
         self.watch(cid, pid)
+
+    # names: what DNS and /etc/hosts are built from ----------------------------------
+    def _seen(self, cid: str, spec: ContainerSpec, image_env: list[str], ip: str | None) -> Seen:
+        links = tuple(linkspec.parse_link(x) for x in spec.links)
+        return Seen(id=cid, name=spec.name, hostname=spec.hostname, network=spec.network, ip=ip,
+                    aliases=tuple(spec.aliases), exposed=tuple(self._exposed(cid)),
+                    env=(*image_env, *spec.env), links=links, dns=tuple(spec.dns))
+
+    def _exposed(self, cid: str) -> list[str]:
+        row = self.store.one("SELECT spec FROM containers WHERE id=?", cid)
+        return json.loads(row["spec"])["exposed"] if row else []
+
+    def seen(self) -> list[Seen]:
+        """Every running container with an address, as name resolution sees it."""
+        rows = self.store.query("SELECT c.id, c.spec, l.ip FROM containers c JOIN leases l "
+                                "ON l.container_id = c.id WHERE c.status=?", RUNNING)
+        out = []
+        for r in rows:
+            spec = ContainerSpec(**json.loads(r["spec"])["spec"])
+            try:
+                image_env = self.images.get(spec.image).config.env
+            except NotFound:
+                image_env = []
+            out.append(self._seen(r["id"], spec, image_env, r["ip"]))
+        return out
+
+    def write_hosts(self, cid: str, text: str) -> None:
+        """Rewrite a running container's /etc/hosts in place: the file is bind-mounted,
+        so it must stay the same inode (a rename would go unseen inside)."""
+        path = self.cdir(cid) / "hosts"
+        try:
+            if path.read_text() != text:
+                with open(path, "r+") as f:
+                    f.write(text)
+                    f.truncate()
+        except FileNotFoundError:
+            pass   # removed meanwhile: nothing to follow
 
     def _endpoint(self, cid: str, net: NetworkSpec, ip: IPv4Address) -> Endpoint:
         return Endpoint(container_id=cid, netns_path=self.netns_path(cid), network=net,
@@ -256,16 +321,12 @@ class Containers:
                 for r in self.store.query("SELECT * FROM ports WHERE container_id=? "
                                           "ORDER BY proto, host_port", cid)]
 
-    def _write_files(self, cid: str, spec: ContainerSpec, ip: IPv4Address | None) -> dict[str, str]:
+    def _write_files(self, cid: str, spec: ContainerSpec, me: Seen, by_name: dict[str, Seen],
+                     gateway: str | None) -> dict[str, str]:
         cdir = self.cdir(cid)
-        hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-        if ip is not None:
-            hosts.append(f"{ip}\t{spec.hostname}" + (f" {spec.name}" if spec.name != spec.hostname else ""))
-        dns = spec.dns or self.default_dns
         files = {
-            "/etc/hosts": ("hosts", "\n".join(hosts) + "\n"),
-            "/etc/resolv.conf": ("resolv.conf", "".join(f"nameserver {d}\n" for d in dns) or
-                                 "# no DNS server configured (portlink run --dns, portlinkd --dns)\n"),
+            "/etc/hosts": ("hosts", discovery.hosts_file(me, by_name)),
+            "/etc/resolv.conf": ("resolv.conf", discovery.resolv_conf(gateway, spec.dns or self.default_dns)),
             "/etc/hostname": ("hostname", spec.hostname + "\n"),
         }
         out = {}
@@ -337,6 +398,7 @@ class Containers:
                 if isinstance(e, PortlinkError):
                     raise
                 raise RuntimeFailure(f"cannot start container {ref!r}: {e}") from e
+        self.changed()
         return self.inspect(cid)
 
     def stop(self, ref: str, timeout: float = 10) -> dict:
@@ -351,6 +413,7 @@ class Containers:
                     self.runc.kill(cid, signal_number("KILL"))
                     wait_gone(pid, 10)
                 errors = self._stopped(cid, None)
+                self.changed()
                 if errors:
                     raise RuntimeFailure(f"container {row['name']!r} stopped, but cleanup failed: " + "; ".join(errors))
         return self.inspect(cid)
@@ -374,6 +437,7 @@ class Containers:
                 self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
             if row["status"] == RUNNING:
                 errors = self._stopped(cid, code)
+                self.changed()
                 if errors:
                     log.error("cleanup after %s exited: %s", row["name"], "; ".join(errors))
                 if json.loads(row["spec"])["spec"].get("rm"):
@@ -401,6 +465,7 @@ class Containers:
                 db.execute("DELETE FROM containers WHERE id=?", (cid,))
         with self._locks_guard:
             self._locks.pop(cid, None)
+        self.changed()
         return []
 
     # views ---------------------------------------------------------------------------
@@ -435,7 +500,28 @@ class Containers:
             },
             "paths": {"dir": str(self.cdir(cid)), "log": str(self.cdir(cid) / "container.log"),
                       "hosts": str(self.cdir(cid) / "hosts")},
+            "links": self._links_view(spec),
+            "dns": {
+                "server": str(net.gateway) if net else None,
+                "names": ([spec["name"], spec["hostname"], cid[:12], f"{spec['name']}.{net.name}",
+                           *spec.get("aliases", [])] if net else []),
+                "upstreams": spec["dns"] or self.default_dns,
+            },
         }
+
+    LINK_NOTE = ("the DNS name and /etc/hosts follow the linked container live; the "
+                 "environment variables were set when this container started and cannot change")
+
+    def _links_view(self, spec: dict) -> list[dict]:
+        out = []
+        for text in spec.get("links", []):
+            link = linkspec.parse_link(text)
+            row = self.store.one("SELECT c.status, l.ip FROM containers c LEFT JOIN leases l "
+                                 "ON l.container_id = c.id WHERE c.name=?", link.name)
+            out.append({"name": link.name, "alias": link.alias,
+                        "status": row["status"] if row else "missing",
+                        "ip": row["ip"] if row else None, "note": self.LINK_NOTE})
+        return out
 
     def list(self, all: bool = False) -> list[dict]:
         rows = self.store.query("SELECT id FROM containers ORDER BY created")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from portlink.dns.zone import DEFAULT_TTL
 from portlink.errors import Conflict, InvalidArgument, PortlinkError
 from portlink.runtime import reaper
 from portlink.runtime.host import Host, HostConfig
@@ -256,7 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--state-dir", default=DEFAULT_STATE)
     p.add_argument("--firewall", choices=["nftables", "iptables"], default="nftables")
     p.add_argument("--default-subnet", default="10.77.0.0/16")
-    p.add_argument("--dns", action="append", default=[], help="DNS server for containers (repeatable)")
+    p.add_argument("--dns", action="append", default=[],
+                   help="upstream resolver for names portlink does not own: IP[:port] (repeatable)")
+    p.add_argument("--dns-port", type=int, default=53, help="port of the resolver on each gateway address")
+    p.add_argument("--dns-ttl", type=int, default=DEFAULT_TTL, help="TTL of portlink's own answers (seconds)")
+    p.add_argument("--dns-timeout", type=float, default=2.0, help="seconds to wait for each upstream")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
@@ -264,9 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         sys.exit("portlinkd: must run as root (it manages namespaces, bridges and firewalls)")
     reaper.become_subreaper()
-    cfg = HostConfig(state_dir=Path(a.state_dir), firewall=a.firewall,
-                     default_subnet=a.default_subnet, dns=a.dns)
     try:
+        cfg = HostConfig(state_dir=Path(a.state_dir), firewall=a.firewall, default_subnet=a.default_subnet,
+                         dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout)
         asyncio.run(serve(cfg, Path(a.socket)))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portlink.errors import RuntimeFailure
+from portlink.dns.forward import ForwardConfig
+from portlink.dns.server import DnsServer, ServerConfig
+from portlink.dns.zone import DEFAULT_TTL
+from portlink.errors import InvalidArgument, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
-from portlink.runtime import mounts
+from portlink.runtime import discovery, mounts
 from portlink.runtime.containers import Containers
 from portlink.runtime.images import ImageStore
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
@@ -25,7 +29,17 @@ class HostConfig:
     state_dir: Path
     firewall: str = "nftables"
     default_subnet: str = "10.77.0.0/16"
-    dns: list[str] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)       # upstreams: ip or ip:port
+    dns_port: int = 53                                   # the resolver, on each gateway address
+    dns_ttl: int = DEFAULT_TTL
+    dns_timeout: float = 2.0                             # per upstream
+
+    def __post_init__(self) -> None:
+        discovery.upstream_list(self.dns)   # raises on a bad --dns
+        if not 0 <= self.dns_ttl <= 86400:
+            raise InvalidArgument(f"invalid --dns-ttl {self.dns_ttl}: expected 0 to 86400 seconds")
+        if not 0.05 <= self.dns_timeout <= 30:
+            raise InvalidArgument(f"invalid --dns-timeout {self.dns_timeout}: expected 0.05 to 30 seconds")
 
 
 class Host:
@@ -38,6 +52,24 @@ class Host:
         self.networks = Networks(self.store, self.apply_firewall, cfg.default_subnet)
         self.containers = Containers(cfg.state_dir, self.store, self.images, self.networks,
                                      self.fw, cfg.dns)
+        self.dns = DnsServer(ServerConfig(port=cfg.dns_port, forward=ForwardConfig(timeout=cfg.dns_timeout)))
+        self._names_lock = threading.Lock()
+        self.containers.changed = self.networks.changed = self.refresh_names
+
+    def refresh_names(self) -> None:
+        """Rebuild the resolver's snapshot and the linking containers' /etc/hosts
+        from the state; called after every change that moves a name."""
+        with self._names_lock:
+            nets = self.networks.list()
+            running = self.containers.seen()
+            by_name = {c.name: c for c in running}
+            errors = self.dns.listen(str(n.gateway) for n in nets)
+            for e in errors:
+                log.error("%s", e)
+            self.dns.update(discovery.build_snapshot(nets, running, self.cfg.dns, self.cfg.dns_ttl))
+            for c in running:
+                if c.links:
+                    self.containers.write_hosts(c.id, discovery.hosts_file(c, by_name))
 
     def apply_firewall(self) -> None:
         self.fw.apply_all(self.networks.list(), self.containers.active_mappings())
@@ -58,6 +90,8 @@ class Host:
         repaired = self.containers.reconcile()
         self.apply_firewall()
         repaired += self.sweep()
+        self.dns.start()
+        self.refresh_names()
         return repaired
 
     def _switch_firewall_driver(self) -> None:
@@ -123,4 +157,5 @@ class Host:
         return {"removed": removed, "errors": errors}
 
     def close(self) -> None:
+        self.dns.stop()
         self.store.close()

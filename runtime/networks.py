@@ -27,6 +27,7 @@ class Networks:
         self.store = store
         self.default_subnet = default_subnet
         self._apply_firewall = apply_firewall   # re-renders the whole firewall from state
+        self.changed = lambda: None             # set by the host: DNS listens on every gateway
 
     def list(self) -> list[NetworkSpec]:
         return [_spec(r) for r in self.store.query("SELECT * FROM networks ORDER BY name")]
@@ -73,6 +74,7 @@ class Networks:
         except BaseException:
             self._drop(spec)
             raise
+        self.changed()
         return spec
 
     def _drop(self, spec: NetworkSpec) -> list[str]:
@@ -86,6 +88,7 @@ class Networks:
                 errors.append(f"network {spec.name}: {e}")
         if not errors:
             self.store.forget("bridge", spec.bridge)
+        self.changed()
         return errors
 
     def remove(self, ref: str, users: list[str]) -> list[str]:

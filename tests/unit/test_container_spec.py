@@ -22,6 +22,8 @@ FULL = {
     "user": "1000:1000",
     "rm": True,
     "labels": {"tier": "front", "owner": "me"},
+    "links": ["db:sql", "cache"],
+    "aliases": ["www"],
 }
 
 

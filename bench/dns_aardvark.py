@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""bench/dns_aardvark: the aardvark-dns half of the container DNS benchmark.
+
+Setup (every piece in a network namespace this module creates, named plt-*):
+
+    plt-dnshost-<hex>    bridge br0 10.99.0.1/24; aardvark-dns listens on 10.99.0.1:53
+      |-- veth --  plt-dnsclient-<hex>  eth0 10.99.0.2/24   (dnsperf / dig run here)
+      `-- veth --  plt-dnstarget-<hex>  eth0 10.99.0.3/24   (the container named "target")
+
+aardvark-dns (/usr/lib/podman/aardvark-dns, 1.4.0) runs the way netavark runs it:
+`aardvark-dns --config <dir>/aardvark-dns -p 53 run`, where `<dir>/aardvark-dns/<network>`
+is the network's config file. Format (aardvark-dns src/config/mod.rs): the first line
+is the gateway IP(s) to bind to, comma-separated; each further line is one container,
+`<id> <ipv4s> <ipv6s> <name,alias,...>`, single spaces, an empty field for no IPv6.
+aardvark answers only queries whose source IP is a container listed there, so the
+client container (10.99.0.2) is listed too. On `run`, 1.4 forks: the parent exits once
+the child serves, and the child writes its pid to `<config dir>/aardvark.pid`; that pid
+is what `close()` kills (after checking it is still that aardvark-dns).
+
+No DNS ever leaves the sandbox: the benchmark asks only for names aardvark serves
+itself, and the host namespace has no route beyond 10.99.0.0/24, so a forward to the
+machine's upstream resolvers (/etc/resolv.conf) could not get out; setup checks that
+(`ip route get <upstream>` must fail there).
+
+Measuring: `run_dnsperf` runs dnsperf (2.10) in the client namespace for a bounded
+time (`-l`). dnsperf prints throughput and the average latency but no percentiles, so
+p99 comes from dnsperf itself in verbose mode (`-v`: one line with the latency of each
+response). The verbose lines cost dnsperf some throughput, so by default the run is
+split: a first pass without `-v` gives qps/avg/sent/completed/lost, and a second,
+shorter pass with `-v` and the same load gives the latency distribution (p99_method
+says so; `p99_pass="same"` uses one `-v` pass for everything).
+
+Run alone (root):  .venv/bin/python bench/dns_aardvark.py [--seconds 10] [--clients 8]
+[--outstanding 100]; prints one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from portlink.runtime.sandbox import Namespace
+
+AARDVARK = "/usr/lib/podman/aardvark-dns"
+NETWORK = "bench"
+SUBNET_PREFIX = 24
+GATEWAY = "10.99.0.1"
+CLIENT_IP = "10.99.0.2"
+TARGET_IP = "10.99.0.3"
+TARGET_NAME = "target"
+CLIENT_NAME = "client"
+START_TIMEOUT = 10.0
+P99_PASS_SECONDS = 3.0          # length of the separate verbose (-v) pass
+
+
+class BenchError(Exception):
+    pass
+
+
+def _progress(msg: str) -> None:
+    if sys.stderr.isatty():
+        print(f"[bench/dns_aardvark] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ dnsperf
+
+@dataclass
+class DnsperfResult:
+    qps: float
+    avg_ms: float
+    p99_ms: float | None
+    sent: int
+    completed: int
+    lost: int
+    raw: str
+    p99_method: str = "none"
+    rcodes: dict[str, int] = field(default_factory=dict)
+
+
+_STAT = {
+    "sent": r"Queries sent:\s+(\d+)",
+    "completed": r"Queries completed:\s+(\d+)",
+    "lost": r"Queries lost:\s+(\d+)",
+    "qps": r"Queries per second:\s+([\d.]+)",
+    "avg_s": r"Average Latency \(s\):\s+([\d.]+)",
+}
+# -v lines: "> NOERROR target A 0.000123" (a timeout shows "T" as the rcode)
+_VERBOSE = re.compile(r"^> (\S+) .* ([\d.]+)$")
+
+
+def _parse_stats(text: str) -> dict[str, float]:
+    out = {}
+    for key, pat in _STAT.items():
+        m = re.search(pat, text)
+        if not m:
+            raise BenchError(f"dnsperf output has no {key!r}:\n{text[-3000:]}")
+        out[key] = float(m.group(1))
+    return out
+
+
+def _parse_rcodes(text: str) -> dict[str, int]:
+    m = re.search(r"Response codes:\s+(.*)", text)
+    return {code: int(n) for code, n in re.findall(r"([A-Z]+) (\d+) \(", m.group(1))} if m else {}
+
+
+def _split_verbose(text: str) -> tuple[list[float], str]:
+    """Per-response latencies (seconds) from -v lines, and the rest of the output."""
+    lat, rest = [], []
+    for line in text.splitlines():
+        m = _VERBOSE.match(line)
+        if m and m.group(1) not in ("T", "I"):
+            lat.append(float(m.group(2)))
+        elif not line.startswith("> "):
+            rest.append(line)
+    return lat, "\n".join(rest)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    s = sorted(values)
+    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
+
+
+def _dnsperf(client_ns: Namespace, server: str, qfile: str, seconds: float, clients: int,
+             outstanding: int, verbose: bool) -> str:
+    argv = ["dnsperf", "-s", server, "-p", "53", "-d", qfile, "-l", f"{seconds:g}",
+            "-c", str(clients), "-T", str(min(clients, os.cpu_count() or 1)),
+            "-q", str(outstanding), "-t", "2"]
+    if verbose:
+        argv.append("-v")
+    # -l bounds the sending; -t 2 bounds the wait for the last answers.
+    p = client_ns.run(*argv, check=False, timeout=seconds + 30)
+    if p.returncode != 0:
+        raise BenchError(f"dnsperf failed ({p.returncode}): {p.stderr.strip() or p.stdout[-2000:]}")
+    return p.stdout
+
+
+def run_dnsperf(client_ns: Namespace, server: str, queries: list[tuple[str, str]], seconds: float,
+                clients: int = 8, outstanding: int = 100, p99_pass: str = "separate") -> DnsperfResult:
+    """dnsperf in `client_ns` against server:53 for `seconds`, cycling through `queries`
+    (name, type). p99_pass: "separate" (default) adds a verbose pass of
+    min(seconds, P99_PASS_SECONDS) for the latency distribution; "same" runs one verbose
+    pass for all figures; "none" reports no p99."""
+    if p99_pass not in ("separate", "same", "none"):
+        raise ValueError(f"p99_pass must be separate, same or none, not {p99_pass!r}")
+    with tempfile.NamedTemporaryFile("w", prefix="plt-dnsperf-", suffix=".txt") as f:
+        f.write("".join(f"{name} {qtype}\n" for name, qtype in queries))
+        f.flush()
+        text = _dnsperf(client_ns, server, f.name, seconds, clients, outstanding, p99_pass == "same")
+        lat, text = _split_verbose(text)
+        method = "dnsperf -v per-response latencies, same pass"
+        if p99_pass == "separate":
+            vsecs = min(seconds, P99_PASS_SECONDS)
+            vtext = _dnsperf(client_ns, server, f.name, vsecs, clients, outstanding, True)
+            lat, vrest = _split_verbose(vtext)
+            method = (f"dnsperf -v per-response latencies, separate {vsecs:g}s pass at the same load "
+                      f"({_parse_stats(vrest)['qps']:.0f} qps with -v)")
+            text += "\n--- p99 pass (-v, latency lines removed) ---\n" + vrest
+    st = _parse_stats(text)
+    p99 = percentile(lat, 99) * 1000 if lat else None
+    return DnsperfResult(qps=st["qps"], avg_ms=st["avg_s"] * 1000, p99_ms=p99, sent=int(st["sent"]),
+                         completed=int(st["completed"]), lost=int(st["lost"]), raw=text,
+                         p99_method=method if lat else "none", rcodes=_parse_rcodes(text))
+
+
+# ------------------------------------------------------------------ aardvark side
+
+def _veth_into(host: Namespace, bridge: str, peer: Namespace, host_if: str, ip: str) -> None:
+    """veth pair: `host_if` on the bridge in `host`, `eth0` with `ip` in `peer`."""
+    host.run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", peer.name)
+    host.run("ip", "link", "set", host_if, "master", bridge, "up")
+    peer.run("ip", "addr", "add", f"{ip}/{SUBNET_PREFIX}", "dev", "eth0")
+    peer.run("ip", "link", "set", "eth0", "up")
+
+
+def _no_ipv6(ns: Namespace) -> None:
+    # IPv4-only network: no DAD / router solicitations on the new links.
+    ns.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+
+
+def _resolv_conf_servers() -> list[str]:
+    """The machine's upstream resolvers, where aardvark-dns would forward to."""
+    try:
+        lines = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        return []
+    return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+class AardvarkSide:
+    """Context manager: bridge + two container namespaces + aardvark-dns serving them."""
+
+    server_ip = GATEWAY
+    name = TARGET_NAME
+
+    def __init__(self) -> None:
+        self.namespaces: list[Namespace] = []
+        self.workdir: Path | None = None
+        self.pid: int | None = None
+        self.host_ns: Namespace | None = None
+        self.client_ns: Namespace | None = None
+        self.target_ns: Namespace | None = None
+
+    # -- lifecycle
+    def __enter__(self) -> "AardvarkSide":
+        try:
+            self._make_network()
+            self._start_aardvark()
+            self.check()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _new_ns(self, role: str) -> Namespace:
+        ns = Namespace.create(role)
+        self.namespaces.append(ns)
+        return ns
+
+    def _make_network(self) -> None:
+        self.host_ns = self._new_ns("dnshost")
+        self.client_ns = self._new_ns("dnsclient")
+        self.target_ns = self._new_ns("dnstarget")
+        for ns in self.namespaces:
+            _no_ipv6(ns)
+        h = self.host_ns
+        h.run("ip", "link", "add", "br0", "type", "bridge")
+        h.run("ip", "addr", "add", f"{GATEWAY}/{SUBNET_PREFIX}", "dev", "br0")
+        h.run("ip", "link", "set", "br0", "up")
+        _veth_into(h, "br0", self.client_ns, "veth-client", CLIENT_IP)
+        _veth_into(h, "br0", self.target_ns, "veth-target", TARGET_IP)
+
+    @property
+    def config_dir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "aardvark-dns"
+
+    def _write_config(self) -> None:
+        self.config_dir.mkdir(parents=True)
+        lines = [GATEWAY,
+                 f"{'c' * 64} {CLIENT_IP}  {CLIENT_NAME}",
+                 f"{'a' * 64} {TARGET_IP}  {TARGET_NAME}"]
+        (self.config_dir / NETWORK).write_text("\n".join(lines) + "\n")
+
+    def _start_aardvark(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.host_ns.name}-"))
+        self._write_config()
+        log = self.workdir / "aardvark.log"
+        argv = self.host_ns.argv(AARDVARK, "--config", str(self.config_dir), "-p", "53", "run")
+        # The parent returns once the forked server is ready; output goes to a file, as
+        # a pipe would stay open in the daemon and hang the wait for EOF.
+        with open(log, "wb") as out:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                               timeout=START_TIMEOUT)
+        self.pid = self._read_pid()
+        if p.returncode != 0:
+            raise BenchError(f"aardvark-dns run failed ({p.returncode}): {log.read_text()[-2000:]}")
+        if self.pid is None:
+            raise BenchError(f"aardvark-dns wrote no pid file: {log.read_text()[-2000:]}")
+
+    def _read_pid(self) -> int | None:
+        """The daemon's pid from its pid file, if that pid is our aardvark-dns."""
+        try:
+            pid = int((self.config_dir / "aardvark.pid").read_text().strip())
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        ours = os.path.basename(cmd[0]) == b"aardvark-dns" and str(self.config_dir).encode() in cmd
+        return pid if ours else None
+
+    def _stop_aardvark(self) -> None:
+        pid, self.pid = self.pid or (self._read_pid() if self.workdir else None), None
+        if pid is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _pid_alive(pid):
+                    return
+                time.sleep(0.02)
+        raise BenchError(f"aardvark-dns pid {pid} did not exit")
+
+    def close(self) -> None:
+        errors = []
+        try:
+            self._stop_aardvark()
+        except BaseException as e:       # keep cleaning up
+            errors.append(str(e))
+        for ns in reversed(self.namespaces):
+            ns.delete()
+        self.namespaces.clear()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        if errors:
+            raise BenchError("; ".join(errors))
+
+    # -- checks
+    def check(self) -> None:
+        """Fail loudly unless the sandbox is sealed and aardvark answers as expected."""
+        if shutil.which("dnsperf") is None:
+            raise BenchError("dnsperf is not installed")
+        for upstream in _resolv_conf_servers():
+            r = self.host_ns.run("ip", "route", "get", upstream, check=False)
+            if r.returncode == 0:
+                raise BenchError(f"aardvark's namespace has a route to upstream {upstream}: {r.stdout}")
+        got = self.client_ns.run("dig", f"@{GATEWAY}", TARGET_NAME, "A", "+short",
+                                 "+time=2", "+tries=1", check=False).stdout.split()
+        if got != [TARGET_IP]:
+            raise BenchError(f"dig @{GATEWAY} {TARGET_NAME} A from the client gave {got}, "
+                             f"expected [{TARGET_IP}]")
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="aardvark-dns under dnsperf, in plt-* namespaces")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--outstanding", type=int, default=100)
+    ap.add_argument("--p99-pass", choices=("separate", "same", "none"), default="separate")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench/dns_aardvark: needs root (network namespaces)")
+    _progress("setting up namespaces and aardvark-dns")
+    with AardvarkSide() as side:
+        _progress(f"dnsperf for {args.seconds:g}s")
+        r = run_dnsperf(side.client_ns, side.server_ip, [(side.name, "A")], args.seconds,
+                        args.clients, args.outstanding, args.p99_pass)
+    doc = {"server": "aardvark-dns", "version": "1.4.0", **asdict(r),
+           "seconds": args.seconds, "clients": args.clients, "outstanding": args.outstanding}
+    doc.pop("raw")
+    for k in ("qps", "avg_ms", "p99_ms"):
+        if doc[k] is not None:
+            doc[k] = round(doc[k], 3)
+    sys.stdout.write(json.dumps(doc) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Answering a query from a snapshot: a pure function, no sockets.
+
+`answer(request, client, snapshot)` returns either a Reply (local answer or
+error) or a Forward (a name portlink does not own, to go upstream)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dnslib import AAAA, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
+
+from portlink.dns.zone import Member, Snapshot, View, address_of_reverse
+
+EDNS_PAYLOAD = 1232     # what we advertise (the DNS flag day 2020 size)
+MAX_NAME = 253          # longest presentation name without the trailing dot
+
+
+@dataclass
+class Reply:
+    record: DNSRecord
+    variants: int = 1    # >1: the answer's order rotates; rotation k of n is another call
+
+
+@dataclass
+class Forward:
+    upstreams: tuple[tuple[str, int], ...]
+
+
+def edns(request: DNSRecord) -> EDNS0 | None:
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return rr
+    return None
+
+
+def udp_limit(request: DNSRecord) -> int:
+    """Largest UDP reply the client accepts (RFC 6891: at least 512)."""
+    opt = edns(request)
+    return max(512, min(opt.edns_len, 4096)) if opt is not None else 512
+
+
+def error(request: DNSRecord, rcode: int, aa: bool = False) -> DNSRecord:
+    return DNSRecord(DNSHeader(id=request.header.id, bitmap=request.header.bitmap, qr=1, ra=1,
+                               aa=int(aa), rcode=rcode), q=request.q if request.questions else None)
+
+
+def header_error(data: bytes, rcode: int) -> bytes | None:
+    """A header-only error reply for a packet dnslib could not parse; None if
+    there is not even a header (such a packet gets no reply)."""
+    if len(data) < 12:
+        return None
+    flags = (data[2] & 0x79) | 0x80    # QR on, keep opcode and RD
+    return data[:2] + bytes([flags, 0x80 | rcode]) + b"\0" * 8
+
+
+def answer(request: DNSRecord, client: str, snap: Snapshot, rotation: int = 0) -> Reply | Forward:
+    opt = edns(request)
+    result = _answer(request, client, snap, rotation, opt)
+    if isinstance(result, Reply) and opt is not None:
+        # OPT goes last in the additional section; version 1+ gets BADVERS (ext rcode 1).
+        result.record.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, ext_rcode=1 if opt.edns_ver else 0))
+    return result
+
+
+def _answer(request: DNSRecord, client: str, snap: Snapshot, rotation: int, opt) -> Reply | Forward:
+    h = request.header
+    if h.qr or len(request.questions) != 1:
+        return Reply(error(request, RCODE.FORMERR))
+    if h.opcode != OPCODE.QUERY:
+        return Reply(error(request, RCODE.NOTIMP))
+    if opt is not None and opt.edns_ver != 0:
+        return Reply(error(request, RCODE.NOERROR))
+    view = snap.views.get(client)
+    if view is None:
+        # Not one of our containers: never an open resolver.
+        return Reply(error(request, RCODE.REFUSED))
+    q = request.q
+    name = str(q.qname).rstrip(".").lower()
+    if len(name) > MAX_NAME:
+        return Reply(error(request, RCODE.FORMERR))
+    if q.qclass not in (1, 255):   # IN, ANY
+        return _forward_or_fail(request, view, snap, name, owned=False)
+    if q.qtype == QTYPE.PTR:
+        return _ptr(request, view, snap, name)
+    if q.qtype == QTYPE.SRV and name.startswith("_"):
+        return _srv(request, view, snap, name)
+    members = view.lookup(name)
+    if members is None:
+        return _forward_or_fail(request, view, snap, name, owned=snap.owns_name(name))
+    reply = _reply(request, snap)
+    if q.qtype in (QTYPE.A, QTYPE.ANY):
+        n = len(members)
+        for i in range(n):
+            m = members[(i + rotation) % n]
+            reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(m.address), ttl=snap.ttl))
+        return Reply(reply, variants=n)
+    # AAAA (IPv4-only networks) and every other type of a name we own: NODATA.
+    return Reply(reply)
+
+
+def _reply(request: DNSRecord, snap: Snapshot, rcode: int = RCODE.NOERROR) -> DNSRecord:
+    return error(request, rcode, aa=True)
+
+
+def _forward_or_fail(request: DNSRecord, view: View, snap: Snapshot, name: str, owned: bool):
+    if owned:
+        return Reply(_reply(request, snap, RCODE.NXDOMAIN))
+    if not view.forward or not view.upstreams:
+        return Reply(error(request, RCODE.SERVFAIL))
+    return Forward(view.upstreams)
+
+
+def _ptr(request: DNSRecord, view: View, snap: Snapshot, name: str):
+    address = address_of_reverse(name)
+    if address is None:
+        return _forward_or_fail(request, view, snap, name, owned=False)
+    target = view.reverse(address)
+    if target is None:
+        return _forward_or_fail(request, view, snap, name, owned=snap.owns_reverse(address))
+    reply = _reply(request, snap)
+    reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(target + "."), ttl=snap.ttl))
+    return Reply(reply)
+
+
+def _srv(request: DNSRecord, view: View, snap: Snapshot, name: str):
+    """`_<port>._<proto>.<name>`: one record per container exposing that port."""
+    labels = name.split(".", 2)
+    if len(labels) < 3:
+        return _forward_or_fail(request, view, snap, name, owned=snap.owns_name(name))
+    port_l, proto_l, rest = labels
+    members = view.lookup(rest)
+    if members is None:
+        return _forward_or_fail(request, view, snap, name, owned=snap.owns_name(rest))
+    reply = _reply(request, snap)
+    port = port_l[1:]
+    if proto_l in ("_tcp", "_udp") and port.isascii() and port.isdigit():
+        key = (int(port), proto_l[1:])
+        hits: list[Member] = [m for m in members if key in m.ports]
+        for m in hits:
+            reply.add_answer(RR(request.q.qname, QTYPE.SRV,
+                                rdata=SRV(priority=0, weight=0, port=key[0], target=m.name + "."),
+                                ttl=snap.ttl))
+        for m in hits:
+            reply.add_ar(RR(m.name + ".", QTYPE.A, rdata=A(m.address), ttl=snap.ttl))
+    return Reply(reply)

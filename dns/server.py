@@ -1,0 +1,302 @@
+"""The resolver's sockets: asyncio UDP and TCP on each network's gateway
+address, in a thread of its own (uvloop where installed) inside the daemon.
+
+The common question is answered without parsing: a local answer is kept
+packed, keyed by (client address, the query bytes after the id), and sent
+with only the id patched. Everything else takes the slow path: dnslib parse,
+`answer()` on the snapshot, and forwarding upstream for names we do not own.
+A new snapshot empties that table, so answers follow the containers at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+
+from portlink.dns.answer import EDNS_PAYLOAD, Forward, answer, edns, header_error, udp_limit
+from portlink.dns.forward import ForwardConfig, Forwarder
+from portlink.dns.zone import Snapshot
+
+try:
+    import uvloop
+except ImportError:   # the asyncio default loop works, only slower
+    uvloop = None
+
+log = logging.getLogger("portlink.dns")
+
+MAX_QUERY = 4096          # a query is a question and an OPT record; anything bigger is hostile
+MAX_PACKED = 50_000       # packed answers kept; the table is emptied when it fills
+MAX_FORWARDS = 1024       # upstream queries in flight; beyond that SERVFAIL at once
+MAX_TCP = 256             # concurrent TCP clients
+TCP_IDLE = 10.0           # seconds a TCP client may sit silent
+IP_FREEBIND = 15
+
+
+@dataclass
+class ServerConfig:
+    port: int = 53
+    forward: ForwardConfig | None = None
+
+
+class _Rotor:
+    """Several packed orders of one answer, handed out in turn; the turn is
+    shared by every spelling of the question (EDNS cookies differ per client)."""
+
+    __slots__ = ("variants", "turn")
+
+    def __init__(self, variants: list[bytes], turn: list[int]) -> None:
+        self.variants, self.turn = variants, turn
+
+    def next(self) -> bytes:
+        t = self.turn
+        t[0] += 1
+        return self.variants[t[0] % len(self.variants)]
+
+
+class _UdpListener:
+    """One UDP socket served by a thread of its own in a blocking loop: about
+    twice the rate of an event-loop callback per datagram. Misses go to the
+    event loop's slow path."""
+
+    def __init__(self, server: "DnsServer", sock: socket.socket, addr: str) -> None:
+        self.server, self.sock, self.addr = server, sock, addr
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name=f"dns-udp-{addr}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        recv, send, table = self.sock.recvfrom, self.sock.sendto, self.server.packed
+        loop, slow = self.server.loop, self.server.slow_udp
+        while True:
+            try:
+                data, peer = recv(MAX_QUERY + 1)
+            except OSError:
+                if self.stopping:
+                    break
+                continue
+            if self.stopping:
+                break
+            hit = table.get((peer[0], data[2:]))
+            if hit is not None:
+                try:
+                    send(data[:2] + (hit if hit.__class__ is bytes else hit.next()), peer)
+                except OSError:
+                    pass   # the client's socket is gone: nothing to do
+                continue
+            loop.call_soon_threadsafe(slow, data, peer, self.sock)
+        self.sock.close()
+
+    def close(self) -> None:
+        self.stopping = True
+        # A datagram to itself wakes the blocked recvfrom (closing would not).
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.sendto(b"\0", (self.addr, self.sock.getsockname()[1]))
+            except OSError:
+                pass
+        self.thread.join(5)
+
+
+class DnsServer:
+    def __init__(self, cfg: ServerConfig | None = None) -> None:
+        self.cfg = cfg or ServerConfig()
+        self.snapshot = Snapshot()
+        self.packed: dict[tuple[str, bytes], bytes | _Rotor] = {}
+        self.forwarder = Forwarder(self.cfg.forward)
+        self.stats = {"queries_slow": 0, "malformed": 0, "refused": 0, "dropped_forwards": 0}
+        self._listeners: dict[str, tuple[_UdpListener, asyncio.AbstractServer]] = {}
+        self._turns: dict[tuple[str, str], list[int]] = {}
+        self._forwards = 0
+        self._tcp_clients = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # Control, from any thread ----------------------------------------------------
+    def start(self) -> None:
+        self.loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="dns", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self.loop is None:
+            return
+        self._call(self._close_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+        self.loop = None
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot; queries after this return see only it."""
+        self._call(self._install(snapshot))
+
+    def listen(self, addresses: Iterable[str]) -> list[str]:
+        """Serve exactly these addresses (port cfg.port); returns bind errors."""
+        return self._call(self._set_listeners(set(addresses)))
+
+    def listening(self) -> list[str]:
+        return sorted(self._listeners)
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    # In the loop's thread ---------------------------------------------------------
+    async def _install(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.packed.clear()
+        self._turns.clear()
+
+    async def _set_listeners(self, wanted: set[str]) -> list[str]:
+        errors = []
+        for addr in sorted(set(self._listeners) - wanted):
+            udp, tcp = self._listeners.pop(addr)
+            udp.close()
+            tcp.close()
+        for addr in sorted(wanted - set(self._listeners)):
+            try:
+                self._listeners[addr] = await self._bind(addr)
+            except OSError as e:
+                errors.append(f"cannot serve DNS on {addr}:{self.cfg.port}: {e.strerror or e}")
+        return errors
+
+    async def _bind(self, addr: str):
+        loop = asyncio.get_running_loop()
+        us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ts = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            for s in (us, ts):
+                # FREEBIND: a bridge's address may still be tentative right after creation.
+                s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((addr, self.cfg.port))
+            us.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            ts.listen(128)
+            tcp = await asyncio.start_server(self._tcp_client, sock=ts)
+        except BaseException:
+            us.close()
+            ts.close()
+            raise
+        return _UdpListener(self, us, addr), tcp
+
+    async def _close_all(self) -> None:
+        await self._set_listeners(set())
+
+    # The slow path -----------------------------------------------------------------
+    def _parse(self, data: bytes) -> DNSRecord | bytes | None:
+        """The parsed query, or the bytes of an error reply, or None (drop)."""
+        if len(data) > MAX_QUERY:
+            self.stats["malformed"] += 1
+            return header_error(data, RCODE.FORMERR)
+        try:
+            return DNSRecord.parse(data)
+        except Exception:   # dnslib raises assorted types on garbage: all mean FORMERR
+            self.stats["malformed"] += 1
+            return header_error(data, RCODE.FORMERR)
+
+    def slow_udp(self, data: bytes, addr, sock: socket.socket) -> None:
+        try:
+            self._slow_udp(data, addr, sock)
+        except OSError:
+            pass   # the reply could not be sent: the client is gone
+
+    def _slow_udp(self, data: bytes, addr, sock: socket.socket) -> None:
+        self.stats["queries_slow"] += 1
+        req = self._parse(data)
+        if not isinstance(req, DNSRecord):
+            if req is not None:
+                sock.sendto(req, addr)
+            return
+        limit = udp_limit(req)
+        snap = self.snapshot
+        result = answer(req, addr[0], snap)
+        if isinstance(result, Forward):
+            self._start_forward(req, result, lambda out: sock.sendto(_fit(out, req, limit), addr))
+            return
+        if result.record.header.rcode == RCODE.REFUSED:
+            self.stats["refused"] += 1
+            sock.sendto(result.record.pack(), addr)
+            return   # never kept: a flood from strangers must not fill the table
+        if len(self.packed) >= MAX_PACKED:
+            self.packed.clear()
+        if result.variants == 1:
+            body = _fit(result.record, req, limit)[2:]
+            self.packed[(addr[0], data[2:])] = body
+        else:
+            variants = [_fit(answer(req, addr[0], snap, rotation=k).record, req, limit)[2:]
+                        for k in range(result.variants)]
+            turn = self._turns.setdefault((addr[0], str(req.q.qname).lower()), [-1])
+            rotor = self.packed[(addr[0], data[2:])] = _Rotor(variants, turn)
+            body = rotor.next()
+        sock.sendto(data[:2] + body, addr)
+
+    def _start_forward(self, req: DNSRecord, fwd: Forward, send) -> None:
+        if self._forwards >= MAX_FORWARDS:
+            self.stats["dropped_forwards"] += 1
+            send(DNSRecord(DNSHeader(id=req.header.id, bitmap=req.header.bitmap, qr=1, ra=1,
+                                     rcode=RCODE.SERVFAIL), q=req.q))
+            return
+        self._forwards += 1
+
+        async def run() -> None:
+            try:
+                send(await self.forwarder.resolve(req, fwd.upstreams))
+            except Exception:
+                log.exception("forwarding %s failed", req.q.qname)
+            finally:
+                self._forwards -= 1
+
+        asyncio.get_running_loop().create_task(run())
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_clients >= MAX_TCP:
+            writer.close()
+            return
+        self._tcp_clients += 1
+        client = writer.get_extra_info("peername")[0]
+        try:
+            while True:
+                n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
+                if n > MAX_QUERY:
+                    head = await asyncio.wait_for(reader.readexactly(min(n, 12)), TCP_IDLE)
+                    err = header_error(head, RCODE.FORMERR)
+                    if err:
+                        writer.write(len(err).to_bytes(2, "big") + err)
+                    break   # the stream is out of step now: end it
+                data = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
+                out = await self._answer_tcp(data, client)
+                if out is None:
+                    break
+                writer.write(len(out).to_bytes(2, "big") + out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._tcp_clients -= 1
+            writer.close()
+
+    async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:
+        self.stats["queries_slow"] += 1
+        req = self._parse(data)
+        if not isinstance(req, DNSRecord):
+            return req
+        result = answer(req, client, self.snapshot)
+        if isinstance(result, Forward):
+            return (await self.forwarder.resolve(req, result.upstreams)).pack()
+        return result.record.pack()
+
+
+def _fit(record: DNSRecord, req: DNSRecord, limit: int) -> bytes:
+    """Pack for UDP: too big for the client means header and question with TC."""
+    data = bytes(record.pack())   # dnslib packs to a bytearray
+    if len(data) <= limit:
+        return data
+    h = record.header
+    cut = DNSRecord(DNSHeader(id=h.id, bitmap=h.bitmap, tc=1), q=req.q)
+    if edns(req) is not None:
+        cut.add_ar(EDNS0(udp_len=EDNS_PAYLOAD))
+    return bytes(cut.pack())

@@ -1,0 +1,118 @@
+"""How containers on one host find each other: the resolver's snapshot and
+each container's /etc/hosts, as pure functions of the recorded state.
+
+Both are rebuilt from the store after every change (run, start, stop, exit,
+rm, network create/rm), so a linked container that comes back with a new
+address, or is recreated under the same name, is followed at once; Docker
+never did this (moby #12067, #10066)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from portlink.errors import InvalidArgument
+from portlink.dns.zone import DEFAULT_TTL, Member, NetworkZone, Snapshot, View
+from portlink.netns.model import NetworkSpec
+from portlink.runtime.links import LinkedContainer, LinkRequest, hosts_line
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A running container as name resolution sees it."""
+
+    id: str
+    name: str
+    hostname: str
+    network: str
+    ip: str | None
+    aliases: tuple[str, ...] = ()
+    exposed: tuple[str, ...] = ()                 # "80/tcp"
+    env: tuple[str, ...] = ()                     # image env then user env
+    links: tuple[LinkRequest, ...] = ()
+    dns: tuple[str, ...] = ()                     # the container's own upstreams (--dns)
+
+    def member(self) -> Member:
+        ports = []
+        for e in self.exposed:
+            port, _, proto = e.partition("/")
+            ports.append((int(port), proto or "tcp"))
+        return Member(self.name, self.ip or "", tuple(ports))
+
+    def linked(self) -> LinkedContainer:
+        return LinkedContainer(self.name, self.hostname, self.ip or "", self.exposed, self.env)
+
+
+def upstream_list(servers: list[str] | tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """'1.2.3.4' or '1.2.3.4:5353' -> ((host, port), ...); InvalidArgument otherwise."""
+    out = []
+    for s in servers:
+        host, _, port = s.partition(":") if s.count(":") == 1 else (s, "", "53")
+        if not (_is_ip(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise InvalidArgument(f"invalid DNS server {s!r}: expected an IP address, optionally with :port")
+        out.append((host, int(port)))
+    return tuple(out)
+
+
+def resolve_links(me: Seen, by_name: dict[str, Seen]) -> list[tuple[LinkRequest, Seen | None]]:
+    """Each link with the container it names now (None: gone, stopped or elsewhere)."""
+    out = []
+    for link in me.links:
+        child = by_name.get(link.name)
+        ok = child is not None and child.ip and child.network == me.network
+        out.append((link, child if ok else None))
+    return out
+
+
+def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: list[str],
+                   ttl: int = DEFAULT_TTL) -> Snapshot:
+    zones = {n.name: NetworkZone(n.name, n.subnet) for n in networks}
+    by_name = {c.name: c for c in running}
+    for c in running:
+        zone = zones.get(c.network)
+        if zone is None or not c.ip:
+            continue
+        zone.add(c.member(), [c.name, c.hostname, c.id[:12], f"{c.name}.{c.network}", *c.aliases])
+    internal = {n.name for n in networks if n.internal}
+    daemon_up = upstream_list(upstreams)
+    views = {}
+    for c in running:
+        zone = zones.get(c.network)
+        if zone is None or not c.ip:
+            continue
+        links = {link.alias.lower(): (child.member(),)
+                 for link, child in resolve_links(c, by_name) if child is not None}
+        views[c.ip] = View(zone=zone, links=links,
+                           upstreams=upstream_list(c.dns) if c.dns else daemon_up,
+                           forward=c.network not in internal)
+    return Snapshot(views=views, networks=frozenset(zones), subnets=tuple(n.subnet for n in networks),
+                    ttl=ttl)
+
+
+def hosts_file(me: Seen, by_name: dict[str, Seen]) -> str:
+    """The container's /etc/hosts: localhost, itself, then one line per live link."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if me.ip:
+        lines.append(f"{me.ip}\t{me.hostname}" + (f" {me.name}" if me.name != me.hostname else ""))
+    for link, child in resolve_links(me, by_name):
+        if child is not None:
+            lines.append(hosts_line(link.alias, child.linked()))
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(gateway: str | None, servers: list[str]) -> str:
+    """Containers on a network ask portlink (at their gateway); `--dns` servers
+    become its upstreams. On network 'none' they are used directly."""
+    if gateway is not None:
+        return f"nameserver {gateway}\noptions ndots:0\n"
+    good = [s for s in servers if _is_ip(s)]
+    return "".join(f"nameserver {s}\n" for s in good) or \
+        "# no DNS server configured (portlink run --dns, portlinkd --dns)\n"
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ip_address(s)
+        return True
+    except ValueError:
+        return False
