@@ -15,20 +15,27 @@ is the gateway IP(s) to bind to, comma-separated; each further line is one conta
 aardvark answers only queries whose source IP is a container listed there, so the
 client container (10.99.0.2) is listed too. On `run`, 1.4 forks: the parent exits once
 the child serves, and the child writes its pid to `<config dir>/aardvark.pid`; that pid
-is what `close()` kills (after checking it is still that aardvark-dns).
+is what `close()` kills (after checking it is still that aardvark-dns). The start runs
+with this process as child subreaper, so the server becomes our child and is reaped.
 
 No DNS ever leaves the sandbox: the benchmark asks only for names aardvark serves
 itself, and the host namespace has no route beyond 10.99.0.0/24, so a forward to the
 machine's upstream resolvers (/etc/resolv.conf) could not get out; setup checks that
 (`ip route get <upstream>` must fail there).
 
-Measuring: `run_dnsperf` runs dnsperf (2.10) in the client namespace for a bounded
-time (`-l`). dnsperf prints throughput and the average latency but no percentiles, so
-p99 comes from dnsperf itself in verbose mode (`-v`: one line with the latency of each
-response). The verbose lines cost dnsperf some throughput, so by default the run is
-split: a first pass without `-v` gives qps/avg/sent/completed/lost, and a second,
-shorter pass with `-v` and the same load gives the latency distribution (p99_method
-says so; `p99_pass="same"` uses one `-v` pass for everything).
+Measuring: `run_dnsperf` runs dnsperf (2.10, one thread, `-c` clients, `-q` queries
+outstanding) in the client namespace for a bounded time (`-l`), after a 1 s warm-up
+pass that is not reported. dnsperf prints throughput and the average latency but no
+percentiles (no histogram option in 2.10), so p99 comes from dnsperf itself in verbose
+mode (`-v`: one line with the latency of every response), nearest rank. Printing those
+lines costs dnsperf throughput (~14 % median over 10 paired runs here, even with its
+output in a tmpfs file), so by default the run is split: a plain pass gives
+qps/avg/sent/completed/lost, then a pass with `-v` and the same settings, of
+min(seconds, 5) s, gives p99; its own qps/avg are reported beside it (`p99_pass`),
+`p99_method` names the method. `p99_pass="same"` takes all figures from one `-v` pass.
+Both passes run closed-loop at saturation, so latency is mostly queueing in front of
+the server. `qps_per_second` (dnsperf -S 1) shows the run's spread: on a small VM it is
+easily +-20 % second to second, so compare servers over several runs.
 
 Run alone (root):  .venv/bin/python bench/dns_aardvark.py [--seconds 10] [--clients 8]
 [--outstanding 100]; prints one JSON line on stdout.
@@ -37,6 +44,8 @@ Run alone (root):  .venv/bin/python bench/dns_aardvark.py [--seconds 10] [--clie
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import math
 import os
@@ -53,6 +62,7 @@ from pathlib import Path
 from portlink.runtime.sandbox import Namespace
 
 AARDVARK = "/usr/lib/podman/aardvark-dns"
+AARDVARK_VERSION = "1.4.0"       # Debian bookworm; checked at setup
 NETWORK = "bench"
 SUBNET_PREFIX = 24
 GATEWAY = "10.99.0.1"
@@ -61,7 +71,8 @@ TARGET_IP = "10.99.0.3"
 TARGET_NAME = "target"
 CLIENT_NAME = "client"
 START_TIMEOUT = 10.0
-P99_PASS_SECONDS = 3.0          # length of the separate verbose (-v) pass
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+P99_PASS_SECONDS = 5.0          # length of the separate verbose (-v) pass
 
 
 class BenchError(Exception):
@@ -85,6 +96,8 @@ class DnsperfResult:
     lost: int
     raw: str
     p99_method: str = "none"
+    p99_pass: dict | None = None        # qps/avg_ms/completed of the -v pass, when separate
+    qps_per_second: list[float] = field(default_factory=list)   # dnsperf -S 1 intervals
     rcodes: dict[str, int] = field(default_factory=dict)
 
 
@@ -95,8 +108,8 @@ _STAT = {
     "qps": r"Queries per second:\s+([\d.]+)",
     "avg_s": r"Average Latency \(s\):\s+([\d.]+)",
 }
-# -v lines: "> NOERROR target A 0.000123" (a timeout shows "T" as the rcode)
-_VERBOSE = re.compile(r"^> (\S+) .* ([\d.]+)$")
+_VERBOSE = re.compile(r"^> (\S+) .* ([\d.]+)$")     # "> NOERROR target A 0.000123"; rcode T = timeout
+_INTERVAL = re.compile(r"^\d+\.\d+: ([\d.]+)$")     # -S 1: "<unix time>: <qps>"
 
 
 def _parse_stats(text: str) -> dict[str, float]:
@@ -119,9 +132,10 @@ def _split_verbose(text: str) -> tuple[list[float], str]:
     lat, rest = [], []
     for line in text.splitlines():
         m = _VERBOSE.match(line)
-        if m and m.group(1) not in ("T", "I"):
-            lat.append(float(m.group(2)))
-        elif not line.startswith("> "):
+        if m:
+            if m.group(1) not in ("T", "I"):        # timed out / interrupted: no latency
+                lat.append(float(m.group(2)))
+        else:
             rest.append(line)
     return lat, "\n".join(rest)
 
@@ -132,46 +146,82 @@ def percentile(values: list[float], q: float) -> float:
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
-def _dnsperf(client_ns: Namespace, server: str, qfile: str, seconds: float, clients: int,
-             outstanding: int, verbose: bool) -> str:
-    argv = ["dnsperf", "-s", server, "-p", "53", "-d", qfile, "-l", f"{seconds:g}",
-            "-c", str(clients), "-T", str(min(clients, os.cpu_count() or 1)),
-            "-q", str(outstanding), "-t", "2"]
+@dataclass
+class _Pass:
+    seconds: float
+    stats: dict[str, float]
+    latencies: list[float]
+    text: str                       # dnsperf's output without the -v lines
+
+
+def _dnsperf(client_ns: Namespace, server: str, qfile: Path, seconds: float, clients: int,
+             outstanding: int, threads: int, verbose: bool = False) -> _Pass:
+    """One bounded dnsperf run: -l bounds the sending, -t 2 the wait for the last answers."""
+    argv = ["dnsperf", "-s", server, "-p", "53", "-d", str(qfile), "-l", f"{seconds:g}",
+            "-c", str(clients), "-T", str(threads), "-q", str(outstanding), "-t", "2", "-S", "1"]
     if verbose:
         argv.append("-v")
-    # -l bounds the sending; -t 2 bounds the wait for the last answers.
-    p = client_ns.run(*argv, check=False, timeout=seconds + 30)
+    out_path = qfile.with_suffix(".out")
+    # Output to a file (tmpfs when there is one): a pipe reader would compete for the CPUs.
+    with open(out_path, "w+") as out:
+        p = subprocess.run(client_ns.argv(*argv), stdin=subprocess.DEVNULL, stdout=out,
+                           stderr=subprocess.PIPE, text=True, timeout=seconds + 30)
+        out.seek(0)
+        lat, text = _split_verbose(out.read())
     if p.returncode != 0:
-        raise BenchError(f"dnsperf failed ({p.returncode}): {p.stderr.strip() or p.stdout[-2000:]}")
-    return p.stdout
+        raise BenchError(f"dnsperf failed ({p.returncode}): {p.stderr.strip() or text[-2000:]}")
+    return _Pass(seconds, _parse_stats(text), lat, text)
+
+
+def _scratch_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
 def run_dnsperf(client_ns: Namespace, server: str, queries: list[tuple[str, str]], seconds: float,
-                clients: int = 8, outstanding: int = 100, p99_pass: str = "separate") -> DnsperfResult:
+                clients: int = 8, outstanding: int = 100, *, threads: int = 1,
+                warmup: float = 1.0, p99_pass: str = "separate") -> DnsperfResult:
     """dnsperf in `client_ns` against server:53 for `seconds`, cycling through `queries`
-    (name, type). p99_pass: "separate" (default) adds a verbose pass of
-    min(seconds, P99_PASS_SECONDS) for the latency distribution; "same" runs one verbose
-    pass for all figures; "none" reports no p99."""
+    (name, type), after an unreported `warmup` pass.
+
+    dnsperf reports no percentiles; p99 comes from its -v lines (the latency of every
+    response). p99_pass: "separate" (default) takes qps/avg from a plain pass and p99
+    from an extra -v pass of min(seconds, P99_PASS_SECONDS) at the same settings, whose
+    own qps/avg are in `.p99_pass`; "same" takes every figure from one -v pass; "none"
+    gives no p99."""
     if p99_pass not in ("separate", "same", "none"):
         raise ValueError(f"p99_pass must be separate, same or none, not {p99_pass!r}")
-    with tempfile.NamedTemporaryFile("w", prefix="plt-dnsperf-", suffix=".txt") as f:
-        f.write("".join(f"{name} {qtype}\n" for name, qtype in queries))
-        f.flush()
-        text = _dnsperf(client_ns, server, f.name, seconds, clients, outstanding, p99_pass == "same")
-        lat, text = _split_verbose(text)
-        method = "dnsperf -v per-response latencies, same pass"
+    with tempfile.TemporaryDirectory(prefix="plt-dnsperf-", dir=_scratch_dir()) as tmp:
+        qfile = Path(tmp) / "queries.txt"
+        qfile.write_text("".join(f"{name} {qtype}\n" for name, qtype in queries))
+        run = lambda secs, verbose=False: _dnsperf(client_ns, server, qfile, secs, clients,  # noqa: E731
+                                                   outstanding, threads, verbose)
+        if warmup > 0:
+            run(warmup)
+        main = run(seconds, verbose=p99_pass == "same")
+        lat_pass = main if p99_pass == "same" else None
         if p99_pass == "separate":
-            vsecs = min(seconds, P99_PASS_SECONDS)
-            vtext = _dnsperf(client_ns, server, f.name, vsecs, clients, outstanding, True)
-            lat, vrest = _split_verbose(vtext)
-            method = (f"dnsperf -v per-response latencies, separate {vsecs:g}s pass at the same load "
-                      f"({_parse_stats(vrest)['qps']:.0f} qps with -v)")
-            text += "\n--- p99 pass (-v, latency lines removed) ---\n" + vrest
-    st = _parse_stats(text)
-    p99 = percentile(lat, 99) * 1000 if lat else None
+            lat_pass = run(min(seconds, P99_PASS_SECONDS), verbose=True)
+    return _result(main, lat_pass, p99_pass)
+
+
+def _result(main: _Pass, lat_pass: _Pass | None, mode: str) -> DnsperfResult:
+    st, text = main.stats, main.text
+    p99 = percentile(lat_pass.latencies, 99) * 1000 if lat_pass and lat_pass.latencies else None
+    method, extra = "none", None
+    if p99 is not None and mode == "same":
+        method = "dnsperf -v per-response latencies, nearest rank, same pass as qps/avg"
+    elif p99 is not None:
+        method = ("dnsperf -v per-response latencies, nearest rank, from a separate -v pass "
+                  "with the same settings (-v costs dnsperf some throughput; see p99_pass)")
+        vs = lat_pass.stats
+        extra = {"seconds": lat_pass.seconds, "qps": vs["qps"], "avg_ms": vs["avg_s"] * 1000, "completed": int(vs["completed"]),
+                 "lost": int(vs["lost"])}
+        text += "\n--- p99 pass (-v, latency lines removed) ---\n" + lat_pass.text
+    intervals = [float(m.group(1)) for m in map(_INTERVAL.match, main.text.splitlines()) if m]
     return DnsperfResult(qps=st["qps"], avg_ms=st["avg_s"] * 1000, p99_ms=p99, sent=int(st["sent"]),
                          completed=int(st["completed"]), lost=int(st["lost"]), raw=text,
-                         p99_method=method if lat else "none", rcodes=_parse_rcodes(text))
+                         p99_method=method, p99_pass=extra, qps_per_second=intervals,
+                         rcodes=_parse_rcodes(main.text))
 
 
 # ------------------------------------------------------------------ aardvark side
@@ -198,12 +248,42 @@ def _resolv_conf_servers() -> list[str]:
     return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
 
 
-def _pid_alive(pid: int) -> bool:
+def check_tools() -> None:
+    """dnsperf, dig and the aardvark-dns this benchmark is about, or a loud failure."""
+    for tool in ("dnsperf", "dig"):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} is not installed")
+    p = subprocess.run([AARDVARK, "--version"], capture_output=True, text=True, timeout=10)
+    if p.returncode != 0 or p.stdout.split()[-1:] != [AARDVARK_VERSION]:
+        raise BenchError(f"{AARDVARK} --version: {p.stdout.strip()!r}, expected {AARDVARK_VERSION}")
+
+
+@contextlib.contextmanager
+def _child_subreaper():
+    """While inside, orphans of our descendants become our children (PR_SET_CHILD_SUBREAPER):
+    aardvark-dns's forked server then is our child, so we can reap it after killing it
+    instead of leaving a zombie to PID 1."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = ctypes.c_int(0)
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, before.value, 0, 0, 0)
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited: reaped here if it is our child, else no longer running."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 class AardvarkSide:
@@ -222,6 +302,7 @@ class AardvarkSide:
 
     # -- lifecycle
     def __enter__(self) -> "AardvarkSide":
+        check_tools()
         try:
             self._make_network()
             self._start_aardvark()
@@ -271,7 +352,7 @@ class AardvarkSide:
         argv = self.host_ns.argv(AARDVARK, "--config", str(self.config_dir), "-p", "53", "run")
         # The parent returns once the forked server is ready; output goes to a file, as
         # a pipe would stay open in the daemon and hang the wait for EOF.
-        with open(log, "wb") as out:
+        with open(log, "wb") as out, _child_subreaper():
             p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                timeout=START_TIMEOUT)
         self.pid = self._read_pid()
@@ -301,7 +382,7 @@ class AardvarkSide:
                 return
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not _pid_alive(pid):
+                if _gone(pid):
                     return
                 time.sleep(0.02)
         raise BenchError(f"aardvark-dns pid {pid} did not exit")
@@ -324,8 +405,6 @@ class AardvarkSide:
     # -- checks
     def check(self) -> None:
         """Fail loudly unless the sandbox is sealed and aardvark answers as expected."""
-        if shutil.which("dnsperf") is None:
-            raise BenchError("dnsperf is not installed")
         for upstream in _resolv_conf_servers():
             r = self.host_ns.run("ip", "route", "get", upstream, check=False)
             if r.returncode == 0:
@@ -339,29 +418,44 @@ class AardvarkSide:
 
 # ------------------------------------------------------------------ main
 
+def result_doc(server: str, r: DnsperfResult, **extra) -> dict:
+    """The JSON line for one server: every figure except the raw output, rounded."""
+    doc = {"server": server, **asdict(r), **extra}
+    del doc["raw"]
+    return _rounded(doc)
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return round(x, 3)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="aardvark-dns under dnsperf, in plt-* namespaces")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--outstanding", type=int, default=100)
-    ap.add_argument("--p99-pass", choices=("separate", "same", "none"), default="separate")
+    ap.add_argument("--seconds", type=float, default=10.0, help="dnsperf -l of the measured pass")
+    ap.add_argument("--clients", type=int, default=8, help="dnsperf -c")
+    ap.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
+    ap.add_argument("--p99-pass", choices=("separate", "same", "none"), default="separate",
+                    help="where p99 comes from (see run_dnsperf)")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the with-block below still cleans up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if os.geteuid() != 0:
         raise SystemExit("bench/dns_aardvark: needs root (network namespaces)")
     _progress("setting up namespaces and aardvark-dns")
     with AardvarkSide() as side:
-        _progress(f"dnsperf for {args.seconds:g}s")
+        _progress(f"dnsperf for {args.seconds:g}s (+ warm-up, + p99 pass)")
         r = run_dnsperf(side.client_ns, side.server_ip, [(side.name, "A")], args.seconds,
-                        args.clients, args.outstanding, args.p99_pass)
-    doc = {"server": "aardvark-dns", "version": "1.4.0", **asdict(r),
-           "seconds": args.seconds, "clients": args.clients, "outstanding": args.outstanding}
-    doc.pop("raw")
-    for k in ("qps", "avg_ms", "p99_ms"):
-        if doc[k] is not None:
-            doc[k] = round(doc[k], 3)
+                        args.clients, args.outstanding, p99_pass=args.p99_pass)
+    doc = result_doc("aardvark-dns", r, version=AARDVARK_VERSION, seconds=args.seconds,
+                     clients=args.clients, outstanding=args.outstanding)
     sys.stdout.write(json.dumps(doc) + "\n")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

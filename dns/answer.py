@@ -39,9 +39,19 @@ def udp_limit(request: DNSRecord) -> int:
     return max(512, min(opt.edns_len, 4096)) if opt is not None else 512
 
 
+QUERY_BITS = 0x7910     # opcode, RD and CD carry over to a reply; AD, TC, Z of a query do not
+
+
+def packable(request: DNSRecord) -> bool:
+    """dnslib parses names it cannot pack (over 253 characters, labels over 63)."""
+    qname = request.q.qname
+    return len(qname) <= MAX_NAME and all(len(label) <= 63 for label in qname.label)
+
+
 def error(request: DNSRecord, rcode: int, aa: bool = False) -> DNSRecord:
-    return DNSRecord(DNSHeader(id=request.header.id, bitmap=request.header.bitmap, qr=1, ra=1,
-                               aa=int(aa), rcode=rcode), q=request.q if request.questions else None)
+    return DNSRecord(DNSHeader(id=request.header.id, bitmap=request.header.bitmap & QUERY_BITS, qr=1, ra=1,
+                               aa=int(aa), rcode=rcode),
+                     q=request.q if request.questions and packable(request) else None)
 
 
 def header_error(data: bytes, rcode: int) -> bytes | None:
@@ -58,7 +68,8 @@ def answer(request: DNSRecord, client: str, snap: Snapshot, rotation: int = 0) -
     result = _answer(request, client, snap, rotation, opt)
     if isinstance(result, Reply) and opt is not None:
         # OPT goes last in the additional section; version 1+ gets BADVERS (ext rcode 1).
-        result.record.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, ext_rcode=1 if opt.edns_ver else 0))
+        badvers = opt.edns_ver != 0 and result.record.header.rcode == RCODE.NOERROR
+        result.record.add_ar(EDNS0(udp_len=EDNS_PAYLOAD, ext_rcode=1 if badvers else 0))
     return result
 
 
@@ -76,7 +87,7 @@ def _answer(request: DNSRecord, client: str, snap: Snapshot, rotation: int, opt)
         return Reply(error(request, RCODE.REFUSED))
     q = request.q
     name = str(q.qname).rstrip(".").lower()
-    if len(name) > MAX_NAME:
+    if len(name) > MAX_NAME or not packable(request):
         return Reply(error(request, RCODE.FORMERR))
     if q.qclass not in (1, 255):   # IN, ANY
         return _forward_or_fail(request, view, snap, name, owned=False)

@@ -219,6 +219,7 @@ class DnsServer:
             return
         if result.record.header.rcode == RCODE.REFUSED:
             self.stats["refused"] += 1
+        if addr[0] not in snap.views:   # REFUSED, or FORMERR/NOTIMP/BADVERS decided before the view
             sock.sendto(result.record.pack(), addr)
             return   # never kept: a flood from strangers must not fill the table
         if len(self.packed) >= MAX_PACKED:

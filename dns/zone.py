@@ -78,7 +78,7 @@ class Snapshot:
     def owns_name(self, name: str) -> bool:
         # Single-label names never leave (as aardvark-dns): a bare `db` that is not
         # a container is NXDOMAIN here rather than a query to the outside world.
-        if "." not in name:
+        if name and "." not in name:   # "" is the root: not ours
             return True
         return any(name.endswith("." + n) for n in self.networks)
 

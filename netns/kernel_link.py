@@ -6,6 +6,7 @@ so a retry after a crash converges."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from ipaddress import IPv4Address
@@ -39,11 +40,17 @@ def _tolerate(err: NetlinkError, *codes: int) -> None:
 def ensure_bridge(net: NetworkSpec) -> None:
     """Create the network's bridge with the gateway address, up. Idempotent."""
     ipr = _ipr()
+    # A bridge without an address of its own takes its lowest port's, so it would
+    # change whenever a container comes or goes, and containers' ARP entries for
+    # the gateway would point at a MAC that no longer answers. Fix it, derived
+    # from the bridge's name so it is stable across daemon restarts.
+    mac = bridge_mac(net.bridge)
     try:
-        ipr.link("add", ifname=net.bridge, kind="bridge")
+        ipr.link("add", ifname=net.bridge, kind="bridge", address=mac)
     except NetlinkError as e:
         _tolerate(e, errno.EEXIST)
     idx = _index(ipr, net.bridge)
+    ipr.link("set", index=idx, address=mac)
     try:
         ipr.addr("add", index=idx, address=str(net.gateway), prefixlen=net.subnet.prefixlen)
     except NetlinkError as e:
@@ -54,6 +61,12 @@ def ensure_bridge(net: NetworkSpec) -> None:
     # Published ports reached from the host's own 127.0.0.1 are DNATed out this
     # bridge; the kernel drops loopback sources on other devices unless allowed.
     kernel_ns.write_sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", "1")
+
+
+def bridge_mac(bridge: str) -> str:
+    """A locally administered unicast MAC (02:...) from the bridge's name."""
+    digest = hashlib.sha256(bridge.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def delete_link(ifname: str) -> None:

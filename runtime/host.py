@@ -83,6 +83,7 @@ class Host:
         except OSError as e:
             raise RuntimeFailure(f"cannot set the host's forwarding sysctls: {e}") from None
         self._switch_firewall_driver()
+        self.dns.start()   # before the default network appears: it listens on every gateway
         self.images.ensure_busybox()
         for net in self.networks.list():
             kernel_link.ensure_bridge(net)
@@ -90,7 +91,6 @@ class Host:
         repaired = self.containers.reconcile()
         self.apply_firewall()
         repaired += self.sweep()
-        self.dns.start()
         self.refresh_names()
         return repaired
 

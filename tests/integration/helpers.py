@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 import time
 
@@ -48,3 +50,30 @@ def wait_for(fn, timeout: float = 10, interval: float = 0.05):
             return last
         time.sleep(interval)
     return last
+
+
+def container_env(h: SimHost, name: str) -> list[str]:
+    """The environment of the container's init process, in order (not exec's)."""
+    out = h.cli("exec", name, "cat", "/proc/1/environ").stdout
+    return [e for e in out.split("\0") if e]
+
+
+def in_container_ns(h: SimHost, name: str, *argv: str, timeout: float = 30):
+    """Run a program of the test machine (dig, dnspython) inside a container's
+    network namespace: queries leave from the container's own address."""
+    netns = h.client.get(f"/containers/{name}")["network"]["netns"]
+    return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def dig(h: SimHost, name: str, qname: str, qtype: str = "A", *extra: str, status: bool = False):
+    """dig from container `name` at its resolver: the answers' data in order,
+    or with status=True the response code."""
+    server = h.client.get(f"/containers/{name}")["dns"]["server"]
+    r = in_container_ns(h, name, "dig", f"@{server}", qname, qtype, "+time=3", "+tries=1",
+                        "+noall", "+answer", "+comments", *extra)
+    m = re.search(r"status: (\w+)", r.stdout)
+    code = m.group(1) if m else f"no answer: {(r.stdout + r.stderr).strip()}"
+    if status:
+        return code
+    answers = [l.split(None, 4)[4] for l in r.stdout.splitlines() if l and not l.startswith(";")]
+    return answers if code == "NOERROR" else [code]
