@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo test unit bench clean
+.PHONY: setup demo test unit bench bench-dns clean
 
 setup:
 	./scripts/setup
@@ -20,3 +20,6 @@ bench: setup
 
 clean:
 	.venv/bin/python -m portlink.runtime.clean
+
+bench-dns: setup
+	.venv/bin/python -P bench/dns.py

@@ -28,8 +28,9 @@ outstanding) in the client namespace for a bounded time (`-l`), after a 1 s warm
 pass that is not reported. dnsperf prints throughput and the average latency but no
 percentiles (no histogram option in 2.10), so p99 comes from dnsperf itself in verbose
 mode (`-v`: one line with the latency of every response), nearest rank. Printing those
-lines costs dnsperf throughput (~14 % median over 10 paired runs here, even with its
-output in a tmpfs file), so by default the run is split: a plain pass gives
+lines can cost dnsperf throughput (14 % median over 10 paired runs here while other work
+shared the 2 CPUs, a few % on a quiet machine; output goes to a tmpfs file, not a
+pipe), so by default the run is split: a plain pass gives
 qps/avg/sent/completed/lost, then a pass with `-v` and the same settings, of
 min(seconds, 5) s, gives p99; its own qps/avg are reported beside it (`p99_pass`),
 `p99_method` names the method. `p99_pass="same"` takes all figures from one `-v` pass.
@@ -97,7 +98,9 @@ class DnsperfResult:
     raw: str
     p99_method: str = "none"
     p99_pass: dict | None = None        # qps/avg_ms/completed of the -v pass, when separate
-    qps_per_second: list[float] = field(default_factory=list)   # dnsperf -S 1 intervals
+    # dnsperf -S 1 intervals as printed; the first is now and then 0.0, a dnsperf quirk
+    # (sent / run time show no stall then)
+    qps_per_second: list[float] = field(default_factory=list)
     rcodes: dict[str, int] = field(default_factory=dict)
 
 
@@ -193,8 +196,10 @@ def run_dnsperf(client_ns: Namespace, server: str, queries: list[tuple[str, str]
     with tempfile.TemporaryDirectory(prefix="plt-dnsperf-", dir=_scratch_dir()) as tmp:
         qfile = Path(tmp) / "queries.txt"
         qfile.write_text("".join(f"{name} {qtype}\n" for name, qtype in queries))
-        run = lambda secs, verbose=False: _dnsperf(client_ns, server, qfile, secs, clients,  # noqa: E731
-                                                   outstanding, threads, verbose)
+
+        def run(secs: float, verbose: bool = False) -> _Pass:
+            return _dnsperf(client_ns, server, qfile, secs, clients, outstanding, threads, verbose)
+
         if warmup > 0:
             run(warmup)
         main = run(seconds, verbose=p99_pass == "same")
@@ -214,8 +219,8 @@ def _result(main: _Pass, lat_pass: _Pass | None, mode: str) -> DnsperfResult:
         method = ("dnsperf -v per-response latencies, nearest rank, from a separate -v pass "
                   "with the same settings (-v costs dnsperf some throughput; see p99_pass)")
         vs = lat_pass.stats
-        extra = {"seconds": lat_pass.seconds, "qps": vs["qps"], "avg_ms": vs["avg_s"] * 1000, "completed": int(vs["completed"]),
-                 "lost": int(vs["lost"])}
+        extra = {"seconds": lat_pass.seconds, "qps": vs["qps"], "avg_ms": vs["avg_s"] * 1000,
+                 "completed": int(vs["completed"]), "lost": int(vs["lost"])}
         text += "\n--- p99 pass (-v, latency lines removed) ---\n" + lat_pass.text
     intervals = [float(m.group(1)) for m in map(_INTERVAL.match, main.text.splitlines()) if m]
     return DnsperfResult(qps=st["qps"], avg_ms=st["avg_s"] * 1000, p99_ms=p99, sent=int(st["sent"]),
@@ -456,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                      clients=args.clients, outstanding=args.outstanding)
     sys.stdout.write(json.dumps(doc) + "\n")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

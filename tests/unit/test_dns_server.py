@@ -103,8 +103,8 @@ def tcp_frame(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def read_frame(conn: socket.socket) -> bytes:
-    f = conn.makefile("rb")
+def read_frame(f) -> bytes:
+    """One length-prefixed message from a socket's makefile("rb") (buffered: use one per connection)."""
     n = int.from_bytes(f.read(2), "big")
     return f.read(n)
 
@@ -234,7 +234,8 @@ def test_tcp_pipelined_queries_all_answered(server):
     qs = [query(name) for name in ("web", "db", "api", "nosuch", "web")]
     with socket.create_connection((LOCAL, server.cfg.port), timeout=WAIT) as c:
         c.sendall(b"".join(tcp_frame(q.to_wire()) for q in qs))
-        replies = [dns.message.from_wire(read_frame(c)) for _ in qs]
+        with c.makefile("rb") as f:
+            replies = [dns.message.from_wire(read_frame(f)) for _ in qs]
     assert [r.id for r in replies] == [q.id for q in qs]
     assert [addresses(r) for r in replies] == [["10.1.0.2"], ["10.1.0.3"], ["10.1.0.4"], [], ["10.1.0.2"]]
     assert replies[3].rcode() == dns.rcode.NXDOMAIN
@@ -296,10 +297,10 @@ class Upstream:
                             self.udp.sendto(out, peer)
                     else:
                         conn, _ = self.tcp.accept()
-                        with conn:
+                        with conn, conn.makefile("rb") as f:
                             conn.settimeout(WAIT)
                             try:
-                                out = self._reply(read_frame(conn), "tcp")
+                                out = self._reply(read_frame(f), "tcp")
                                 if out:
                                     conn.sendall(tcp_frame(out))
                             except OSError:
