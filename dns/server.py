@@ -113,6 +113,7 @@ class DnsServer:
         self._turns: dict[tuple[str, str], list[int]] = {}
         self._forwards = 0
         self._tcp_clients = 0
+        self._tcp_tasks: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -185,6 +186,10 @@ class DnsServer:
 
     async def _close_all(self) -> None:
         await self._set_listeners(set())
+        # Connected TCP clients too: their tasks would be destroyed pending, transports unclosed.
+        for task in self._tcp_tasks:
+            task.cancel()
+        await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
 
     # The slow path -----------------------------------------------------------------
     def _parse(self, data: bytes) -> DNSRecord | bytes | None:
@@ -258,6 +263,8 @@ class DnsServer:
             writer.close()
             return
         self._tcp_clients += 1
+        task = asyncio.current_task()
+        self._tcp_tasks.add(task)
         client = writer.get_extra_info("peername")[0]
         try:
             while True:
@@ -278,6 +285,7 @@ class DnsServer:
             pass
         finally:
             self._tcp_clients -= 1
+            self._tcp_tasks.discard(task)
             writer.close()
 
     async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:

@@ -230,6 +230,21 @@ def test_tcp_silent_client_does_not_block_others(server):
         assert addresses(udp(server, query("db"))) == ["10.1.0.3"]
 
 
+def test_stop_closes_tcp_clients():
+    srv = DnsServer(ServerConfig(port=free_port()))
+    srv.start()
+    try:
+        srv.listen([LOCAL])
+        with socket.create_connection((LOCAL, srv.cfg.port), timeout=WAIT) as c:
+            c.sendall(b"\0")   # half a length prefix: the server waits for more
+            time.sleep(0.05)
+            srv.stop()
+            assert c.recv(1) == b""   # closed by the server, not left to the idle timeout
+        assert srv._tcp_clients == 0  # its task ended rather than being destroyed pending
+    finally:
+        srv.stop()
+
+
 def test_tcp_pipelined_queries_all_answered(server):
     qs = [query(name) for name in ("web", "db", "api", "nosuch", "web")]
     with socket.create_connection((LOCAL, server.cfg.port), timeout=WAIT) as c:
