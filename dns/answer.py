@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnslib import AAAA, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
+from dnslib import EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
 
 from portlink.dns.zone import Member, Snapshot, View, address_of_reverse
 
@@ -96,6 +96,8 @@ def _answer(request: DNSRecord, client: str, snap: Snapshot, rotation: int, opt)
     if q.qtype == QTYPE.SRV and name.startswith("_"):
         return _srv(request, view, snap, name)
     members = view.lookup(name)
+    if members is None and name.startswith("_") and view.lookup(name.split(".", 2)[-1]) is not None:
+        return Reply(_reply(request, snap))   # `_80._tcp.web` asked as A: ours, NODATA
     if members is None:
         return _forward_or_fail(request, view, snap, name, owned=snap.owns_name(name))
     reply = _reply(request, snap)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
+from portlink.dns.answer import error
+
 UPSTREAM_PAYLOAD = 1232
 MAX_CACHE_TTL = 300
 NEGATIVE_TTL = 5     # NXDOMAIN/NODATA without an SOA to say otherwise
@@ -69,12 +71,17 @@ class Forwarder:
         else:
             self.stats["cache_hits"] += 1
         if hit is None:
-            out = DNSRecord(DNSHeader(id=request.header.id, bitmap=request.header.bitmap, qr=1, ra=1,
-                                      rcode=RCODE.SERVFAIL), q=q)
+            out = error(request, RCODE.SERVFAIL)
         else:
             out = hit
             out.header.id = request.header.id
             out.header.rd = request.header.rd
+            # Echo the asker's spelling of the name (the cache key is lower-case;
+            # clients that randomise case, 0x20, check the echo).
+            for rr in out.rr:
+                if rr.rname == q.qname:   # dnslib compares names case-insensitively
+                    rr.rname = q.qname
+            out.questions = [q]
         out.ar = [r for r in out.ar if r.rtype != QTYPE.OPT]
         if any(r.rtype == QTYPE.OPT for r in request.ar):
             out.add_ar(EDNS0(udp_len=UPSTREAM_PAYLOAD))

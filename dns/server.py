@@ -16,9 +16,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+from dnslib import EDNS0, RCODE, DNSHeader, DNSRecord
 
-from portlink.dns.answer import EDNS_PAYLOAD, Forward, answer, edns, header_error, udp_limit
+from portlink.dns.answer import EDNS_PAYLOAD, Forward, answer, error, edns, header_error, udp_limit
 from portlink.dns.forward import ForwardConfig, Forwarder
 from portlink.dns.zone import Snapshot
 
@@ -166,7 +166,6 @@ class DnsServer:
         return errors
 
     async def _bind(self, addr: str):
-        loop = asyncio.get_running_loop()
         us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         ts = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -194,6 +193,8 @@ class DnsServer:
     # The slow path -----------------------------------------------------------------
     def _parse(self, data: bytes) -> DNSRecord | bytes | None:
         """The parsed query, or the bytes of an error reply, or None (drop)."""
+        if len(data) < 3 or data[2] & 0x80:
+            return None   # a response (QR set) is never answered: no reflection loops
         if len(data) > MAX_QUERY:
             self.stats["malformed"] += 1
             return header_error(data, RCODE.FORMERR)
@@ -243,8 +244,7 @@ class DnsServer:
     def _start_forward(self, req: DNSRecord, fwd: Forward, send) -> None:
         if self._forwards >= MAX_FORWARDS:
             self.stats["dropped_forwards"] += 1
-            send(DNSRecord(DNSHeader(id=req.header.id, bitmap=req.header.bitmap, qr=1, ra=1,
-                                     rcode=RCODE.SERVFAIL), q=req.q))
+            send(error(req, RCODE.SERVFAIL))
             return
         self._forwards += 1
 

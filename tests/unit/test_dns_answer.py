@@ -141,6 +141,13 @@ def test_srv_for_a_port_not_exposed_is_nodata(name):
     assert (r.header.rcode, r.rr, r.ar) == (RCODE.NOERROR, [], [])
 
 
+
+@pytest.mark.parametrize("qtype", ["A", "AAAA", "TXT"])
+def test_srv_style_name_of_ours_asked_as_another_type_is_nodata_not_forwarded(qtype):
+    r = reply(q("_80._tcp.web", qtype))
+    assert (r.header.rcode, r.rr) == (RCODE.NOERROR, [])
+
+
 # EDNS and malformed queries -------------------------------------------------------------
 
 def test_edns_query_gets_opt_last():

@@ -235,11 +235,11 @@ def test_stop_closes_tcp_clients():
     srv.start()
     try:
         srv.listen([LOCAL])
-        with socket.create_connection((LOCAL, srv.cfg.port), timeout=WAIT) as c:
-            c.sendall(b"\0")   # half a length prefix: the server waits for more
-            time.sleep(0.05)
+        with socket.create_connection((LOCAL, srv.cfg.port), timeout=WAIT) as c, c.makefile("rb") as f:
+            c.sendall(tcp_frame(query("web").to_wire()))
+            assert read_frame(f)        # REFUSED (no snapshot), but the connection is being served
             srv.stop()
-            assert c.recv(1) == b""   # closed by the server, not left to the idle timeout
+            assert c.recv(1) == b""     # closed by the server, not left to the idle timeout
         assert srv._tcp_clients == 0  # its task ended rather than being destroyed pending
     finally:
         srv.stop()
@@ -400,3 +400,23 @@ def test_replies_to_strangers_are_never_kept(server):
     assert udp(server, notify).rcode() == dns.rcode.NOTIMP          # decided before the view lookup
     assert udp(server, query("web")).rcode() == dns.rcode.REFUSED
     assert not server.packed
+
+
+def test_cached_answer_echoes_the_askers_spelling(server, upstreams):
+    up = upstreams()
+    forward_to(server, up)
+    udp(server, query("up.example"))
+    r = udp(server, query("Up.ExAmple"))
+    assert up.seen == [("udp", "up.example.")]          # served from the cache
+    assert r.question[0].name.to_text() == "Up.ExAmple." and r.answer[0].name.to_text() == "Up.ExAmple."
+
+
+def test_a_response_is_never_answered(server):
+    q = query("web")
+    q.flags |= dns.flags.QR
+    with udp_socket() as s:
+        s.settimeout(0.5)
+        s.sendto(q.to_wire(), (LOCAL, server.cfg.port))
+        with pytest.raises(socket.timeout):
+            s.recv(65535)
+    assert addresses(udp(server, query("web")))          # still serving
