@@ -93,12 +93,13 @@ class _UdpListener:
 
     def close(self) -> None:
         self.stopping = True
-        # A datagram to itself wakes the blocked recvfrom (closing would not).
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.sendto(b"\0", (self.addr, self.sock.getsockname()[1]))
-            except OSError:
-                pass
+        # shutdown() wakes a blocked recvfrom even on an unconnected UDP socket (it
+        # reports ENOTCONN, and wakes the readers anyway); closing would not, and a
+        # datagram to itself cannot arrive once the bridge and its address are gone.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.thread.join(5)
 
 
