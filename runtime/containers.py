@@ -258,7 +258,7 @@ class Containers:
             self.fw.add_ports(mappings)
         else:
             kernel_link.loopback_up(nspath)
-        me = self._seen(cid, spec, image.config.env, str(ip) if ip else None)
+        me = self._seen(cid, rec, image.config.env, str(ip) if ip else None)
         by_name = {c.name: c for c in self.seen()}
         link_env = [v for link, child in discovery.resolve_links(me, by_name) if child is not None
                     for v in linkspec.link_env(spec.name, link.alias, child.linked())]
@@ -275,15 +275,14 @@ class Containers:
         self.watch(cid, pid)
 
     # names: what DNS and /etc/hosts are built from ----------------------------------
-    def _seen(self, cid: str, spec: ContainerSpec, image_env: list[str], ip: str | None) -> Seen:
+    @staticmethod
+    def _seen(cid: str, rec: dict, image_env: list[str], ip: str | None) -> Seen:
+        """`rec` is the stored record: {"spec": ..., "exposed": [...]}."""
+        spec = ContainerSpec(**rec["spec"])
         links = tuple(linkspec.parse_link(x) for x in spec.links)
         return Seen(id=cid, name=spec.name, hostname=spec.hostname, network=spec.network, ip=ip,
-                    aliases=tuple(spec.aliases), exposed=tuple(self._exposed(cid)),
+                    aliases=tuple(spec.aliases), exposed=tuple(rec["exposed"]),
                     env=(*image_env, *spec.env), links=links, dns=tuple(spec.dns))
-
-    def _exposed(self, cid: str) -> list[str]:
-        row = self.store.one("SELECT spec FROM containers WHERE id=?", cid)
-        return json.loads(row["spec"])["exposed"] if row else []
 
     def seen(self) -> list[Seen]:
         """Every running container with an address, as name resolution sees it."""
@@ -291,12 +290,12 @@ class Containers:
                                 "ON l.container_id = c.id WHERE c.status=?", RUNNING)
         out = []
         for r in rows:
-            spec = ContainerSpec(**json.loads(r["spec"])["spec"])
+            rec = json.loads(r["spec"])
             try:
-                image_env = self.images.get(spec.image).config.env
+                image_env = self.images.get(rec["spec"]["image"]).config.env
             except NotFound:
                 image_env = []
-            out.append(self._seen(r["id"], spec, image_env, r["ip"]))
+            out.append(self._seen(r["id"], rec, image_env, r["ip"]))
         return out
 
     def write_hosts(self, cid: str, text: str) -> None:
