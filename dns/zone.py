@@ -64,12 +64,27 @@ class View:
         return self.zone.ptr.get(address) if self.zone is not None else None
 
 
+@dataclass(frozen=True)
+class ServiceInstance:
+    """One healthy instance of a Consul service."""
+
+    address: str                  # IPv4, dotted: A records and the `<hex>.addr.<domain>` SRV target
+    port: int
+    node: str = ""
+    tags: tuple[str, ...] = ()
+
+
 @dataclass
 class Snapshot:
     views: dict[str, View] = field(default_factory=dict)        # client address -> view
     networks: frozenset[str] = frozenset()                     # `x.<network>` names are ours
     subnets: tuple[IPv4Network, ...] = ()                      # reverse lookups inside are ours
     ttl: int = DEFAULT_TTL
+    # None: Consul is not configured and its names go upstream like any other.
+    # A dict: lower-case service name -> healthy instances (possibly none), and
+    # every name under consul_domain (and `x.service`) is answered here.
+    services: dict[str, tuple[ServiceInstance, ...]] | None = None
+    consul_domain: str = "consul"
 
     def owns_reverse(self, address: str) -> bool:
         ip = ip_address(address)

@@ -315,6 +315,9 @@ def cmd_system(cl, a):
     if a.scmd == "firewall":
         r = cl.get("/system/firewall")
         print(f"# driver: {r['driver']}\n{r['rules']}")
+    if a.scmd == "consul":
+        r = cl.post("/system/consul/sync") if a.sync else cl.get("/system/consul")
+        print(json.dumps(r, indent=2))
     return 0
 
 
@@ -413,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     ysub.add_parser("prune", help="remove everything portlink created on this host").add_argument(
         "-f", "--force", action="store_true")
     ysub.add_parser("firewall", help="show portlink's firewall rules")
+    ysub.add_parser("consul", help="show the link to Consul").add_argument(
+        "--sync", action="store_true", help="resync this host's entries now and show what changed")
     y.set_defaults(fn=cmd_system)
     return p
 

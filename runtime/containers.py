@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Callable
 
+from portlink.catalog import services as registration
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import FirewallDriver
@@ -149,6 +150,7 @@ class Containers:
         linkspec.check_links(link_reqs)
         for a in spec.aliases:
             validate.name("network alias", a)
+        registration.validate_labels(spec.labels)
         if link_reqs and net is None:
             raise InvalidArgument("--link needs a network: a container on network 'none' cannot reach another")
         self._check_link_targets(link_reqs, spec.network)
@@ -297,6 +299,18 @@ class Containers:
                 image_env = []
             out.append(self._seen(r["id"], rec, image_env, r["ip"]))
         return out
+
+    def published(self) -> list[registration.Published]:
+        """Every running container with the ports it publishes: what Consul should list."""
+        by_id: dict[str, tuple[dict, list]] = {}
+        for r in self.store.query("SELECT c.id, c.spec, p.proto, p.container_port, p.host_port, p.host_ip "
+                                  "FROM containers c JOIN ports p ON p.container_id = c.id "
+                                  "WHERE c.status=? ORDER BY c.id, p.proto, p.container_port", RUNNING):
+            spec = by_id.setdefault(r["id"], (json.loads(r["spec"])["spec"], []))
+            spec[1].append(registration.PublishedPort(r["container_port"], r["proto"], r["host_port"],
+                                                      r["host_ip"] or None))
+        return [registration.Published(cid, spec["name"], spec.get("labels") or {}, tuple(ports))
+                for cid, (spec, ports) in by_id.items()]
 
     def write_hosts(self, cid: str, text: str) -> None:
         """Rewrite a running container's /etc/hosts in place: the file is bind-mounted,

@@ -12,13 +12,18 @@ import logging
 import os
 import signal
 import sys
+from ipaddress import ip_address
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
 
 from portlink.dns.zone import DEFAULT_TTL
-from portlink.errors import Conflict, InvalidArgument, PortlinkError
+from portlink.catalog import config as consul_config
+from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
+from portlink.catalog.sync import ConsulSync, route_source
+from portlink.catalog.watch import describe
+from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.runtime import reaper
 from portlink.runtime.host import Host, HostConfig
 
@@ -34,8 +39,9 @@ def _json_error(status: int, message: str) -> web.Response:
 
 
 class Api:
-    def __init__(self, host: Host, workers: int = 16) -> None:
+    def __init__(self, host: Host, consul: ConsulSync | None = None, workers: int = 16) -> None:
         self.host = host
+        self.consul = consul
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
 
     async def call(self, fn, *args, **kw):
@@ -83,7 +89,13 @@ class Api:
             return ok(await self.call(c.list, flag(r, "all")))
 
         async def inspect(r):
-            return ok(await self.call(c.inspect, r.match_info["ref"]))
+            info = await self.call(c.inspect, r.match_info["ref"])
+            if self.consul:
+                regs = await self.call(self.consul.desired)
+                info["consul"] = [{"id": g.id, "service": g.name, "address": g.address, "port": g.port,
+                                   "tags": list(g.tags), "check": "tcp" if g.tcp_check else None}
+                                  for g in regs if dict(g.meta).get(META_CONTAINER_ID) == info["id"]]
+            return ok(info)
 
         async def start(r):
             return ok(await self.call(c.start, r.match_info["ref"]))
@@ -145,7 +157,24 @@ class Api:
             return ok({"removed": name})
 
         async def prune(r):
-            return ok(await self.call(h.prune))
+            result = await self.call(h.prune)
+            if self.consul:
+                result["errors"] += await self.consul.deregister_all()
+            return ok(result)
+
+        async def consul_status(r):
+            if not self.consul:
+                return ok({"enabled": False})
+            return ok({"enabled": True, **self.consul.status()})
+
+        async def consul_sync(r):
+            if not self.consul:
+                raise InvalidArgument("Consul is not configured on this host (portlinkd --consul ADDR)")
+            try:
+                done = await self.consul.registrar.sync_once()
+            except Exception as e:
+                raise RuntimeFailure(f"resync with Consul at {self.consul.cfg.url} failed: {describe(e)}") from None
+            return ok({"registered": done.registered, "deregistered": done.deregistered})
 
         async def firewall(r):
             return ok({"driver": h.fw.name, "rules": await self.call(h.fw.dump)})
@@ -162,6 +191,7 @@ class Api:
             web.post("/images", img_import), web.get("/images", img_ls),
             web.delete("/images/{name}", img_rm),
             web.post("/system/prune", prune), web.get("/system/firewall", firewall),
+            web.get("/system/consul", consul_status), web.post("/system/consul/sync", consul_sync),
         ]
 
     async def _logs(self, r: web.Request, info: dict, c) -> web.StreamResponse:
@@ -224,7 +254,8 @@ async def serve(cfg: HostConfig, socket_path: Path) -> None:
     repaired = await asyncio.get_running_loop().run_in_executor(None, host.setup)
     if repaired:
         log.warning("reconciled after restart: %s", "; ".join(repaired))
-    api = Api(host)
+    consul = await start_consul(host) if cfg.consul else None
+    api = Api(host, consul)
     app = web.Application(middlewares=[api.errors], client_max_size=MAX_BODY)
     app.add_routes(api.routes())
     runner = web.AppRunner(app, access_log=None)
@@ -247,8 +278,44 @@ async def serve(cfg: HostConfig, socket_path: Path) -> None:
     await stop.wait()
     # Containers keep running across a daemon stop; the next start reconciles.
     await runner.cleanup()
+    if consul:
+        await consul.stop()   # entries stay: the containers keep running
     reap.close()
     host.close()
+
+
+async def start_consul(host: Host) -> ConsulSync:
+    """Register this host's published ports and follow the catalog for DNS."""
+    cfg = host.cfg
+    advertise = cfg.advertise or route_source(cfg.consul.host, cfg.consul.port)
+    if ip_address(advertise).is_loopback and not cfg.advertise:
+        raise InvalidArgument(f"the route to Consul at {cfg.consul.url} is over loopback, so this host has no "
+                              "address other hosts or containers could use: give --advertise IP")
+    loop = asyncio.get_running_loop()
+    pending = False
+
+    def refresh() -> None:
+        nonlocal pending
+        pending = False          # cleared first: a change during the rebuild schedules another
+        host.refresh_names()
+
+    def on_services(services) -> None:
+        # Catalog changes arrive on the event loop; the rebuild reads the store, so it
+        # runs in a thread, and a burst of changes costs one rebuild, not one each.
+        nonlocal pending
+        host.services = services
+        if not pending:
+            pending = True
+            loop.run_in_executor(None, refresh)
+
+    interval = f"{cfg.consul_check_interval:g}s"
+    sync = ConsulSync(cfg.consul, host.host_id, lambda: host.registrations(advertise), on_services,
+                      CheckPolicy(interval=interval, timeout=f"{min(cfg.consul_check_interval, 2.0):g}s"),
+                      cfg.consul_resync)
+    await sync.start()
+    host.after_change.append(sync.poke)
+    log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
+    return sync
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,6 +329,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dns-port", type=int, default=53, help="port of the resolver on each gateway address")
     p.add_argument("--dns-ttl", type=int, default=DEFAULT_TTL, help="TTL of portlink's own answers (seconds)")
     p.add_argument("--dns-timeout", type=float, default=2.0, help="seconds to wait for each upstream")
+    p.add_argument("--consul", metavar="ADDR", help="Consul agent HTTP address, host[:port] or http(s)://host:port "
+                   "(default $CONSUL_HTTP_ADDR; unset: no Consul, a single host)")
+    p.add_argument("--consul-token", help="ACL token (default $CONSUL_HTTP_TOKEN / $CONSUL_HTTP_TOKEN_FILE)")
+    p.add_argument("--consul-datacenter", help="datacenter to register in and read from (default: the agent's)")
+    p.add_argument("--consul-cacert", help="CA file for an https agent (default $CONSUL_CACERT)")
+    p.add_argument("--advertise", metavar="IP", help="this host's address in Consul "
+                   "(default: the local address of the route to Consul)")
+    p.add_argument("--consul-check-interval", type=float, default=5.0,
+                   help="seconds between TCP health checks of each registered port")
+    p.add_argument("--consul-resync", type=float, default=30.0,
+                   help="a full resync with Consul at least this often (seconds)")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
@@ -271,7 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     reaper.become_subreaper()
     try:
         cfg = HostConfig(state_dir=Path(a.state_dir), firewall=a.firewall, default_subnet=a.default_subnet,
-                         dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout)
+                         dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout,
+                         consul=consul_config.from_sources(a.consul, a.consul_token, a.consul_datacenter,
+                                                           a.consul_cacert),
+                         advertise=a.advertise, consul_check_interval=a.consul_check_interval,
+                         consul_resync=a.consul_resync)
         asyncio.run(serve(cfg, Path(a.socket)))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 
 from portlink.errors import InvalidArgument
-from portlink.dns.zone import DEFAULT_TTL, Member, NetworkZone, Snapshot, View
+from portlink.catalog.services import Instance
+from portlink.dns.zone import DEFAULT_TTL, Member, NetworkZone, ServiceInstance, Snapshot, View
 from portlink.netns.model import NetworkSpec
 from portlink.runtime.links import LinkedContainer, LinkRequest, hosts_line
 
@@ -64,8 +65,21 @@ def resolve_links(me: Seen, by_name: dict[str, Seen]) -> list[tuple[LinkRequest,
     return out
 
 
+def consul_services(services: dict[str, tuple[Instance, ...]] | None) -> dict[str, tuple[ServiceInstance, ...]] | None:
+    """Consul's healthy instances as the resolver answers them: IPv4 only (an
+    instance registered under a hostname or IPv6 has no A record to give)."""
+    if services is None:
+        return None
+    out = {}
+    for name, instances in services.items():
+        out[name] = tuple(ServiceInstance(i.address, i.port, i.node, i.tags) for i in instances
+                          if _is_ipv4(i.address))
+    return out
+
+
 def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: list[str],
-                   ttl: int = DEFAULT_TTL) -> Snapshot:
+                   ttl: int = DEFAULT_TTL, services: dict[str, tuple[Instance, ...]] | None = None) -> Snapshot:
+    """`services` None: no Consul configured (names under .consul are forwarded like any other)."""
     zones = {n.name: NetworkZone(n.name, n.subnet) for n in networks}
     by_name = {c.name: c for c in running}
     for c in running:
@@ -86,7 +100,7 @@ def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: 
                            upstreams=upstream_list(c.dns) if c.dns else daemon_up,
                            forward=c.network not in internal)
     return Snapshot(views=views, networks=frozenset(zones), subnets=tuple(n.subnet for n in networks),
-                    ttl=ttl)
+                    ttl=ttl, services=consul_services(services))
 
 
 def hosts_file(me: Seen, by_name: dict[str, Seen]) -> str:
@@ -108,6 +122,13 @@ def resolv_conf(gateway: str | None, servers: list[str]) -> str:
     good = [s for s in servers if _is_ip(s)]
     return "".join(f"nameserver {s}\n" for s in good) or \
         "# no DNS server configured (portlink run --dns, portlinkd --dns)\n"
+
+
+def _is_ipv4(s: str) -> bool:
+    try:
+        return ip_address(s).version == 4
+    except ValueError:
+        return False
 
 
 def _is_ip(s: str) -> bool:

@@ -4,10 +4,17 @@ firewall, wired together; set-up at daemon start, reconciliation and prune."""
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
+
+from portlink.catalog import services as registration
+from portlink.catalog.config import ConsulConfig
+from portlink.catalog.services import Instance, Registration
 
 from portlink.dns.forward import ForwardConfig
 from portlink.dns.server import DnsServer, ServerConfig
@@ -33,6 +40,10 @@ class HostConfig:
     dns_port: int = 53                                   # the resolver, on each gateway address
     dns_ttl: int = DEFAULT_TTL
     dns_timeout: float = 2.0                             # per upstream
+    consul: ConsulConfig | None = None                   # None: a single host on its own state
+    advertise: str | None = None                         # address registered in Consul (default: towards Consul)
+    consul_check_interval: float = 5.0                   # TCP health check of each registered port
+    consul_resync: float = 30.0                          # a full resync at least this often (drift repair)
 
     def __post_init__(self) -> None:
         discovery.upstream_list(self.dns)   # raises on a bad --dns
@@ -40,6 +51,32 @@ class HostConfig:
             raise InvalidArgument(f"invalid --dns-ttl {self.dns_ttl}: expected 0 to 86400 seconds")
         if not 0.05 <= self.dns_timeout <= 30:
             raise InvalidArgument(f"invalid --dns-timeout {self.dns_timeout}: expected 0.05 to 30 seconds")
+        if self.advertise is not None:
+            try:
+                if ip_address(self.advertise).version != 4:
+                    raise ValueError
+            except ValueError:
+                raise InvalidArgument(f"invalid --advertise {self.advertise!r}: expected an IPv4 address") from None
+        if not 1 <= self.consul_check_interval <= 3600:
+            raise InvalidArgument(f"invalid --consul-check-interval {self.consul_check_interval}: "
+                                  "expected 1 to 3600 seconds (Consul's floor is 1 s)")
+        if not 1 <= self.consul_resync <= 86400:
+            raise InvalidArgument(f"invalid --consul-resync {self.consul_resync}: expected 1 to 86400 seconds")
+
+
+def _host_id(state_dir: Path) -> str:
+    """This host's identity in Consul: random once, kept with the state, so a
+    restarted daemon finds (and cleans) its own entries and no other host's."""
+    path = state_dir / "host-id"
+    try:
+        hid = path.read_text().strip()
+        if len(hid) == 12 and all(ch in "0123456789abcdef" for ch in hid):
+            return hid
+    except FileNotFoundError:
+        pass
+    hid = secrets.token_hex(6)
+    path.write_text(hid + "\n")
+    return hid
 
 
 class Host:
@@ -54,7 +91,20 @@ class Host:
                                      self.fw, cfg.dns)
         self.dns = DnsServer(ServerConfig(port=cfg.dns_port, forward=ForwardConfig(timeout=cfg.dns_timeout)))
         self._names_lock = threading.Lock()
-        self.containers.changed = self.networks.changed = self.refresh_names
+        self.host_id = _host_id(cfg.state_dir)
+        # Consul's healthy instances by service, for DNS (None: no Consul configured).
+        self.services: dict[str, tuple[Instance, ...]] | None = {} if cfg.consul else None
+        self.after_change: list[Callable[[], None]] = []    # the daemon adds the registrar's poke
+        self.containers.changed = self.networks.changed = self._changed
+
+    def _changed(self) -> None:
+        self.refresh_names()
+        for fn in self.after_change:
+            fn()
+
+    def registrations(self, advertise: str) -> list[Registration]:
+        """What this host should have in Consul now (blocking: reads the store)."""
+        return registration.registrations(self.host_id, advertise, self.containers.published())
 
     def refresh_names(self) -> None:
         """Rebuild the resolver's snapshot and the linking containers' /etc/hosts
@@ -66,7 +116,8 @@ class Host:
             errors = self.dns.listen(str(n.gateway) for n in nets)
             for e in errors:
                 log.error("%s", e)
-            self.dns.update(discovery.build_snapshot(nets, running, self.cfg.dns, self.cfg.dns_ttl))
+            self.dns.update(discovery.build_snapshot(nets, running, self.cfg.dns, self.cfg.dns_ttl,
+                                                     self.services))
             for c in running:
                 if c.links:
                     self.containers.write_hosts(c.id, discovery.hosts_file(c, by_name))

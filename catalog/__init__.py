@@ -1,0 +1,1 @@
+"""Consul: the catalog portlink registers into and discovers from."""

@@ -1,0 +1,141 @@
+"""Running real Consul agents (processes) for the tests, the lab, the benchmarks
+and the demo: a dev agent, or servers and clients that form a cluster, each
+bound to one address (usually inside a namespace the caller made).
+
+The binary is the one `scripts/build-consul` built and cached (make setup
+runs it); PORTLINK_CONSUL names another."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portlink.errors import RuntimeFailure
+
+VERSION = "v1.20.6"   # keep in step with scripts/build-consul
+
+
+def consul_binary() -> str:
+    """The Consul agent binary: $PORTLINK_CONSUL, the build cache, or PATH."""
+    env = os.environ.get("PORTLINK_CONSUL")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise RuntimeFailure(f"PORTLINK_CONSUL={env!r} is not an executable file")
+        return env
+    cache = Path(os.environ.get("PORTLINK_CACHE")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "portlink")
+    built = cache / "consul" / VERSION / "consul"
+    if os.access(built, os.X_OK):
+        return str(built)
+    found = shutil.which("consul")
+    if found:
+        return found
+    raise RuntimeFailure(f"no Consul binary: run scripts/build-consul (make setup does) to build {VERSION}, "
+                         "or set PORTLINK_CONSUL to one")
+
+
+@dataclass
+class AgentSpec:
+    name: str                         # node name, unique in the cluster
+    bind: str                         # the one address it listens on (HTTP, DNS, serf, RPC)
+    data_dir: Path
+    mode: str = "dev"                 # dev | server | client
+    join: list[str] = field(default_factory=list)
+    bootstrap_expect: int = 0
+    datacenter: str = "dc1"
+
+    def argv(self, binary: str) -> list[str]:
+        hcl = ('disable_update_check = true\n'
+               'performance { raft_multiplier = 1 }\n'      # fastest elections: a lab, not a WAN
+               'log_level = "warn"\n')
+        argv = [binary, "agent", f"-node={self.name}", f"-bind={self.bind}", f"-client={self.bind}",
+                f"-datacenter={self.datacenter}", "-hcl", hcl]
+        if self.mode == "dev":
+            return argv + ["-dev"]
+        argv += [f"-data-dir={self.data_dir / 'data'}"]
+        if self.mode == "server":
+            argv += ["-server", f"-bootstrap-expect={self.bootstrap_expect or 1}"]
+        return argv + [f"-retry-join={j}" for j in self.join if j != self.bind] + ["-retry-interval=1s"]
+
+
+@dataclass
+class Agent:
+    spec: AgentSpec
+    proc: subprocess.Popen
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.spec.bind}:8500"
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.data_dir / "consul.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10) -> None:
+        """End our own child by its pid: SIGTERM, then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_agent(spec: AgentSpec, prefix: list[str] | None = None) -> Agent:
+    """Start an agent; `prefix` runs it elsewhere (["nsenter", "--net=/run/netns/X"])."""
+    spec.data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(spec.data_dir / "consul.log", "ab")
+    proc = subprocess.Popen([*(prefix or []), *spec.argv(consul_binary())], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+    log.close()
+    return Agent(spec, proc)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, dict, object]:
+    """GET from a Consul agent: (status, headers, decoded JSON or text)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read().decode()
+            return r.status, dict(r.headers), json.loads(body) if body else None
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def wait_ready(agent: Agent, timeout: float = 60) -> None:
+    """Until the agent has a leader and knows it (Consul's own readiness rule)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if agent.proc.poll() is not None:
+            raise RuntimeFailure(f"consul agent {agent.spec.name} exited ({agent.proc.returncode}): {agent.log()}")
+        try:
+            code, _, leader = http_get(f"{agent.http}/v1/status/leader")
+            if code == 200 and leader:
+                code, headers, _ = http_get(f"{agent.http}/v1/catalog/nodes")
+                if code == 200 and headers.get("X-Consul-Knownleader", headers.get("X-Consul-KnownLeader")) == "true":
+                    return
+            last = f"HTTP {code}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise RuntimeFailure(f"consul agent {agent.spec.name} at {agent.http} not ready within {timeout}s ({last}): "
+                         f"{agent.log()}")
