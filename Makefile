@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo test unit bench bench-dns clean
+.PHONY: setup demo test unit bench bench-dns bench-consul clean
 
 setup:
 	./scripts/setup
@@ -23,3 +23,6 @@ clean:
 
 bench-dns: setup
 	.venv/bin/python -P bench/dns.py
+
+bench-consul: setup
+	.venv/bin/python -P bench/consul_dns.py

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +70,14 @@ class AgentSpec:
 class Agent:
     spec: AgentSpec
     proc: subprocess.Popen
+    netns: str | None = None          # path of the namespace it runs in; None: this one
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, dict, object]:
+        """GET from this agent's HTTP API, from inside its namespace."""
+        return http_get(f"{self.http}{path}", timeout, self.netns)
+
+    def put(self, path: str, body: object = None, timeout: float = 5.0) -> tuple[int, dict, object]:
+        return http_get(f"{self.http}{path}", timeout, self.netns, method="PUT", body=body)
 
     @property
     def http(self) -> str:
@@ -100,22 +109,49 @@ class Agent:
             self.proc.wait(5)
 
 
-def start_agent(spec: AgentSpec, prefix: list[str] | None = None) -> Agent:
-    """Start an agent; `prefix` runs it elsewhere (["nsenter", "--net=/run/netns/X"])."""
+def start_agent(spec: AgentSpec, netns: str | None = None) -> Agent:
+    """Start an agent, inside the network namespace at `netns` if given."""
     spec.data_dir.mkdir(parents=True, exist_ok=True)
+    prefix = ["nsenter", f"--net={netns}"] if netns else []
     log = open(spec.data_dir / "consul.log", "ab")
-    proc = subprocess.Popen([*(prefix or []), *spec.argv(consul_binary())], stdout=log, stderr=log,
+    proc = subprocess.Popen([*prefix, *spec.argv(consul_binary())], stdout=log, stderr=log,
                             stdin=subprocess.DEVNULL)
     log.close()
-    return Agent(spec, proc)
+    return Agent(spec, proc, netns)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, dict, object]:
-    """GET from a Consul agent: (status, headers, decoded JSON or text)."""
+def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: str = "GET",
+             body: object = None) -> tuple[int, dict, object]:
+    """One request to a Consul agent: (status, headers, decoded JSON or text).
+    With `netns`, the socket is opened inside that namespace (by a thread that
+    enters it), so a lab address is never looked for on the machine's own network."""
+    if netns:
+        out: list = []
+
+        def inside() -> None:
+            from portlink.netns.kernel_ns import entered
+            try:
+                with entered(netns):
+                    out.append(http_get(url, timeout, None, method, body))
+            except BaseException as e:
+                out.append(e)
+        t = threading.Thread(target=inside, daemon=True)
+        t.start()
+        t.join(timeout + 5)
+        if not out:
+            raise TimeoutError(f"{method} {url} did not finish")
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            body = r.read().decode()
-            return r.status, dict(r.headers), json.loads(body) if body else None
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = r.read().decode()
+            try:
+                return r.status, dict(r.headers), json.loads(text) if text else None
+            except ValueError:
+                return r.status, dict(r.headers), text
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read().decode()
 
@@ -128,9 +164,9 @@ def wait_ready(agent: Agent, timeout: float = 60) -> None:
         if agent.proc.poll() is not None:
             raise RuntimeFailure(f"consul agent {agent.spec.name} exited ({agent.proc.returncode}): {agent.log()}")
         try:
-            code, _, leader = http_get(f"{agent.http}/v1/status/leader")
+            code, _, leader = agent.get("/v1/status/leader")
             if code == 200 and leader:
-                code, headers, _ = http_get(f"{agent.http}/v1/catalog/nodes")
+                code, headers, _ = agent.get("/v1/catalog/nodes")
                 if code == 200 and headers.get("X-Consul-Knownleader", headers.get("X-Consul-KnownLeader")) == "true":
                     return
             last = f"HTTP {code}"

@@ -66,34 +66,46 @@ class Backoff:
 class Reachability:
     """Whether Consul answers, shared by every watch of one daemon: the loss is
     logged once and the return once, and those who care (the registrar's
-    resync) hear about the return."""
+    resync) hear about the return at once. An agent going down answers some
+    requests and fails others for a moment, so a return is only reported once
+    it has held for `settle` seconds: one outage, one pair of log lines."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, settle: float = 1.0) -> None:
         self.where = where
+        self.settle = settle
         self.up: bool | None = None     # None: not asked yet
         self.failures = 0
         self.last_error = ""
+        self._reported_down = False
+        self._confirming = False
         self._on_up: list[Callable[[], None]] = []
 
     def on_up(self, fn: Callable[[], None]) -> None:
         self._on_up.append(fn)
 
     def ok(self) -> None:
-        if self.up is False:
-            log.warning("consul at %s is reachable again", self.where)
-        was = self.up
-        self.up = True
+        was, self.up = self.up, True
+        if self._reported_down and not self._confirming:
+            self._confirming = True
+            asyncio.get_running_loop().call_later(self.settle, self._confirm)
         if was is not True:
             for fn in self._on_up:
                 fn()
 
+    def _confirm(self) -> None:
+        self._confirming = False
+        if self.up and self._reported_down:
+            self._reported_down = False
+            log.warning("consul at %s is reachable again", self.where)
+
     def failed(self, err: BaseException) -> None:
         self.failures += 1
         self.last_error = describe(err)
-        if self.up is not False:
+        self.up = False
+        if not self._reported_down:
+            self._reported_down = True
             log.warning("consul at %s is unreachable (%s): serving the last known state until it returns",
                         self.where, self.last_error)
-        self.up = False
 
 
 def describe(err: BaseException) -> str:

@@ -75,6 +75,33 @@ def link_namespaces(a: Namespace, a_ip: str, b: Namespace, b_ip: str, prefix: in
 
 
 @dataclass
+class Switch:
+    """A lab switch: a bridge inside a namespace of its own (never the root one);
+    `attach` plugs a namespace in with an address on the lab subnet."""
+
+    ns: Namespace
+    bridge: str = "sw0"
+
+    @classmethod
+    def create(cls, role: str = "sw") -> "Switch":
+        sw = cls(Namespace.create(role))
+        sw.ns.run("ip", "link", "add", sw.bridge, "type", "bridge")
+        sw.ns.run("ip", "link", "set", sw.bridge, "up")
+        return sw
+
+    def attach(self, ns: Namespace, ip: str, prefix: int = 24) -> None:
+        port, inside = f"ul-{secrets.token_hex(4)}", f"ul-{secrets.token_hex(4)}"
+        sh("ip", "link", "add", port, "netns", self.ns.name, "type", "veth", "peer", "name", inside,
+           "netns", ns.name)
+        self.ns.run("ip", "link", "set", port, "master", self.bridge, "up")
+        ns.run("ip", "addr", "add", f"{ip}/{prefix}", "dev", inside)
+        ns.run("ip", "link", "set", inside, "up")
+
+    def delete(self) -> None:
+        self.ns.delete()
+
+
+@dataclass
 class SimHost:
     """A simulated portlink host: namespace + portlinkd + state dir."""
 
