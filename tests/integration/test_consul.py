@@ -133,7 +133,9 @@ def test_published_ports_are_registered_resolved_and_removed(consul):
     h.cli("start", "web", check=True)
     assert wait_for(lambda: len(entries(agent, "web")) == 1, 5), "start did not register again"
     assert wait_for(lambda: dig(h, "cli", "web.service.consul") == [Outside.HOST_IP], 5)
-    h.cli("rm", "-f", "web", "multi", check=True)
+    os.kill(_pid(h, "multi"), signal.SIGKILL)          # death, with the daemon watching
+    assert wait_for(lambda: ours(agent, hid) == {sid(hid, h, "web", 80)}, 5), ours(agent, hid)
+    h.cli("rm", "-f", "web", check=True)
     assert wait_for(lambda: ours(agent, hid) == set(), 5), ours(agent, hid)
 
 
