@@ -53,11 +53,11 @@ def parse_address(text: str) -> tuple[str, str, int]:
     raw = text.strip()
     url = urlsplit(raw if "://" in raw else f"http://{raw}")
     try:
-        port = url.port or DEFAULT_PORT
+        port = DEFAULT_PORT if url.port is None else url.port
     except ValueError:
         port = -1
     if url.scheme not in ("http", "https") or not url.hostname or port < 1 or url.path not in ("", "/") \
-            or url.query or url.username:
+            or url.query or url.fragment or "@" in url.netloc:
         raise InvalidArgument(f"invalid Consul address {text!r}: expected host[:port] or http(s)://host[:port]")
     return url.scheme, url.hostname, port
 
@@ -91,7 +91,7 @@ def from_sources(address: str | None = None, token: str | None = None, datacente
         scheme = "https" if _truthy(env["CONSUL_HTTP_SSL"], "CONSUL_HTTP_SSL") else "http"
     verify = _truthy(env.get("CONSUL_HTTP_SSL_VERIFY", "true"), "CONSUL_HTTP_SSL_VERIFY")
     if token is None:
-        token = env.get("CONSUL_HTTP_TOKEN")
+        token = env.get("CONSUL_HTTP_TOKEN") or None   # empty: unset, as the consul CLI reads it
         token_file = env.get("CONSUL_HTTP_TOKEN_FILE")
         if token is None and token_file:
             try:

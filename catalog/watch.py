@@ -24,10 +24,10 @@ log = logging.getLogger("portlink.consul")
 
 def next_index(prev: int, got: int) -> int:
     """The index for the next blocking query, given the one Consul just returned."""
-    if got < prev:
-        return 0      # went backwards (a snapshot restore, a new cluster): start over
     if got < 1:
-        return 1      # never block on 0: that returns at once, forever
+        return 1      # never block on 0 (or a nonsense negative): that returns at once, forever
+    if got < prev:
+        return 0      # went backwards (a snapshot restore, a new cluster): start over, once
     return got
 
 
@@ -77,29 +77,32 @@ class Reachability:
         self.failures = 0
         self.last_error = ""
         self._reported_down = False
-        self._confirming = False
+        self._streak = 0                # bumped by every failure: a pending confirmation is void
         self._on_up: list[Callable[[], None]] = []
 
     def on_up(self, fn: Callable[[], None]) -> None:
+        """Call `fn` whenever Consul answers again after failing."""
         self._on_up.append(fn)
 
     def ok(self) -> None:
         was, self.up = self.up, True
-        if self._reported_down and not self._confirming:
-            self._confirming = True
-            asyncio.get_running_loop().call_later(self.settle, self._confirm)
-        if was is not True:
+        if was is True:
+            return
+        if self._reported_down:
+            streak = self._streak
+            asyncio.get_running_loop().call_later(self.settle, self._confirm, streak)
+        if was is False:
             for fn in self._on_up:
                 fn()
 
-    def _confirm(self) -> None:
-        self._confirming = False
-        if self.up and self._reported_down:
+    def _confirm(self, streak: int) -> None:
+        if streak == self._streak and self.up and self._reported_down:
             self._reported_down = False
             log.warning("consul at %s is reachable again", self.where)
 
     def failed(self, err: BaseException) -> None:
         self.failures += 1
+        self._streak += 1
         self.last_error = describe(err)
         self.up = False
         if not self._reported_down:

@@ -1,15 +1,19 @@
 """The portlink demo: a simulated host, containers on a bridge, a published
 port reached from outside, links and DNS that follow a restarted container,
-isolation, and a clean teardown.
+isolation, Consul registration and discovery, and a clean teardown.
 
 Everything happens inside namespaces this script creates (plt-*); the machine's
 root network namespace is never touched. Run it with `make demo`."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+from portlink.catalog.agent_proc import AgentSpec, start_agent, wait_ready
 from portlink.runtime.sandbox import Namespace, SimHost, link_namespaces
 
 HOST_IP, OUTSIDE_IP = "198.51.100.1", "198.51.100.2"
@@ -35,13 +39,19 @@ def show(h: SimHost, *args: str, may_fail: bool = False) -> str:
 def main() -> int:
     t0 = time.monotonic()
     step("Simulated host: a network namespace with its own portlinkd (state in a temp dir)")
-    h = SimHost.start("demo")
-    outside = None
+    # Consul runs 'outside' (started below); the daemon copes with it not being there yet.
+    h = SimHost.start("demo", extra_args=["--consul", f"{OUTSIDE_IP}:8500", "--advertise", HOST_IP])
+    outside = agent = None
     try:
         print(f"  host namespace {h.ns.name}, socket {h.socket}")
         outside = Namespace.create("demo-out")
         link_namespaces(h.ns, HOST_IP, outside, OUTSIDE_IP)
         print(f"  'outside' namespace {outside.name} at {OUTSIDE_IP}, routed to the host at {HOST_IP}")
+
+        agent = start_agent(AgentSpec("demo-consul", OUTSIDE_IP, Path(tempfile.mkdtemp(prefix="plt-demo-consul-"))),
+                            outside.path)
+        wait_ready(agent)
+        print(f"  a Consul dev agent outside at {OUTSIDE_IP}:8500; portlinkd registers into it")
 
         step("A web server publishing port 8080 -> 80")
         show(h, "run", "-d", "--name", "web", "-p", "8080:80", "busybox", "sh", "-c",
@@ -69,6 +79,24 @@ def main() -> int:
         show(h, "exec", "app", "grep", "sql", "/etc/hosts")
         show(h, "exec", "app", "nslookup", "sql")
 
+        step("Consul: web's published port is registered; containers resolve it as web.service.consul")
+        time.sleep(0.3)
+        code, _, entries = agent.get("/v1/health/service/web?passing=1")
+        for e in entries:
+            svc = e["Service"]
+            print(f"  consul: service {svc['Service']} at {svc['Address']}:{svc['Port']} (id {svc['ID']})")
+        show(h, "exec", "app", "nslookup", "web.service.consul")
+        show(h, "exec", "app", "sh", "-c", "timeout 5 wget -q -O- http://web.service.consul:8080/index.html")
+        print("  web stops: it leaves Consul and the name goes at once")
+        show(h, "stop", "-t", "0", "web")
+        time.sleep(0.3)
+        print(f"  consul: {len(agent.get('/v1/health/service/web')[2])} instance(s) of web")
+        show(h, "exec", "app", "nslookup", "web.service.consul", may_fail=True)
+        print("  web starts again: registered again")
+        show(h, "start", "web")
+        time.sleep(0.3)
+        show(h, "exec", "app", "nslookup", "web.service")
+
         step("An isolated network with icc off: its containers cannot talk to each other")
         show(h, "network", "create", "--subnet", "10.90.0.0/24", "--icc", "off", "quiet")
         show(h, "run", "-d", "--name", "q1", "--net", "quiet", "busybox", "sh", "-c",
@@ -89,6 +117,9 @@ def main() -> int:
         show(h, "system", "prune", "-f")
     finally:
         errors = h.destroy()
+        if agent:
+            agent.stop()
+            shutil.rmtree(agent.spec.data_dir, ignore_errors=True)
         if outside:
             outside.delete()
     if errors:
