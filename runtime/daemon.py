@@ -297,7 +297,7 @@ async def start_consul(host: Host) -> ConsulSync:
     def refresh() -> None:
         nonlocal pending
         pending = False          # cleared first: a change during the rebuild schedules another
-        host.refresh_names()
+        host.refresh_services()
 
     def on_services(services) -> None:
         # Catalog changes arrive on the event loop; the rebuild reads the store, so it

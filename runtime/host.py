@@ -91,6 +91,7 @@ class Host:
                                      self.fw, cfg.dns)
         self.dns = DnsServer(ServerConfig(port=cfg.dns_port, forward=ForwardConfig(timeout=cfg.dns_timeout)))
         self._names_lock = threading.Lock()
+        self._names: tuple | None = None     # (networks, running) as the last refresh read them
         self.host_id = _host_id(cfg.state_dir)
         # Consul's healthy instances by service, for DNS (None: no Consul configured).
         self.services: dict[str, tuple[Instance, ...]] | None = {} if cfg.consul else None
@@ -116,11 +117,23 @@ class Host:
             errors = self.dns.listen(str(n.gateway) for n in nets)
             for e in errors:
                 log.error("%s", e)
+            self._names = (nets, running)
             self.dns.update(discovery.build_snapshot(nets, running, self.cfg.dns, self.cfg.dns_ttl,
                                                      self.services))
             for c in running:
                 if c.links:
                     self.containers.write_hosts(c.id, discovery.hosts_file(c, by_name))
+
+    def refresh_services(self) -> None:
+        """Consul's catalog changed, nothing local did: rebuild the snapshot from
+        the containers and networks the last refresh read (no store queries, no
+        hosts files), so a Consul change reaches answers in a few milliseconds."""
+        with self._names_lock:
+            if self._names is None:
+                return
+            nets, running = self._names
+            self.dns.update(discovery.build_snapshot(nets, running, self.cfg.dns, self.cfg.dns_ttl,
+                                                     self.services))
 
     def apply_firewall(self) -> None:
         self.fw.apply_all(self.networks.list(), self.containers.active_mappings())

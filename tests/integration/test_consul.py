@@ -209,6 +209,8 @@ def test_agent_restart_reregisters_and_dns_serves_last_known_meanwhile(consul):
                             {"ID": "ext-1", "Name": "ext", "Address": Outside.IP, "Port": 9000})[0] == 200
     assert wait_for(lambda: dig(h, "cli", "ext.service.consul") == [Outside.IP], 5)
     assert wait_for(lambda: dig(h, "cli", "web.service.consul") == [Outside.HOST_IP], 5)
+    # The daemon started before the agent: let that first outage be reported over.
+    assert wait_for(lambda: "reachable again" in h.daemon_log(), 5)
     log_before = len(h.daemon_log())
 
     consul.agent.stop()
