@@ -71,6 +71,7 @@ class Agent:
     spec: AgentSpec
     proc: subprocess.Popen
     netns: str | None = None          # path of the namespace it runs in; None: this one
+    argv: list[str] = field(default_factory=list)
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, dict, object]:
         """GET from this agent's HTTP API, from inside its namespace."""
@@ -109,15 +110,16 @@ class Agent:
             self.proc.wait(5)
 
 
-def start_agent(spec: AgentSpec, netns: str | None = None) -> Agent:
-    """Start an agent, inside the network namespace at `netns` if given."""
+def start_agent(spec: AgentSpec, netns: str | None = None, new_session: bool = False) -> Agent:
+    """Start an agent, inside the network namespace at `netns` if given;
+    `new_session`: it outlives its starter (the lab)."""
     spec.data_dir.mkdir(parents=True, exist_ok=True)
     prefix = ["nsenter", f"--net={netns}"] if netns else []
+    argv = [*prefix, *spec.argv(consul_binary())]
     log = open(spec.data_dir / "consul.log", "ab")
-    proc = subprocess.Popen([*prefix, *spec.argv(consul_binary())], stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=new_session)
     log.close()
-    return Agent(spec, proc, netns)
+    return Agent(spec, proc, netns, argv)
 
 
 def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: str = "GET",

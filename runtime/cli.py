@@ -321,6 +321,44 @@ def cmd_system(cl, a):
     return 0
 
 
+def cmd_lab(cl, a):
+    """Local, not through a daemon: the lab makes the daemons."""
+    from portlink.errors import PortlinkError
+    from portlink.runtime import lab
+
+    def progress(text: str) -> None:
+        if sys.stderr.isatty():      # a terminal sees progress; a pipe only the result
+            print(f"[lab] {text}", file=sys.stderr, flush=True)
+    try:
+        if a.lcmd == "up":
+            t0 = time.monotonic()
+            made = lab.up(a.hosts, a.name, progress)
+            for h in made.hosts:
+                print(f"{h.name}\t{h.ip}\t{h.ns}\tPORTLINK_HOST={h.socket}")
+            progress(f"lab {a.name!r} up in {time.monotonic() - t0:.1f}s")
+        elif a.lcmd == "ls":
+            rows = [r for r in lab.ls() if a.name in (None, r["lab"])]
+            if a.format == "json":
+                print(json.dumps(rows, indent=2))
+            else:
+                print("LAB\tHOST\tIP\tCONSUL\tPORTLINKD\tAGENT\tNAMESPACE")
+                for r in rows:
+                    print(f"{r['lab']}\t{r['host']}\t{r['ip']}\t{r['consul']}\t{r['portlinkd']}\t"
+                          f"{r['consul_agent']}\t{r['namespace']}")
+        elif a.lcmd == "exec":
+            argv = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
+            return lab.main_exec(a.name, a.lab_host, argv)
+        elif a.lcmd == "down":
+            errors = lab.down(a.name, progress)
+            for e in errors:
+                print(f"portlink: {e}", file=sys.stderr)
+            return EXIT_ERROR if errors else 0
+    except PortlinkError as e:
+        print(f"portlink: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="portlink", description="portlink: containers, networks and links across hosts")
     p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
@@ -419,6 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     ysub.add_parser("consul", help="show the link to Consul").add_argument(
         "--sync", action="store_true", help="resync this host's entries now and show what changed")
     y.set_defaults(fn=cmd_system)
+
+    lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
+    lsub = lb.add_subparsers(dest="lcmd", required=True)
+    x = lsub.add_parser("up", help="create N hosts, each with portlinkd and a Consul agent")
+    x.add_argument("--hosts", type=int, default=3)
+    x.add_argument("--name", default="lab")
+    x = lsub.add_parser("ls", help="list lab hosts")
+    x.add_argument("--name", default=None)
+    x.add_argument("--format", choices=["table", "json"], default="table")
+    x = lsub.add_parser("exec", help="run a command on a lab host (portlink talks to its daemon)")
+    x.add_argument("--name", default="lab")
+    x.add_argument("lab_host", metavar="HOST")
+    x.add_argument("argv", nargs=argparse.REMAINDER)
+    x = lsub.add_parser("down", help="remove everything the lab made")
+    x.add_argument("--name", default="lab")
+    lb.set_defaults(fn=cmd_lab)
     return p
 
 
