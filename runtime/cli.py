@@ -158,6 +158,18 @@ def cmd_run(cl: Client, a) -> int:
             # read the output and the exit code (as the docker client does).
             "rm": a.rm and a.detach,
             "labels": dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)}
+    if a.ambassador:
+        ports = []
+        for e in a.expose:
+            p = e.removesuffix("/tcp")
+            if not p.isdigit():
+                raise CliError(f"invalid --expose {e!r} for an ambassador: a TCP port number")
+            ports.append(int(p))
+        spec.update(image=a.image or "busybox", expose=[],
+                    ambassador={"service": a.ambassador, "ports": ports, "policy": a.ambassador_policy,
+                                "drain_deadline": a.ambassador_drain})
+    elif not a.image:
+        raise CliError("run needs an image (or --ambassador SERVICE)")
     c = cl.post("/containers", spec)
     if a.detach:
         print(c["id"])
@@ -383,7 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-w", "--workdir")
     r.add_argument("-u", "--user")
     r.add_argument("-l", "--label", action="append", default=[])
-    r.add_argument("image")
+    r.add_argument("--ambassador", metavar="SERVICE",
+                   help="run an ambassador: forward the service's ports (from Consul, or --expose) "
+                        "to its healthy instances, rerouting as they move")
+    r.add_argument("--ambassador-policy", choices=["keep", "drain", "close"], default="drain",
+                   help="what happens to open connections to an instance that left (default drain)")
+    r.add_argument("--ambassador-drain", type=float, default=10.0, metavar="S",
+                   help="drain deadline in seconds")
+    r.add_argument("image", nargs="?")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
 

@@ -23,7 +23,7 @@ from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, 
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
-from portlink.runtime import discovery, links as linkspec, mounts, oci, ports as portspec, validate
+from portlink.runtime import ambassadors, discovery, links as linkspec, mounts, oci, ports as portspec, validate
 from portlink.runtime.discovery import Seen
 from portlink.runtime.images import ImageStore
 from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
@@ -55,6 +55,7 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     links: list[str] = field(default_factory=list)      # --link name[:alias]
     aliases: list[str] = field(default_factory=list)    # --network-alias: more DNS names
+    ambassador: dict = field(default_factory=dict)      # {service, ports, policy, drain_deadline}
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -74,6 +75,8 @@ class ContainerSpec:
         if not isinstance(spec.labels, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in spec.labels.items()):
             raise InvalidArgument("field 'labels' must map strings to strings")
+        if spec.ambassador:
+            ambassadors.AmbassadorSpec.from_json(spec.ambassador)
         if not isinstance(spec.rm, bool):
             raise InvalidArgument("field 'rm' must be true or false")
         for f in ("image", "name", "network", "hostname", "workdir", "user"):
@@ -102,6 +105,8 @@ class Containers:
         self.default_dns = default_dns
         self.watch: Callable[[str, int], None] = lambda cid, pid: None   # set by the daemon's reaper
         self.changed: Callable[[], None] = lambda: None   # names moved: the host refreshes DNS and hosts files
+        self.consul_url: str | None = None                 # set by the host when Consul is configured
+        self.remote: Callable[[str], list | None] = lambda name: None   # healthy instances of a service
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
@@ -153,7 +158,10 @@ class Containers:
         registration.validate_labels(spec.labels)
         if link_reqs and net is None:
             raise InvalidArgument("--link needs a network: a container on network 'none' cannot reach another")
-        self._check_link_targets(link_reqs, spec.network)
+        remote = self._remote_links(link_reqs)
+        self._check_link_targets([r for r in link_reqs if r.name not in remote], spec.network)
+        if spec.ambassador:
+            self._ambassador_spec(spec, net)
         cid = secrets.token_hex(32)
         name = validate.name("container", spec.name) if spec.name else "ctr-" + cid[:8]
         spec.name = name
@@ -162,6 +170,25 @@ class Containers:
         if not spec.cmd:
             raise InvalidArgument(f"no command given and image {image.name!r} has no default command")
         self._process(spec, image)   # validates --user against the image now, not at start
+        if spec.ambassador:
+            exposed = sorted(set(exposed) | set(spec.expose))
+        made = []                    # ambassadors started for this run: removed if it fails
+        try:
+            for r in link_reqs:
+                if r.name in remote:
+                    amb, fresh = self._ensure_ambassador(r.name, remote[r.name], spec.network)
+                    made += [amb] if fresh else []
+                    spec.links[link_reqs.index(r)] = f"{amb}:{r.alias}"
+            return self._create(cid, name, spec, exposed, requests)
+        except BaseException:
+            for amb in made:
+                try:
+                    self.remove(amb, force=True)
+                except Exception as e:
+                    log.error("rollback of ambassador %s: %s", amb, e)
+            raise
+
+    def _create(self, cid: str, name: str, spec: ContainerSpec, exposed: list[str], requests) -> dict:
         record = {"spec": asdict(spec), "exposed": exposed}
         with self.store.tx() as db:
             if db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone():
@@ -185,6 +212,54 @@ class Containers:
             raise RuntimeFailure(f"cannot run container {name!r}: {e}") from e
         self.changed()
         return self.inspect(cid)
+
+    # ambassadors and cross-host links -------------------------------------------------
+    def _remote_links(self, reqs: list[linkspec.LinkRequest]) -> dict[str, list[int]]:
+        """Links to no local container but to a service in Consul: name -> its TCP ports."""
+        out = {}
+        for r in reqs:
+            if self.store.one("SELECT 1 FROM containers WHERE name=?", r.name) is not None:
+                continue
+            instances = self.remote(r.name) if self.consul_url else None
+            if instances:
+                ports = ambassadors.ports_from_catalog(instances)
+                if ports:
+                    out[r.name] = ports
+        return out
+
+    def _ambassador_spec(self, spec: ContainerSpec, net) -> None:
+        """Fill in an ambassador container's image, command and ports (run --ambassador)."""
+        amb = ambassadors.AmbassadorSpec.from_json(spec.ambassador)
+        if not self.consul_url:
+            raise InvalidArgument("an ambassador follows a service in Consul: start portlinkd with --consul ADDR")
+        if net is None:
+            raise InvalidArgument("an ambassador needs a network: not --net none")
+        ports = list(amb.ports)
+        if not ports:
+            ports = ambassadors.ports_from_catalog(self.remote(amb.service) or [])
+        if not ports:
+            raise NotFound(f"unknown remote service {amb.service!r}: no healthy instance in Consul "
+                           "(give its ports with --expose to wait for it)")
+        if spec.cmd or spec.image not in ("", "busybox"):
+            raise InvalidArgument("an ambassador runs portlink's forwarder: give no image or command")
+        spec.image = "busybox"
+        spec.cmd = ambassadors.command(amb, ports, self.consul_url)
+        spec.expose = sorted(set(spec.expose) | {f"{p}/tcp" for p in ports})
+        spec.labels = {**spec.labels, ambassadors.LABEL: amb.service, "portlink.register": "false"}
+        spec.ambassador = amb.to_json()
+
+    def _ensure_ambassador(self, service: str, ports: list[int], network: str) -> tuple[str, bool]:
+        """The running ambassador for `service` on `network`: reused, or started (True)."""
+        name = ambassadors.container_name(service, network)
+        row = self.store.one("SELECT * FROM containers WHERE name=?", name)
+        if row is not None and row["status"] == RUNNING:
+            return name, False
+        if row is not None:
+            self.start(name)
+            return name, False
+        self.run({"name": name, "image": "busybox", "network": network,
+                  "ambassador": {"service": service, "ports": ports}})
+        return name, True
 
     def _check_link_targets(self, reqs: list[linkspec.LinkRequest], network: str) -> None:
         for r in reqs:
@@ -227,9 +302,12 @@ class Containers:
         # user's entries replacing or appending (so -e overrides a link variable).
         base = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"HOSTNAME={spec.hostname}"]
         env = linkspec.merge_env(base, list(link_env), [*image.config.env, *spec.env])
+        if spec.ambassador:
+            env += ["PYTHONDONTWRITEBYTECODE=1"]
         return oci.ProcessSpec(args=spec.cmd, env=env,
                                cwd=spec.workdir or image.config.workdir or "/", uid=uid, gid=gid,
-                               hostname=spec.hostname)
+                               hostname=spec.hostname,
+                               ro_binds=ambassadors.runtime_binds() if spec.ambassador else {})
 
     # start: every step journalled before it is taken ----------------------------------
     def _start(self, cid: str) -> None:

@@ -97,6 +97,9 @@ class Host:
         self.services: dict[str, tuple[Instance, ...]] | None = {} if cfg.consul else None
         self.after_change: list[Callable[[], None]] = []    # the daemon adds the registrar's poke
         self.containers.changed = self.networks.changed = self._changed
+        if cfg.consul:
+            self.containers.consul_url = cfg.consul.url
+            self.containers.remote = lambda name: (self.services or {}).get(name.lower())
 
     def _changed(self) -> None:
         self.refresh_names()

@@ -25,6 +25,7 @@ class ProcessSpec:
     gid: int = 0
     hostname: str = ""
     files: dict[str, str] = field(default_factory=dict)   # container path -> host file (hosts, resolv.conf)
+    ro_binds: dict[str, str] = field(default_factory=dict)  # container path -> host dir, read-only
 
 
 def nofile_limit() -> int:
@@ -48,6 +49,9 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
+    for dest, src in sorted(proc.ro_binds.items()):
+        mounts.append({"destination": dest, "type": "bind", "source": src,
+                       "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"]})
     for dest, src in sorted(proc.files.items()):
         mounts.append({"destination": dest, "type": "bind", "source": src,
                        "options": ["rbind", "rprivate"]})

@@ -24,6 +24,7 @@ FULL = {
     "labels": {"tier": "front", "owner": "me"},
     "links": ["db:sql", "cache"],
     "aliases": ["www"],
+    "ambassador": {"service": "frontdb", "ports": [5432], "policy": "drain", "drain_deadline": 10.0},
 }
 
 

@@ -1,0 +1,95 @@
+"""Ambassador containers: what `portlink run --ambassador SERVICE` and a
+cross-host link start (pure: the spec and the command line).
+
+An ambassador is an ordinary portlink container (runc, its own namespace and
+address on the bridge, a lease, DNS) whose process is portlink's own forwarder,
+`python -m portlink.ambassador`, run from this host's Python and portlink
+installation, bound read-only into a busybox root. It listens on the
+service's ports and forwards each connection to a healthy instance from
+Consul, rerouting when the instances change."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from portlink.errors import InvalidArgument
+
+POLICIES = ("keep", "drain", "close")
+METRICS_PORT = 9102
+LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class AmbassadorSpec:
+    service: str
+    ports: tuple[int, ...] = ()          # empty: every port the service's instances publish
+    policy: str = "drain"
+    drain_deadline: float = 10.0
+
+    @classmethod
+    def from_json(cls, data: object) -> "AmbassadorSpec":
+        if not isinstance(data, dict):
+            raise InvalidArgument("field 'ambassador' must be an object {service, ports, policy, drain_deadline}")
+        unknown = sorted(set(data) - {"service", "ports", "policy", "drain_deadline"})
+        if unknown:
+            raise InvalidArgument(f"unknown field(s) in 'ambassador': {', '.join(unknown)}")
+        service = data.get("service")
+        if not isinstance(service, str) or not service or len(service) > 63 or \
+                not all(c.isalnum() or c in "-_." for c in service):
+            raise InvalidArgument(f"invalid ambassador service {service!r}: a Consul service name")
+        ports = data.get("ports", [])
+        if not isinstance(ports, list) or not all(isinstance(p, int) and 1 <= p <= 65535 for p in ports):
+            raise InvalidArgument(f"invalid ambassador ports {ports!r}: TCP port numbers")
+        policy = data.get("policy", "drain")
+        if policy not in POLICIES:
+            raise InvalidArgument(f"invalid ambassador policy {policy!r}: use keep, drain or close")
+        deadline = data.get("drain_deadline", 10.0)
+        if not isinstance(deadline, (int, float)) or not 0 < deadline <= 3600:
+            raise InvalidArgument(f"invalid ambassador drain deadline {deadline!r}: 0 to 3600 seconds")
+        return cls(service, tuple(sorted(set(ports))), policy, float(deadline))
+
+    def to_json(self) -> dict:
+        return {"service": self.service, "ports": list(self.ports), "policy": self.policy,
+                "drain_deadline": self.drain_deadline}
+
+
+def ports_from_catalog(instances) -> list[int]:
+    """The TCP ports a service's instances stand for (their portlink-port meta);
+    an instance registered by someone else stands for its own port."""
+    ports = set()
+    for i in instances:
+        port, _, proto = (i.meta_get("portlink-port") or f"{i.port}/tcp").partition("/")
+        if proto == "tcp" and port.isdigit():
+            ports.add(int(port))
+    return sorted(ports)
+
+
+def runtime_binds() -> dict[str, str]:
+    """What this host's Python and portlink need inside the container, read-only
+    at the same paths (merged-/usr hosts: /lib and /lib64 live under /usr)."""
+    binds = {"/usr": "/usr"}
+    for lib in ("lib", "lib64"):
+        if Path(f"/usr/{lib}").is_dir():
+            binds[f"/{lib}"] = f"/usr/{lib}"
+    for p in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), REPO}:
+        if not any(p.is_relative_to(Path(other)) and p != Path(other) for other in binds):
+            binds[str(p)] = str(p)
+    # An inner path already covered by an outer bind is dropped (one mount is enough).
+    return {d: s for d, s in binds.items()
+            if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in binds if o != "/usr")}
+
+
+def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str]:
+    argv = [str(Path(sys.prefix) / "bin" / "python"), "-P", "-m", "portlink.ambassador"]
+    for p in ports:
+        argv += ["--listen", str(p)]
+    return argv + ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
+                   "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
+
+
+def container_name(service: str, network: str) -> str:
+    """The shared ambassador for a service on a network (cross-host links reuse it)."""
+    return f"amb-{service}-{network}"[:63].rstrip("-_.")
