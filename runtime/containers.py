@@ -265,7 +265,9 @@ class Containers:
         for r in reqs:
             row = self.store.one("SELECT * FROM containers WHERE name=?", r.name)
             if row is None:
-                raise NotFound(f"cannot link to {r.name!r}: no such container (see `portlink ps -a`)")
+                where = " and no healthy service of that name in Consul" if self.consul_url else ""
+                raise NotFound(f"cannot link to {r.name!r}: no such container on this host{where} "
+                               "(see `portlink ps -a`)")
             if row["status"] != RUNNING:
                 raise Conflict(f"cannot link to {r.name!r}: it is not running (start it first)")
             other = json.loads(row["spec"])["spec"]["network"]

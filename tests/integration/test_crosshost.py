@@ -1,0 +1,119 @@
+"""Cross-host links through ambassadors, in a 3-host lab: the seed's scenario.
+frontdb runs on host1; web on host2 links to it as `sql` and gets the env,
+/etc/hosts line and DNS answer of a local link, pointing at an ambassador that
+forwards to wherever frontdb runs now."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from helpers import dig, wait_for
+from portlink.runtime import lab as labmod
+
+pytestmark = pytest.mark.root
+
+SERVE = "echo db-on-$0 > /tmp/index.html; exec httpd -f -p 80 -h /tmp"
+
+
+class Lab:
+    def __init__(self, made: labmod.Lab):
+        self.made = made
+
+    def cli(self, host: str, *args: str, check: bool = True) -> str:
+        import subprocess
+        cmd, env = labmod.exec_argv(self.made.name, host, ["portlink", *args])
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{host}: portlink {' '.join(args)}: {p.stderr}")
+        return p.stdout.strip() if p.returncode == 0 else p.stderr.strip()
+
+    def client(self, host: str):
+        from portlink.runtime.cli import Client
+        return Client(self.made.host(host).socket)
+
+    def fetch(self, host: str, ctr: str, url: str) -> str:
+        return self.cli(host, "exec", ctr, "sh", "-c", f"timeout 5 wget -qO- {url}; exit $?", check=False)
+
+    def frontdb(self, host: str) -> None:
+        self.cli(host, "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c", SERVE, host)
+
+
+@pytest.fixture
+def three(tmp_path, monkeypatch):
+    monkeypatch.setattr(labmod, "LAB_ROOT", tmp_path / "labs")
+    made = labmod.up(3, f"x{os.getpid() % 10000}", progress=lambda *_: None)
+    try:
+        yield Lab(made)
+    finally:
+        errors = labmod.down(made.name, progress=lambda *_: None)
+    assert not errors, errors
+
+
+def test_cross_host_link_looks_local_and_follows_a_move(three):
+    L = three
+    L.frontdb("host1")
+    assert wait_for(lambda: L.client("host2").get("/system/consul")["services_seen"] >= 2, 10)
+    L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+    amb = L.client("host2").get("/containers/amb-frontdb-bridge")
+    assert amb["status"] == "running" and amb["config"]["labels"]["portlink.ambassador"] == "frontdb"
+    amb_ip = amb["network"]["ip"]
+
+    env = L.cli("host2", "exec", "web", "env").splitlines()
+    assert sorted(e for e in env if e.startswith("SQL_")) == sorted([
+        "SQL_NAME=/web/sql", f"SQL_PORT=tcp://{amb_ip}:80", f"SQL_PORT_80_TCP=tcp://{amb_ip}:80",
+        f"SQL_PORT_80_TCP_ADDR={amb_ip}", "SQL_PORT_80_TCP_PORT=80", "SQL_PORT_80_TCP_PROTO=tcp"])
+    hosts = L.cli("host2", "exec", "web", "cat", "/etc/hosts")
+    assert re.search(rf"^{re.escape(amb_ip)}\tsql ", hosts, re.M), hosts
+
+    class H:   # what helpers.dig needs of a host
+        def __init__(self, c):
+            self.client = c
+    assert dig(H(L.client("host2")), "web", "sql") == [amb_ip]
+    assert wait_for(lambda: L.fetch("host2", "web", "http://sql/") == "db-on-host1", 10)
+    web_pid = L.client("host2").get("/containers/web")["pid"]
+
+    # A second linking container reuses the same ambassador.
+    L.cli("host2", "run", "-d", "--name", "web2", "--link", "frontdb", "busybox", "sleep", "600")
+    assert [c["name"] for c in L.client("host2").get("/containers")].count("amb-frontdb-bridge") == 1
+    assert L.fetch("host2", "web2", "http://frontdb/") == "db-on-host1"
+
+    # frontdb moves to host3: the next request lands there; web is not touched.
+    L.cli("host1", "rm", "-f", "frontdb")
+    L.frontdb("host3")
+    assert wait_for(lambda: L.fetch("host2", "web", "http://sql/") == "db-on-host3", 10)
+    assert L.client("host2").get("/containers/web")["pid"] == web_pid
+    stats = L.cli("host2", "exec", "amb-frontdb-bridge", "wget", "-qO-", "http://127.0.0.1:9102/metrics")
+    assert "portlink_ambassador" in stats and "10.99.0.3:5432" in stats
+
+
+def test_failover_when_a_backend_dies_and_forwarding_without_consul(three):
+    L = three
+    L.frontdb("host1")
+    L.frontdb("host3")
+    L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+    seen: set[str] = set()
+    assert wait_for(lambda: seen.add(L.fetch("host2", "web", "http://sql/")) or
+                    seen == {"db-on-host1", "db-on-host3"}, 15), seen
+    # host1's frontdb dies: every next request still succeeds, on host3.
+    os.kill(L.client("host1").get("/containers/frontdb")["pid"], signal.SIGKILL)
+    results = [L.fetch("host2", "web", "http://sql/") for _ in range(6)]
+    assert results == ["db-on-host3"] * 6, results
+    # Consul goes away entirely: the ambassador keeps forwarding to what it knew.
+    for h in L.made.hosts:
+        os.kill(h.consul_pid, signal.SIGKILL)     # the lab's own agents, by pid
+    results = [L.fetch("host2", "web", "http://sql/") for _ in range(4)]
+    assert results == ["db-on-host3"] * 4, results
+
+
+def test_unknown_remote_name_is_a_clear_error(three):
+    L = three
+    out = L.cli("host2", "run", "-d", "--name", "web", "--link", "nosuch:sql", "busybox", "sleep", "60", check=False)
+    assert "nosuch" in out and "Consul" in out, out
+    assert L.client("host2").get("/containers", all="1") == []
+    out = L.cli("host2", "run", "-d", "--ambassador", "nosuch", check=False)
+    assert "unknown remote service 'nosuch'" in out, out
+    assert L.client("host2").get("/containers", all="1") == []
