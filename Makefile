@@ -1,12 +1,15 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo test unit bench bench-dns bench-consul clean
+.PHONY: setup demo demo-host test unit bench bench-dns bench-consul clean
 
 setup:
 	./scripts/setup
 
 demo: setup
+	.venv/bin/python examples/lab_demo.py
+
+demo-host: setup
 	.venv/bin/python examples/demo.py
 
 test: setup
