@@ -16,7 +16,7 @@ from ipaddress import ip_address
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import ClientSession, ClientTimeout, web
 
 from portlink.dns.zone import DEFAULT_TTL
 from portlink.catalog import config as consul_config
@@ -24,7 +24,7 @@ from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
-from portlink.runtime import reaper
+from portlink.runtime import ambassadors, reaper
 from portlink.runtime.host import Host, HostConfig
 
 log = logging.getLogger("portlink.daemon")
@@ -95,6 +95,8 @@ class Api:
                 info["consul"] = [{"id": g.id, "service": g.name, "address": g.address, "port": g.port,
                                    "tags": list(g.tags), "check": "tcp" if g.tcp_check else None}
                                   for g in regs if dict(g.meta).get(META_CONTAINER_ID) == info["id"]]
+            if info["config"].get("ambassador") and info["status"] == "running" and info["network"]["ip"]:
+                info["ambassador"] = await _ambassador_stats(info["network"]["ip"])
             return ok(info)
 
         async def start(r):
@@ -226,6 +228,17 @@ class Api:
                 await asyncio.sleep(0.05)
         await resp.write_eof()
         return resp
+
+
+async def _ambassador_stats(ip: str) -> dict:
+    """An ambassador's live metrics, from its /stats on the bridge (the daemon is
+    in the host's namespace, so the container's address is on a local link)."""
+    url = f"http://{ip}:{ambassadors.METRICS_PORT}/stats"
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=2)) as s, s.get(url) as r:
+            return await r.json()
+    except Exception as e:
+        return {"error": f"no metrics from {url}: {e or type(e).__name__}"}
 
 
 def _timeout(text: str) -> float:

@@ -88,6 +88,9 @@ def test_cross_host_link_looks_local_and_follows_a_move(three):
     assert L.client("host2").get("/containers/web")["pid"] == web_pid
     stats = L.cli("host2", "exec", "amb-frontdb-bridge", "wget", "-qO-", "http://127.0.0.1:9102/metrics")
     assert "portlink_ambassador" in stats and "10.99.0.3:5432" in stats
+    live = L.client("host2").get("/containers/amb-frontdb-bridge")["ambassador"]
+    assert "error" not in live, live
+    assert "10.99.0.3:5432" in str(live) and "10.99.0.1:5432" in str(live)
 
 
 def test_failover_when_a_backend_dies_and_forwarding_without_consul(three):
