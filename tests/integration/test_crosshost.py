@@ -120,3 +120,18 @@ def test_unknown_remote_name_is_a_clear_error(three):
     out = L.cli("host2", "run", "-d", "--ambassador", "nosuch", check=False)
     assert "unknown remote service 'nosuch'" in out, out
     assert L.client("host2").get("/containers", all="1") == []
+
+
+def test_ambassador_by_hand_as_a_sidecar(three):
+    L = three
+    L.frontdb("host1")
+    assert wait_for(lambda: L.client("host2").get("/system/consul")["services_seen"] >= 2, 10)
+    L.cli("host2", "run", "-d", "--name", "dbamb", "--ambassador", "frontdb", "--ambassador-policy", "close")
+    amb = L.client("host2").get("/containers/dbamb")
+    assert amb["config"]["ambassador"] == {"service": "frontdb", "ports": [], "policy": "close",
+                                           "drain_deadline": 10.0}
+    assert amb["exposed"] == ["80/tcp"]          # from the catalog: frontdb's container port
+    L.cli("host2", "run", "-d", "--name", "app", "busybox", "sleep", "600")
+    assert wait_for(lambda: L.fetch("host2", "app", "http://dbamb/") == "db-on-host1", 10)
+    # The ambassador itself is not registered in Consul as a service.
+    assert L.client("host2").get("/containers/dbamb")["consul"] == []
