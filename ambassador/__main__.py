@@ -1,0 +1,5 @@
+import sys
+
+from portlink.ambassador.main import main
+
+sys.exit(main())

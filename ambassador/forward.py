@@ -1,0 +1,476 @@
+"""The TCP forwarder: asyncio protocols (uvloop or the default loop), one pair of
+sockets per client connection, never an unbounded buffer.
+
+Backpressure: each transport has a write high-water mark; when a transport's
+buffer goes over it (pause_writing) the *other* socket stops reading until it
+drains (resume_writing). So a slow reader slows the fast writer on the other
+side, through TCP, instead of filling our memory. Before the backend answers,
+what the client sends is kept up to `prebuffer` bytes and then the client is
+paused too; what a backend says before it is paired (a server-first protocol's
+greeting) is held the same way.
+
+Half-close: an EOF from one side becomes write_eof on the other; the pair is
+closed once both directions have ended (or either socket is lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from portlink.ambassador.backends import Backend, Pool
+from portlink.ambassador.metrics import Metrics
+
+log = logging.getLogger("portlink.ambassador")
+
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+PREBUFFER = 64 * 1024
+CONNECT_TIMEOUT = 2.0
+DRAIN_DEADLINE = 10.0
+# A closed pair still flushes what it buffered (at most the high-water mark);
+# a peer that never reads it must not pin the pair forever.
+LINGER = 30.0
+POLICIES = ("keep", "drain", "close")
+
+
+class Side(asyncio.Protocol):
+    """One socket of a pair. Its reading is paused while any reason in `blocked`
+    holds: "peer" (the other socket's write buffer is over the mark) or
+    "connecting" (not paired yet and `prebuffer` bytes held)."""
+
+    def __init__(self, conn: Connection, role: str) -> None:
+        self.conn = conn
+        self.role = role                  # "client" | "backend"
+        self.transport: asyncio.Transport | None = None
+        self.blocked: set[str] = set()
+        self.eof = False                  # the far end has sent EOF
+        self.lost = False
+        self.early: list[bytes] = []      # a backend's bytes before pairing
+        self.early_size = 0
+
+    # -- asyncio callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=self.conn.high_water, low=self.conn.low_water)  # type: ignore[attr-defined]
+        if self.role == "client":
+            self.conn.listener.accepted(self.conn)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.received(self, data)
+
+    def eof_received(self) -> bool:
+        return self.conn.eof(self)
+
+    def pause_writing(self) -> None:
+        other = self.conn.other(self)
+        if other is not None:
+            other.block("peer")
+
+    def resume_writing(self) -> None:
+        other = self.conn.other(self)
+        if other is not None:
+            other.unblock("peer")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.conn.side_lost(self)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def block(self, reason: str) -> None:
+        if not self.blocked and self.open():
+            self.transport.pause_reading()
+        self.blocked.add(reason)
+
+    def unblock(self, reason: str) -> None:
+        if reason not in self.blocked:
+            return
+        self.blocked.discard(reason)
+        if not self.blocked and self.open():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.open():
+            self.transport.write(data)
+            buffered = self.transport.get_write_buffer_size()
+            if buffered > self.conn.max_buffered:
+                self.conn.max_buffered = buffered
+
+    def write_eof(self) -> None:
+        if self.open() and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def close(self) -> None:
+        if self.open():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+
+class Connection:
+    """A client connection and, once one answers, its backend connection."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.high_water = listener.high_water
+        self.low_water = listener.low_water
+        self.client = Side(self, "client")
+        self.upstream: Side | None = None     # the paired backend socket
+        self.backend: Backend | None = None
+        self.pending: list[bytes] = []        # client bytes before pairing
+        self.pending_size = 0
+        self.task: asyncio.Task | None = None
+        self.connecting = False               # connect() has not returned yet
+        self.closing = False
+        self.finished = False
+        self.max_buffered = 0                 # the largest write buffer seen on either socket
+        self.to_backend = 0
+        self.to_client = 0
+        self._drain: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
+
+    @property
+    def draining(self) -> bool:
+        return self._drain is not None
+
+    def other(self, side: Side) -> Side | None:
+        if side is self.client:
+            return self.upstream
+        return self.client if side is self.upstream else None
+
+    # -- data and EOF ------------------------------------------------------------
+
+    def received(self, side: Side, data: bytes) -> None:
+        up = self.upstream
+        if side is self.client:
+            if up is None:
+                self.pending.append(data)
+                self.pending_size += len(data)
+                if self.pending_size >= self.listener.prebuffer:
+                    side.block("connecting")
+                return
+            self.to_backend += len(data)
+            self.listener.metrics.to_backend(self.listener.port, self.backend.label, len(data))
+            up.write(data)
+        elif side is up:
+            self.to_client += len(data)
+            self.listener.metrics.to_client(self.listener.port, self.backend.label, len(data))
+            self.client.write(data)
+        else:   # a backend that answered but is not paired yet
+            side.early.append(data)
+            side.early_size += len(data)
+            if side.early_size >= self.listener.prebuffer:
+                side.block("connecting")
+
+    def eof(self, side: Side) -> bool:
+        side.eof = True
+        other = self.other(side)
+        if other is not None:
+            other.write_eof()
+            if self.client.eof and other.eof:
+                self.close()           # both directions done
+        return True                    # keep the socket open: the other direction may go on
+
+    # -- connecting ----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Try backends in the pool's order until one answers, before the client
+        sees anything; none answers: close the client."""
+        listener, pool = self.listener, self.listener.pool
+        loop = asyncio.get_running_loop()
+        tried: set[Backend] = set()
+        while not self.closing:
+            # Ordered afresh for each attempt, so a set changed meanwhile is honoured.
+            b = next((b for b in pool.order() if b not in tried), None)
+            if b is None:
+                break
+            tried.add(b)
+            side = Side(self, "backend")
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: side, b.address, b.port), listener.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as e:
+                listener.backend_failed(b, e)
+                continue
+            if self.closing or b not in pool:
+                transport.close()      # the client left, or the backend was dropped while we connected
+                continue
+            self.pair(b, side)
+            return
+        if not self.closing:
+            listener.metrics.rejected(listener.port)
+            log.debug("port %d: no backend answered, closing the client", listener.port)
+            self.close()
+
+    def pair(self, b: Backend, side: Side) -> None:
+        self.backend, self.upstream = b, side
+        port, label = self.listener.port, b.label
+        self.listener.pool.connected(b)
+        self.listener.metrics.opened(port, label)
+        pending, self.pending, self.pending_size = self.pending, [], 0
+        for data in pending:
+            self.to_backend += len(data)
+            self.listener.metrics.to_backend(port, label, len(data))
+            side.write(data)
+        early, side.early, side.early_size = side.early, [], 0
+        for data in early:
+            self.to_client += len(data)
+            self.listener.metrics.to_client(port, label, len(data))
+            self.client.write(data)
+        # The writes above may have paused a side ("peer"); "connecting" is over.
+        self.client.unblock("connecting")
+        side.unblock("connecting")
+        if self.client.eof:
+            side.write_eof()
+        if side.eof:
+            self.client.write_eof()
+        if side.lost or self.client.lost or (self.client.eof and side.eof):
+            self.close()
+
+    # -- ending ----------------------------------------------------------------------
+
+    def start_drain(self, deadline: float) -> None:
+        if self._drain is None and not self.closing:
+            self._drain = asyncio.get_running_loop().call_later(deadline, self.close)
+
+    def cancel_drain(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+
+    def close(self) -> None:
+        """Close both sockets after flushing what they hold (bounded by LINGER)."""
+        if not self.closing:
+            self.closing = True
+            self._linger = asyncio.get_running_loop().call_later(self.listener.linger, self.abort)
+        if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        self._maybe_finish()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.client.abort()
+        if self.upstream is not None:
+            self.upstream.abort()
+        self._maybe_finish()
+
+    def side_lost(self, side: Side) -> None:
+        if side.role == "backend" and side is not self.upstream:
+            return                     # an attempt that was never paired: connect() handles it
+        self.close()
+
+    def _maybe_finish(self) -> None:
+        if self.finished or not self.client.lost:
+            return
+        if self.upstream is not None and not self.upstream.lost:
+            return
+        if self.connecting:
+            return                     # connect() is unwinding; its `finally` comes back here
+        self.finished = True
+        self.cancel_drain()
+        if self._linger is not None:
+            self._linger.cancel()
+        if self.backend is not None:
+            self.listener.pool.released(self.backend)
+            self.listener.metrics.closed(self.listener.port, self.backend.label)
+        self.listener.forget(self)
+
+
+class Listener:
+    """Accepts on host:port and forwards each client to a backend of `pool`.
+    Port 0 binds an ephemeral port; `port` is the bound one after start()."""
+
+    def __init__(self, port: int, pool: Pool, *, host: str = "0.0.0.0", metrics: Metrics | None = None,
+                 policy: str = "keep", drain_deadline: float = DRAIN_DEADLINE,
+                 connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
+                 low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
+        self.port = port
+        self.pool = pool
+        self.host = host
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.policy = policy
+        self.drain_deadline = drain_deadline
+        self.connect_timeout = connect_timeout
+        self.high_water = high_water
+        self.low_water = high_water // 4 if low_water is None else low_water
+        self.prebuffer = prebuffer
+        self.linger = linger
+        self.connections: set[Connection] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: Connection(self).client, self.host, self.port,
+                                               reuse_address=True, backlog=512)
+        if self.port == 0:
+            self.port = self.server.sockets[0].getsockname()[1]
+
+    # -- called by connections -------------------------------------------------------
+
+    def accepted(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self._idle.clear()
+        conn.connecting = True
+        conn.task = asyncio.get_running_loop().create_task(self._connect(conn))
+
+    async def _connect(self, conn: Connection) -> None:
+        try:
+            await conn.connect()
+        except asyncio.CancelledError:
+            pass                       # closed while connecting
+        except Exception:
+            log.exception("port %d: forwarding a connection failed", self.port)
+            conn.abort()
+        finally:
+            conn.connecting = False
+            conn._maybe_finish()
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._idle.set()
+
+    def backend_failed(self, b: Backend, err: BaseException) -> None:
+        # Logged when a cooldown starts, not on every client that hits it.
+        quiet = self.pool.cooling(b)
+        self.pool.failed(b)
+        self.metrics.connect_failed(self.port, b.label)
+        if not quiet:
+            why = "timed out" if isinstance(err, asyncio.TimeoutError) else (
+                f"{type(err).__name__}: {err.strerror or err}" if isinstance(err, OSError) else str(err))
+            log.warning("port %d: backend %s failed (%s): tried last for %gs",
+                        self.port, b.label, why, self.pool.cooldown)
+
+    # -- reroutes and stopping ---------------------------------------------------------
+
+    def reroute(self) -> int:
+        """Apply the policy to connections whose backend left the pool (one whose
+        backend came back stops draining). Returns how many are on a gone backend."""
+        n = 0
+        for conn in list(self.connections):
+            if conn.backend is None or conn.closing:
+                continue
+            if conn.backend in self.pool:
+                conn.cancel_drain()
+                continue
+            n += 1
+            if self.policy == "close":
+                conn.close()
+            elif self.policy == "drain":
+                conn.start_drain(self.drain_deadline)
+        return n
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting, close every connection, wait up to `grace` for them to
+        flush, then abort what is left. Bounded."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except asyncio.TimeoutError:
+            for conn in list(self.connections):
+                conn.abort()
+            try:
+                await asyncio.wait_for(self._idle.wait(), 1.0)
+            except asyncio.TimeoutError:
+                log.warning("port %d: %d connections did not close", self.port, len(self.connections))
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _names(backends: Iterable[Backend]) -> str:
+    return "[" + ", ".join(b.label for b in backends) + "]"
+
+
+class Ambassador:
+    """Listeners for several ports, each with its own pool, sharing one Metrics."""
+
+    def __init__(self, ports: Iterable[int], *, host: str = "0.0.0.0", policy: str = "keep",
+                 drain_deadline: float = DRAIN_DEADLINE, connect_timeout: float = CONNECT_TIMEOUT,
+                 cooldown: float = 5.0, metrics: Metrics | None = None, clock=None, **listener_options) -> None:
+        ports = list(ports)
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"listener ports repeat: {ports}")
+        self.policy = policy
+        self.metrics = metrics if metrics is not None else Metrics()
+        pool_options = {"cooldown": cooldown} | ({"clock": clock} if clock is not None else {})
+        self.pools: dict[int, Pool] = {p: Pool(**pool_options) for p in ports}
+        self.listeners: dict[int, Listener] = {
+            p: Listener(p, self.pools[p], host=host, metrics=self.metrics, policy=policy,
+                        drain_deadline=drain_deadline, connect_timeout=connect_timeout, **listener_options)
+            for p in ports}
+        self._applied: set[int] = set()
+
+    def apply(self, port: int, backends: Iterable[Backend]) -> bool:
+        """Make `backends` the set behind listener `port`; True if it changed.
+        The first set a port gets is its start, not a reroute."""
+        if port not in self.pools:
+            raise ValueError(f"{port} is not a listener port of this ambassador")
+        pool = self.pools[port]
+        old = pool.backends
+        added, removed = pool.update(backends)
+        first = port not in self._applied
+        self._applied.add(port)
+        if first:
+            log.info("port %d: backends %s", self.listeners[port].port, _names(pool.backends))
+            return bool(added or removed)
+        if not (added or removed):
+            return False
+        listener = self.listeners[port]
+        self.metrics.rerouted(listener.port, [b.label for b in removed])
+        affected = listener.reroute()
+        what = {"keep": "kept", "drain": "draining", "close": "closed"}[self.policy]
+        log.warning("port %d: reroute %s -> %s (%d connections on gone backends %s)",
+                    listener.port, _names(old), _names(pool.backends), affected, what)
+        return True
+
+    async def start(self) -> None:
+        started = []
+        try:
+            for listener in self.listeners.values():
+                await listener.start()
+                started.append(listener)
+        except BaseException:
+            for listener in started:
+                await listener.stop(0.5)
+            raise
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))
+
+    def snapshot(self) -> dict:
+        """Pools and counters as a JSON-able dict (GET /stats, `portlink inspect`)."""
+        listeners = {}
+        for listener in self.listeners.values():
+            pool = listener.pool
+            listeners[str(listener.port)] = {
+                "backends": [b.label for b in pool.backends],
+                "cooling": [b.label for b in pool.backends if pool.cooling(b)],
+                "active": {b.label: n for b, n in sorted(pool.active.items(), key=lambda i: i[0].label)},
+                "connections": len(listener.connections),
+            }
+        return {"policy": self.policy, "listeners": listeners, "metrics": self.metrics.snapshot()}

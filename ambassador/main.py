@@ -1,0 +1,248 @@
+"""`python -m portlink.ambassador`: the process inside an ambassador container.
+
+    python -m portlink.ambassador --listen PORT [--listen PORT ...]
+        (--service NAME --consul ADDR | --backend PORT=IP:TARGETPORT ...)
+        [--bind 0.0.0.0] [--policy keep|drain|close] [--drain-deadline 10]
+        [--metrics IP:PORT] [--connect-timeout 2] [--cooldown 5]
+
+Every argument is checked before anything starts: a bad one exits 2 with a
+message naming it. SIGTERM/SIGINT stop it cleanly (exit 0)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import re
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from portlink.ambassador.backends import Backend
+from portlink.ambassador.forward import POLICIES, Ambassador
+from portlink.ambassador.sources import follow_consul, parse_hostport, parse_ip, parse_port, static_sets
+from portlink.errors import InvalidArgument
+
+log = logging.getLogger("portlink.ambassador")
+
+PROG = "portlink-ambassador"
+WATCH_WAIT = 30.0
+_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class UsageError(Exception):
+    """A bad command line: the message names the bad value. Exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # argparse would print and exit; we raise, nothing started
+        raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class Options:
+    listen: tuple[int, ...]
+    bind: str = "0.0.0.0"
+    backends: Mapping[int, tuple[Backend, ...]] = field(default_factory=dict)   # static mode
+    service: str | None = None                                                  # consul mode
+    consul: object | None = None      # portlink.catalog.config.ConsulConfig
+    policy: str = "keep"
+    drain_deadline: float = 10.0
+    metrics: tuple[str, int] | None = None
+    connect_timeout: float = 2.0
+    cooldown: float = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Forward TCP from local ports to backends, static or from Consul.")
+    p.add_argument("--listen", action="append", default=[], metavar="PORT",
+                   help="port to accept on (repeatable, at least one)")
+    p.add_argument("--backend", action="append", default=[], metavar="PORT=IP:TARGETPORT",
+                   help="static backend of listener PORT (repeatable)")
+    p.add_argument("--service", metavar="NAME", help="follow the healthy instances of this Consul service")
+    p.add_argument("--consul", metavar="ADDR", help="Consul agent, host[:port] or http(s)://host:port "
+                   "(default $CONSUL_HTTP_ADDR)")
+    p.add_argument("--bind", default="0.0.0.0", metavar="IP", help="address the listeners bind (0.0.0.0)")
+    p.add_argument("--policy", default="keep", metavar="|".join(POLICIES),
+                   help="connections whose backend left the set: keep them, drain them "
+                        "(closed after --drain-deadline) or close them at once (keep)")
+    p.add_argument("--drain-deadline", default="10", metavar="S", help="seconds before draining connections close (10)")
+    p.add_argument("--metrics", metavar="IP:PORT", help="serve GET /metrics (Prometheus) and GET /stats (JSON) here")
+    p.add_argument("--connect-timeout", default="2", metavar="S", help="seconds to wait for a backend to answer (2)")
+    p.add_argument("--cooldown", default="5", metavar="S", help="seconds a failed backend is tried last (5)")
+    return p
+
+
+def _seconds(text: str, flag: str, positive: bool = False) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0 or (positive and v == 0) or v > 86400:
+        kind = "a positive" if positive else "a non-negative"
+        raise UsageError(f"invalid {flag} {text!r}: expected {kind} number of seconds (at most 86400)")
+    return v
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Options:
+    """The command line as Options; UsageError names the first bad value."""
+    a = build_parser().parse_args(list(argv))
+    try:
+        if not a.listen:
+            raise UsageError("--listen PORT is required (at least one)")
+        listen = tuple(parse_port(t, "--listen") for t in a.listen)
+        dup = sorted({p for p in listen if listen.count(p) > 1})
+        if dup:
+            raise UsageError(f"--listen {dup[0]} is given more than once")
+        bind = parse_ip(a.bind, "--bind")
+        if a.policy not in POLICIES:
+            raise UsageError(f"invalid --policy {a.policy!r}: expected one of {', '.join(POLICIES)}")
+        drain = _seconds(a.drain_deadline, "--drain-deadline")
+        connect_timeout = _seconds(a.connect_timeout, "--connect-timeout", positive=True)
+        cooldown = _seconds(a.cooldown, "--cooldown")
+        metrics = parse_hostport(a.metrics, "--metrics") if a.metrics is not None else None
+        if metrics and metrics[1] in listen and (bind in ("0.0.0.0", "::") or metrics[0] in (bind, "0.0.0.0", "::")):
+            raise UsageError(f"--metrics {a.metrics} uses listener port {metrics[1]}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    backends: dict[int, tuple[Backend, ...]] = {}
+    service = consul = None
+    if a.service is not None and a.backend:
+        raise UsageError("give either --service (Consul) or --backend (static), not both")
+    if a.service is not None:
+        if not _SERVICE.match(a.service):
+            raise UsageError(f"invalid --service {a.service!r}: expected a Consul service name "
+                             "(letters, digits, '_', '.', '-')")
+        from portlink.catalog.config import from_sources
+        try:
+            consul = from_sources(address=a.consul, env=env)
+        except InvalidArgument as e:
+            raise UsageError(str(e)) from None
+        if consul is None:
+            raise UsageError(f"--service {a.service} needs --consul ADDR (or CONSUL_HTTP_ADDR)")
+        service = a.service
+    elif a.consul is not None:
+        raise UsageError(f"--consul {a.consul} is only used with --service NAME")
+    elif not a.backend:
+        raise UsageError("no backends: give --service NAME --consul ADDR or --backend PORT=IP:TARGETPORT")
+    else:
+        try:
+            backends = static_sets(a.backend)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        for port in backends:
+            if port not in listen:
+                raise UsageError(f"--backend for port {port}, which is not a --listen port")
+        for port in listen:
+            if port not in backends:
+                raise UsageError(f"--listen {port} has no --backend {port}=IP:TARGETPORT")
+    return Options(listen=listen, bind=bind, backends=backends, service=service, consul=consul,
+                   policy=a.policy, drain_deadline=drain, metrics=metrics,
+                   connect_timeout=connect_timeout, cooldown=cooldown)
+
+
+async def serve_metrics(stats, host: str, port: int):
+    """GET /metrics and GET /stats on host:port; returns the aiohttp runner (cleanup() stops it).
+    `stats` is a callable returning (prometheus text, JSON-able dict)."""
+    from aiohttp import web
+
+    async def metrics(_request):
+        return web.Response(body=stats()[0].encode(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def stats_json(_request):
+        return web.Response(body=json.dumps(stats()[1], indent=1).encode(),
+                            headers={"Content-Type": "application/json"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats_json)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
+    """Serve until `stop` is set (or SIGTERM/SIGINT); 0 on a clean stop, 1 if a port cannot be bound."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    amb = Ambassador(opts.listen, host=opts.bind, policy=opts.policy, drain_deadline=opts.drain_deadline,
+                     connect_timeout=opts.connect_timeout, cooldown=opts.cooldown)
+    for port, backends in opts.backends.items():
+        amb.apply(port, backends)
+    try:
+        await amb.start()
+    except OSError as e:
+        log.error("cannot listen on %s: %s", opts.bind, e.strerror or e)
+        return 1
+    runner = consul = task = None
+    reach = None
+    signals: list[int] = []
+    try:
+        if opts.service:
+            from portlink.catalog.watch import Reachability
+            reach = Reachability(opts.consul.url)
+            consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
+            task = loop.create_task(follow_consul(amb, consul, opts.service, reach, WATCH_WAIT))
+
+        def stats():
+            snap = amb.snapshot()
+            if reach is not None:
+                snap["consul"] = {"service": opts.service, "url": opts.consul.url, "reachable": reach.up}
+            return amb.metrics.render(), snap
+
+        if opts.metrics:
+            try:
+                runner = await serve_metrics(stats, *opts.metrics)
+            except OSError as e:
+                log.error("cannot serve metrics on %s:%d: %s", *opts.metrics, e.strerror or e)
+                return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                signals.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass      # not the main thread (tests): the caller sets `stop`
+        source = f"consul service {opts.service} at {opts.consul.url}" if opts.service else "static backends"
+        log.info("listening on %s ports %s (%s, policy %s)", opts.bind,
+                 ",".join(map(str, opts.listen)), source, opts.policy)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if consul is not None:
+            await consul.close()
+        if runner is not None:
+            await runner.cleanup()
+        await amb.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:     # a dependency, but the forwarder works on the default loop too
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run(opts))

@@ -1,0 +1,115 @@
+"""Where an ambassador's backends come from: fixed on the command line
+(`--backend PORT=IP:TARGETPORT`) or followed in Consul.
+
+From Consul, the healthy instances of one service are split by listener port:
+an instance whose meta `portlink-port` is "P/tcp" (the container port behind
+it, as portlink registers it) feeds listener P; one without that meta (registered
+by someone else) feeds every listener. While Consul is unreachable the watch
+yields nothing, so the ambassador keeps forwarding to the last known set."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+from portlink.ambassador.backends import Backend
+from portlink.catalog.services import META_PORT, Instance
+from portlink.catalog.watch import Reachability, watch_service
+
+log = logging.getLogger("portlink.ambassador")
+
+
+def parse_port(text: str, what: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit() and 1 <= int(t) <= 65535):
+        raise ValueError(f"invalid {what} {text!r}: expected a port number 1-65535")
+    return int(t)
+
+
+def parse_ip(text: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"invalid {what} {text!r}: expected an IP address") from None
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """'IP:PORT' or '[IPv6]:PORT'."""
+    t = text.strip()
+    if t.startswith("["):
+        host, sep, port = t[1:].partition("]:")
+    else:
+        host, sep, port = t.rpartition(":")
+        if ":" in host:
+            sep = ""           # a bare IPv6 address is ambiguous: ask for brackets
+    if not sep or not host:
+        raise ValueError(f"invalid {what} {text!r}: expected IP:PORT ([IPv6]:PORT)")
+    return parse_ip(host, what), parse_port(port, what)
+
+
+def parse_backend(text: str) -> tuple[int, Backend]:
+    """'PORT=IP:TARGETPORT' -> (listener port, backend)."""
+    port, sep, target = text.partition("=")
+    if not sep:
+        raise ValueError(f"invalid --backend {text!r}: expected PORT=IP:TARGETPORT")
+    try:
+        listen = parse_port(port, "listener port")
+        ip, target_port = parse_hostport(target, "target")
+    except ValueError as e:
+        raise ValueError(f"invalid --backend {text!r}: {e}") from None
+    return listen, Backend(ip, target_port)
+
+
+def static_sets(specs: Iterable[str]) -> dict[int, tuple[Backend, ...]]:
+    """Repeatable --backend values -> backends per listener port, in the given order."""
+    out: dict[int, list[Backend]] = {}
+    for spec in specs:
+        port, b = parse_backend(spec)
+        if b not in out.setdefault(port, []):
+            out[port].append(b)
+    return {p: tuple(bs) for p, bs in out.items()}
+
+
+def instance_port(inst: Instance) -> int | None | bool:
+    """The listener port an instance feeds: an int, None for every port, or
+    False for none (a udp port or meta that does not parse)."""
+    meta = inst.meta_get(META_PORT)
+    if meta is None:
+        return None
+    port, _, proto = meta.partition("/")
+    if proto not in ("", "tcp") or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return False
+    return int(port)
+
+
+def split_instances(instances: Iterable[Instance], ports: Iterable[int]) -> dict[int, tuple[Backend, ...]]:
+    """Backends per listener port (every port present, maybe empty)."""
+    out: dict[int, list[Backend]] = {p: [] for p in ports}
+    for inst in instances:
+        target = instance_port(inst)
+        if target is False:
+            continue
+        b = Backend(inst.address, inst.port, inst.id)
+        for p in (out if target is None else [target] if target in out else []):
+            if b not in out[p]:
+                out[p].append(b)
+    return {p: tuple(bs) for p, bs in out.items()}
+
+
+async def follow_consul(ambassador, consul, service: str, reach: Reachability, wait: float = 30.0) -> None:
+    """Apply every change of `service` in Consul to the ambassador's pools, until cancelled."""
+    ports = list(ambassador.pools)
+    while True:
+        try:
+            async for instances in watch_service(consul, service, reach, wait):
+                for port, backends in split_instances(instances, ports).items():
+                    ambassador.apply(port, backends)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # watch() survives Consul errors itself; anything else is a bug: log, keep the
+            # last backends, start over.
+            log.exception("following service %s in consul failed; retrying", service)
+            await asyncio.sleep(1.0)
