@@ -227,7 +227,7 @@ def test_agent_restart_reregisters_and_dns_serves_last_known_meanwhile(consul):
     assert wait_for(lambda: ours(consul.agent, hid) == {sid(hid, h, "web", 80), sid(hid, h, "late", 80)}, 10), \
         ours(consul.agent, hid)
     assert wait_for(lambda: dig(h, "cli", "ext.service.consul", status=True) == "NXDOMAIN", 5)
-    assert dig(h, "cli", "late.service.consul") == [Outside.HOST_IP]
+    assert wait_for(lambda: dig(h, "cli", "late.service.consul") == [Outside.HOST_IP], 5)
     assert wait_for(lambda: "reachable again" in h.daemon_log()[log_before:], 5)
     log = h.daemon_log()[log_before:]
     assert log.count("is unreachable") == 1 and log.count("reachable again") == 1, log
