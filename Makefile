@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host test unit bench bench-dns bench-consul clean
+.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute clean
 
 setup:
 	./scripts/setup
@@ -29,3 +29,9 @@ bench-dns: setup
 
 bench-consul: setup
 	.venv/bin/python -P bench/consul_dns.py
+
+bench-proxy: setup
+	.venv/bin/python -P bench/proxy.py
+
+bench-reroute: setup
+	.venv/bin/python -P bench/reroute.py

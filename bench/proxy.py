@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""bench/proxy: portlink's ambassador as a TCP forwarder against socat and HAProxy,
+same namespace, same run.
+
+Topology (one namespace plt-proxy-*, loopback only; nothing in the root namespace):
+  iperf3 -s -p 5201              throughput target
+  echo server :7000              a small uvloop echo server (this file, --echo-server)
+  ambassador  :15201 -> 5201, :16201 -> 7000   python -P -m portlink.ambassador (one process)
+  socat       :15202 -> 5201, :16202 -> 7000   TCP-LISTEN:...,fork,reuseaddr (one process each)
+  haproxy     :15203 -> 5201, :16203 -> 7000   mode tcp, nbthread 1 (like the ambassador: one thread)
+  haproxy_mt  :15204 -> 5201, :16204 -> 7000   the same config with HAProxy's default threads
+
+Throughput: `iperf3 -c 127.0.0.1 -p PORT -t SECONDS -J` through each path (direct = 5201),
+the paths rotated every round, --rounds rounds; the figure is the median Gbit/s
+(receiver side). The forwarders' CPU use during their runs comes from /proc.
+
+Latency: a client process (this file, --rr-client) in the namespace does, through
+each path to the echo server, --rr sequential 64-byte request/response round
+trips over one connection, and --cpr connect-per-request round trips (connect,
+64 bytes each way, close); p50/p99 in microseconds over every round's samples.
+`added` = the path's figure minus direct's.
+
+Prints one JSON line: direct, ambassador, socat, haproxy, haproxy_mt, the ratios
+ambassador/haproxy (nbthread 1) and the targets (reported, not asserted).
+Run as root:  .venv/bin/python -P bench/proxy.py [--seconds 5] [--rounds 3] [--rr 5000] [--cpr 1000]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+HERE = Path(__file__).resolve()
+IPERF_PORT, ECHO_PORT = 5201, 7000
+PATHS = {              # name -> (throughput port, latency port)
+    "direct": (IPERF_PORT, ECHO_PORT),
+    "ambassador": (15201, 16201),
+    "socat": (15202, 16202),
+    "haproxy": (15203, 16203),
+    "haproxy_mt": (15204, 16204),
+}
+HAPROXY = "/usr/sbin/haproxy"
+MSG = 64
+
+
+def log(msg: str) -> None:
+    print(f"bench/proxy: {msg}", file=sys.stderr, flush=True)
+
+
+# -- helpers that run inside the namespace (re-invoked as this file) ------------------
+
+def echo_server(port: int) -> int:
+    """Echo every byte back, one process, uvloop if present."""
+    import asyncio
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, t):
+            self.t = t
+
+        def data_received(self, data):
+            self.t.write(data)
+
+        def eof_received(self):
+            return False          # close after EOF
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(Echo, "127.0.0.1", port, reuse_address=True, backlog=1024)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        srv.close()
+
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as r:
+        r.run(serve())
+    return 0
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def rr_client(port: int, count: int, mode: str) -> int:
+    """Print {"us": [...], "errors": n} for `count` round trips (after a warm-up)."""
+    payload = os.urandom(MSG)
+    out: list[float] = []
+    errors = 0
+    clock = time.perf_counter_ns
+    if mode == "rr":
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i in range(count + 200):
+                t = clock()
+                s.sendall(payload)
+                if _recv_exact(s, MSG) != payload:
+                    raise RuntimeError("echo mismatch")
+                if i >= 200:
+                    out.append((clock() - t) / 1000)
+        finally:
+            s.close()
+    else:
+        for i in range(count + 50):
+            t = clock()
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                try:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    s.sendall(payload)
+                    ok = _recv_exact(s, MSG) == payload
+                finally:
+                    s.close()
+            except OSError:
+                ok = False
+            if not ok:
+                errors += 1
+            elif i >= 50:
+                out.append((clock() - t) / 1000)
+    print(json.dumps({"us": [round(x, 2) for x in out], "errors": errors}))
+    return 0
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+def haproxy_cfg(nbthread: int | None, tput_port: int, lat_port: int) -> str:
+    threads = f"    nbthread {nbthread}\n" if nbthread else ""
+    return (
+        "global\n"
+        f"{threads}"
+        "    maxconn 4096\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    timeout connect 5s\n"
+        "    timeout client 120s\n"
+        "    timeout server 120s\n"
+        "frontend fe_tput\n"
+        f"    bind 127.0.0.1:{tput_port}\n"
+        "    default_backend be_tput\n"
+        "backend be_tput\n"
+        f"    server s1 127.0.0.1:{IPERF_PORT}\n"
+        "frontend fe_lat\n"
+        f"    bind 127.0.0.1:{lat_port}\n"
+        "    default_backend be_lat\n"
+        "backend be_lat\n"
+        f"    server s1 127.0.0.1:{ECHO_PORT}\n")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    s = sorted(xs)
+    return round(s[max(0, math.ceil(q * len(s)) - 1)], 1) if s else None   # nearest rank
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="ambassador vs socat vs HAProxy: throughput and latency")
+    ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 -t per run (1..60)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds, each path once per round (1..20)")
+    ap.add_argument("--rr", type=int, default=5000, help="round trips over one connection per path per round")
+    ap.add_argument("--cpr", type=int, default=1000, help="connect-per-request round trips per path per round")
+    ap.add_argument("--no-haproxy-mt", action="store_true", help="skip HAProxy with its default threads")
+    ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--rr-client", nargs=3, metavar=("PORT", "N", "MODE"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.echo_server:
+        return echo_server(a.echo_server)
+    if a.rr_client:
+        return rr_client(int(a.rr_client[0]), int(a.rr_client[1]), a.rr_client[2])
+
+    if os.geteuid() != 0:
+        raise SystemExit("bench/proxy: needs root (network namespaces)")
+    if not (1 <= a.seconds <= 60 and 1 <= a.rounds <= 20 and 100 <= a.rr <= 200000 and 50 <= a.cpr <= 20000):
+        raise SystemExit("bench/proxy: --seconds 1..60, --rounds 1..20, --rr 100..200000, --cpr 50..20000")
+    for tool in (HAPROXY, shutil.which("socat"), shutil.which("iperf3")):
+        if not tool or not os.access(tool, os.X_OK):
+            raise SystemExit("bench/proxy: needs /usr/sbin/haproxy, socat and iperf3 (./scripts/setup installs them)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+    from portlink.runtime.sandbox import Namespace
+
+    paths = [p for p in PATHS if not (a.no_haproxy_mt and p == "haproxy_mt")]
+    tmp = Path(tempfile.mkdtemp(prefix="plt-proxy-"))
+    ns: Namespace | None = None
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+
+    def start(name: str, *argv: str) -> subprocess.Popen:
+        logs[name] = tmp / f"{name}.log"
+        with open(logs[name], "wb") as f:
+            procs[name] = ns.popen(*argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return procs[name]
+
+    def check_alive() -> None:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited ({p.returncode}): {logs[name].read_text()[-1500:]}")
+
+    def wait_port(port: int, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            check_alive()
+            r = ns.run(PY, "-P", "-c", "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
+                       " timeout=1).close()", str(port), check=False, timeout=10)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{what} does not accept on 127.0.0.1:{port} within {timeout}s")
+
+    try:
+        ns = Namespace.create("proxy")
+        log(f"namespace {ns.name}, temp dir {tmp}")
+        start("iperf3_server", "iperf3", "-s", "-p", str(IPERF_PORT), "-B", "127.0.0.1")
+        start("echo", PY, "-P", str(HERE), "--echo-server", str(ECHO_PORT))
+        start("ambassador", PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1",
+              "--listen", str(PATHS["ambassador"][0]), "--listen", str(PATHS["ambassador"][1]),
+              "--backend", f"{PATHS['ambassador'][0]}=127.0.0.1:{IPERF_PORT}",
+              "--backend", f"{PATHS['ambassador'][1]}=127.0.0.1:{ECHO_PORT}")
+        for port, target in zip(PATHS["socat"], (IPERF_PORT, ECHO_PORT)):
+            start(f"socat_{port}", "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                  f"TCP:127.0.0.1:{target}")
+        for name, threads in (("haproxy", 1), ("haproxy_mt", None)):
+            if name not in paths:
+                continue
+            cfg = tmp / f"{name}.cfg"
+            cfg.write_text(haproxy_cfg(threads, *PATHS[name]))
+            sh = subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+            if sh.returncode != 0:
+                raise RuntimeError(f"haproxy -c {cfg}: {sh.stderr.strip() or sh.stdout.strip()}")
+            start(name, HAPROXY, "-db", "-f", str(cfg))
+        for name in paths:
+            for port in PATHS[name]:
+                wait_port(port, name)
+        log("all paths accept: " + ", ".join(f"{n} {PATHS[n][0]}/{PATHS[n][1]}" for n in paths))
+
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        gbps: dict[str, list[float]] = {p: [] for p in paths}
+        retrans: dict[str, list[int]] = {p: [] for p in paths}
+        cpu: dict[str, list[float]] = {p: [] for p in paths}
+        lat: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}
+        p99_rounds: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}
+        lat_errors: dict[str, int] = {p: 0 for p in paths}
+        cpu_pid = {"ambassador": procs["ambassador"].pid, "haproxy": procs.get("haproxy") and procs["haproxy"].pid,
+                   "haproxy_mt": procs.get("haproxy_mt") and procs["haproxy_mt"].pid}
+
+        def iperf(port: int) -> dict:
+            last = ""
+            for _ in range(3):    # the server refuses a test while it finishes the previous one
+                r = ns.run("iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(a.seconds), "-J",
+                           check=False, timeout=a.seconds + 60)
+                try:
+                    doc = json.loads(r.stdout)
+                except ValueError:
+                    doc = {"error": r.stderr.strip() or r.stdout[-300:]}
+                if "error" not in doc:
+                    return doc
+                last = doc["error"]
+                time.sleep(1)
+            raise RuntimeError(f"iperf3 -c through port {port} failed: {last}")
+
+        for rnd in range(a.rounds):
+            order = paths[rnd % len(paths):] + paths[:rnd % len(paths)]
+            for name in order:
+                check_alive()
+                pid = cpu_pid.get(name)
+                c0, w0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
+                doc = iperf(PATHS[name][0])
+                if pid:
+                    cpu[name].append((cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100)
+                end = doc["end"]
+                gbps[name].append(end["sum_received"]["bits_per_second"] / 1e9)
+                retrans[name].append(int(end.get("sum_sent", {}).get("retransmits", 0)))
+                log(f"round {rnd + 1}/{a.rounds} throughput {name}: {gbps[name][-1]:.2f} Gbit/s"
+                    + (f" (its CPU {cpu[name][-1]:.0f}%)" if pid else ""))
+            for name in order:
+                for mode, n in (("rr", a.rr), ("cpr", a.cpr)):
+                    check_alive()
+                    r = ns.run(PY, "-P", str(HERE), "--rr-client", str(PATHS[name][1]), str(n), mode,
+                               check=False, timeout=600)
+                    if r.returncode != 0:
+                        raise RuntimeError(f"latency client {name} {mode} failed: {r.stderr.strip()[-1500:]}")
+                    doc = json.loads(r.stdout)
+                    lat[name][mode] += doc["us"]
+                    lat_errors[name] += doc["errors"]
+                    p99_rounds[name][mode].append(pct(doc["us"], 0.99))
+                    log(f"round {rnd + 1}/{a.rounds} latency {name} {mode}: p50 {pct(doc['us'], 0.5)} us, "
+                        f"p99 {pct(doc['us'], 0.99)} us, errors {doc['errors']}")
+        check_alive()
+
+        def side(name: str) -> dict:
+            d = {"throughput_gbps": round(statistics.median(gbps[name]), 3),
+                 "throughput_runs_gbps": [round(x, 3) for x in gbps[name]],
+                 "iperf3_retransmits": sum(retrans[name])}
+            if cpu[name]:
+                d["cpu_pct_during_throughput"] = round(statistics.median(cpu[name]), 1)
+            for mode, label in (("rr", "one_connection"), ("cpr", "connect_per_request")):
+                xs = lat[name][mode]
+                d[label] = {"p50_us": pct(xs, 0.5), "p99_us": pct(xs, 0.99), "samples": len(xs),
+                            "p99_rounds_us": p99_rounds[name][mode],
+                            "p99_median_of_rounds_us": round(statistics.median(p99_rounds[name][mode]), 1)}
+                if name != "direct":
+                    base = lat["direct"][mode]
+                    d[label]["added_p50_us"] = round(pct(xs, 0.5) - pct(base, 0.5), 1)
+                    d[label]["added_p99_us"] = round(pct(xs, 0.99) - pct(base, 0.99), 1)
+            d["latency_errors"] = lat_errors[name]
+            return d
+
+        out = {name: side(name) for name in paths}
+        out["ambassador"]["threads"] = "1 (single-threaded Python asyncio" + (
+            ", uvloop)" if _has_uvloop() else ")")
+        out["haproxy"]["nbthread"] = 1
+        if "haproxy_mt" in out:
+            out["haproxy_mt"]["nbthread"] = f"default ({os.cpu_count()} CPUs)"
+        out["socat"]["processes"] = "one forked process per connection"
+
+        def ratio(x, y):
+            return round(x / y, 3) if x is not None and y not in (None, 0) else None
+
+        by_mode = {label: ratio(out["ambassador"][label]["added_p99_us"], out["haproxy"][label]["added_p99_us"])
+                   for label in ("one_connection", "connect_per_request")}
+        worst = [v for v in by_mode.values() if v is not None]
+        doc = {
+            "bench": "proxy", "seconds": a.seconds, "rounds": a.rounds, "rr": a.rr, "cpr": a.cpr,
+            "message_bytes": MSG, "cpus": os.cpu_count(),
+            "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "note": "ambassador is single-threaded Python; haproxy is nbthread 1, haproxy_mt HAProxy's default "
+                    "threads; iperf3 client, server and forwarder share the machine's CPUs",
+            "versions": {"haproxy": _version([HAPROXY, "-v"]), "socat": _version(["socat", "-V"], 1),
+                         "iperf3": _version(["iperf3", "--version"])},
+            **out,
+            "ratio_throughput_vs_haproxy": ratio(out["ambassador"]["throughput_gbps"], out["haproxy"]["throughput_gbps"]),
+            "ratio_added_p99_vs_haproxy": max(worst) if worst else None,
+            "ratio_added_p99_vs_haproxy_by_mode": by_mode,
+            "targets": {"ratio_throughput_vs_haproxy_min": 1.0, "ratio_added_p99_vs_haproxy_max": 1.5},
+        }
+        if "haproxy_mt" in out:
+            doc["ratio_throughput_vs_haproxy_mt"] = ratio(out["ambassador"]["throughput_gbps"],
+                                                          out["haproxy_mt"]["throughput_gbps"])
+        print(json.dumps(doc))
+        return 0
+    finally:
+        for name, p in reversed(list(procs.items())):
+            if p.poll() is not None:
+                log(f"{name} had exited by itself ({p.returncode}): {logs[name].read_text()[-800:]}")
+                continue
+            p.terminate()     # our own child, by its pid (nsenter execs, so it is the program itself)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                log(f"{name} (pid {p.pid}) ignored SIGTERM for 10s: killing it")
+                p.kill()
+                p.wait(5)
+        if ns is not None:
+            ns.delete()
+            if ns.name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
+                log(f"namespace left behind: {ns.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_uvloop() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def _version(argv: list[str], line: int = 0) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()
+        return out[line].strip() if len(out) > line else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
