@@ -135,3 +135,42 @@ def test_ambassador_by_hand_as_a_sidecar(three):
     assert wait_for(lambda: L.fetch("host2", "app", "http://dbamb/") == "db-on-host1", 10)
     # The ambassador itself is not registered in Consul as a service.
     assert L.client("host2").get("/containers/dbamb")["consul"] == []
+
+
+TICKER = ("printf '#!/bin/sh\\nwhile true; do echo tick-$0; sleep 0.2; done\\n' | sed \"s/\\$0/$0/\" > /tick; "
+          "chmod +x /tick; exec nc -ll -p 80 -e /tick")
+
+
+def test_drain_keeps_an_established_stream_until_the_deadline(three):
+    """A planned move (the old instance leaves Consul but still runs): the open
+    stream through the ambassador goes on, then ends at the drain deadline (10 s
+    for a link's ambassador); new connections go to the new instance."""
+    import time
+    L = three
+    L.cli("host1", "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c", TICKER, "host1")
+    assert wait_for(lambda: L.client("host2").get("/system/consul")["services_seen"] >= 2, 10)
+    L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+    L.cli("host2", "exec", "web", "sh", "-c", "timeout 40 nc sql 80 > /tmp/ticks 2>&1 & sleep 0.5")
+    count = lambda: int(L.cli("host2", "exec", "web", "sh", "-c", "wc -l < /tmp/ticks") or 0)
+    assert wait_for(lambda: count() > 0, 5)
+    assert "tick-host1" in L.cli("host2", "exec", "web", "cat", "/tmp/ticks")
+
+    L.cli("host3", "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c", TICKER, "host3")
+    h1 = L.made.host("host1")
+    from portlink.catalog.agent_proc import http_get
+    services = http_get(f"http://{h1.ip}:8500/v1/agent/services", netns=h1.netns_path)[2]
+    [sid] = [s for s, v in services.items() if v["Service"] == "frontdb"]
+    assert http_get(f"http://{h1.ip}:8500/v1/agent/service/deregister/{sid}", netns=h1.netns_path,
+                    method="PUT")[0] == 200
+    t0 = time.monotonic()
+    # New connections land on host3 at once.
+    assert wait_for(lambda: "tick-host3" in L.cli("host2", "exec", "web", "sh", "-c",
+                                                  "timeout 1 nc sql 80 | head -1", check=False), 5)
+    before = count()
+    time.sleep(max(0.0, 5 - (time.monotonic() - t0)))
+    assert count() > before, "the established stream stopped before the drain deadline"
+    assert wait_for(lambda: time.monotonic() - t0 > 11 and count() == count(), 15)
+    settled = count()
+    time.sleep(1.0)
+    assert count() == settled, "the stream to the removed instance outlived the drain deadline"
+    assert "draining" in L.cli("host2", "logs", "amb-frontdb-bridge")
