@@ -20,6 +20,8 @@ READ_CHUNK = 256 * 1024   # the most one data_received delivers (uvloop and asyn
 
 
 CLIENTS = []          # test clients' writers, closed when the test's loop ends
+SERVERS = []          # echo servers, stopped when the test's loop ends
+AMBASSADORS = []      # ambassadors made by start(), stopped before the servers
 
 
 def run(coro, kind="uvloop"):
@@ -30,6 +32,15 @@ def run(coro, kind="uvloop"):
             for w in CLIENTS:
                 w.close()
             CLIENTS.clear()
+            # Every ambassador and server a test started is stopped here, also
+            # when the test failed half-way (ambassadors first: they hold the
+            # connections to the servers).
+            for amb in AMBASSADORS:
+                await amb.stop()
+            for srv in SERVERS:
+                await srv.stop()
+            AMBASSADORS.clear()
+            SERVERS.clear()
     factory = uvloop.new_event_loop if kind == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(bounded())
@@ -100,6 +111,7 @@ class Server:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         self.backend = Backend("127.0.0.1", self.port)
+        SERVERS.append(self)
         return self
 
     async def _handle(self, r, w):
@@ -129,6 +141,7 @@ async def start(backends, **kw):
     amb = Ambassador([0], **kw)
     amb.apply(0, backends)
     await amb.start()
+    AMBASSADORS.append(amb)
     return amb, amb.listeners[0]
 
 
@@ -166,24 +179,20 @@ def test_one_mib_round_trips_identical(kind):
     async def main():
         (srv,) = await servers(1)
         amb, lst = await start([srv.backend])
-        try:
-            r, w = await connect(lst)
-            payload = os.urandom(1 << 20)
+        r, w = await connect(lst)
+        payload = os.urandom(1 << 20)
 
-            async def send():
-                w.write(payload)
-                await w.drain()
-            sender = asyncio.ensure_future(send())
-            got = await asyncio.wait_for(r.readexactly(len(payload)), T)
-            await sender
-            assert got == payload
-            w.close()
-            await until(lambda: not lst.connections, what="the pair to close")
-            assert counter(amb, "bytes_to_backend_total") == len(payload)
-            assert counter(amb, "bytes_to_client_total") == len(payload)
-        finally:
-            await amb.stop()
-            await srv.stop()
+        async def send():
+            w.write(payload)
+            await w.drain()
+        sender = asyncio.ensure_future(send())
+        got = await asyncio.wait_for(r.readexactly(len(payload)), T)
+        await sender
+        assert got == payload
+        w.close()
+        await until(lambda: not lst.connections, what="the pair to close")
+        assert counter(amb, "bytes_to_backend_total") == len(payload)
+        assert counter(amb, "bytes_to_client_total") == len(payload)
     run(main(), kind)
 
 
@@ -197,15 +206,11 @@ def test_half_close_client_eof_reaches_backend_and_reply_still_arrives(kind):
     async def main():
         (srv,) = await servers(1, count_then_reply)
         amb, lst = await start([srv.backend])
-        try:
-            r, w = await connect(lst)
-            w.write(b"x" * 100_000)
-            w.write_eof()
-            reply = await asyncio.wait_for(r.read(), T)
-            assert reply == b"got 100000 bytes"
-        finally:
-            await amb.stop()
-            await srv.stop()
+        r, w = await connect(lst)
+        w.write(b"x" * 100_000)
+        w.write_eof()
+        reply = await asyncio.wait_for(r.read(), T)
+        assert reply == b"got 100000 bytes"
     run(main(), kind)
 
 
@@ -221,17 +226,13 @@ def test_half_close_backend_first_and_client_still_sends(kind):
     async def main():
         (srv,) = await servers(1, greet_then_listen)
         amb, lst = await start([srv.backend])
-        try:
-            r, w = await connect(lst)
-            assert await asyncio.wait_for(r.read(), T) == b"hello"    # greeting, then EOF
-            w.write(b"late data")
-            w.write_eof()
-            await until(lambda: late, what="the backend to read to EOF")
-            assert late == [b"late data"]
-            await until(lambda: not lst.connections, what="the pair to close")
-        finally:
-            await amb.stop()
-            await srv.stop()
+        r, w = await connect(lst)
+        assert await asyncio.wait_for(r.read(), T) == b"hello"    # greeting, then EOF
+        w.write(b"late data")
+        w.write_eof()
+        await until(lambda: late, what="the backend to read to EOF")
+        assert late == [b"late data"]
+        await until(lambda: not lst.connections, what="the pair to close")
     run(main(), kind)
 
 
@@ -242,16 +243,12 @@ def test_refused_backend_falls_over_to_next_client_sees_no_error():
         (srv,) = await servers(1)
         dead = Backend("127.0.0.1", closed_port())
         amb, lst = await start([dead, srv.backend])      # the first order() tries `dead` first
-        try:
-            r, w = await connect(lst)
-            await roundtrip(r, w, b"still fine")
-            assert counter(amb, "connect_failures_total", "backend", dead.label) == 1
-            assert counter(amb, "connections_total", "backend", srv.backend.label) == 1
-            assert lst.pool.cooling(dead)
-            w.close()
-        finally:
-            await amb.stop()
-            await srv.stop()
+        r, w = await connect(lst)
+        await roundtrip(r, w, b"still fine")
+        assert counter(amb, "connect_failures_total", "backend", dead.label) == 1
+        assert counter(amb, "connections_total", "backend", srv.backend.label) == 1
+        assert lst.pool.cooling(dead)
+        w.close()
     run(main())
 
 
@@ -259,28 +256,22 @@ def test_all_backends_down_client_is_closed():
     async def main():
         dead = [Backend("127.0.0.1", closed_port()) for _ in range(2)]
         amb, lst = await start(dead)
-        try:
-            r, w = await connect(lst)
-            w.write(b"anyone?")
-            assert await closed_by_peer(r)
-            assert counter(amb, "connect_failures_total") == 2
-            assert counter(amb, "rejected_total") == 1
-            assert counter(amb, "connections_total") == 0
-            await until(lambda: not lst.connections, what="the connection to be forgotten")
-        finally:
-            await amb.stop()
+        r, w = await connect(lst)
+        w.write(b"anyone?")
+        assert await closed_by_peer(r)
+        assert counter(amb, "connect_failures_total") == 2
+        assert counter(amb, "rejected_total") == 1
+        assert counter(amb, "connections_total") == 0
+        await until(lambda: not lst.connections, what="the connection to be forgotten")
     run(main())
 
 
 def test_no_backends_at_all_client_is_closed():
     async def main():
         amb, lst = await start([])
-        try:
-            r, _ = await connect(lst)
-            assert await closed_by_peer(r)
-            assert counter(amb, "rejected_total", "listener", lst.port) == 1
-        finally:
-            await amb.stop()
+        r, _ = await connect(lst)
+        assert await closed_by_peer(r)
+        assert counter(amb, "rejected_total", "listener", lst.port) == 1
     run(main())
 
 
@@ -291,27 +282,23 @@ def test_cooldown_skips_refusing_backend_until_it_expires():
         (srv,) = await servers(1)
         dead = Backend("127.0.0.1", closed_port())
         amb, lst = await start([dead, srv.backend], cooldown=5.0, clock=lambda: now[0])
-        try:
-            async def one():
-                r, w = await connect(lst)
-                await roundtrip(r, w)
-                w.close()
-                await until(lambda: not lst.connections, what="the pair to close")
+        async def one():
+            r, w = await connect(lst)
+            await roundtrip(r, w)
+            w.close()
+            await until(lambda: not lst.connections, what="the pair to close")
 
+        await one()
+        assert counter(amb, "connect_failures_total") == 1
+        for _ in range(4):                 # cooling: tried last, so never reached
             await one()
-            assert counter(amb, "connect_failures_total") == 1
-            for _ in range(4):                 # cooling: tried last, so never reached
-                await one()
-            assert counter(amb, "connect_failures_total") == 1
-            assert srv.accepted == 5
-            now[0] += 5.1                      # the cooldown is over: back in the rotation
-            for _ in range(2):
-                await one()
-            assert counter(amb, "connect_failures_total") == 2
-            assert srv.accepted == 7
-        finally:
-            await amb.stop()
-            await srv.stop()
+        assert counter(amb, "connect_failures_total") == 1
+        assert srv.accepted == 5
+        now[0] += 5.1                      # the cooldown is over: back in the rotation
+        for _ in range(2):
+            await one()
+        assert counter(amb, "connect_failures_total") == 2
+        assert srv.accepted == 7
     run(main())
 
 
@@ -395,30 +382,25 @@ def test_load_spreads_over_two_backends():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend, b.backend])
-        try:
-            held = []
-            for _ in range(10):                # long-lived: least connections
-                r, w = await connect(lst)
-                await roundtrip(r, w)
-                held.append(w)
-            assert (a.accepted, b.accepted) == (5, 5)
-            assert lst.pool.active == {a.backend: 5, b.backend: 5}
-            assert counter(amb, "connections_open") == 10
-            for w in held:
-                w.close()
-            await until(lambda: not lst.connections, what="every pair to close")
-            assert lst.pool.active == {}
-            assert counter(amb, "connections_open") == 0
-            for _ in range(10):                # short, one at a time: every pick is a tie, round-robin
-                r, w = await connect(lst)
-                await roundtrip(r, w)
-                w.close()
-                await until(lambda: not lst.connections, what="the pair to close")
-            assert (a.accepted, b.accepted) == (10, 10)
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        held = []
+        for _ in range(10):                # long-lived: least connections
+            r, w = await connect(lst)
+            await roundtrip(r, w)
+            held.append(w)
+        assert (a.accepted, b.accepted) == (5, 5)
+        assert lst.pool.active == {a.backend: 5, b.backend: 5}
+        assert counter(amb, "connections_open") == 10
+        for w in held:
+            w.close()
+        await until(lambda: not lst.connections, what="every pair to close")
+        assert lst.pool.active == {}
+        assert counter(amb, "connections_open") == 0
+        for _ in range(10):                # short, one at a time: every pick is a tie, round-robin
+            r, w = await connect(lst)
+            await roundtrip(r, w)
+            w.close()
+            await until(lambda: not lst.connections, what="the pair to close")
+        assert (a.accepted, b.accepted) == (10, 10)
     run(main())
 
 
@@ -452,24 +434,19 @@ def test_new_connections_go_to_the_new_set():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend])
-        try:
-            r, w = await connect(lst)
-            await roundtrip(r, w)
-            assert amb.apply(0, [b.backend]) is True
-            assert amb.apply(0, [b.backend]) is False          # no change, no reroute
-            for _ in range(3):
-                r2, w2 = await connect(lst)
-                await roundtrip(r2, w2)
-                w2.close()
-            assert (a.accepted, b.accepted) == (1, 3)
-            assert counter(amb, "reroutes_total") == 1
-            assert counter(amb, "reroutes_total", "backend", a.backend.label) == 1
-            assert counter(amb, "reroutes_total", "listener", lst.port) == 1
-            w.close()
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        r, w = await connect(lst)
+        await roundtrip(r, w)
+        assert amb.apply(0, [b.backend]) is True
+        assert amb.apply(0, [b.backend]) is False          # no change, no reroute
+        for _ in range(3):
+            r2, w2 = await connect(lst)
+            await roundtrip(r2, w2)
+            w2.close()
+        assert (a.accepted, b.accepted) == (1, 3)
+        assert counter(amb, "reroutes_total") == 1
+        assert counter(amb, "reroutes_total", "backend", a.backend.label) == 1
+        assert counter(amb, "reroutes_total", "listener", lst.port) == 1
+        w.close()
     run(main())
 
 
@@ -487,19 +464,14 @@ def test_policy_keep_leaves_established_connection_working():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend], policy="keep")
-        try:
-            r, w = await connect(lst)
-            await roundtrip(r, w)
-            amb.apply(0, [b.backend])
-            await asyncio.sleep(0.3)
-            await roundtrip(r, w, b"after the change")
-            (conn,) = lst.connections
-            assert conn.backend == a.backend and not conn.closing
-            w.close()
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        r, w = await connect(lst)
+        await roundtrip(r, w)
+        amb.apply(0, [b.backend])
+        await asyncio.sleep(0.3)
+        await roundtrip(r, w, b"after the change")
+        (conn,) = lst.connections
+        assert conn.backend == a.backend and not conn.closing
+        w.close()
     run(main())
 
 
@@ -507,18 +479,13 @@ def test_policy_drain_works_until_the_deadline_then_closes():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend], policy="drain", drain_deadline=0.5)
-        try:
-            r, w = await connect(lst)
-            await roundtrip(r, w)
-            t0 = time.monotonic()
-            amb.apply(0, [b.backend])
-            await roundtrip(r, w, b"still draining")
-            assert await closed_by_peer(r, timeout=3)
-            assert time.monotonic() - t0 >= 0.45
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        r, w = await connect(lst)
+        await roundtrip(r, w)
+        t0 = time.monotonic()
+        amb.apply(0, [b.backend])
+        await roundtrip(r, w, b"still draining")
+        assert await closed_by_peer(r, timeout=3)
+        assert time.monotonic() - t0 >= 0.45
     run(main())
 
 
@@ -526,18 +493,13 @@ def test_policy_drain_is_cancelled_when_the_backend_returns():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend], policy="drain", drain_deadline=0.3)
-        try:
-            r, w = await connect(lst)
-            await roundtrip(r, w)
-            amb.apply(0, [b.backend])
-            amb.apply(0, [a.backend, b.backend])   # back before the deadline
-            await asyncio.sleep(0.6)
-            await roundtrip(r, w, b"never closed")
-            w.close()
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        r, w = await connect(lst)
+        await roundtrip(r, w)
+        amb.apply(0, [b.backend])
+        amb.apply(0, [a.backend, b.backend])   # back before the deadline
+        await asyncio.sleep(0.6)
+        await roundtrip(r, w, b"never closed")
+        w.close()
     run(main())
 
 
@@ -545,22 +507,17 @@ def test_policy_close_closes_at_once():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend], policy="close", drain_deadline=30)
-        try:
-            r, w = await connect(lst)
-            await roundtrip(r, w)
-            r_other, w_other = await connect(lst)
-            await roundtrip(r_other, w_other)
-            amb.apply(0, [b.backend])
-            assert await closed_by_peer(r, timeout=1)
-            assert await closed_by_peer(r_other, timeout=1)
-            r2, w2 = await connect(lst)            # new ones go to the new set
-            await roundtrip(r2, w2)
-            assert b.accepted == 1
-            w2.close()
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        r, w = await connect(lst)
+        await roundtrip(r, w)
+        r_other, w_other = await connect(lst)
+        await roundtrip(r_other, w_other)
+        amb.apply(0, [b.backend])
+        assert await closed_by_peer(r, timeout=1)
+        assert await closed_by_peer(r_other, timeout=1)
+        r2, w2 = await connect(lst)            # new ones go to the new set
+        await roundtrip(r2, w2)
+        assert b.accepted == 1
+        w2.close()
     run(main())
 
 
@@ -583,32 +540,28 @@ def test_slow_client_fast_backend_is_not_buffered_unboundedly(kind):
     async def main():
         (srv,) = await servers(1, firehose)
         amb, lst = await start([srv.backend])
-        try:
-            r, w = await connect(lst)          # a StreamReader stops reading past 128 KiB: a stalled client
-            await until(lambda: lst.connections and next(iter(lst.connections)).upstream, what="pairing")
-            (conn,) = lst.connections
-            # Wait until the backend cannot send any more: everything in between is full.
-            last, still = -1, 0
-            deadline = time.monotonic() + 10
-            while still < 30 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-                still = still + 1 if sent[0] == last else 0
-                last = sent[0]
-            assert still >= 30, "the backend never stopped sending"
-            bound = HIGH_WATER + READ_CHUNK        # the mark plus one read on top of it
-            assert conn.client.transport.get_write_buffer_size() <= bound
-            assert conn.max_buffered <= bound
-            assert "peer" in conn.upstream.blocked  # the backend side is not being read
-            # Now read it all: nothing lost, still bounded.
-            n = 0
-            while data := await asyncio.wait_for(r.read(1 << 20), T):
-                n += len(data)
-            assert n == total
-            assert conn.max_buffered <= bound
-            assert counter(amb, "bytes_to_client_total") == total
-        finally:
-            await amb.stop()
-            await srv.stop()
+        r, w = await connect(lst)          # a StreamReader stops reading past 128 KiB: a stalled client
+        await until(lambda: lst.connections and next(iter(lst.connections)).upstream, what="pairing")
+        (conn,) = lst.connections
+        # Wait until the backend cannot send any more: everything in between is full.
+        last, still = -1, 0
+        deadline = time.monotonic() + 10
+        while still < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+        assert still >= 30, "the backend never stopped sending"
+        bound = HIGH_WATER + READ_CHUNK        # the mark plus one read on top of it
+        assert conn.client.transport.get_write_buffer_size() <= bound
+        assert conn.max_buffered <= bound
+        assert "peer" in conn.upstream.blocked  # the backend side is not being read
+        # Now read it all: nothing lost, still bounded.
+        n = 0
+        while data := await asyncio.wait_for(r.read(1 << 20), T):
+            n += len(data)
+        assert n == total
+        assert conn.max_buffered <= bound
+        assert counter(amb, "bytes_to_client_total") == total
     run(main(), kind)
 
 
@@ -626,31 +579,27 @@ def test_slow_backend_fast_client_is_bounded_too():
         release = asyncio.Event()
         (srv,) = await servers(1, late_reader)
         amb, lst = await start([srv.backend])
-        try:
-            r, w = await connect(lst)
-            await until(lambda: lst.connections and next(iter(lst.connections)).upstream, what="pairing")
-            (conn,) = lst.connections
-            total = 40 * 2**20
+        r, w = await connect(lst)
+        await until(lambda: lst.connections and next(iter(lst.connections)).upstream, what="pairing")
+        (conn,) = lst.connections
+        total = 40 * 2**20
 
-            async def send():
-                chunk = b"y" * (1 << 20)
-                for _ in range(total // len(chunk)):
-                    w.write(chunk)
-                    await w.drain()
-                w.write_eof()
-            sender = asyncio.ensure_future(send())
-            await until(lambda: "peer" in conn.client.blocked, what="the client side to be paused")
-            await asyncio.sleep(0.2)
-            assert conn.max_buffered <= HIGH_WATER + READ_CHUNK
-            assert not sender.done()
-            release.set()
-            await asyncio.wait_for(sender, 20)
-            assert await asyncio.wait_for(r.read(), T) == b"done"
-            assert counter(amb, "bytes_to_backend_total") == total
-            assert conn.max_buffered <= HIGH_WATER + READ_CHUNK
-        finally:
-            await amb.stop()
-            await srv.stop()
+        async def send():
+            chunk = b"y" * (1 << 20)
+            for _ in range(total // len(chunk)):
+                w.write(chunk)
+                await w.drain()
+            w.write_eof()
+        sender = asyncio.ensure_future(send())
+        await until(lambda: "peer" in conn.client.blocked, what="the client side to be paused")
+        await asyncio.sleep(0.2)
+        assert conn.max_buffered <= HIGH_WATER + READ_CHUNK
+        assert not sender.done()
+        release.set()
+        await asyncio.wait_for(sender, 20)
+        assert await asyncio.wait_for(r.read(), T) == b"done"
+        assert counter(amb, "bytes_to_backend_total") == total
+        assert conn.max_buffered <= HIGH_WATER + READ_CHUNK
     run(main())
 
 
@@ -660,32 +609,27 @@ def test_metrics_match_the_traffic():
     async def main():
         a, b = await servers(2)
         amb, lst = await start([a.backend, b.backend])
-        try:
-            sizes = [100, 2000, 30000, 7]
-            per_backend = {}
-            for n in sizes:
-                r, w = await connect(lst)
-                await roundtrip(r, w, os.urandom(n))
-                (conn,) = lst.connections
-                per_backend[conn.backend.label] = per_backend.get(conn.backend.label, 0) + n
-                assert (conn.to_backend, conn.to_client) == (n, n)
-                w.close()
-                await until(lambda: not lst.connections, what="the pair to close")
-            snap = amb.snapshot()["metrics"]
-            port = str(lst.port)
-            assert snap["connections_total"] == {
-                "total": 4, "backends": {a.backend.label: 2, b.backend.label: 2}, "listeners": {port: 4}}
-            assert snap["connections_open"]["total"] == 0
-            for key in ("bytes_to_backend_total", "bytes_to_client_total"):
-                assert snap[key] == {"total": sum(sizes), "backends": per_backend, "listeners": {port: sum(sizes)}}
-            assert snap["connect_failures_total"]["total"] == 0
-            text = amb.metrics.render()
-            assert f"portlink_ambassador_bytes_to_client_total {sum(sizes)}\n" in text
-            assert f'portlink_ambassador_listener_connections_total{{listener="{lst.port}"}} 4\n' in text
-        finally:
-            await amb.stop()
-            await a.stop()
-            await b.stop()
+        sizes = [100, 2000, 30000, 7]
+        per_backend = {}
+        for n in sizes:
+            r, w = await connect(lst)
+            await roundtrip(r, w, os.urandom(n))
+            (conn,) = lst.connections
+            per_backend[conn.backend.label] = per_backend.get(conn.backend.label, 0) + n
+            assert (conn.to_backend, conn.to_client) == (n, n)
+            w.close()
+            await until(lambda: not lst.connections, what="the pair to close")
+        snap = amb.snapshot()["metrics"]
+        port = str(lst.port)
+        assert snap["connections_total"] == {
+            "total": 4, "backends": {a.backend.label: 2, b.backend.label: 2}, "listeners": {port: 4}}
+        assert snap["connections_open"]["total"] == 0
+        for key in ("bytes_to_backend_total", "bytes_to_client_total"):
+            assert snap[key] == {"total": sum(sizes), "backends": per_backend, "listeners": {port: sum(sizes)}}
+        assert snap["connect_failures_total"]["total"] == 0
+        text = amb.metrics.render()
+        assert f"portlink_ambassador_bytes_to_client_total {sum(sizes)}\n" in text
+        assert f'portlink_ambassador_listener_connections_total{{listener="{lst.port}"}} 4\n' in text
     run(main())
 
 
@@ -698,19 +642,16 @@ def test_stop_closes_everything_and_is_bounded_even_with_a_stuck_client():
     async def main():
         (srv,) = await servers(1, firehose)
         amb, lst = await start([srv.backend])
-        try:
-            r, w = await connect(lst)          # never reads: closing cannot flush to it
-            await until(lambda: lst.connections and next(iter(lst.connections)).upstream, what="pairing")
-            await until(lambda: "peer" in next(iter(lst.connections)).upstream.blocked, what="backpressure")
-            t0 = time.monotonic()
-            await amb.stop(grace=0.3)
-            assert time.monotonic() - t0 < 2.0
-            assert not lst.connections
-            with pytest.raises(OSError):
-                await asyncio.wait_for(asyncio.open_connection("127.0.0.1", lst.port), T)
-            w.close()
-        finally:
-            await srv.stop()
+        r, w = await connect(lst)          # never reads: closing cannot flush to it
+        await until(lambda: lst.connections and next(iter(lst.connections)).upstream, what="pairing")
+        await until(lambda: "peer" in next(iter(lst.connections)).upstream.blocked, what="backpressure")
+        t0 = time.monotonic()
+        await amb.stop(grace=0.3)
+        assert time.monotonic() - t0 < 2.0
+        assert not lst.connections
+        with pytest.raises(OSError):
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", lst.port), T)
+        w.close()
     run(main())
 
 
