@@ -78,6 +78,36 @@ def delete_link(ifname: str) -> None:
         _tolerate(e, errno.ENODEV, errno.ENOENT, errno.EINVAL)
 
 
+def link_states() -> dict[str, tuple[str | None, bool]]:
+    """portlink's links in this namespace: name -> (its master's name, up); one dump."""
+    links = _ipr().get_links()
+    by_index = {l["index"]: l.get_attr("IFLA_IFNAME") for l in links}
+    out = {}
+    for l in links:
+        name = l.get_attr("IFLA_IFNAME")
+        if names.is_ours(name):
+            master = l.get_attr("IFLA_MASTER")
+            out[name] = (by_index.get(master) if master else None, bool(l["flags"] & 1))
+    return out
+
+
+def has_address(ifname: str, address: IPv4Address) -> bool:
+    ipr = _ipr()
+    idx = _index(ipr, ifname)
+    return idx is not None and any(a.get_attr("IFA_ADDRESS") == str(address)
+                                   for a in ipr.get_addr(index=idx, family=2))
+
+
+def set_master(ifname: str, bridge: str) -> None:
+    """Put a host-side veth back on its bridge, up (drift repair)."""
+    ipr = _ipr()
+    idx, br = _index(ipr, ifname), _index(ipr, bridge)
+    if idx is None or br is None:
+        raise OSError(errno.ENODEV, f"{ifname if idx is None else bridge} is missing")
+    ipr.link("set", index=idx, master=br, state="up")
+    ipr.brport("set", index=idx, mode=1)
+
+
 def list_links() -> list[str]:
     """Names of this namespace's links that portlink owns (bridges and veths)."""
     return sorted(n for n in (l.get_attr("IFLA_IFNAME") for l in _ipr().get_links()) if names.is_ours(n))

@@ -330,6 +330,16 @@ def cmd_system(cl, a):
     if a.scmd == "consul":
         r = cl.post("/system/consul/sync") if a.sync else cl.get("/system/consul")
         print(json.dumps(r, indent=2))
+    if a.scmd == "check":
+        r = cl.post("/system/check")
+        if a.format == "json":
+            print(json.dumps(r, indent=2))
+        elif not r["findings"]:
+            print("no drift: the kernel, the firewall and Consul match the state")
+        for f in r["findings"] if a.format != "json" else []:
+            outcome = "repaired" if f["repaired"] else f"NOT repaired: {f['error']}"
+            print(f"{f['subject']}: {f['problem']} ({outcome})")
+        return EXIT_ERROR if any(not f["repaired"] for f in r["findings"]) else 0
     return 0
 
 
@@ -478,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     y.set_defaults(fn=cmd_system)
 
     lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
+    ysub.add_parser("check", help="find and repair drift (veths, bridges, firewall, Consul entries, "
+                    "dead processes)").add_argument("--format", choices=["table", "json"], default="table")
     lsub = lb.add_subparsers(dest="lcmd", required=True)
     x = lsub.add_parser("up", help="create N hosts, each with portlinkd and a Consul agent")
     x.add_argument("--hosts", type=int, default=3)

@@ -23,7 +23,7 @@ from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, 
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
-from portlink.runtime import ambassadors, discovery, links as linkspec, mounts, oci, ports as portspec, validate
+from portlink.runtime import ambassadors, discovery, faults, links as linkspec, mounts, oci, ports as portspec, validate
 from portlink.runtime.discovery import Seen
 from portlink.runtime.images import ImageStore
 from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
@@ -34,6 +34,8 @@ log = logging.getLogger("portlink.containers")
 
 # Container status values
 CREATING, RUNNING, EXITED = "creating", "running", "exited"
+REMOVING = "removing"   # rm under way: a crash here is finished by reconcile, never undone
+AMBASSADOR_RESTART = (0.2, 10.0)   # first and longest delay before an ambassador that died is restarted
 
 
 @dataclass
@@ -109,6 +111,12 @@ class Containers:
         self.remote: Callable[[str], list | None] = lambda name: None   # healthy instances of a service
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        # Held while the DNAT maps and the journal's port rows change, so a full
+        # re-render (drift repair) never drops an element added meanwhile.
+        self.fw_lock = threading.RLock()
+        self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
+        self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
+        self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
 
     # Lookup ------------------------------------------------------------------------
     def _lock(self, cid: str) -> threading.RLock:
@@ -134,7 +142,8 @@ class Containers:
         return str(self.netns_dir / (names.NETNS_PREFIX + cid[:12]))
 
     # run ---------------------------------------------------------------------------
-    def run(self, data: dict) -> dict:
+    def run(self, data: dict, for_links: bool = False) -> dict:
+        """`for_links`: an ambassador started for cross-host links, removed with its last linker."""
         spec = ContainerSpec.from_json(data)
         image = self.images.get(spec.image)          # NotFound names the import command
         net = None if spec.network == NO_NETWORK else self.networks.get(spec.network)
@@ -173,13 +182,17 @@ class Containers:
         if spec.ambassador:
             exposed = sorted(set(exposed) | set(spec.expose))
         made = []                    # ambassadors started for this run: removed if it fails
+        pending = [ambassadors.container_name(n, spec.network) for n in remote]
+        self._linking += pending     # not collected as unused before this container links to them
         try:
             for r in link_reqs:
                 if r.name in remote:
                     amb, fresh = self._ensure_ambassador(r.name, remote[r.name], spec.network)
                     made += [amb] if fresh else []
                     spec.links[link_reqs.index(r)] = f"{amb}:{r.alias}"
-            return self._create(cid, name, spec, exposed, requests)
+            if made:
+                faults.point("run.ambassador")
+            return self._create(cid, name, spec, exposed, requests, for_links)
         except BaseException:
             for amb in made:
                 try:
@@ -187,15 +200,20 @@ class Containers:
                 except Exception as e:
                     log.error("rollback of ambassador %s: %s", amb, e)
             raise
+        finally:
+            for amb in pending:
+                self._linking.remove(amb)
 
-    def _create(self, cid: str, name: str, spec: ContainerSpec, exposed: list[str], requests) -> dict:
-        record = {"spec": asdict(spec), "exposed": exposed}
+    def _create(self, cid: str, name: str, spec: ContainerSpec, exposed: list[str], requests,
+                for_links: bool = False) -> dict:
+        record = {"spec": asdict(spec), "exposed": exposed, **({"for_links": True} if for_links else {})}
         with self.store.tx() as db:
             if db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone():
                 raise Conflict(f"container name {name!r} is already in use")
             db.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)",
                        (cid, name, dumps(record), CREATING, time.time()))
             self._reserve_ports(db, cid, requests)
+        faults.point("run.created")
         try:
             self.store.record("dir", str(self.cdir(cid)), cid)
             self.cdir(cid).mkdir()
@@ -210,6 +228,7 @@ class Containers:
             if isinstance(e, PortlinkError):
                 raise
             raise RuntimeFailure(f"cannot run container {name!r}: {e}") from e
+        faults.point("run.running")
         self.changed()
         return self.inspect(cid)
 
@@ -258,7 +277,7 @@ class Containers:
             self.start(name)
             return name, False
         self.run({"name": name, "image": "busybox", "network": network,
-                  "ambassador": {"service": service, "ports": ports}})
+                  "ambassador": {"service": service, "ports": ports}}, for_links=True)
         return name, True
 
     def _check_link_targets(self, reqs: list[linkspec.LinkRequest], network: str) -> None:
@@ -321,23 +340,29 @@ class Containers:
         rootfs = str(cdir / "rootfs")
         self.store.record("mount", rootfs, cid)
         mounts.mount_overlay(str(image.rootfs), str(cdir / "upper"), str(cdir / "work"), rootfs)
+        faults.point("start.mount")
 
         nspath = self.netns_path(cid)
         self.store.record("netns", nspath, cid)
         kernel_ns.create_netns(nspath)
+        faults.point("start.netns")
         ip = None
         if spec.network != NO_NETWORK:
             net = self.networks.get(spec.network)
             with self.store.tx() as db:
-                ip = Networks.lease(db, net, cid)
+                ip = Networks.lease(db, net, cid, prefer=rec.get("ip") if spec.ambassador else None)
                 self.store.record("lease", f"{net.id}/{ip}", cid, db)
+            faults.point("start.lease")
             ep = self._endpoint(cid, net, ip)
             self.store.record("veth", ep.host_ifname, cid)
             kernel_link.attach(ep)
+            faults.point("start.veth")
             mappings = self._mappings(cid, ip)
-            for m in mappings:
-                self.store.record("port", _mapping_key(m), cid)
-            self.fw.add_ports(mappings)
+            with self.fw_lock:
+                for m in mappings:
+                    self.store.record("port", _mapping_key(m), cid)
+                self.fw.add_ports(mappings)
+            faults.point("start.firewall")
         else:
             kernel_link.loopback_up(nspath)
         me = self._seen(cid, rec, image.config.env, str(ip) if ip else None)
@@ -350,10 +375,14 @@ class Containers:
         bundle.mkdir(exist_ok=True)
         config = oci.build_config(proc, rootfs, nspath, f"/portlink/{cid}")
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        faults.point("start.files")
         self.store.record("runc", cid, cid)
         pid = self.runc.run_detached(cid, bundle, cdir / "container.log")
-        self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL "
-                           "WHERE id=?", RUNNING, pid, time.time(), cid)
+        faults.point("start.runc")
+        if ip is not None and spec.ambassador:
+            rec["ip"] = str(ip)   # a restarted ambassador keeps its address: linkers' env vars name it
+        self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
+                           "spec=? WHERE id=?", RUNNING, pid, time.time(), dumps(rec), cid)
         self.watch(cid, pid)
 
     # names: what DNS and /etc/hosts are built from ----------------------------------
@@ -429,12 +458,15 @@ class Containers:
         return out
 
     # undo: the one teardown path ------------------------------------------------------
-    def _undo(self, cid: str, keep_dir: bool = True) -> list[str]:
-        """Remove what the journal says `cid` owns, newest first; best effort."""
+    def _undo(self, cid: str, keep_dir: bool = True, fault: str | None = None) -> list[str]:
+        """Remove what the journal says `cid` owns, newest first; best effort.
+        `fault`: the fault point to pass halfway (crash tests)."""
         errors: list[str] = []
         rows = self.store.resources(cid)
         netns_goes = any(r["kind"] == "netns" for r in rows)
-        for r in reversed(rows):
+        for i, r in enumerate(reversed(rows)):
+            if fault and i == len(rows) // 2:
+                faults.point(fault)
             kind, name = r["kind"], r["name"]
             if kind == "dir" and keep_dir:
                 continue
@@ -456,11 +488,13 @@ class Containers:
             if err:
                 raise RuntimeFailure(err)
         elif kind == "port":
-            errs = self.fw.remove_ports([_mapping_from_key(name)])
-            # An element already gone is what we want; anything else is reported.
-            errs = [e for e in errs if "No such file" not in e and "does not exist" not in e]
-            if errs:
-                raise RuntimeFailure("; ".join(errs))
+            with self.fw_lock:   # element and journal row go together (see Host.apply_firewall)
+                errs = self.fw.remove_ports([_mapping_from_key(name)])
+                # An element already gone is what we want; anything else is reported.
+                errs = [e for e in errs if "No such file" not in e and "does not exist" not in e]
+                if errs:
+                    raise RuntimeFailure("; ".join(errs))
+                self.store.forget(kind, name)
         elif kind == "veth":
             kernel_link.delete_link(name)
         elif kind == "lease":
@@ -480,8 +514,11 @@ class Containers:
     def start(self, ref: str) -> dict:
         cid = self.row(ref)["id"]
         with self._lock(cid):
+            self._held.discard(cid)
             if self.row(cid)["status"] == RUNNING:
                 return self.inspect(cid)
+            if self.row(cid)["status"] == REMOVING:
+                raise Conflict(f"container {ref!r} is being removed")
             try:
                 self._start(cid)
             except BaseException as e:
@@ -497,6 +534,7 @@ class Containers:
     def stop(self, ref: str, timeout: float = 10) -> dict:
         row = self.row(ref)
         cid = row["id"]
+        self._held.add(cid)   # before the kill: the exit it causes must not restart an ambassador
         with self._lock(cid):
             row = self.row(cid)
             if row["status"] == RUNNING:
@@ -533,8 +571,35 @@ class Containers:
                 self.changed()
                 if errors:
                     log.error("cleanup after %s exited: %s", row["name"], "; ".join(errors))
-                if json.loads(row["spec"])["spec"].get("rm"):
+                spec = json.loads(row["spec"])["spec"]
+                if spec.get("rm"):
                     self.remove(cid, force=True)
+                elif spec.get("ambassador") and cid not in self._held:
+                    self._restart_later(cid, row["name"])
+
+    # ambassadors are restarted when their process dies (killed, crashed, OOM) -----------
+    def _restart_later(self, cid: str, name: str) -> None:
+        now = time.monotonic()
+        recent = [t for t in self._restarts.get(cid, []) if now - t < 60]
+        first, longest = AMBASSADOR_RESTART
+        delay = min(longest, first * 2 ** len(recent))   # a crash loop backs off
+        self._restarts[cid] = recent + [now]
+        log.warning("ambassador %s exited: restarting in %.1fs", name, delay)
+        t = threading.Timer(delay, self._restart_now, (cid, name))
+        t.daemon = True
+        t.start()
+
+    def _restart_now(self, cid: str, name: str) -> None:
+        try:
+            with self._lock(cid):
+                row = self.store.one("SELECT status FROM containers WHERE id=?", cid)
+                if row is None or row["status"] != EXITED or cid in self._held:
+                    return   # removed, started or stopped on purpose meanwhile
+                self.start(cid)
+            log.info("ambassador %s restarted", name)
+        except Exception as e:
+            log.error("restart of ambassador %s failed: %s", name, e)
+            self._restart_later(cid, name)
 
     def restart(self, ref: str, timeout: float = 10) -> dict:
         self.stop(ref, timeout)
@@ -543,23 +608,52 @@ class Containers:
     def remove(self, ref: str, force: bool = False) -> list[str]:
         row = self.row(ref)
         cid = row["id"]
+        self._held.add(cid)
         with self._lock(cid):
             row = self.row(cid)
-            if row["status"] == RUNNING:
-                if not force:
-                    raise Conflict(f"container {row['name']!r} is running: stop it first or use rm -f")
+            if row["status"] == RUNNING and not force:
+                raise Conflict(f"container {row['name']!r} is running: stop it first or use rm -f")
+            # From here on a crash is finished by reconcile: the container ends up gone.
+            self.store.execute("UPDATE containers SET status=? WHERE id=?", REMOVING, cid)
+            faults.point("rm.marked")
+            if row["status"] in (RUNNING, REMOVING) and row["pid"]:
                 self.runc.kill(cid, signal_number("KILL"))
                 wait_gone(row["pid"], 10)
-            errors = self._undo(cid, keep_dir=False)
-            if errors:
-                raise RuntimeFailure(f"could not remove container {row['name']!r} entirely: " + "; ".join(errors))
-            with self.store.tx() as db:
-                db.execute("DELETE FROM ports WHERE container_id=?", (cid,))
-                db.execute("DELETE FROM containers WHERE id=?", (cid,))
+                faults.point("rm.killed")
+            self._finish_remove(cid, row["name"])
         with self._locks_guard:
             self._locks.pop(cid, None)
+        self._held.discard(cid)
+        self._restarts.pop(cid, None)
         self.changed()
+        self._collect_ambassadors()
         return []
+
+    def _finish_remove(self, cid: str, name: str) -> None:
+        errors = self._undo(cid, keep_dir=False, fault="rm.undo")
+        if errors:
+            raise RuntimeFailure(f"could not remove container {name!r} entirely: " + "; ".join(errors))
+        faults.point("rm.undone")
+        with self.store.tx() as db:
+            db.execute("DELETE FROM ports WHERE container_id=?", (cid,))
+            db.execute("DELETE FROM containers WHERE id=?", (cid,))
+
+    def _collect_ambassadors(self) -> list[str]:
+        """Remove ambassadors started for cross-host links that no container links to
+        any more (the last linker was removed, or its `run` died half-way)."""
+        rows = self.store.query("SELECT id, name, spec FROM containers")
+        linked = {linkspec.parse_link(x).name for r in rows for x in json.loads(r["spec"])["spec"].get("links", [])}
+        gone = []
+        for r in rows:
+            if json.loads(r["spec"]).get("for_links") and r["name"] not in linked and r["name"] not in self._linking:
+                try:
+                    self.remove(r["id"], force=True)
+                    gone.append(f"ambassador {r['name']} (no container links to it)")
+                except NotFound:
+                    pass   # removed meanwhile
+                except Exception as e:
+                    log.error("removing unused ambassador %s: %s", r["name"], e)
+        return gone
 
     # views ---------------------------------------------------------------------------
     def inspect(self, ref: str) -> dict:
@@ -650,9 +744,21 @@ class Containers:
                 errors += self._undo(cid, keep_dir=False)
                 self.store.execute("DELETE FROM ports WHERE container_id=?", cid)
                 self.store.execute("DELETE FROM containers WHERE id=?", cid)
+            elif row["status"] == REMOVING:
+                # Interrupted `rm`: finish it (the user asked for the container to go).
+                if row["pid"] and pid_alive(row["pid"]):
+                    self.runc.kill(cid, signal_number("KILL"))
+                    wait_gone(row["pid"], 10)
+                try:
+                    self._finish_remove(cid, row["name"])
+                except RuntimeFailure as e:
+                    errors.append(str(e))
             elif row["status"] == RUNNING and row["pid"] and pid_alive(row["pid"]) and self.runc.state(cid):
                 self.watch(cid, row["pid"])
             elif row["status"] == RUNNING or any(r["kind"] != "dir" for r in self.store.resources(cid)):
                 # Died while we were away, or an interrupted stop: finish the stop.
                 errors += self._stopped(cid, None)
+                if row["status"] == RUNNING and json.loads(row["spec"])["spec"].get("ambassador"):
+                    self._restart_later(cid, row["name"])
+        errors += self._collect_ambassadors()
         return errors

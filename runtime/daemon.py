@@ -24,7 +24,7 @@ from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, reaper
+from portlink.runtime import ambassadors, drift, reaper
 from portlink.runtime.host import Host, HostConfig
 
 log = logging.getLogger("portlink.daemon")
@@ -181,6 +181,9 @@ class Api:
         async def firewall(r):
             return ok({"driver": h.fw.name, "rules": await self.call(h.fw.dump)})
 
+        async def check(r):
+            return ok({"findings": [f.to_json() for f in await self.check()]})
+
         return [
             web.get("/_ping", ping),
             web.post("/containers", run), web.get("/containers", ps),
@@ -194,7 +197,33 @@ class Api:
             web.delete("/images/{name}", img_rm),
             web.post("/system/prune", prune), web.get("/system/firewall", firewall),
             web.get("/system/consul", consul_status), web.post("/system/consul/sync", consul_sync),
+            web.post("/system/check", check),
         ]
+
+    async def check(self) -> list[drift.Finding]:
+        """Drift check and repair: the kernel side, then this host's Consul entries."""
+        found = await self.call(drift.check, self.host)
+        if self.consul:
+            try:
+                done = await self.consul.registrar.sync_once()
+                found += [drift.Finding(f"consul {sid}", "entry missing or changed behind portlink's back", True)
+                          for sid in done.registered]
+                found += [drift.Finding(f"consul {sid}", "entry of this host that nothing accounts for", True)
+                          for sid in done.deregistered]
+            except Exception as e:
+                found.append(drift.Finding("consul", f"resync with {self.consul.cfg.url}", False, describe(e)))
+        return found
+
+    async def check_every(self, interval: float) -> None:
+        """The periodic reconcile: drift is repaired within `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for f in await self.check():
+                    if f.subject.startswith("consul"):
+                        log.warning("drift %s", f)   # the kernel's findings are logged by drift.check
+            except Exception:
+                log.exception("drift check failed")
 
     async def _logs(self, r: web.Request, info: dict, c) -> web.StreamResponse:
         path = Path(info["paths"]["log"])
@@ -260,7 +289,7 @@ def _img_json(i) -> dict:
     return {"name": i.name, "rootfs": str(i.rootfs), "cmd": i.config.cmd, "created": i.created, "size": i.size}
 
 
-async def serve(cfg: HostConfig, socket_path: Path) -> None:
+async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0) -> None:
     host = Host(cfg)
     reap = reaper.Reaper(host.containers.on_exit)
     host.containers.watch = reap.watch
@@ -271,6 +300,7 @@ async def serve(cfg: HostConfig, socket_path: Path) -> None:
     api = Api(host, consul)
     app = web.Application(middlewares=[api.errors], client_max_size=MAX_BODY)
     app.add_routes(api.routes())
+    checker = asyncio.create_task(api.check_every(check_interval)) if check_interval else None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -289,6 +319,8 @@ async def serve(cfg: HostConfig, socket_path: Path) -> None:
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
     await stop.wait()
+    if checker:
+        checker.cancel()
     # Containers keep running across a daemon stop; the next start reconciles.
     await runner.cleanup()
     if consul:
@@ -353,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds between TCP health checks of each registered port")
     p.add_argument("--consul-resync", type=float, default=30.0,
                    help="a full resync with Consul at least this often (seconds)")
+    p.add_argument("--check-interval", type=float, default=30.0,
+                   help="seconds between drift checks (veths, bridges, firewall, Consul); 0: only on demand")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
@@ -367,7 +401,9 @@ def main(argv: list[str] | None = None) -> None:
                                                            a.consul_cacert),
                          advertise=a.advertise, consul_check_interval=a.consul_check_interval,
                          consul_resync=a.consul_resync)
-        asyncio.run(serve(cfg, Path(a.socket)))
+        if a.check_interval and not 1 <= a.check_interval <= 86400:
+            raise InvalidArgument(f"invalid --check-interval {a.check_interval:g}: expected 1 to 86400 seconds, or 0")
+        asyncio.run(serve(cfg, Path(a.socket), a.check_interval))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")
 

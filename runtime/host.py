@@ -139,7 +139,8 @@ class Host:
                                                      self.services))
 
     def apply_firewall(self) -> None:
-        self.fw.apply_all(self.networks.list(), self.containers.active_mappings())
+        with self.containers.fw_lock:   # no DNAT element added or removed between read and render
+            self.fw.apply_all(self.networks.list(), self.containers.active_mappings())
 
     def setup(self) -> list[str]:
         """Bring the host to the recorded state; returns what had to be repaired."""

@@ -101,9 +101,16 @@ class Networks:
 
     # IPAM: called inside the caller's transaction ------------------------------------
     @staticmethod
-    def lease(db, spec: NetworkSpec, container_id: str) -> IPv4Address:
+    def lease(db, spec: NetworkSpec, container_id: str, prefer: str | None = None) -> IPv4Address:
+        """The next free address (round robin); `prefer`: this one if it is free."""
         used = {ip_address(r[0]) for r in db.execute(
             "SELECT ip FROM leases WHERE network_id=?", (spec.id,))}
+        if prefer:
+            want = ip_address(prefer)
+            if want in spec.subnet and want != spec.gateway and want not in used and \
+                    want not in (spec.subnet.network_address, spec.subnet.broadcast_address):
+                db.execute("INSERT INTO leases VALUES (?,?,?)", (spec.id, str(want), container_id))
+                return want
         cur = db.execute("SELECT cursor FROM networks WHERE id=?", (spec.id,)).fetchone()[0]
         ip = ipam.next_free(spec.subnet, spec.gateway, used, ip_address(cur) if cur else None)
         db.execute("INSERT INTO leases VALUES (?,?,?)", (spec.id, str(ip), container_id))

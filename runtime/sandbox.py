@@ -110,6 +110,7 @@ class SimHost:
     firewall: str = "nftables"
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)   # extra daemon environment (fault points)
 
     @classmethod
     def start(cls, role: str = "host", firewall: str = "nftables", extra_args: list[str] | None = None) -> "SimHost":
@@ -138,7 +139,8 @@ class SimHost:
         log = open(self.workdir / "portlinkd.log", "ab")
         self.proc = self.ns.popen(str(VENV_BIN / "portlinkd"), "--socket", self.socket,
                                   "--state-dir", str(self.state_dir), "--firewall", self.firewall,
-                                  *self.extra_args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                  *self.extra_args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, **self.env})
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,150 @@
+"""Drift: compare what the kernel holds with what the state says it should,
+and put it back (touches the kernel through portlink.netns.kernel_*).
+
+Someone deletes a veth, flushes the firewall, takes a bridge down, or a
+container's process dies without the reaper seeing it: `check(host)` finds
+each case, repairs it, and returns one Finding per problem. The daemon runs it
+every `--check-interval` seconds and on demand (`portlink system check`);
+Consul entries removed behind our back are the registrar's resync (the daemon
+adds those findings). Repairs reuse the paths that made the objects, so a
+repaired host is indistinguishable from one that never drifted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from ipaddress import ip_address
+
+from portlink.netns import kernel_link
+from portlink.runtime.containers import RUNNING
+from portlink.runtime.runc import pid_alive
+
+log = logging.getLogger("portlink.drift")
+
+
+@dataclass(frozen=True)
+class Finding:
+    subject: str          # "veth plv-…", "bridge plb-…", "firewall", "container web", "consul …"
+    problem: str
+    repaired: bool
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        outcome = "repaired" if self.repaired else f"NOT repaired: {self.error}"
+        return f"{self.subject}: {self.problem} ({outcome})"
+
+
+def _attempt(subject: str, problem: str, fix) -> Finding:
+    try:
+        fix()
+        return Finding(subject, problem, True)
+    except Exception as e:   # one failed repair must not stop the others
+        return Finding(subject, problem, False, str(e))
+
+
+def check(host) -> list[Finding]:
+    """Find and repair drift on this host: processes, bridges, veths, firewall."""
+    found = _processes(host)
+    found += _bridges(host)
+    found += _endpoints(host)
+    found += _firewall(host)
+    for f in found:
+        (log.warning if f.repaired else log.error)("drift %s", f)
+    return found
+
+
+def _processes(host) -> list[Finding]:
+    """RUNNING rows whose process is gone (an exit the reaper never reported)."""
+    c = host.containers
+    out = []
+    for row in host.store.query("SELECT id, name, pid FROM containers WHERE status=?", RUNNING):
+        if not row["pid"] or pid_alive(row["pid"]):
+            continue
+        with c._lock(row["id"]):   # a stop in progress finishes first and is not drift
+            if c.store.one("SELECT 1 FROM containers WHERE id=? AND status=? AND pid=?",
+                           row["id"], RUNNING, row["pid"]) is None:
+                continue
+            out.append(_attempt(f"container {row['name']}", f"process {row['pid']} is gone but the "
+                                "container is recorded as running",
+                                lambda r=row: c.on_exit(r["id"], r["pid"], None)))
+    return out
+
+
+def _bridges(host) -> list[Finding]:
+    states = kernel_link.link_states()
+    out = []
+    for net in host.networks.list():
+        state = states.get(net.bridge)
+        problem = ("is missing" if state is None else "is down" if not state[1] else
+                   None if kernel_link.has_address(net.bridge, net.gateway) else
+                   f"has lost the gateway address {net.gateway}")
+        if problem:
+            out.append(_attempt(f"bridge {net.bridge}", f"of network {net.name!r} {problem}",
+                                lambda n=net: kernel_link.ensure_bridge(n)))
+    return out
+
+
+def _endpoints(host) -> list[Finding]:
+    """Each running container's veth: present, on its bridge, up, addressed inside."""
+    c = host.containers
+    nets = {n.name: n for n in host.networks.list()}
+    states = kernel_link.link_states()
+    out = []
+    rows = host.store.query("SELECT c.id, c.name, c.spec, l.ip FROM containers c JOIN leases l "
+                            "ON l.container_id = c.id WHERE c.status=?", RUNNING)
+    for row in rows:
+        net = nets.get(json.loads(row["spec"])["spec"]["network"])
+        if net is None:
+            continue
+        ep = c._endpoint(row["id"], net, ip_address(row["ip"]))
+        subject = f"veth {ep.host_ifname} of container {row['name']}"
+        state = states.get(ep.host_ifname)
+        with c._lock(row["id"]):
+            if c.store.one("SELECT 1 FROM containers WHERE id=? AND status=?", row["id"], RUNNING) is None:
+                continue   # stopped or removed since the query
+            if state is None:
+                out.append(_attempt(subject, "is missing", lambda e=ep: kernel_link.attach(e)))
+            elif state[0] != net.bridge or not state[1]:
+                where = f"on {state[0]}" if state[0] else "on no bridge"
+                out.append(_attempt(subject, f"is {where}{'' if state[1] else ', down'} (expected on "
+                                    f"{net.bridge}, up)",
+                                    lambda e=ep: kernel_link.set_master(e.host_ifname, e.network.bridge)))
+            elif kernel_link.address_of(ep.netns_path, ep.ifname) != ep.address:
+                def rewire(e=ep):
+                    kernel_link.delete_link(e.host_ifname)
+                    kernel_link.attach(e)
+                out.append(_attempt(subject, f"{ep.ifname} inside has lost the address {ep.address}", rewire))
+    return out
+
+
+_COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
+
+
+def _normal(listing: str) -> Counter:
+    """A rule listing as a multiset of lines, without counters or order."""
+    return Counter(l.strip() for l in _COUNTERS.sub("", listing).splitlines() if l.strip())
+
+
+def _firewall(host) -> list[Finding]:
+    """Re-render the whole firewall from the state (one atomic batch) and compare:
+    any difference was drift, and the re-render has already repaired it."""
+    with host.containers.fw_lock:
+        before = _normal(host.fw.dump())
+        try:
+            host.apply_firewall()
+        except Exception as e:
+            return [Finding("firewall", "could not be re-rendered", False, str(e))]
+        after = _normal(host.fw.dump())
+    if before == after:
+        return []
+    missing = sum((after - before).values())
+    extra = sum((before - after).values())
+    what = "table or chains missing" if not before else \
+        f"{missing} rule line(s) missing, {extra} unexpected"
+    return [Finding(f"firewall ({host.fw.name})", what, True)]
