@@ -44,7 +44,7 @@ def ensure_bridge(net: NetworkSpec) -> None:
     # change whenever a container comes or goes, and containers' ARP entries for
     # the gateway would point at a MAC that no longer answers. Fix it, derived
     # from the bridge's name so it is stable across daemon restarts.
-    mac = bridge_mac(net.bridge)
+    mac = stable_mac(net.bridge)
     try:
         ipr.link("add", ifname=net.bridge, kind="bridge", address=mac)
     except NetlinkError as e:
@@ -63,9 +63,9 @@ def ensure_bridge(net: NetworkSpec) -> None:
     kernel_ns.write_sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", "1")
 
 
-def bridge_mac(bridge: str) -> str:
-    """A locally administered unicast MAC (02:...) from the bridge's name."""
-    digest = hashlib.sha256(bridge.encode()).digest()
+def stable_mac(name: str) -> str:
+    """A locally administered unicast MAC (02:...) from a bridge's name or a container's id."""
+    digest = hashlib.sha256(name.encode()).digest()
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
@@ -141,8 +141,11 @@ def _add_veth(ipr: IPRoute, ep: Endpoint, br: int) -> None:
     try:
         # index 2: the first link made in a new namespace after lo, named up front
         # so no lookup is needed inside.
+        # The container's MAC is derived from its id, so a pair rebuilt by drift
+        # repair keeps it and neighbours' ARP entries stay right.
         ipr.link("add", ifname=ep.host_ifname, kind="veth", master=br,
-                 peer={"ifname": ep.ifname, "net_ns_fd": fd, "index": CONTAINER_IFINDEX})
+                 peer={"ifname": ep.ifname, "net_ns_fd": fd, "index": CONTAINER_IFINDEX,
+                       "address": stable_mac(ep.container_id)})
     finally:
         os.close(fd)
 
@@ -150,12 +153,14 @@ def _add_veth(ipr: IPRoute, ep: Endpoint, br: int) -> None:
 CONTAINER_IFINDEX = 2
 
 
-def attach(ep: Endpoint) -> None:
+def attach(ep: Endpoint, fresh: bool = True) -> None:
     """Wire a container namespace to its network's bridge.
 
     The veth peer is created directly inside the container's namespace (never
     renamed or moved through the host), then addressed and routed from a netlink
-    socket opened in that namespace."""
+    socket opened in that namespace. `fresh`: the namespace is new, so the peer
+    is ifindex 2; a repair (drift) looks it up by name instead, as the kernel
+    does not hand an ifindex out again at once."""
     ipr = _ipr()
     with kernel_ns.entered(ep.netns_path):
         for key in ("default", "all"):
@@ -182,7 +187,7 @@ def attach(ep: Endpoint) -> None:
             # the port they came in on.
             ipr.brport("set", index=idx, mode=1)
             ipr.link("set", index=idx, state="up")
-            _configure_inside(cipr, ep)
+            _configure_inside(cipr, ep, CONTAINER_IFINDEX if fresh else _index(cipr, ep.ifname))
         except BaseException:
             delete_link(ep.host_ifname)   # leave no half-made pair behind
             raise
@@ -190,8 +195,7 @@ def attach(ep: Endpoint) -> None:
         cipr.close()
 
 
-def _configure_inside(ipr: IPRoute, ep: Endpoint) -> None:
-    idx = CONTAINER_IFINDEX
+def _configure_inside(ipr: IPRoute, ep: Endpoint, idx: int) -> None:
     ipr.addr("add", index=idx, address=str(ep.address), prefixlen=ep.network.subnet.prefixlen)
     ipr.link("set", index=idx, state="up")
     ipr.link("set", index=1, state="up")  # lo is always ifindex 1 in a new namespace

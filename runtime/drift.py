@@ -45,6 +45,7 @@ def _attempt(subject: str, problem: str, fix) -> Finding:
         fix()
         return Finding(subject, problem, True)
     except Exception as e:   # one failed repair must not stop the others
+        log.debug("repair of %s failed", subject, exc_info=True)
         return Finding(subject, problem, False, str(e))
 
 
@@ -109,7 +110,7 @@ def _endpoints(host) -> list[Finding]:
             if c.store.one("SELECT 1 FROM containers WHERE id=? AND status=?", row["id"], RUNNING) is None:
                 continue   # stopped or removed since the query
             if state is None:
-                out.append(_attempt(subject, "is missing", lambda e=ep: kernel_link.attach(e)))
+                out.append(_attempt(subject, "is missing", lambda e=ep: kernel_link.attach(e, fresh=False)))
             elif state[0] != net.bridge or not state[1]:
                 where = f"on {state[0]}" if state[0] else "on no bridge"
                 out.append(_attempt(subject, f"is {where}{'' if state[1] else ', down'} (expected on "
@@ -118,7 +119,7 @@ def _endpoints(host) -> list[Finding]:
             elif kernel_link.address_of(ep.netns_path, ep.ifname) != ep.address:
                 def rewire(e=ep):
                     kernel_link.delete_link(e.host_ifname)
-                    kernel_link.attach(e)
+                    kernel_link.attach(e, fresh=False)
                 out.append(_attempt(subject, f"{ep.ifname} inside has lost the address {ep.address}", rewire))
     return out
 
