@@ -370,6 +370,9 @@ def cmd_lab(cl, a):
         elif a.lcmd == "exec":
             argv = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
             return lab.main_exec(a.name, a.lab_host, argv)
+        elif a.lcmd == "consul":
+            act = lab.agent_start if a.action == "start" else lab.agent_stop
+            act(a.name, a.lab_hosts, progress=progress)
         elif a.lcmd == "down":
             errors = lab.down(a.name, progress)
             for e in errors:
@@ -501,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", default="lab")
     x.add_argument("lab_host", metavar="HOST")
     x.add_argument("argv", nargs=argparse.REMAINDER)
+    x = lsub.add_parser("consul", help="stop or start lab hosts' Consul agents (fault drills)")
+    x.add_argument("--name", default="lab")
+    x.add_argument("action", choices=["stop", "start"])
+    x.add_argument("lab_hosts", metavar="HOST", nargs="+")
     x = lsub.add_parser("down", help="remove everything the lab made")
     x.add_argument("--name", default="lab")
     lb.set_defaults(fn=cmd_lab)

@@ -155,9 +155,7 @@ def _build(lab: Lab, n: int, progress) -> None:
     progress(f"switch {lab.switch_ns}; hosts {', '.join(f'{h.name}={h.ip}' for h in lab.hosts)}")
     agents: list[Agent] = []
     for h in lab.hosts:
-        spec = AgentSpec(h.name, h.ip, Path(h.workdir) / "consul", mode=h.consul_role,
-                         bootstrap_expect=len(servers), join=servers)
-        agent = start_agent(spec, h.netns_path, new_session=True)
+        agent = start_agent(_agent_spec(lab, h), h.netns_path, new_session=True)
         h.consul_pid = lab._own(agent.proc)
         agents.append(agent)
     lab.save()
@@ -170,6 +168,50 @@ def _build(lab: Lab, n: int, progress) -> None:
     for h in lab.hosts:
         _wait_daemon(lab, h)
     progress(f"portlinkd up on {len(lab.hosts)} host(s)")
+
+
+def _agent_spec(lab: Lab, h: LabHost) -> AgentSpec:
+    """The agent of host `h`: the same arguments and data dir every time it starts."""
+    servers = [s.ip for s in lab.hosts if s.consul_role == "server"]
+    return AgentSpec(h.name, h.ip, Path(h.workdir) / "consul", mode=h.consul_role,
+                     bootstrap_expect=len(servers), join=servers)
+
+
+def agent_stop(name: str, hosts: list[str], progress=print) -> None:
+    """Stop the Consul agents of `hosts` (SIGTERM, then SIGKILL): a fault drill."""
+    lab = Lab.load(name)
+    errors: list[str] = []
+    for h in [lab.host(x) for x in hosts]:
+        _end(lab, h.consul_pid, errors, f"{h.name} consul")
+        progress(f"{h.name}: consul agent stopped")
+    if errors:
+        raise RuntimeFailure("; ".join(errors))
+
+
+def agent_start(name: str, hosts: list[str], timeout: float = 60, progress=print) -> None:
+    """Start the Consul agents of `hosts` again, with the arguments and data dir
+    `up` gave them, and wait until each knows a leader (servers that were all
+    down elect one only once a quorum is back: start them together). The new
+    pid is recorded like the first, so `down` ends it."""
+    lab = Lab.load(name)
+    chosen = [lab.host(x) for x in hosts]
+    for h in chosen:
+        if lab.alive(h.consul_pid):
+            raise Conflict(f"the Consul agent of {h.name} is running (pid {h.consul_pid}): "
+                           f"portlink lab consul stop {h.name} first")
+    agents: list[Agent] = []
+    for h in chosen:
+        if h.consul_pid:
+            _reap(h.consul_pid)                    # killed by hand: a zombie of ours, maybe
+            lab.pids.pop(str(h.consul_pid), None)
+        agent = start_agent(_agent_spec(lab, h), h.netns_path, new_session=True)
+        h.consul_pid = lab._own(agent.proc)
+        lab.save()
+        agents.append(agent)
+    deadline = time.monotonic() + timeout
+    for agent in agents:
+        wait_ready(agent, timeout=max(1.0, deadline - time.monotonic()))
+        progress(f"{agent.spec.name}: consul agent up (pid {agent.proc.pid}), leader known")
 
 
 def _start_daemon(lab: Lab, h: LabHost) -> int:
@@ -292,4 +334,4 @@ def main_exec(name: str, host: str, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit("use: portlink lab up|ls|exec|down")
+    sys.exit("use: portlink lab up|ls|exec|consul|down")
