@@ -40,6 +40,8 @@ class Registrar:
         self.passes = 0
         self.last = SyncResult()
         self._wake = asyncio.Event()
+        # Told of each change made: (action "register"/"deregister", service id, service name).
+        self.on_change: Callable[[str, str, str], None] = lambda action, sid, service: None
         self._loop = asyncio.get_running_loop()
         reach.on_up(self.poke)
 
@@ -52,14 +54,17 @@ class Registrar:
 
     async def sync_once(self) -> SyncResult:
         want = await self._loop.run_in_executor(None, self.desired)
-        register, deregister = diff(want, await self.ours(), self.policy)
+        have = await self.ours()
+        register, deregister = diff(want, have, self.policy)
         done = SyncResult()
         for sid in deregister:
             await self.consul.agent.service.deregister(sid)
             done.deregistered.append(sid)
+            self.on_change("deregister", sid, (have.get(sid) or {}).get("Service", ""))
         for r in register:
             await self._register(r)
             done.registered.append(r.id)
+            self.on_change("register", r.id, r.name)
         for sid in done.registered:
             log.info("consul: registered %s", sid)
         for sid in done.deregistered:

@@ -51,7 +51,7 @@ class Client:
     def request(self, method: str, path: str, body: dict | None = None, query: dict | None = None,
                 stream: bool = False):
         if query:
-            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
         conn = _UnixConnection(self.path, None if stream else self.timeout)
         data = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
@@ -264,6 +264,27 @@ def cmd_logs(cl, a):
     return 0
 
 
+def cmd_events(cl, a):
+    """Like `docker events`: the recorded ones from --since, then new ones until
+    --until or Ctrl-C. JSON lines with --format json."""
+    resp = cl.request("GET", "/events", query={"since": a.since, "until": a.until, "filter": a.filter,
+                                                "follow": None if a.until else "1"}, stream=True)
+    try:
+        for line in resp:
+            e = json.loads(line)
+            if a.format == "json":
+                print(json.dumps(e), flush=True)
+                continue
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(e["time"])) + f".{int(e['time'] % 1 * 1e6):06d}Z"
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(e["attrs"].items()))
+            ident = f" {e['id'][:12]}" if e["id"] else ""
+            print(f"{when} {e['type']} {e['action']}{ident} ({'name=' + e['name']}{', ' + attrs if attrs else ''})",
+                  flush=True)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_exec(cl, a):
     r = cl.post(f"/containers/{_q(a.container)}/exec",
                 {"cmd": a.command, "env": _env_args(a.env), "tty": a.tty, "workdir": a.workdir})
@@ -438,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("-f", "--force", action="store_true")
     x.add_argument("containers", nargs="+")
     x.set_defaults(fn=cmd_rm)
+
+    x = sub.add_parser("events", help="what happened on this host (follows until --until or Ctrl-C)")
+    x.add_argument("--since", help="Unix time or duration back from now (30s, 10m, 2h)")
+    x.add_argument("--until", help="Unix time or duration back from now; 0s: now, and do not follow")
+    x.add_argument("-f", "--filter", action="append", default=[],
+                   help="KEY=VALUE: type, event, container, name, network, service (repeatable)")
+    x.add_argument("--format", choices=["text", "json"], default="text")
+    x.set_defaults(fn=cmd_events)
 
     x = sub.add_parser("logs", help="print a container's output")
     x.add_argument("-f", "--follow", action="store_true")

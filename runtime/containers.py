@@ -117,6 +117,7 @@ class Containers:
         self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
         self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
         self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
+        self.event: Callable[..., object] = lambda type, action, name, id="", **attrs: None   # EventLog.emit
 
     # Lookup ------------------------------------------------------------------------
     def _lock(self, cid: str) -> threading.RLock:
@@ -214,6 +215,7 @@ class Containers:
                        (cid, name, dumps(record), CREATING, time.time()))
             self._reserve_ports(db, cid, requests)
         faults.point("run.created")
+        self._emit(cid, spec, "create", image=spec.image)
         try:
             self.store.record("dir", str(self.cdir(cid)), cid)
             self.cdir(cid).mkdir()
@@ -223,14 +225,25 @@ class Containers:
             errors = self._undo(cid, keep_dir=False)
             self.store.execute("DELETE FROM ports WHERE container_id=?", cid)
             self.store.execute("DELETE FROM containers WHERE id=?", cid)
+            self._emit(cid, spec, "destroy", error=str(e))
             if errors:
                 log.error("rollback of %s left errors: %s", name, "; ".join(errors))
             if isinstance(e, PortlinkError):
                 raise
             raise RuntimeFailure(f"cannot run container {name!r}: {e}") from e
         faults.point("run.running")
+        for text in spec.links:
+            link = linkspec.parse_link(text)
+            self._emit(cid, spec, "link", target=link.name, alias=link.alias)
         self.changed()
         return self.inspect(cid)
+
+    def _emit(self, cid: str, spec, action: str, **attrs) -> None:
+        """An event about a container; `spec` is a ContainerSpec or its stored dict."""
+        get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
+        amb = get("ambassador")
+        self.event("ambassador" if amb else "container", action, get("name"), cid,
+                   network=get("network"), service=amb.get("service") if amb else None, **attrs)
 
     # ambassadors and cross-host links -------------------------------------------------
     def _remote_links(self, reqs: list[linkspec.LinkRequest]) -> dict[str, list[int]]:
@@ -383,6 +396,7 @@ class Containers:
             rec["ip"] = str(ip)   # a restarted ambassador keeps its address: linkers' env vars name it
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
                            "spec=? WHERE id=?", RUNNING, pid, time.time(), dumps(rec), cid)
+        self._emit(cid, rec["spec"], "start", pid=pid, ip=str(ip) if ip else None)
         self.watch(cid, pid)
 
     # names: what DNS and /etc/hosts are built from ----------------------------------
@@ -544,6 +558,10 @@ class Containers:
                     self.runc.kill(cid, signal_number("KILL"))
                     wait_gone(pid, 10)
                 errors = self._stopped(cid, None)
+                spec = json.loads(row["spec"])["spec"]
+                self._emit(cid, spec, "die", exit_code=self.store.one(
+                    "SELECT exit_code FROM containers WHERE id=?", cid)["exit_code"])
+                self._emit(cid, spec, "stop")
                 self.changed()
                 if errors:
                     raise RuntimeFailure(f"container {row['name']!r} stopped, but cleanup failed: " + "; ".join(errors))
@@ -568,10 +586,11 @@ class Containers:
                 self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
             if row["status"] == RUNNING:
                 errors = self._stopped(cid, code)
+                spec = json.loads(row["spec"])["spec"]
+                self._emit(cid, spec, "die", exit_code=code)
                 self.changed()
                 if errors:
                     log.error("cleanup after %s exited: %s", row["name"], "; ".join(errors))
-                spec = json.loads(row["spec"])["spec"]
                 if spec.get("rm"):
                     self.remove(cid, force=True)
                 elif spec.get("ambassador") and cid not in self._held:
@@ -596,6 +615,7 @@ class Containers:
                 if row is None or row["status"] != EXITED or cid in self._held:
                     return   # removed, started or stopped on purpose meanwhile
                 self.start(cid)
+                self._emit(cid, json.loads(self.row(cid)["spec"])["spec"], "restart")
             log.info("ambassador %s restarted", name)
         except Exception as e:
             log.error("restart of ambassador %s failed: %s", name, e)
@@ -634,9 +654,11 @@ class Containers:
         if errors:
             raise RuntimeFailure(f"could not remove container {name!r} entirely: " + "; ".join(errors))
         faults.point("rm.undone")
+        spec = json.loads(self.row(cid)["spec"])["spec"]
         with self.store.tx() as db:
             db.execute("DELETE FROM ports WHERE container_id=?", (cid,))
             db.execute("DELETE FROM containers WHERE id=?", (cid,))
+        self._emit(cid, spec, "destroy")
 
     def _collect_ambassadors(self) -> list[str]:
         """Remove ambassadors started for cross-host links that no container links to
@@ -744,6 +766,7 @@ class Containers:
                 errors += self._undo(cid, keep_dir=False)
                 self.store.execute("DELETE FROM ports WHERE container_id=?", cid)
                 self.store.execute("DELETE FROM containers WHERE id=?", cid)
+                self._emit(cid, json.loads(row["spec"])["spec"], "destroy", error="interrupted by a daemon crash")
             elif row["status"] == REMOVING:
                 # Interrupted `rm`: finish it (the user asked for the container to go).
                 if row["pid"] and pid_alive(row["pid"]):
@@ -758,6 +781,8 @@ class Containers:
             elif row["status"] == RUNNING or any(r["kind"] != "dir" for r in self.store.resources(cid)):
                 # Died while we were away, or an interrupted stop: finish the stop.
                 errors += self._stopped(cid, None)
+                if row["status"] == RUNNING:
+                    self._emit(cid, json.loads(row["spec"])["spec"], "die", exit_code=None)
                 if row["status"] == RUNNING and json.loads(row["spec"])["spec"].get("ambassador"):
                     self._restart_later(cid, row["name"])
         errors += self._collect_ambassadors()

@@ -24,7 +24,7 @@ from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, drift, reaper
+from portlink.runtime import ambassadors, drift, events, reaper
 from portlink.runtime.host import Host, HostConfig
 
 log = logging.getLogger("portlink.daemon")
@@ -184,6 +184,9 @@ class Api:
         async def check(r):
             return ok({"findings": [f.to_json() for f in await self.check()]})
 
+        async def event_stream(r):
+            return await self._events(r)
+
         return [
             web.get("/_ping", ping),
             web.post("/containers", run), web.get("/containers", ps),
@@ -197,7 +200,7 @@ class Api:
             web.delete("/images/{name}", img_rm),
             web.post("/system/prune", prune), web.get("/system/firewall", firewall),
             web.get("/system/consul", consul_status), web.post("/system/consul/sync", consul_sync),
-            web.post("/system/check", check),
+            web.post("/system/check", check), web.get("/events", event_stream),
         ]
 
     async def check(self) -> list[drift.Finding]:
@@ -212,6 +215,9 @@ class Api:
                           for sid in done.deregistered]
             except Exception as e:
                 found.append(drift.Finding("consul", f"resync with {self.consul.cfg.url}", False, describe(e)))
+        for f in found:
+            self.host.events.emit("drift", "repaired" if f.repaired else "unrepaired", f.subject,
+                                  problem=f.problem, error=f.error)
         return found
 
     async def check_every(self, interval: float) -> None:
@@ -224,6 +230,29 @@ class Api:
                         log.warning("drift %s", f)   # the kernel's findings are logged by drift.check
             except Exception:
                 log.exception("drift check failed")
+
+    async def _events(self, r: web.Request) -> web.StreamResponse:
+        """JSON lines: the recorded events from --since to --until; with follow=1
+        (and no until) then the new ones as they happen, until the client leaves."""
+        log_ = self.host.events
+        filters = events.parse_filters(r.query.getall("filter", []))
+        since = events.parse_time(r.query.get("since"))
+        until = events.parse_time(r.query.get("until"))
+        follow = r.query.get("follow") in ("1", "true") and until is None
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(r)
+        seen = log_.seq      # read first: an event emitted meanwhile is followed, not lost
+        past = await self.call(lambda: list(log_.read(since, until, filters)))
+        for e in past:
+            await resp.write((json.dumps(e.to_json()) + "\n").encode())
+        while follow:
+            await asyncio.sleep(0.1)
+            seen, new = log_.after(seen)
+            for e in new:
+                if events.matches(e, filters):
+                    await resp.write((json.dumps(e.to_json()) + "\n").encode())
+        await resp.write_eof()
+        return resp
 
     async def _logs(self, r: web.Request, info: dict, c) -> web.StreamResponse:
         path = Path(info["paths"]["log"])
@@ -339,10 +368,21 @@ async def start_consul(host: Host) -> ConsulSync:
     loop = asyncio.get_running_loop()
     pending = False
 
+    last: dict = dict(host.services or {})
+
     def refresh() -> None:
-        nonlocal pending
+        nonlocal pending, last
         pending = False          # cleared first: a change during the rebuild schedules another
         host.refresh_services()
+        now = dict(host.services or {})
+        last, before = now, last
+        # The local ambassadors follow the same catalog: an instance set that changed
+        # is a reroute for each of them (the event names the backends before and after).
+        backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
+        for name, cid, service in host.ambassadors():
+            old, new = backends(service, before), backends(service, now)
+            if old != new:
+                host.events.emit("ambassador", "reroute", name, cid, service=service, backends=new, previous=old)
 
     def on_services(services) -> None:
         # Catalog changes arrive on the event loop; the rebuild reads the store, so it
@@ -358,6 +398,8 @@ async def start_consul(host: Host) -> ConsulSync:
                       CheckPolicy(interval=interval, timeout=f"{min(cfg.consul_check_interval, 2.0):g}s"),
                       cfg.consul_resync)
     await sync.start()
+    # Set before the first await: the registrar's first pass has not run yet.
+    sync.registrar.on_change = lambda action, sid, service: host.events.emit("consul", action, sid, service=service)
     host.after_change.append(sync.poke)
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     return sync

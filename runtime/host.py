@@ -3,6 +3,7 @@ firewall, wired together; set-up at daemon start, reconciliation and prune."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import shutil
@@ -23,7 +24,8 @@ from portlink.errors import InvalidArgument, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.runtime import discovery, mounts
-from portlink.runtime.containers import Containers
+from portlink.runtime.containers import RUNNING, Containers
+from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.state import Store
@@ -97,6 +99,8 @@ class Host:
         self.services: dict[str, tuple[Instance, ...]] | None = {} if cfg.consul else None
         self.after_change: list[Callable[[], None]] = []    # the daemon adds the registrar's poke
         self.containers.changed = self.networks.changed = self._changed
+        self.events = EventLog(cfg.state_dir / "events.jsonl")
+        self.containers.event = self.networks.event = self.events.emit
         if cfg.consul:
             self.containers.consul_url = cfg.consul.url
             self.containers.remote = lambda name: (self.services or {}).get(name.lower())
@@ -105,6 +109,12 @@ class Host:
         self.refresh_names()
         for fn in self.after_change:
             fn()
+
+    def ambassadors(self) -> list[tuple[str, str, str]]:
+        """Running ambassadors: (name, id, service)."""
+        rows = self.store.query("SELECT id, name, spec FROM containers WHERE status=?", RUNNING)
+        return [(r["name"], r["id"], amb["service"]) for r in rows
+                if (amb := json.loads(r["spec"])["spec"].get("ambassador"))]
 
     def registrations(self, advertise: str) -> list[Registration]:
         """What this host should have in Consul now (blocking: reads the store)."""

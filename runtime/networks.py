@@ -28,6 +28,7 @@ class Networks:
         self.default_subnet = default_subnet
         self._apply_firewall = apply_firewall   # re-renders the whole firewall from state
         self.changed = lambda: None             # set by the host: DNS listens on every gateway
+        self.event = lambda type, action, name, id="", **attrs: None   # EventLog.emit
 
     def list(self) -> list[NetworkSpec]:
         return [_spec(r) for r in self.store.query("SELECT * FROM networks ORDER BY name")]
@@ -74,6 +75,7 @@ class Networks:
         except BaseException:
             self._drop(spec)
             raise
+        self.event("network", "create", name, nid, subnet=str(net), internal=internal, icc=icc)
         self.changed()
         return spec
 
@@ -88,6 +90,7 @@ class Networks:
                 errors.append(f"network {spec.name}: {e}")
         if not errors:
             self.store.forget("bridge", spec.bridge)
+        self.event("network", "destroy", spec.name, spec.id)
         self.changed()
         return errors
 

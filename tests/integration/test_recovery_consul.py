@@ -22,9 +22,9 @@ pytestmark = pytest.mark.root
 HTTPD = "mkdir -p /srv && echo hello-$0 > /srv/index.html && exec httpd -f -p 80 -h /srv"
 
 
-def register_external(s, name: str = "ext", port: int = 9000) -> None:
+def register_external(s, name: str = "ext", port: int = 9000, sid: str = "") -> None:
     """Someone else's service in Consul: the Outside namespace's peer-address server."""
-    body = {"ID": f"other-{name}", "Name": name, "Address": Outside.IP, "Port": port,
+    body = {"ID": sid or f"other-{name}", "Name": name, "Address": Outside.IP, "Port": port,
             "Meta": {"portlink-port": "80/tcp"}}
     code, _, text = s.agent.put("/v1/agent/service/register", body)
     assert code == 200, text
@@ -60,11 +60,30 @@ def test_killed_ambassador_is_restarted_and_keeps_its_address(consul):
     assert now["network"]["ip"] == amb["network"]["ip"], "web's env vars name the old address"
     assert wait_for(lambda: through_link(h, "web", "sql") == Outside.HOST_IP, timeout=15)
     assert "ambassador amb-ext-bridge exited: restarting" in h.daemon_log()
+    assert [(e["action"], e["attrs"].get("service")) for e in events(h, "--filter", "container=amb-ext-bridge")
+            if e["action"] in ("die", "restart")] == [("die", "ext"), ("restart", "ext")]
 
     # Stopped on purpose: it stays stopped.
     h.cli("stop", "-t", "1", "amb-ext-bridge", check=True)
     time.sleep(1.5)   # longer than the first restart delay
     assert h.client.get("/containers/amb-ext-bridge")["status"] == "exited"
+
+
+def events(h: SimHost, *args: str) -> list[dict]:
+    r = h.cli("events", "--until", "0s", "--format", "json", *args)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(l) for l in r.stdout.splitlines()]
+
+
+def test_a_catalog_change_is_a_reroute_event(consul):
+    h = consul.h
+    linked_web(consul)
+    register_external(consul, port=9001, sid="other-ext-2")
+    def reroutes():
+        return [e["attrs"] for e in events(h, "--filter", "event=reroute")]
+    got = wait_for(reroutes, timeout=10)
+    assert got and got[-1]["backends"] == [f"{Outside.IP}:9000", f"{Outside.IP}:9001"]
+    assert got[-1]["previous"] == [f"{Outside.IP}:9000"] and got[-1]["service"] == "ext"
 
 
 def test_removing_the_last_linker_removes_its_ambassador(consul):
@@ -114,6 +133,10 @@ def test_consul_entry_removed_behind_our_back_is_restored(consul):
     found = json.loads(r.stdout)["findings"]
     assert [(f["subject"], f["repaired"]) for f in found] == [(f"consul {entry}", True)]
     assert ours(agent, hid) == {entry}
+    assert [(e["type"], e["action"], e["name"], e["attrs"].get("service")) for e in events(h)
+            if e["type"] in ("consul", "drift")] == [
+        ("consul", "register", entry, "web"),
+        ("consul", "register", entry, "web"), ("drift", "repaired", f"consul {entry}", None)]
 
 
 @pytest.mark.parametrize("point,present", [("start.runc", False), ("run.running", True)])
