@@ -23,6 +23,7 @@ from portlink.catalog import config as consul_config
 from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
+from portlink import logsetup
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, drift, events, reaper
 from portlink.runtime.host import Host, HostConfig
@@ -429,10 +430,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="a full resync with Consul at least this often (seconds)")
     p.add_argument("--check-interval", type=float, default=30.0,
                    help="seconds between drift checks (veths, bridges, firewall, Consul); 0: only on demand")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=logsetup.FORMATS,
+                   help="text (default) or json: one JSON object per line")
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(a.log_level, a.log_format)
     if os.geteuid() != 0:
         sys.exit("portlinkd: must run as root (it manages namespaces, bridges and firewalls)")
     reaper.become_subreaper()

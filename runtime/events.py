@@ -101,6 +101,10 @@ class EventLog:
     def emit(self, type: str, action: str, name: str, id: str = "", **attrs) -> Event:
         e = Event(time.time(), type, action, name, id, {k: v for k, v in attrs.items() if v is not None})
         line = json.dumps(e.to_json(), separators=(",", ":")) + "\n"
+        # One log line per event too: readable in text, every field a key in JSON logs.
+        log.info("%s %s %s%s", type, action, name,
+                 "".join(f" {k}={v}" for k, v in sorted(e.attrs.items())),
+                 extra={"event": action, "object": type, "object_name": name, "object_id": id, **{f"attr_{k}": v for k, v in e.attrs.items()}})
         with self._lock:
             try:
                 self._rotate_if_needed(len(line))

@@ -108,3 +108,24 @@ def test_events_survive_a_daemon_restart_and_drift_is_recorded(nft_host):
     assert brief(evs) == [("drift", "repaired", f"veth {veth} of container a")]
     assert evs[0]["attrs"]["problem"] == "is missing"
     assert ("container", "start", "a") in brief(recorded(h))
+
+
+def test_json_logs_one_line_per_event_and_no_traceback_for_user_errors():
+    from portlink.runtime.sandbox import SimHost
+    h = SimHost.start("jsonlog", extra_args=["--log-format", "json"])
+    try:
+        h.cli("run", "-d", "--name", "web", "busybox", "sleep", "600", check=True)
+        bad = h.cli("run", "--name", "web", "busybox", "true")            # name in use
+        assert bad.returncode == 125 and "already in use" in bad.stderr
+        assert h.cli("run", "--name", "x/y", "busybox", "true").returncode == 125
+        h.cli("rm", "-f", "web", check=True)
+        lines = [l for l in h.daemon_log().splitlines() if l.strip()]
+        records = [json.loads(l) for l in lines]          # every line is one JSON object
+        assert not any("exc" in r or "Traceback" in r["msg"] for r in records)
+        starts = [r for r in records if r.get("event") == "start" and r.get("object_name") == "web"]
+        assert len(starts) == 1 and starts[0]["object"] == "container" and starts[0]["level"] == "info"
+        assert [r["event"] for r in records if r.get("object_name") == "web" and "event" in r] == \
+            ["create", "start", "destroy"]
+    finally:
+        errors = h.destroy()
+    assert not errors
