@@ -25,7 +25,7 @@ from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
 from portlink.runtime import ambassadors, discovery, faults, links as linkspec, mounts, oci, ports as portspec, validate
 from portlink.runtime.discovery import Seen
-from portlink.runtime.images import ImageStore
+from portlink.runtime.images import ImageStore, check_name as check_image_name
 from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
 from portlink.runtime.state import Store, dumps
@@ -84,7 +84,28 @@ class ContainerSpec:
         for f in ("image", "name", "network", "hostname", "workdir", "user"):
             if not isinstance(getattr(spec, f), str):
                 raise InvalidArgument(f"field {f!r} must be a string")
+        spec._check_values()
         return spec
+
+    def _check_values(self) -> None:
+        """Values, before anything is made: every message names the field."""
+        check_image_name(self.image)
+        if self.name:
+            validate.name("container", self.name)
+        validate.network_ref(self.network)
+        if self.hostname:
+            validate.hostname(self.hostname)
+        if self.workdir:
+            validate.abs_path("workdir", self.workdir)
+        validate.argv("cmd", self.cmd)
+        for e in self.env:
+            validate.env_entry(e)
+        for d in self.dns:
+            validate.ip("--dns", d)
+        for a in self.aliases:
+            validate.name("network alias", a)
+        for k, v in self.labels.items():
+            validate.label(k, v)
 
 
 def _mapping_key(p: PortMapping) -> str:

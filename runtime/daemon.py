@@ -39,6 +39,24 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _check_unicode(data: object) -> None:
+    """JSON can carry lone surrogates ("\\ud800") that no file, database or kernel
+    interface can encode: refuse them here rather than fail halfway through a run."""
+    todo = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            todo += item
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"invalid text {item!r} in the request body: "
+                                      "a lone UTF-16 surrogate is not a character") from None
+
+
 class Api:
     def __init__(self, host: Host, consul: ConsulSync | None = None, workers: int = 16) -> None:
         self.host = host
@@ -56,8 +74,11 @@ class Api:
             data = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidArgument(f"malformed JSON in the request body: {e}") from None
+        except RecursionError:
+            raise InvalidArgument("malformed JSON in the request body: nested too deeply") from None
         if not isinstance(data, dict):
             raise InvalidArgument("the request body must be a JSON object")
+        _check_unicode(data)
         return data
 
     @web.middleware
@@ -68,8 +89,11 @@ class Api:
             return _json_error(e.status, str(e))
         except web.HTTPRequestEntityTooLarge:
             return _json_error(413, f"request body too large (limit {MAX_BODY} bytes)")
-        except web.HTTPException:
-            raise
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            # unknown path, wrong method: JSON like every other error, so clients parse one shape
+            return _json_error(e.status, f"{e.reason}: {request.method} {request.path}")
         except Exception as e:
             log.exception("internal error on %s %s", request.method, request.path)
             return _json_error(500, f"internal error: {e}")
@@ -145,8 +169,12 @@ class Api:
 
         async def img_import(r):
             b = await self.body(r)
-            img = await self.call(h.images.import_tar, Path(b.get("path", "")), b.get("name", ""))
-            return ok(_img_json(img))
+            unknown = set(b) - {"path", "name"}
+            if unknown:
+                raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
+            # the store checks both (types too) before it touches anything
+            img = await self.call(h.images.import_tar, b.get("path"), b.get("name"))
+            return ok({**_img_json(img), "warnings": list(img.warnings)})
 
         async def img_ls(r):
             return ok([_img_json(i) for i in await self.call(h.images.list)])

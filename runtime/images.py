@@ -27,7 +27,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from portlink.runtime.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 
@@ -38,6 +38,16 @@ NAME_RULE = "1-128 characters of a-z, 0-9, '_', '.', '-', starting with a letter
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 BUSYBOX_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 PROGRESS_INTERVAL = 0.1  # seconds between progress() calls
+# Bounds of one import, so a hostile or broken tar (a gzip bomb, millions of empty
+# entries, a gigabyte "long name") fails with a message instead of filling the disk
+# or the daemon's memory. A large distribution rootfs has ~200k entries and a few GB.
+MAX_IMAGE_BYTES = 32 << 30        # sum of the members' sizes
+MAX_MEMBERS = 500_000              # tarfile keeps ~0.5 KB per member in memory
+MAX_EXT_HEADER = 1 << 20           # one pax / GNU long-name header (read into memory whole)
+DISK_RESERVE = 512 << 20           # left free on the store's filesystem
+MAX_CONFIG_FILE = 1 << 20          # an image file the runtime reads on the host (etc/passwd)
+_EXT_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+              tarfile.SOLARIS_XHDTYPE)
 
 Progress = Callable[[int, int], None]
 
@@ -62,14 +72,15 @@ class Image:
 
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidArgument(f"invalid image name {name!r}: use {NAME_RULE}")
 
 
 class ImageStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_bytes: int = MAX_IMAGE_BYTES, max_members: int = MAX_MEMBERS):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes, self.max_members = max_bytes, max_members
 
     # -- reading -----------------------------------------------------------
 
@@ -83,7 +94,7 @@ class ImageStore:
     def list(self) -> list[Image]:
         images = []
         for entry in sorted(os.listdir(self.root)):
-            if not NAME_RE.match(entry):  # skips .tmp-* build dirs
+            if not NAME_RE.fullmatch(entry):  # skips .tmp-* build dirs
                 continue
             try:
                 image = self._load(entry)
@@ -141,18 +152,17 @@ class ImageStore:
             raise InvalidArgument(f"invalid cmd {cmd!r}: give a non-empty list of non-empty strings")
         if (self.root / name / "image.json").exists():
             raise Conflict(f"image '{name}' already exists; remove it first")
+        raw = _open_regular(tar_path)
         tar_path = Path(tar_path)
-        try:
-            raw = open(tar_path, "rb")
-        except OSError as e:
-            raise InvalidArgument(f"cannot read {tar_path}: {e.strerror or e}") from None
         with raw:
             try:
-                archive = tarfile.open(fileobj=raw, mode="r:*")  # plain, gzip, bzip2, xz
-            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError):
+                # plain, gzip, bzip2, xz; _BoundedInfo refuses oversized extension headers
+                archive = tarfile.open(fileobj=raw, mode="r:*", tarinfo=_BoundedInfo)
+            except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, RecursionError):
                 raise InvalidArgument(f"{tar_path} is not a tar archive") from None
             with archive:
-                guard = _MemberGuard(raw, os.fstat(raw.fileno()).st_size, progress)
+                guard = _MemberGuard(raw, os.fstat(raw.fileno()).st_size, progress,
+                                     self._byte_budget(), self.max_members)
                 config = ImageConfig(cmd=list(cmd), env=list(DEFAULT_ENV))
                 image = self._build(name, config, lambda rootfs: guard.extract(archive, rootfs, tar_path))
         if guard.skipped:
@@ -161,6 +171,14 @@ class ImageStore:
             log.warning("image %s: %s", name, warning)
             image = dataclasses.replace(image, warnings=(warning,))
         return image
+
+    def _byte_budget(self) -> tuple[int, str]:
+        """How many bytes of members one import may extract, and why that many."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize - DISK_RESERVE
+        if free < self.max_bytes:
+            return max(free, 0), f"the free space in {self.root} less a reserve of {DISK_RESERVE >> 20} MiB"
+        return self.max_bytes, "the limit of one image"
 
     def _build(self, name: str, config: ImageConfig, fill: Callable[[Path], None]) -> Image:
         """Run fill(rootfs) in a private tmp dir, then publish it under `name` with one rename."""
@@ -188,7 +206,94 @@ class ImageStore:
         return Image(name, final / "rootfs", config, created, size)
 
 
+def read_image_file(rootfs: Path, rel: str, limit: int = MAX_CONFIG_FILE) -> str:
+    """A small text file of an image (etc/passwd), read as the container would see it:
+    symlinks resolve inside the rootfs (an absolute target means the image's root, a
+    `..` stops at it), never on the host. Missing, not a regular file or a symlink
+    loop: ''. Larger than `limit`: InvalidArgument. Images are immutable, so the walk
+    does not race with writers."""
+    root = os.fspath(rootfs)
+    todo = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            done = done[:-1]
+            continue
+        try:
+            st = os.lstat(os.path.join(root, *done, part))
+        except (FileNotFoundError, NotADirectoryError):
+            return ""
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:  # the kernel's own limit
+                return ""
+            target = os.readlink(os.path.join(root, *done, part))
+            done = [] if target.startswith("/") else done
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+            continue
+        done.append(part)
+    try:
+        fd = os.open(os.path.join(root, *done), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidArgument(f"the image's /{rel.lstrip('/')} is larger than {limit} bytes; not reading it")
+    return data.decode(errors="replace")
+
+
 # -- safe extraction ---------------------------------------------------------
+
+
+def _open_regular(tar_path) -> BinaryIO:
+    """Open the tarball for reading; only a regular file (a FIFO would block the
+    daemon forever, /dev/zero would never end)."""
+    if not isinstance(tar_path, (str, os.PathLike)):
+        raise InvalidArgument(f"invalid tar path {tar_path!r}: give the absolute path of a tar file")
+    path = os.fspath(tar_path)
+    if not isinstance(path, str) or "\0" in path or not os.path.isabs(path):
+        raise InvalidArgument(f"invalid tar path {path!r}: give the absolute path of a tar file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO opens at once
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidArgument(f"cannot read {path}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header into memory whole, before any
+    filter sees a member: refuse one that declares more than MAX_EXT_HEADER bytes."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _EXT_TYPES and self.size > MAX_EXT_HEADER:
+            raise InvalidArgument(f"tar header at offset {self.offset} is an extended header of "
+                                  f"{self.size} bytes (limit {MAX_EXT_HEADER}); refusing the archive")
+        return super()._proc_member(tarfile_)
+
+
+def _neutral_attrs(member: tarfile.TarInfo, name: str) -> dict:
+    """Ownership and times a hostile header could make os.chown/os.utime choke on:
+    NUL in names is refused; an impossible uid/gid is refused; an absurd mtime becomes 0."""
+    for what, value in (("name", member.name), ("link target", member.linkname)):
+        if "\0" in value:
+            raise InvalidArgument(f"tar member {member.name!r}: {what} contains a NUL byte; refusing the archive")
+    for what in ("uid", "gid"):
+        value = getattr(member, what)
+        if not isinstance(value, int) or not 0 <= value < 0xFFFFFFFF:  # (uid_t)-1 means "unchanged"
+            raise InvalidArgument(f"tar member {name!r}: {what} {value!r} is out of range; refusing the archive")
+    mtime = member.mtime
+    if not isinstance(mtime, (int, float)) or not -(1 << 40) < mtime < (1 << 40):  # NaN fails both
+        return {"mtime": 0}
+    return {}
 
 
 def _relative(path: str, member: tarfile.TarInfo, what: str = "path") -> str:
@@ -221,12 +326,13 @@ def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
         return None  # devices, fifos: the runtime provides /dev
     name = _relative(member.name, member)
+    fixed = _neutral_attrs(member, name)
     _check_parents(dest, name, member)
     target = os.path.join(dest, name)
     if os.path.lexists(target) and not (member.isdir() and stat.S_ISDIR(os.lstat(target).st_mode)):
         # tarfile would open an existing symlink and write through it
         raise InvalidArgument(f"tar member {member.name!r} replaces an earlier entry; refusing the archive")
-    attrs: dict = {"name": name, "mode": member.mode & ~(stat.S_ISUID | stat.S_ISGID)}
+    attrs: dict = {"name": name, "mode": member.mode & 0o1777, **fixed}  # no setuid/setgid, no high bits
     if member.issym() and not member.linkname.startswith("/"):
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
         if resolved == ".." or resolved.startswith("../"):
@@ -255,15 +361,28 @@ def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
 class _MemberGuard:
     """tarfile filter: vets each member just before it is extracted and reports progress."""
 
-    def __init__(self, raw, total: int, progress: Progress | None):
+    def __init__(self, raw, total: int, progress: Progress | None, budget: tuple[int, str] = (MAX_IMAGE_BYTES, ""),
+                 max_members: int = MAX_MEMBERS):
         self.raw, self.total, self.progress = raw, total, progress
+        self.max_bytes, self.why = budget
+        self.max_members = max_members
         self.current: str | None = None
         self.skipped: list[str] = []
+        self.members = self.bytes = 0
         self._last = 0.0
 
     def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         self.current = member.name
         self._report(self.raw.tell())
+        # Counted before the member's data is read: a bomb stops at its header.
+        self.members += 1
+        self.bytes += max(member.size, 0)
+        if self.members > self.max_members:
+            raise InvalidArgument(f"tar member {member.name!r}: the archive has more than {self.max_members} "
+                                  "entries; refusing it")
+        if self.bytes > self.max_bytes:
+            raise InvalidArgument(f"tar member {member.name!r} ({member.size} bytes) brings the image past "
+                                  f"{self.max_bytes} bytes, {self.why}; refusing the archive")
         safe = _safe_member(member, dest)
         if safe is None:
             self.skipped.append(member.name)
@@ -282,6 +401,9 @@ class _MemberGuard:
             raise
         except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
             raise InvalidArgument(f"cannot import {self._where(tar_path)}: {e}") from None
+        except RecursionError:  # tarfile recurses once per chained extension header
+            raise InvalidArgument(f"cannot import {self._where(tar_path)}: too many chained extended "
+                                  "headers") from None
         except OSError as e:
             cls = RuntimeFailure if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else InvalidArgument
             raise cls(f"cannot import {self._where(tar_path)}: {e.strerror or e}") from None

@@ -49,6 +49,12 @@ class Networks:
     def create(self, name: str, subnet: str | None = None, gateway: str | None = None,
                internal: bool = False, icc: bool = True) -> NetworkSpec:
         validate.name("network", name)
+        for what, value in (("subnet", subnet), ("gateway", gateway)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgument(f"field {what!r} must be a string, not {value!r}")
+        for what, value in (("internal", internal), ("icc", icc)):
+            if not isinstance(value, bool):
+                raise InvalidArgument(f"field {what!r} must be true or false, not {value!r}")
         if name == NO_NETWORK:
             raise InvalidArgument(f"network name {name!r} is reserved")
         existing = [(n.name, n.subnet) for n in self.list()]
