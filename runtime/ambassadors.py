@@ -37,17 +37,17 @@ class AmbassadorSpec:
         if unknown:
             raise InvalidArgument(f"unknown field(s) in 'ambassador': {', '.join(unknown)}")
         service = data.get("service")
-        if not isinstance(service, str) or not service or len(service) > 63 or \
+        if not isinstance(service, str) or not service or len(service) > 63 or not service.isascii() or \
                 not all(c.isalnum() or c in "-_." for c in service):
             raise InvalidArgument(f"invalid ambassador service {service!r}: a Consul service name")
         ports = data.get("ports", [])
-        if not isinstance(ports, list) or not all(isinstance(p, int) and 1 <= p <= 65535 for p in ports):
+        if not isinstance(ports, list) or not all(type(p) is int and 1 <= p <= 65535 for p in ports):
             raise InvalidArgument(f"invalid ambassador ports {ports!r}: TCP port numbers")
         policy = data.get("policy", "drain")
         if policy not in POLICIES:
             raise InvalidArgument(f"invalid ambassador policy {policy!r}: use keep, drain or close")
         deadline = data.get("drain_deadline", 10.0)
-        if not isinstance(deadline, (int, float)) or not 0 < deadline <= 3600:
+        if type(deadline) not in (int, float) or not 0 < deadline <= 3600:
             raise InvalidArgument(f"invalid ambassador drain deadline {deadline!r}: 0 to 3600 seconds")
         return cls(service, tuple(sorted(set(ports))), policy, float(deadline))
 

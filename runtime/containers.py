@@ -25,7 +25,7 @@ from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
 from portlink.runtime import ambassadors, discovery, faults, links as linkspec, mounts, oci, ports as portspec, validate
 from portlink.runtime.discovery import Seen
-from portlink.runtime.images import ImageStore, check_name as check_image_name
+from portlink.runtime.images import ImageStore, check_name as check_image_name, read_image_file
 from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
 from portlink.runtime.state import Store, dumps
@@ -351,7 +351,8 @@ class Containers:
     def _process(self, spec: ContainerSpec, image, link_env: list[str] = ()) -> oci.ProcessSpec:
         uid = gid = 0
         if spec.user:
-            read = lambda p: (image.rootfs / p).read_text() if (image.rootfs / p).is_file() else ""
+            # Resolved inside the image: an etc/passwd symlinked to /etc/shadow reads nothing of the host's.
+            read = lambda p: read_image_file(image.rootfs, p)
             uid, gid = validate.parse_user(spec.user, read("etc/passwd"), read("etc/group"))
         # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
         # user's entries replacing or appending (so -e overrides a link variable).

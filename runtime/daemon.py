@@ -25,7 +25,7 @@ from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink import logsetup
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, drift, events, reaper
+from portlink.runtime import ambassadors, drift, events, reaper, validate
 from portlink.runtime.host import Host, HostConfig
 
 log = logging.getLogger("portlink.daemon")
@@ -138,9 +138,8 @@ class Api:
             return ok({"removed": r.match_info["ref"]})
 
         async def exec_argv(r):
-            b = await self.body(r)
-            return ok({"argv": await self.call(c.exec_argv, r.match_info["ref"], b.get("cmd") or [],
-                                               b.get("env") or [], bool(b.get("tty")), b.get("workdir"))})
+            cmd, env, tty, workdir = validate.exec_body(await self.body(r))
+            return ok({"argv": await self.call(c.exec_argv, r.match_info["ref"], cmd, env, tty, workdir)})
 
         async def logs(r):
             info = await self.call(c.inspect, r.match_info["ref"])
@@ -152,7 +151,7 @@ class Api:
             if unknown:
                 raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
             spec = await self.call(n.create, b.get("name", ""), b.get("subnet"), b.get("gateway"),
-                                   bool(b.get("internal", False)), bool(b.get("icc", True)))
+                                   b.get("internal", False), b.get("icc", True))   # create checks the types
             return ok(_net_json(spec))
 
         async def net_ls(r):

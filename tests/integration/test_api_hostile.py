@@ -268,3 +268,19 @@ def test_commands_and_env_are_passed_literally(nft_host):
     assert not host_marker.exists()
     assert not list(h.workdir.rglob("pwned-*"))
     assert_daemon_log_clean(h)
+
+
+def test_exec_and_network_bodies_are_type_checked(nft_host):
+    h = nft_host
+    h.cli("run", "-d", "--name", "c", "busybox", "sleep", "600", check=True)
+    for obj, needle in [({"cmd": "id"}, "cmd"), ({"cmd": [1]}, "cmd"), ({"cmd": ["id"], "tty": "yes"}, "tty"),
+                        ({"cmd": ["id"], "env": ["A=1\nB=2"]}, "value for A"), ({"cmd": ["id"], "colour": 1}, "colour"),
+                        ({"cmd": ["id"], "workdir": "rel/dir"}, "workdir")]:
+        status, answer = post(h, "/containers/c/exec", obj)
+        assert status == 400 and needle in answer["error"], (obj, status, answer)
+    before = h.client.get("/networks")
+    for obj, needle in [({"name": "n1", "internal": "no"}, "internal"), ({"name": "n1", "icc": 0}, "icc")]:
+        status, answer = post(h, "/networks", obj)
+        assert status == 400 and needle in answer["error"], (obj, status, answer)
+    assert h.client.get("/networks") == before
+    assert_daemon_log_clean(h)

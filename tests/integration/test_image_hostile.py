@@ -131,3 +131,21 @@ def test_real_rootfs_with_absolute_symlinks_and_devices_imports_and_runs(nft_hos
     assert oct(os.stat(rootfs / "bin/busybox").st_mode & 0o7777) == oct(0o755)
     assert (outside / "sentinel").read_bytes() == b"untouched\n"
     assert h.cli("image", "rm", "distro").returncode == 0
+
+
+def test_user_lookup_reads_the_images_passwd_never_the_hosts(nft_host, tmp_path, outside):
+    """An image whose etc/passwd is a symlink to a host path: `run -u NAME` must
+    resolve it inside the image (nothing there), not read the host's file."""
+    h = nft_host
+    (outside / "passwd").write_text("hostonly:x:4242:4242::/:/bin/sh\n")
+    busybox = find_busybox().read_bytes()
+    tar = write_tar(tmp_path / "sly.tar", [
+        entry("bin/busybox", data=busybox, mode=0o755),
+        entry("bin/sh", tarfile.SYMTYPE, linkname="/bin/busybox"),
+        entry("etc/passwd", tarfile.SYMTYPE, linkname=str(outside / "passwd")),
+    ])
+    assert h.cli("image", "import", str(tar), "sly").returncode == 0
+    r = h.cli("run", "--rm", "-u", "hostonly", "sly", "sh", "-c", "id -u")
+    assert r.returncode == 125 and "hostonly" in r.stderr, (r.stdout, r.stderr)
+    assert h.cli("run", "--rm", "-u", "4242", "sly", "sh", "-c", "id -u").stdout.strip() == "4242"
+    assert h.cli("image", "rm", "sly").returncode == 0
