@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute clean
+.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute bench-fuzz clean
 
 setup:
 	./scripts/setup
@@ -35,3 +35,6 @@ bench-proxy: setup
 
 bench-reroute: setup
 	.venv/bin/python -P bench/reroute.py
+
+bench-fuzz: setup
+	.venv/bin/python -P bench/dns_fuzz.py

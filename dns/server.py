@@ -10,10 +10,11 @@ A new snapshot empties that table, so answers follow the containers at once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dnslib import EDNS0, RCODE, DNSHeader, DNSRecord
@@ -31,7 +32,9 @@ log = logging.getLogger("portlink.dns")
 
 MAX_QUERY = 4096          # a query is a question and an OPT record; anything bigger is hostile
 MAX_PACKED = 50_000       # packed answers kept; the table is emptied when it fills
+MAX_PACKED_BYTES = 32 << 20   # ... or when keys and answers reach this (4 KB queries: 200 MB at 50,000)
 MAX_FORWARDS = 1024       # upstream queries in flight; beyond that SERVFAIL at once
+MAX_BACKLOG = 512         # datagrams a listener has handed to the slow path and not yet seen taken
 MAX_TCP = 256             # concurrent TCP clients
 TCP_IDLE = 10.0           # seconds a TCP client may sit silent
 IP_FREEBIND = 15
@@ -45,17 +48,30 @@ class ServerConfig:
 
 class _Rotor:
     """Several packed orders of one answer, handed out in turn; the turn is
-    shared by every spelling of the question (EDNS cookies differ per client)."""
+    shared by every spelling of the question (EDNS cookies differ per client).
 
-    __slots__ = ("variants", "turn")
+    Each order is packed when it is first handed out: packing all n orders of
+    an n-address answer up front costs n^2 records, 64 ms at 60 addresses, for
+    every new spelling of the name a client cares to send (0x20 case, flags)."""
 
-    def __init__(self, variants: list[bytes], turn: list[int]) -> None:
-        self.variants, self.turn = variants, turn
+    __slots__ = ("variants", "turn", "build")
+
+    def __init__(self, first: bytes, n: int, build: Callable[[int], bytes], turn: list[int]) -> None:
+        self.variants: list[bytes | None] = [first] + [None] * (n - 1)
+        self.turn, self.build = turn, build
 
     def next(self) -> bytes:
         t = self.turn
         t[0] += 1
-        return self.variants[t[0] % len(self.variants)]
+        k = t[0] % len(self.variants)
+        v = self.variants[k]
+        if v is None:
+            try:   # in a listener's thread: the snapshot is immutable, answer() pure
+                v = self.variants[k] = self.build(k)
+            except Exception:   # never let a listener's thread die: the first order will do
+                log.exception("packing answer order %d failed", k)
+                v = self.variants[0]
+        return v
 
 
 class _UdpListener:
@@ -66,12 +82,18 @@ class _UdpListener:
     def __init__(self, server: "DnsServer", sock: socket.socket, addr: str) -> None:
         self.server, self.sock, self.addr = server, sock, addr
         self.stopping = False
+        # Each counter has one writer (this thread, the loop's), so no lock: queued - taken
+        # is the backlog. Past MAX_BACKLOG a miss is dropped, as a full socket buffer would
+        # drop it: the blocking loop reads faster than the slow path answers, and a flood
+        # of misses would otherwise queue without bound (memory, and minutes of delay for
+        # every other container's first question) while hits keep flowing.
+        self.queued = self.taken = self.dropped = 0
         self.thread = threading.Thread(target=self._run, name=f"dns-udp-{addr}", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         recv, send, table = self.sock.recvfrom, self.sock.sendto, self.server.packed
-        loop, slow = self.server.loop, self.server.slow_udp
+        loop, slow = self.server.loop, self._slow
         while True:
             try:
                 data, peer = recv(MAX_QUERY + 1)
@@ -88,8 +110,16 @@ class _UdpListener:
                 except OSError:
                     pass   # the client's socket is gone: nothing to do
                 continue
-            loop.call_soon_threadsafe(slow, data, peer, self.sock)
+            if self.queued - self.taken >= MAX_BACKLOG:
+                self.dropped += 1
+                continue
+            self.queued += 1
+            loop.call_soon_threadsafe(slow, data, peer)
         self.sock.close()
+
+    def _slow(self, data: bytes, peer) -> None:
+        self.taken += 1
+        self.server.slow_udp(data, peer, self.sock)
 
     def close(self) -> None:
         self.stopping = True
@@ -108,6 +138,7 @@ class DnsServer:
         self.cfg = cfg or ServerConfig()
         self.snapshot = Snapshot()
         self.packed: dict[tuple[str, bytes], bytes | _Rotor] = {}
+        self._packed_bytes = 0   # of keys and answers, a rotation counted as all its orders
         self.forwarder = Forwarder(self.cfg.forward)
         self.stats = {"queries_slow": 0, "malformed": 0, "refused": 0, "dropped_forwards": 0}
         self._listeners: dict[str, tuple[_UdpListener, asyncio.AbstractServer]] = {}
@@ -151,6 +182,7 @@ class DnsServer:
     async def _install(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.packed.clear()
+        self._packed_bytes = 0
         self._turns.clear()
 
     async def _set_listeners(self, wanted: set[str]) -> list[str]:
@@ -199,6 +231,13 @@ class DnsServer:
         if len(data) > MAX_QUERY:
             self.stats["malformed"] += 1
             return header_error(data, RCODE.FORMERR)
+        if len(data) >= 12 and (data[4:11] != b"\0\1\0\0\0\0\0" or data[11] > 1):
+            # Not one question, no answer or authority records, at most OPT: FORMERR
+            # from the header (as unbound), before dnslib follows compression pointers.
+            # Each name may point at the one before it and dnslib walks every chain
+            # again: 680 questions in 4 KB cost it a second of CPU.
+            self.stats["malformed"] += 1
+            return header_error(data, RCODE.FORMERR)
         try:
             return DNSRecord.parse(data)
         except Exception:   # dnslib raises assorted types on garbage: all mean FORMERR
@@ -229,16 +268,17 @@ class DnsServer:
         if addr[0] not in snap.views:   # REFUSED, or FORMERR/NOTIMP/BADVERS decided before the view
             sock.sendto(result.record.pack(), addr)
             return   # never kept: a flood from strangers must not fill the table
-        if len(self.packed) >= MAX_PACKED:
+        if len(self.packed) >= MAX_PACKED or self._packed_bytes >= MAX_PACKED_BYTES:
             self.packed.clear()
+            self._packed_bytes = 0
+        body = _fit(result.record, req, limit)[2:]
+        self._packed_bytes += len(data) + len(body) * result.variants
         if result.variants == 1:
-            body = _fit(result.record, req, limit)[2:]
             self.packed[(addr[0], data[2:])] = body
         else:
-            variants = [_fit(answer(req, addr[0], snap, rotation=k).record, req, limit)[2:]
-                        for k in range(result.variants)]
             turn = self._turns.setdefault((addr[0], str(req.q.qname).lower()), [-1])
-            rotor = self.packed[(addr[0], data[2:])] = _Rotor(variants, turn)
+            rotor = self.packed[(addr[0], data[2:])] = _Rotor(
+                body, result.variants, functools.partial(_order, data, addr[0], snap, limit), turn)
             body = rotor.next()
         sock.sendto(data[:2] + body, addr)
 
@@ -298,6 +338,13 @@ class DnsServer:
         if isinstance(result, Forward):
             return (await self.forwarder.resolve(req, result.upstreams)).pack()
         return result.record.pack()
+
+
+def _order(data: bytes, client: str, snap: Snapshot, limit: int, rotation: int) -> bytes:
+    """Rotation k of a local answer, packed after the id (the query is parsed
+    again rather than kept: the bytes are smaller than dnslib's objects)."""
+    req = DNSRecord.parse(data)
+    return _fit(answer(req, client, snap, rotation=rotation).record, req, limit)[2:]
 
 
 def _fit(record: DNSRecord, req: DNSRecord, limit: int) -> bytes:
