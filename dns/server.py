@@ -36,6 +36,8 @@ MAX_PACKED_BYTES = 32 << 20   # ... or when keys and answers reach this (4 KB qu
 MAX_FORWARDS = 1024       # upstream queries in flight; beyond that SERVFAIL at once
 MAX_BACKLOG = 512         # datagrams a listener has handed to the slow path and not yet seen taken
 MAX_TCP = 256             # concurrent TCP clients
+MAX_TCP_PER_CLIENT = 16   # of them from one address: one container cannot take them all
+MAX_TCP_ANSWER = 65535    # a TCP message's length is 16 bits
 TCP_IDLE = 10.0           # seconds a TCP client may sit silent
 IP_FREEBIND = 15
 
@@ -145,6 +147,7 @@ class DnsServer:
         self._turns: dict[tuple[str, str], list[int]] = {}
         self._forwards = 0
         self._tcp_clients = 0
+        self._tcp_by_client: dict[str, int] = {}
         self._tcp_tasks: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -300,13 +303,14 @@ class DnsServer:
         asyncio.get_running_loop().create_task(run())
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tcp_clients >= MAX_TCP:
+        client = writer.get_extra_info("peername")[0]
+        if self._tcp_clients >= MAX_TCP or self._tcp_by_client.get(client, 0) >= MAX_TCP_PER_CLIENT:
             writer.close()
             return
         self._tcp_clients += 1
+        self._tcp_by_client[client] = self._tcp_by_client.get(client, 0) + 1
         task = asyncio.current_task()
         self._tcp_tasks.add(task)
-        client = writer.get_extra_info("peername")[0]
         try:
             while True:
                 n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
@@ -326,6 +330,9 @@ class DnsServer:
             pass
         finally:
             self._tcp_clients -= 1
+            left = self._tcp_by_client.pop(client) - 1
+            if left:
+                self._tcp_by_client[client] = left
             self._tcp_tasks.discard(task)
             writer.close()
 
@@ -336,8 +343,8 @@ class DnsServer:
             return req
         result = answer(req, client, self.snapshot)
         if isinstance(result, Forward):
-            return (await self.forwarder.resolve(req, result.upstreams)).pack()
-        return result.record.pack()
+            return _fit(await self.forwarder.resolve(req, result.upstreams), req, MAX_TCP_ANSWER)
+        return _fit(result.record, req, MAX_TCP_ANSWER)
 
 
 def _order(data: bytes, client: str, snap: Snapshot, limit: int, rotation: int) -> bytes:

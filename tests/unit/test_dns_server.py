@@ -420,3 +420,40 @@ def test_a_response_is_never_answered(server):
         with pytest.raises(socket.timeout):
             s.recv(65535)
     assert addresses(udp(server, query("web")))          # still serving
+
+
+def test_tcp_answer_over_64k_is_truncated_not_an_overflow():
+    """An alias with 5000 members packs to about 80 kB: TCP cannot frame it, so
+    the answer is header and question with TC rather than an unhandled error."""
+    zone = NetworkZone("net", IPv4Network("10.8.0.0/16"))
+    for i in range(5000):
+        zone.add(Member(f"m{i}", f"10.8.{i // 250}.{i % 250 + 1}"), [f"m{i}", "huge"])
+    snap = Snapshot(views={LOCAL: View(zone=zone)}, networks=frozenset({"net"}), subnets=(zone.subnet,))
+    srv = DnsServer(ServerConfig(port=free_port()))
+    srv.start()
+    try:
+        srv.listen([LOCAL])
+        srv.update(snap)
+        resp = tcp(srv, query("huge"))
+        assert resp.flags & dns.flags.TC and resp.answer == []
+        assert addresses(tcp(srv, query("m7"))) == ["10.8.0.8"], "the connection and server still work"
+    finally:
+        srv.stop()
+
+
+def test_one_client_cannot_take_every_tcp_slot(server):
+    from portlink.dns import server as srvmod
+    held = []
+    try:
+        for _ in range(srvmod.MAX_TCP_PER_CLIENT):
+            c = socket.create_connection((LOCAL, server.cfg.port), timeout=WAIT)
+            c.sendall(tcp_frame(query("web").to_wire()))
+            assert read_frame(c.makefile("rb"))    # served: the slot is taken
+            held.append(c)
+        extra = socket.create_connection((LOCAL, server.cfg.port), timeout=WAIT)
+        held.append(extra)
+        extra.sendall(tcp_frame(query("web").to_wire()))
+        assert extra.recv(2) == b"", "the client's 17th connection is closed at once"
+    finally:
+        for c in held:
+            c.close()
