@@ -285,6 +285,51 @@ def cmd_events(cl, a):
     return 0
 
 
+def cmd_stats(cl, a):
+    """Like `docker stats`: a sample now and one every --interval; each row compares
+    a sample with the one before (CPU % needs two). On a terminal the table is
+    redrawn in place, piped each sample prints a block; --no-stream prints once."""
+    from portlink.runtime import stats as st
+    if not 0.1 <= a.interval <= 3600:
+        raise CliError(f"invalid --interval {a.interval:g}: expected 0.1 to 3600 seconds")
+
+    def take(first: bool) -> list[dict]:
+        if not a.containers:
+            return cl.get("/stats", all="1" if a.all else None)
+        out = []
+        for ref in a.containers:
+            try:
+                out.append(cl.get(f"/containers/{_q(ref)}/stats"))
+            except CliError:
+                if first:
+                    raise
+                # removed while we watch: it leaves the table
+        return out
+
+    redraw = a.format == "table" and sys.stdout.isatty() and not a.no_stream
+    prev = {s["id"]: s for s in take(True)}
+    try:
+        while True:
+            time.sleep(a.interval)
+            cur = take(False)
+            rows = [st.row(prev.get(s["id"]), s) for s in cur]
+            if a.format == "json":
+                for r in rows:
+                    print(json.dumps(r))
+            else:
+                cells = [st.table_cells(r) for r in rows]
+                if not any("conns_open" in r for r in rows):
+                    cells = [c[:-1] for c in cells]      # no ambassador: no CONNS column
+                head = st.HEADER[:len(cells[0])] if cells else st.HEADER[:-1]
+                print(("\x1b[H\x1b[2J" if redraw else "") + _table([head, *cells]) + ("" if redraw or a.no_stream else "\n"))
+            sys.stdout.flush()
+            if a.no_stream:
+                return 0
+            prev = {s["id"]: s for s in cur}
+    except KeyboardInterrupt:
+        return 130
+
+
 def cmd_exec(cl, a):
     r = cl.post(f"/containers/{_q(a.container)}/exec",
                 {"cmd": a.command, "env": _env_args(a.env), "tty": a.tty, "workdir": a.workdir})
@@ -467,6 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE: type, event, container, name, network, service (repeatable)")
     x.add_argument("--format", choices=["text", "json"], default="text")
     x.set_defaults(fn=cmd_events)
+
+    x = sub.add_parser("stats", help="live CPU, memory, network and block I/O of containers")
+    x.add_argument("containers", nargs="*", metavar="NAME", help="these containers (default: all running)")
+    x.add_argument("-a", "--all", action="store_true", help="stopped containers too")
+    x.add_argument("--no-stream", action="store_true", help="two samples --interval apart, printed once")
+    x.add_argument("--format", choices=["table", "json"], default="table",
+                   help="json: one JSON object per container per sample (JSON lines)")
+    x.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between samples (default 1)")
+    x.set_defaults(fn=cmd_stats)
 
     x = sub.add_parser("logs", help="print a container's output")
     x.add_argument("-f", "--follow", action="store_true")

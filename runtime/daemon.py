@@ -27,6 +27,7 @@ from portlink import logsetup
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, drift, events, reaper, validate
 from portlink.runtime.host import Host, HostConfig
+from portlink.runtime import cgroups, stats
 
 log = logging.getLogger("portlink.daemon")
 MAX_BODY = 1 << 20   # a container spec is small; a huge body is an error, not an allocation
@@ -215,6 +216,12 @@ class Api:
         async def event_stream(r):
             return await self._events(r)
 
+        async def stats_all(r):
+            return ok(await self._stats(await self.call(c.list, flag(r, "all"))))
+
+        async def stats_one(r):
+            return ok((await self._stats([await self.call(c.inspect, r.match_info["ref"])]))[0])
+
         return [
             web.get("/_ping", ping),
             web.post("/containers", run), web.get("/containers", ps),
@@ -222,6 +229,7 @@ class Api:
             web.post("/containers/{ref}/stop", stop), web.post("/containers/{ref}/restart", restart),
             web.delete("/containers/{ref}", rm), web.post("/containers/{ref}/exec", exec_argv),
             web.get("/containers/{ref}/logs", logs),
+            web.get("/stats", stats_all), web.get("/containers/{ref}/stats", stats_one),
             web.post("/networks", net_create), web.get("/networks", net_ls),
             web.get("/networks/{ref}", net_inspect), web.delete("/networks/{ref}", net_rm),
             web.post("/images", img_import), web.get("/images", img_ls),
@@ -230,6 +238,16 @@ class Api:
             web.get("/system/consul", consul_status), web.post("/system/consul/sync", consul_sync),
             web.post("/system/check", check), web.get("/events", event_stream),
         ]
+
+    async def _stats(self, infos: list[dict]) -> list[dict]:
+        """One sample per container: raw counters and when they were read (runtime/stats.py);
+        ambassadors' connection counts from their /stats, fetched concurrently."""
+        samples = await self.call(cgroups.read_samples, infos)
+        ambs = [(s, i["network"]["ip"]) for s, i in zip(samples, infos)
+                if s["ambassador"] and s["status"] == "running" and i["network"]["ip"]]
+        for (s, _), got in zip(ambs, await asyncio.gather(*(_ambassador_stats(ip) for _, ip in ambs))):
+            s["conns"] = stats.ambassador_conns(got)
+        return samples
 
     async def check(self) -> list[drift.Finding]:
         """Drift check and repair: the kernel side, then this host's Consul entries."""
