@@ -1,6 +1,8 @@
 """The firewall driver interface (one per concern, as in netavark).
 
-A driver realises the model (networks and published ports) in the kernel. The
+A driver realises the model (networks, published ports and trusted flows) in
+the kernel, including what containers may send to the host itself (DNS at the
+gateway on `dns_port`, trusted flows; nothing else). The
 rule text is rendered by pure functions in rules_nft / rules_iptables, so the
 exact rule set is tested without root (as sshuttle's methods are)."""
 
@@ -9,17 +11,27 @@ from __future__ import annotations
 import abc
 from typing import Sequence
 
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 
 
 class FirewallDriver(abc.ABC):
     name: str
+    dns_port: int = DNS_PORT   # the resolver's port on each gateway: containers may reach it
 
     @abc.abstractmethod
-    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> None:
+    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
+                  trusted: Sequence[TrustedFlow] = ()) -> None:
         """Replace everything portlink has in the firewall with exactly this, atomically.
 
         Used at daemon start (reconcile), on network create/remove and to repair drift."""
+
+    @abc.abstractmethod
+    def add_trusted(self, flows: Sequence[TrustedFlow]) -> None:
+        """Let these containers reach these host ports, all or none; constant cost per flow."""
+
+    @abc.abstractmethod
+    def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
+        """Withdraw trusted flows, best effort: returns the errors."""
 
     @abc.abstractmethod
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
@@ -38,12 +50,14 @@ class FirewallDriver(abc.ABC):
         """The driver's current rules as text (for `network inspect` and drift checks)."""
 
 
-def make_driver(name: str) -> FirewallDriver:
+def make_driver(name: str, dns_port: int = DNS_PORT) -> FirewallDriver:
+    from portlink.errors import InvalidArgument
+    if not 1 <= dns_port <= 65535:
+        raise InvalidArgument(f"invalid --dns-port {dns_port}: expected 1 to 65535")
     if name == "nftables":
         from portlink.netns.fw_nftables import NftablesDriver
-        return NftablesDriver()
+        return NftablesDriver(dns_port)
     if name == "iptables":
         from portlink.netns.fw_iptables import IptablesDriver
-        return IptablesDriver()
-    from portlink.errors import InvalidArgument
+        return IptablesDriver(dns_port)
     raise InvalidArgument(f"unknown firewall driver {name!r}: use nftables or iptables")

@@ -14,7 +14,7 @@ from typing import Sequence
 from portlink.errors import RuntimeFailure
 from portlink.netns import rules_iptables as R
 from portlink.netns.firewall import FirewallDriver
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 
 TIMEOUT = 30   # seconds; a wedged iptables must not hang the daemon
 
@@ -29,7 +29,8 @@ def _which(binary: str) -> str:
 class IptablesDriver(FirewallDriver):
     name = "iptables"
 
-    def __init__(self) -> None:
+    def __init__(self, dns_port: int = DNS_PORT) -> None:
+        self.dns_port = dns_port
         self._restore = _which("iptables-restore")
         self._save = _which("iptables-save")
 
@@ -50,27 +51,38 @@ class IptablesDriver(FirewallDriver):
     def _saved(self) -> str:
         return self._exec([self._save])
 
-    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> None:
-        self._run(R.render_ruleset(networks, ports, self._saved()))
+    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
+                  trusted: Sequence[TrustedFlow] = ()) -> None:
+        self._run(R.render_ruleset(networks, ports, self._saved(), trusted, self.dns_port))
+
+    def add_trusted(self, flows: Sequence[TrustedFlow]) -> None:
+        if flows:
+            self._run(R.render_add_trusted(flows))
+
+    def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
+        return self._remove_each(flows, R.render_remove_trusted, "untrust")
 
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
         if ports:
             self._run(R.render_add_ports(ports))
 
     def remove_ports(self, ports: Sequence[PortMapping]) -> list[str]:
-        if not ports:
+        return self._remove_each(ports, R.render_remove_ports, "unpublish")
+
+    def _remove_each(self, items: Sequence, render, what: str) -> list[str]:
+        if not items:
             return []
         try:
-            self._run(R.render_remove_ports(ports))
+            self._run(render(items))
             return []
         except RuntimeFailure:
-            pass   # the batch is all or nothing: one port already gone must not keep the rest
+            pass   # the batch is all or nothing: one item already gone must not keep the rest
         errors = []
-        for p in ports:
+        for x in items:
             try:
-                self._run(R.render_remove_ports([p]))
+                self._run(render([x]))
             except RuntimeFailure as e:
-                errors.append(f"unpublish {p}: {e}")
+                errors.append(f"{what} {x}: {e}")
         return errors
 
     def teardown(self) -> list[str]:

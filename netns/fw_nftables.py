@@ -13,7 +13,7 @@ from typing import Sequence
 from portlink.errors import RuntimeFailure
 from portlink.netns import rules_nft
 from portlink.netns.firewall import FirewallDriver
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 from portlink.netns.names import NFT_TABLE
 
 
@@ -60,11 +60,26 @@ class Nft:
 class NftablesDriver(FirewallDriver):
     name = "nftables"
 
-    def __init__(self) -> None:
+    def __init__(self, dns_port: int = DNS_PORT) -> None:
+        self.dns_port = dns_port
         self._nft = Nft()
 
-    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> None:
-        self._nft.run(rules_nft.render_ruleset(networks, ports))
+    def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
+                  trusted: Sequence[TrustedFlow] = ()) -> None:
+        self._nft.run(rules_nft.render_ruleset(networks, ports, trusted, self.dns_port))
+
+    def add_trusted(self, flows: Sequence[TrustedFlow]) -> None:
+        if flows:
+            self._nft.run(rules_nft.render_add_trusted(flows))
+
+    def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
+        errors = []
+        for f in flows:  # one by one, as remove_ports
+            try:
+                self._nft.run(rules_nft.render_remove_trusted([f]))
+            except RuntimeFailure as e:
+                errors.append(f"untrust {f}: {e}")
+        return errors
 
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
         if ports:

@@ -46,3 +46,20 @@ class Endpoint:
     host_ifname: str
     ifname: str = "eth0"
     default_route: bool = True
+
+
+DNS_PORT = 53   # the resolver on each gateway address (portlinkd --dns-port)
+
+
+@dataclass(frozen=True, order=True)
+class TrustedFlow:
+    """One container allowed to open TCP connections to one port of the host
+    itself: an ambassador reaching the Consul agent on this host. Everything
+    else a container sends to the host is dropped, except DNS at its gateway."""
+
+    container_ip: IPv4Address
+    host_ip: IPv4Address
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.container_ip}->{self.host_ip}:{self.port}/tcp"

@@ -8,10 +8,13 @@ netavark do); the built-in chains get nothing but one jump each:
           POSTROUTING -j PORTLINK-POSTROUTING  per network: masquerade out, hairpin, loopback
           PORTLINK-DNAT                        one DNAT rule per published port
   filter  FORWARD     -j PORTLINK-FORWARD      per network: established, published, icc, out, drop
+          INPUT       -j PORTLINK-INPUT        per network: replies, DNS and ping at the gateway,
+                                               PORTLINK-TRUSTED, then drop
+          PORTLINK-TRUSTED                     one ACCEPT rule per trusted flow (ambassador -> Consul)
 
 Rules are written the way iptables-save prints them, so a dump compares line
-for line with the rendering. Publishing a port is one rule whatever is already
-published. A --noflush restore cannot test whether a rule exists, so the renderers
+for line with the rendering. Publishing a port, or trusting a flow, is one rule
+whatever is already there. A --noflush restore cannot test whether a rule exists, so the renderers
 that must know (the jumps, stale chains) read the current `iptables-save` text."""
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 from portlink.netns.names import IPT_CHAIN_PREFIX as P
 
 DNAT = f"{P}DNAT"
+TRUSTED = f"{P}TRUSTED"
 # table -> (built-in chain, portlink chain it jumps to)
 JUMPS = {
     "nat": [("PREROUTING", f"{P}PREROUTING"), ("OUTPUT", f"{P}OUTPUT"), ("POSTROUTING", f"{P}POSTROUTING")],
-    "filter": [("FORWARD", f"{P}FORWARD")],
+    "filter": [("FORWARD", f"{P}FORWARD"), ("INPUT", f"{P}INPUT")],
 }
-CHAINS = {"nat": sorted([DNAT] + [c for _, c in JUMPS["nat"]]), "filter": [f"{P}FORWARD"]}
+CHAINS = {"nat": sorted([DNAT] + [c for _, c in JUMPS["nat"]]),
+          "filter": sorted([TRUSTED] + [c for _, c in JUMPS["filter"]])}
 
 
 @dataclass
@@ -83,6 +88,39 @@ def render_remove_ports(ports: Sequence[PortMapping]) -> str:
     return "*nat\n" + "".join(f"{r}\n" for r in _port_lines(ports, "-D")) + "COMMIT\n"
 
 
+def trusted_rule(f: TrustedFlow) -> str:
+    return f"-s {f.container_ip}/32 -d {f.host_ip}/32 -p tcp -m tcp --dport {f.port} -j ACCEPT"
+
+
+def _trusted(flows: Sequence[TrustedFlow], op: str) -> str:
+    if not flows:
+        return ""
+    return "*filter\n" + "".join(f"{op} {TRUSTED} {trusted_rule(f)}\n" for f in flows) + "COMMIT\n"
+
+
+def render_add_trusted(flows: Sequence[TrustedFlow]) -> str:
+    return _trusted(flows, "-A")
+
+
+def render_remove_trusted(flows: Sequence[TrustedFlow]) -> str:
+    return _trusted(flows, "-D")
+
+
+def network_input(n: NetworkSpec, dns_port: int = DNS_PORT) -> list[str]:
+    """What a container of network `n` may send to the host itself (see
+    rules_nft.network_input); PORTLINK-TRUSTED returns when no flow matches."""
+    b, gw, c = n.bridge, n.gateway, f"-A {P}INPUT"
+    return [
+        f"{c} -i {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        f"{c} -i {b} -m conntrack --ctstate DNAT -j ACCEPT",
+        f"{c} -d {gw}/32 -i {b} -p udp -m udp --dport {dns_port} -j ACCEPT",
+        f"{c} -d {gw}/32 -i {b} -p tcp -m tcp --dport {dns_port} -j ACCEPT",
+        f"{c} -d {gw}/32 -i {b} -p icmp -m icmp --icmp-type 8 -j ACCEPT",
+        f"{c} -i {b} -j {TRUSTED}",
+        f"{c} -i {b} -j DROP",
+    ]
+
+
 def network_postrouting(n: NetworkSpec) -> list[str]:
     b, s, c = n.bridge, n.subnet, f"-A {P}POSTROUTING"
     rules = [] if n.internal else [f"{c} -s {s} ! -o {b} -j MASQUERADE"]
@@ -125,7 +163,8 @@ def _table(name: str, state: TableState | None, rules: list[str]) -> str:
     return "\n".join(lines + ["COMMIT"]) + "\n"
 
 
-def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping], saved: str = "") -> str:
+def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping], saved: str = "",
+                   trusted: Sequence[TrustedFlow] = (), dns_port: int = DNS_PORT) -> str:
     """The whole of portlink's iptables state; `saved` is the current
     `iptables-save` output ("" on a host where portlink has nothing yet)."""
     nets = sorted(networks, key=lambda n: n.bridge)
@@ -135,6 +174,8 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
     nat += _dnat_adds(ports, specific="-A")
     parts = [network_forward(n) for n in nets]
     fwd = [r for inbound, _ in parts for r in inbound] + [r for _, out in parts for r in out]
+    fwd += [r for n in nets for r in network_input(n, dns_port)]
+    fwd += [f"-A {TRUSTED} {trusted_rule(f)}" for f in sorted(trusted)]
     return _table("nat", state.get("nat"), nat) + _table("filter", state.get("filter"), fwd)
 
 

@@ -9,19 +9,24 @@ Layout, all in portlink's own tables (nothing else in the host is touched):
                               and output for local destinations only
     chain postrouting         per network: masquerade out, hairpin, loopback
     chain forward             per network: established, published, icc, out, drop
+    set   trusted             container ip . host ip . tcp port: ambassador -> Consul agent
+    chain input               per network: what a container may send to the host
+                              itself: replies, DNS at its gateway, ping of its
+                              gateway, trusted flows; everything else is dropped
 
 icc relies on br_netfilter (the daemon turns on bridge-nf-call-iptables in its
 namespace): frames bridged between two ports then pass the ip forward hook with
 iif = oif = the bridge, where icc=true accepts them and icc=false drops them.
 
 Publishing a port is one map element, so the cost of the 500th container is the
-cost of the first: the rule count depends on networks, never on containers."""
+cost of the first: the rule count depends on networks, never on containers. A
+trusted flow is one element of the set `trusted`, likewise."""
 
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 from portlink.netns.names import NFT_TABLE as T
 
 
@@ -47,6 +52,42 @@ def render_add_ports(ports: Sequence[PortMapping]) -> str:
 
 def render_remove_ports(ports: Sequence[PortMapping]) -> str:
     return "\n".join(_elements(ports, "delete")) + "\n"
+
+
+def trusted_element(f: TrustedFlow) -> str:
+    return f"{f.container_ip} . {f.host_ip} . {f.port}"
+
+
+def _trusted(flows: Sequence[TrustedFlow], op: str) -> str:
+    if not flows:
+        return ""
+    return f"{op} element ip {T} trusted {{ {', '.join(trusted_element(f) for f in flows)} }}\n"
+
+
+def render_add_trusted(flows: Sequence[TrustedFlow]) -> str:
+    return _trusted(flows, "add")
+
+
+def render_remove_trusted(flows: Sequence[TrustedFlow]) -> str:
+    return _trusted(flows, "delete")
+
+
+def network_input(n: NetworkSpec, dns_port: int = DNS_PORT) -> list[str]:
+    """What a container of network `n` may send to the host itself (the input
+    hook: the gateway, the host's other addresses, 127.0.0.1 through
+    route_localnet). Published ports are DNATed to a container before this
+    hook and so never come here; the rule for them is belt and braces."""
+    b, gw = n.bridge, n.gateway
+    return [
+        f'iifname "{b}" ct state established,related accept',
+        f'iifname "{b}" ct status dnat accept',
+        f'iifname "{b}" ip daddr {gw} udp dport {dns_port} accept',
+        f'iifname "{b}" ip daddr {gw} tcp dport {dns_port} accept',
+        # ping of its own gateway: the usual "is my network up", and it tells nothing new
+        f'iifname "{b}" ip daddr {gw} icmp type echo-request accept',
+        f'iifname "{b}" ip saddr . ip daddr . tcp dport @trusted accept',
+        f'iifname "{b}" drop',
+    ]
 
 
 def network_postrouting(n: NetworkSpec) -> list[str]:
@@ -80,12 +121,14 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
     return rules, [f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}']
 
 
-def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]) -> str:
+def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
+                   trusted: Sequence[TrustedFlow] = (), dns_port: int = DNS_PORT) -> str:
     """The whole of portlink's nftables state; applied as one atomic batch that
     first deletes the previous tables (the add-then-delete idiom makes the
     delete safe when they do not exist yet)."""
     nets = sorted(networks, key=lambda n: n.bridge)
     ind = "\t\t"
+    inp = "".join(f"{ind}{r}\n" for n in nets for r in network_input(n, dns_port))
     post = "".join(f"{ind}{r}\n" for n in nets for r in network_postrouting(n))
     parts = [network_forward(n) for n in nets]
     fwd = "".join(f"{ind}{r}\n" for r in [r for i, _ in parts for r in i] + [r for _, o in parts for r in o])
@@ -93,6 +136,7 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
     for proto in ("tcp", "udp"):
         maps += f"\tmap {proto}_any {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}\n"
         maps += f"\tmap {proto}_ip {{\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\t}}\n"
+    maps += "\tset trusted {\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n\t}\n"
     text = (
         f"add table ip {T}\ndelete table ip {T}\n"
         f"table ip {T} {{\n{maps}"
@@ -108,11 +152,12 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
         "\t\tfib daddr type local jump published\n\t}\n"
         f"\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{post}\t}}\n"
         f"\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n{fwd}\t}}\n"
+        f"\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{inp}\t}}\n"
         "}\n"
     )
     if ports:
         text += render_add_ports(ports)
-    return text
+    return text + render_add_trusted(sorted(trusted))
 
 
 def render_teardown() -> str:

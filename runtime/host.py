@@ -7,10 +7,11 @@ import json
 import logging
 import secrets
 import shutil
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 from portlink.catalog import services as registration
@@ -23,6 +24,7 @@ from portlink.dns.zone import DEFAULT_TTL
 from portlink.errors import InvalidArgument, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
+from portlink.netns.model import TrustedFlow
 from portlink.runtime import discovery, mounts
 from portlink.runtime.containers import RUNNING, Containers
 from portlink.runtime.events import EventLog
@@ -62,8 +64,33 @@ class HostConfig:
         if not 1 <= self.consul_check_interval <= 3600:
             raise InvalidArgument(f"invalid --consul-check-interval {self.consul_check_interval}: "
                                   "expected 1 to 3600 seconds (Consul's floor is 1 s)")
+        if not 1 <= self.dns_port <= 65535:
+            raise InvalidArgument(f"invalid --dns-port {self.dns_port}: expected 1 to 65535")
         if not 1 <= self.consul_resync <= 86400:
             raise InvalidArgument(f"invalid --consul-resync {self.consul_resync}: expected 1 to 86400 seconds")
+
+
+def _consul_ip(consul: ConsulConfig | None) -> IPv4Address | None:
+    """The address ambassadors reach the Consul agent at, for the firewall's
+    trusted flows. A name is resolved once, here; loopback gives None: a
+    container's 127.0.0.1 is its own, so no flow could ever use it."""
+    if consul is None:
+        return None
+    try:
+        ip = ip_address(consul.host)
+    except ValueError:
+        try:
+            ip = ip_address(socket.getaddrinfo(consul.host, consul.port, socket.AF_INET,
+                                               socket.SOCK_STREAM)[0][4][0])
+        except OSError as e:
+            log.warning("cannot resolve the Consul address %s (%s): ambassadors will not reach "
+                        "an agent on this host", consul.host, e)
+            return None
+    if ip.version != 4 or ip.is_loopback:
+        log.warning("Consul at %s is not reachable from containers: ambassadors need a "
+                    "non-loopback IPv4 address in --consul", consul.url)
+        return None
+    return ip
 
 
 def _host_id(state_dir: Path) -> str:
@@ -86,7 +113,9 @@ class Host:
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(cfg.state_dir / "state.db")
-        self.fw = make_driver(cfg.firewall)
+        self.fw = make_driver(cfg.firewall, cfg.dns_port)
+        self._trusted: frozenset[TrustedFlow] = frozenset()   # in the firewall now (under fw_lock)
+        self._consul_ip = _consul_ip(cfg.consul)
         self.images = ImageStore(cfg.state_dir / "images")
         self.networks = Networks(self.store, self.apply_firewall, cfg.default_subnet)
         self.containers = Containers(cfg.state_dir, self.store, self.images, self.networks,
@@ -106,6 +135,7 @@ class Host:
             self.containers.remote = lambda name: (self.services or {}).get(name.lower())
 
     def _changed(self) -> None:
+        self.sync_trusted()   # first: a new ambassador's first call to Consul is on its way
         self.refresh_names()
         for fn in self.after_change:
             fn()
@@ -150,7 +180,39 @@ class Host:
 
     def apply_firewall(self) -> None:
         with self.containers.fw_lock:   # no DNAT element added or removed between read and render
-            self.fw.apply_all(self.networks.list(), self.containers.active_mappings())
+            want = self.trusted_flows()
+            self.fw.apply_all(self.networks.list(), self.containers.active_mappings(), sorted(want))
+            self._trusted = want
+
+    def trusted_flows(self) -> frozenset[TrustedFlow]:
+        """(ambassador ip, Consul ip, Consul port) for every running ambassador:
+        the only connections a container may open to the host itself besides DNS.
+        An ambassador is a container whose spec has `ambassador` (its process is
+        portlink's forwarder); a portlink.ambassador label alone does not make one."""
+        if self._consul_ip is None:
+            return frozenset()
+        rows = self.store.query("SELECT c.spec, l.ip FROM containers c JOIN leases l "
+                                "ON l.container_id = c.id WHERE c.status=?", RUNNING)
+        return frozenset(TrustedFlow(ip_address(r["ip"]), self._consul_ip, self.cfg.consul.port)
+                         for r in rows if json.loads(r["spec"])["spec"].get("ambassador"))
+
+    def sync_trusted(self) -> None:
+        """Make the firewall's trusted flows those of the running ambassadors, by
+        elements (constant cost per change). Errors are logged, not raised: the
+        container change that called this has happened; the next change retries."""
+        with self.containers.fw_lock:
+            want = self.trusted_flows()
+            gone, new = sorted(self._trusted - want), sorted(want - self._trusted)
+            for e in self.fw.remove_trusted(gone):
+                if not any(m in e for m in ("No such file", "does not exist", "matching rule")):   # gone already
+                    log.error("firewall: %s", e)
+            have = self._trusted - set(gone)
+            try:
+                self.fw.add_trusted(new)
+                have |= set(new)
+            except RuntimeFailure as e:
+                log.error("firewall: cannot let ambassadors reach Consul: %s", e)
+            self._trusted = frozenset(have)
 
     def setup(self) -> list[str]:
         """Bring the host to the recorded state; returns what had to be repaired."""

@@ -5,7 +5,7 @@ from ipaddress import IPv4Address as A, IPv4Network as N
 import pytest
 
 from portlink.netns import rules_iptables as R
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import NetworkSpec, PortMapping, TrustedFlow
 
 FRONT = NetworkSpec("n1", "front", N("10.77.0.0/24"), A("10.77.0.1"), "plb-front")
 BACK = NetworkSpec("n2", "back", N("10.78.0.0/24"), A("10.78.0.1"), "plb-back", internal=True, icc=False)
@@ -15,6 +15,8 @@ PORTS = [
     PortMapping("tcp", 8443, A("10.77.0.2"), 443, host_ip=A("192.0.2.10")),
     PortMapping("udp", 9999, A("10.78.0.2"), 9999),
 ]
+# ambassadors reaching the Consul agent on the host's underlay address
+TRUSTED = [TrustedFlow(A("10.77.0.9"), A("10.99.0.2"), 8500), TrustedFlow(A("10.77.0.5"), A("10.99.0.2"), 8500)]
 
 NAT_BODY = """\
 -A PORTLINK-PREROUTING -m addrtype --dst-type LOCAL -j PORTLINK-DNAT
@@ -43,8 +45,29 @@ FILTER_BODY = """\
 -A PORTLINK-FORWARD -o plb-front -j DROP
 -A PORTLINK-FORWARD -i plb-back ! -o plb-back -j DROP
 -A PORTLINK-FORWARD -i plb-front ! -o plb-front -j ACCEPT
+-A PORTLINK-INPUT -i plb-back -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A PORTLINK-INPUT -i plb-back -m conntrack --ctstate DNAT -j ACCEPT
+-A PORTLINK-INPUT -d 10.78.0.1/32 -i plb-back -p udp -m udp --dport 53 -j ACCEPT
+-A PORTLINK-INPUT -d 10.78.0.1/32 -i plb-back -p tcp -m tcp --dport 53 -j ACCEPT
+-A PORTLINK-INPUT -d 10.78.0.1/32 -i plb-back -p icmp -m icmp --icmp-type 8 -j ACCEPT
+-A PORTLINK-INPUT -i plb-back -j PORTLINK-TRUSTED
+-A PORTLINK-INPUT -i plb-back -j DROP
+-A PORTLINK-INPUT -i plb-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A PORTLINK-INPUT -i plb-front -m conntrack --ctstate DNAT -j ACCEPT
+-A PORTLINK-INPUT -d 10.77.0.1/32 -i plb-front -p udp -m udp --dport 53 -j ACCEPT
+-A PORTLINK-INPUT -d 10.77.0.1/32 -i plb-front -p tcp -m tcp --dport 53 -j ACCEPT
+-A PORTLINK-INPUT -d 10.77.0.1/32 -i plb-front -p icmp -m icmp --icmp-type 8 -j ACCEPT
+-A PORTLINK-INPUT -i plb-front -j PORTLINK-TRUSTED
+-A PORTLINK-INPUT -i plb-front -j DROP
 -I FORWARD -j PORTLINK-FORWARD
+-I INPUT -j PORTLINK-INPUT
 COMMIT
+"""
+CHAINS_FILTER = """\
+*filter
+:PORTLINK-FORWARD - [0:0]
+:PORTLINK-INPUT - [0:0]
+:PORTLINK-TRUSTED - [0:0]
 """
 CHAINS_NAT = """\
 *nat
@@ -84,7 +107,7 @@ COMMIT
 
 
 def test_ruleset_exact_on_a_fresh_host():
-    assert R.render_ruleset([FRONT, BACK], PORTS) == CHAINS_NAT + NAT_BODY + "*filter\n:PORTLINK-FORWARD - [0:0]\n" + FILTER_BODY
+    assert R.render_ruleset([FRONT, BACK], PORTS) == CHAINS_NAT + NAT_BODY + CHAINS_FILTER + FILTER_BODY
 
 
 def test_ruleset_replaces_old_jumps_and_stale_chains_only():
@@ -94,8 +117,8 @@ def test_ruleset_replaces_old_jumps_and_stale_chains_only():
         "-D PREROUTING -j PORTLINK-OLD\n"
         "-X PORTLINK-OLD\n"
         + NAT_BODY
-        + "*filter\n:PORTLINK-FORWARD - [0:0]\n"
-        "-D FORWARD -j PORTLINK-FORWARD\n"
+        + CHAINS_FILTER
+        + "-D FORWARD -j PORTLINK-FORWARD\n"
         "-D FORWARD -j PORTLINK-FORWARD\n"
         + FILTER_BODY
     )
@@ -109,9 +132,11 @@ def test_ruleset_is_idempotent_against_its_own_result():
              "-A PREROUTING -j PORTLINK-PREROUTING\n-A OUTPUT -j PORTLINK-OUTPUT\n"
              "-A POSTROUTING -j PORTLINK-POSTROUTING\n"
              "-A PORTLINK-PREROUTING -m addrtype --dst-type LOCAL -j PORTLINK-DNAT\nCOMMIT\n"
-             "*filter\n:PORTLINK-FORWARD - [0:0]\n-A FORWARD -j PORTLINK-FORWARD\nCOMMIT\n")
+             "*filter\n:PORTLINK-FORWARD - [0:0]\n:PORTLINK-INPUT - [0:0]\n:PORTLINK-TRUSTED - [0:0]\n"
+             "-A FORWARD -j PORTLINK-FORWARD\n-A INPUT -j PORTLINK-INPUT\n"
+             "-A PORTLINK-INPUT -i plb-front -j PORTLINK-TRUSTED\nCOMMIT\n")
     text = R.render_ruleset([FRONT], [], saved)
-    for builtin in ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD"):
+    for builtin in ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD", "INPUT"):
         assert text.count(f"-D {builtin} -j PORTLINK-{builtin}\n") == 1
         assert text.count(f"-I {builtin} -j PORTLINK-{builtin}\n") == 1
     assert "-X" not in text
@@ -124,7 +149,8 @@ def test_no_networks_no_ports():
         "-A PORTLINK-OUTPUT -m addrtype --dst-type LOCAL -j PORTLINK-DNAT\n"
         "-I PREROUTING -j PORTLINK-PREROUTING\n-I OUTPUT -j PORTLINK-OUTPUT\n"
         "-I POSTROUTING -j PORTLINK-POSTROUTING\nCOMMIT\n"
-        "*filter\n:PORTLINK-FORWARD - [0:0]\n-I FORWARD -j PORTLINK-FORWARD\nCOMMIT\n"
+        + CHAINS_FILTER
+        + "-I FORWARD -j PORTLINK-FORWARD\n-I INPUT -j PORTLINK-INPUT\nCOMMIT\n"
     )
 
 
@@ -183,3 +209,40 @@ def test_dump_filter():
 def test_unknown_protocol_rejected():
     with pytest.raises(ValueError):
         R.render_add_ports([PortMapping("sctp", 1, A("10.77.0.2"), 1)])
+
+
+def test_trusted_flows_are_rules_of_their_own_chain():
+    text = R.render_ruleset([FRONT, BACK], PORTS, "", TRUSTED)
+    assert text == CHAINS_NAT + NAT_BODY + CHAINS_FILTER + FILTER_BODY.replace(
+        "-I FORWARD", "-A PORTLINK-TRUSTED -s 10.77.0.5/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
+                      "-A PORTLINK-TRUSTED -s 10.77.0.9/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
+                      "-I FORWARD")
+
+
+def test_dns_port_is_the_one_input_accepts():
+    text = R.render_ruleset([FRONT], [], dns_port=5353)
+    assert "-A PORTLINK-INPUT -d 10.77.0.1/32 -i plb-front -p udp -m udp --dport 5353 -j ACCEPT\n" in text
+    assert "-A PORTLINK-INPUT -d 10.77.0.1/32 -i plb-front -p tcp -m tcp --dport 5353 -j ACCEPT\n" in text
+    assert text.replace("5353", "53") == R.render_ruleset([FRONT], [])
+
+
+def test_add_and_remove_trusted_exact():
+    assert R.render_add_trusted(TRUSTED) == (
+        "*filter\n"
+        "-A PORTLINK-TRUSTED -s 10.77.0.9/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
+        "-A PORTLINK-TRUSTED -s 10.77.0.5/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
+        "COMMIT\n")
+    assert R.render_remove_trusted(TRUSTED[1:]) == (
+        "*filter\n"
+        "-D PORTLINK-TRUSTED -s 10.77.0.5/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
+        "COMMIT\n")
+    assert R.render_add_trusted([]) == R.render_remove_trusted([]) == ""
+
+
+@pytest.mark.parametrize("trusted", [0, 1, 50, 500])
+def test_cost_per_trusted_flow_is_constant(trusted):
+    many = [TrustedFlow(A(f"10.77.{i // 250}.{2 + i % 250}"), A("10.99.0.2"), 8500) for i in range(trusted)]
+    new = TrustedFlow(A("10.78.0.9"), A("10.99.0.2"), 8500)
+    assert _rules(R.render_add_trusted([new])) == 1
+    assert (_rules(R.render_ruleset([FRONT, BACK], [], "", many + [new]))
+            - _rules(R.render_ruleset([FRONT, BACK], [], "", many))) == 1

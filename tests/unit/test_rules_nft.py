@@ -3,7 +3,7 @@
 from ipaddress import IPv4Address as A, IPv4Network as N
 
 from portlink.netns import rules_nft as R
-from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.netns.model import NetworkSpec, PortMapping, TrustedFlow
 
 FRONT = NetworkSpec("n1", "front", N("10.77.0.0/24"), A("10.77.0.1"), "plb-front")
 BACK = NetworkSpec("n2", "back", N("10.78.0.0/24"), A("10.78.0.1"), "plb-back", internal=True, icc=False)
@@ -11,6 +11,8 @@ PORTS = [
     PortMapping("tcp", 8080, A("10.77.0.2"), 80),
     PortMapping("udp", 5353, A("10.77.0.3"), 53, host_ip=A("127.0.0.1")),
 ]
+# ambassadors reaching the Consul agent on the host's underlay address
+TRUSTED = [TrustedFlow(A("10.77.0.9"), A("10.99.0.2"), 8500), TrustedFlow(A("10.77.0.5"), A("10.99.0.2"), 8500)]
 
 EXPECTED = """\
 add table ip portlink
@@ -27,6 +29,9 @@ table ip portlink {
 \t}
 \tmap udp_ip {
 \t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service
+\t}
+\tset trusted {
+\t\ttype ipv4_addr . ipv4_addr . inet_service
 \t}
 \tchain published {
 \t\tmeta l4proto tcp dnat ip to ip daddr . tcp dport map @tcp_ip
@@ -61,6 +66,23 @@ table ip portlink {
 \t\toifname "plb-front" drop
 \t\tiifname "plb-back" oifname != "plb-back" drop
 \t\tiifname "plb-front" oifname != "plb-front" accept
+\t}
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname "plb-back" ct state established,related accept
+\t\tiifname "plb-back" ct status dnat accept
+\t\tiifname "plb-back" ip daddr 10.78.0.1 udp dport 53 accept
+\t\tiifname "plb-back" ip daddr 10.78.0.1 tcp dport 53 accept
+\t\tiifname "plb-back" ip daddr 10.78.0.1 icmp type echo-request accept
+\t\tiifname "plb-back" ip saddr . ip daddr . tcp dport @trusted accept
+\t\tiifname "plb-back" drop
+\t\tiifname "plb-front" ct state established,related accept
+\t\tiifname "plb-front" ct status dnat accept
+\t\tiifname "plb-front" ip daddr 10.77.0.1 udp dport 53 accept
+\t\tiifname "plb-front" ip daddr 10.77.0.1 tcp dport 53 accept
+\t\tiifname "plb-front" ip daddr 10.77.0.1 icmp type echo-request accept
+\t\tiifname "plb-front" ip saddr . ip daddr . tcp dport @trusted accept
+\t\tiifname "plb-front" drop
 \t}
 }
 add element ip portlink tcp_any { 8080 : 10.77.0.2 . 80 }
@@ -125,3 +147,42 @@ def test_rule_count_does_not_grow_with_ports():
 def test_render_teardown():
     assert R.render_teardown() == "add table ip portlink\ndelete table ip portlink\n"
     assert R.render_ruleset([], []).startswith(R.render_teardown())
+
+
+def test_trusted_flows_are_set_elements_after_the_rules():
+    text = R.render_ruleset([FRONT, BACK], PORTS, TRUSTED)
+    assert text == EXPECTED + (
+        "add element ip portlink trusted { 10.77.0.5 . 10.99.0.2 . 8500, 10.77.0.9 . 10.99.0.2 . 8500 }\n")
+
+
+def test_dns_port_is_the_one_input_accepts():
+    text = R.render_ruleset([FRONT], [], dns_port=5353)
+    assert 'iifname "plb-front" ip daddr 10.77.0.1 udp dport 5353 accept\n' in text
+    assert 'iifname "plb-front" ip daddr 10.77.0.1 tcp dport 5353 accept\n' in text
+    assert "dport 53 " not in text
+    assert text.replace("5353", "53") == R.render_ruleset([FRONT], [])
+
+
+def test_add_and_remove_trusted_exact():
+    assert R.render_add_trusted(TRUSTED) == (
+        "add element ip portlink trusted { 10.77.0.9 . 10.99.0.2 . 8500, 10.77.0.5 . 10.99.0.2 . 8500 }\n")
+    assert R.render_remove_trusted(TRUSTED[:1]) == (
+        "delete element ip portlink trusted { 10.77.0.9 . 10.99.0.2 . 8500 }\n")
+    assert R.render_add_trusted([]) == R.render_remove_trusted([]) == ""
+
+
+def test_rule_count_does_not_grow_with_trusted_flows():
+    many = [TrustedFlow(A(f"10.77.{i // 250}.{2 + i % 250}"), A("10.99.0.2"), 8500) for i in range(500)]
+    one, all_ = R.render_ruleset([FRONT, BACK], [], many[:1]), R.render_ruleset([FRONT, BACK], [], many)
+    assert one.splitlines()[:-1] == all_.splitlines()[:-1]     # identical rules; one element line
+    assert all_.splitlines()[-1].count(" . 8500") == 500
+    assert R.render_add_trusted(many[499:]) == "add element ip portlink trusted { 10.77.1.251 . 10.99.0.2 . 8500 }\n"
+
+
+def test_input_rules_per_network():
+    # Replies, DNS and ping at the own gateway, trusted flows, then drop: in this order,
+    # so the drop can never shadow an accept.
+    rules = R.network_input(FRONT, 53)
+    assert rules[-1] == 'iifname "plb-front" drop'
+    assert all(r.startswith('iifname "plb-front" ') for r in rules)
+    assert [r for r in rules if "10.78." in r] == []
