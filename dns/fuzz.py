@@ -492,6 +492,7 @@ class InProcess:
         self.listener = _UdpListener.__new__(_UdpListener)   # its receive loop, not its thread
         self.listener.server, self.listener.sock, self.listener.addr = server, self.feed, listen_addr
         self.listener.queued = self.listener.taken = self.listener.dropped = 0
+        self.listener.cached = [0] * 16
         self.feed.listener = self.listener
         server.loop = _InlineLoop()
 

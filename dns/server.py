@@ -14,6 +14,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from dnslib import EDNS0, RCODE, DNSHeader, DNSRecord
 from portlink.dns.answer import EDNS_PAYLOAD, Forward, answer, error, edns, header_error, udp_limit
 from portlink.dns.forward import ForwardConfig, Forwarder
 from portlink.dns.zone import Snapshot
+from portlink.prom import Histogram
 
 try:
     import uvloop
@@ -90,11 +92,12 @@ class _UdpListener:
         # of misses would otherwise queue without bound (memory, and minutes of delay for
         # every other container's first question) while hits keep flowing.
         self.queued = self.taken = self.dropped = 0
+        self.cached = [0] * 16   # answers from the packed table, by rcode (metrics)
         self.thread = threading.Thread(target=self._run, name=f"dns-udp-{addr}", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        recv, send, table = self.sock.recvfrom, self.sock.sendto, self.server.packed
+        recv, send, table, cached = self.sock.recvfrom, self.sock.sendto, self.server.packed, self.cached
         loop, slow = self.server.loop, self._slow
         while True:
             try:
@@ -107,6 +110,7 @@ class _UdpListener:
                 break
             hit = table.get((peer[0], data[2:]))
             if hit is not None:
+                cached[hit[1] & 15 if hit.__class__ is bytes else 0] += 1   # rotors are NOERROR
                 try:
                     send(data[:2] + (hit if hit.__class__ is bytes else hit.next()), peer)
                 except OSError:
@@ -143,6 +147,11 @@ class DnsServer:
         self._packed_bytes = 0   # of keys and answers, a rotation counted as all its orders
         self.forwarder = Forwarder(self.cfg.forward)
         self.stats = {"queries_slow": 0, "malformed": 0, "refused": 0, "dropped_forwards": 0}
+        # Metrics of the slow path: answers by (path, rcode) and latency by path, where path is
+        # "local" (parsed and answered here) or "forward"; the table's hits are counted per
+        # listener (`cached`) and not timed: they cost microseconds in the listener thread.
+        self.answered: dict[tuple[str, int], int] = {}
+        self.latency = {"local": Histogram(), "forward": Histogram()}
         self._listeners: dict[str, tuple[_UdpListener, asyncio.AbstractServer]] = {}
         self._turns: dict[tuple[str, str], list[int]] = {}
         self._forwards = 0
@@ -247,25 +256,41 @@ class DnsServer:
             self.stats["malformed"] += 1
             return header_error(data, RCODE.FORMERR)
 
+    def _done(self, path: str, rcode: int, t0: float) -> None:
+        key = (path, rcode)
+        self.answered[key] = self.answered.get(key, 0) + 1
+        self.latency[path].observe(time.perf_counter() - t0)
+
+    def cached_counts(self) -> list[int]:
+        """Answers from the packed tables of every listener, by rcode."""
+        out = [0] * 16
+        for listener, _ in list(self._listeners.values()):
+            for rc, n in enumerate(listener.cached):
+                out[rc] += n
+        return out
+
     def slow_udp(self, data: bytes, addr, sock: socket.socket) -> None:
+        t0 = time.perf_counter()
         try:
-            self._slow_udp(data, addr, sock)
+            self._slow_udp(data, addr, sock, t0)
         except OSError:
             pass   # the reply could not be sent: the client is gone
 
-    def _slow_udp(self, data: bytes, addr, sock: socket.socket) -> None:
+    def _slow_udp(self, data: bytes, addr, sock: socket.socket, t0: float) -> None:
         self.stats["queries_slow"] += 1
         req = self._parse(data)
         if not isinstance(req, DNSRecord):
             if req is not None:
+                self._done("local", req[3] & 15, t0)
                 sock.sendto(req, addr)
             return
         limit = udp_limit(req)
         snap = self.snapshot
         result = answer(req, addr[0], snap)
         if isinstance(result, Forward):
-            self._start_forward(req, result, lambda out: sock.sendto(_fit(out, req, limit), addr))
+            self._start_forward(req, result, lambda out: sock.sendto(_fit(out, req, limit), addr), t0)
             return
+        self._done("local", result.record.header.rcode, t0)
         if result.record.header.rcode == RCODE.REFUSED:
             self.stats["refused"] += 1
         if addr[0] not in snap.views:   # REFUSED, or FORMERR/NOTIMP/BADVERS decided before the view
@@ -285,16 +310,19 @@ class DnsServer:
             body = rotor.next()
         sock.sendto(data[:2] + body, addr)
 
-    def _start_forward(self, req: DNSRecord, fwd: Forward, send) -> None:
+    def _start_forward(self, req: DNSRecord, fwd: Forward, send, t0: float) -> None:
         if self._forwards >= MAX_FORWARDS:
             self.stats["dropped_forwards"] += 1
+            self._done("forward", RCODE.SERVFAIL, t0)
             send(error(req, RCODE.SERVFAIL))
             return
         self._forwards += 1
 
         async def run() -> None:
             try:
-                send(await self.forwarder.resolve(req, fwd.upstreams))
+                out = await self.forwarder.resolve(req, fwd.upstreams)
+                self._done("forward", out.header.rcode, t0)
+                send(out)
             except Exception:
                 log.exception("forwarding %s failed", req.q.qname)
             finally:
@@ -338,12 +366,18 @@ class DnsServer:
 
     async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:
         self.stats["queries_slow"] += 1
+        t0 = time.perf_counter()
         req = self._parse(data)
         if not isinstance(req, DNSRecord):
+            if req is not None:
+                self._done("local", req[3] & 15, t0)
             return req
         result = answer(req, client, self.snapshot)
         if isinstance(result, Forward):
-            return _fit(await self.forwarder.resolve(req, result.upstreams), req, MAX_TCP_ANSWER)
+            out = await self.forwarder.resolve(req, result.upstreams)
+            self._done("forward", out.header.rcode, t0)
+            return _fit(out, req, MAX_TCP_ANSWER)
+        self._done("local", result.record.header.rcode, t0)
         return _fit(result.record, req, MAX_TCP_ANSWER)
 
 

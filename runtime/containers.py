@@ -23,6 +23,7 @@ from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, 
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
+from portlink.prom import Histogram
 from portlink.runtime import ambassadors, discovery, faults, links as linkspec, mounts, oci, ports as portspec, validate
 from portlink.runtime.discovery import Seen
 from portlink.runtime.images import ImageStore, check_name as check_image_name, read_image_file
@@ -135,6 +136,7 @@ class Containers:
         # Held while the DNAT maps and the journal's port rows change, so a full
         # re-render (drift repair) never drops an element added meanwhile.
         self.fw_lock = threading.RLock()
+        self.attach_time, self.start_time = Histogram(), Histogram()   # seconds (the metrics endpoint)
         self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
         self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
         self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
@@ -367,6 +369,7 @@ class Containers:
 
     # start: every step journalled before it is taken ----------------------------------
     def _start(self, cid: str) -> None:
+        began = time.perf_counter()
         row = self.row(cid)
         rec = json.loads(row["spec"])
         spec = ContainerSpec(**rec["spec"])
@@ -390,7 +393,9 @@ class Containers:
             faults.point("start.lease")
             ep = self._endpoint(cid, net, ip)
             self.store.record("veth", ep.host_ifname, cid)
+            t = time.perf_counter()
             kernel_link.attach(ep)
+            self.attach_time.observe(time.perf_counter() - t)
             faults.point("start.veth")
             mappings = self._mappings(cid, ip)
             with self.fw_lock:
@@ -413,6 +418,7 @@ class Containers:
         faults.point("start.files")
         self.store.record("runc", cid, cid)
         pid = self.runc.run_detached(cid, bundle, cdir / "container.log")
+        self.start_time.observe(time.perf_counter() - began)
         faults.point("start.runc")
         if ip is not None and spec.ambassador:
             rec["ip"] = str(ip)   # a restarted ambassador keeps its address: linkers' env vars name it
@@ -527,7 +533,7 @@ class Containers:
             with self.fw_lock:   # element and journal row go together (see Host.apply_firewall)
                 errs = self.fw.remove_ports([_mapping_from_key(name)])
                 # An element already gone is what we want; anything else is reported.
-                errs = [e for e in errs if "No such file" not in e and "does not exist" not in e]
+                errs = [e for e in errs if not any(m in e for m in ("No such file", "does not exist", "matching rule"))]
                 if errs:
                     raise RuntimeFailure("; ".join(errs))
                 self.store.forget(kind, name)

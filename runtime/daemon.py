@@ -25,7 +25,7 @@ from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink import logsetup
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, drift, events, reaper, validate
+from portlink.runtime import ambassadors, drift, events, exporter, reaper, validate
 from portlink.runtime.host import Host, HostConfig
 from portlink.runtime import cgroups, stats
 
@@ -364,7 +364,8 @@ def _img_json(i) -> dict:
     return {"name": i.name, "rootfs": str(i.rootfs), "cmd": i.config.cmd, "created": i.created, "size": i.size}
 
 
-async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0) -> None:
+async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0,
+                metrics_addr: str | None = None) -> None:
     host = Host(cfg)
     reap = reaper.Reaper(host.containers.on_exit)
     host.containers.watch = reap.watch
@@ -376,6 +377,7 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
     app = web.Application(middlewares=[api.errors], client_max_size=MAX_BODY)
     app.add_routes(api.routes())
     checker = asyncio.create_task(api.check_every(check_interval)) if check_interval else None
+    metrics = await exporter.Exporter(host, consul, api.call).serve(metrics_addr) if metrics_addr else None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -398,6 +400,8 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
         checker.cancel()
     # Containers keep running across a daemon stop; the next start reconciles.
     await runner.cleanup()
+    if metrics:
+        await metrics.cleanup()
     if consul:
         await consul.stop()   # entries stay: the containers keep running
     reap.close()
@@ -475,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="a full resync with Consul at least this often (seconds)")
     p.add_argument("--check-interval", type=float, default=30.0,
                    help="seconds between drift checks (veths, bridges, firewall, Consul); 0: only on demand")
+    p.add_argument("--metrics-addr", metavar="IP:PORT",
+                   help="serve Prometheus metrics at http://IP:PORT/metrics (default: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=logsetup.FORMATS,
                    help="text (default) or json: one JSON object per line")
@@ -492,7 +498,9 @@ def main(argv: list[str] | None = None) -> None:
                          consul_resync=a.consul_resync)
         if a.check_interval and not 1 <= a.check_interval <= 86400:
             raise InvalidArgument(f"invalid --check-interval {a.check_interval:g}: expected 1 to 86400 seconds, or 0")
-        asyncio.run(serve(cfg, Path(a.socket), a.check_interval))
+        if a.metrics_addr:
+            exporter.parse_addr(a.metrics_addr)   # a bad address fails before anything is made
+        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, a.metrics_addr))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")
 
