@@ -363,12 +363,33 @@ def cmd_network(cl, a):
     return 0
 
 
+def _import_with_progress(cl, path: str, name: str) -> dict:
+    """On a terminal: a progress line redrawn in place while the daemon extracts."""
+    resp = cl.request("POST", "/images", {"path": path, "name": name}, query={"progress": "1"}, stream=True)
+    started, result = time.monotonic(), None
+    for line in resp:
+        item = json.loads(line)
+        if "progress" in item:
+            done, total = item["progress"]
+            pct = 100 * done / total if total else 100
+            bar = "#" * int(pct / 5)
+            print(f"\r[image] importing {name}: [{bar:<20}] {pct:5.1f}% {done / 1e6:.1f}/{total / 1e6:.1f} MB "
+                  f"{time.monotonic() - started:.1f}s", end="", file=sys.stderr, flush=True)
+        else:
+            result = item
+    print(file=sys.stderr)
+    if result is None or "error" in result:
+        raise CliError(result["error"] if result else "the import ended without a result")
+    return result["image"]
+
+
 def cmd_image(cl, a):
     if a.icmd == "import":
         path = os.path.abspath(a.tarball)
-        if sys.stderr.isatty():
-            print(f"importing {path} as {a.name} ...", file=sys.stderr)
-        img = cl.post("/images", {"path": path, "name": a.name})
+        img = _import_with_progress(cl, path, a.name) if sys.stderr.isatty() else \
+            cl.post("/images", {"path": path, "name": a.name})   # piped: quiet, one result line
+        for w in img.get("warnings", []):
+            print(f"portlink: warning: {w}", file=sys.stderr)
         print(img["name"])
     elif a.icmd == "ls":
         rows = [["NAME", "SIZE", "COMMAND"]]

@@ -173,6 +173,8 @@ class Api:
             if unknown:
                 raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
             # the store checks both (types too) before it touches anything
+            if flag(r, "progress"):
+                return await self._import_with_progress(r, b.get("path"), b.get("name"))
             img = await self.call(h.images.import_tar, b.get("path"), b.get("name"))
             return ok({**_img_json(img), "warnings": list(img.warnings)})
 
@@ -276,6 +278,27 @@ class Api:
                         log.warning("drift %s", f)   # the kernel's findings are logged by drift.check
             except Exception:
                 log.exception("drift check failed")
+
+    async def _import_with_progress(self, r: web.Request, path, name) -> web.StreamResponse:
+        """JSON lines: {"progress": [bytes read, total]} as the import goes, then
+        {"image": ...} or {"error": ...} (the status is sent before the outcome is known)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        report = lambda done, total: loop.call_soon_threadsafe(queue.put_nowait, {"progress": [done, total]})
+        job = asyncio.ensure_future(self.call(self.host.images.import_tar, path, name, progress=report))
+        job.add_done_callback(lambda _: queue.put_nowait(None))
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(r)
+        while (item := await queue.get()) is not None:
+            await resp.write((json.dumps(item) + "\n").encode())
+        try:
+            img = job.result()
+            last = {"image": {**_img_json(img), "warnings": list(img.warnings)}}
+        except PortlinkError as e:
+            last = {"error": str(e)}
+        await resp.write((json.dumps(last) + "\n").encode())
+        await resp.write_eof()
+        return resp
 
     async def _events(self, r: web.Request) -> web.StreamResponse:
         """JSON lines: the recorded events from --since to --until; with follow=1
