@@ -141,6 +141,7 @@ class Containers:
         self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
         self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
         self.event: Callable[..., object] = lambda type, action, name, id="", **attrs: None   # EventLog.emit
+        self.before_process: Callable[[str | None, dict], None] = lambda ip, spec: None   # host: firewall trust
 
     # Lookup ------------------------------------------------------------------------
     def _lock(self, cid: str) -> threading.RLock:
@@ -416,6 +417,7 @@ class Containers:
         config = oci.build_config(proc, rootfs, nspath, f"/portlink/{cid}")
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         faults.point("start.files")
+        self.before_process(str(ip) if ip else None, rec["spec"])
         self.store.record("runc", cid, cid)
         pid = self.runc.run_detached(cid, bundle, cdir / "container.log")
         self.start_time.observe(time.perf_counter() - began)

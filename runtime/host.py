@@ -130,6 +130,7 @@ class Host:
         self.containers.changed = self.networks.changed = self._changed
         self.events = EventLog(cfg.state_dir / "events.jsonl")
         self.containers.event = self.networks.event = self.events.emit
+        self.containers.before_process = self.trust_before_start
         if cfg.consul:
             self.containers.consul_url = cfg.consul.url
             self.containers.remote = lambda name: (self.services or {}).get(name.lower())
@@ -195,6 +196,17 @@ class Host:
                                 "ON l.container_id = c.id WHERE c.status=?", RUNNING)
         return frozenset(TrustedFlow(ip_address(r["ip"]), self._consul_ip, self.cfg.consul.port)
                          for r in rows if json.loads(r["spec"])["spec"].get("ambassador"))
+
+    def trust_before_start(self, ip: str | None, spec: dict) -> None:
+        """An ambassador about to start: let it reach Consul before its process
+        runs, so its first connection never waits for a SYN retransmit."""
+        if not (ip and spec.get("ambassador") and self._consul_ip is not None):
+            return
+        flow = TrustedFlow(ip_address(ip), self._consul_ip, self.cfg.consul.port)
+        with self.containers.fw_lock:
+            if flow not in self._trusted:
+                self.fw.add_trusted([flow])
+                self._trusted |= {flow}
 
     def sync_trusted(self) -> None:
         """Make the firewall's trusted flows those of the running ambassadors, by
