@@ -31,17 +31,8 @@ import time
 
 import dns.flags
 import dns.message
-from dnslib import QTYPE, DNSRecord
 
 from portlink.dns import fuzz
-
-
-def udp_limit(query: bytes) -> int:
-    try:
-        opts = [rr for rr in DNSRecord.parse(query).ar if rr.rtype == QTYPE.OPT]
-    except Exception:
-        return 512
-    return max(512, min(opts[0].rclass, 4096)) if opts else 512
 
 
 def reply_problem(query: bytes, reply: bytes, udp: bool) -> str | None:
@@ -49,7 +40,7 @@ def reply_problem(query: bytes, reply: bytes, udp: bool) -> str | None:
         return "a reply to a packet without a header, or to a response"
     if reply[:2] != query[:2]:
         return "another id"
-    if udp and len(reply) > 512 and len(reply) > udp_limit(query):
+    if udp and len(reply) > 512 and len(reply) > fuzz.udp_limit(query):
         return "over the asker's UDP size"
     if (reply[2] >> 3) & 0xF == 5:   # dnspython wants an UPDATE's zone section to be SOA
         reply = reply[:2] + bytes([reply[2] & 0x87]) + reply[3:]

@@ -521,3 +521,12 @@ class InProcess:
         if not writer.closed:
             raise AssertionError("the server left a TCP connection open after the client's EOF")
         return b"".join(writer.out)
+
+
+def udp_limit(query: bytes) -> int:
+    """The largest UDP reply the asker accepts: its EDNS size (512..4096) if it sent OPT, else 512."""
+    try:
+        opts = [rr for rr in DNSRecord.parse(query).ar if rr.rtype == QTYPE.OPT]
+    except Exception:
+        return 512
+    return max(512, min(opts[0].rclass, 4096)) if opts else 512

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from portlink.runtime.sandbox import Namespace, SimHost, link_namespaces
+from portlink.runtime.sandbox import VENV_BIN, Namespace, SimHost, link_namespaces
 
 
 class Outside:
@@ -77,3 +77,17 @@ def dig(h: SimHost, name: str, qname: str, qtype: str = "A", *extra: str, status
         return code
     answers = [l.split(None, 4)[4] for l in r.stdout.splitlines() if l and not l.startswith(";")]
     return answers if code == "NOERROR" else [code]
+
+
+def refused_start(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """portlinkd with bad `args`, in a throwaway namespace: it must exit at once
+    and create nothing (asserted here); returns the run for its message."""
+    ns = Namespace.create("refused")
+    try:
+        r = ns.run(str(VENV_BIN / "portlinkd"), *args, "--state-dir", str(tmp_path / "s"),
+                   "--socket", str(tmp_path / "s.sock"), check=False, timeout=30)
+    finally:
+        ns.delete()
+    assert r.returncode != 0, "portlinkd started with bad arguments"
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.sock").exists(), "a refused start created state"
+    return r

@@ -18,7 +18,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dnslib import QTYPE, DNSRecord
+from dnslib import DNSRecord
 
 from portlink.dns import fuzz
 from portlink.dns.server import MAX_QUERY, DnsServer
@@ -38,15 +38,6 @@ def new_server() -> tuple[DnsServer, fuzz.InProcess]:
 
 # What every reply must be ---------------------------------------------------------------------
 
-def udp_limit(query: bytes) -> int:
-    """The largest UDP reply the asker accepts: its EDNS size (512..4096) if it sent OPT, else 512."""
-    try:
-        opts = [rr for rr in DNSRecord.parse(query).ar if rr.rtype == QTYPE.OPT]
-    except Exception:
-        return 512
-    return max(512, min(opts[0].rclass, 4096)) if opts else 512
-
-
 def check_reply(query: bytes, reply: bytes, client: str, udp: bool) -> dns.message.Message:
     """A reply is a DNS response to this query (dnspython parses it), for UDP
     within the asker's size; a stranger only ever gets an error."""
@@ -54,7 +45,7 @@ def check_reply(query: bytes, reply: bytes, client: str, udp: bool) -> dns.messa
     assert not query[2] & 0x80, "a reply to a response (reflection)"
     assert reply[:2] == query[:2], "the reply's id is not the query's"
     if udp and len(reply) > 512:
-        limit = udp_limit(query)
+        limit = fuzz.udp_limit(query)
         assert len(reply) <= limit, f"a {len(reply)}-byte UDP reply, the asker takes {limit}"
     if (reply[2] >> 3) & 0xF == 5:
         # dnspython reads an UPDATE as RFC 2136 wants it (zone section of type SOA); we
