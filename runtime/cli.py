@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from portlink.runtime import logfmt
 from portlink.runtime.daemon import DEFAULT_SOCKET
 
 EXIT_ERROR = 125
@@ -158,6 +159,11 @@ def cmd_run(cl: Client, a) -> int:
             # read the output and the exit code (as the docker client does).
             "rm": a.rm and a.detach,
             "labels": dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)}
+    if a.log_opt:
+        try:
+            spec["log_opts"] = logfmt.parse_log_opt_args(a.log_opt)
+        except ValueError as e:
+            raise CliError(str(e)) from None
     if a.ambassador:
         ports = []
         for e in a.expose:
@@ -255,10 +261,25 @@ def cmd_inspect(cl, a):
 
 
 def cmd_logs(cl, a):
-    resp = cl.request("GET", f"/containers/{_q(a.container)}/logs",
-                      query={"follow": "1" if a.follow else None, "tail": a.tail}, stream=True)
+    """Like `docker logs`: stdout lines to stdout, stderr lines to stderr; -t puts
+    each line's time first. The daemon sends CRI records (format=cri), so the
+    streams and the bytes come through as the container wrote them."""
+    resp = cl.request("GET", f"/containers/{_q(a.container)}/logs", stream=True,
+                      query={"follow": "1" if a.follow else None, "tail": a.tail, "since": a.since, "format": "cri"})
+    outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    open_line: dict[str, bool] = {}   # a fragment of this stream was printed: its line goes on
     try:
-        _stream(resp)
+        for raw in resp:
+            rec = logfmt.parse_record(raw.rstrip(b"\n"))
+            if rec is None:
+                continue
+            out = outs[rec.stream]
+            out.write(logfmt.render_text(rec, a.timestamps, not open_line.get(rec.stream)))
+            open_line[rec.stream] = rec.partial
+            if a.follow:
+                out.flush()
+        for out in outs.values():
+            out.flush()
     except KeyboardInterrupt:
         return 130
     return 0
@@ -495,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-w", "--workdir")
     r.add_argument("-u", "--user")
     r.add_argument("-l", "--label", action="append", default=[])
+    r.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="log rotation: max-size=10m, max-file=3 (default: portlinkd --log-max-size/--log-max-files)")
     r.add_argument("--ambassador", metavar="SERVICE",
                    help="run an ambassador: forward the service's ports (from Consul, or --expose) "
                         "to its healthy instances, rerouting as they move")
@@ -544,8 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn=cmd_stats)
 
     x = sub.add_parser("logs", help="print a container's output")
-    x.add_argument("-f", "--follow", action="store_true")
-    x.add_argument("--tail")
+    x.add_argument("-f", "--follow", action="store_true", help="then print new output until the container stops")
+    x.add_argument("-n", "--tail", help="only the last N lines (of all the rotated files), or all")
+    x.add_argument("--since", help="lines from then on: Unix time, duration back from now (10m, 1h30m) or RFC 3339")
+    x.add_argument("-t", "--timestamps", action="store_true", help="each line's time first (RFC 3339, UTC)")
     x.add_argument("container")
     x.set_defaults(fn=cmd_logs)
 
@@ -592,11 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     ysub.add_parser("firewall", help="show portlink's firewall rules")
     ysub.add_parser("consul", help="show the link to Consul").add_argument(
         "--sync", action="store_true", help="resync this host's entries now and show what changed")
+    ysub.add_parser("check", help="find and repair drift (veths, bridges, firewall, Consul entries, "
+                    "dead processes)").add_argument("--format", choices=["table", "json"], default="table")
     y.set_defaults(fn=cmd_system)
 
     lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
-    ysub.add_parser("check", help="find and repair drift (veths, bridges, firewall, Consul entries, "
-                    "dead processes)").add_argument("--format", choices=["table", "json"], default="table")
     lsub = lb.add_subparsers(dest="lcmd", required=True)
     x = lsub.add_parser("up", help="create N hosts, each with portlinkd and a Consul agent")
     x.add_argument("--hosts", type=int, default=3)

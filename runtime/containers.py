@@ -24,7 +24,7 @@ from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import FirewallDriver
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
 from portlink.prom import Histogram
-from portlink.runtime import ambassadors, discovery, faults, links as linkspec, mounts, oci, ports as portspec, validate
+from portlink.runtime import ambassadors, discovery, faults, links as linkspec, logfmt, mounts, oci, ports as portspec, validate
 from portlink.runtime.discovery import Seen
 from portlink.runtime.images import ImageStore, check_name as check_image_name, read_image_file
 from portlink.runtime.networks import NO_NETWORK, DEFAULT_NETWORK, Networks
@@ -59,6 +59,7 @@ class ContainerSpec:
     links: list[str] = field(default_factory=list)      # --link name[:alias]
     aliases: list[str] = field(default_factory=list)    # --network-alias: more DNS names
     ambassador: dict = field(default_factory=dict)      # {service, ports, policy, drain_deadline}
+    log_opts: dict = field(default_factory=dict)        # --log-opt max-size=10m / max-file=3 (over the daemon's)
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -107,6 +108,7 @@ class ContainerSpec:
             validate.name("network alias", a)
         for k, v in self.labels.items():
             validate.label(k, v)
+        logfmt.parse_log_opts(self.log_opts)
 
 
 def _mapping_key(p: PortMapping) -> str:
@@ -419,7 +421,7 @@ class Containers:
         faults.point("start.files")
         self.before_process(str(ip) if ip else None, rec["spec"])
         self.store.record("runc", cid, cid)
-        pid = self.runc.run_detached(cid, bundle, cdir / "container.log")
+        pid = self.runc.run_detached(cid, bundle, cdir / "container.log", spec.log_opts)
         self.start_time.observe(time.perf_counter() - began)
         faults.point("start.runc")
         if ip is not None and spec.ambassador:
@@ -444,13 +446,16 @@ class Containers:
         rows = self.store.query("SELECT c.id, c.spec, l.ip FROM containers c JOIN leases l "
                                 "ON l.container_id = c.id WHERE c.status=?", RUNNING)
         out = []
+        envs: dict[str, list[str]] = {}   # one image read per image, not per container (500 → 1)
         for r in rows:
             rec = json.loads(r["spec"])
-            try:
-                image_env = self.images.get(rec["spec"]["image"]).config.env
-            except NotFound:
-                image_env = []
-            out.append(self._seen(r["id"], rec, image_env, r["ip"]))
+            image = rec["spec"]["image"]
+            if image not in envs:
+                try:
+                    envs[image] = self.images.get(image).config.env
+                except NotFound:
+                    envs[image] = []
+            out.append(self._seen(r["id"], rec, envs[image], r["ip"]))
         return out
 
     def published(self) -> list[registration.Published]:
@@ -528,7 +533,7 @@ class Containers:
 
     def _undo_one(self, kind: str, name: str) -> None:
         if kind == "runc":
-            err = self.runc.delete(name)
+            err = self.runc.delete(name, self.cdir(name))   # cdir: where its log shim's pid is
             if err:
                 raise RuntimeFailure(err)
         elif kind == "port":
@@ -764,7 +769,12 @@ class Containers:
 
     def list(self, all: bool = False) -> list[dict]:
         rows = self.store.query("SELECT id FROM containers ORDER BY created")
-        out = [self.inspect(r["id"]) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(self.inspect(r["id"]))
+            except NotFound:
+                pass   # removed since the ids were read (a concurrent rm): not listed, not an error
         return out if all else [c for c in out if c["status"] == RUNNING]
 
     def active_mappings(self) -> list[PortMapping]:

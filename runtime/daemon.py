@@ -25,12 +25,13 @@ from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink import logsetup
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, drift, events, exporter, reaper, validate
+from portlink.runtime import ambassadors, drift, events, logfmt, reaper, validate
 from portlink.runtime.host import Host, HostConfig
-from portlink.runtime import cgroups, stats
+from portlink.runtime import cgroups, exporter, stats
 
 log = logging.getLogger("portlink.daemon")
 MAX_BODY = 1 << 20   # a container spec is small; a huge body is an error, not an allocation
+API_BACKLOG = 1024    # pending API connections (aiohttp's default is 128)
 
 DEFAULT_SOCKET = "/run/portlink/portlink.sock"
 DEFAULT_STATE = "/var/lib/portlink"
@@ -324,35 +325,55 @@ class Api:
         return resp
 
     async def _logs(self, r: web.Request, info: dict, c) -> web.StreamResponse:
-        path = Path(info["paths"]["log"])
-        tail = r.query.get("tail")
+        """The container's log (runtime/logfmt.py). Query: tail=N|all, since=(Unix
+        time | duration like 10m | RFC 3339), follow=1 (until the container stops),
+        timestamps=1, format=text|cri.
+
+        format=text (the default): the lines' text, stdout and stderr merged, as a
+        foreground `run` prints them. format=cri: one record per line,
+        `<RFC3339Nano> <stdout|stderr> <F|P> <text>`, fragments joined back (P:
+        the line has no newline yet; when following, its rest comes as more
+        records of that stream): byte-exact, so the CLI can split the streams."""
+        tail = logfmt.parse_tail(r.query.get("tail"))
+        since = logfmt.parse_since(r.query.get("since"))
         follow = r.query.get("follow") in ("1", "true")
+        stamps = r.query.get("timestamps") in ("1", "true")
+        fmt = r.query.get("format", "text")
+        if fmt not in ("text", "cri"):
+            raise InvalidArgument(f"invalid log format {fmt!r}: expected text or cri")
+        open_line: dict[str, bool] = {}   # stream -> a fragment was sent, the line goes on (text)
+
+        def render(recs) -> bytes:
+            if fmt == "cri":
+                return b"".join(map(logfmt.format_record, recs))
+            out = []
+            for rec in recs:
+                out.append(logfmt.render_text(rec, stamps, not open_line.get(rec.stream)))
+                open_line[rec.stream] = rec.partial
+            return b"".join(out)
+
+        reader = logfmt.Reader(Path(info["paths"]["log"]))
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(r)
-        data = path.read_bytes() if path.exists() else b""
-        if tail is not None and tail != "all":
-            if not (tail.isascii() and tail.isdigit()):
-                raise InvalidArgument(f"invalid --tail {tail!r}: expected a number or 'all'")
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-int(tail):]) if int(tail) else b""
-        await resp.write(data)
-        if follow:
-            pos = len(path.read_bytes()) if path.exists() else 0
-            while True:
+        try:
+            data = await self.call(lambda: render(reader.read_existing(tail, since)))   # off the event loop
+            for i in range(0, len(data), 1 << 20):
+                await resp.write(data[i:i + (1 << 20)])
+            while follow:
                 try:
                     running = c.row(info["id"])["status"] == "running"
                 except PortlinkError:
                     running = False
-                # Read after the status check: output written before the exit is never lost.
-                if path.exists() and path.stat().st_size > pos:
-                    with open(path, "rb") as f:
-                        f.seek(pos)
-                        chunk = f.read()
-                    pos += len(chunk)
-                    await resp.write(chunk)
+                # Read after the status check: a stopped container's shim has written all
+                # (Runc.delete waits for it before the status changes), so nothing is lost.
+                new = await self.call(reader.read_new)
+                if new:
+                    await resp.write(render(new))
                 if not running:
                     break
                 await asyncio.sleep(0.05)
+        finally:
+            reader.close()
         await resp.write_eof()
         return resp
 
@@ -388,8 +409,10 @@ def _img_json(i) -> dict:
 
 
 async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0,
-                metrics_addr: str | None = None) -> None:
+                log_limits: logfmt.LogLimits | None = None, metrics_addr: str | None = None) -> None:
     host = Host(cfg)
+    if log_limits:
+        host.containers.runc.log_defaults = log_limits   # a container's --log-opt overrides them
     reap = reaper.Reaper(host.containers.on_exit)
     host.containers.watch = reap.watch
     repaired = await asyncio.get_running_loop().run_in_executor(None, host.setup)
@@ -408,7 +431,9 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
         socket_path.unlink()
     old = os.umask(0o177)   # the socket is root-only from its first moment
     try:
-        site = web.UnixSite(runner, str(socket_path))
+        # A full accept queue makes a UNIX-socket connect() fail at once (EAGAIN), not
+        # wait: room for a burst of clients (200 parallel `portlink run`s), capped by somaxconn.
+        site = web.UnixSite(runner, str(socket_path), backlog=API_BACKLOG)
         await site.start()
     finally:
         os.umask(old)
@@ -507,6 +532,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=logsetup.FORMATS,
                    help="text (default) or json: one JSON object per line")
+    p.add_argument("--log-max-size", default="10m",
+                   help="containers' logs rotate at this size (10m, 512k, 1g; run --log-opt max-size= overrides)")
+    p.add_argument("--log-max-files", default="3",
+                   help="and keep at most this many files each (run --log-opt max-file= overrides)")
     a = p.parse_args(argv)
     logsetup.configure(a.log_level, a.log_format)
     if os.geteuid() != 0:
@@ -521,9 +550,11 @@ def main(argv: list[str] | None = None) -> None:
                          consul_resync=a.consul_resync)
         if a.check_interval and not 1 <= a.check_interval <= 86400:
             raise InvalidArgument(f"invalid --check-interval {a.check_interval:g}: expected 1 to 86400 seconds, or 0")
+        log_limits = logfmt.LogLimits(logfmt.parse_size("--log-max-size", a.log_max_size),
+                                      logfmt.parse_files("--log-max-files", a.log_max_files))
         if a.metrics_addr:
             exporter.parse_addr(a.metrics_addr)   # a bad address fails before anything is made
-        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, a.metrics_addr))
+        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, log_limits, a.metrics_addr))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")
 

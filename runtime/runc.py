@@ -2,20 +2,34 @@
 
 Each daemon has its own runc --root in its state dir, so several simulated
 hosts on one machine never see each other's containers. cgroupfs manager (the
-default): crun and systemd cgroups refuse this machine's v1/v2 hybrid."""
+default): crun and systemd cgroups refuse this machine's v1/v2 hybrid.
+
+A container's stdout and stderr are pipes read by its own portlink-logshim
+(shim/logshim.c), which writes the container's log and rotates it; the shim is
+in a session of its own, so it outlives the daemon, and ends when the pipes
+reach EOF (the container and everything that inherited its stdio are gone)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from portlink.errors import RuntimeFailure
+from portlink.runtime import logfmt
+
+log = logging.getLogger("portlink.runc")
+LOGSHIM = "portlink-logshim"
+LOGSHIM_PID = "logshim.pid"     # in the log's directory: crash recovery and rm find the shim by it
+LOGSHIM_WAIT = 10.0             # seconds a shim may take to drain the pipes once the container is gone
 
 
 def _runc_bin() -> str:
@@ -25,9 +39,24 @@ def _runc_bin() -> str:
     return path
 
 
+def logshim_binary() -> str:
+    """The log shim: $PORTLINK_LOGSHIM, else beside the venv's python (scripts/build-logshim
+    puts it there), else on PATH."""
+    here = [os.environ.get("PORTLINK_LOGSHIM", ""), str(Path(sys.executable).parent / LOGSHIM),
+            str(Path(sys.prefix) / "bin" / LOGSHIM), shutil.which(LOGSHIM) or ""]
+    for path in here:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise RuntimeFailure(f"the log shim {LOGSHIM} is not built: run ./scripts/setup (it compiles "
+                         "shim/logshim.c with gcc into .venv/bin; or set PORTLINK_LOGSHIM to the binary)")
+
+
 @dataclass
 class Runc:
     root: Path
+    log_defaults: logfmt.LogLimits = field(default_factory=logfmt.LogLimits)   # portlinkd --log-max-*
+    _shims: dict = field(default_factory=dict, repr=False)    # cid -> Popen of the shim we started
+    _shims_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _cmd(self, *args: str) -> list[str]:
         return [_runc_bin(), "--root", str(self.root), *args]
@@ -35,21 +64,74 @@ class Runc:
     def _run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout)
 
-    def run_detached(self, cid: str, bundle: Path, log: Path) -> int:
-        """Start the container; its stdout and stderr append to `log`. Returns the pid.
+    def run_detached(self, cid: str, bundle: Path, log: Path, log_opts: dict | None = None) -> int:
+        """Start the container; its stdout and stderr go to its log shim, which
+        writes `log` (rotated per `log_opts` over the daemon's defaults). Returns the pid.
 
-        The container inherits runc's stdio, so runc's stderr cannot be a pipe
-        (it would never reach EOF): runc's own errors go to --log instead."""
+        The container inherits runc's stdio, so runc's stderr cannot be a pipe we
+        read (it would never reach EOF): runc's own errors go to --log instead."""
+        limits = logfmt.parse_log_opts(log_opts or {}, self.log_defaults)
+        shim_bin = logshim_binary()
         pidfile, runc_log = bundle / "pid", bundle / "runc.log"
         runc_log.unlink(missing_ok=True)
-        with open(log, "ab") as out, open(os.devnull, "rb") as devnull:
-            p = subprocess.run([_runc_bin(), "--root", str(self.root), "--log", str(runc_log),
-                                "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
-                                "--bundle", str(bundle), cid],
-                               stdin=devnull, stdout=out, stderr=out, timeout=60)
+        self.end_logshim(cid, log.parent)   # a previous run's shim: gone already, unless something held its pipes
+        r_out, w_out = os.pipe()            # close-on-exec: no other child of the daemon inherits them
+        r_err, w_err = os.pipe()
+        ours = [r_out, w_out, r_err, w_err]
+        try:
+            with open(log.parent / "logshim.log", "ab") as shim_log, open(os.devnull, "r+b") as devnull:
+                shim = subprocess.Popen([shim_bin, "--file", str(log), "--max-size", str(limits.max_size),
+                                         "--max-files", str(limits.max_files),
+                                         "--stdout-fd", str(r_out), "--stderr-fd", str(r_err)],
+                                        pass_fds=(r_out, r_err), stdin=devnull, stdout=devnull, stderr=shim_log,
+                                        cwd="/", start_new_session=True)
+                for fd in (r_out, r_err):   # the read ends live in the shim only
+                    os.close(fd)
+                    ours.remove(fd)
+                with self._shims_lock:
+                    self._shims[cid] = shim
+                (log.parent / LOGSHIM_PID).write_text(f"{shim.pid}\n")
+                p = subprocess.run([_runc_bin(), "--root", str(self.root), "--log", str(runc_log),
+                                    "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
+                                    "--bundle", str(bundle), cid],
+                                   stdin=devnull, stdout=w_out, stderr=w_err, timeout=60)
+        finally:
+            for fd in ours:   # the write ends now live in the container only: its end is the shim's EOF
+                os.close(fd)
         if p.returncode != 0:
             raise RuntimeFailure(f"the container's command could not start: {_last_log_error(runc_log)}")
         return int(pidfile.read_text())
+
+    def end_logshim(self, cid: str, log_dir: Path | None, timeout: float = LOGSHIM_WAIT) -> str | None:
+        """Wait for the container's log shim to drain and exit (its pipes reach EOF
+        once the container is gone); one still alive after `timeout` is killed, by
+        the recorded pid and only if that pid is still the shim. Returns an error text."""
+        with self._shims_lock:
+            proc = self._shims.pop(cid, None)
+        pidfile = log_dir / LOGSHIM_PID if log_dir else None
+        pid = proc.pid if proc else _read_pid(pidfile)
+        if pid is None:
+            return None
+        alive = (lambda: proc.poll() is None) if proc else (lambda: pid_alive(pid) and _is_logshim(pid, log_dir))
+        deadline = time.monotonic() + timeout
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if alive() and _is_logshim(pid, log_dir):
+            # Something outside the container still holds its stdout (or the disk hangs): the
+            # container is gone, so its shim goes too.
+            os.kill(pid, signal.SIGKILL)
+            log.warning("log shim %d of %s did not exit within %gs of the container: killed", pid, cid[:12], timeout)
+            end = time.monotonic() + 5
+            while alive() and time.monotonic() < end:
+                time.sleep(0.01)
+        if proc:
+            try:
+                proc.wait(0.1)   # ours: reaped here, no zombie
+            except subprocess.TimeoutExpired:
+                return f"log shim {pid} of {cid[:12]} does not exit"
+        if pidfile:
+            pidfile.unlink(missing_ok=True)
+        return None
 
     def state(self, cid: str) -> dict | None:
         p = self._run("state", cid)
@@ -60,12 +142,15 @@ class Runc:
     def kill(self, cid: str, sig: int) -> None:
         self._run("kill", cid, str(sig))
 
-    def delete(self, cid: str) -> str | None:
-        """Force-delete; returns an error text or None. A missing container is fine."""
+    def delete(self, cid: str, log_dir: Path | None = None) -> str | None:
+        """Force-delete, then see the log shim out (it has written everything the
+        container printed once this returns); returns an error text or None. A
+        missing container is fine. `log_dir`: where its logshim.pid is (a shim
+        another daemon started)."""
         p = self._run("delete", "--force", cid)
         if p.returncode != 0 and "does not exist" not in p.stderr and "not exist" not in p.stderr:
             return f"runc delete {cid}: {_runc_error(p.stderr)}"
-        return None
+        return self.end_logshim(cid, log_dir)
 
     def list_ids(self) -> list[str]:
         p = self._run("list", "--format", "json")
@@ -82,6 +167,24 @@ class Runc:
         if workdir:
             argv += ["--cwd", workdir]
         return argv + [cid, *args]
+
+
+def _read_pid(path: Path | None) -> int | None:
+    try:
+        return int(path.read_text().strip()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_logshim(pid: int, log_dir: Path | None) -> bool:
+    """Is `pid` a log shim (writing into `log_dir`, when given)? A recorded pid may have been reused."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    prefix = f"{log_dir}/".encode() if log_dir else b""
+    return os.path.basename(argv[0]) == LOGSHIM.encode() and any(a.startswith(prefix) for a in argv[1:])
 
 
 def _last_log_error(path: Path) -> str:

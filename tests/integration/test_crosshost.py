@@ -29,6 +29,8 @@ class Lab:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if check and p.returncode != 0:
             raise AssertionError(f"{host}: portlink {' '.join(args)}: {p.stderr}")
+        if args[:1] == ("logs",):   # the container's stderr (the ambassador's log) comes back on stderr
+            return (p.stdout + p.stderr).strip() if p.returncode == 0 else p.stderr.strip()
         return p.stdout.strip() if p.returncode == 0 else p.stderr.strip()
 
     def client(self, host: str):

@@ -25,6 +25,7 @@ FULL = {
     "links": ["db:sql", "cache"],
     "aliases": ["www"],
     "ambassador": {"service": "frontdb", "ports": [5432], "policy": "drain", "drain_deadline": 10.0},
+    "log_opts": {"max-size": "1m", "max-file": "2"},
 }
 
 

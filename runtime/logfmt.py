@@ -1,0 +1,322 @@
+"""Container logs: the CRI log format the shim writes, rotation-aware reading,
+--tail / --since, and the log options. Pure: files are read, nothing else.
+
+A record is `<RFC3339Nano UTC> <stdout|stderr> <F|P> <text>` (Kubernetes' CRI
+format, as conmon's k8s-file driver writes it). P is a fragment that the next
+records of the same stream continue; F ends the line. The files are PATH and,
+older, PATH.1 … PATH.(N-1) (see shim/logshim.c)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import NamedTuple
+
+from portlink.errors import InvalidArgument
+
+STREAMS = ("stdout", "stderr")
+MIN_MAX_SIZE = 32 * 1024      # the shim's minimum: a file must hold a whole 16 KiB record
+MAX_FILES = 100               # the shim's maximum
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Rotation: at most `max_files` files of at most `max_size` bytes each."""
+
+    max_size: int = 10 * 1024 * 1024    # Docker json-file's usual max-size=10m
+    max_files: int = 3                  # and max-file=3
+
+
+class Record(NamedTuple):   # a tuple: logs of 30 MiB are hundreds of thousands of these
+    """One record, or (after join) one whole line: `partial` then means the
+    stream ended, so far, without a newline."""
+
+    time_ns: int
+    stream: str
+    partial: bool
+    text: bytes
+
+
+# -- options ---------------------------------------------------------------------------
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(what: str, text: str) -> int:
+    """Docker's sizes: 10m, 512k, 1g, 1.5m, 65536 (binary units, as docker's)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise InvalidArgument(f"invalid {what} {text!r}: expected a size like 10m, 512k or 1g")
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if not MIN_MAX_SIZE <= size <= 1 << 40:
+        raise InvalidArgument(f"invalid {what} {text!r}: expected 32k to 1t (a file must hold a whole "
+                              "16 KiB line)")
+    return size
+
+
+def parse_files(what: str, text: str | int) -> int:
+    s = str(text).strip()
+    if not (s.isascii() and s.isdigit()) or not 1 <= int(s) <= MAX_FILES:
+        raise InvalidArgument(f"invalid {what} {text!r}: expected a number of files from 1 to {MAX_FILES}")
+    return int(s)
+
+
+def parse_log_opts(opts: dict, defaults: LogLimits = LogLimits()) -> LogLimits:
+    """`--log-opt` entries (Docker's names) over the daemon's defaults."""
+    if not isinstance(opts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
+        raise InvalidArgument("field 'log_opts' must map strings to strings (--log-opt max-size=10m)")
+    unknown = sorted(set(opts) - {"max-size", "max-file"})
+    if unknown:
+        raise InvalidArgument(f"unknown --log-opt {', '.join(unknown)}: portlink's logs know max-size and max-file")
+    size, files = defaults.max_size, defaults.max_files
+    if "max-size" in opts:
+        size = parse_size("--log-opt max-size", opts["max-size"])
+    if "max-file" in opts:
+        files = parse_files("--log-opt max-file", opts["max-file"])
+    return LogLimits(size, files)
+
+
+def parse_log_opt_args(entries: list[str]) -> dict[str, str]:
+    """The CLI's `--log-opt KEY=VALUE` list as a dict (values are checked by the daemon).
+    Raises ValueError (the CLI runs without portlink's error classes in its output)."""
+    out = {}
+    for e in entries:
+        key, eq, value = e.partition("=")
+        if not eq or not key:
+            raise ValueError(f"invalid --log-opt {e!r}: expected KEY=VALUE, like max-size=10m")
+        out[key] = value
+    return out
+
+
+def parse_tail(text: str | None) -> int | None:
+    """--tail N: the last N lines; None or 'all': everything."""
+    if text in (None, "", "all"):
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidArgument(f"invalid --tail {text!r}: expected a number or 'all'")
+    return int(text)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str | None, now: float | None = None) -> int | None:
+    """--since as nanoseconds since the epoch: a Unix time (1700000000.5), a
+    duration back from now (10m, 1h30m, 45s: Go's spelling, plus d), or an
+    RFC 3339 time (2024-05-01T12:00:00Z), as `docker logs --since` takes."""
+    if text in (None, ""):
+        return None
+    now = time.time() if now is None else now
+    t = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return int(Decimal(t) * 1_000_000_000)   # exact: a float would lose the nanoseconds
+    if t and _DURATION.sub("", t) == "":   # nothing but durations: 10m, 1h30m
+        secs = sum(float(n) * _DUR_UNITS[u] for n, u in _DURATION.findall(t))
+        return int((now - secs) * 1e9)
+    try:
+        dt = datetime.fromisoformat(t.replace("z", "Z"))
+    except ValueError:
+        raise InvalidArgument(f"invalid --since {text!r}: expected a Unix time, a duration like 10m or 1h30m, "
+                              "or an RFC 3339 time like 2024-05-01T12:00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+# -- records ---------------------------------------------------------------------------
+_epoch_cache: dict[bytes, int] = {}
+
+
+def parse_time(ts: bytes) -> int:
+    """`2024-05-01T12:00:00.123456789Z` -> nanoseconds since the epoch."""
+    if len(ts) < 20 or ts[-1:] != b"Z" or ts[10:11] != b"T":
+        raise ValueError(f"not an RFC 3339 UTC time: {ts!r}")
+    secs = _epoch_cache.get(ts[:19])
+    if secs is None:
+        dt = datetime.strptime(ts[:19].decode("ascii"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+        secs = _epoch_cache[ts[:19]] = int(dt.timestamp())
+        if len(_epoch_cache) > 4096:
+            _epoch_cache.clear()
+    frac = ts[19:-1]
+    if not frac:
+        return secs * 1_000_000_000
+    if frac[:1] != b"." or not frac[1:].isdigit():
+        raise ValueError(f"bad fraction in {ts!r}")
+    return secs * 1_000_000_000 + int(frac[1:10].ljust(9, b"0"))
+
+
+def format_time(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+
+
+def parse_record(line: bytes) -> Record | None:
+    """One line of a log file (without its newline); None if it is not a record
+    (a line cut short by a crash, say): readers skip it."""
+    parts = line.split(b" ", 3)
+    if len(parts) < 3:
+        return None
+    ts, stream, tag = parts[0], parts[1], parts[2]
+    if tag not in (b"F", b"P") or stream not in (b"stdout", b"stderr"):
+        return None
+    try:
+        t = parse_time(ts)
+    except ValueError:
+        return None
+    return Record(t, stream.decode(), tag == b"P", parts[3] if len(parts) == 4 else b"")
+
+
+def format_record(r: Record) -> bytes:
+    return f"{format_time(r.time_ns)} {r.stream} {'P' if r.partial else 'F'} ".encode() + r.text + b"\n"
+
+
+def parse_records(data: bytes) -> list[Record]:
+    """The records of whole lines in `data` (a trailing piece without a newline is ignored)."""
+    lines = data.split(b"\n")
+    lines.pop()   # after the last newline: empty, or a record still being written
+    return [r for r in map(parse_record, lines) if r is not None]
+
+
+class Joiner:
+    """Joins each stream's fragments back into lines, across reads and files."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[Record]] = {}
+
+    def feed(self, records: list[Record]) -> list[Record]:
+        out = []
+        for r in records:
+            if r.partial:
+                self.pending.setdefault(r.stream, []).append(r)
+                continue
+            parts = self.pending.pop(r.stream, [])
+            if parts:
+                r = Record(parts[0].time_ns, r.stream, False, b"".join(p.text for p in parts) + r.text)
+            out.append(r)
+        return out
+
+    def rest(self) -> list[Record]:
+        """Lines still open (no newline yet), oldest first, as partial lines."""
+        out = [Record(ps[0].time_ns, s, True, b"".join(p.text for p in ps)) for s, ps in self.pending.items()]
+        self.pending.clear()
+        return sorted(out, key=lambda r: r.time_ns)
+
+
+def join(records: list[Record]) -> list[Record]:
+    """Whole lines; a line still open at the end comes last, marked partial."""
+    j = Joiner()
+    return j.feed(records) + j.rest()
+
+
+def select(lines: list[Record], tail: int | None = None, since_ns: int | None = None) -> list[Record]:
+    """--since (by a line's first timestamp), then --tail (the last N lines)."""
+    if since_ns is not None:
+        lines = [l for l in lines if l.time_ns >= since_ns]
+    if tail is not None:
+        lines = lines[-tail:] if tail else []
+    return lines
+
+
+# -- files -----------------------------------------------------------------------------
+def rotated(path: Path) -> list[Path]:
+    """PATH's older files, oldest first: PATH.(N-1), …, PATH.1."""
+    found = []
+    for p in path.parent.glob(path.name + ".*"):
+        suffix = p.name[len(path.name) + 1:]
+        if suffix.isdigit():
+            found.append((int(suffix), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def all_files(path: Path) -> list[Path]:
+    """Every file of the log, oldest first; the current one last."""
+    return rotated(path) + [path]
+
+
+class Reader:
+    """Reads a container's log: first what is there (read_existing), then, to
+    follow, what is added (read_new), across rotations.
+
+    Following holds the current file open: when the shim renames it to PATH.1,
+    the rest of it is still read through the open file before the new PATH is
+    opened. A follower more than one rotation behind skips the files between."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = None
+        self.buf = b""
+
+    def _open(self):
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            return None
+
+    def read_existing(self, tail: int | None = None, since_ns: int | None = None) -> list[Record]:
+        """The selected lines of what is logged now; leaves the reader at the end."""
+        self.f = self._open()
+        cur = os.fstat(self.f.fileno()).st_ino if self.f else None
+        older = rotated(self.path)
+        per_file = [self._parse(self.f.read()) if self.f else []]   # newest first
+        lines = sum(not r.partial for r in per_file[0])
+        for p in reversed(older):
+            if tail is not None and since_ns is None and lines > tail:
+                break   # enough for --tail (one more line: a line split across files is whole)
+            try:
+                with open(p, "rb") as g:
+                    if os.fstat(g.fileno()).st_ino == cur:
+                        continue   # rotated while we were listing: read above as the current file
+                    data = g.read()
+            except FileNotFoundError:
+                continue           # rotated away meanwhile
+            per_file.append(parse_records(data))
+            lines += sum(not r.partial for r in per_file[-1])
+        return select(join([r for recs in reversed(per_file) for r in recs]), tail, since_ns)
+
+    def read_new(self) -> list[Record]:
+        """The records added since the last read, in order (fragments as they come)."""
+        out: list[Record] = []
+        for _ in range(3):   # at most a couple of rotations are followed per call
+            if self.f is None:
+                self.f = self._open()
+                if self.f is None:
+                    return out
+            size = os.fstat(self.f.fileno()).st_size
+            if size < self.f.tell():   # truncated (the shim undoing a failed write): go on from its end
+                self.f.seek(size)
+                self.buf = b""
+            out += self._parse(self.f.read())
+            try:
+                moved = os.stat(self.path).st_ino != os.fstat(self.f.fileno()).st_ino
+            except FileNotFoundError:
+                return out   # between the rename and the new file: next time
+            if not moved:
+                return out
+            out += self._parse(self.f.read())   # the shim closed it before renaming: this is all of it
+            self.f.close()
+            self.f, self.buf = None, b""
+        return out
+
+    def _parse(self, data: bytes) -> list[Record]:
+        data = self.buf + data
+        cut = data.rfind(b"\n") + 1
+        self.buf = data[cut:]
+        return parse_records(data[:cut])
+
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+            self.f = None
+
+
+def render_text(r: Record, timestamps: bool = False, at_line_start: bool = True) -> bytes:
+    """A line (or fragment) as `docker logs` prints it; with timestamps, the
+    time starts each line (not a fragment that continues one)."""
+    head = (format_time(r.time_ns) + " ").encode() if timestamps and at_line_start else b""
+    return head + r.text + (b"" if r.partial else b"\n")
