@@ -181,7 +181,9 @@ def cmd_run(cl: Client, a) -> int:
         print(c["id"])
         return 0
     try:
-        _stream(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1"}, stream=True))
+        # the container's stdout on ours, its stderr on ours, as `docker run` does
+        _print_records(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1", "format": "cri"},
+                                  stream=True), timestamps=False, flush=True)
         code = _exit_code(cl, c["id"])
     except KeyboardInterrupt:
         return 130
@@ -266,23 +268,28 @@ def cmd_logs(cl, a):
     streams and the bytes come through as the container wrote them."""
     resp = cl.request("GET", f"/containers/{_q(a.container)}/logs", stream=True,
                       query={"follow": "1" if a.follow else None, "tail": a.tail, "since": a.since, "format": "cri"})
-    outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-    open_line: dict[str, bool] = {}   # a fragment of this stream was printed: its line goes on
     try:
-        for raw in resp:
-            rec = logfmt.parse_record(raw.rstrip(b"\n"))
-            if rec is None:
-                continue
-            out = outs[rec.stream]
-            out.write(logfmt.render_text(rec, a.timestamps, not open_line.get(rec.stream)))
-            open_line[rec.stream] = rec.partial
-            if a.follow:
-                out.flush()
-        for out in outs.values():
-            out.flush()
+        _print_records(resp, a.timestamps, a.follow)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _print_records(resp, timestamps: bool, flush: bool) -> None:
+    """CRI records from the daemon: stdout lines to our stdout, stderr lines to our stderr."""
+    outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    open_line: dict[str, bool] = {}   # a fragment of this stream was printed: its line goes on
+    for raw in resp:
+        rec = logfmt.parse_record(raw.rstrip(b"\n"))
+        if rec is None:
+            continue
+        out = outs[rec.stream]
+        out.write(logfmt.render_text(rec, timestamps, not open_line.get(rec.stream)))
+        open_line[rec.stream] = rec.partial
+        if flush:
+            out.flush()
+    for out in outs.values():
+        out.flush()
 
 
 def cmd_events(cl, a):

@@ -368,3 +368,11 @@ os.write(1, data)
     recs = [logfmt.parse_record(l) for l in data.splitlines()]
     assert recs and all(r is not None and r.text == b"0123456789" * 10 for r in recs)   # whole records only
     assert "dropping output" in (tmp_path / "shim.err").read_text()
+
+
+def test_foreground_run_keeps_the_streams_apart(nft_host):
+    """As `docker run`: the container's stdout on ours, its stderr on ours."""
+    r = nft_host.cli("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; echo out2; exit 4")
+    assert r.returncode == 4
+    assert r.stdout == "out\nout2\n"
+    assert r.stderr == "err\n"
