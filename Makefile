@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute bench-fuzz clean
+.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute bench-fuzz bench-scale bench-soak clean
 
 setup:
 	./scripts/setup
@@ -35,6 +35,13 @@ bench-proxy: setup
 
 bench-reroute: setup
 	.venv/bin/python -P bench/reroute.py
+
+# N containers on one host (N=500); soak: MINUTES=2 by default, longer by MINUTES=30
+bench-scale: setup
+	.venv/bin/python -P bench/scale.py --count $(or $(N),500)
+
+bench-soak: setup
+	.venv/bin/python -P bench/soak.py --minutes $(or $(MINUTES),2)
 
 bench-fuzz: setup
 	.venv/bin/python -P bench/dns_fuzz.py

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import socket
 import threading
 from ipaddress import IPv4Address
 from pyroute2 import IPRoute
@@ -28,8 +29,21 @@ def _ipr() -> IPRoute:
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
+    """ifindex by name through `ipr`: for a short-lived socket in another
+    namespace, or a rare call (see _host_index)."""
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None
+
+
+def _host_index(ifname: str) -> int | None:
+    """ifindex of a link in this thread's namespace, by ioctl (if_nametoindex).
+    Not a netlink get on the long-lived per-thread socket: pyroute2 0.9 keeps
+    about 2 KiB of every get's reply on that socket for good, so a lookup per
+    container start grew the daemon without end."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
 
 
 def _tolerate(err: NetlinkError, *codes: int) -> None:
@@ -49,7 +63,7 @@ def ensure_bridge(net: NetworkSpec) -> None:
         ipr.link("add", ifname=net.bridge, kind="bridge", address=mac)
     except NetlinkError as e:
         _tolerate(e, errno.EEXIST)
-    idx = _index(ipr, net.bridge)
+    idx = _index(ipr, net.bridge)   # once per network: the per-container paths use _host_index
     ipr.link("set", index=idx, address=mac)
     try:
         ipr.addr("add", index=idx, address=str(net.gateway), prefixlen=net.subnet.prefixlen)
@@ -93,7 +107,7 @@ def link_states() -> dict[str, tuple[str | None, bool]]:
 
 def has_address(ifname: str, address: IPv4Address) -> bool:
     ipr = _ipr()
-    idx = _index(ipr, ifname)
+    idx = _host_index(ifname)
     return idx is not None and any(a.get_attr("IFA_ADDRESS") == str(address)
                                    for a in ipr.get_addr(index=idx, family=2))
 
@@ -101,7 +115,7 @@ def has_address(ifname: str, address: IPv4Address) -> bool:
 def set_master(ifname: str, bridge: str) -> None:
     """Put a host-side veth back on its bridge, up (drift repair)."""
     ipr = _ipr()
-    idx, br = _index(ipr, ifname), _index(ipr, bridge)
+    idx, br = _host_index(ifname), _host_index(bridge)
     if idx is None or br is None:
         raise OSError(errno.ENODEV, f"{ifname if idx is None else bridge} is missing")
     ipr.link("set", index=idx, master=br, state="up")
@@ -119,7 +133,7 @@ _bridges: dict[str, int] = {}   # bridge name -> ifindex; kept current by ensure
 def _bridge_index(ipr: IPRoute, ep: Endpoint) -> int:
     idx = _bridges.get(ep.network.bridge)
     if idx is None:
-        idx = _index(ipr, ep.network.bridge)
+        idx = _host_index(ep.network.bridge)
         if idx is None:
             raise OSError(errno.ENODEV, f"bridge {ep.network.bridge} of network {ep.network.name!r} is missing")
         _bridges[ep.network.bridge] = idx
@@ -180,7 +194,7 @@ def attach(ep: Endpoint, fresh: bool = True) -> None:
                 else:
                     _bridges.pop(ep.network.bridge, None)
                     raise
-            idx = _index(ipr, ep.host_ifname)
+            idx = _host_index(ep.host_ifname)
             _disable_ipv6(ep.host_ifname)
             # Hairpin: with br_netfilter a published port is DNATed at the bridge, so
             # a container reaching its own published port needs frames sent back out

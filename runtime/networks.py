@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+import threading
 import time
 from ipaddress import IPv4Address, ip_address, ip_network
 
@@ -14,6 +16,12 @@ from portlink.runtime.state import Store
 
 DEFAULT_NETWORK = "bridge"
 NO_NETWORK = "none"   # loopback only
+
+
+def _users(db, network: str) -> list[str]:
+    """Containers (any status) on `network`, inside the caller's transaction."""
+    return sorted(r[0] for r in db.execute("SELECT name, spec FROM containers")
+                  if json.loads(r[1])["spec"]["network"] == network)
 
 
 def _spec(row) -> NetworkSpec:
@@ -29,6 +37,11 @@ class Networks:
         self._apply_firewall = apply_firewall   # re-renders the whole firewall from state
         self.changed = lambda: None             # set by the host: DNS listens on every gateway
         self.event = lambda type, action, name, id="", **attrs: None   # EventLog.emit
+        # Held through create and remove: the name and subnet checks and the insert are one
+        # step (two concurrent creates never get one auto subnet), and a network is seen
+        # by get() only once its bridge and rules exist (`_pending`: rows not ready yet).
+        self._lock = threading.RLock()
+        self._pending: set[str] = set()
 
     def list(self) -> list[NetworkSpec]:
         return [_spec(r) for r in self.store.query("SELECT * FROM networks ORDER BY name")]
@@ -40,8 +53,15 @@ class Networks:
             rows = self.store.query("SELECT * FROM networks WHERE id LIKE ?", ref + "%")
             row = rows[0] if len(rows) == 1 else None
         if row is None and ref == DEFAULT_NETWORK:
-            # The default network comes back on first use, also after `system prune`.
-            return self.create(DEFAULT_NETWORK, subnet=self.default_subnet)
+            # The default network comes back on first use, also after `system prune`;
+            # concurrent first uses: one creates it, the others wait and find it.
+            with self._lock:
+                row = self.store.one("SELECT * FROM networks WHERE name=?", ref)
+                if row is None:
+                    return self.create(DEFAULT_NETWORK, subnet=self.default_subnet)
+        if row is not None and row["id"] in self._pending:
+            with self._lock:   # being created: wait until its bridge and rules exist
+                return self.get(ref)
         if row is None:
             raise NotFound(f"network {ref!r} not found (see `portlink network ls`)")
         return _spec(row)
@@ -57,6 +77,11 @@ class Networks:
                 raise InvalidArgument(f"field {what!r} must be true or false, not {value!r}")
         if name == NO_NETWORK:
             raise InvalidArgument(f"network name {name!r} is reserved")
+        with self._lock:
+            return self._create(name, subnet, gateway, internal, icc)
+
+    def _create(self, name: str, subnet: str | None, gateway: str | None, internal: bool,
+                icc: bool) -> NetworkSpec:
         existing = [(n.name, n.subnet) for n in self.list()]
         if any(n == name for n, _ in existing):
             raise Conflict(f"network {name!r} already exists")
@@ -71,31 +96,43 @@ class Networks:
         nid = secrets.token_hex(32)
         spec = NetworkSpec(id=nid, name=name, subnet=net, gateway=gw,
                            bridge=names.bridge_name(nid), internal=internal, icc=icc)
-        with self.store.tx() as db:
-            db.execute("INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,NULL)",
-                       (nid, name, str(net), str(gw), spec.bridge, int(internal), int(icc), time.time()))
-        self.store.record("bridge", spec.bridge, nid)
+        self._pending.add(nid)
         try:
-            kernel_link.ensure_bridge(spec)
-            self._apply_firewall()
-        except BaseException:
-            self._drop(spec)
-            raise
+            with self.store.tx() as db:
+                db.execute("INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,NULL)",
+                           (nid, name, str(net), str(gw), spec.bridge, int(internal), int(icc), time.time()))
+            self.store.record("bridge", spec.bridge, nid)
+            try:
+                kernel_link.ensure_bridge(spec)
+                self._apply_firewall()
+            except BaseException:
+                self._drop(spec)
+                raise
+        finally:
+            self._pending.discard(nid)
         self.event("network", "create", name, nid, subnet=str(net), internal=internal, icc=icc)
         self.changed()
         return spec
 
-    def _drop(self, spec: NetworkSpec) -> list[str]:
-        """Remove the network's row, firewall rules and bridge, collecting errors."""
+    def _drop(self, spec: NetworkSpec, unused: bool = False) -> list[str]:
+        """Remove the network's row, firewall rules and bridge, collecting errors.
+        `unused`: refuse (Conflict) if a container uses it, checked in the same
+        transaction as the delete, so a concurrent `run` either is seen here or
+        finds the network gone."""
         errors = []
-        self.store.execute("DELETE FROM networks WHERE id=?", spec.id)
-        for step in (self._apply_firewall, lambda: kernel_link.delete_link(spec.bridge)):
-            try:
-                step()
-            except Exception as e:
-                errors.append(f"network {spec.name}: {e}")
-        if not errors:
-            self.store.forget("bridge", spec.bridge)
+        with self._lock:   # no create picks this subnet while the old bridge still has it
+            with self.store.tx() as db:
+                users = _users(db, spec.name) if unused else []
+                if users:
+                    raise Conflict(f"network {spec.name!r} is in use by containers: {', '.join(users)}")
+                db.execute("DELETE FROM networks WHERE id=?", (spec.id,))
+            for step in (self._apply_firewall, lambda: kernel_link.delete_link(spec.bridge)):
+                try:
+                    step()
+                except Exception as e:
+                    errors.append(f"network {spec.name}: {e}")
+            if not errors:
+                self.store.forget("bridge", spec.bridge)
         self.event("network", "destroy", spec.name, spec.id)
         self.changed()
         return errors
@@ -106,12 +143,15 @@ class Networks:
             raise InvalidArgument(f"network {DEFAULT_NETWORK!r} is the default network and cannot be removed")
         if users:
             raise Conflict(f"network {spec.name!r} is in use by containers: {', '.join(sorted(users))}")
-        return self._drop(spec)
+        return self._drop(spec, unused=True)
 
     # IPAM: called inside the caller's transaction ------------------------------------
     @staticmethod
     def lease(db, spec: NetworkSpec, container_id: str, prefer: str | None = None) -> IPv4Address:
         """The next free address (round robin); `prefer`: this one if it is free."""
+        row = db.execute("SELECT cursor FROM networks WHERE id=?", (spec.id,)).fetchone()
+        if row is None:   # removed since the caller looked it up
+            raise NotFound(f"network {spec.name!r} was removed (see `portlink network ls`)")
         used = {ip_address(r[0]) for r in db.execute(
             "SELECT ip FROM leases WHERE network_id=?", (spec.id,))}
         if prefer:
@@ -120,7 +160,7 @@ class Networks:
                     want not in (spec.subnet.network_address, spec.subnet.broadcast_address):
                 db.execute("INSERT INTO leases VALUES (?,?,?)", (spec.id, str(want), container_id))
                 return want
-        cur = db.execute("SELECT cursor FROM networks WHERE id=?", (spec.id,)).fetchone()[0]
+        cur = row[0]
         ip = ipam.next_free(spec.subnet, spec.gateway, used, ip_address(cur) if cur else None)
         db.execute("INSERT INTO leases VALUES (?,?,?)", (spec.id, str(ip), container_id))
         db.execute("UPDATE networks SET cursor=? WHERE id=?", (str(ip), spec.id))
