@@ -34,8 +34,19 @@ class _UnixConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
+        deadline = time.monotonic() + (self.timeout or 30)
         try:
-            s.connect(self._path)
+            while True:
+                try:
+                    s.connect(self._path)
+                    break
+                except BlockingIOError:
+                    # The daemon's accept queue is full (a burst of clients): a UNIX socket
+                    # says so at once rather than waiting. Wait our turn, as TCP would.
+                    if time.monotonic() > deadline:
+                        raise CliError(f"portlinkd at {self._path} is not accepting connections "
+                                       "(its queue stayed full)") from None
+                    time.sleep(0.01)
         except (FileNotFoundError, ConnectionRefusedError):
             raise CliError(f"cannot reach portlinkd at {self._path}: is it running? "
                            "(start it with `portlinkd`, or pick a host with --host / PORTLINK_HOST)") from None
