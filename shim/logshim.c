@@ -73,22 +73,24 @@ static char out[OUT_BYTES];
 static size_t out_len;
 static unsigned long long dropped;     /* bytes dropped in the current failure episode */
 
-static void note(const char *fmt, ...) {
+static void vnote(const char *fmt, va_list ap) {
     char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     dprintf(2, "portlink-logshim: %s\n", msg);
 }
 
-static void die(const char *fmt, ...) {
-    char msg[512];
+static void note(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vnote(fmt, ap);
     va_end(ap);
-    dprintf(2, "portlink-logshim: %s\n", msg);
+}
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vnote(fmt, ap);
+    va_end(ap);
     exit(1);
 }
 
