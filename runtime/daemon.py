@@ -161,11 +161,11 @@ class Api:
 
         async def net_inspect(r):
             spec = await self.call(n.get, r.match_info["ref"])
-            return ok({**_net_json(spec), "containers": await self.call(c.users_of, spec.name)})
+            return ok({**_net_json(spec), "containers": await self.call(n.users, spec.name)})
 
         async def net_rm(r):
             spec = await self.call(n.get, r.match_info["ref"])
-            errors = await self.call(n.remove, spec.name, await self.call(c.users_of, spec.name))
+            errors = await self.call(n.remove, spec.name)
             return ok({"removed": spec.name, "errors": errors})
 
         async def img_import(r):
@@ -409,12 +409,8 @@ def _img_json(i) -> dict:
 
 
 async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0,
-                log_limits: logfmt.LogLimits | None = None, metrics_addr: str | None = None) -> None:
+                metrics_addr: str | None = None) -> None:
     host = Host(cfg)
-    if log_limits:
-        host.containers.runc.log_defaults = log_limits   # a container's --log-opt overrides them
-    reap = reaper.Reaper(host.containers.on_exit)
-    host.containers.watch = reap.watch
     repaired = await asyncio.get_running_loop().run_in_executor(None, host.setup)
     if repaired:
         log.warning("reconciled after restart: %s", "; ".join(repaired))
@@ -452,7 +448,6 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
         await metrics.cleanup()
     if consul:
         await consul.stop()   # entries stay: the containers keep running
-    reap.close()
     host.close()
 
 
@@ -466,27 +461,23 @@ async def start_consul(host: Host) -> ConsulSync:
     loop = asyncio.get_running_loop()
     pending = False
 
-    last: dict = dict(host.services or {})
+    last: dict = dict(host.catalog.services or {})
 
     def refresh() -> None:
         nonlocal pending, last
         pending = False          # cleared first: a change during the rebuild schedules another
-        host.refresh_services()
-        now = dict(host.services or {})
+        host.refresher.refresh_services()
+        now = dict(host.catalog.services or {})
         last, before = now, last
         # The local ambassadors follow the same catalog: an instance set that changed
-        # is a reroute for each of them (the event names the backends before and after).
-        backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
-        for name, cid, service in host.ambassadors():
-            old, new = backends(service, before), backends(service, now)
-            if old != new:
-                host.events.emit("ambassador", "reroute", name, cid, service=service, backends=new, previous=old)
+        # is a reroute for each of them.
+        host.ambassadors.reroutes(before, now)
 
     def on_services(services) -> None:
         # Catalog changes arrive on the event loop; the rebuild reads the store, so it
         # runs in a thread, and a burst of changes costs one rebuild, not one each.
         nonlocal pending
-        host.services = services
+        host.catalog.services = services
         if not pending:
             pending = True
             loop.run_in_executor(None, refresh)
@@ -498,7 +489,7 @@ async def start_consul(host: Host) -> ConsulSync:
     await sync.start()
     # Set before the first await: the registrar's first pass has not run yet.
     sync.registrar.on_change = lambda action, sid, service: host.events.emit("consul", action, sid, service=service)
-    host.after_change.append(sync.poke)
+    host.refresher.subscribe(sync.poke)
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     return sync
 
@@ -547,14 +538,14 @@ def main(argv: list[str] | None = None) -> None:
                          consul=consul_config.from_sources(a.consul, a.consul_token, a.consul_datacenter,
                                                            a.consul_cacert),
                          advertise=a.advertise, consul_check_interval=a.consul_check_interval,
-                         consul_resync=a.consul_resync)
+                         consul_resync=a.consul_resync,
+                         log_limits=logfmt.LogLimits(logfmt.parse_size("--log-max-size", a.log_max_size),
+                                                     logfmt.parse_files("--log-max-files", a.log_max_files)))
         if a.check_interval and not 1 <= a.check_interval <= 86400:
             raise InvalidArgument(f"invalid --check-interval {a.check_interval:g}: expected 1 to 86400 seconds, or 0")
-        log_limits = logfmt.LogLimits(logfmt.parse_size("--log-max-size", a.log_max_size),
-                                      logfmt.parse_files("--log-max-files", a.log_max_files))
         if a.metrics_addr:
             exporter.parse_addr(a.metrics_addr)   # a bad address fails before anything is made
-        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, log_limits, a.metrics_addr))
+        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, a.metrics_addr))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")
 

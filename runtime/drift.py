@@ -11,7 +11,6 @@ repaired host is indistinguishable from one that never drifted."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -19,7 +18,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import ip_address
 
 from portlink.netns import kernel_link
-from portlink.runtime.containers import RUNNING
+from portlink.runtime.plan import endpoint
 from portlink.runtime.runc import pid_alive
 
 log = logging.getLogger("portlink.drift")
@@ -62,18 +61,14 @@ def check(host) -> list[Finding]:
 
 def _processes(host) -> list[Finding]:
     """RUNNING rows whose process is gone (an exit the reaper never reported)."""
-    c = host.containers
     out = []
-    for row in host.store.query("SELECT id, name, pid FROM containers WHERE status=?", RUNNING):
-        if not row["pid"] or pid_alive(row["pid"]):
+    for c in host.records.running():
+        if not c.pid or pid_alive(c.pid):
             continue
-        with c._lock(row["id"]):   # a stop in progress finishes first and is not drift
-            if c.store.one("SELECT 1 FROM containers WHERE id=? AND status=? AND pid=?",
-                           row["id"], RUNNING, row["pid"]) is None:
-                continue
-            out.append(_attempt(f"container {row['name']}", f"process {row['pid']} is gone but the "
-                                "container is recorded as running",
-                                lambda r=row: c.on_exit(r["id"], r["pid"], None)))
+        # A stop in progress finishes first and is not drift.
+        host.lifecycle.while_running(c.id, lambda c=c: out.append(_attempt(
+            f"container {c.name}", f"process {c.pid} is gone but the container is recorded as running",
+            lambda: host.containers.on_exit(c.id, c.pid, None))), pid=c.pid)
     return out
 
 
@@ -93,35 +88,33 @@ def _bridges(host) -> list[Finding]:
 
 def _endpoints(host) -> list[Finding]:
     """Each running container's veth: present, on its bridge, up, addressed inside."""
-    c = host.containers
     nets = {n.name: n for n in host.networks.list()}
     states = kernel_link.link_states()
     out = []
-    rows = host.store.query("SELECT c.id, c.name, c.spec, l.ip FROM containers c JOIN leases l "
-                            "ON l.container_id = c.id WHERE c.status=?", RUNNING)
-    for row in rows:
-        net = nets.get(json.loads(row["spec"])["spec"]["network"])
+    for c in host.records.running_with_ip():
+        net = nets.get(c.spec.network)
         if net is None:
             continue
-        ep = c._endpoint(row["id"], net, ip_address(row["ip"]))
-        subject = f"veth {ep.host_ifname} of container {row['name']}"
-        state = states.get(ep.host_ifname)
-        with c._lock(row["id"]):
-            if c.store.one("SELECT 1 FROM containers WHERE id=? AND status=?", row["id"], RUNNING) is None:
-                continue   # stopped or removed since the query
-            if state is None:
-                out.append(_attempt(subject, "is missing", lambda e=ep: kernel_link.attach(e, fresh=False)))
-            elif state[0] != net.bridge or not state[1]:
-                where = f"on {state[0]}" if state[0] else "on no bridge"
-                out.append(_attempt(subject, f"is {where}{'' if state[1] else ', down'} (expected on "
-                                    f"{net.bridge}, up)",
-                                    lambda e=ep: kernel_link.set_master(e.host_ifname, e.network.bridge)))
-            elif kernel_link.address_of(ep.netns_path, ep.ifname) != ep.address:
-                def rewire(e=ep):
-                    kernel_link.delete_link(e.host_ifname)
-                    kernel_link.attach(e, fresh=False)
-                out.append(_attempt(subject, f"{ep.ifname} inside has lost the address {ep.address}", rewire))
+        ep = endpoint(host.layout, c.id, net, ip_address(c.ip))
+        # Stopped or removed since the query: not drift.
+        host.lifecycle.while_running(c.id, lambda c=c, ep=ep, net=net: out.extend(
+            _endpoint(f"veth {ep.host_ifname} of container {c.name}", ep, net, states.get(ep.host_ifname))))
     return out
+
+
+def _endpoint(subject: str, ep, net, state) -> list[Finding]:
+    if state is None:
+        return [_attempt(subject, "is missing", lambda: kernel_link.attach(ep, fresh=False))]
+    if state[0] != net.bridge or not state[1]:
+        where = f"on {state[0]}" if state[0] else "on no bridge"
+        return [_attempt(subject, f"is {where}{'' if state[1] else ', down'} (expected on {net.bridge}, up)",
+                         lambda: kernel_link.set_master(ep.host_ifname, ep.network.bridge))]
+    if kernel_link.address_of(ep.netns_path, ep.ifname) != ep.address:
+        def rewire():
+            kernel_link.delete_link(ep.host_ifname)
+            kernel_link.attach(ep, fresh=False)
+        return [_attempt(subject, f"{ep.ifname} inside has lost the address {ep.address}", rewire)]
+    return []
 
 
 _COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
@@ -135,10 +128,10 @@ def _normal(listing: str) -> Counter:
 def _firewall(host) -> list[Finding]:
     """Re-render the whole firewall from the state (one atomic batch) and compare:
     any difference was drift, and the re-render has already repaired it."""
-    with host.containers.fw_lock:
+    with host.fw.lock:
         before = _normal(host.fw.dump())
         try:
-            host.apply_firewall()
+            host.fw.apply_all()
         except Exception as e:
             return [Finding("firewall", "could not be re-rendered", False, str(e))]
         after = _normal(host.fw.dump())

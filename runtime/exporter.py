@@ -7,7 +7,6 @@ file descriptors, and every running ambassador's /metrics relabelled with
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterable
 
@@ -19,7 +18,6 @@ from portlink.prom import Family, merge
 from portlink.runtime import ambassadors
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATUSES = ("creating", "running", "exited", "removing")
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -32,20 +30,18 @@ def parse_addr(text: str) -> tuple[str, int]:
 def host_families(host, consul_status: dict | None) -> list[Family]:
     """What the daemon knows by itself (blocking: reads the store)."""
     out = []
-    counts = dict.fromkeys(STATUSES, 0)
-    for r in host.store.query("SELECT status, COUNT(*) AS n FROM containers GROUP BY status"):
-        counts[r["status"]] = r["n"]
+    counts = host.records.counts()
     fam = Family("portlink_containers", "gauge", "Containers on this host by status.")
     for status, n in counts.items():
         fam.add(n, status=status)
     out.append(fam)
-    amb = host.ambassadors()
+    amb = host.records.running_ambassadors()
     out.append(Family("portlink_ambassadors", "gauge", "Ambassador containers running.").add(len(amb)))
     out.append(Family("portlink_networks", "gauge", "Networks on this host.").add(len(host.networks.list())))
-    out.append(host.containers.attach_time.into(Family(
+    out.append(host.metrics.attach_time.into(Family(
         "portlink_attach_seconds", "histogram", "Time to wire a container to its network (veth pair, "
         "address, route).")))
-    out.append(host.containers.start_time.into(Family(
+    out.append(host.metrics.start_time.into(Family(
         "portlink_start_seconds", "histogram", "Time from the start of a container's start to its process running.")))
 
     dns = host.dns
@@ -115,9 +111,7 @@ class Exporter:
         self.call = call   # runs a blocking function in the API's thread pool
 
     def _running_ambassadors(self) -> list[tuple[str, str]]:
-        rows = self.host.store.query("SELECT c.name, l.ip, c.spec FROM containers c JOIN leases l "
-                                     "ON l.container_id = c.id WHERE c.status='running'")
-        return [(r["name"], r["ip"]) for r in rows if json.loads(r["spec"])["spec"].get("ambassador")]
+        return [(c.name, c.ip) for c in self.host.records.running_ambassadors()]
 
     async def render(self) -> str:
         status = self.consul.status() if self.consul else None

@@ -6,6 +6,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address, ip_address, ip_network
 
 from portlink.errors import Conflict, InvalidArgument, NotFound
@@ -13,15 +14,22 @@ from portlink.netns import ipam, kernel_link, names
 from portlink.netns.model import NetworkSpec
 from portlink.runtime import validate
 from portlink.runtime.state import Store
+from portlink.runtime.events import EventLog
 
 DEFAULT_NETWORK = "bridge"
 NO_NETWORK = "none"   # loopback only
 
 
-def _users(db, network: str) -> list[str]:
-    """Containers (any status) on `network`, inside the caller's transaction."""
-    return sorted(r[0] for r in db.execute("SELECT name, spec FROM containers")
-                  if json.loads(r[1])["spec"]["network"] == network)
+_USERS = "SELECT name, spec FROM containers"
+
+
+def _users(rows, network: str) -> list[str]:
+    """Containers (any status) on `network`, from the rows of _USERS."""
+    return sorted(r[0] for r in rows if json.loads(r[1])["spec"]["network"] == network)
+
+
+def read_all(store: Store) -> list[NetworkSpec]:
+    return [_spec(r) for r in store.query("SELECT * FROM networks ORDER BY name")]
 
 
 def _spec(row) -> NetworkSpec:
@@ -31,12 +39,15 @@ def _spec(row) -> NetworkSpec:
 
 
 class Networks:
-    def __init__(self, store: Store, apply_firewall, default_subnet: str) -> None:
+    def __init__(self, store: Store, firewall, events: EventLog, changed: Callable[[], None],
+                 default_subnet: str) -> None:
+        """`firewall`: re-rendered whole on every change (runtime.firewall.Firewall);
+        `changed`: told after every change (DNS listens on every gateway)."""
         self.store = store
         self.default_subnet = default_subnet
-        self._apply_firewall = apply_firewall   # re-renders the whole firewall from state
-        self.changed = lambda: None             # set by the host: DNS listens on every gateway
-        self.event = lambda type, action, name, id="", **attrs: None   # EventLog.emit
+        self._apply_firewall = firewall.apply_all
+        self.changed = changed
+        self.event = events.emit
         # Held through create and remove: the name and subnet checks and the insert are one
         # step (two concurrent creates never get one auto subnet), and a network is seen
         # by get() only once its bridge and rules exist (`_pending`: rows not ready yet).
@@ -44,7 +55,11 @@ class Networks:
         self._pending: set[str] = set()
 
     def list(self) -> list[NetworkSpec]:
-        return [_spec(r) for r in self.store.query("SELECT * FROM networks ORDER BY name")]
+        return read_all(self.store)
+
+    def users(self, name: str) -> list[str]:
+        """Containers (any status) on the network `name`."""
+        return _users(self.store.query(_USERS), name)
 
     def get(self, ref: str) -> NetworkSpec:
         row = self.store.one("SELECT * FROM networks WHERE name=?", ref) or \
@@ -106,7 +121,7 @@ class Networks:
                 kernel_link.ensure_bridge(spec)
                 self._apply_firewall()
             except BaseException:
-                self._drop(spec)
+                self.drop(spec)
                 raise
         finally:
             self._pending.discard(nid)
@@ -114,7 +129,7 @@ class Networks:
         self.changed()
         return spec
 
-    def _drop(self, spec: NetworkSpec, unused: bool = False) -> list[str]:
+    def drop(self, spec: NetworkSpec, unused: bool = False) -> list[str]:
         """Remove the network's row, firewall rules and bridge, collecting errors.
         `unused`: refuse (Conflict) if a container uses it, checked in the same
         transaction as the delete, so a concurrent `run` either is seen here or
@@ -122,7 +137,7 @@ class Networks:
         errors = []
         with self._lock:   # no create picks this subnet while the old bridge still has it
             with self.store.tx() as db:
-                users = _users(db, spec.name) if unused else []
+                users = _users(db.execute(_USERS), spec.name) if unused else []
                 if users:
                     raise Conflict(f"network {spec.name!r} is in use by containers: {', '.join(users)}")
                 db.execute("DELETE FROM networks WHERE id=?", (spec.id,))
@@ -137,13 +152,11 @@ class Networks:
         self.changed()
         return errors
 
-    def remove(self, ref: str, users: list[str]) -> list[str]:
+    def remove(self, ref: str) -> list[str]:
         spec = self.get(ref)
         if spec.name == DEFAULT_NETWORK:
             raise InvalidArgument(f"network {DEFAULT_NETWORK!r} is the default network and cannot be removed")
-        if users:
-            raise Conflict(f"network {spec.name!r} is in use by containers: {', '.join(sorted(users))}")
-        return self._drop(spec, unused=True)
+        return self.drop(spec, unused=True)
 
     # IPAM: called inside the caller's transaction ------------------------------------
     @staticmethod

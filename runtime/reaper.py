@@ -25,8 +25,11 @@ def become_subreaper() -> None:
 
 
 class Reaper:
-    def __init__(self, on_exit: Callable[[str, int, int | None], None]) -> None:
-        self._on_exit = on_exit
+    """Watches containers' init processes (pidfds on one epoll); exits are
+    reported to the handler given to start(), each in a thread of its own."""
+
+    def __init__(self) -> None:
+        self._on_exit: Callable[[str, int, int | None], None] = lambda cid, pid, code: None
         self._ep = select.epoll()
         self._fds: dict[int, tuple[str, int]] = {}
         self._lock = threading.Lock()
@@ -34,6 +37,10 @@ class Reaper:
         self._ep.register(self._wake_r, select.EPOLLIN)
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+
+    def start(self, on_exit: Callable[[str, int, int | None], None]) -> None:
+        """Begin reporting exits (also of processes watched before this call)."""
+        self._on_exit = on_exit
         self._thread.start()
 
     def watch(self, cid: str, pid: int) -> None:
@@ -78,4 +85,5 @@ class Reaper:
     def close(self) -> None:
         self._stop = True
         os.write(self._wake_w, b"x")
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)

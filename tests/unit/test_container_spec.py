@@ -6,7 +6,7 @@ from dataclasses import asdict
 import pytest
 
 from portlink.errors import InvalidArgument
-from portlink.runtime.containers import ContainerSpec
+from portlink.runtime.spec import ContainerSpec
 
 FULL = {
     "image": "alpine",

@@ -236,7 +236,7 @@ def test_rfc3339_of_the_shim_is_what_datetime_reads():
 
 
 def test_the_container_spec_checks_its_log_opts():
-    from portlink.runtime.containers import ContainerSpec
+    from portlink.runtime.spec import ContainerSpec
     assert ContainerSpec.from_json({"image": "busybox", "log_opts": {"max-file": "2"}}).log_opts == {"max-file": "2"}
     with pytest.raises(InvalidArgument, match="invalid --log-opt max-size 'x'"):
         ContainerSpec.from_json({"image": "busybox", "log_opts": {"max-size": "x"}})

@@ -204,7 +204,7 @@ def test_hostname_wrong_type(value):
 
 # -- ContainerSpec.from_json: values, not just types -------------------------------------
 
-from portlink.runtime.containers import ContainerSpec  # noqa: E402
+from portlink.runtime.spec import ContainerSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("field, value, msg", [

@@ -1,0 +1,171 @@
+"""Ambassador policy: which ambassadors a host runs and keeps running.
+
+A link to a name that is no local container but a healthy service in Consul
+is served by the shared ambassador of that service on the linker's network
+(started, restarted or reused here); an ambassador whose process dies is
+restarted with backoff, keeping its address; one started for links is removed
+once no container links to it; a change of a service's instances is a
+reroute event for each ambassador following it. The mechanics of a container
+are runtime.lifecycle's; the firewall's trusted flows are runtime.firewall's."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Iterator
+
+from portlink.errors import InvalidArgument, NotFound
+from portlink.runtime import ambassadors
+from portlink.runtime import links as linkspec
+from portlink.runtime.events import EventLog
+from portlink.runtime.lifecycle import Lifecycle
+from portlink.runtime.networks import NO_NETWORK
+from portlink.runtime.records import EXITED, RUNNING, Records
+from portlink.runtime.refresh import Catalog
+from portlink.runtime.spec import ContainerSpec
+
+log = logging.getLogger("portlink.containers")
+
+RESTART_DELAY = (0.2, 10.0)   # first and longest delay before an ambassador that died is restarted
+
+
+class AmbassadorPolicy:
+    def __init__(self, records: Records, lifecycle: Lifecycle, catalog: Catalog, consul_url: str | None,
+                 events: EventLog, changed: Callable[[], None]) -> None:
+        """`changed`: the consequences of a restart (the refresher's)."""
+        self.records, self.lifecycle, self.catalog = records, lifecycle, catalog
+        self.consul_url, self.events, self.changed = consul_url, events, changed
+        self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
+        self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
+        self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
+        self._guard = threading.Lock()
+
+    # cross-host links ------------------------------------------------------------------
+    def remote_links(self, reqs: list[linkspec.LinkRequest]) -> dict[str, list[int]]:
+        """Links to no local container but to a service in Consul: name -> its TCP ports."""
+        out = {}
+        for r in reqs:
+            if self.records.named(r.name) is not None or not self.consul_url:
+                continue
+            ports = ambassadors.ports_from_catalog(self.catalog.instances(r.name))
+            if ports:
+                out[r.name] = ports
+        return out
+
+    def fill(self, spec: ContainerSpec) -> None:
+        """Fill in an ambassador container's image, command and ports (run --ambassador)."""
+        amb = ambassadors.AmbassadorSpec.from_json(spec.ambassador)
+        if not self.consul_url:
+            raise InvalidArgument("an ambassador follows a service in Consul: start portlinkd with --consul ADDR")
+        if spec.network == NO_NETWORK:
+            raise InvalidArgument("an ambassador needs a network: not --net none")
+        ports = list(amb.ports) or ambassadors.ports_from_catalog(self.catalog.instances(amb.service))
+        if not ports:
+            raise NotFound(f"unknown remote service {amb.service!r}: no healthy instance in Consul "
+                           "(give its ports with --expose to wait for it)")
+        if spec.cmd or spec.image not in ("", "busybox"):
+            raise InvalidArgument("an ambassador runs portlink's forwarder: give no image or command")
+        spec.image = "busybox"
+        spec.cmd = ambassadors.command(amb, ports, self.consul_url)
+        spec.expose = sorted(set(spec.expose) | {f"{p}/tcp" for p in ports})
+        spec.labels = {**spec.labels, ambassadors.LABEL: amb.service, "portlink.register": "false"}
+        spec.ambassador = amb.to_json()
+
+    def shared(self, service: str, ports: list[int], network: str) -> tuple[str, dict | None]:
+        """The shared ambassador for `service` on `network`: its name, and the
+        request to run it if there is none yet (a stopped one is started here)."""
+        name = ambassadors.container_name(service, network)
+        c = self.records.named(name)
+        if c is not None and c.status != RUNNING:
+            self.release(c.id)
+            self.lifecycle.start(c, name)
+        if c is not None:
+            return name, None
+        return name, {"name": name, "image": "busybox", "network": network,
+                      "ambassador": {"service": service, "ports": ports}}
+
+    @contextmanager
+    def linking(self, names: list[str]) -> Iterator[None]:
+        """Ambassadors a `run` in flight is about to link to: never collected meanwhile."""
+        with self._guard:
+            self._linking += names
+        try:
+            yield
+        finally:
+            with self._guard:
+                for n in names:
+                    self._linking.remove(n)
+
+    def collect(self) -> list[str]:
+        """Remove ambassadors started for links that no container links to any more
+        (the last linker was removed, or its `run` died half-way)."""
+        everyone = self.records.all()
+        linked = {linkspec.parse_link(x).name for c in everyone for x in c.spec.links}
+        gone = []
+        for c in everyone:
+            if not c.for_links or c.name in linked or c.name in self._linking:
+                continue
+            try:
+                self.hold(c.id)
+                self.lifecycle.remove(c, force=True)
+                self.forget(c.id)
+                gone.append(f"ambassador {c.name} (no container links to it)")
+            except NotFound:
+                pass   # removed meanwhile
+            except Exception as e:
+                log.error("removing unused ambassador %s: %s", c.name, e)
+        return gone
+
+    # restarts ---------------------------------------------------------------------------
+    def hold(self, cid: str) -> None:
+        """Stopped or removed on purpose: the exit this causes is not restarted."""
+        self._held.add(cid)
+
+    def release(self, cid: str) -> None:
+        self._held.discard(cid)
+
+    def forget(self, cid: str) -> None:
+        self._held.discard(cid)
+        self._restarts.pop(cid, None)
+
+    def exited(self, cid: str, name: str) -> None:
+        """An ambassador's process died (killed, crashed, OOM): restart it later."""
+        if cid in self._held:
+            return
+        now = time.monotonic()
+        recent = [t for t in self._restarts.get(cid, []) if now - t < 60]
+        first, longest = RESTART_DELAY
+        delay = min(longest, first * 2 ** len(recent))   # a crash loop backs off
+        self._restarts[cid] = recent + [now]
+        log.warning("ambassador %s exited: restarting in %.1fs", name, delay)
+        t = threading.Timer(delay, self._restart_now, (cid, name))
+        t.daemon = True
+        t.start()
+
+    def _restart_now(self, cid: str, name: str) -> None:
+        try:
+            with self.lifecycle.lock(cid):
+                c = self.records.get(cid)
+                if c is None or c.status != EXITED or cid in self._held:
+                    return   # removed, started or stopped on purpose meanwhile
+                self.lifecycle.start(c, cid)
+                self.lifecycle.emit(c, "restart")
+            self.changed()
+            log.info("ambassador %s restarted", name)
+        except Exception as e:
+            log.error("restart of ambassador %s failed: %s", name, e)
+            self.exited(cid, name)
+
+    # reroutes ---------------------------------------------------------------------------
+    def reroutes(self, before: dict, now: dict) -> None:
+        """Consul's instances changed: a reroute event for each local ambassador
+        whose service's backends differ (naming them before and after)."""
+        backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
+        for c in self.records.running_ambassadors():
+            service = c.spec.ambassador["service"]
+            old, new = backends(service, before), backends(service, now)
+            if old != new:
+                self.events.emit("ambassador", "reroute", c.name, c.id, service=service, backends=new, previous=old)

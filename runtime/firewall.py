@@ -1,0 +1,149 @@
+"""The host's firewall, as the runtime uses it: one façade over the driver that
+owns its lock, the trusted flows in force and what "already gone" means.
+
+The lock is held while a DNAT element and its journal row change together, so
+a full re-render from the state (network changes, drift repair) never drops an
+element added meanwhile. Trusted flows (ambassador -> Consul agent) are set
+elements, changed by difference: constant cost per ambassador."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from ipaddress import IPv4Address, ip_address
+
+from portlink.catalog.config import ConsulConfig
+from portlink.errors import RuntimeFailure
+from portlink.netns.firewall import FirewallDriver
+from portlink.netns.model import PortMapping, TrustedFlow
+from portlink.runtime import networks
+from portlink.runtime.records import Records
+from portlink.runtime.state import Store
+
+log = logging.getLogger("portlink.firewall")
+
+# How the drivers' tools say an element is not there (nft, iptables): removing it is then done.
+_GONE = ("No such file", "does not exist", "matching rule")
+
+
+def real_errors(errors: list[str]) -> list[str]:
+    """The errors of a removal, less those that say the element was already gone."""
+    return [e for e in errors if not any(m in e for m in _GONE)]
+
+
+def mapping_key(p: PortMapping) -> str:
+    """A published port as its journal name (kind 'port')."""
+    return json.dumps([p.proto, str(p.host_ip or ""), p.host_port, str(p.container_ip), p.container_port])
+
+
+def mapping_from_key(key: str) -> PortMapping:
+    proto, hip, hport, cip, cport = json.loads(key)
+    return PortMapping(proto, hport, ip_address(cip), cport, ip_address(hip) if hip else None)
+
+
+def consul_target(consul: ConsulConfig | None) -> tuple[IPv4Address, int] | None:
+    """Where ambassadors reach the Consul agent, for the trusted flows. A name is
+    resolved once, here; loopback gives None: a container's 127.0.0.1 is its
+    own, so no flow could ever use it."""
+    if consul is None:
+        return None
+    try:
+        ip = ip_address(consul.host)
+    except ValueError:
+        try:
+            ip = ip_address(socket.getaddrinfo(consul.host, consul.port, socket.AF_INET,
+                                               socket.SOCK_STREAM)[0][4][0])
+        except OSError as e:
+            log.warning("cannot resolve the Consul address %s (%s): ambassadors will not reach "
+                        "an agent on this host", consul.host, e)
+            return None
+    if ip.version != 4 or ip.is_loopback:
+        log.warning("Consul at %s is not reachable from containers: ambassadors need a "
+                    "non-loopback IPv4 address in --consul", consul.url)
+        return None
+    return ip, consul.port
+
+
+class Firewall:
+    def __init__(self, driver: FirewallDriver, store: Store,
+                 consul: tuple[IPv4Address, int] | None = None) -> None:
+        self.driver = driver
+        self.name = driver.name
+        self._store, self._records = store, Records(store)
+        self._consul = consul
+        self.lock = threading.RLock()
+        self._trusted: frozenset[TrustedFlow] = frozenset()   # in the firewall now (under lock)
+
+    # the whole rule set -------------------------------------------------------------
+    def mappings(self) -> list[PortMapping]:
+        """Every published port the journal holds."""
+        return [mapping_from_key(r["name"]) for r in
+                self._store.query("SELECT name FROM resources WHERE kind='port'")]
+
+    def apply_all(self) -> None:
+        """Re-render everything from the state, atomically."""
+        with self.lock:   # no DNAT element added or removed between read and render
+            want = self.trusted_flows()
+            self.driver.apply_all(networks.read_all(self._store), self.mappings(), sorted(want))
+            self._trusted = want
+
+    def dump(self) -> str:
+        return self.driver.dump()
+
+    def teardown(self) -> list[str]:
+        return self.driver.teardown()
+
+    # published ports: each element goes with its journal row ----------------------------
+    def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None:
+        with self.lock:
+            for m in mappings:
+                record(mapping_key(m))
+            self.driver.add_ports(mappings)
+
+    def remove_port(self, key: str, forget: Callable[[], None]) -> None:
+        """Unpublish one journalled port; an element already gone is what we want."""
+        with self.lock:
+            errs = real_errors(self.driver.remove_ports([mapping_from_key(key)]))
+            if errs:
+                raise RuntimeFailure("; ".join(errs))
+            forget()
+
+    # trusted flows: ambassadors -> the Consul agent ---------------------------------------
+    def trusted_flows(self) -> frozenset[TrustedFlow]:
+        """(ambassador ip, Consul ip, Consul port) for every running ambassador:
+        the only connections a container may open to the host itself besides DNS."""
+        if self._consul is None:
+            return frozenset()
+        ip, port = self._consul
+        return frozenset(TrustedFlow(ip_address(c.ip), ip, port) for c in self._records.running_ambassadors())
+
+    def trust(self, ambassador_ip: str) -> None:
+        """An ambassador about to start: let it reach Consul before its process
+        runs, so its first connection never waits for a SYN retransmit."""
+        if self._consul is None:
+            return
+        flow = TrustedFlow(ip_address(ambassador_ip), *self._consul)
+        with self.lock:
+            if flow not in self._trusted:
+                self.driver.add_trusted([flow])
+                self._trusted |= {flow}
+
+    def sync_trusted(self) -> None:
+        """Make the trusted flows those of the running ambassadors, by elements.
+        Errors are logged, not raised: the container change that called this has
+        happened; the next change retries."""
+        with self.lock:
+            want = self.trusted_flows()
+            gone, new = sorted(self._trusted - want), sorted(want - self._trusted)
+            for e in real_errors(self.driver.remove_trusted(gone)):
+                log.error("firewall: %s", e)
+            have = self._trusted - set(gone)
+            try:
+                self.driver.add_trusted(new)
+                have |= set(new)
+            except RuntimeFailure as e:
+                log.error("firewall: cannot let ambassadors reach Consul: %s", e)
+            self._trusted = frozenset(have)

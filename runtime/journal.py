@@ -1,0 +1,136 @@
+"""The journal of what each container owns: every object is recorded in the
+store before it is made, as a step of a registered kind with its undo.
+
+Rollback of a failed `run` or `start`, the release after a stop or an exit,
+`rm`, and recovery after a crash all walk one owner's journal backwards
+(`undo`). The kernel is an interface (`Kernel`), so order, partial failure
+and an interrupted undo are unit-tested with a fake one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Protocol
+
+from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
+from portlink.runtime import faults
+from portlink.runtime.networks import Networks
+from portlink.runtime.state import Store
+
+
+class Kernel(Protocol):
+    """What a container's steps do outside the store (runtime.kernel.HostKernel)."""
+
+    def make_dir(self, path: str) -> None: ...
+    def remove_dir(self, path: str) -> None: ...
+    def mount_overlay(self, lower: str, upper: str, work: str, target: str) -> None: ...
+    def unmount(self, target: str) -> None: ...
+    def create_netns(self, path: str) -> None: ...
+    def delete_netns(self, path: str) -> None: ...
+    def attach(self, ep: Endpoint) -> None: ...
+    def delete_link(self, name: str) -> None: ...
+    def loopback_up(self, netns_path: str) -> None: ...
+    def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None: ...
+    def remove_port(self, key: str, forget: Callable[[], None]) -> None: ...
+    def run_container(self, cid: str, start: Callable[[], int]) -> int: ...
+    def delete_container(self, cid: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    undo: Callable[["Journal", str], None]
+    # Undone by its journal row alone when the owner's netns goes too (a veth goes
+    # with its namespace in the kernel's batched cleanup: deleting it first would
+    # wait ~20 ms for an RCU grace period).
+    goes_with_netns: bool = False
+
+
+def _undo_port(j: "Journal", key: str) -> None:
+    # The element and its row go together under the firewall's lock.
+    j.kernel.remove_port(key, lambda: j.store.forget("port", key))
+
+
+def _undo_lease(j: "Journal", name: str) -> None:
+    net_id, ip = name.split("/")
+    j.store.execute("DELETE FROM leases WHERE network_id=? AND ip=?", net_id, ip)
+
+
+STEPS: dict[str, Step] = {s.kind: s for s in (
+    Step("dir", lambda j, name: j.kernel.remove_dir(name)),
+    Step("mount", lambda j, name: j.kernel.unmount(name)),
+    Step("netns", lambda j, name: j.kernel.delete_netns(name)),
+    Step("lease", _undo_lease),
+    Step("veth", lambda j, name: j.kernel.delete_link(name), goes_with_netns=True),
+    Step("port", _undo_port),
+    Step("runc", lambda j, name: j.kernel.delete_container(name)),
+)}
+
+
+class Journal:
+    def __init__(self, store: Store, kernel: Kernel) -> None:
+        self.store, self.kernel = store, kernel
+
+    # do: record, then make ------------------------------------------------------------
+    def make_dir(self, owner: str, path: Path) -> None:
+        self.store.record("dir", str(path), owner)
+        self.kernel.make_dir(str(path))
+
+    def mount(self, owner: str, lower: str, cdir: Path) -> str:
+        rootfs = str(cdir / "rootfs")
+        self.store.record("mount", rootfs, owner)
+        self.kernel.mount_overlay(lower, str(cdir / "upper"), str(cdir / "work"), rootfs)
+        return rootfs
+
+    def netns(self, owner: str, path: str) -> None:
+        self.store.record("netns", path, owner)
+        self.kernel.create_netns(path)
+
+    def lease(self, owner: str, net: NetworkSpec, prefer: str | None = None) -> IPv4Address:
+        """An address on `net`, leased and recorded in one transaction."""
+        with self.store.tx() as db:
+            ip = Networks.lease(db, net, owner, prefer=prefer)
+            self.store.record("lease", f"{net.id}/{ip}", owner, db)
+        return ip
+
+    def veth(self, owner: str, ep: Endpoint) -> None:
+        self.store.record("veth", ep.host_ifname, owner)
+        self.kernel.attach(ep)
+
+    def ports(self, owner: str, mappings: list[PortMapping]) -> None:
+        self.kernel.add_ports(mappings, lambda key: self.store.record("port", key, owner))
+
+    def process(self, owner: str, start: Callable[[], int]) -> int:
+        self.store.record("runc", owner, owner)
+        return self.kernel.run_container(owner, start)
+
+    # undo: newest first, best effort ------------------------------------------------------
+    def owned(self, owner: str) -> list[tuple[str, str]]:
+        return [(r["kind"], r["name"]) for r in self.store.resources(owner)]
+
+    def undo(self, owner: str, keep: tuple[str, ...] = ("dir",), fault: str | None = None) -> list[str]:
+        """Remove what the journal says `owner` owns, newest first, except the kinds
+        in `keep`; every error is collected. `fault`: the fault point to pass halfway."""
+        errors: list[str] = []
+        rows = self.owned(owner)
+        netns_goes = "netns" not in keep and any(kind == "netns" for kind, _ in rows)
+        for i, (kind, name) in enumerate(reversed(rows)):
+            if fault and i == len(rows) // 2:
+                faults.point(fault)
+            if kind in keep:
+                continue
+            step = STEPS.get(kind)
+            if step is None:
+                errors.append(f"{kind} {name}: unknown resource kind {kind!r}")
+                continue
+            if step.goes_with_netns and netns_goes:
+                self.store.forget(kind, name)
+                continue
+            try:
+                step.undo(self, name)
+                self.store.forget(kind, name)
+            except Exception as e:
+                errors.append(f"{kind} {name}: {e}")
+        return errors

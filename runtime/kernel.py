@@ -1,0 +1,68 @@
+"""The journal's kernel on a real host: thin calls into portlink.netns, the
+overlay mounts, runc and the firewall façade (no decisions here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+from portlink.errors import RuntimeFailure
+from portlink.netns import kernel_link, kernel_ns
+from portlink.netns.model import Endpoint, PortMapping
+from portlink.prom import Histogram
+from portlink.runtime import mounts
+from portlink.runtime.firewall import Firewall
+from portlink.runtime.plan import Layout
+from portlink.runtime.runc import Runc
+
+
+class HostKernel:
+    def __init__(self, layout: Layout, runc: Runc, firewall: Firewall, attach_time: Histogram) -> None:
+        self.layout, self.runc, self.fw = layout, runc, firewall
+        self.attach_time = attach_time   # seconds per veth attach (the metrics endpoint)
+
+    def make_dir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def remove_dir(self, path: str) -> None:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+
+    def mount_overlay(self, lower: str, upper: str, work: str, target: str) -> None:
+        mounts.mount_overlay(lower, upper, work, target)
+
+    def unmount(self, target: str) -> None:
+        mounts.unmount(target)
+
+    def create_netns(self, path: str) -> None:
+        kernel_ns.create_netns(path)
+
+    def delete_netns(self, path: str) -> None:
+        kernel_ns.delete_netns(path)
+
+    def attach(self, ep: Endpoint) -> None:
+        t = time.perf_counter()
+        kernel_link.attach(ep)
+        self.attach_time.observe(time.perf_counter() - t)
+
+    def delete_link(self, name: str) -> None:
+        kernel_link.delete_link(name)
+
+    def loopback_up(self, netns_path: str) -> None:
+        kernel_link.loopback_up(netns_path)
+
+    def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None:
+        self.fw.add_ports(mappings, record)
+
+    def remove_port(self, key: str, forget: Callable[[], None]) -> None:
+        self.fw.remove_port(key, forget)
+
+    def run_container(self, cid: str, start: Callable[[], int]) -> int:
+        return start()
+
+    def delete_container(self, cid: str) -> None:
+        err = self.runc.delete(cid, self.layout.cdir(cid))   # the dir: where its log shim's pid is
+        if err:
+            raise RuntimeFailure(err)

@@ -1,0 +1,332 @@
+"""One container's life: create, start, stop, exit, remove, each step recorded
+in the journal before it is taken (fault points between them).
+
+No policy lives here (which ambassadors to start or restart, what to refresh
+afterwards): runtime.containers composes this with runtime.ambassador_policy
+and the refresher."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from ipaddress import ip_address
+
+from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
+from portlink.prom import Histogram
+from portlink.runtime import faults, validate
+from portlink.runtime import ports as portspec
+from portlink.runtime.events import EventLog
+from portlink.runtime.images import ImageStore
+from portlink.runtime.journal import Journal
+from portlink.runtime.networks import NO_NETWORK, Networks
+from portlink.runtime.plan import Layout, PortRow, plan_start, resolve_user
+from portlink.runtime.records import CREATING, EXITED, REMOVING, RUNNING, Container, Records
+from portlink.runtime.refresh import Refresher
+from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
+from portlink.runtime.spec import Request
+
+log = logging.getLogger("portlink.containers")
+
+
+@dataclass
+class LifecycleDeps:
+    layout: Layout
+    records: Records
+    images: ImageStore
+    networks: Networks
+    journal: Journal
+    runc: Runc
+    events: EventLog
+    refresher: Refresher                       # peers' names for a start (read only here)
+    watch: Callable[[str, int], None]          # the reaper: report when this pid exits
+    trust: Callable[[str], None]               # the firewall: an ambassador may reach Consul
+    default_dns: list[str]
+    start_time: Histogram
+
+
+class Lifecycle:
+    def __init__(self, d: LifecycleDeps) -> None:
+        self.d = d
+        self.store = d.records.store
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    def lock(self, cid: str) -> threading.RLock:
+        with self._locks_guard:
+            return self._locks.setdefault(cid, threading.RLock())
+
+    def drop_lock(self, cid: str) -> None:
+        with self._locks_guard:
+            self._locks.pop(cid, None)
+
+    def while_running(self, cid: str, fn: Callable[[], object], pid: int | None = None) -> bool:
+        """Run `fn` under the container's lock if it is still running (with `pid`):
+        a stop in progress finishes first. False: it was not running."""
+        with self.lock(cid):
+            if not self.d.records.is_running(cid, pid):
+                return False
+            fn()
+            return True
+
+    def emit(self, c: Container, action: str, **attrs) -> None:
+        amb = c.spec.ambassador
+        self.d.events.emit("ambassador" if amb else "container", action, c.spec.name, c.id,
+                           network=c.spec.network, service=amb.get("service") if amb else None, **attrs)
+
+    # create ------------------------------------------------------------------------------
+    def check_refs(self, req: Request) -> None:
+        """The image and the network exist (NotFound names the command that lists them)."""
+        self.d.images.get(req.spec.image)
+        if req.spec.network != NO_NETWORK:
+            self.d.networks.get(req.spec.network)
+
+    def check_process(self, req: Request) -> None:
+        """A command to run, and --user known to the image: checked now, not at start."""
+        spec = req.spec
+        image = self.d.images.get(spec.image)
+        spec.cmd = spec.cmd or image.config.cmd
+        if not spec.cmd:
+            raise InvalidArgument(f"no command given and image {image.name!r} has no default command")
+        resolve_user(spec.user, image)
+
+    def create(self, req: Request, for_links: bool = False) -> Container:
+        """Record, reserve and start; on any failure everything is undone."""
+        spec = req.spec
+        image = self.d.images.get(spec.image)
+        cid = secrets.token_hex(32)
+        spec.name = spec.name or "ctr-" + cid[:8]
+        spec.hostname = spec.hostname or cid[:12]
+        exposed = tuple(sorted(set(req.expose) | set(image.config.exposed) | set(spec.expose)
+                               if spec.ambassador else set(req.expose) | set(image.config.exposed)))
+        c = Container(id=cid, name=spec.name, spec=spec, exposed=exposed, status=CREATING,
+                      created=time.time(), for_links=for_links)
+        with self.store.tx() as db:
+            if db.execute("SELECT 1 FROM containers WHERE name=?", (c.name,)).fetchone():
+                raise Conflict(f"container name {c.name!r} is already in use")
+            db.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)",
+                       (cid, c.name, c.document(), CREATING, c.created))
+            _reserve_ports(db, cid, req.publish)
+        faults.point("run.created")
+        self.emit(c, "create", image=spec.image)
+        try:
+            self.d.journal.make_dir(cid, self.d.layout.cdir(cid))
+            with self.lock(cid):
+                self.start_now(cid)
+        except BaseException as e:
+            errors = self.forget(c, error=str(e))
+            if errors:
+                log.error("rollback of %s left errors: %s", c.name, "; ".join(errors))
+            if isinstance(e, PortlinkError):
+                raise
+            raise RuntimeFailure(f"cannot run container {c.name!r}: {e}") from e
+        faults.point("run.running")
+        return self.d.records.get(cid)
+
+    def forget(self, c: Container, error: str) -> list[str]:
+        """A container that never ran to the end of its create: as if it never was."""
+        errors = self.d.journal.undo(c.id, keep=())
+        with self.store.tx() as db:
+            db.execute("DELETE FROM ports WHERE container_id=?", (c.id,))
+            db.execute("DELETE FROM containers WHERE id=?", (c.id,))
+        self.emit(c, "destroy", error=error)
+        return errors
+
+    # start: every step journalled before it is taken --------------------------------------
+    def start_now(self, cid: str) -> None:
+        """Start a recorded container (caller holds its lock); undo on failure is the caller's."""
+        began = time.perf_counter()
+        c = self.d.records.get(cid)
+        j, layout = self.d.journal, self.d.layout
+        image = self.d.images.get(c.spec.image)
+        cdir = layout.cdir(cid)
+        j.mount(cid, str(image.rootfs), cdir)
+        faults.point("start.mount")
+        nspath = layout.netns_path(cid)
+        j.netns(cid, nspath)
+        faults.point("start.netns")
+        net = ip = None
+        if c.spec.network != NO_NETWORK:
+            net = self.d.networks.get(c.spec.network)
+            ip = j.lease(cid, net, prefer=c.kept_ip if c.is_ambassador else None)
+            faults.point("start.lease")
+        ports = [PortRow(r["proto"], r["host_port"], r["container_port"], r["host_ip"])
+                 for r in self.d.records.ports(cid)]
+        peers = {s.name: s for s in self.d.refresher.seen()}
+        plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
+                          peers, self.d.default_dns)
+        if plan.endpoint is not None:
+            j.veth(cid, plan.endpoint)
+            faults.point("start.veth")
+            j.ports(cid, plan.mappings)
+            faults.point("start.firewall")
+        else:
+            j.kernel.loopback_up(nspath)
+        for fname, text in plan.files.values():
+            (cdir / fname).write_text(text)
+        bundle = cdir / "bundle"
+        bundle.mkdir(exist_ok=True)
+        (bundle / "config.json").write_text(json.dumps(plan.config, indent=1))
+        faults.point("start.files")
+        if ip is not None and c.is_ambassador:
+            self.d.trust(str(ip))
+        pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
+                                                               c.spec.log_opts))
+        self.d.start_time.observe(time.perf_counter() - began)
+        faults.point("start.runc")
+        if ip is not None and c.is_ambassador:
+            c = c.with_(kept_ip=str(ip))   # a restarted ambassador keeps its address: linkers' env vars name it
+        self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
+                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.document(), cid)
+        self.emit(c, "start", pid=pid, ip=str(ip) if ip else None)
+        self.d.watch(cid, pid)
+
+    def start(self, c: Container, ref: str) -> None:
+        """Start a stopped container; a failed start is undone entirely."""
+        with self.lock(c.id):
+            now = self.d.records.get(c.id)
+            if now.status == RUNNING:
+                return
+            if now.status == REMOVING:
+                raise Conflict(f"container {ref!r} is being removed")
+            try:
+                self.start_now(c.id)
+            except BaseException as e:
+                errors = self.d.journal.undo(c.id)
+                if errors:
+                    log.error("rollback of start %s left errors: %s", c.id[:12], "; ".join(errors))
+                if isinstance(e, PortlinkError):
+                    raise
+                raise RuntimeFailure(f"cannot start container {ref!r}: {e}") from e
+
+    # stop, exit ------------------------------------------------------------------------------
+    def stop(self, cid: str, timeout: float) -> list[str] | None:
+        """Stop a running container (TERM, then KILL after `timeout`); the errors of
+        its cleanup. None: it was not running."""
+        with self.lock(cid):
+            c = self.d.records.get(cid)
+            if c.status != RUNNING:
+                return None
+            self.d.runc.kill(cid, signal_number("TERM"))
+            if not wait_gone(c.pid, timeout):
+                self.d.runc.kill(cid, signal_number("KILL"))
+                wait_gone(c.pid, 10)
+            errors = self.release(cid, None)
+            self.emit(c, "die", exit_code=self.d.records.get(cid).exit_code)
+            self.emit(c, "stop")
+        return errors
+
+    def release(self, cid: str, code: int | None) -> list[str]:
+        """The process is gone: release what a running container holds."""
+        errors = self.d.journal.undo(cid)
+        # The pid is kept (shown only while running) so a late exit report is recognised as stale.
+        self.store.execute("UPDATE containers SET status=?, finished=?, "
+                           "exit_code=COALESCE(?, exit_code) WHERE id=?", EXITED, time.time(), code, cid)
+        return errors
+
+    def exited(self, cid: str, pid: int, code: int | None) -> Container | None:
+        """The reaper saw `pid` end. Returns the container if this ended its run."""
+        with self.lock(cid):
+            c = self.d.records.get(cid)
+            # A late report about an earlier run (stopped, then started again) is stale.
+            if c is None or c.pid != pid:
+                return None
+            if code is not None:
+                self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
+            if c.status != RUNNING:
+                return None
+            errors = self.release(cid, code)
+            self.emit(c, "die", exit_code=code)
+            if errors:
+                log.error("cleanup after %s exited: %s", c.name, "; ".join(errors))
+            return c
+
+    # remove ------------------------------------------------------------------------------------
+    def remove(self, c: Container, force: bool) -> None:
+        with self.lock(c.id):
+            c = self.d.records.get(c.id)
+            if c.status == RUNNING and not force:
+                raise Conflict(f"container {c.name!r} is running: stop it first or use rm -f")
+            # From here on a crash is finished by reconcile: the container ends up gone.
+            self.store.execute("UPDATE containers SET status=? WHERE id=?", REMOVING, c.id)
+            faults.point("rm.marked")
+            if c.status in (RUNNING, REMOVING) and c.pid:
+                self.d.runc.kill(c.id, signal_number("KILL"))
+                wait_gone(c.pid, 10)
+                faults.point("rm.killed")
+            self.finish_remove(c)
+        self.drop_lock(c.id)
+
+    def finish_remove(self, c: Container) -> None:
+        errors = self.d.journal.undo(c.id, keep=(), fault="rm.undo")
+        if errors:
+            raise RuntimeFailure(f"could not remove container {c.name!r} entirely: " + "; ".join(errors))
+        faults.point("rm.undone")
+        with self.store.tx() as db:
+            db.execute("DELETE FROM ports WHERE container_id=?", (c.id,))
+            db.execute("DELETE FROM containers WHERE id=?", (c.id,))
+        self.emit(c, "destroy")
+
+    # recovery -----------------------------------------------------------------------------
+    def recover(self, c: Container) -> tuple[list[str], bool]:
+        """After a daemon restart, one container's journal and kernel made to agree.
+        Returns the errors, and whether a container recorded as running had died."""
+        if c.status == CREATING:
+            # Interrupted `run`: fully gone, as if it never happened.
+            return self.forget(c, error="interrupted by a daemon crash"), False
+        if c.status == REMOVING:
+            # Interrupted `rm`: finish it (the user asked for the container to go).
+            if c.pid and pid_alive(c.pid):
+                self.d.runc.kill(c.id, signal_number("KILL"))
+                wait_gone(c.pid, 10)
+            try:
+                self.finish_remove(c)
+            except RuntimeFailure as e:
+                return [str(e)], False
+            return [], False
+        if c.status == RUNNING and c.pid and pid_alive(c.pid) and self.d.runc.state(c.id):
+            self.d.watch(c.id, c.pid)
+            return [], False
+        if c.status == RUNNING or any(kind != "dir" for kind, _ in self.d.journal.owned(c.id)):
+            # Died while we were away, or an interrupted stop: finish the stop.
+            errors = self.release(c.id, None)
+            if c.status == RUNNING:
+                self.emit(c, "die", exit_code=None)
+                return errors, True
+            return errors, False
+        return [], False
+
+    def exec_argv(self, c: Container, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
+        if c.status != RUNNING:
+            raise Conflict(f"container {c.name!r} is not running")
+        for e in env:
+            validate.env_entry(e)
+        if not args:
+            raise InvalidArgument("exec needs a command")
+        return self.d.runc.exec_argv(c.id, args, env, tty, workdir)
+
+
+def _reserve_ports(db, cid: str, requests: list[portspec.PortRequest]) -> None:
+    """Host ports for `requests`, checked and inserted in the caller's transaction."""
+    taken: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for r in db.execute("SELECT proto, host_ip, host_port, container_id FROM ports"):
+        taken.setdefault((r[0], r[2]), []).append((r[1], r[3]))
+    for req in requests:
+        port = req.host_port
+        if port is None:   # pick the lowest free ephemeral port
+            port = next((p for p in portspec.EPHEMERAL if (req.proto, p) not in taken), None)
+            if port is None:
+                raise Conflict(f"no free host port left for {req.key()}")
+        for hip, owner in taken.get((req.proto, port), []):
+            if portspec.addresses_overlap(req.host_ip, ip_address(hip) if hip else None):
+                oname = db.execute("SELECT name FROM containers WHERE id=?", (owner,)).fetchone()
+                where = f"{hip}:" if hip else ""
+                raise Conflict(f"host port {where}{port}/{req.proto} is already published by "
+                               f"container {oname[0] if oname else owner[:12]!r}")
+        db.execute("INSERT INTO ports VALUES (?,?,?,?,?)",
+                   (req.proto, str(req.host_ip or ""), port, cid, req.container_port))
+        taken.setdefault((req.proto, port), []).append((str(req.host_ip or ""), cid))

@@ -1,0 +1,128 @@
+"""The plan of a container start, as a pure function: the stored record, its
+image, its lease and the containers it can see -> what to create (endpoint,
+port mappings, file texts, the OCI config). Nothing here touches the kernel,
+the store or a file, so every detail of a start is tested without root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+
+from portlink.netns import names
+from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
+from portlink.runtime import ambassadors, discovery, oci, validate
+from portlink.runtime import links as linkspec
+from portlink.runtime.discovery import Seen
+from portlink.runtime.images import Image, ImageConfig, read_image_file
+from portlink.runtime.records import Container
+
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a host keeps each container's things."""
+
+    state_dir: Path
+
+    @property
+    def containers(self) -> Path:
+        return self.state_dir / "containers"
+
+    @property
+    def netns_dir(self) -> Path:
+        return self.state_dir / "netns"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.state_dir / "runc"
+
+    def cdir(self, cid: str) -> Path:
+        return self.containers / cid
+
+    def netns_path(self, cid: str) -> str:
+        return str(self.netns_dir / (names.NETNS_PREFIX + cid[:12]))
+
+
+@dataclass(frozen=True)
+class PortRow:
+    """A host port reserved for a container (a row of the ports table)."""
+
+    proto: str
+    host_port: int
+    container_port: int
+    host_ip: str = ""
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    seen: Seen                                  # the container as name resolution sees it
+    endpoint: Endpoint | None                   # None: network 'none', loopback only
+    mappings: list[PortMapping]
+    files: dict[str, tuple[str, str]]           # container path -> (file in the container dir, text)
+    config: dict                                # the OCI config.json
+    link_env: list[str] = field(default_factory=list)
+
+
+def seen_of(c: Container, image_env: list[str], ip: str | None) -> Seen:
+    spec = c.spec
+    return Seen(id=c.id, name=spec.name, hostname=spec.hostname, network=spec.network, ip=ip,
+                aliases=tuple(spec.aliases), exposed=tuple(c.exposed), env=(*image_env, *spec.env),
+                links=tuple(linkspec.parse_link(x) for x in spec.links), dns=tuple(spec.dns))
+
+
+def endpoint(layout: Layout, cid: str, net: NetworkSpec, ip: IPv4Address) -> Endpoint:
+    return Endpoint(container_id=cid, netns_path=layout.netns_path(cid), network=net,
+                    address=ip, host_ifname=names.veth_name(cid))
+
+
+def resolve_user(user: str, image: Image) -> tuple[int, int]:
+    """--user as uid and gid, looked up in the image's own passwd and group (read
+    inside its root: an etc/passwd symlinked to /etc/shadow reads nothing of the host's)."""
+    if not user:
+        return 0, 0
+    read = lambda p: read_image_file(image.rootfs, p)
+    return validate.parse_user(user, read("etc/passwd"), read("etc/group"))
+
+
+def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: list[str] = (),
+            files: dict[str, str] | None = None) -> oci.ProcessSpec:
+    spec = c.spec
+    # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
+    # user's entries replacing or appending (so -e overrides a link variable).
+    base = [PATH_ENV, f"HOSTNAME={spec.hostname}"]
+    env = linkspec.merge_env(base, list(link_env), [*config.env, *spec.env])
+    if spec.ambassador:
+        env += ["PYTHONDONTWRITEBYTECODE=1"]
+    return oci.ProcessSpec(args=spec.cmd, env=env, cwd=spec.workdir or config.workdir or "/",
+                           uid=ids[0], gid=ids[1], hostname=spec.hostname, files=files or {},
+                           ro_binds=ambassadors.runtime_binds() if spec.ambassador else {})
+
+
+def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:
+    return [PortMapping(p.proto, p.host_port, ip, p.container_port, ip_address(p.host_ip) if p.host_ip else None)
+            for p in sorted(ports, key=lambda p: (p.proto, p.host_port))]
+
+
+def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: Layout,
+               net: NetworkSpec | None, ip: IPv4Address | None, ports: list[PortRow],
+               peers: dict[str, Seen], default_dns: list[str]) -> StartPlan:
+    """`peers`: the running containers by name, as name resolution sees them."""
+    cdir = layout.cdir(c.id)
+    me = seen_of(c, config.env, str(ip) if ip is not None else None)
+    link_env = [v for link, child in discovery.resolve_links(me, peers) if child is not None
+                for v in linkspec.link_env(c.spec.name, link.alias, child.linked())]
+    texts = {
+        "/etc/hosts": ("hosts", discovery.hosts_file(me, peers)),
+        "/etc/resolv.conf": ("resolv.conf", discovery.resolv_conf(
+            str(net.gateway) if ip is not None and net is not None else None, c.spec.dns or default_dns)),
+        "/etc/hostname": ("hostname", c.spec.hostname + "\n"),
+    }
+    binds = {dest: str(cdir / fname) for dest, (fname, _) in texts.items()}
+    proc = process(c, config, ids, link_env, binds)
+    ns = layout.netns_path(c.id)
+    ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
+    return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
+                     config=oci.build_config(proc, str(cdir / "rootfs"), ns, f"/portlink/{c.id}"),
+                     link_env=link_env)

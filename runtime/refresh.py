@@ -1,0 +1,111 @@
+"""The consequences of a change, from one place: after a container or network
+changes, the trusted flows follow the running ambassadors, the resolver's
+snapshot and every linking container's /etc/hosts are rebuilt from the state,
+and the listeners (the Consul registrar) are told."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from portlink.catalog.services import Instance
+from portlink.dns.server import DnsServer
+from portlink.errors import NotFound
+from portlink.runtime import discovery, networks
+from portlink.runtime.discovery import Seen
+from portlink.runtime.firewall import Firewall
+from portlink.runtime.images import ImageStore
+from portlink.runtime.plan import Layout, seen_of
+from portlink.runtime.records import Records
+from portlink.runtime.state import Store
+
+log = logging.getLogger("portlink.host")
+
+
+class Catalog:
+    """Consul's healthy instances by service, as the daemon last saw them
+    (None: no Consul configured)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.services: dict[str, tuple[Instance, ...]] | None = {} if enabled else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.services is not None
+
+    def instances(self, service: str) -> tuple[Instance, ...]:
+        return (self.services or {}).get(service.lower(), ())
+
+
+class Refresher:
+    def __init__(self, store: Store, images: ImageStore, layout: Layout, dns: DnsServer, firewall: Firewall,
+                 catalog: Catalog, upstreams: list[str], ttl: int) -> None:
+        self.store, self.records, self.images, self.layout = store, Records(store), images, layout
+        self.dns, self.fw, self.catalog = dns, firewall, catalog
+        self.upstreams, self.ttl = upstreams, ttl
+        self._lock = threading.Lock()
+        self._names: tuple | None = None     # (networks, running) as the last refresh read them
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, fn: Callable[[], None]) -> None:
+        """`fn` is called after every change (the registrar's poke)."""
+        self._listeners.append(fn)
+
+    def changed(self) -> None:
+        self.fw.sync_trusted()   # first: a new ambassador's first call to Consul is on its way
+        self.refresh_names()
+        for fn in self._listeners:
+            fn()
+
+    def seen(self) -> list[Seen]:
+        """Every running container with an address, as name resolution sees it."""
+        envs: dict[str, list[str]] = {}   # one image read per image, not per container (500 → 1)
+        out = []
+        for c in self.records.running_with_ip():
+            if c.spec.image not in envs:
+                try:
+                    envs[c.spec.image] = self.images.get(c.spec.image).config.env
+                except NotFound:
+                    envs[c.spec.image] = []
+            out.append(seen_of(c, envs[c.spec.image], c.ip))
+        return out
+
+    def refresh_names(self) -> None:
+        """Rebuild the resolver's snapshot and the linking containers' /etc/hosts
+        from the state; called after every change that moves a name."""
+        with self._lock:
+            nets = networks.read_all(self.store)
+            running = self.seen()
+            by_name = {c.name: c for c in running}
+            for e in self.dns.listen(str(n.gateway) for n in nets):
+                log.error("%s", e)
+            self._names = (nets, running)
+            self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
+                                                     self.catalog.services))
+            for c in running:
+                if c.links:
+                    self.write_hosts(c.id, discovery.hosts_file(c, by_name))
+
+    def refresh_services(self) -> None:
+        """Consul's catalog changed, nothing local did: rebuild the snapshot from
+        the containers and networks the last refresh read (no store queries, no
+        hosts files), so a Consul change reaches answers in a few milliseconds."""
+        with self._lock:
+            if self._names is None:
+                return
+            nets, running = self._names
+            self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
+                                                     self.catalog.services))
+
+    def write_hosts(self, cid: str, text: str) -> None:
+        """Rewrite a running container's /etc/hosts in place: the file is bind-mounted,
+        so it must stay the same inode (a rename would go unseen inside)."""
+        path = self.layout.cdir(cid) / "hosts"
+        try:
+            if path.read_text() != text:
+                with open(path, "r+") as f:
+                    f.write(text)
+                    f.truncate()
+        except FileNotFoundError:
+            pass   # removed meanwhile: nothing to follow

@@ -1,0 +1,124 @@
+"""What a user asks for when they run a container, checked once (pure).
+
+`ContainerSpec.from_json` checks the shape (types, unknown fields) and every
+value that needs no state: names, env, --dns, labels, log options, -p/--expose
+and --link syntax. `Request` is the checked spec with its parsed parts, so the
+runtime never parses or validates the same text twice. What needs the state
+(the image, the network, the link targets) is checked by the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from portlink.catalog import services as registration
+from portlink.errors import InvalidArgument
+from portlink.runtime import ambassadors, logfmt, validate
+from portlink.runtime import links as linkspec
+from portlink.runtime import ports as portspec
+from portlink.runtime.images import check_name as check_image_name
+from portlink.runtime.networks import DEFAULT_NETWORK, NO_NETWORK
+
+_LISTS = ("cmd", "env", "publish", "expose", "dns", "links", "aliases")
+_STRINGS = ("image", "name", "network", "hostname", "workdir", "user")
+
+
+@dataclass
+class ContainerSpec:
+    """What the user asked for; stored as JSON. Unknown fields are rejected."""
+
+    image: str
+    name: str = ""
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    expose: list[str] = field(default_factory=list)
+    network: str = DEFAULT_NETWORK
+    hostname: str = ""
+    dns: list[str] = field(default_factory=list)
+    workdir: str = ""
+    user: str = ""
+    rm: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    links: list[str] = field(default_factory=list)      # --link name[:alias]
+    aliases: list[str] = field(default_factory=list)    # --network-alias: more DNS names
+    ambassador: dict = field(default_factory=dict)      # {service, ports, policy, drain_deadline}
+    log_opts: dict = field(default_factory=dict)        # --log-opt max-size=10m / max-file=3 (over the daemon's)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ContainerSpec":
+        if not isinstance(data, dict):
+            raise InvalidArgument("the container spec must be a JSON object")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InvalidArgument(f"unknown field(s) in the container spec: {', '.join(unknown)}")
+        if "image" not in data:
+            raise InvalidArgument("no image given")
+        spec = cls(**data)
+        for f in _LISTS:
+            v = getattr(spec, f)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise InvalidArgument(f"field {f!r} must be a list of strings")
+        if not isinstance(spec.labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in spec.labels.items()):
+            raise InvalidArgument("field 'labels' must map strings to strings")
+        if spec.ambassador:
+            ambassadors.AmbassadorSpec.from_json(spec.ambassador)
+        if not isinstance(spec.rm, bool):
+            raise InvalidArgument("field 'rm' must be true or false")
+        for f in _STRINGS:
+            if not isinstance(getattr(spec, f), str):
+                raise InvalidArgument(f"field {f!r} must be a string")
+        spec._check_values()
+        return spec
+
+    @classmethod
+    def stored(cls, data: dict) -> "ContainerSpec":
+        """A spec read back from the state: it was checked when it was stored."""
+        return cls(**data)
+
+    def _check_values(self) -> None:
+        """Values, before anything is made: every message names the field."""
+        check_image_name(self.image)
+        if self.name:
+            validate.name("container", self.name)
+        validate.network_ref(self.network)
+        if self.hostname:
+            validate.hostname(self.hostname)
+        if self.workdir:
+            validate.abs_path("workdir", self.workdir)
+        validate.argv("cmd", self.cmd)
+        for e in self.env:
+            validate.env_entry(e)
+        for d in self.dns:
+            validate.ip("--dns", d)
+        for a in self.aliases:
+            validate.name("network alias", a)
+        for k, v in self.labels.items():
+            validate.label(k, v)
+        logfmt.parse_log_opts(self.log_opts)
+
+
+@dataclass
+class Request:
+    """A checked spec and its parsed parts."""
+
+    spec: ContainerSpec
+    publish: list[portspec.PortRequest]
+    expose: list[str]                          # from --expose and -p, "80/tcp"
+    links: list[linkspec.LinkRequest]
+
+    @classmethod
+    def parse(cls, data: dict) -> "Request":
+        spec = ContainerSpec.from_json(data)
+        publish = [r for p in spec.publish for r in portspec.parse_publish(p)]
+        portspec.check_conflicts(publish)
+        expose = sorted({e for x in spec.expose for e in portspec.parse_expose(x)} | {r.key() for r in publish})
+        links = [linkspec.parse_link(x) for x in spec.links]
+        linkspec.check_links(links)
+        registration.validate_labels(spec.labels)
+        if spec.network == NO_NETWORK:
+            if publish:
+                raise InvalidArgument("cannot publish ports of a container on network 'none'")
+            if links:
+                raise InvalidArgument("--link needs a network: a container on network 'none' cannot reach another")
+        return cls(spec, publish, expose, links)

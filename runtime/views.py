@@ -1,0 +1,71 @@
+"""Read models of containers: what `inspect` and `ps` show (reads the store only)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from portlink.netns import names
+from portlink.netns.model import NetworkSpec
+from portlink.runtime import links as linkspec
+from portlink.runtime import networks
+from portlink.runtime.plan import Layout
+from portlink.runtime.records import RUNNING, Container, Records
+
+LINK_NOTE = ("the DNS name and /etc/hosts follow the linked container live; the "
+             "environment variables were set when this container started and cannot change")
+
+
+class Views:
+    def __init__(self, records: Records, layout: Layout, default_dns: list[str]) -> None:
+        self.records, self.layout, self.default_dns = records, layout, default_dns
+
+    def inspect(self, ref: str) -> dict:
+        c = self.records.find(ref)
+        nets = {n.name: n for n in networks.read_all(self.records.store)}
+        return self._view(c, nets, self.records.ports(c.id))
+
+    def list(self, all: bool = False) -> list[dict]:
+        nets = {n.name: n for n in networks.read_all(self.records.store)}
+        ports: dict[str, list] = {}
+        for r in self.records.store.query("SELECT * FROM ports ORDER BY proto, host_port"):
+            ports.setdefault(r["container_id"], []).append(r)
+        return [self._view(c, nets, ports.get(c.id, [])) for c in self.records.all()
+                if all or c.status == RUNNING]
+
+    def _view(self, c: Container, nets: dict[str, NetworkSpec], port_rows) -> dict:
+        spec, cid, cdir = c.spec, c.id, self.layout.cdir(c.id)
+        net = nets.get(spec.network)
+        return {
+            "id": cid, "name": c.name, "image": spec.image, "status": c.status,
+            "pid": c.pid if c.status == RUNNING else None, "exit_code": c.exit_code, "created": c.created,
+            "started": c.started, "finished": c.finished, "config": asdict(spec),
+            "exposed": list(c.exposed),
+            "network": {
+                "name": spec.network, "ip": c.ip,
+                "gateway": str(net.gateway) if net else None,
+                "prefixlen": net.subnet.prefixlen if net else None,
+                "bridge": net.bridge if net else None,
+                "veth": names.veth_name(cid) if c.ip else None,
+                "netns": self.layout.netns_path(cid) if c.status == RUNNING else None,
+                "ports": [{"proto": r["proto"], "host_ip": r["host_ip"] or "0.0.0.0", "host_port": r["host_port"],
+                           "container_port": r["container_port"]} for r in port_rows],
+            },
+            "paths": {"dir": str(cdir), "log": str(cdir / "container.log"), "hosts": str(cdir / "hosts")},
+            "links": self._links(spec.links),
+            "dns": {
+                "server": str(net.gateway) if net else None,
+                "names": ([spec.name, spec.hostname, cid[:12], f"{spec.name}.{net.name}", *spec.aliases]
+                          if net else []),
+                "upstreams": spec.dns or self.default_dns,
+            },
+        }
+
+    def _links(self, links: list[str]) -> list[dict]:
+        out = []
+        for text in links:
+            link = linkspec.parse_link(text)
+            other = self.records.named(link.name)
+            out.append({"name": link.name, "alias": link.alias,
+                        "status": other.status if other else "missing",
+                        "ip": other.ip if other else None, "note": LINK_NOTE})
+        return out
