@@ -1,0 +1,106 @@
+"""The start plan (runtime.plan): spec + image + lease + peers -> what to create, without root."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+
+import pytest
+
+from portlink.netns.model import NetworkSpec, PortMapping
+from portlink.runtime.discovery import Seen
+from portlink.runtime.images import ImageConfig
+from portlink.runtime.links import LinkRequest
+from portlink.runtime.plan import PATH_ENV, Layout, PortRow, plan_start, seen_of
+from portlink.runtime.records import CREATING, Container
+from portlink.runtime.spec import ContainerSpec
+
+CID = "ab" * 32
+NET = NetworkSpec(id="n1" * 32, name="front", subnet=ip_network("10.90.0.0/24"),
+                  gateway=ip_address("10.90.0.1"), bridge="plb-n1n1n1n1n1n")
+IMAGE = ImageConfig(cmd=["sh"], env=["IMG=1", "MODE=image"], workdir="/srv", exposed=["80/tcp"])
+LAYOUT = Layout(Path("/var/lib/pl"))
+DB = Seen(id="cd" * 32, name="db", hostname="dbhost", network="front", ip="10.90.0.7",
+          exposed=("5432/tcp",), env=("POSTGRES_DB=app",))
+
+
+def container(**spec) -> Container:
+    s = ContainerSpec(**{"image": "busybox", "name": "web", "hostname": "webhost", "cmd": ["httpd", "-f"],
+                         "network": "front", **spec})
+    return Container(id=CID, name=s.name, spec=s, exposed=("80/tcp",), status=CREATING)
+
+
+def test_plan_on_a_network_with_a_link_and_a_published_port():
+    c = container(links=["db:sql"], env=["MODE=user"], dns=["192.0.2.53"])
+    plan = plan_start(c, IMAGE, (1000, 1000), LAYOUT, NET, ip_address("10.90.0.5"),
+                      [PortRow("tcp", 8080, 80, "")], {"db": DB}, ["198.51.100.1"])
+
+    ep = plan.endpoint
+    assert (ep.host_ifname, ep.netns_path, str(ep.address), ep.network) == \
+        ("plv-" + CID[:11], "/var/lib/pl/netns/plc-" + CID[:12], "10.90.0.5", NET)
+    assert plan.mappings == [PortMapping("tcp", 8080, ip_address("10.90.0.5"), 80, None)]
+    assert plan.files == {
+        "/etc/hosts": ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                                "10.90.0.5\twebhost web\n10.90.0.7\tsql dbhost db\n"),
+        "/etc/resolv.conf": ("resolv.conf", "nameserver 10.90.0.1\noptions ndots:0\n"),
+        "/etc/hostname": ("hostname", "webhost\n"),
+    }
+    proc = plan.config["process"]
+    assert proc["args"] == ["httpd", "-f"]
+    assert (proc["user"], proc["cwd"]) == ({"uid": 1000, "gid": 1000}, "/srv")
+    # Docker's order: PATH, HOSTNAME, link variables, then the image's and the user's entries.
+    assert proc["env"][:3] == [PATH_ENV, "HOSTNAME=webhost", "SQL_PORT=tcp://10.90.0.7:5432"]
+    assert "SQL_ENV_POSTGRES_DB=app" in proc["env"] and "SQL_NAME=/web/sql" in proc["env"]
+    assert proc["env"][-3:] == ["IMG=1", "MODE=image", "MODE=user"]
+    assert plan.config["root"]["path"] == f"/var/lib/pl/containers/{CID}/rootfs"
+    assert plan.config["linux"]["cgroupsPath"] == f"/portlink/{CID}"
+    assert {"type": "network", "path": "/var/lib/pl/netns/plc-" + CID[:12]} in plan.config["linux"]["namespaces"]
+    binds = {m["destination"]: m["source"] for m in plan.config["mounts"] if m["type"] == "bind"}
+    assert binds == {f"/etc/{f}": f"/var/lib/pl/containers/{CID}/{f}" for f in ("hosts", "resolv.conf", "hostname")}
+    assert plan.seen == seen_of(c, IMAGE.env, "10.90.0.5")
+
+
+def test_plan_with_no_network_is_loopback_only_and_asks_the_given_resolvers():
+    c = container(network="none", dns=["192.0.2.53"])
+    plan = plan_start(c, IMAGE, (0, 0), LAYOUT, None, None, [], {}, ["198.51.100.1"])
+    assert plan.endpoint is None and plan.mappings == []
+    assert plan.files["/etc/resolv.conf"] == ("resolv.conf", "nameserver 192.0.2.53\n")
+    assert plan.files["/etc/hosts"][1].count("\n") == 2   # localhost lines only
+    assert plan.link_env == []
+
+
+def test_daemon_upstreams_when_the_container_names_none():
+    plan = plan_start(container(network="none"), IMAGE, (0, 0), LAYOUT, None, None, [], {}, ["198.51.100.1"])
+    assert plan.files["/etc/resolv.conf"][1] == "nameserver 198.51.100.1\n"
+
+
+def test_a_link_to_a_peer_that_is_gone_or_elsewhere_gives_nothing():
+    elsewhere = Seen(**{**DB.__dict__, "network": "back"})
+    for peers in ({}, {"db": elsewhere}):
+        plan = plan_start(container(links=["db:sql"]), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"),
+                          [], peers, [])
+        assert plan.link_env == []
+        assert "sql" not in plan.files["/etc/hosts"][1]
+
+
+def test_ports_are_ordered_and_bound_to_their_host_address():
+    rows = [PortRow("udp", 5353, 53, ""), PortRow("tcp", 9000, 90, "127.0.0.1"), PortRow("tcp", 8080, 80)]
+    plan = plan_start(container(), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), rows, {}, [])
+    assert [str(m) for m in plan.mappings] == [
+        "8080->10.90.0.5:80/tcp", "127.0.0.1:9000->10.90.0.5:90/tcp", "5353->10.90.0.5:53/udp"]
+
+
+def test_an_ambassador_gets_the_forwarder_runtime_read_only():
+    c = container(ambassador={"service": "db", "ports": [5432], "policy": "drain", "drain_deadline": 10.0})
+    plan = plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
+    ro = {m["destination"] for m in plan.config["mounts"] if m["type"] == "bind" and "ro" in m["options"]}
+    assert "/usr" in ro
+    plain = plan_start(container(), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
+    assert not [m for m in plain.config["mounts"] if m["type"] == "bind" and "ro" in m["options"]]
+    assert plan.config["process"]["env"][-1] == "PYTHONDONTWRITEBYTECODE=1"
+
+
+@pytest.mark.parametrize("links", [["db"], ["db:DB"]])
+def test_seen_carries_the_parsed_links(links):
+    s = seen_of(container(links=links), [], None)
+    assert s.links == (LinkRequest("db", links[0].partition(":")[2] or "db"),)
