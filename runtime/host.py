@@ -187,7 +187,7 @@ class Host:
                 if ("netns", str(f)) not in known:
                     kernel_ns.delete_netns(str(f))
                     swept.append(f"netns {f}")
-        ids = {r["id"] for r in self.store.query("SELECT id FROM containers")}
+        ids = set(self.records.ids())
         for cid in self.runc.list_ids():
             if cid not in ids:
                 self.runc.delete(cid)

@@ -13,19 +13,17 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from ipaddress import ip_address
+from dataclasses import dataclass
 
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
 from portlink.runtime import faults, validate
-from portlink.runtime import ports as portspec
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.networks import NO_NETWORK, Networks
 from portlink.runtime.plan import Layout, PortRow, plan_start, resolve_user
-from portlink.runtime.records import CREATING, EXITED, REMOVING, RUNNING, Container, Records
+from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
 from portlink.runtime.spec import Request
@@ -52,7 +50,6 @@ class LifecycleDeps:
 class Lifecycle:
     def __init__(self, d: LifecycleDeps) -> None:
         self.d = d
-        self.store = d.records.store
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
@@ -105,12 +102,7 @@ class Lifecycle:
                                if spec.ambassador else set(req.expose) | set(image.config.exposed)))
         c = Container(id=cid, name=spec.name, spec=spec, exposed=exposed, status=CREATING,
                       created=time.time(), for_links=for_links)
-        with self.store.tx() as db:
-            if db.execute("SELECT 1 FROM containers WHERE name=?", (c.name,)).fetchone():
-                raise Conflict(f"container name {c.name!r} is already in use")
-            db.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)",
-                       (cid, c.name, c.document(), CREATING, c.created))
-            _reserve_ports(db, cid, req.publish)
+        self.d.records.insert(c, req.publish)
         faults.point("run.created")
         self.emit(c, "create", image=spec.image)
         try:
@@ -130,9 +122,7 @@ class Lifecycle:
     def forget(self, c: Container, error: str) -> list[str]:
         """A container that never ran to the end of its create: as if it never was."""
         errors = self.d.journal.undo(c.id, keep=())
-        with self.store.tx() as db:
-            db.execute("DELETE FROM ports WHERE container_id=?", (c.id,))
-            db.execute("DELETE FROM containers WHERE id=?", (c.id,))
+        self.d.records.delete(c.id)
         self.emit(c, "destroy", error=error)
         return errors
 
@@ -180,8 +170,7 @@ class Lifecycle:
         faults.point("start.runc")
         if ip is not None and c.is_ambassador:
             c = c.with_(kept_ip=str(ip))   # a restarted ambassador keeps its address: linkers' env vars name it
-        self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
-                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.document(), cid)
+        self.d.records.set_running(c, pid)
         self.emit(c, "start", pid=pid, ip=str(ip) if ip else None)
         self.d.watch(cid, pid)
 
@@ -223,9 +212,7 @@ class Lifecycle:
     def release(self, cid: str, code: int | None) -> list[str]:
         """The process is gone: release what a running container holds."""
         errors = self.d.journal.undo(cid)
-        # The pid is kept (shown only while running) so a late exit report is recognised as stale.
-        self.store.execute("UPDATE containers SET status=?, finished=?, "
-                           "exit_code=COALESCE(?, exit_code) WHERE id=?", EXITED, time.time(), code, cid)
+        self.d.records.set_exited(cid, code)
         return errors
 
     def exited(self, cid: str, pid: int, code: int | None) -> Container | None:
@@ -236,7 +223,7 @@ class Lifecycle:
             if c is None or c.pid != pid:
                 return None
             if code is not None:
-                self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
+                self.d.records.set_exit_code(cid, code)
             if c.status != RUNNING:
                 return None
             errors = self.release(cid, code)
@@ -252,7 +239,7 @@ class Lifecycle:
             if c.status == RUNNING and not force:
                 raise Conflict(f"container {c.name!r} is running: stop it first or use rm -f")
             # From here on a crash is finished by reconcile: the container ends up gone.
-            self.store.execute("UPDATE containers SET status=? WHERE id=?", REMOVING, c.id)
+            self.d.records.set_removing(c.id)
             faults.point("rm.marked")
             if c.status in (RUNNING, REMOVING) and c.pid:
                 self.d.runc.kill(c.id, signal_number("KILL"))
@@ -266,9 +253,7 @@ class Lifecycle:
         if errors:
             raise RuntimeFailure(f"could not remove container {c.name!r} entirely: " + "; ".join(errors))
         faults.point("rm.undone")
-        with self.store.tx() as db:
-            db.execute("DELETE FROM ports WHERE container_id=?", (c.id,))
-            db.execute("DELETE FROM containers WHERE id=?", (c.id,))
+        self.d.records.delete(c.id)
         self.emit(c, "destroy")
 
     # recovery -----------------------------------------------------------------------------
@@ -309,24 +294,3 @@ class Lifecycle:
             raise InvalidArgument("exec needs a command")
         return self.d.runc.exec_argv(c.id, args, env, tty, workdir)
 
-
-def _reserve_ports(db, cid: str, requests: list[portspec.PortRequest]) -> None:
-    """Host ports for `requests`, checked and inserted in the caller's transaction."""
-    taken: dict[tuple[str, int], list[tuple[str, str]]] = {}
-    for r in db.execute("SELECT proto, host_ip, host_port, container_id FROM ports"):
-        taken.setdefault((r[0], r[2]), []).append((r[1], r[3]))
-    for req in requests:
-        port = req.host_port
-        if port is None:   # pick the lowest free ephemeral port
-            port = next((p for p in portspec.EPHEMERAL if (req.proto, p) not in taken), None)
-            if port is None:
-                raise Conflict(f"no free host port left for {req.key()}")
-        for hip, owner in taken.get((req.proto, port), []):
-            if portspec.addresses_overlap(req.host_ip, ip_address(hip) if hip else None):
-                oname = db.execute("SELECT name FROM containers WHERE id=?", (owner,)).fetchone()
-                where = f"{hip}:" if hip else ""
-                raise Conflict(f"host port {where}{port}/{req.proto} is already published by "
-                               f"container {oname[0] if oname else owner[:12]!r}")
-        db.execute("INSERT INTO ports VALUES (?,?,?,?,?)",
-                   (req.proto, str(req.host_ip or ""), port, cid, req.container_port))
-        taken.setdefault((req.proto, port), []).append((str(req.host_ip or ""), cid))

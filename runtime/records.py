@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, replace
+from ipaddress import ip_address
 
-from portlink.errors import InvalidArgument, NotFound
+from portlink.errors import Conflict, InvalidArgument, NotFound
+from portlink.runtime import ports as portspec
+from portlink.runtime.ports import PortRequest
 from portlink.runtime.spec import ContainerSpec
 from portlink.runtime.state import Store, dumps
 
@@ -123,8 +127,42 @@ class Records:
             out[r["status"]] = r["n"]
         return out
 
+    # writes -------------------------------------------------------------------------------
+    def insert(self, c: Container, publish: list[PortRequest]) -> None:
+        """A new container (status CREATING) and its host ports, in one transaction."""
+        with self.store.tx() as db:
+            if db.execute("SELECT 1 FROM containers WHERE name=?", (c.name,)).fetchone():
+                raise Conflict(f"container name {c.name!r} is already in use")
+            db.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)",
+                       (c.id, c.name, c.document(), CREATING, c.created))
+            _reserve_ports(db, c.id, publish)
+
+    def delete(self, cid: str) -> None:
+        with self.store.tx() as db:
+            db.execute("DELETE FROM ports WHERE container_id=?", (cid,))
+            db.execute("DELETE FROM containers WHERE id=?", (cid,))
+
+    def set_running(self, c: Container, pid: int) -> None:
+        self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
+                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.document(), c.id)
+
+    def set_exited(self, cid: str, code: int | None) -> None:
+        """Exited; an unknown code (None) keeps the one recorded. The pid is kept (shown
+        only while running) so a late exit report is recognised as stale."""
+        self.store.execute("UPDATE containers SET status=?, finished=?, exit_code=COALESCE(?, exit_code) "
+                           "WHERE id=?", EXITED, time.time(), code, cid)
+
+    def set_exit_code(self, cid: str, code: int) -> None:
+        self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
+
+    def set_removing(self, cid: str) -> None:
+        self.store.execute("UPDATE containers SET status=? WHERE id=?", REMOVING, cid)
+
     def ports(self, cid: str) -> list[sqlite3.Row]:
         return self.store.query("SELECT * FROM ports WHERE container_id=? ORDER BY proto, host_port", cid)
+
+    def all_ports(self) -> list[sqlite3.Row]:
+        return self.store.query("SELECT * FROM ports ORDER BY proto, host_port")
 
     def published(self) -> list[tuple[Container, list[sqlite3.Row]]]:
         """Running containers with the host ports they publish."""
@@ -135,3 +173,24 @@ class Records:
             by_id.setdefault(r["id"], (Container.from_row(r), []))[1].append(r)
         return list(by_id.values())
 
+
+def _reserve_ports(db, cid: str, requests: list[portspec.PortRequest]) -> None:
+    """Host ports for `requests`, checked and inserted in the caller's transaction."""
+    taken: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for r in db.execute("SELECT proto, host_ip, host_port, container_id FROM ports"):
+        taken.setdefault((r[0], r[2]), []).append((r[1], r[3]))
+    for req in requests:
+        port = req.host_port
+        if port is None:   # pick the lowest free ephemeral port
+            port = next((p for p in portspec.EPHEMERAL if (req.proto, p) not in taken), None)
+            if port is None:
+                raise Conflict(f"no free host port left for {req.key()}")
+        for hip, owner in taken.get((req.proto, port), []):
+            if portspec.addresses_overlap(req.host_ip, ip_address(hip) if hip else None):
+                oname = db.execute("SELECT name FROM containers WHERE id=?", (owner,)).fetchone()
+                where = f"{hip}:" if hip else ""
+                raise Conflict(f"host port {where}{port}/{req.proto} is already published by "
+                               f"container {oname[0] if oname else owner[:12]!r}")
+        db.execute("INSERT INTO ports VALUES (?,?,?,?,?)",
+                   (req.proto, str(req.host_ip or ""), port, cid, req.container_port))
+        taken.setdefault((req.proto, port), []).append((str(req.host_ip or ""), cid))

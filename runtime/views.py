@@ -27,7 +27,7 @@ class Views:
     def list(self, all: bool = False) -> list[dict]:
         nets = {n.name: n for n in networks.read_all(self.records.store)}
         ports: dict[str, list] = {}
-        for r in self.records.store.query("SELECT * FROM ports ORDER BY proto, host_port"):
+        for r in self.records.all_ports():
             ports.setdefault(r["container_id"], []).append(r)
         return [self._view(c, nets, ports.get(c.id, [])) for c in self.records.all()
                 if all or c.status == RUNNING]
