@@ -360,10 +360,8 @@ class Api:
             for i in range(0, len(data), 1 << 20):
                 await resp.write(data[i:i + (1 << 20)])
             while follow:
-                try:
-                    running = c.row(info["id"])["status"] == "running"
-                except PortlinkError:
-                    running = False
+                now = self.host.records.get(info["id"])
+                running = now is not None and now.status == "running"
                 # Read after the status check: a stopped container's shim has written all
                 # (Runc.delete waits for it before the status changes), so nothing is lost.
                 new = await self.call(reader.read_new)
