@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from portlink.catalog.agent_proc import Agent, AgentSpec, start_agent, wait_ready
+from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
 from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from portlink.runtime.cli import Client, CliError
-from portlink.runtime.sandbox import VENV_BIN, Namespace, Switch, sh, unmount_under
+from portlink.lab.sandbox import VENV_BIN, Namespace, Switch, sh, unmount_under
 
 LAB_ROOT = Path(os.environ.get("PORTLINK_LAB_DIR", "/run/portlink-lab"))
 SUBNET = "10.99.0"

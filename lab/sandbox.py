@@ -3,7 +3,7 @@ own portlinkd and state dir. Used by the tests, the demo and the benchmarks so
 that nothing ever touches the machine's root network namespace.
 
 Namespaces are named plt-<role>-<random> (portlink test), so a sweep after a
-crash can find them: `python -m portlink.runtime.sandbox --clean`."""
+crash can find them: `python -m portlink.lab.sandbox --clean`."""
 
 from __future__ import annotations
 
