@@ -219,7 +219,8 @@ def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
                           ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2"],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")
-    h.daemon_pid = lab._own(d.proc)
+    h.daemon_pid = d.pid
+    lab._own(d.proc)              # records the pid and saves: with this host's daemon_pid in it
     return d
 
 
