@@ -22,7 +22,7 @@ bench: setup
 	.venv/bin/python bench/attach.py
 
 clean:
-	.venv/bin/python -m portlink.runtime.clean
+	.venv/bin/python -P -m portlink.lab.sandbox --clean
 
 bench-dns: setup
 	.venv/bin/python -P bench/dns.py

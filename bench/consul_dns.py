@@ -48,9 +48,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from portlink.catalog.agent_proc import AgentSpec, start_agent, wait_ready
+from portlink.lab.consul_agent import AgentSpec, start_agent, wait_ready
 from portlink.netns.kernel_ns import entered
-from portlink.runtime.sandbox import Namespace, SimHost, link_namespaces
+from portlink.lab.sandbox import Namespace, SimHost, link_namespaces
 
 HOST_IP, OUTSIDE_IP = "198.51.100.1", "198.51.100.2"   # as tests/integration/helpers.Outside
 QNAME = "benchsvc.service.consul"

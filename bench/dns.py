@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dns_aardvark import AARDVARK_VERSION, AardvarkSide, DnsperfResult, run_dnsperf  # noqa: E402
 
-from portlink.runtime.sandbox import Namespace, SimHost  # noqa: E402
+from portlink.lab.sandbox import Namespace, SimHost  # noqa: E402
 
 
 class ContainerNs(Namespace):

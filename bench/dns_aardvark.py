@@ -60,7 +60,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from portlink.runtime.sandbox import Namespace
+from portlink.lab.sandbox import Namespace
 
 AARDVARK = "/usr/lib/podman/aardvark-dns"
 AARDVARK_VERSION = "1.4.0"       # Debian bookworm; checked at setup

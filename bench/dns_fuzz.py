@@ -2,7 +2,7 @@
 """bench/dns_fuzz: hostile packets through portlink's resolver, in-process, for
 longer runs than the unit test's million (tests/unit/test_dns_fuzz.py).
 
-The packets and the driver are portlink.dns.fuzz: seeded malformed and
+The packets and the driver are portlink.lab.dns_fuzz: seeded malformed and
 adversarial datagrams (random bytes up to 4.3 KB, truncations, bit flips and
 byte edits of valid queries, compression-pointer loops and chains, labels over
 63, names over 255, lying header counts, responses, odd opcodes, classes and
@@ -32,7 +32,7 @@ import time
 import dns.flags
 import dns.message
 
-from portlink.dns import fuzz
+from portlink.lab import dns_fuzz as fuzz
 
 
 def reply_problem(query: bytes, reply: bytes, udp: bool) -> str | None:

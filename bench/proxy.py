@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("bench/proxy: needs /usr/sbin/haproxy, socat and iperf3 (./scripts/setup installs them)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
-    from portlink.runtime.sandbox import Namespace
+    from portlink.lab.sandbox import Namespace
 
     paths = [p for p in PATHS if not (a.no_haproxy_mt and p == "haproxy_mt")]
     tmp = Path(tempfile.mkdtemp(prefix="plt-proxy-"))

@@ -4,7 +4,7 @@ how many client connections fail meanwhile: portlink's ambassador against the
 industry's consul-template + HAProxy (its mechanism emulated, see below).
 
 Topology (one namespace plt-reroute-*, loopback only; nothing in the root namespace):
-  consul       a dev agent on 127.0.0.1:8500 (portlink.catalog.agent_proc)
+  consul       a dev agent on 127.0.0.1:8500 (portlink.lab.consul_agent)
   backends     A on 127.0.0.1:7001, B on 127.0.0.1:7002 (this file, --backend-server):
                each connection gets the backend's name and a newline, then an echo
   ambassador   :17000, python -P -m portlink.ambassador --service benchsvc
@@ -400,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench/reroute: needs {HAPROXY} (./scripts/setup installs it)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
-    from portlink.catalog.agent_proc import AgentSpec, http_get, start_agent, wait_ready
-    from portlink.runtime.sandbox import Namespace
+    from portlink.lab.consul_agent import AgentSpec, http_get, start_agent, wait_ready
+    from portlink.lab.sandbox import Namespace
 
     tmp = Path(tempfile.mkdtemp(prefix="plt-reroute-"))
     ns: Namespace | None = None

@@ -37,7 +37,7 @@ from ipaddress import ip_network
 from pathlib import Path
 
 from portlink.runtime.cli import Client, CliError
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 
 SUBNET_BASE = "10.92.0.0"
 

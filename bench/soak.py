@@ -59,7 +59,7 @@ import dns.rdatatype
 
 from portlink.netns import kernel_ns
 from portlink.runtime.cli import Client, CliError
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 
 UPSTREAM_PORT = 5300
 AMB_PORT = 17000

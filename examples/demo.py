@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from portlink.catalog.agent_proc import AgentSpec, start_agent, wait_ready
-from portlink.runtime.sandbox import Namespace, SimHost, link_namespaces
+from portlink.lab.consul_agent import AgentSpec, start_agent, wait_ready
+from portlink.lab.sandbox import Namespace, SimHost, link_namespaces
 
 HOST_IP, OUTSIDE_IP = "198.51.100.1", "198.51.100.2"
 BOLD = "\033[1m" if sys.stdout.isatty() else ""

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from portlink.runtime import lab
+from portlink.lab import lab
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""

@@ -472,7 +472,7 @@ def cmd_system(cl, a):
 def cmd_lab(cl, a):
     """Local, not through a daemon: the lab makes the daemons."""
     from portlink.errors import PortlinkError
-    from portlink.runtime import lab
+    from portlink.lab import lab
 
     def progress(text: str) -> None:
         if sys.stderr.isatty():      # a terminal sees progress; a pipe only the result

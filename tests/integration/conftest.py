@@ -8,7 +8,7 @@ import re
 import pytest
 
 from helpers import Outside
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 
 DRIVERS = ["nftables", "iptables"]
 

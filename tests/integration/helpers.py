@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from portlink.runtime.sandbox import VENV_BIN, Namespace, SimHost, link_namespaces
+from portlink.lab.sandbox import VENV_BIN, Namespace, SimHost, link_namespaces
 
 
 class Outside:

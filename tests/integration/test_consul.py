@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from helpers import Outside, dig, in_container_ns, wait_for
-from portlink.catalog.agent_proc import Agent, AgentSpec, start_agent, wait_ready
-from portlink.runtime.sandbox import Namespace, SimHost, Switch
+from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
+from portlink.lab.sandbox import Namespace, SimHost, Switch
 
 pytestmark = pytest.mark.root
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import dig, wait_for
-from portlink.runtime import lab as labmod
+from portlink.lab import lab as labmod
 from test_crosshost import TICKER, three  # noqa: F401  (the 3-host lab fixture)
 
 pytestmark = pytest.mark.root
@@ -47,7 +47,7 @@ def kill_agents(L, *hosts: str) -> None:
 def lab_cli(name: str, *args: str, check: bool = True) -> str:
     """`portlink lab ... --name NAME` as a user runs it, on the fixture's lab dir."""
     import subprocess
-    from portlink.runtime.sandbox import VENV_BIN
+    from portlink.lab.sandbox import VENV_BIN
     argv = [str(VENV_BIN / "portlink"), "lab", args[0], "--name", name, *args[1:]]
     p = subprocess.run(argv, env={**os.environ, "PORTLINK_LAB_DIR": str(labmod.LAB_ROOT)},
                        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)

@@ -18,7 +18,7 @@ import pytest
 from helpers import wait_for
 from portlink.runtime import logfmt
 from portlink.runtime.runc import LOGSHIM, Runc, logshim_binary
-from portlink.runtime.sandbox import VENV_BIN, SimHost
+from portlink.lab.sandbox import VENV_BIN, SimHost
 
 pytestmark = pytest.mark.root
 

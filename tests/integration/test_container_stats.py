@@ -13,7 +13,7 @@ import time
 import pytest
 
 from helpers import in_container_ns, wait_for
-from portlink.runtime.sandbox import VENV_BIN, SimHost
+from portlink.lab.sandbox import VENV_BIN, SimHost
 from test_consul import consul  # noqa: F401  (the fixture is used by name)
 from test_recovery_consul import register_external, through_link
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import snapshot
 from helpers import dig, wait_for
 from portlink.runtime import faults
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 
 pytestmark = pytest.mark.root
 

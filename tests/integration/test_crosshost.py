@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from helpers import dig, wait_for
-from portlink.runtime import lab as labmod
+from portlink.lab import lab as labmod
 
 pytestmark = pytest.mark.root
 
@@ -159,7 +159,7 @@ def test_drain_keeps_an_established_stream_until_the_deadline(three):
 
     L.cli("host3", "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c", TICKER, "host3")
     h1 = L.made.host("host1")
-    from portlink.catalog.agent_proc import http_get
+    from portlink.lab.consul_agent import http_get
     services = http_get(f"http://{h1.ip}:8500/v1/agent/services", netns=h1.netns_path)[2]
     [sid] = [s for s, v in services.items() if v["Service"] == "frontdb"]
     assert http_get(f"http://{h1.ip}:8500/v1/agent/service/deregister/{sid}", netns=h1.netns_path,

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from helpers import Outside, dig, in_container_ns, wait_for
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 
 pytestmark = pytest.mark.root
 

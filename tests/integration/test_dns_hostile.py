@@ -1,5 +1,5 @@
 """A hostile container against the real resolver: from inside its network
-namespace it blasts seeded fuzz packets (portlink.dns.fuzz) over UDP and
+namespace it blasts seeded fuzz packets (portlink.lab.dns_fuzz) over UDP and
 malformed TCP streams at its gateway's port 53, asking good questions with
 dnspython in between, while another container asks with dig. Afterwards the
 daemon is alive, still answers, holds no more file descriptors or threads than
@@ -30,7 +30,7 @@ BLAST_SECONDS = 40        # the blaster stops sending after this, whatever it ha
 BLASTER = r"""
 import json, random, socket, sys, time
 import dns.message, dns.query, dns.rcode
-from portlink.dns import fuzz
+from portlink.lab import dns_fuzz as fuzz
 
 gw, want, names, count, streams, seconds = sys.argv[1], sys.argv[2], sys.argv[3].split(","), *map(int, sys.argv[4:7])
 names = tuple(names) + fuzz.NAMES

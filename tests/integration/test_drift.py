@@ -9,7 +9,7 @@ import json
 import pytest
 
 from helpers import refused_start, wait_for
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 
 pytestmark = pytest.mark.root
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from portlink.runtime.sandbox import VENV_BIN
+from portlink.lab.sandbox import VENV_BIN
 
 pytestmark = pytest.mark.root
 
@@ -111,7 +111,7 @@ def test_events_survive_a_daemon_restart_and_drift_is_recorded(nft_host):
 
 
 def test_json_logs_one_line_per_event_and_no_traceback_for_user_errors():
-    from portlink.runtime.sandbox import SimHost
+    from portlink.lab.sandbox import SimHost
     h = SimHost.start("jsonlog", extra_args=["--log-format", "json"])
     try:
         h.cli("run", "-d", "--name", "web", "busybox", "sleep", "600", check=True)

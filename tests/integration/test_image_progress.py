@@ -12,7 +12,7 @@ import tarfile
 import pytest
 
 from portlink.runtime.images import find_busybox
-from portlink.runtime.sandbox import VENV_BIN
+from portlink.lab.sandbox import VENV_BIN
 
 pytestmark = pytest.mark.root
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from helpers import dig, in_container_ns, wait_for
-from portlink.runtime import lab as labmod
+from portlink.lab import lab as labmod
 
 pytestmark = pytest.mark.root
 
@@ -195,7 +195,7 @@ def test_resolver_answers_only_its_containers(host, outside):
 
 
 def test_resolver_on_another_dns_port_is_the_one_let_in():
-    from portlink.runtime.sandbox import SimHost
+    from portlink.lab.sandbox import SimHost
     h = SimHost.start("host", extra_args=["--dns-port", "5354"])
     try:
         run_d(h, "--name", "c", "busybox", "sleep", "600")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import wait_for
-from portlink.runtime.sandbox import VENV_BIN
+from portlink.lab.sandbox import VENV_BIN
 
 pytestmark = pytest.mark.root
 

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from helpers import Outside, dig, refused_start, wait_for
-from portlink.catalog.agent_proc import AgentSpec, start_agent, wait_ready
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.consul_agent import AgentSpec, start_agent, wait_ready
+from portlink.lab.sandbox import SimHost
 from test_consul import consul_args
 
 pytestmark = pytest.mark.root

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from helpers import Outside, wait_for
-from portlink.runtime.sandbox import SimHost
+from portlink.lab.sandbox import SimHost
 from test_consul import consul, host_id, ours, sid  # noqa: F401  (the fixture is used by name)
 
 pytestmark = pytest.mark.root

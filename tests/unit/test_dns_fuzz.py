@@ -1,5 +1,5 @@
 """A million malformed and adversarial packets through the resolver in-process
-(portlink.dns.fuzz: the listener's real receive loop with the packed-answer
+(portlink.lab.dns_fuzz: the listener's real receive loop with the packed-answer
 table, the slow path, forwarding, and the TCP handler), with good queries in
 between that must get exactly the right answer; and the packets the fuzzer
 found, as regression tests."""
@@ -20,7 +20,7 @@ import dns.rdatatype
 import pytest
 from dnslib import DNSRecord
 
-from portlink.dns import fuzz
+from portlink.lab import dns_fuzz as fuzz
 from portlink.dns.server import MAX_QUERY, DnsServer
 
 CLIENT, STRANGER = fuzz.CLIENT, fuzz.STRANGER   # packets come from fuzz.CLIENTS: these two and two more

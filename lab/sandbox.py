@@ -3,7 +3,7 @@ own portlinkd and state dir. Used by the tests, the demo and the benchmarks so
 that nothing ever touches the machine's root network namespace.
 
 Namespaces are named plt-<role>-<random> (portlink test), so a sweep after a
-crash can find them: `python -m portlink.runtime.sandbox --clean`."""
+crash can find them: `python -m portlink.lab.sandbox --clean`."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portlink.lab import daemon_proc
+from portlink.lab.daemon_proc import VENV_BIN
 from portlink.runtime.cli import Client, CliError
 
 SANDBOX_PREFIX = "plt-"
-VENV_BIN = Path(sys.executable).parent
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -109,7 +108,7 @@ class SimHost:
     workdir: Path
     firewall: str = "nftables"
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
+    daemon: daemon_proc.Daemon | None = None
     env: dict[str, str] = field(default_factory=dict)   # extra daemon environment (fault points)
 
     @classmethod
@@ -136,38 +135,29 @@ class SimHost:
         return Client(self.socket)
 
     def start_daemon(self, timeout: float = 30) -> None:
-        log = open(self.workdir / "portlinkd.log", "ab")
-        self.proc = self.ns.popen(str(VENV_BIN / "portlinkd"), "--socket", self.socket,
-                                  "--state-dir", str(self.state_dir), "--firewall", self.firewall,
-                                  *self.extra_args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                  env={**os.environ, **self.env})
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"portlinkd exited ({self.proc.returncode}): {self.daemon_log()[-2000:]}")
-            try:
-                self.client.get("/_ping")
-                return
-            except (CliError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"portlinkd did not answer within {timeout}s: {self.daemon_log()[-2000:]}")
+        self.daemon = daemon_proc.start(self.socket, self.state_dir, ["--firewall", self.firewall, *self.extra_args],
+                                        netns=self.ns.path, log_path=self.workdir / "portlinkd.log", env=self.env,
+                                        name=f"portlinkd in {self.ns.name}")
+        self.daemon.wait_ready(timeout)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The daemon's process (nsenter exec()s portlinkd: its pid is the daemon's)."""
+        return self.daemon.proc if self.daemon else None
+
+    @proc.setter
+    def proc(self, value: None) -> None:
+        if value is not None:
+            raise ValueError("start_daemon() starts the daemon; only None (forget it) may be set")
+        self.daemon = None
 
     def daemon_log(self) -> str:
-        try:
-            return (self.workdir / "portlinkd.log").read_text()
-        except OSError:
-            return ""
+        return daemon_proc.log_tail(self.workdir / "portlinkd.log", chars=None)
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)   # our own child, by its pid
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        if self.daemon:
+            self.daemon.stop(sig)   # our own child, by its pid
+        self.daemon = None
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
         env = {**os.environ, "PORTLINK_HOST": self.socket}
@@ -180,7 +170,7 @@ class SimHost:
     def destroy(self) -> list[str]:
         """Prune everything, stop the daemon, delete the namespace; returns the errors."""
         errors: list[str] = []
-        if self.proc and self.proc.poll() is None:
+        if self.daemon and self.daemon.running():
             try:
                 r = self.client.post("/system/prune")
                 errors += r["errors"]

@@ -15,17 +15,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from portlink.catalog.agent_proc import Agent, AgentSpec, start_agent, wait_ready
 from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
+from portlink.lab import daemon_proc
+from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
+from portlink.lab.daemon_proc import VENV_BIN, Daemon
+from portlink.lab.sandbox import Namespace, Switch, sh, unmount_under
 from portlink.runtime.cli import Client, CliError
-from portlink.runtime.sandbox import VENV_BIN, Namespace, Switch, sh, unmount_under
 
 LAB_ROOT = Path(os.environ.get("PORTLINK_LAB_DIR", "/run/portlink-lab"))
 SUBNET = "10.99.0"
@@ -159,14 +160,12 @@ def _build(lab: Lab, n: int, progress) -> None:
         h.consul_pid = lab._own(agent.proc)
         agents.append(agent)
     lab.save()
-    for h in lab.hosts:
-        h.daemon_pid = _start_daemon(lab, h)
-    lab.save()
+    daemons = [_start_daemon(lab, h) for h in lab.hosts]
     for agent in agents:
         wait_ready(agent, timeout=60)
     progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected")
-    for h in lab.hosts:
-        _wait_daemon(lab, h)
+    for d in daemons:
+        d.wait_ready(timeout=60)
     progress(f"portlinkd up on {len(lab.hosts)} host(s)")
 
 
@@ -214,52 +213,28 @@ def agent_start(name: str, hosts: list[str], timeout: float = 60, progress=print
         progress(f"{agent.spec.name}: consul agent up (pid {agent.proc.pid}), leader known")
 
 
-def _start_daemon(lab: Lab, h: LabHost) -> int:
-    argv = [str(VENV_BIN / "portlinkd"), "--socket", h.socket, "--state-dir", f"{h.workdir}/state",
-            "--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2"]
-    log = open(Path(h.workdir) / "portlinkd.log", "ab")
+def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
-    p = subprocess.Popen(["nsenter", f"--net={h.netns_path}", *argv], stdout=log, stderr=log,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    return lab._own(p)
-
-
-def _wait_daemon(lab: Lab, h: LabHost, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not lab.alive(h.daemon_pid):
-            raise RuntimeFailure(f"portlinkd on {h.name} exited: {_tail(Path(h.workdir) / 'portlinkd.log')}")
-        try:
-            Client(h.socket).get("/_ping")
-            return
-        except (CliError, OSError):
-            time.sleep(0.05)
-    raise RuntimeFailure(f"portlinkd on {h.name} did not answer within {timeout}s")
-
-
-def _tail(p: Path) -> str:
-    try:
-        return p.read_text()[-1500:]
-    except OSError:
-        return ""
+    d = daemon_proc.start(h.socket, f"{h.workdir}/state",
+                          ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2"],
+                          netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
+                          name=f"portlinkd on {h.name}")
+    h.daemon_pid = d.pid
+    lab._own(d.proc)              # records the pid and saves: with this host's daemon_pid in it
+    return d
 
 
 def _end(lab: Lab, pid: int | None, errors: list[str], what: str) -> None:
+    """End a process the lab started (by `up` in this process or another), by its
+    recorded pid and start time: SIGTERM, then SIGKILL."""
     if not lab.alive(pid):
         return
+
+    def ours() -> bool:
+        _reap(pid)
+        return lab.alive(pid)
     try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while lab.alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            _reap(pid)
-        if lab.alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-            _reap(pid)
-    except ProcessLookupError:
-        pass
+        daemon_proc.stop_pid(pid, ours)
     except OSError as e:
         errors.append(f"{what} (pid {pid}): {e}")
 
