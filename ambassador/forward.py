@@ -24,7 +24,6 @@ from portlink.ambassador.metrics import Metrics
 log = logging.getLogger("portlink.ambassador")
 
 HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
 PREBUFFER = 64 * 1024
 CONNECT_TIMEOUT = 2.0
 DRAIN_DEADLINE = 10.0

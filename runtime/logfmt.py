@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 from portlink.errors import InvalidArgument
 
-STREAMS = ("stdout", "stderr")
 MIN_MAX_SIZE = 32 * 1024      # the shim's minimum: a file must hold a whole 16 KiB record
 MAX_FILES = 100               # the shim's maximum
 
