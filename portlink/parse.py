@@ -140,7 +140,7 @@ def _expected(what: str, text: str, default_port: int | None, brackets: bool, na
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _PIECE = re.compile(rf"({_NUMBER})\s*(ns|us|µs|ms|s|m|h|d)")
-_DURATION = re.compile(rf"[+-]?\s*(?:{_NUMBER}\s*(?:ns|us|µs|ms|s|m|h|d)\s*)+")
+_DURATION = re.compile(rf"(?:{_NUMBER}\s*(?:ns|us|µs|ms|s|m|h|d)\s*)+")
 UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -154,14 +154,14 @@ def is_number(text: str) -> bool:
 
 def duration(what: str, text: str) -> float:
     """Seconds in Go's spelling plus days: '500ms', '10s', '2m', '1h30m', '1.5d';
-    a bare number is seconds ('10', '2.5'). Surrounding space is ignored; the
-    result is finite, and negative only if written with '-'. Callers check the range."""
+    a bare number is seconds ('10', '2.5', as float() reads it, so '-1' too).
+    Surrounding space is ignored; the result is finite. Callers check the range."""
     t = text.strip() if isinstance(text, str) else ""
     if t and is_number(t):
         return float(t)
     if t and _DURATION.fullmatch(t):
         secs = sum(float(n) * UNITS[u] for n, u in _PIECE.findall(t))
         if math.isfinite(secs):
-            return -secs if t.startswith("-") else secs
+            return secs
     raise InvalidValue(f"invalid {what} {text!r}: expected a duration like 10s, 500ms, 2m or 1h30m "
                        "(a bare number is seconds)")

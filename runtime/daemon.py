@@ -24,7 +24,8 @@ from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink import logsetup
-from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
+from portlink import parse
+from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, drift, events, logfmt, reaper, validate
 from portlink.runtime.host import Host, HostConfig
 from portlink.runtime import cgroups, exporter, stats
@@ -390,9 +391,10 @@ async def _ambassador_stats(ip: str) -> dict:
 
 
 def _timeout(text: str) -> float:
+    """Seconds: 10, 2.5, or a duration like 500ms or 1m."""
     try:
-        t = float(text)
-    except ValueError:
+        t = parse.duration("stop timeout", text)
+    except InvalidValue:
         raise InvalidArgument(f"invalid stop timeout {text!r}: expected seconds") from None
     if not 0 <= t <= 3600:
         raise InvalidArgument(f"invalid stop timeout {t}: expected 0 to 3600 seconds")
