@@ -35,11 +35,8 @@ class Seen:
     dns: tuple[str, ...] = ()                     # the container's own upstreams (--dns)
 
     def member(self) -> Member:
-        ports = []
-        for e in self.exposed:
-            port, _, proto = e.partition("/")
-            ports.append((int(port), proto or "tcp"))
-        return Member(self.name, self.ip or "", tuple(ports))
+        ports = tuple(parse.port_proto("exposed port", e) for e in self.exposed)
+        return Member(self.name, self.ip or "", ports)
 
     def linked(self) -> LinkedContainer:
         return LinkedContainer(self.name, self.hostname, self.ip or "", self.exposed, self.env)
