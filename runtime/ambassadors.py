@@ -17,6 +17,7 @@ from pathlib import Path
 from portlink import parse
 from portlink.errors import InvalidArgument
 from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
+
 METRICS_PORT = 9102
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ class AmbassadorSpec:
             raise InvalidArgument(f"invalid ambassador ports {ports!r}: TCP port numbers")
         policy = data.get("policy", AMBASSADOR_POLICY)
         if policy not in POLICIES:
-            raise InvalidArgument(f"invalid ambassador policy {policy!r}: use {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
+            raise InvalidArgument(f"invalid ambassador policy {policy!r}: "
+                                  f"use {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
         deadline = data.get("drain_deadline", DRAIN_DEADLINE)
         if type(deadline) not in (int, float) or not 0 < deadline <= 3600:
             raise InvalidArgument(f"invalid ambassador drain deadline {deadline!r}: 0 to 3600 seconds")
