@@ -20,18 +20,16 @@ from collections.abc import Iterable
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
+from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
 
 HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
 PREBUFFER = 64 * 1024
 CONNECT_TIMEOUT = 2.0
-DRAIN_DEADLINE = 10.0
 # A closed pair still flushes what it buffered (at most the high-water mark);
 # a peer that never reads it must not pin the pair forever.
 LINGER = 30.0
-POLICIES = ("keep", "drain", "close")
 
 
 class Side(asyncio.Protocol):
@@ -298,7 +296,7 @@ class Listener:
     Port 0 binds an ephemeral port; `port` is the bound one after start()."""
 
     def __init__(self, port: int, pool: Pool, *, host: str = "0.0.0.0", metrics: Metrics | None = None,
-                 policy: str = "keep", drain_deadline: float = DRAIN_DEADLINE,
+                 policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
                  low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER) -> None:
         if policy not in POLICIES:
@@ -411,7 +409,7 @@ def _names(backends: Iterable[Backend]) -> str:
 class Ambassador:
     """Listeners for several ports, each with its own pool, sharing one Metrics."""
 
-    def __init__(self, ports: Iterable[int], *, host: str = "0.0.0.0", policy: str = "keep",
+    def __init__(self, ports: Iterable[int], *, host: str = "0.0.0.0", policy: str = DEFAULT_POLICY,
                  drain_deadline: float = DRAIN_DEADLINE, connect_timeout: float = CONNECT_TIMEOUT,
                  cooldown: float = 5.0, metrics: Metrics | None = None, clock=None, **listener_options) -> None:
         ports = list(ports)

@@ -22,9 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from portlink.ambassador.backends import Backend
-from portlink.ambassador.forward import POLICIES, Ambassador
+from portlink.ambassador.forward import Ambassador
 from portlink.ambassador.sources import follow_consul, parse_hostport, parse_ip, parse_port, static_sets
+from portlink import parse
 from portlink.errors import InvalidArgument
+from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
 
@@ -49,8 +51,8 @@ class Options:
     backends: Mapping[int, tuple[Backend, ...]] = field(default_factory=dict)   # static mode
     service: str | None = None                                                  # consul mode
     consul: object | None = None      # portlink.catalog.config.ConsulConfig
-    policy: str = "keep"
-    drain_deadline: float = 10.0
+    policy: str = DEFAULT_POLICY
+    drain_deadline: float = DRAIN_DEADLINE
     metrics: tuple[str, int] | None = None
     connect_timeout: float = 2.0
     cooldown: float = 5.0
@@ -66,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consul", metavar="ADDR", help="Consul agent, host[:port] or http(s)://host:port "
                    "(default $CONSUL_HTTP_ADDR)")
     p.add_argument("--bind", default="0.0.0.0", metavar="IP", help="address the listeners bind (0.0.0.0)")
-    p.add_argument("--policy", default="keep", metavar="|".join(POLICIES),
+    p.add_argument("--policy", default=DEFAULT_POLICY, metavar="|".join(POLICIES),
                    help="connections whose backend left the set: keep them, drain them "
-                        "(closed after --drain-deadline) or close them at once (keep)")
-    p.add_argument("--drain-deadline", default="10", metavar="S", help="seconds before draining connections close (10)")
+                        f"(closed after --drain-deadline) or close them at once ({DEFAULT_POLICY})")
+    p.add_argument("--drain-deadline", default=f"{DRAIN_DEADLINE:g}", metavar="S",
+                   help=f"seconds before draining connections close ({DRAIN_DEADLINE:g})")
     p.add_argument("--metrics", metavar="IP:PORT", help="serve GET /metrics (Prometheus) and GET /stats (JSON) here")
     p.add_argument("--connect-timeout", default="2", metavar="S", help="seconds to wait for a backend to answer (2)")
     p.add_argument("--cooldown", default="5", metavar="S", help="seconds a failed backend is tried last (5)")
@@ -77,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str, flag: str, positive: bool = False) -> float:
+    """Seconds (2.5), or a duration like 500ms or 1m."""
     try:
-        v = float(text)
+        v = parse.duration(flag, text)
     except ValueError:
         v = math.nan
     if not math.isfinite(v) or v < 0 or (positive and v == 0) or v > 86400:

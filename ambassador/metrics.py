@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from portlink.prom import escape
+
 PREFIX = "portlink_ambassador_"
 
 
@@ -44,10 +46,6 @@ FAMILIES = (
 # Where "by backend" means something else than a share of the total.
 BACKEND_HELP = {"reroutes_total": "Changes of a listener's backend set that removed this backend."}
 NO_BACKEND = {"rejected_total"}   # no backend answered: nothing to label
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 class Metrics:
@@ -104,7 +102,7 @@ class Metrics:
                     out.append(f"{full} {s.total}")
                     continue
                 for key, v in sorted(values.items()):
-                    out.append(f'{full}{{{label}="{_escape(str(key))}"}} {v}')
+                    out.append(f'{full}{{{label}="{escape(key)}"}} {v}')
         return "\n".join(out) + "\n"
 
     def snapshot(self) -> dict:

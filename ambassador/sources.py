@@ -10,10 +10,10 @@ yields nothing, so the ambassador keeps forwarding to the last known set."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Iterable
 
+from portlink import parse
 from portlink.ambassador.backends import Backend
 from portlink.catalog.services import META_PORT, Instance
 from portlink.catalog.watch import Reachability, watch_service
@@ -21,32 +21,19 @@ from portlink.catalog.watch import Reachability, watch_service
 log = logging.getLogger("portlink.ambassador")
 
 
+# The command line's values (ValueError, from portlink.parse; surrounding space is ignored).
+
 def parse_port(text: str, what: str) -> int:
-    t = text.strip()
-    if not (t.isascii() and t.isdigit() and 1 <= int(t) <= 65535):
-        raise ValueError(f"invalid {what} {text!r}: expected a port number 1-65535")
-    return int(t)
+    return parse.port(what, text.strip())
 
 
 def parse_ip(text: str, what: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise ValueError(f"invalid {what} {text!r}: expected an IP address") from None
+    return str(parse.ip(what, text.strip()))
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     """'IP:PORT' or '[IPv6]:PORT'."""
-    t = text.strip()
-    if t.startswith("["):
-        host, sep, port = t[1:].partition("]:")
-    else:
-        host, sep, port = t.rpartition(":")
-        if ":" in host:
-            sep = ""           # a bare IPv6 address is ambiguous: ask for brackets
-    if not sep or not host:
-        raise ValueError(f"invalid {what} {text!r}: expected IP:PORT ([IPv6]:PORT)")
-    return parse_ip(host, what), parse_port(port, what)
+    return parse.hostport(what, text.strip())
 
 
 def parse_backend(text: str) -> tuple[int, Backend]:
@@ -78,10 +65,10 @@ def instance_port(inst: Instance) -> int | None | bool:
     meta = inst.meta_get(META_PORT)
     if meta is None:
         return None
-    port, _, proto = meta.partition("/")
-    if proto not in ("", "tcp") or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    try:
+        return parse.port_proto("portlink-port", meta, protos=("tcp",))[0]
+    except ValueError:
         return False
-    return int(port)
 
 
 def split_instances(instances: Iterable[Instance], ports: Iterable[int]) -> dict[int, tuple[Backend, ...]]:

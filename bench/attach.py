@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import errno
 import json
 import math
 import os
@@ -348,9 +346,6 @@ def run_inner(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- outer side
 
-_libc = ctypes.CDLL(None, use_errno=True)
-MNT_DETACH = 2
-
 
 def _sh(*cmd: str, check: bool = True) -> str:
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -372,13 +367,13 @@ def _nft_tables() -> set[str]:
 
 
 def _unmount_tree(root: str) -> None:
+    from portlink.netns.kernel_ns import unmount
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
-            p = os.path.join(dirpath, f)
-            if _libc.umount2(p.encode(), MNT_DETACH) != 0:
-                e = ctypes.get_errno()
-                if e not in (errno.EINVAL, errno.ENOENT):
-                    warn(f"umount {p}: {os.strerror(e)}")
+            try:
+                unmount(os.path.join(dirpath, f))
+            except OSError as e:
+                warn(str(e))
 
 
 def _stop(proc: subprocess.Popen) -> None:

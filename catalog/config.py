@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 
 DEFAULT_PORT = 8500
 WATCH_WAIT = 30.0          # seconds a blocking query may hang; short enough to notice a silent agent
@@ -51,15 +52,18 @@ class ConsulConfig:
 def parse_address(text: str) -> tuple[str, str, int]:
     """'host[:port]' or 'http[s]://host[:port]' -> (scheme, host, port)."""
     raw = text.strip()
-    url = urlsplit(raw if "://" in raw else f"http://{raw}")
+    bad = InvalidArgument(f"invalid Consul address {text!r}: expected host[:port] or http(s)://host[:port]")
     try:
-        port = DEFAULT_PORT if url.port is None else url.port
+        url = urlsplit(raw if "://" in raw else f"http://{raw}")
     except ValueError:
-        port = -1
-    if url.scheme not in ("http", "https") or not url.hostname or port < 1 or url.path not in ("", "/") \
-            or url.query or url.fragment or "@" in url.netloc:
-        raise InvalidArgument(f"invalid Consul address {text!r}: expected host[:port] or http(s)://host[:port]")
-    return url.scheme, url.hostname, port
+        raise bad from None
+    if url.scheme not in ("http", "https") or url.path not in ("", "/") or url.query or url.fragment:
+        raise bad
+    try:
+        host, port = parse.hostport("Consul address", url.netloc, default_port=DEFAULT_PORT, names=True)
+    except InvalidValue:
+        raise bad from None
+    return url.scheme, host.lower(), port
 
 
 def _truthy(value: str, name: str) -> bool:

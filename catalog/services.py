@@ -24,7 +24,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 
 ID_PREFIX = "portlink-"
 META_HOST = "portlink-host"
@@ -138,10 +139,10 @@ def validate_labels(labels: Mapping[str, str]) -> None:
 
 
 def _port_key(text: str, key: str) -> tuple[int, str | None]:
-    port, _, proto = text.partition("/")
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535) or proto not in ("", "tcp", "udp"):
-        raise InvalidArgument(f"invalid label {key!r}: expected portlink.service.PORT or PORT/tcp|udp")
-    return int(port), proto or None
+    try:
+        return parse.port_proto("port", text, default=None)
+    except InvalidValue:
+        raise InvalidArgument(f"invalid label {key!r}: expected portlink.service.PORT or PORT/tcp|udp") from None
 
 
 def _name_for(c: Published, p: PublishedPort) -> str:

@@ -98,10 +98,6 @@ class Snapshot:
         return any(name.endswith("." + n) for n in self.networks)
 
 
-def reverse_name(address: str) -> str:
-    return ".".join(reversed(address.split("."))) + ".in-addr.arpa"
-
-
 def address_of_reverse(name: str) -> str | None:
     """'4.3.2.1.in-addr.arpa' -> '1.2.3.4'; None if not a full IPv4 reverse name."""
     if not name.endswith(".in-addr.arpa"):

@@ -13,6 +13,16 @@ from typing import Sequence
 
 from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 
+# What the tools say when an element or rule to delete is not there: nftables
+# "No such file or directory" (ENOENT), iptables "Bad rule (does a matching rule
+# exist in that chain?)" and "... does not exist". The one place that knows them.
+ALREADY_GONE = ("No such file", "does not exist", "matching rule")
+
+
+def already_gone(error: str) -> bool:
+    """A failed delete whose element was not there: the wanted end state, not an error."""
+    return any(m in error for m in ALREADY_GONE)
+
 
 class FirewallDriver(abc.ABC):
     name: str
@@ -31,7 +41,8 @@ class FirewallDriver(abc.ABC):
 
     @abc.abstractmethod
     def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
-        """Withdraw trusted flows, best effort: returns the errors."""
+        """Withdraw trusted flows, best effort: returns the errors. A flow already
+        gone is not an error (it is not in the list)."""
 
     @abc.abstractmethod
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
@@ -39,7 +50,8 @@ class FirewallDriver(abc.ABC):
 
     @abc.abstractmethod
     def remove_ports(self, ports: Sequence[PortMapping]) -> list[str]:
-        """Unpublish ports, best effort: returns the errors instead of stopping at the first."""
+        """Unpublish ports, best effort: returns the errors instead of stopping at the first.
+        A port already gone is not an error (it is not in the list)."""
 
     @abc.abstractmethod
     def teardown(self) -> list[str]:
@@ -52,7 +64,8 @@ class FirewallDriver(abc.ABC):
 
 def make_driver(name: str, dns_port: int = DNS_PORT) -> FirewallDriver:
     from portlink.errors import InvalidArgument
-    if not 1 <= dns_port <= 65535:
+    from portlink.parse import is_port
+    if not is_port(dns_port):
         raise InvalidArgument(f"invalid --dns-port {dns_port}: expected 1 to 65535")
     if name == "nftables":
         from portlink.netns.fw_nftables import NftablesDriver

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from portlink.errors import RuntimeFailure
 from portlink.netns import rules_iptables as R
-from portlink.netns.firewall import FirewallDriver
+from portlink.netns.firewall import FirewallDriver, already_gone
 from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 
 TIMEOUT = 30   # seconds; a wedged iptables must not hang the daemon
@@ -82,7 +82,8 @@ class IptablesDriver(FirewallDriver):
             try:
                 self._run(render([x]))
             except RuntimeFailure as e:
-                errors.append(f"{what} {x}: {e}")
+                if not already_gone(str(e)):
+                    errors.append(f"{what} {x}: {e}")
         return errors
 
     def teardown(self) -> list[str]:

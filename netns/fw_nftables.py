@@ -12,7 +12,7 @@ from typing import Sequence
 
 from portlink.errors import RuntimeFailure
 from portlink.netns import rules_nft
-from portlink.netns.firewall import FirewallDriver
+from portlink.netns.firewall import FirewallDriver, already_gone
 from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 from portlink.netns.names import NFT_TABLE
 
@@ -78,7 +78,8 @@ class NftablesDriver(FirewallDriver):
             try:
                 self._nft.run(rules_nft.render_remove_trusted([f]))
             except RuntimeFailure as e:
-                errors.append(f"untrust {f}: {e}")
+                if not already_gone(str(e)):
+                    errors.append(f"untrust {f}: {e}")
         return errors
 
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
@@ -91,7 +92,8 @@ class NftablesDriver(FirewallDriver):
             try:
                 self._nft.run(rules_nft.render_remove_ports([p]))
             except RuntimeFailure as e:
-                errors.append(f"unpublish {p}: {e}")
+                if not already_gone(str(e)):
+                    errors.append(f"unpublish {p}: {e}")
         return errors
 
     def teardown(self) -> list[str]:

@@ -227,16 +227,6 @@ def loopback_up(netns_path: str) -> None:
         ipr.close()
 
 
-def detach(ep: Endpoint) -> None:
-    """Remove the host end of the pair now (the kernel removes the peer with it).
-
-    Deleting a veth waits for an RCU grace period (about 20 ms). When the
-    container's namespace goes too, prefer deleting just the namespace: the
-    kernel then removes the pair in its own batched cleanup (see
-    Containers._undo)."""
-    delete_link(ep.host_ifname)
-
-
 def address_of(netns_path: str, ifname: str = "eth0") -> IPv4Address | None:
     """The IPv4 address of `ifname` inside a namespace (checks and benchmarks)."""
     with kernel_ns.entered(netns_path):

@@ -73,12 +73,17 @@ def create_netns(path: str) -> None:
         os.close(back)
 
 
-def delete_netns(path: str) -> None:
-    """Unmount and remove `path`; a namespace already gone is not an error."""
+def unmount(path: str) -> None:
+    """Lazy unmount (MNT_DETACH); not mounted or missing is fine, anything else is OSError."""
     if _libc.umount2(path.encode(), MNT_DETACH) != 0:
         e = ctypes.get_errno()
         if e not in (errno.EINVAL, errno.ENOENT):
             raise OSError(e, f"umount {path}: {os.strerror(e)}")
+
+
+def delete_netns(path: str) -> None:
+    """Unmount and remove `path`; a namespace already gone is not an error."""
+    unmount(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 

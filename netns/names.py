@@ -1,11 +1,9 @@
 """Every object portlink creates on a host carries one of these prefixes, so a
 sweep after a crash can find it by name alone (as mininet's clean.py does)."""
 
-PREFIX = "pl"
 BRIDGE_PREFIX = "plb-"       # bridge of a portlink network: plb-<network id[:11]>
 VETH_PREFIX = "plv-"         # host side of a container's veth: plv-<container id[:11]>
 NETNS_PREFIX = "plc-"        # /run/netns/plc-<container id[:12]>
-NETNS_DIR = "/run/netns"
 NFT_TABLE = "portlink"       # nftables: table ip portlink, table bridge portlink
 IPT_CHAIN_PREFIX = "PORTLINK-"
 IFNAMSIZ = 15                # kernel limit on interface names (without NUL)
@@ -15,14 +13,8 @@ def bridge_name(network_id: str) -> str:
     return (BRIDGE_PREFIX + network_id)[:IFNAMSIZ]
 
 
-def veth_name(container_id: str, index: int = 0) -> str:
-    # One veth per network a container joins: the index keeps names unique.
-    base = VETH_PREFIX + container_id[: 11 - (1 if index else 0)]
-    return base + (str(index) if index else "")
-
-
-def netns_path(container_id: str) -> str:
-    return f"{NETNS_DIR}/{NETNS_PREFIX}{container_id[:12]}"
+def veth_name(container_id: str) -> str:
+    return (VETH_PREFIX + container_id)[:IFNAMSIZ]
 
 
 def is_ours(ifname: str) -> bool:

@@ -24,3 +24,9 @@ class RuntimeFailure(PortlinkError):
     """A step of the runtime failed (runc, mount, netlink); what was made was rolled back."""
 
     status = 500
+
+
+class InvalidValue(InvalidArgument, ValueError):
+    """A value that does not parse (portlink.parse): an InvalidArgument for the
+    daemon, a ValueError for code that knows only the standard library's errors
+    (the ambassador's command line)."""

@@ -14,9 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from portlink import parse
 from portlink.errors import InvalidArgument
+from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
 
-POLICIES = ("keep", "drain", "close")
 METRICS_PORT = 9102
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 class AmbassadorSpec:
     service: str
     ports: tuple[int, ...] = ()          # empty: every port the service's instances publish
-    policy: str = "drain"
-    drain_deadline: float = 10.0
+    policy: str = AMBASSADOR_POLICY
+    drain_deadline: float = DRAIN_DEADLINE
 
     @classmethod
     def from_json(cls, data: object) -> "AmbassadorSpec":
@@ -41,12 +42,13 @@ class AmbassadorSpec:
                 not all(c.isalnum() or c in "-_." for c in service):
             raise InvalidArgument(f"invalid ambassador service {service!r}: a Consul service name")
         ports = data.get("ports", [])
-        if not isinstance(ports, list) or not all(type(p) is int and 1 <= p <= 65535 for p in ports):
+        if not isinstance(ports, list) or not all(parse.is_port(p) for p in ports):
             raise InvalidArgument(f"invalid ambassador ports {ports!r}: TCP port numbers")
-        policy = data.get("policy", "drain")
+        policy = data.get("policy", AMBASSADOR_POLICY)
         if policy not in POLICIES:
-            raise InvalidArgument(f"invalid ambassador policy {policy!r}: use keep, drain or close")
-        deadline = data.get("drain_deadline", 10.0)
+            raise InvalidArgument(f"invalid ambassador policy {policy!r}: "
+                                  f"use {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
+        deadline = data.get("drain_deadline", DRAIN_DEADLINE)
         if type(deadline) not in (int, float) or not 0 < deadline <= 3600:
             raise InvalidArgument(f"invalid ambassador drain deadline {deadline!r}: 0 to 3600 seconds")
         return cls(service, tuple(sorted(set(ports))), policy, float(deadline))
@@ -61,9 +63,11 @@ def ports_from_catalog(instances) -> list[int]:
     an instance registered by someone else stands for its own port."""
     ports = set()
     for i in instances:
-        port, _, proto = (i.meta_get("portlink-port") or f"{i.port}/tcp").partition("/")
-        if proto == "tcp" and port.isdigit():
-            ports.add(int(port))
+        try:
+            ports.add(parse.port_proto("portlink-port", i.meta_get("portlink-port") or f"{i.port}/tcp",
+                                       default=None, protos=("tcp",))[0])
+        except ValueError:
+            pass
     return sorted(ports)
 
 

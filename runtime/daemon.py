@@ -24,7 +24,8 @@ from portlink.catalog.services import META_CONTAINER_ID, CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.catalog.watch import describe
 from portlink import logsetup
-from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
+from portlink import parse
+from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, drift, events, logfmt, reaper, validate
 from portlink.runtime.host import Host, HostConfig
 from portlink.runtime import cgroups, exporter, stats
@@ -387,10 +388,19 @@ async def _ambassador_stats(ip: str) -> dict:
         return {"error": f"no metrics from {url}: {e or type(e).__name__}"}
 
 
+def _seconds(text: str) -> float:
+    """A duration flag: seconds (2.5) or a duration like 500ms, 10s, 1m (portlink.parse)."""
+    return parse.duration("duration", text)
+
+
+_seconds.__name__ = "duration"   # argparse: "invalid duration value: 'x'"
+
+
 def _timeout(text: str) -> float:
+    """Seconds: 10, 2.5, or a duration like 500ms or 1m."""
     try:
-        t = float(text)
-    except ValueError:
+        t = parse.duration("stop timeout", text)
+    except InvalidValue:
         raise InvalidArgument(f"invalid stop timeout {text!r}: expected seconds") from None
     if not 0 <= t <= 3600:
         raise InvalidArgument(f"invalid stop timeout {t}: expected 0 to 3600 seconds")
@@ -502,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="upstream resolver for names portlink does not own: IP[:port] (repeatable)")
     p.add_argument("--dns-port", type=int, default=53, help="port of the resolver on each gateway address")
     p.add_argument("--dns-ttl", type=int, default=DEFAULT_TTL, help="TTL of portlink's own answers (seconds)")
-    p.add_argument("--dns-timeout", type=float, default=2.0, help="seconds to wait for each upstream")
+    p.add_argument("--dns-timeout", type=_seconds, default=2.0, help="seconds to wait for each upstream")
     p.add_argument("--consul", metavar="ADDR", help="Consul agent HTTP address, host[:port] or http(s)://host:port "
                    "(default $CONSUL_HTTP_ADDR; unset: no Consul, a single host)")
     p.add_argument("--consul-token", help="ACL token (default $CONSUL_HTTP_TOKEN / $CONSUL_HTTP_TOKEN_FILE)")
@@ -510,11 +520,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--consul-cacert", help="CA file for an https agent (default $CONSUL_CACERT)")
     p.add_argument("--advertise", metavar="IP", help="this host's address in Consul "
                    "(default: the local address of the route to Consul)")
-    p.add_argument("--consul-check-interval", type=float, default=5.0,
+    p.add_argument("--consul-check-interval", type=_seconds, default=5.0,
                    help="seconds between TCP health checks of each registered port")
-    p.add_argument("--consul-resync", type=float, default=30.0,
+    p.add_argument("--consul-resync", type=_seconds, default=30.0,
                    help="a full resync with Consul at least this often (seconds)")
-    p.add_argument("--check-interval", type=float, default=30.0,
+    p.add_argument("--check-interval", type=_seconds, default=30.0,
                    help="seconds between drift checks (veths, bridges, firewall, Consul); 0: only on demand")
     p.add_argument("--metrics-addr", metavar="IP:PORT",
                    help="serve Prometheus metrics at http://IP:PORT/metrics (default: off)")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 from portlink.catalog.services import Instance
 from portlink.dns.zone import DEFAULT_TTL, Member, NetworkZone, ServiceInstance, Snapshot, View
 from portlink.netns.model import NetworkSpec
@@ -34,11 +35,8 @@ class Seen:
     dns: tuple[str, ...] = ()                     # the container's own upstreams (--dns)
 
     def member(self) -> Member:
-        ports = []
-        for e in self.exposed:
-            port, _, proto = e.partition("/")
-            ports.append((int(port), proto or "tcp"))
-        return Member(self.name, self.ip or "", tuple(ports))
+        ports = tuple(parse.port_proto("exposed port", e) for e in self.exposed)
+        return Member(self.name, self.ip or "", ports)
 
     def linked(self) -> LinkedContainer:
         return LinkedContainer(self.name, self.hostname, self.ip or "", self.exposed, self.env)
@@ -48,10 +46,10 @@ def upstream_list(servers: list[str] | tuple[str, ...]) -> tuple[tuple[str, int]
     """'1.2.3.4' or '1.2.3.4:5353' -> ((host, port), ...); InvalidArgument otherwise."""
     out = []
     for s in servers:
-        host, _, port = s.partition(":") if s.count(":") == 1 else (s, "", "53")
-        if not (_is_ip(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            raise InvalidArgument(f"invalid DNS server {s!r}: expected an IP address, optionally with :port")
-        out.append((host, int(port)))
+        try:
+            out.append(parse.hostport("DNS server", s, default_port=53, brackets=False))
+        except InvalidValue:
+            raise InvalidArgument(f"invalid DNS server {s!r}: expected an IP address, optionally with :port") from None
     return tuple(out)
 
 

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 
 log = logging.getLogger("portlink.events")
 
@@ -78,16 +79,15 @@ def matches(e: Event, filters: dict[str, set[str]]) -> bool:
 
 
 def parse_time(text: str | None, now: float | None = None) -> float | None:
-    """A Unix time, or a duration back from now: 30s, 10m, 2h, 1d (as `docker events --since`)."""
+    """A Unix time, or a duration back from now: 30s, 10m, 2h, 1d, 1h30m (as `docker events --since`)."""
     if text in (None, ""):
         return None
     now = time.time() if now is None else now
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text[-1] in units:
-            return now - float(text[:-1]) * units[text[-1]]
+    if parse.is_number(text):
         return float(text)
-    except ValueError:
+    try:
+        return now - parse.duration("time", text)
+    except InvalidValue:
         raise InvalidArgument(f"invalid time {text!r}: a Unix time or a duration like 30s, 10m, 2h") from None
 
 

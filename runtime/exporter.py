@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from aiohttp import ClientSession, ClientTimeout, web
 from dnslib import RCODE
 
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 from portlink.prom import Family, merge
 from portlink.runtime import ambassadors
 
@@ -21,10 +22,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def parse_addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise InvalidArgument(f"invalid --metrics-addr {text!r}: expected IP:PORT (e.g. 127.0.0.1:9101)")
-    return host.strip("[]"), int(port)
+    try:
+        return parse.hostport("--metrics-addr", text, names=True)
+    except InvalidValue:
+        raise InvalidArgument(f"invalid --metrics-addr {text!r}: expected IP:PORT (e.g. 127.0.0.1:9101)") from None
 
 
 def host_families(host, consul_status: dict | None) -> list[Family]:

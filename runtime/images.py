@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from portlink.runtime.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
+from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 
 log = logging.getLogger(__name__)
 

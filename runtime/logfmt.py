@@ -17,9 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 
-STREAMS = ("stdout", "stderr")
 MIN_MAX_SIZE = 32 * 1024      # the shim's minimum: a file must hold a whole 16 KiB record
 MAX_FILES = 100               # the shim's maximum
 
@@ -102,10 +102,6 @@ def parse_tail(text: str | None) -> int | None:
     return int(text)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
-_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_since(text: str | None, now: float | None = None) -> int | None:
     """--since as nanoseconds since the epoch: a Unix time (1700000000.5), a
     duration back from now (10m, 1h30m, 45s: Go's spelling, plus d), or an
@@ -116,9 +112,11 @@ def parse_since(text: str | None, now: float | None = None) -> int | None:
     t = text.strip()
     if re.fullmatch(r"\d+(\.\d+)?", t):
         return int(Decimal(t) * 1_000_000_000)   # exact: a float would lose the nanoseconds
-    if t and _DURATION.sub("", t) == "":   # nothing but durations: 10m, 1h30m
-        secs = sum(float(n) * _DUR_UNITS[u] for n, u in _DURATION.findall(t))
-        return int((now - secs) * 1e9)
+    if not parse.is_number(t):           # a duration back from now: 10m, 1h30m
+        try:
+            return int((now - parse.duration("--since", t)) * 1e9)
+        except InvalidValue:
+            pass
     try:
         dt = datetime.fromisoformat(t.replace("z", "Z"))
     except ValueError:

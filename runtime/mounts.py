@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 
 from portlink.errors import RuntimeFailure
+from portlink.netns.kernel_ns import unmount as _unmount
 
 _libc = ctypes.CDLL(None, use_errno=True)
-MNT_DETACH = 2
 
 
 def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
@@ -24,8 +23,5 @@ def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
 
 
 def unmount(target: str) -> None:
-    """Lazy unmount; not mounted or missing is fine."""
-    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
-        e = ctypes.get_errno()
-        if e not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(e, f"umount {target}: {os.strerror(e)}")
+    """Lazy unmount; not mounted or missing is fine (netns.kernel_ns.unmount)."""
+    _unmount(target)

@@ -7,11 +7,11 @@ A host port left out is picked from the ephemeral range by the runtime."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 
+from portlink import parse
 from portlink.errors import InvalidArgument
 
-PROTOS = ("tcp", "udp")
 EPHEMERAL = range(32768, 61000)
 
 
@@ -26,26 +26,12 @@ class PortRequest:
         return f"{self.container_port}/{self.proto}"
 
 
-def _port(text: str, spec: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-        raise InvalidArgument(f"invalid port {text!r} in {spec!r}: expected a number from 1 to 65535")
-    return int(text)
-
-
 def _range(text: str, spec: str) -> list[int]:
-    lo, sep, hi = text.partition("-")
-    a = _port(lo, spec)
-    b = _port(hi, spec) if sep else a
-    if b < a:
-        raise InvalidArgument(f"invalid port range {text!r} in {spec!r}: end before start")
-    return list(range(a, b + 1))
+    return list(parse.port_range("port", text, within=spec))
 
 
 def _proto(spec: str) -> tuple[str, str]:
-    body, sep, proto = spec.rpartition("/") if "/" in spec else (spec, "", "tcp")
-    proto = proto.lower()
-    if proto not in PROTOS:
-        raise InvalidArgument(f"invalid protocol {proto!r} in {spec!r}: use tcp or udp")
+    body, proto = parse.split_proto(spec, within=spec, fold_case=True)
     return body, proto
 
 
@@ -56,12 +42,7 @@ def parse_publish(spec: str) -> list[PortRequest]:
     if len(parts) == 3:
         ip_text, host_text, ctr_text = parts
         if ip_text:
-            try:
-                host_ip = ip_address(ip_text)
-            except ValueError:
-                raise InvalidArgument(f"invalid host address {ip_text!r} in {spec!r}") from None
-            if host_ip.version != 4:
-                raise InvalidArgument(f"invalid host address {ip_text!r} in {spec!r}: IPv4 only")
+            host_ip = parse.ipv4("host address", ip_text, within=spec)
             if host_ip.is_unspecified:
                 host_ip = None
     elif len(parts) == 2:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from ipaddress import ip_address
-
-from portlink.errors import InvalidArgument
+from portlink import parse
+from portlink.errors import InvalidArgument, InvalidValue
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -62,8 +61,8 @@ def label(key: str, value: str) -> None:
 def ip(what: str, value: str) -> str:
     """An IPv4 or IPv6 address, written the usual way (no zone, no surrounding space)."""
     try:
-        ip_address(value)
-    except ValueError:
+        parse.ip(what, value)
+    except InvalidValue:
         raise InvalidArgument(f"invalid {what} {value!r}: not an IP address") from None
     return value
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from portlink.runtime import images as images_mod
-from portlink.runtime.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
+from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from portlink.runtime.images import ImageStore
 
 
