@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portlink.netns import kernel_ns
 from portlink.lab import daemon_proc
 from portlink.lab.daemon_proc import VENV_BIN
 from portlink.runtime.cli import Client, CliError
@@ -191,11 +192,11 @@ def unmount_under(root: Path) -> list[str]:
         points = [line.split()[4] for line in f]
     errors = []
     for mp in sorted((m for m in points if m.startswith(prefix)), key=len, reverse=True):
-        p = sh("umount", "-l", mp, check=False)
-        if p.returncode != 0:
-            errors.append(f"umount {mp}: {p.stderr.strip()}")
-        else:
+        try:
+            kernel_ns.unmount(mp)
             errors.append(f"leaked mount {mp} (unmounted)")
+        except OSError as e:
+            errors.append(str(e))
     return errors
 
 

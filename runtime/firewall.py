@@ -1,5 +1,5 @@
 """The host's firewall, as the runtime uses it: one façade over the driver that
-owns its lock, the trusted flows in force and what "already gone" means.
+owns its lock and the trusted flows in force.
 
 The lock is held while a DNAT element and its journal row change together, so
 a full re-render from the state (network changes, drift repair) never drops an
@@ -24,15 +24,6 @@ from portlink.runtime.records import Records
 from portlink.runtime.state import Store
 
 log = logging.getLogger("portlink.firewall")
-
-# How the drivers' tools say an element is not there (nft, iptables): removing it is then done.
-_GONE = ("No such file", "does not exist", "matching rule")
-
-
-def real_errors(errors: list[str]) -> list[str]:
-    """The errors of a removal, less those that say the element was already gone."""
-    return [e for e in errors if not any(m in e for m in _GONE)]
-
 
 def mapping_key(p: PortMapping) -> str:
     """A published port as its journal name (kind 'port')."""
@@ -104,9 +95,10 @@ class Firewall:
             self.driver.add_ports(mappings)
 
     def remove_port(self, key: str, forget: Callable[[], None]) -> None:
-        """Unpublish one journalled port; an element already gone is what we want."""
+        """Unpublish one journalled port; an element already gone is what we want
+        (the drivers do not report it: netns.firewall.already_gone)."""
         with self.lock:
-            errs = real_errors(self.driver.remove_ports([mapping_from_key(key)]))
+            errs = self.driver.remove_ports([mapping_from_key(key)])
             if errs:
                 raise RuntimeFailure("; ".join(errs))
             forget()
@@ -138,7 +130,7 @@ class Firewall:
         with self.lock:
             want = self.trusted_flows()
             gone, new = sorted(self._trusted - want), sorted(want - self._trusted)
-            for e in real_errors(self.driver.remove_trusted(gone)):
+            for e in self.driver.remove_trusted(gone):
                 log.error("firewall: %s", e)
             have = self._trusted - set(gone)
             try:
