@@ -10,9 +10,11 @@ are runtime.lifecycle's; the firewall's trusted flows are runtime.firewall's."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
@@ -25,11 +27,13 @@ from portlink.runtime.lifecycle import Lifecycle
 from portlink.runtime.networks import NO_NETWORK
 from portlink.runtime.records import EXITED, RUNNING, Records
 from portlink.runtime.refresh import Catalog
+from portlink.runtime.runc import pid_alive
 from portlink.runtime.spec import ContainerSpec
 
 log = logging.getLogger("portlink.containers")
 
 RESTART_DELAY = (0.2, 10.0)   # first and longest delay before an ambassador that died is restarted
+READY_WAIT = 5.0              # seconds a run waits for an ambassador it starts to forward
 
 
 class AmbassadorPolicy:
@@ -82,10 +86,37 @@ class AmbassadorPolicy:
         if c is not None and c.status != RUNNING:
             self.release(c.id)
             self.lifecycle.start(c, name)
+            self.await_ready(name)
         if c is not None:
             return name, None
         return name, {"name": name, "image": "busybox", "network": network,
                       "ambassador": {"service": service, "ports": ports}}
+
+    def await_ready(self, name: str, timeout: float = READY_WAIT) -> None:
+        """Until a just-started ambassador forwards: its forwarder (a Python process)
+        takes a moment to listen and to hear from Consul, and a connection before
+        that is closed at once. A run that links to it returns when the link works
+        (or when the ambassador found Consul unreachable). Asks its /stats on the
+        bridge, so no probe connection shows in its counters."""
+        c = self.records.named(name)
+        if c is None or c.status != RUNNING or not c.ip:
+            return
+        url = f"http://{c.ip}:{ambassadors.METRICS_PORT}/stats"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(c.pid):
+            try:
+                with opener.open(url, timeout=1) as r:
+                    snap = json.loads(r.read())
+                listeners = snap["listeners"]
+                if listeners and all(x["backends"] for x in listeners.values()):
+                    return
+                if snap.get("consul", {}).get("reachable") is False:
+                    return            # it serves what it has; Consul's return is its own business
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass                  # not listening yet
+            time.sleep(0.02)
+        log.warning("ambassador %s: no backends after %gs; linking anyway", name, timeout)
 
     @contextmanager
     def linking(self, names: list[str]) -> Iterator[None]:

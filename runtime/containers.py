@@ -51,6 +51,7 @@ class Containers:
                         if todo is not None:
                             self.run(todo, for_links=True)
                             made.append(name)
+                            self.amb.await_ready(name)
                         req.spec.links[i] = f"{name}:{r.alias}"
                 if made:
                     faults.point("run.ambassador")
