@@ -13,6 +13,7 @@ import secrets
 import shutil
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field, fields, replace
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -37,6 +38,7 @@ log = logging.getLogger("portlink.containers")
 CREATING, RUNNING, EXITED = "creating", "running", "exited"
 REMOVING = "removing"   # rm under way: a crash here is finished by reconcile, never undone
 AMBASSADOR_RESTART = (0.2, 10.0)   # first and longest delay before an ambassador that died is restarted
+AMBASSADOR_READY = 5.0              # seconds a run waits for an ambassador it starts to forward
 
 
 @dataclass
@@ -314,10 +316,39 @@ class Containers:
             return name, False
         if row is not None:
             self.start(name)
+            self._await_ready(name)
             return name, False
         self.run({"name": name, "image": "busybox", "network": network,
                   "ambassador": {"service": service, "ports": ports}}, for_links=True)
+        self._await_ready(name)
         return name, True
+
+    def _await_ready(self, name: str, timeout: float = AMBASSADOR_READY) -> None:
+        """Until a just-started ambassador forwards: its forwarder (a Python process)
+        takes a moment to listen and to hear from Consul, and a connection before
+        that is closed at once. A run that links to it returns when the link works
+        (or when the ambassador found Consul unreachable). Asks its /stats on the
+        bridge, so no probe connection shows in its counters."""
+        row = self.store.one("SELECT * FROM containers WHERE name=?", name)
+        ip = json.loads(row["spec"]).get("ip") if row is not None and row["status"] == RUNNING else None
+        if ip is None:
+            return
+        url = f"http://{ip}:{ambassadors.METRICS_PORT}/stats"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(row["pid"]):
+            try:
+                with opener.open(url, timeout=1) as r:
+                    snap = json.loads(r.read())
+                listeners = snap["listeners"]
+                if listeners and all(x["backends"] for x in listeners.values()):
+                    return
+                if snap.get("consul", {}).get("reachable") is False:
+                    return            # it serves what it has; Consul's return is its own business
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass                  # not listening yet
+            time.sleep(0.02)
+        log.warning("ambassador %s: no backends after %gs; linking anyway", name, timeout)
 
     def _check_link_targets(self, reqs: list[linkspec.LinkRequest], network: str) -> None:
         for r in reqs:
