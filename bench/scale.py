@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_network
 from pathlib import Path
 
-from portlink.runtime.cli import Client, CliError
+from portlink.runtime.client import Client, CliError
 from portlink.lab.sandbox import SimHost
 
 SUBNET_BASE = "10.92.0.0"

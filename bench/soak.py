@@ -58,7 +58,7 @@ import dns.rcode
 import dns.rdatatype
 
 from portlink.netns import kernel_ns
-from portlink.runtime.cli import Client, CliError
+from portlink.runtime.client import Client, CliError
 from portlink.lab.sandbox import SimHost
 
 UPSTREAM_PORT = 5300

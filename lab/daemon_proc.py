@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portlink.errors import RuntimeFailure
-from portlink.runtime.cli import Client, CliError
+from portlink.runtime.client import Client, CliError
 
 VENV_BIN = Path(sys.executable).parent
 LOG_TAIL = 2000          # characters of the daemon's log quoted in an error

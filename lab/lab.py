@@ -26,7 +26,7 @@ from portlink.lab import daemon_proc
 from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
 from portlink.lab.daemon_proc import VENV_BIN, Daemon
 from portlink.lab.sandbox import Namespace, Switch, sh, unmount_under
-from portlink.runtime.cli import Client, CliError
+from portlink.runtime.client import Client, CliError
 
 LAB_ROOT = Path(os.environ.get("PORTLINK_LAB_DIR", "/run/portlink-lab"))
 SUBNET = "10.99.0"

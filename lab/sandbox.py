@@ -20,7 +20,7 @@ from pathlib import Path
 from portlink.netns import kernel_ns
 from portlink.lab import daemon_proc
 from portlink.lab.daemon_proc import VENV_BIN
-from portlink.runtime.cli import Client, CliError
+from portlink.runtime.client import Client, CliError
 
 SANDBOX_PREFIX = "plt-"
 

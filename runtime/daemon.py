@@ -27,6 +27,7 @@ from portlink import logsetup
 from portlink import parse
 from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, drift, events, logfmt, reaper, validate
+from portlink.runtime.client import DEFAULT_SOCKET  # the CLI's default too
 from portlink.runtime.host import Host, HostConfig
 from portlink.runtime import cgroups, exporter, stats
 
@@ -34,7 +35,6 @@ log = logging.getLogger("portlink.daemon")
 MAX_BODY = 1 << 20   # a container spec is small; a huge body is an error, not an allocation
 API_BACKLOG = 1024    # pending API connections (aiohttp's default is 128)
 
-DEFAULT_SOCKET = "/run/portlink/portlink.sock"
 DEFAULT_STATE = "/var/lib/portlink"
 
 

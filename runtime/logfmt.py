@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
 
 from portlink import parse
 from portlink.errors import InvalidArgument, InvalidValue
+# The record format itself lives in logrecord (light: the CLI prints records too).
+from portlink.runtime.logrecord import (Record, format_record, format_time,  # noqa: F401
+                                        parse_log_opt_args, parse_record, parse_time, render_text)
 
 MIN_MAX_SIZE = 32 * 1024      # the shim's minimum: a file must hold a whole 16 KiB record
 MAX_FILES = 100               # the shim's maximum
@@ -30,16 +32,6 @@ class LogLimits:
 
     max_size: int = 10 * 1024 * 1024    # Docker json-file's usual max-size=10m
     max_files: int = 3                  # and max-file=3
-
-
-class Record(NamedTuple):   # a tuple: logs of 30 MiB are hundreds of thousands of these
-    """One record, or (after join) one whole line: `partial` then means the
-    stream ended, so far, without a newline."""
-
-    time_ns: int
-    stream: str
-    partial: bool
-    text: bytes
 
 
 # -- options ---------------------------------------------------------------------------
@@ -81,18 +73,6 @@ def parse_log_opts(opts: dict, defaults: LogLimits = LogLimits()) -> LogLimits:
     return LogLimits(size, files)
 
 
-def parse_log_opt_args(entries: list[str]) -> dict[str, str]:
-    """The CLI's `--log-opt KEY=VALUE` list as a dict (values are checked by the daemon).
-    Raises ValueError (the CLI runs without portlink's error classes in its output)."""
-    out = {}
-    for e in entries:
-        key, eq, value = e.partition("=")
-        if not eq or not key:
-            raise ValueError(f"invalid --log-opt {e!r}: expected KEY=VALUE, like max-size=10m")
-        out[key] = value
-    return out
-
-
 def parse_tail(text: str | None) -> int | None:
     """--tail N: the last N lines; None or 'all': everything."""
     if text in (None, "", "all"):
@@ -128,52 +108,6 @@ def parse_since(text: str | None, now: float | None = None) -> int | None:
 
 
 # -- records ---------------------------------------------------------------------------
-_epoch_cache: dict[bytes, int] = {}
-
-
-def parse_time(ts: bytes) -> int:
-    """`2024-05-01T12:00:00.123456789Z` -> nanoseconds since the epoch."""
-    if len(ts) < 20 or ts[-1:] != b"Z" or ts[10:11] != b"T":
-        raise ValueError(f"not an RFC 3339 UTC time: {ts!r}")
-    secs = _epoch_cache.get(ts[:19])
-    if secs is None:
-        dt = datetime.strptime(ts[:19].decode("ascii"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-        secs = _epoch_cache[ts[:19]] = int(dt.timestamp())
-        if len(_epoch_cache) > 4096:
-            _epoch_cache.clear()
-    frac = ts[19:-1]
-    if not frac:
-        return secs * 1_000_000_000
-    if frac[:1] != b"." or not frac[1:].isdigit():
-        raise ValueError(f"bad fraction in {ts!r}")
-    return secs * 1_000_000_000 + int(frac[1:10].ljust(9, b"0"))
-
-
-def format_time(ns: int) -> str:
-    secs, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
-
-
-def parse_record(line: bytes) -> Record | None:
-    """One line of a log file (without its newline); None if it is not a record
-    (a line cut short by a crash, say): readers skip it."""
-    parts = line.split(b" ", 3)
-    if len(parts) < 3:
-        return None
-    ts, stream, tag = parts[0], parts[1], parts[2]
-    if tag not in (b"F", b"P") or stream not in (b"stdout", b"stderr"):
-        return None
-    try:
-        t = parse_time(ts)
-    except ValueError:
-        return None
-    return Record(t, stream.decode(), tag == b"P", parts[3] if len(parts) == 4 else b"")
-
-
-def format_record(r: Record) -> bytes:
-    return f"{format_time(r.time_ns)} {r.stream} {'P' if r.partial else 'F'} ".encode() + r.text + b"\n"
-
-
 def parse_records(data: bytes) -> list[Record]:
     """The records of whole lines in `data` (a trailing piece without a newline is ignored)."""
     lines = data.split(b"\n")
@@ -311,10 +245,3 @@ class Reader:
         if self.f:
             self.f.close()
             self.f = None
-
-
-def render_text(r: Record, timestamps: bool = False, at_line_start: bool = True) -> bytes:
-    """A line (or fragment) as `docker logs` prints it; with timestamps, the
-    time starts each line (not a fragment that continues one)."""
-    head = (format_time(r.time_ns) + " ").encode() if timestamps and at_line_start else b""
-    return head + r.text + (b"" if r.partial else b"\n")

@@ -34,7 +34,7 @@ class Lab:
         return p.stdout.strip() if p.returncode == 0 else p.stderr.strip()
 
     def client(self, host: str):
-        from portlink.runtime.cli import Client
+        from portlink.runtime.client import Client
         return Client(self.made.host(host).socket)
 
     def fetch(self, host: str, ctr: str, url: str) -> str:

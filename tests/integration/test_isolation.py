@@ -288,7 +288,7 @@ def _ns_run(h, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 
 def test_ambassador_reaches_consul_and_its_metrics_stay_on_its_host(lab):
-    from portlink.runtime.cli import Client
+    from portlink.runtime.client import Client
     _, h2, h3 = lab.hosts
     c2 = Client(h2.socket)
     r = _lab_cli(lab, "host1", "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c",

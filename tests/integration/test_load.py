@@ -20,7 +20,7 @@ import pytest
 from conftest import snapshot
 from helpers import dig, wait_for
 from portlink.netns import kernel_link
-from portlink.runtime.cli import Client, CliError
+from portlink.runtime.client import Client, CliError
 
 pytestmark = pytest.mark.root
 

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""bench/cli: the `portlink` command's own cost, and `run --rm` against podman's.
+
+A sandbox host (plt-clibench-*) with its own portlinkd runs 20 detached
+containers (`busybox sleep 3600`). Then, against that daemon:
+
+  ps       `portlink ps` wall time (process start to exit, output read), over
+           --rounds rounds: the thin client's import and one API call.
+  run_rm   `portlink run --rm busybox true`, end to end (create, start, the
+           log stream, the exit code, the removal).
+  podman   `podman run --rm` of the same busybox rootfs (`podman import`ed from
+           portlink's image), in the same rounds, order rotated every round.
+           podman runs in a sandbox namespace of its own (plt-clipod-*) with its
+           own storage, run and tmp dirs, network config dir and an empty
+           containers.conf, so it shares nothing with a system podman. Two
+           ways: its default bridge network (netavark, inside that namespace:
+           like portlink's default network) and `--network none`.
+
+Also `python -c pass` with the venv's python: the floor any Python CLI has.
+
+Prints one JSON line. Progress goes to stderr, only when it is a tty. Exit 0
+whether or not the target (ps median <= 100 ms) is met; non-zero on errors.
+
+Safety: nothing runs in the root network namespace except the CLIs, which
+only talk to the daemon's UNIX socket. The sandboxes, containers, podman's
+storage and the temp dir are removed in a finally block (also on error, Ctrl-C
+or SIGTERM), then the root namespace's links, netns list and nftables tables
+are compared with what was there before.
+
+Run as root:  .venv/bin/python -P bench/cli.py [--rounds 20] [--containers 20]"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from portlink.runtime.sandbox import VENV_BIN, Namespace, SimHost, unmount_under
+
+TARGET_PS_MS = 100
+PODMAN_IMAGE = "localhost/plt-clibench-busybox"
+
+
+def progress(msg: str) -> None:
+    if sys.stderr.isatty():
+        print(f"[bench/cli] {msg}", file=sys.stderr, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(f"bench/cli: {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+def _sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return r.stdout
+
+
+def _root_links() -> set[str]:
+    return {l.split()[0].split("@")[0] for l in _sh("ip", "-br", "link").splitlines() if l.strip()}
+
+
+def _netns_list() -> set[str]:
+    return {l.split()[0] for l in _sh("ip", "netns", "list").splitlines() if l.strip()}
+
+
+def _nft_tables() -> set[str]:
+    return {l.strip() for l in _sh("nft", "list", "tables", check=False).splitlines() if l.strip()}
+
+
+def timed(argv: list[str], env: dict | None = None, timeout: float = 120) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - t0, p
+
+
+def _ms(xs: list[float]) -> float | None:
+    return round(statistics.median(xs) * 1000, 1) if xs else None
+
+
+def _p90_ms(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return round(s[max(0, -(-9 * len(s) // 10) - 1)] * 1000, 1)
+
+
+class Podman:
+    """podman with everything of its own under `root`, run in namespace `ns`."""
+
+    def __init__(self, ns: Namespace, root: str) -> None:
+        self.ns, self.root = ns, root
+        for d in ("storage", "run", "tmp", "netcfg"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        conf = os.path.join(root, "containers.conf")
+        open(conf, "w").close()             # no system or user containers.conf applies
+        self.env = {**os.environ, "CONTAINERS_CONF": conf}
+        self.base = ns.argv("podman", "--root", f"{root}/storage", "--runroot", f"{root}/run",
+                            "--tmpdir", f"{root}/tmp", "--network-config-dir", f"{root}/netcfg",
+                            "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs",
+                            "--events-backend", "file", "--runtime", "runc")
+        # The process may not raise rlimits past its hard limits (no CAP_SYS_RESOURCE):
+        # podman's defaults (nofile 1048576, nproc) would fail in runc.
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.ulimits = ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", "nproc=4096:4096"]
+
+    def cmd(self, *args: str) -> list[str]:
+        return [*self.base, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+        p = subprocess.run(self.cmd(*args), capture_output=True, text=True, env=self.env, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise BenchError(f"podman {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        return p.stdout
+
+    def run_rm_argv(self, network: str) -> list[str]:
+        return self.cmd("run", "--rm", *self.ulimits, "--network", network, PODMAN_IMAGE, "true")
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        for args in (("rm", "-af", "-t", "0"), ("rmi", "-af")):
+            try:
+                self.run(*args, check=False, timeout=60)
+            except (subprocess.TimeoutExpired, OSError) as e:
+                errors.append(f"podman {' '.join(args)}: {e}")
+        return errors
+
+
+def measure(a: argparse.Namespace, h: SimHost, pod: Podman, deadline: float) -> dict:
+    env = {**os.environ, "PORTLINK_HOST": h.socket}
+    portlink = str(VENV_BIN / "portlink")
+    stopped_early = False
+
+    progress(f"starting {a.containers} detached containers")
+    for i in range(a.containers):
+        p = h.cli("run", "-d", "--name", f"clib{i}", "busybox", "sleep", "3600")
+        if p.returncode != 0:
+            raise BenchError(f"portlink run -d failed: {p.stderr.strip()}")
+
+    # warm-up, untimed: page cache, the daemon's first requests, podman's network
+    for argv in ([portlink, "ps"], [portlink, "run", "--rm", "busybox", "true"],
+                 pod.run_rm_argv("bridge"), pod.run_rm_argv("none")):
+        _, p = timed(argv, env if argv[0] == portlink else pod.env)
+        if p.returncode != 0:
+            raise BenchError(f"{' '.join(argv[-6:])} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+
+    floor, ps = [], []
+    progress(f"portlink ps x {a.rounds}")
+    for i in range(a.rounds):
+        if time.monotonic() > deadline:
+            stopped_early = True
+            break
+        dt, p = timed([portlink, "ps"], env)
+        if p.returncode != 0 or len(p.stdout.splitlines()) != a.containers + 1:
+            raise BenchError(f"portlink ps: exit {p.returncode}, {len(p.stdout.splitlines())} lines: {p.stderr.strip()}")
+        ps.append(dt)
+        dt, p = timed([str(VENV_BIN / "python"), "-c", "pass"])
+        floor.append(dt)
+
+    sides = {
+        "portlink": ([portlink, "run", "--rm", "busybox", "true"], env),
+        "podman": (pod.run_rm_argv("bridge"), pod.env),
+        "podman_none": (pod.run_rm_argv("none"), pod.env),
+    }
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    order = list(sides)
+    progress(f"run --rm x {a.rounds}: {', '.join(order)}")
+    for i in range(a.rounds):
+        if time.monotonic() > deadline:
+            stopped_early = True
+            break
+        for name in order[i % len(order):] + order[:i % len(order)]:     # rotated every round
+            argv, e = sides[name]
+            dt, p = timed(argv, e)
+            if p.returncode != 0:
+                raise BenchError(f"{name} run --rm failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+            times[name].append(dt)
+
+    left = h.client.get("/containers", all="1")
+    if len(left) != a.containers:
+        raise BenchError(f"{len(left)} containers after the run --rm rounds, expected {a.containers}")
+    if pod.run("ps", "-aq").strip():
+        raise BenchError("podman containers left after run --rm")
+
+    pl, pm = _ms(times["portlink"]), _ms(times["podman"])
+    return {
+        "bench": "cli",
+        "containers": a.containers,
+        "rounds": len(ps),
+        "ps_median_ms": _ms(ps),
+        "ps_p90_ms": _p90_ms(ps),
+        "ps_min_ms": round(min(ps) * 1000, 1) if ps else None,
+        "python_floor_median_ms": _ms(floor),
+        "run_rm_median_ms": pl,
+        "run_rm_p90_ms": _p90_ms(times["portlink"]),
+        "podman_run_rm_median_ms": pm,
+        "podman_run_rm_p90_ms": _p90_ms(times["podman"]),
+        "podman_run_rm_network_none_median_ms": _ms(times["podman_none"]),
+        "ratio_run_rm": round(pl / pm, 3) if pl and pm else None,
+        "target_ps_median_ms": TARGET_PS_MS,
+        "met": {"ps": bool(ps) and _ms(ps) <= TARGET_PS_MS},
+        "stopped_early": stopped_early,
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="portlink CLI: ps wall time, run --rm against podman")
+    ap.add_argument("--rounds", type=int, default=20, help="rounds of ps and of run --rm (default 20)")
+    ap.add_argument("--containers", type=int, default=20, help="detached containers listed by ps (default 20)")
+    ap.add_argument("--max-seconds", type=float, default=600, help="no new round starts after this (default 600)")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        warn("needs root (namespaces, runc, podman)")
+        return 2
+    if not 1 <= a.rounds <= 1000 or not 0 <= a.containers <= 500:
+        warn("--rounds must be 1 to 1000 and --containers 0 to 500")
+        return 2
+    for tool in ("podman", "runc", "nsenter", "ip", "nft", "tar"):
+        if shutil.which(tool) is None:
+            warn(f"{tool} not found: run scripts/setup")
+            return 2
+
+    links_before, netns_before, nft_before = _root_links(), _netns_list(), _nft_tables()
+    deadline = time.monotonic() + a.max_seconds
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    h: SimHost | None = None
+    pod_ns: Namespace | None = None
+    pod: Podman | None = None
+    tmp = tempfile.mkdtemp(prefix="plt-clibench-", dir="/tmp")
+    made_ns: list[str] = []
+    rc, doc, errors = 0, None, []
+    try:
+        progress("starting the sandbox host")
+        h = SimHost.start("clibench")
+        made_ns.append(h.ns.name)
+        pod_ns = Namespace.create("clipod")
+        made_ns.append(pod_ns.name)
+        pod = Podman(pod_ns, os.path.join(tmp, "podman"))
+        # the same busybox rootfs for podman: portlink's own image, as a tarball
+        rootfs = h.state_dir / "images" / "busybox" / "rootfs"
+        if not rootfs.is_dir():
+            raise BenchError(f"no busybox image at {rootfs}")
+        tarball = os.path.join(tmp, "busybox.tar")
+        _sh("tar", "--numeric-owner", "-C", str(rootfs), "-cf", tarball, ".")
+        pod.run("import", "--change", "CMD=/bin/sh", tarball, PODMAN_IMAGE)
+        doc = measure(a, h, pod, deadline)
+    except KeyboardInterrupt:
+        warn("interrupted; cleaning up")
+        rc = 130
+    except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        warn(str(e))
+        rc = 1
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            if pod is not None:
+                errors += pod.cleanup()
+            if pod_ns is not None:
+                pod_ns.delete()
+            if h is not None:
+                errors += h.destroy()
+            errors += unmount_under(Path(tmp))
+            shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGTERM, old_term)
+
+    leaks = [f"cleanup: {e}" for e in errors]
+    ours = [n for n in _netns_list() - netns_before if n in made_ns]
+    if ours:
+        leaks.append(f"namespaces left: {ours}")
+    new_links = _root_links() - links_before
+    if new_links:
+        leaks.append(f"new links in the root namespace: {sorted(new_links)}")
+    new_tables = _nft_tables() - nft_before
+    if new_tables:
+        leaks.append(f"new nftables tables in the root namespace: {sorted(new_tables)}")
+    if os.path.exists(tmp):
+        leaks.append(f"{tmp} still exists")
+    for l in leaks:
+        warn("LEAK CHECK: " + l)
+    if rc:
+        return rc
+    if leaks:
+        return 1
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
