@@ -48,6 +48,8 @@ import tempfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 
+from portlink.lab.rootcheck import RootState
+
 NETAVARK = "/usr/lib/podman/netavark"
 SUBNET = IPv4Network("10.99.0.0/16")
 GATEWAY = IPv4Address("10.99.0.1")
@@ -354,17 +356,6 @@ def _sh(*cmd: str, check: bool = True) -> str:
     return r.stdout.decode(errors="replace")
 
 
-def _root_links() -> set[str]:
-    return {line.split()[0].split("@")[0] for line in _sh("ip", "-br", "link").splitlines() if line.strip()}
-
-
-def _netns_list() -> set[str]:
-    return {line.split()[0] for line in _sh("ip", "netns", "list").splitlines() if line.strip()}
-
-
-def _nft_tables() -> set[str]:
-    return {line.strip() for line in _sh("nft", "list", "tables", check=False).splitlines() if line.strip()}
-
 
 def _unmount_tree(root: str) -> None:
     from portlink.netns.kernel_ns import unmount
@@ -444,7 +435,7 @@ def run_outer(args: argparse.Namespace) -> int:
         warn("--count must be between 1 and 5000")
         return 2
 
-    links_before, netns_before, nft_before = _root_links(), _netns_list(), _nft_tables()
+    root_before = RootState.read()
     run = secrets.token_hex(4)
     here = os.path.abspath(__file__)
     repo = os.path.dirname(os.path.dirname(here))
@@ -504,18 +495,7 @@ def run_outer(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
     # The root namespace must look as it did before.
-    leaks = []
-    ours = [n for n in _netns_list() - netns_before if run in n]
-    if ours:
-        leaks.append(f"namespaces left: {ours}")
-    new_links = _root_links() - links_before
-    if new_links:
-        leaks.append(f"new links in the root namespace: {sorted(new_links)}")
-    new_tables = _nft_tables() - nft_before
-    if new_tables:
-        leaks.append(f"new nftables tables in the root namespace: {sorted(new_tables)}")
-    if os.path.exists(tmp):
-        leaks.append(f"{tmp} still exists")
+    leaks = root_before.leaks(lambda n: run in n, tmp)
     for l in leaks:
         warn("LEAK CHECK: " + l)
     if rc:

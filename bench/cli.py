@@ -45,7 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from portlink.runtime.sandbox import VENV_BIN, Namespace, SimHost, unmount_under
+from portlink.lab.rootcheck import RootState
+from portlink.lab.sandbox import VENV_BIN, Namespace, SimHost, unmount_under
 
 TARGET_PS_MS = 100
 PODMAN_IMAGE = "localhost/plt-clibench-busybox"
@@ -70,17 +71,6 @@ def _sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
         raise BenchError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
     return r.stdout
 
-
-def _root_links() -> set[str]:
-    return {l.split()[0].split("@")[0] for l in _sh("ip", "-br", "link").splitlines() if l.strip()}
-
-
-def _netns_list() -> set[str]:
-    return {l.split()[0] for l in _sh("ip", "netns", "list").splitlines() if l.strip()}
-
-
-def _nft_tables() -> set[str]:
-    return {l.strip() for l in _sh("nft", "list", "tables", check=False).splitlines() if l.strip()}
 
 
 def timed(argv: list[str], env: dict | None = None, timeout: float = 120) -> tuple[float, subprocess.CompletedProcess]:
@@ -237,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             warn(f"{tool} not found: run scripts/setup")
             return 2
 
-    links_before, netns_before, nft_before = _root_links(), _netns_list(), _nft_tables()
+    root_before = RootState.read()
     deadline = time.monotonic() + a.max_seconds
 
     def on_term(signum, frame):
@@ -283,17 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
     leaks = [f"cleanup: {e}" for e in errors]
-    ours = [n for n in _netns_list() - netns_before if n in made_ns]
-    if ours:
-        leaks.append(f"namespaces left: {ours}")
-    new_links = _root_links() - links_before
-    if new_links:
-        leaks.append(f"new links in the root namespace: {sorted(new_links)}")
-    new_tables = _nft_tables() - nft_before
-    if new_tables:
-        leaks.append(f"new nftables tables in the root namespace: {sorted(new_tables)}")
-    if os.path.exists(tmp):
-        leaks.append(f"{tmp} still exists")
+    leaks += root_before.leaks(lambda n: n in made_ns, tmp)
     for l in leaks:
         warn("LEAK CHECK: " + l)
     if rc:
