@@ -67,7 +67,10 @@ class Containers:
             link = linkspec.parse_link(text)
             self.life.emit(c, "link", target=link.name, alias=link.alias)
         self.refresher.changed()
-        return self.views.inspect(c.id)
+        try:
+            return self.views.inspect(c.id)
+        except NotFound:
+            return self.views.last(c)   # it ran, exited and was removed (--rm) meanwhile
 
     def _check_link_targets(self, reqs: list[linkspec.LinkRequest], network: str) -> None:
         for r in reqs:

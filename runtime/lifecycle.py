@@ -117,7 +117,8 @@ class Lifecycle:
                 raise
             raise RuntimeFailure(f"cannot run container {c.name!r}: {e}") from e
         faults.point("run.running")
-        return self.d.records.get(cid)
+        # Gone already only if its process ended and `--rm` removed it meanwhile.
+        return self.d.records.get(cid) or c.with_(status=REMOVING)
 
     def forget(self, c: Container, error: str) -> list[str]:
         """A container that never ran to the end of its create: as if it never was."""

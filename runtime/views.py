@@ -32,6 +32,10 @@ class Views:
         return [self._view(c, nets, ports.get(c.id, [])) for c in self.records.all()
                 if all or c.status == RUNNING]
 
+    def last(self, c: Container) -> dict:
+        """A container that is gone, as it was last recorded."""
+        return self._view(c, {}, [])
+
     def _view(self, c: Container, nets: dict[str, NetworkSpec], port_rows) -> dict:
         spec, cid, cdir = c.spec, c.id, self.layout.cdir(c.id)
         net = nets.get(spec.network)
