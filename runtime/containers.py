@@ -110,7 +110,7 @@ class Containers:
     def remove(self, ref: str, force: bool = False) -> None:
         c = self.records.find(ref)
         self.amb.hold(c.id)
-        self.life.remove(c, force)
+        self.life.remove(c, force, ref)
         self.amb.forget(c.id)
         self.refresher.changed()
         if self.amb.collect():

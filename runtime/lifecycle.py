@@ -131,7 +131,7 @@ class Lifecycle:
     def start_now(self, cid: str) -> None:
         """Start a recorded container (caller holds its lock); undo on failure is the caller's."""
         began = time.perf_counter()
-        c = self.d.records.get(cid)
+        c = self.d.records.current(cid)
         j, layout = self.d.journal, self.d.layout
         image = self.d.images.get(c.spec.image)
         cdir = layout.cdir(cid)
@@ -178,7 +178,7 @@ class Lifecycle:
     def start(self, c: Container, ref: str) -> None:
         """Start a stopped container; a failed start is undone entirely."""
         with self.lock(c.id):
-            now = self.d.records.get(c.id)
+            now = self.d.records.current(c.id, ref)
             if now.status == RUNNING:
                 return
             if now.status == REMOVING:
@@ -198,7 +198,7 @@ class Lifecycle:
         """Stop a running container (TERM, then KILL after `timeout`); the errors of
         its cleanup. None: it was not running."""
         with self.lock(cid):
-            c = self.d.records.get(cid)
+            c = self.d.records.current(cid)
             if c.status != RUNNING:
                 return None
             self.d.runc.kill(cid, signal_number("TERM"))
@@ -206,7 +206,7 @@ class Lifecycle:
                 self.d.runc.kill(cid, signal_number("KILL"))
                 wait_gone(c.pid, 10)
             errors = self.release(cid, None)
-            self.emit(c, "die", exit_code=self.d.records.get(cid).exit_code)
+            self.emit(c, "die", exit_code=self.d.records.current(cid).exit_code)
             self.emit(c, "stop")
         return errors
 
@@ -234,9 +234,9 @@ class Lifecycle:
             return c
 
     # remove ------------------------------------------------------------------------------------
-    def remove(self, c: Container, force: bool) -> None:
+    def remove(self, c: Container, force: bool, ref: str | None = None) -> None:
         with self.lock(c.id):
-            c = self.d.records.get(c.id)
+            c = self.d.records.current(c.id, ref)
             if c.status == RUNNING and not force:
                 raise Conflict(f"container {c.name!r} is running: stop it first or use rm -f")
             # From here on a crash is finished by reconcile: the container ends up gone.

@@ -92,6 +92,13 @@ class Records:
         r = self.store.one(_WITH_IP + " WHERE c.id=?", cid)
         return Container.from_row(r) if r is not None else None
 
+    def current(self, cid: str, ref: str | None = None) -> Container:
+        """The container now; NotFound if it was removed meanwhile (a racing rm)."""
+        c = self.get(cid)
+        if c is None:
+            raise NotFound(f"container {ref or cid!r} not found (see `portlink ps -a`)")
+        return c
+
     def named(self, name: str) -> Container | None:
         r = self.store.one(_WITH_IP + " WHERE c.name=?", name)
         return Container.from_row(r) if r is not None else None
