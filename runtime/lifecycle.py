@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
 from portlink.runtime import faults, validate
+from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
@@ -157,7 +158,7 @@ class Lifecycle:
         else:
             j.kernel.loopback_up(nspath)
         for fname, text in plan.files.values():
-            (cdir / fname).write_text(text)
+            write_fresh(cdir / fname, text)   # an earlier run's container wrote there: replace, never follow
         bundle = cdir / "bundle"
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(plan.config, indent=1))
