@@ -2,7 +2,8 @@
 query here, answered with dataclasses instead of rows and JSON.
 
 The stored form of a container is unchanged: a row with the record as JSON
-({"spec": ..., "exposed": [...], "for_links": true, "ip": "..."})."""
+({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "pid_start": n};
+the last three only when set)."""
 
 from __future__ import annotations
 
@@ -85,16 +86,16 @@ class Records:
     def find(self, ref: str) -> Container:
         """By name, id or unique id prefix (4+ characters)."""
         r = self.store.one(_WITH_IP + " WHERE c.name=?", ref) or self.store.one(_WITH_IP + " WHERE c.id=?", ref)
-        # A prefix is hex (ids are token_hex): anything else, LIKE's `_` and `%`
-        # included, names no container. substr compares bytes, no pattern at all.
-        if r is None and len(ref) >= 4 and _HEX.fullmatch(ref):
+        if r is None and len(ref) >= 4:
+            # A prefix is hex (ids are token_hex): anything else, LIKE's `_` and `%`
+            # included, names no container. substr compares characters, no pattern.
+            if not _HEX.fullmatch(ref):
+                raise NotFound(f"container {ref!r} not found: no such name, and an id prefix is lowercase hex "
+                               "(see `portlink ps -a`)")
             rows = self.store.query(_WITH_IP + " WHERE substr(c.id, 1, ?) = ?", len(ref), ref)
             if len(rows) > 1:
                 raise InvalidArgument(f"container id prefix {ref!r} is ambiguous")
             r = rows[0] if rows else None
-        if r is None and len(ref) >= 4 and not _HEX.fullmatch(ref):
-            raise NotFound(f"container {ref!r} not found: no such name, and an id prefix is lowercase hex "
-                           "(see `portlink ps -a`)")
         if r is None:
             raise NotFound(f"container {ref!r} not found (see `portlink ps -a`)")
         return Container.from_row(r)
