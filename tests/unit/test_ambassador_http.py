@@ -5,7 +5,6 @@ on 127.0.0.1 and 127.0.0.2 play a good and a hostile ambassador."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 
 import pytest
