@@ -41,6 +41,8 @@ MAX_TCP = 256             # concurrent TCP clients
 MAX_TCP_PER_CLIENT = 16   # of them from one address: one container cannot take them all
 MAX_TCP_ANSWER = 65535    # a TCP message's length is 16 bits
 TCP_IDLE = 10.0           # seconds a TCP client may sit silent
+TCP_WRITE = 5.0           # seconds an answer may wait for a client that does not read
+TCP_LIFE = 60.0           # seconds one TCP connection may last, however busy
 IP_FREEBIND = 15
 
 
@@ -332,7 +334,11 @@ class DnsServer:
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = writer.get_extra_info("peername")[0]
-        if self._tcp_clients >= MAX_TCP or self._tcp_by_client.get(client, 0) >= MAX_TCP_PER_CLIENT:
+        # The source first: a stranger (no container's address) would only be
+        # REFUSED, so it gets no slot at all; addresses that never read must not
+        # pin the slots the containers need.
+        if (client not in self.snapshot.views or self._tcp_clients >= MAX_TCP
+                or self._tcp_by_client.get(client, 0) >= MAX_TCP_PER_CLIENT):
             writer.close()
             return
         self._tcp_clients += 1
@@ -340,20 +346,8 @@ class DnsServer:
         task = asyncio.current_task()
         self._tcp_tasks.add(task)
         try:
-            while True:
-                n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
-                if n > MAX_QUERY:
-                    head = await asyncio.wait_for(reader.readexactly(min(n, 12)), TCP_IDLE)
-                    err = header_error(head, RCODE.FORMERR)
-                    if err:
-                        writer.write(len(err).to_bytes(2, "big") + err)
-                    break   # the stream is out of step now: end it
-                data = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
-                out = await self._answer_tcp(data, client)
-                if out is None:
-                    break
-                writer.write(len(out).to_bytes(2, "big") + out)
-                await writer.drain()
+            async with asyncio.timeout(TCP_LIFE):
+                await self._serve_tcp(reader, writer, client)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
             pass
         finally:
@@ -362,7 +356,27 @@ class DnsServer:
             if left:
                 self._tcp_by_client[client] = left
             self._tcp_tasks.discard(task)
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()   # close() would wait for a client that does not read
+            else:
+                writer.close()
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        """One client's queries in turn; every read and write is bounded in time."""
+        while True:
+            n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
+            if n > MAX_QUERY:
+                head = await asyncio.wait_for(reader.readexactly(min(n, 12)), TCP_IDLE)
+                err = header_error(head, RCODE.FORMERR)
+                if err:
+                    writer.write(len(err).to_bytes(2, "big") + err)
+                return   # the stream is out of step now: end it
+            data = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
+            out = await self._answer_tcp(data, client)
+            if out is None:
+                return
+            writer.write(len(out).to_bytes(2, "big") + out)
+            await asyncio.wait_for(writer.drain(), TCP_WRITE)   # a client that never reads
 
     async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:
         self.stats["queries_slow"] += 1

@@ -18,6 +18,7 @@ from portlink.catalog.sync import ConsulSync
 from portlink.catalog.watch import describe
 from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, api_json, api_streams, cgroups, drift, stats, validate
+from portlink.runtime.ambassador_http import read_capped
 from portlink.runtime.host import Host
 
 log = logging.getLogger("portlink.daemon")
@@ -274,7 +275,10 @@ async def _ambassador_stats(ip: str) -> dict:
     url = f"http://{ip}:{ambassadors.METRICS_PORT}/stats"
     try:
         async with ClientSession(timeout=ClientTimeout(total=2)) as s, s.get(url) as r:
-            return await r.json()
+            got = json.loads(await read_capped(r))
+        if not isinstance(got, dict):
+            raise ValueError("not a JSON object")
+        return got
     except Exception as e:
         return {"error": f"no metrics from {url}: {e or type(e).__name__}"}
 

@@ -17,6 +17,7 @@ from portlink import parse
 from portlink.errors import InvalidArgument, InvalidValue
 from portlink.prom import Family, merge
 from portlink.runtime import ambassadors
+from portlink.runtime.ambassador_http import read_capped
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -93,7 +94,7 @@ async def ambassador_texts(running: Iterable[tuple[str, str]], timeout: float = 
     async def one(s: ClientSession, name: str, ip: str) -> tuple[str, dict]:
         try:
             async with s.get(f"http://{ip}:{ambassadors.METRICS_PORT}/metrics") as r:
-                body = await r.text() if r.status == 200 else ""
+                body = (await read_capped(r)).decode("utf-8", "replace") if r.status == 200 else ""
         except Exception:
             body = ""
         up = f"# HELP portlink_ambassador_up 1 if the ambassador's metrics answered.\n" \

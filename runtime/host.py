@@ -20,7 +20,7 @@ from portlink.errors import InvalidArgument, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.prom import Histogram
-from portlink.runtime import discovery, mounts
+from portlink.runtime import discovery, durable, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.containers import Containers
 from portlink.runtime.events import EventLog
@@ -89,7 +89,7 @@ def _host_id(state_dir: Path) -> str:
     except FileNotFoundError:
         pass
     hid = secrets.token_hex(6)
-    path.write_text(hid + "\n")
+    durable.write_file(path, (hid + "\n").encode())   # a crash must not leave an empty id: a new one orphans entries
     return hid
 
 

@@ -31,6 +31,7 @@ from typing import Callable
 
 from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 
+from portlink.runtime import durable
 from portlink.runtime.image_tar import MAX_IMAGE_BYTES, MAX_MEMBERS, BoundedInfo, MemberGuard, Progress, open_regular
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,14 @@ class ImageStore:
             created, size = time.time(), _disk_size(rootfs)
             _write_json_atomic(tmp / "image.json", {
                 "name": name, "created": created, "size": size, "config": dataclasses.asdict(config)})
+            durable.sync_tree(tmp)   # the tree on disk before the rename publishes it
             try:
                 os.rename(tmp, final)  # fails if a complete image appeared meanwhile (non-empty dir)
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise Conflict(f"image '{name}' already exists; remove it first") from None
                 raise
+            durable.fsync_dir(self.root)   # the rename itself
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -310,3 +313,4 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    durable.fsync_dir(path.parent)

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
 from portlink.runtime import faults, validate
+from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.networks import NO_NETWORK, Networks
 from portlink.runtime.plan import Layout, PortRow, plan_start, resolve_user
+from portlink.runtime.procstart import is_same, process_start
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
@@ -158,7 +160,7 @@ class Lifecycle:
         else:
             j.kernel.loopback_up(nspath)
         for fname, text in plan.files.values():
-            (cdir / fname).write_text(text)
+            write_fresh(cdir / fname, text)   # an earlier run's container wrote there: replace, never follow
         bundle = cdir / "bundle"
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(plan.config, indent=1))
@@ -171,7 +173,8 @@ class Lifecycle:
         faults.point("start.runc")
         if ip is not None and c.is_ambassador:
             c = c.with_(kept_ip=str(ip))   # a restarted ambassador keeps its address: linkers' env vars name it
-        self.d.records.set_running(c, pid)
+        # The start time with the pid: after a reboot the pid may be another process's.
+        self.d.records.set_running(c.with_(pid_start=process_start(pid)), pid)
         self.emit(c, "start", pid=pid, ip=str(ip) if ip else None)
         self.d.watch(cid, pid)
 
@@ -266,7 +269,7 @@ class Lifecycle:
             return self.forget(c, error="interrupted by a daemon crash"), False
         if c.status == REMOVING:
             # Interrupted `rm`: finish it (the user asked for the container to go).
-            if c.pid and pid_alive(c.pid):
+            if c.pid and pid_alive(c.pid) and is_same(c.pid, c.pid_start):
                 self.d.runc.kill(c.id, signal_number("KILL"))
                 wait_gone(c.pid, 10)
             try:
@@ -274,7 +277,8 @@ class Lifecycle:
             except RuntimeFailure as e:
                 return [str(e)], False
             return [], False
-        if c.status == RUNNING and c.pid and pid_alive(c.pid) and self.d.runc.state(c.id):
+        if (c.status == RUNNING and c.pid and pid_alive(c.pid) and is_same(c.pid, c.pid_start)
+                and self.d.runc.state(c.id)):
             self.d.watch(c.id, c.pid)
             return [], False
         if c.status == RUNNING or any(kind != "dir" for kind, _ in self.d.journal.owned(c.id)):

@@ -2,11 +2,13 @@
 query here, answered with dataclasses instead of rows and JSON.
 
 The stored form of a container is unchanged: a row with the record as JSON
-({"spec": ..., "exposed": [...], "for_links": true, "ip": "..."})."""
+({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "pid_start": n};
+the last three only when set)."""
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +41,7 @@ class Container:
     for_links: bool = False         # an ambassador started for cross-host links
     kept_ip: str | None = None      # an ambassador keeps its address across restarts
     ip: str | None = None           # its lease now (queries that join leases)
+    pid_start: int | None = None    # its process's start time (procstart): a reused pid is not it
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
@@ -49,7 +52,8 @@ class Container:
                    exposed=tuple(rec["exposed"]), status=get("status"), pid=get("pid"),
                    exit_code=get("exit_code"), created=get("created") or 0.0, started=get("started"),
                    finished=get("finished"), for_links=bool(rec.get("for_links")),
-                   kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"))
+                   kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"),
+                   pid_start=rec.get("pid_start"))   # absent in rows written before it was recorded
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -58,6 +62,8 @@ class Container:
             rec["for_links"] = True
         if self.kept_ip:
             rec["ip"] = self.kept_ip
+        if self.pid_start is not None:
+            rec["pid_start"] = self.pid_start
         return dumps(rec)
 
     @property
@@ -69,6 +75,7 @@ class Container:
         return replace(self, **changes)
 
 
+_HEX = re.compile(r"[0-9a-f]+")
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
 
 
@@ -80,7 +87,12 @@ class Records:
         """By name, id or unique id prefix (4+ characters)."""
         r = self.store.one(_WITH_IP + " WHERE c.name=?", ref) or self.store.one(_WITH_IP + " WHERE c.id=?", ref)
         if r is None and len(ref) >= 4:
-            rows = self.store.query(_WITH_IP + " WHERE c.id LIKE ?", ref + "%")
+            # A prefix is hex (ids are token_hex): anything else, LIKE's `_` and `%`
+            # included, names no container. substr compares characters, no pattern.
+            if not _HEX.fullmatch(ref):
+                raise NotFound(f"container {ref!r} not found: no such name, and an id prefix is lowercase hex "
+                               "(see `portlink ps -a`)")
+            rows = self.store.query(_WITH_IP + " WHERE substr(c.id, 1, ?) = ?", len(ref), ref)
             if len(rows) > 1:
                 raise InvalidArgument(f"container id prefix {ref!r} is ambiguous")
             r = rows[0] if rows else None

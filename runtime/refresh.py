@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from portlink.catalog.services import Instance
 from portlink.dns.server import DnsServer
-from portlink.errors import NotFound
+from portlink.errors import NotFound, PortlinkError
 from portlink.runtime import discovery, networks
+from portlink.runtime.container_files import rewrite_in_place
 from portlink.runtime.discovery import Seen
 from portlink.runtime.firewall import Firewall
 from portlink.runtime.images import ImageStore
@@ -47,6 +48,7 @@ class Refresher:
         self._lock = threading.Lock()
         self._names: tuple | None = None     # (networks, running) as the last refresh read them
         self._listeners: list[Callable[[], None]] = []
+        self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
 
     def subscribe(self, fn: Callable[[], None]) -> None:
         """`fn` is called after every change (the registrar's poke)."""
@@ -83,9 +85,10 @@ class Refresher:
             self._names = (nets, running)
             self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
                                                      self.catalog.services))
+            self._bad_hosts &= {c.id for c in running}   # forget the removed
             for c in running:
                 if c.links:
-                    self.write_hosts(c.id, discovery.hosts_file(c, by_name))
+                    self.write_hosts(c.id, discovery.hosts_file(c, by_name), c.name)
 
     def refresh_services(self) -> None:
         """Consul's catalog changed, nothing local did: rebuild the snapshot from
@@ -98,14 +101,20 @@ class Refresher:
             self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
                                                      self.catalog.services))
 
-    def write_hosts(self, cid: str, text: str) -> None:
-        """Rewrite a running container's /etc/hosts in place: the file is bind-mounted,
-        so it must stay the same inode (a rename would go unseen inside)."""
-        path = self.layout.cdir(cid) / "hosts"
+    def write_hosts(self, cid: str, text: str, name: str = "") -> bool:
+        """Rewrite a running container's /etc/hosts in place (the file is bind-mounted,
+        so it must stay the same inode). The container can write that file: a failure
+        is this container's alone, logged once (until it succeeds again), and never
+        raised into the refresh that covers every other container. Returns whether
+        the file now holds `text`."""
         try:
-            if path.read_text() != text:
-                with open(path, "r+") as f:
-                    f.write(text)
-                    f.truncate()
+            rewrite_in_place(self.layout.cdir(cid) / "hosts", text)
         except FileNotFoundError:
-            pass   # removed meanwhile: nothing to follow
+            return False   # removed meanwhile: nothing to follow
+        except (OSError, PortlinkError) as e:
+            if cid not in self._bad_hosts:
+                self._bad_hosts.add(cid)
+                log.error("cannot update /etc/hosts of container %s: %s", name or cid[:12], e)
+            return False
+        self._bad_hosts.discard(cid)
+        return True

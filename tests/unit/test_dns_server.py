@@ -235,9 +235,10 @@ def test_stop_closes_tcp_clients():
     srv.start()
     try:
         srv.listen([LOCAL])
+        srv.update(snapshot())
         with socket.create_connection((LOCAL, srv.cfg.port), timeout=WAIT) as c, c.makefile("rb") as f:
             c.sendall(tcp_frame(query("web").to_wire()))
-            assert read_frame(f)        # REFUSED (no snapshot), but the connection is being served
+            assert read_frame(f)        # answered: the connection is being served
             srv.stop()
             assert c.recv(1) == b""     # closed by the server, not left to the idle timeout
         assert srv._tcp_clients == 0  # its task ended rather than being destroyed pending
@@ -457,3 +458,84 @@ def test_one_client_cannot_take_every_tcp_slot(server):
     finally:
         for c in held:
             c.close()
+
+
+def _tcp_from(srv, source: str) -> socket.socket:
+    c = socket.socket()
+    c.settimeout(WAIT)
+    c.bind((source, 0))
+    c.connect((LOCAL, srv.cfg.port))
+    return c
+
+
+def _closed(c: socket.socket) -> bool:
+    try:
+        return c.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_strangers_take_no_tcp_slot(server, monkeypatch):
+    """Addresses that are no container's are closed before they take a slot:
+    many of them holding connections cannot lock the containers out."""
+    from portlink.dns import server as srvmod
+    monkeypatch.setattr(srvmod, "MAX_TCP", 4)
+    monkeypatch.setattr(srvmod, "MAX_TCP_PER_CLIENT", 2)
+    held = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3"):
+            for _ in range(2):
+                c = _tcp_from(server, source)
+                held.append(c)
+                c.sendall(tcp_frame(query("web").to_wire()))
+                assert _closed(c), "a stranger's connection is closed at once"
+        assert server._tcp_clients == 0
+        assert addresses(tcp(server, query("web"))) == ["10.1.0.2"]
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_tcp_client_that_never_reads_loses_its_slot(server, monkeypatch):
+    from portlink.dns import server as srvmod
+    monkeypatch.setattr(srvmod, "TCP_WRITE", 0.3)
+    # Small buffers both ends (accepted sockets inherit the listener's), so a
+    # client that does not read stalls the server's writes within ~100 answers.
+    server._listeners[LOCAL][1].sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.settimeout(0.5)
+    c.connect((LOCAL, server.cfg.port))
+    try:
+        frames = tcp_frame(query("big").to_wire()) * 200   # ~200 kB of answers per batch
+        deadline = time.monotonic() + 10
+        freed = False
+        while time.monotonic() < deadline and not freed:
+            try:
+                c.sendall(frames)
+            except (socket.timeout, OSError):
+                pass   # the server stopped reading: its writes are stuck
+            freed = server._tcp_clients == 0
+            time.sleep(0.05)
+        assert freed, "the stuck write was given up and the slot freed"
+        assert addresses(tcp(server, query("web"))) == ["10.1.0.2"]
+    finally:
+        c.close()
+
+
+def test_tcp_connection_life_is_bounded(server, monkeypatch):
+    from portlink.dns import server as srvmod
+    monkeypatch.setattr(srvmod, "TCP_LIFE", 0.5)
+    began = time.monotonic()
+    with socket.create_connection((LOCAL, server.cfg.port), timeout=WAIT) as c, c.makefile("rb") as f:
+        answered = 0
+        for _ in range(60):   # a busy client, never idle: 0.05 s between queries
+            try:
+                c.sendall(tcp_frame(query("web").to_wire()))
+                if not read_frame(f):
+                    break
+            except (ConnectionError, OSError):
+                break
+            answered += 1
+            time.sleep(0.05)
+    assert answered >= 3 and time.monotonic() - began < 2.5, answered

@@ -1,0 +1,60 @@
+"""Records over a real Store on a tmp path: id-prefix lookup takes hex only
+(no LIKE patterns), and the row's document keeps the process start time while
+older rows without it stay readable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from portlink.errors import InvalidArgument, NotFound
+from portlink.runtime.records import RUNNING, Container, Records
+from portlink.runtime.spec import ContainerSpec
+from portlink.runtime.state import Store
+
+DEAD = "dead" + "0" * 60
+BEEF = "dea1" + "1" * 60     # 'dea' + any character: what `dea_` matched under LIKE
+
+
+@pytest.fixture
+def records(tmp_path):
+    s = Store(tmp_path / "state.db")
+    r = Records(s)
+    for cid, name in ((DEAD, "one"), (BEEF, "two")):
+        r.insert(Container(id=cid, name=name, spec=ContainerSpec(image="busybox", name=name),
+                           exposed=(), status="creating", created=1.0), [])
+    yield r
+    s.close()
+
+
+@pytest.mark.parametrize("ref", ["dea_", "dead_", "dea%", "%%%%", "____", "dea\\", "DEAD", "dead0 "])
+def test_a_non_hex_prefix_names_no_container(records, ref):
+    with pytest.raises(NotFound) as e:
+        records.find(ref)
+    assert str(e.value) == (f"container {ref!r} not found: no such name, and an id prefix is lowercase hex "
+                            "(see `portlink ps -a`)")
+
+
+def test_hex_prefixes_and_names(records):
+    assert records.find("dead").id == DEAD
+    assert records.find("dea1").id == BEEF
+    assert records.find("one").id == DEAD and records.find(BEEF).id == BEEF
+    with pytest.raises(NotFound, match="container 'dea' not found"):
+        records.find("dea")   # too short for a prefix
+    records.insert(Container(id="dead1" + "2" * 59, name="three", spec=ContainerSpec(image="busybox",
+                   name="three"), exposed=(), status="creating", created=2.0), [])
+    with pytest.raises(InvalidArgument, match="container id prefix 'dead' is ambiguous"):
+        records.find("dead")
+
+
+def test_pid_start_is_stored_and_old_rows_read(records):
+    c = records.get(DEAD)
+    assert c.pid_start is None
+    records.set_running(c.with_(pid_start=123456), 42)
+    got = records.get(DEAD)
+    assert (got.status, got.pid, got.pid_start) == (RUNNING, 42, 123456)
+    assert json.loads(records.store.one("SELECT spec FROM containers WHERE id=?", DEAD)["spec"])["pid_start"] == 123456
+    # a row written before start times were recorded has no key: None, the pid alone is trusted
+    assert "pid_start" not in json.loads(records.store.one("SELECT spec FROM containers WHERE id=?", BEEF)["spec"])
+    assert records.get(BEEF).pid_start is None
