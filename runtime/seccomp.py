@@ -78,6 +78,8 @@ def load(path: str) -> dict:
     except ValueError as e:
         raise InvalidArgument(f"seccomp profile {path!r} is not JSON ({e})") from None
     check(profile, path)
+    if len(_cache) >= 64:       # profiles named by --security-opt: a bound, not an LRU
+        _cache.clear()
     _cache[path] = (key, profile)
     return profile
 
@@ -108,6 +110,9 @@ def check(profile, where: str) -> None:
 
 
 def _errno_ret(rule: dict) -> int | None:
+    # runc takes errnoRet only with the actions that return one
+    if rule["action"] not in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        return None
     if rule.get("errnoRet") is not None:
         return int(rule["errnoRet"])
     name = rule.get("errno")

@@ -72,6 +72,17 @@ def test_other_arch_and_older_kernel():
     assert names(out) == [["read", "write"], ["personality"], ["setns"], ["old_style"]]
 
 
+def test_errno_only_with_the_actions_that_return_one():
+    prof = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["a"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1},
+        {"names": ["b"], "action": "SCMP_ACT_TRACE", "errno": "EPERM"},
+        {"names": ["c"], "action": "SCMP_ACT_KILL_PROCESS", "errno": "EPERM"}]}
+    assert convert(prof, [], AMD64)["syscalls"] == [
+        {"names": ["a"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["b"], "action": "SCMP_ACT_TRACE", "errnoRet": 1},
+        {"names": ["c"], "action": "SCMP_ACT_KILL_PROCESS"}]
+
+
 def test_explicit_architectures_win_over_arch_map():
     out = convert({**SMALL, "architectures": ["SCMP_ARCH_X86_64"]}, [], AMD64)
     assert out["architectures"] == ["SCMP_ARCH_X86_64"]
