@@ -26,7 +26,7 @@ from portlink.runtime.plan import Layout, PortRow, plan_start, resolve_user
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
-from portlink.runtime.spec import Request
+from portlink.runtime.spec import ContainerSpec, Request
 
 log = logging.getLogger("portlink.containers")
 
@@ -47,7 +47,7 @@ class LifecycleDeps:
     start_time: Histogram
 
 
-def seccomp_profile(spec) -> dict | None:
+def seccomp_profile(spec: ContainerSpec) -> dict | None:
     """The container's seccomp profile read from its file (cached per file version);
     None: --security-opt seccomp=unconfined. InvalidArgument names a missing or bad file."""
     opts = security.parse_security_opts(spec.security_opt)

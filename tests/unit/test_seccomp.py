@@ -100,6 +100,13 @@ def test_kernel_version(release, want):
     assert kernel_version(release) == want
 
 
+def test_this_machine():
+    m = seccomp.this_machine()
+    assert m.kernel == kernel_version(os.uname().release)
+    assert (m.arch, m.scmp_arch) == {"x86_64": ("amd64", "SCMP_ARCH_X86_64"),
+                                     "aarch64": ("arm64", "SCMP_ARCH_AARCH64")}[os.uname().machine]
+
+
 def test_min_kernel_compares_as_numbers():
     rule = {"defaultAction": "SCMP_ACT_ERRNO",
             "syscalls": [{"names": ["x"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "5.10"}}]}
