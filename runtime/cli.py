@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-l", "--label", action="append", default=[])
     r.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="log rotation: max-size=10m, max-file=3 (default: portlinkd --log-max-size/--log-max-files)")
+    r.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="seccomp=unconfined, seccomp=PATH (a profile on the daemon's host), no-new-privileges")
+    r.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="NET_RAW, CAP_SYS_ADMIN, ALL")
+    r.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
     r.add_argument("--ambassador", metavar="SERVICE",
                    help="run an ambassador: forward the service's ports (from Consul, or --expose) "
                         "to its healthy instances, rerouting as they move")

@@ -62,6 +62,10 @@ def cmd_run(cl: Client, a) -> int:
             spec["log_opts"] = logrecord.parse_log_opt_args(a.log_opt)
         except ValueError as e:
             raise CliError(str(e)) from None
+    # confinement: checked by the daemon (runtime.security)
+    for key, values in (("security_opt", a.security_opt), ("cap_add", a.cap_add), ("cap_drop", a.cap_drop)):
+        if values:
+            spec[key] = values
     if a.ambassador:
         ports = []
         for e in a.expose:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
-from portlink.runtime import faults, validate
+from portlink.runtime import faults, seccomp, security, validate
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
@@ -28,7 +28,7 @@ from portlink.runtime.procstart import is_same, process_start
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
-from portlink.runtime.spec import Request
+from portlink.runtime.spec import ContainerSpec, Request
 
 log = logging.getLogger("portlink.containers")
 
@@ -47,6 +47,13 @@ class LifecycleDeps:
     trust: Callable[[str], None]               # the firewall: an ambassador may reach Consul
     default_dns: list[str]
     start_time: Histogram
+
+
+def seccomp_profile(spec: ContainerSpec) -> dict | None:
+    """The container's seccomp profile read from its file (cached per file version);
+    None: --security-opt seccomp=unconfined. InvalidArgument names a missing or bad file."""
+    opts = security.parse_security_opts(spec.security_opt)
+    return None if opts.unconfined else seccomp.load(opts.seccomp)
 
 
 class Lifecycle:
@@ -85,13 +92,15 @@ class Lifecycle:
             self.d.networks.get(req.spec.network)
 
     def check_process(self, req: Request) -> None:
-        """A command to run, and --user known to the image: checked now, not at start."""
+        """A command to run, --user known to the image and a readable seccomp
+        profile: checked now, not at start."""
         spec = req.spec
         image = self.d.images.get(spec.image)
         spec.cmd = spec.cmd or image.config.cmd
         if not spec.cmd:
             raise InvalidArgument(f"no command given and image {image.name!r} has no default command")
         resolve_user(spec.user, image)
+        seccomp_profile(req.spec)
 
     def create(self, req: Request, for_links: bool = False) -> Container:
         """Record, reserve and start; on any failure everything is undone."""
@@ -151,7 +160,7 @@ class Lifecycle:
                  for r in self.d.records.ports(cid)]
         peers = {s.name: s for s in self.d.refresher.seen()}
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
-                          peers, self.d.default_dns)
+                          peers, self.d.default_dns, profile=seccomp_profile(c.spec))
         if plan.endpoint is not None:
             j.veth(cid, plan.endpoint)
             faults.point("start.veth")

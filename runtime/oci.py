@@ -5,11 +5,6 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass, field
 
-# Docker's default capability set.
-CAPS = [f"CAP_{c}" for c in (
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
-    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")]
-
 MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
           "/sys/firmware", "/sys/devices/virtual/powercap"]
@@ -28,13 +23,23 @@ class ProcessSpec:
     ro_binds: dict[str, str] = field(default_factory=dict)  # container path -> host dir, read-only
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """What confines the process (computed by the plan from runtime.security)."""
+
+    caps: list[str]                                       # bounding = effective = permitted
+    seccomp: dict | None                                  # OCI linux.seccomp; None: unconfined
+    sysctl: dict[str, str] = field(default_factory=dict)  # namespaced sysctls (ping_group_range)
+
+
 def nofile_limit() -> int:
     # The daemon may not raise RLIMIT_NOFILE past its hard limit (no CAP_SYS_RESOURCE
     # here), and runc fails if asked to: stay at or below it.
     return min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576)
 
 
-def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str) -> dict:
+def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str,
+                 confine: Confinement) -> dict:
     nofile = nofile_limit()
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -55,7 +60,7 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
     for dest, src in sorted(proc.files.items()):
         mounts.append({"destination": dest, "type": "bind", "source": src,
                        "options": ["rbind", "rprivate"]})
-    return {
+    config = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
@@ -63,7 +68,7 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
             "args": proc.args,
             "env": proc.env,
             "cwd": proc.cwd,
-            "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+            "capabilities": {k: list(confine.caps) for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": True,
         },
@@ -81,3 +86,9 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
             "readonlyPaths": READONLY,
         },
     }
+    # confinement
+    if confine.seccomp is not None:
+        config["linux"]["seccomp"] = confine.seccomp
+    if confine.sysctl:
+        config["linux"]["sysctl"] = dict(confine.sysctl)
+    return config

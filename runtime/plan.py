@@ -11,7 +11,7 @@ from pathlib import Path
 
 from portlink.netns import names
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
-from portlink.runtime import ambassadors, discovery, oci, validate
+from portlink.runtime import ambassadors, discovery, oci, seccomp, security, validate
 from portlink.runtime import links as linkspec
 from portlink.runtime.discovery import Seen
 from portlink.runtime.images import Image, ImageConfig, read_image_file
@@ -100,6 +100,14 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
                            ro_binds=ambassadors.runtime_binds() if spec.ambassador else {})
 
 
+def confinement(c: Container, profile: dict | None, machine: seccomp.Machine | None) -> oci.Confinement:
+    """Capabilities from --cap-add/--cap-drop; the seccomp profile (None: unconfined)
+    resolved for them and this machine; ping without CAP_NET_RAW."""
+    caps = security.capabilities(c.spec.cap_add, c.spec.cap_drop)
+    rules = seccomp.convert(profile, caps, machine or seccomp.this_machine()) if profile is not None else None
+    return oci.Confinement(caps=caps, seccomp=rules, sysctl=dict(security.PING_SYSCTL))
+
+
 def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:
     return [PortMapping(p.proto, p.host_port, ip, p.container_port, ip_address(p.host_ip) if p.host_ip else None)
             for p in sorted(ports, key=lambda p: (p.proto, p.host_port))]
@@ -107,8 +115,10 @@ def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:
 
 def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: Layout,
                net: NetworkSpec | None, ip: IPv4Address | None, ports: list[PortRow],
-               peers: dict[str, Seen], default_dns: list[str]) -> StartPlan:
-    """`peers`: the running containers by name, as name resolution sees them."""
+               peers: dict[str, Seen], default_dns: list[str],
+               profile: dict | None = None, machine: seccomp.Machine | None = None) -> StartPlan:
+    """`peers`: the running containers by name, as name resolution sees them.
+    `profile`: the seccomp profile as read from its file (None: unconfined)."""
     cdir = layout.cdir(c.id)
     me = seen_of(c, config.env, str(ip) if ip is not None else None)
     link_env = [v for link, child in discovery.resolve_links(me, peers) if child is not None
@@ -124,5 +134,6 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
     ns = layout.netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
-                     config=oci.build_config(proc, str(cdir / "rootfs"), ns, f"/portlink/{c.id}"),
+                     config=oci.build_config(proc, str(cdir / "rootfs"), ns, f"/portlink/{c.id}",
+                                             confinement(c, profile, machine)),
                      link_env=link_env)

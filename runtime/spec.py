@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
-from portlink.runtime import ambassadors, logfmt, validate
+from portlink.runtime import ambassadors, logfmt, security, validate
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
 from portlink.runtime.images import check_name as check_image_name
@@ -43,6 +43,10 @@ class ContainerSpec:
     aliases: list[str] = field(default_factory=list)    # --network-alias: more DNS names
     ambassador: dict = field(default_factory=dict)      # {service, ports, policy, drain_deadline}
     log_opts: dict = field(default_factory=dict)        # --log-opt max-size=10m / max-file=3 (over the daemon's)
+    # confinement (runtime.security)
+    security_opt: list[str] = field(default_factory=list)   # seccomp=unconfined|PATH, no-new-privileges
+    cap_add: list[str] = field(default_factory=list)        # NET_RAW, CAP_SYS_ADMIN, ALL
+    cap_drop: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -68,6 +72,7 @@ class ContainerSpec:
         for f in _STRINGS:
             if not isinstance(getattr(spec, f), str):
                 raise InvalidArgument(f"field {f!r} must be a string")
+        spec._check_confinement()
         spec._check_values()
         return spec
 
@@ -96,6 +101,14 @@ class ContainerSpec:
         for k, v in self.labels.items():
             validate.label(k, v)
         logfmt.parse_log_opts(self.log_opts)
+
+    def _check_confinement(self) -> None:
+        for f in ("security_opt", "cap_add", "cap_drop"):
+            v = getattr(self, f)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise InvalidArgument(f"field {f!r} must be a list of strings")
+        security.parse_security_opts(self.security_opt)
+        security.check_caps(self.cap_add, self.cap_drop)
 
 
 @dataclass

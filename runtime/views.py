@@ -7,7 +7,7 @@ from dataclasses import asdict
 from portlink.netns import names
 from portlink.netns.model import NetworkSpec
 from portlink.runtime import links as linkspec
-from portlink.runtime import networks
+from portlink.runtime import networks, security
 from portlink.runtime.plan import Layout
 from portlink.runtime.records import RUNNING, Container, Records
 
@@ -62,6 +62,7 @@ class Views:
                           if net else []),
                 "upstreams": spec.dns or self.default_dns,
             },
+            "security": security.effective(spec.security_opt, spec.cap_add, spec.cap_drop),
         }
 
     def _links(self, links: list[str]) -> list[dict]:

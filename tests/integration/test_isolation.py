@@ -106,7 +106,8 @@ def fetch(host, name: str, url: str) -> str:
 
 
 def test_host_services_are_not_reachable_from_containers(host, outside):
-    run_d(host, "--name", "c", "busybox", "sleep", "600")
+    # NET_RAW: busybox's ping needs a raw socket (dropped by default)
+    run_d(host, "--name", "c", "--cap-add", "NET_RAW", "busybox", "sleep", "600")
     gw = net_of(host, "c")["gateway"]
     srv = tcp_server(host.ns, "0.0.0.0", 7070)
     try:

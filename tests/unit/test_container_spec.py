@@ -26,6 +26,9 @@ FULL = {
     "aliases": ["www"],
     "ambassador": {"service": "frontdb", "ports": [5432], "policy": "drain", "drain_deadline": 10.0},
     "log_opts": {"max-size": "1m", "max-file": "2"},
+    "security_opt": ["seccomp=unconfined", "no-new-privileges"],
+    "cap_add": ["NET_RAW"],
+    "cap_drop": ["mknod"],
 }
 
 

@@ -104,3 +104,25 @@ def test_an_ambassador_gets_the_forwarder_runtime_read_only():
 def test_seen_carries_the_parsed_links(links):
     s = seen_of(container(links=links), [], None)
     assert s.links == (LinkRequest("db", links[0].partition(":")[2] or "db"),)
+
+
+# confinement ---------------------------------------------------------------------------------
+def test_plan_confines_with_the_capabilities_and_the_resolved_profile():
+    from portlink.runtime.seccomp import Machine
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_NET_RAW"]}}]}
+    machine = Machine("amd64", "SCMP_ARCH_X86_64", (6, 1))
+    plain = plan_start(container(), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [],
+                       profile=profile, machine=machine).config
+    assert "CAP_NET_RAW" not in plain["process"]["capabilities"]["bounding"]
+    assert plain["linux"]["seccomp"] == {"defaultAction": "SCMP_ACT_ERRNO",
+                                         "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}
+    assert plain["linux"]["sysctl"] == {"net.ipv4.ping_group_range": "0 2147483647"}
+    raw = plan_start(container(cap_add=["net_raw"], cap_drop=["ALL"]), IMAGE, (0, 0), LAYOUT, NET,
+                     ip_address("10.90.0.5"), [], {}, [], profile=profile, machine=machine).config
+    assert raw["process"]["capabilities"]["effective"] == ["CAP_NET_RAW"]
+    assert [r["names"] for r in raw["linux"]["seccomp"]["syscalls"]] == [["read"], ["socket"]]
+    unconfined = plan_start(container(), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [],
+                            profile=None).config
+    assert "seccomp" not in unconfined["linux"]

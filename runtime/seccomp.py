@@ -1,0 +1,171 @@
+"""Seccomp profiles: a Docker/containers-format profile (Debian's
+golang-github-containers-common /usr/share/containers/seccomp.json, what Podman
+applies) resolved into the OCI `linux.seccomp` form runc wants, for one
+architecture, one capability set and one kernel.
+
+`convert` is pure: the caller reads the file (`load`, cached per file version)
+and passes the machine's facts in. The rules follow containers/common's
+pkg/seccomp: a rule applies when all its `includes.caps` are held, the machine's
+arch is among `includes.arches` (when any), the kernel is at least
+`includes.minKernel`, and none of `excludes.caps`/`excludes.arches` match."""
+
+from __future__ import annotations
+
+import errno as errnos
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from portlink.errors import InvalidArgument
+
+DEFAULT_PROFILE = "/usr/share/containers/seccomp.json"
+
+# uname machine -> (the Go arch name the profile's includes/excludes use, the libseccomp arch).
+_ARCHES = {
+    "x86_64": ("amd64", "SCMP_ARCH_X86_64"),
+    "aarch64": ("arm64", "SCMP_ARCH_AARCH64"),
+    "s390x": ("s390x", "SCMP_ARCH_S390X"),
+    "ppc64le": ("ppc64le", "SCMP_ARCH_PPC64LE"),
+    "riscv64": ("riscv64", "SCMP_ARCH_RISCV64"),
+}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a profile is resolved for, besides the capabilities."""
+
+    arch: str                  # Go name, as in the profile's includes.arches: "amd64"
+    scmp_arch: str             # libseccomp name, as in archMap: "SCMP_ARCH_X86_64"
+    kernel: tuple[int, ...]    # (6, 1, 0)
+
+
+def kernel_version(release: str) -> tuple[int, ...]:
+    """'6.18.44-fc-v1045' -> (6, 18, 44); '4.8' -> (4, 8)."""
+    m = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", release)
+    if not m:
+        raise InvalidArgument(f"kernel version {release!r} is not N.N[.N]: fix minKernel in the seccomp profile")
+    return tuple(int(x) for x in m.groups() if x is not None)
+
+
+def this_machine() -> Machine:
+    u = os.uname()
+    if u.machine not in _ARCHES:
+        raise InvalidArgument(f"no seccomp architecture known for machine {u.machine!r}: "
+                              "run with --security-opt seccomp=unconfined")
+    return Machine(*_ARCHES[u.machine], kernel_version(u.release))
+
+
+_cache: dict[str, tuple[tuple[int, int], dict]] = {}
+
+
+def load(path: str) -> dict:
+    """The profile at `path`, read and checked once per version of the file (daemon side)."""
+    try:
+        st = os.stat(path)
+        key = (st.st_mtime_ns, st.st_size)
+        hit = _cache.get(path)
+        if hit and hit[0] == key:
+            return hit[1]
+        text = Path(path).read_text()
+    except OSError as e:
+        fix = ("install golang-github-containers-common (./scripts/setup)" if path == DEFAULT_PROFILE
+               else "give an existing profile file on the daemon's host")
+        raise InvalidArgument(f"seccomp profile {path!r} cannot be read ({e.strerror}): {fix}") from None
+    try:
+        profile = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"seccomp profile {path!r} is not JSON ({e})") from None
+    check(profile, path)
+    if len(_cache) >= 64:       # profiles named by --security-opt: a bound, not an LRU
+        _cache.clear()
+    _cache[path] = (key, profile)
+    return profile
+
+
+def check(profile, where: str) -> None:
+    """The shape `convert` relies on; every message names the file and the field."""
+    def bad(what: str) -> InvalidArgument:
+        return InvalidArgument(f"seccomp profile {where!r}: {what}")
+    if not isinstance(profile, dict):
+        raise bad("must be a JSON object")
+    if not isinstance(profile.get("defaultAction"), str):
+        raise bad("'defaultAction' must be a string such as SCMP_ACT_ERRNO")
+    if not isinstance(profile.get("syscalls", []), list):
+        raise bad("'syscalls' must be a list")
+    for i, rule in enumerate(profile.get("syscalls", [])):
+        if not isinstance(rule, dict):
+            raise bad(f"syscalls[{i}] must be an object")
+        names = rule.get("names", [rule["name"]] if "name" in rule else None)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise bad(f"syscalls[{i}] needs 'names', a list of syscall names")
+        if not isinstance(rule.get("action"), str):
+            raise bad(f"syscalls[{i}] needs 'action', a string such as SCMP_ACT_ALLOW")
+        if not isinstance(rule.get("args") or [], list):
+            raise bad(f"syscalls[{i}].args must be a list")
+        for k in ("includes", "excludes"):
+            if not isinstance(rule.get(k) or {}, dict):
+                raise bad(f"syscalls[{i}].{k} must be an object")
+
+
+def _errno_ret(rule: dict) -> int | None:
+    # runc takes errnoRet only with the actions that return one
+    if rule["action"] not in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
+        return None
+    if rule.get("errnoRet") is not None:
+        return int(rule["errnoRet"])
+    name = rule.get("errno")
+    return getattr(errnos, name, None) if name else None
+
+
+def _applies(rule: dict, caps: frozenset[str], m: Machine) -> bool:
+    inc, exc = rule.get("includes") or {}, rule.get("excludes") or {}
+    if inc.get("arches") and m.arch not in inc["arches"]:
+        return False
+    if inc.get("caps") and not all(c in caps for c in inc["caps"]):
+        return False
+    if inc.get("minKernel") and m.kernel < kernel_version(inc["minKernel"]):
+        return False
+    if m.arch in (exc.get("arches") or []):
+        return False
+    if any(c in caps for c in exc.get("caps") or []):
+        return False
+    return True
+
+
+def _architectures(profile: dict, m: Machine) -> list[str]:
+    if profile.get("architectures"):
+        return list(profile["architectures"])
+    for entry in profile.get("archMap") or []:
+        if entry.get("architecture") == m.scmp_arch:
+            return [m.scmp_arch, *entry.get("subArchitectures", [])]
+    return []
+
+
+def convert(profile: dict, caps: list[str] | frozenset[str], m: Machine) -> dict:
+    """The OCI linux.seccomp for a container holding `caps` (names like CAP_SYS_ADMIN) on `m`."""
+    held = frozenset(caps)
+    out: dict = {"defaultAction": profile["defaultAction"]}
+    default_errno = profile.get("defaultErrnoRet")
+    if default_errno is None and profile.get("defaultErrno"):
+        default_errno = getattr(errnos, profile["defaultErrno"], None)
+    if default_errno is not None:
+        out["defaultErrnoRet"] = int(default_errno)
+    arches = _architectures(profile, m)
+    if arches:
+        out["architectures"] = arches
+    rules = []
+    for rule in profile.get("syscalls", []):
+        if not _applies(rule, held, m):
+            continue
+        oci: dict = {"names": list(rule.get("names") or [rule["name"]]), "action": rule["action"]}
+        ret = _errno_ret(rule)
+        if ret is not None:
+            oci["errnoRet"] = ret
+        if rule.get("args"):
+            oci["args"] = [{k: a[k] for k in ("index", "value", "valueTwo", "op") if k in a}
+                           for a in rule["args"]]
+        rules.append(oci)
+    out["syscalls"] = rules
+    return out
