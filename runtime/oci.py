@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass, field
 
+from portlink.runtime.limits import OOM_SCORE_ADJ, Limits
+
 # Docker's default capability set.
 CAPS = [f"CAP_{c}" for c in (
     "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
@@ -34,7 +36,8 @@ def nofile_limit() -> int:
     return min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576)
 
 
-def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str) -> dict:
+def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str,
+                 limits: Limits = Limits()) -> dict:
     nofile = nofile_limit()
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -55,7 +58,7 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
     for dest, src in sorted(proc.files.items()):
         mounts.append({"destination": dest, "type": "bind", "source": src,
                        "options": ["rbind", "rprivate"]})
-    return {
+    config = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
@@ -81,3 +84,14 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
             "readonlyPaths": READONLY,
         },
     }
+    return _with_limits(config, limits)
+
+
+def _with_limits(config: dict, limits: Limits) -> dict:
+    """linux.resources (pids, memory, cpu), process.rlimits (the default nofile and
+    --ulimit, replacing the entry above), and oomScoreAdj 0: runc would otherwise leave the container at the
+    daemon's -500, and the OOM killer must take a container before the daemon."""
+    config["linux"]["resources"].update(limits.resources())
+    config["process"]["rlimits"] = limits.rlimits(nofile_limit())
+    config["process"]["oomScoreAdj"] = OOM_SCORE_ADJ
+    return config
