@@ -1,8 +1,9 @@
 """Typed records over the state store: each question about containers is one
 query here, answered with dataclasses instead of rows and JSON.
 
-The stored form of a container is unchanged: a row with the record as JSON
-({"spec": ..., "exposed": [...], "for_links": true, "ip": "..."})."""
+The stored form of a container is a row with the record as JSON
+({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "oom_killed": true});
+keys added later are optional, so older rows read as they were."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Container:
     for_links: bool = False         # an ambassador started for cross-host links
     kept_ip: str | None = None      # an ambassador keeps its address across restarts
     ip: str | None = None           # its lease now (queries that join leases)
+    oom_killed: bool = False        # its last run ended with the OOM killer in its cgroup
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
@@ -49,7 +51,8 @@ class Container:
                    exposed=tuple(rec["exposed"]), status=get("status"), pid=get("pid"),
                    exit_code=get("exit_code"), created=get("created") or 0.0, started=get("started"),
                    finished=get("finished"), for_links=bool(rec.get("for_links")),
-                   kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"))
+                   kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"),
+                   oom_killed=bool(rec.get("oom_killed")))
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -58,6 +61,8 @@ class Container:
             rec["for_links"] = True
         if self.kept_ip:
             rec["ip"] = self.kept_ip
+        if self.oom_killed:
+            rec["oom_killed"] = True
         return dumps(rec)
 
     @property
@@ -144,13 +149,20 @@ class Records:
 
     def set_running(self, c: Container, pid: int) -> None:
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
-                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.document(), c.id)
+                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.with_(oom_killed=False).document(),
+                           c.id)
 
-    def set_exited(self, cid: str, code: int | None) -> None:
+    def set_exited(self, cid: str, code: int | None, oom_killed: bool = False) -> None:
         """Exited; an unknown code (None) keeps the one recorded. The pid is kept (shown
         only while running) so a late exit report is recognised as stale."""
-        self.store.execute("UPDATE containers SET status=?, finished=?, exit_code=COALESCE(?, exit_code) "
-                           "WHERE id=?", EXITED, time.time(), code, cid)
+        with self.store.tx() as db:
+            if oom_killed:
+                row = db.execute("SELECT * FROM containers WHERE id=?", (cid,)).fetchone()
+                if row is not None:
+                    doc = Container.from_row(row).with_(oom_killed=True).document()
+                    db.execute("UPDATE containers SET spec=? WHERE id=?", (doc, cid))
+            db.execute("UPDATE containers SET status=?, finished=?, exit_code=COALESCE(?, exit_code) "
+                       "WHERE id=?", (EXITED, time.time(), code, cid))
 
     def set_exit_code(self, cid: str, code: int) -> None:
         self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)

@@ -1,6 +1,10 @@
 """Container limits (pure): the flags parsed Docker's way, the OCI config they
 make, the messages that name the flag, and the cgroup's OOM kill count."""
 
+import os
+import resource
+from dataclasses import fields
+
 import pytest
 
 from portlink import parse
@@ -139,8 +143,6 @@ def test_a_ulimit_given_twice_is_refused():
 
 
 def test_host_bounds_are_the_daemons_own():
-    import os
-    import resource
     b = limits.host_bounds()
     assert b.hard["nofile"] == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert set(b.hard) == set(limits.ULIMITS) and b.cpus == len(os.sched_getaffinity(0))
@@ -239,3 +241,85 @@ def test_oom_kills_from_v1_oom_control():
 def test_oom_kills_from_v2_memory_events():
     assert limits.oom_kills_v2("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n") == 1
     assert limits.oom_kills_v2("") is None
+
+
+# the CLI sends the flags as given ---------------------------------------------------------
+def test_run_flags_become_the_request_body():
+    from portlink.runtime import cli, cli_commands
+    a = cli.build_parser().parse_args(["run", "--pids-limit", "50", "-m", "32m", "--memory-swap", "-1",
+                                       "--cpus", "0.5", "--ulimit", "nofile=100:200", "--ulimit", "core=0",
+                                       "busybox", "true"])
+    assert cli_commands._limits_body(a) == {"pids_limit": 50, "memory": "32m", "memory_swap": "-1", "cpus": 0.5,
+                                            "ulimits": ["nofile=100:200", "core=0"]}
+    a = cli.build_parser().parse_args(["run", "--cpus", "half", "busybox", "true"])
+    assert cli_commands._limits_body(a) == {"cpus": "half"}    # the daemon names what is wrong
+    assert cli_commands._limits_body(cli.build_parser().parse_args(["run", "busybox"])) == {}
+
+
+# OOM reporting: the record, the daemon's own score -------------------------------------
+def _records(tmp_path):
+    from portlink.runtime.records import Records
+    from portlink.runtime.state import Store
+    return Records(Store(tmp_path / "state.db"))
+
+
+def test_an_oom_kill_is_kept_in_the_record_until_the_next_start(tmp_path):
+    from portlink.runtime.records import CREATING, Container
+    recs = _records(tmp_path)
+    c = Container(id="c" * 64, name="hog", spec=ContainerSpec(image="busybox", memory="32m"), exposed=(),
+                  status=CREATING, created=1.0)
+    recs.insert(c, [])
+    recs.set_running(c, 42)
+    recs.set_exited(c.id, 137, oom_killed=True)
+    got = recs.get(c.id)
+    assert (got.status, got.exit_code, got.oom_killed, got.spec.memory) == ("exited", 137, True, "32m")
+    assert '"oom_killed":true' in got.document().replace(" ", "")
+    recs.set_running(got, 43)
+    assert recs.get(c.id).oom_killed is False
+    recs.set_exited(c.id, 0)
+    assert recs.get(c.id).oom_killed is False
+
+
+def test_a_row_from_before_oom_reporting_reads_as_not_killed(tmp_path):
+    recs = _records(tmp_path)
+    recs.store.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)", "d" * 64, "old",
+                       '{"spec": {"image": "busybox", "name": "old"}, "exposed": []}', "exited", 1.0)
+    old = recs.get("d" * 64)
+    assert old.oom_killed is False and old.spec.parsed_limits() == Limits(pids=2048)
+
+
+def test_the_daemon_lowers_its_oom_score_as_dockerd(tmp_path, caplog):
+    from portlink.runtime import daemon
+    f = tmp_path / "oom_score_adj"
+    assert daemon.protect_from_oom(str(f)) is True
+    assert f.read_text() == "-500"
+    assert daemon.protect_from_oom(str(tmp_path / "no" / "such")) is False
+    assert "cannot set portlinkd's oom_score_adj to -500" in caplog.text
+
+
+def test_an_exit_reads_the_oom_count_before_the_cgroup_goes_then_reports_oom_and_die(tmp_path):
+    from portlink.runtime.events import EventLog
+    from portlink.runtime.lifecycle import Lifecycle, LifecycleDeps
+    from portlink.runtime.records import CREATING, Container
+    order = []
+
+    class Journal:            # undoing the runc step is what deletes the cgroup
+        def undo(self, owner, keep=("dir",), fault=None):
+            order.append("undo")
+            return []
+
+    recs = _records(tmp_path)
+    events = EventLog(tmp_path / "events.jsonl")
+    deps = dict.fromkeys(f.name for f in fields(LifecycleDeps))     # what an exit does not use: None
+    deps.update(records=recs, journal=Journal(), events=events,
+                oom_kills=lambda cid: order.append("read") or 1)
+    life = Lifecycle(LifecycleDeps(**deps))
+    c = Container(id="e" * 64, name="hog", spec=ContainerSpec(image="busybox"), exposed=(), status=CREATING)
+    recs.insert(c, [])
+    recs.set_running(c, 42)
+    assert life.exited(c.id, 42, 137) is not None
+    assert order == ["read", "undo"]
+    assert recs.get(c.id).oom_killed is True
+    got = [(e.action, e.attrs) for e in events.read()]
+    assert got == [("oom", {"network": "bridge"}),
+                   ("die", {"network": "bridge", "exit_code": 137, "oom_killed": True})]
