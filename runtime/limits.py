@@ -1,6 +1,7 @@
-"""A container's resource limits (pure): --pids-limit, --memory, --memory-swap,
---cpus and --ulimit, parsed and checked once into `Limits`, rendered into the
-OCI config (linux.resources, process.rlimits), and the cgroup's OOM kill count.
+"""A container's resource limits (pure, but for `host_bounds`, which reads the
+daemon's own rlimits and CPUs): --pids-limit, --memory, --memory-swap, --cpus and
+--ulimit, parsed and checked once into `Limits`, rendered into the OCI config
+(linux.resources, process.rlimits), and the cgroup's OOM kill count parsed.
 
 Docker's rules throughout, with Podman's default pids limit (2048): a container
 with no flags still cannot take the host's pids (a fork bomb stops at 2048)."""
@@ -40,9 +41,6 @@ class Ulimit:
     @property
     def oci(self) -> dict:
         return {"type": ULIMITS[self.name], "hard": self.hard, "soft": self.soft}
-
-    def text(self) -> str:
-        return f"{self.name}={_show(self.soft)}:{_show(self.hard)}"
 
 
 def _show(n: int) -> str:
@@ -198,7 +196,7 @@ def _rlimit_value(text: str, value: str) -> int:
 
 
 def parse_limits(pids_limit: int | None = None, memory: str | int = "", memory_swap: str | int = "",
-          cpus: float | int | str = 0, ulimits: list[str] = (), bounds: HostBounds | None = None) -> Limits:
+                 cpus: float | int | str = 0, ulimits: list[str] = (), bounds: HostBounds | None = None) -> Limits:
     """The limits of a spec; `bounds` None: a stored spec, checked when it was stored."""
     if not isinstance(ulimits, (list, tuple)):
         raise InvalidArgument("invalid --ulimit: field 'ulimits' must be a list of NAME=SOFT[:HARD] strings")
