@@ -179,6 +179,7 @@ def size(what: str, text: str | int) -> int:
     if type(text) is int and text >= 0:
         return text
     m = _SIZE.match(text) if isinstance(text, str) else None
-    if not m:
+    n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()] if m else math.inf
+    if not math.isfinite(n):
         raise InvalidValue(f"invalid {what} {text!r}: expected a size like 10m, 512k or 1g")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    return int(n)

@@ -157,7 +157,7 @@ def parse_cpus(value: float | int | str, host_cpus: int) -> float | None:
     cpus = float(value)
     if cpus == 0:
         return None
-    if not MIN_CPU_QUOTA <= round(cpus * CPU_PERIOD) or cpus > host_cpus:
+    if not 0 < cpus <= host_cpus or round(cpus * CPU_PERIOD) < MIN_CPU_QUOTA:   # in this order: 1e308
         raise InvalidArgument(f"invalid --cpus {value!r}: expected 0.01 to {host_cpus} (the CPUs of this "
                               "host), or 0 for no limit")
     return cpus
@@ -190,7 +190,7 @@ def _rlimit_value(text: str, value: str) -> int:
     v = value.strip()
     if v in ("-1", "unlimited"):
         return RLIM_INFINITY
-    if not (v.isascii() and v.isdigit()) or int(v) >= RLIM_INFINITY:
+    if not (v.isascii() and v.isdigit()) or len(v) > 20 or int(v) >= RLIM_INFINITY:
         raise InvalidArgument(f"invalid --ulimit {text!r}: {value!r} is not a number (or -1, unlimited)")
     return int(v)
 

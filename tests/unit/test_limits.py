@@ -88,7 +88,8 @@ def test_cpus_become_a_quota_over_a_100ms_period(value, want, quota):
     assert Limits(cpus=cpus).cpu_quota == quota
 
 
-@pytest.mark.parametrize("value", [0.001, -1, 3, "2.5", "half", float("nan"), float("inf"), True, None])
+@pytest.mark.parametrize("value", [0.001, -1, 3, "2.5", "half", float("nan"), float("inf"), True, None,
+                                   1e308, -1e308])
 def test_bad_cpus_name_the_flag_and_the_hosts_cpus(value):
     with pytest.raises(InvalidArgument, match=r"^invalid --cpus "):
         limits.parse_cpus(value, host_cpus=2)
@@ -126,6 +127,8 @@ def test_ulimits(text, want):
     ("nofile=", "invalid --ulimit 'nofile=': expected NAME=SOFT[:HARD], like nofile=1024:2048"),
     ("nofile=ten", "invalid --ulimit 'nofile=ten': 'ten' is not a number (or -1, unlimited)"),
     ("nofile=1:", "invalid --ulimit 'nofile=1:': '' is not a number (or -1, unlimited)"),
+    ("nofile=" + "9" * 5000, "invalid --ulimit 'nofile=" + "9" * 5000 + "': '" + "9" * 5000
+     + "' is not a number (or -1, unlimited)"),
 ])
 def test_bad_ulimits_say_why(text, message):
     with pytest.raises(InvalidArgument) as e:
@@ -226,7 +229,7 @@ def test_sizes(text, want):
     assert parse.size("--memory", text) == want
 
 
-@pytest.mark.parametrize("text", ["", "ten", "-1m", "1x", -1, None])
+@pytest.mark.parametrize("text", ["", "ten", "-1m", "1x", -1, None, "9" * 400 + "t"])
 def test_bad_sizes_name_the_field(text):
     with pytest.raises(InvalidArgument, match=r"^invalid --memory .*expected a size like 10m, 512k or 1g"):
         parse.size("--memory", text)
