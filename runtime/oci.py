@@ -89,8 +89,9 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
 
 def _with_limits(config: dict, limits: Limits) -> dict:
     """linux.resources (pids, memory, cpu), process.rlimits (the default nofile and
-    --ulimit, replacing the entry above), and oomScoreAdj 0: runc would otherwise leave the container at the
-    daemon's -500, and the OOM killer must take a container before the daemon."""
+    --ulimit, replacing the entry above), and oomScoreAdj 0: runc would otherwise
+    leave the container at the daemon's -500, and the OOM killer must take a
+    container before the daemon."""
     config["linux"]["resources"].update(limits.resources())
     config["process"]["rlimits"] = limits.rlimits(nofile_limit())
     config["process"]["oomScoreAdj"] = OOM_SCORE_ADJ
