@@ -1,4 +1,4 @@
-"""The one parser of ports, addresses and durations (pure, stdlib only: the CLI
+"""The one parser of ports, addresses, durations and sizes (pure, stdlib only: the CLI
 imports it too and must stay fast to import).
 
 Every function takes `what`, the name of the field as the user wrote it
@@ -165,3 +165,21 @@ def duration(what: str, text: str) -> float:
             return secs
     raise InvalidValue(f"invalid {what} {text!r}: expected a duration like 10s, 500ms, 2m or 1h30m "
                        "(a bare number is seconds)")
+
+
+# -- sizes ----------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def size(what: str, text: str | int) -> int:
+    """Bytes in Docker's spelling: 10m, 512k, 1g, 1.5m, 32KiB, 10MB, 65536 (binary
+    units, as docker's); an int is bytes already. Callers check the range."""
+    if type(text) is int and text >= 0:
+        return text
+    m = _SIZE.match(text) if isinstance(text, str) else None
+    n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()] if m else math.inf
+    if not math.isfinite(n):
+        raise InvalidValue(f"invalid {what} {text!r}: expected a size like 10m, 512k or 1g")
+    return int(n)

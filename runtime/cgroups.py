@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from portlink.netns import kernel_stats, names
-from portlink.runtime import stats
+from portlink.runtime import limits, stats
 
 
 def _read(path: str) -> str | None:
@@ -47,6 +47,23 @@ def read_cgroup_files(pid: int, mountinfo: str) -> tuple[dict[str, str], dict[st
             v2[name] = text
     procs_dir = next((v1_dirs[c] for c in ("pids", "memory", "cpuacct") if c in v1_dirs), v2_dir)
     return v1, v2, procs_dir
+
+
+def oom_kills(cgroups_path: str) -> int | None:
+    """How many processes the OOM killer took in the memory cgroup runc made at
+    `cgroups_path` (v1 memory.oom_control, else v2 memory.events). Read before
+    `runc delete`, which removes the cgroup; None: no such cgroup, or no count."""
+    try:
+        mountinfo = _read("/proc/self/mountinfo") or ""
+        # The cgroup is found by its path as a process in it would list it in /proc/<pid>/cgroup.
+        v1_dirs, v2_dir = stats.cgroup_dirs(f"1:memory:{cgroups_path}\n0::{cgroups_path}\n", mountinfo)
+        text = _read(f"{v1_dirs['memory']}/memory.oom_control") if "memory" in v1_dirs else None
+        if text is not None:
+            return limits.oom_kills_v1(text)
+        text = _read(f"{v2_dir}/memory.events") if v2_dir else None
+        return limits.oom_kills_v2(text) if text is not None else None
+    except OSError:
+        return None   # unknown: the cleanup of the exit must go on
 
 
 def read_task_io(procs_dir: str | None) -> stats.BlockIO | None:

@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another DNS name for this container on its network")
     r.add_argument("-w", "--workdir")
     r.add_argument("-u", "--user")
+    # limits (runtime/limits.py checks them in the daemon)
+    r.add_argument("--pids-limit", type=int, metavar="N",
+                   help="at most N processes and threads (default 2048; 0 or -1: unlimited)")
+    r.add_argument("-m", "--memory", metavar="SIZE", help="memory limit: 512m, 1g (at least 6m)")
+    r.add_argument("--memory-swap", metavar="SIZE",
+                   help="memory plus swap (default twice --memory; -1: unlimited swap)")
+    r.add_argument("--cpus", metavar="N", help="CPUs the container may use: 0.5, 2")
+    r.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                   help="a resource limit, like nofile=1024:2048 (at most the daemon's hard limit)")
     r.add_argument("-l", "--label", action="append", default=[])
     r.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="log rotation: max-size=10m, max-file=3 (default: portlinkd --log-max-size/--log-max-files)")

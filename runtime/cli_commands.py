@@ -57,6 +57,7 @@ def cmd_run(cl: Client, a) -> int:
             # read the output and the exit code (as the docker client does).
             "rm": a.rm and a.detach,
             "labels": dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)}
+    spec.update(_limits_body(a))
     if a.log_opt:
         try:
             spec["log_opts"] = logrecord.parse_log_opt_args(a.log_opt)
@@ -92,6 +93,25 @@ def cmd_run(cl: Client, a) -> int:
     if a.rm:
         cl.delete(f"/containers/{c['id']}", force="1")
     return code
+
+
+def _limits_body(a) -> dict:
+    """The limit flags given, as the daemon reads them (it checks them: runtime/limits.py)."""
+    body: dict = {}
+    if a.pids_limit is not None:
+        body["pids_limit"] = a.pids_limit
+    if a.memory is not None:
+        body["memory"] = a.memory
+    if a.memory_swap is not None:
+        body["memory_swap"] = a.memory_swap
+    if a.cpus is not None:
+        try:
+            body["cpus"] = float(a.cpus)
+        except ValueError:
+            body["cpus"] = a.cpus      # the daemon says what is wrong with it
+    if a.ulimit:
+        body["ulimits"] = a.ulimit
+    return body
 
 
 def _exit_code(cl: Client, cid: str) -> int:

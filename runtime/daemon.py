@@ -30,6 +30,21 @@ log = logging.getLogger("portlink.daemon")
 API_BACKLOG = 1024    # pending API connections (aiohttp's default is 128)
 
 DEFAULT_STATE = "/var/lib/portlink"
+OOM_SCORE_ADJ = -500   # dockerd's: under memory pressure the OOM killer takes containers (0) first
+
+
+def protect_from_oom(path: str = "/proc/self/oom_score_adj") -> bool:
+    """Lower the daemon's own OOM score as dockerd does; children inherit it, so the
+    OCI config sets containers back to 0. Lowering it needs CAP_SYS_RESOURCE: without
+    it the daemon warns and goes on. True if it was set."""
+    try:
+        with open(path, "w") as f:
+            f.write(str(OOM_SCORE_ADJ))
+    except OSError as e:
+        log.warning("cannot set portlinkd's oom_score_adj to %d (%s; it needs CAP_SYS_RESOURCE): the OOM "
+                    "killer may take the daemon before a container", OOM_SCORE_ADJ, e.strerror or e)
+        return False
+    return True
 
 
 def _seconds(text: str) -> float:
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         sys.exit("portlinkd: must run as root (it manages namespaces, bridges and firewalls)")
     reaper.become_subreaper()
+    protect_from_oom()
     try:
         cfg = HostConfig(state_dir=Path(a.state_dir), firewall=a.firewall, default_subnet=a.default_subnet,
                          dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout,

@@ -1,4 +1,4 @@
-"""What happened on this host, as events: container create/start/die/stop/
+"""What happened on this host, as events: container create/start/oom/die/stop/
 destroy/restart, link, Consul register/deregister, ambassador reroute, drift
 repaired. `portlink events` reads them (--since, --until, --filter, JSON lines).
 

@@ -20,7 +20,7 @@ from portlink.errors import InvalidArgument, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.prom import Histogram
-from portlink.runtime import discovery, durable, mounts
+from portlink.runtime import cgroups, discovery, durable, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.containers import Containers
 from portlink.runtime.events import EventLog
@@ -125,7 +125,8 @@ class Host:
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
-            trust=self.fw.trust, default_dns=cfg.dns, start_time=self.metrics.start_time))
+            trust=self.fw.trust, default_dns=cfg.dns, start_time=self.metrics.start_time,
+            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid))))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
                                             self.refresher.changed)

@@ -47,6 +47,7 @@ class LifecycleDeps:
     trust: Callable[[str], None]               # the firewall: an ambassador may reach Consul
     default_dns: list[str]
     start_time: Histogram
+    oom_kills: Callable[[str], int | None]     # OOM kills in a container's cgroup (cgroups.oom_kills)
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -218,15 +219,26 @@ class Lifecycle:
                 self.d.runc.kill(cid, signal_number("KILL"))
                 wait_gone(c.pid, 10)
             errors = self.release(cid, None)
-            self.emit(c, "die", exit_code=self.d.records.current(cid).exit_code)
+            self.emit_die(c, self.d.records.current(cid).exit_code)
             self.emit(c, "stop")
         return errors
 
     def release(self, cid: str, code: int | None) -> list[str]:
-        """The process is gone: release what a running container holds."""
+        """The process is gone: release what a running container holds. Whether the
+        OOM killer struck is read first: undoing the runc step deletes the cgroup."""
+        oom_killed = bool(self.d.oom_kills(cid))
         errors = self.d.journal.undo(cid)
-        self.d.records.set_exited(cid, code)
+        self.d.records.set_exited(cid, code, oom_killed)
         return errors
+
+    def emit_die(self, c: Container, code: int | None) -> None:
+        """`die` once release recorded the end, and `oom` before it when the OOM killer
+        took a process of the container (as Docker's events go)."""
+        now = self.d.records.get(c.id)
+        oom_killed = bool(now and now.oom_killed)
+        if oom_killed:
+            self.emit(c, "oom")
+        self.emit(c, "die", exit_code=code, oom_killed=oom_killed)
 
     def exited(self, cid: str, pid: int, code: int | None) -> Container | None:
         """The reaper saw `pid` end. Returns the container if this ended its run."""
@@ -240,7 +252,7 @@ class Lifecycle:
             if c.status != RUNNING:
                 return None
             errors = self.release(cid, code)
-            self.emit(c, "die", exit_code=code)
+            self.emit_die(c, code)
             if errors:
                 log.error("cleanup after %s exited: %s", c.name, "; ".join(errors))
             return c
@@ -294,7 +306,7 @@ class Lifecycle:
             # Died while we were away, or an interrupted stop: finish the stop.
             errors = self.release(c.id, None)
             if c.status == RUNNING:
-                self.emit(c, "die", exit_code=None)
+                self.emit_die(c, None)
                 return errors, True
             return errors, False
         return [], False

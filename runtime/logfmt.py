@@ -35,16 +35,9 @@ class LogLimits:
 
 
 # -- options ---------------------------------------------------------------------------
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
 def parse_size(what: str, text: str) -> int:
-    """Docker's sizes: 10m, 512k, 1g, 1.5m, 65536 (binary units, as docker's)."""
-    m = _SIZE.match(str(text))
-    if not m:
-        raise InvalidArgument(f"invalid {what} {text!r}: expected a size like 10m, 512k or 1g")
-    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """Docker's sizes: 10m, 512k, 1g, 1.5m, 65536 (binary units, as docker's: portlink.parse)."""
+    size = parse.size(what, str(text))
     if not MIN_MAX_SIZE <= size <= 1 << 40:
         raise InvalidArgument(f"invalid {what} {text!r}: expected 32k to 1t (a file must hold a whole "
                               "16 KiB line)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass, field
 
+from portlink.runtime.limits import OOM_SCORE_ADJ, Limits
+
 MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
           "/sys/firmware", "/sys/devices/virtual/powercap"]
@@ -39,7 +41,7 @@ def nofile_limit() -> int:
 
 
 def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str,
-                 confine: Confinement) -> dict:
+                 confine: Confinement, limits: Limits = Limits()) -> dict:
     nofile = nofile_limit()
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -91,4 +93,15 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
         config["linux"]["seccomp"] = confine.seccomp
     if confine.sysctl:
         config["linux"]["sysctl"] = dict(confine.sysctl)
+    return _with_limits(config, limits)
+
+
+def _with_limits(config: dict, limits: Limits) -> dict:
+    """linux.resources (pids, memory, cpu), process.rlimits (the default nofile and
+    --ulimit, replacing the entry above), and oomScoreAdj 0: runc would otherwise
+    leave the container at the daemon's -500, and the OOM killer must take a
+    container before the daemon."""
+    config["linux"]["resources"].update(limits.resources())
+    config["process"]["rlimits"] = limits.rlimits(nofile_limit())
+    config["process"]["oomScoreAdj"] = OOM_SCORE_ADJ
     return config

@@ -44,6 +44,11 @@ class Layout:
     def netns_path(self, cid: str) -> str:
         return str(self.netns_dir / (names.NETNS_PREFIX + cid[:12]))
 
+    @staticmethod
+    def cgroups_path(cid: str) -> str:
+        """runc's cgroupsPath: under each cgroup mount (cgroupfs manager)."""
+        return f"/portlink/{cid}"
+
 
 @dataclass(frozen=True)
 class PortRow:
@@ -134,6 +139,6 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
     ns = layout.netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
-                     config=oci.build_config(proc, str(cdir / "rootfs"), ns, f"/portlink/{c.id}",
-                                             confinement(c, profile, machine)),
+                     config=oci.build_config(proc, str(cdir / "rootfs"), ns, layout.cgroups_path(c.id),
+                                             confinement(c, profile, machine), c.spec.parsed_limits()),
                      link_env=link_env)

@@ -1,9 +1,9 @@
 """Typed records over the state store: each question about containers is one
 query here, answered with dataclasses instead of rows and JSON.
 
-The stored form of a container is unchanged: a row with the record as JSON
-({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "pid_start": n};
-the last three only when set)."""
+The stored form of a container is a row with the record as JSON
+({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "pid_start": n,
+"oom_killed": true}); keys added later are optional, so older rows read as they were."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class Container:
     kept_ip: str | None = None      # an ambassador keeps its address across restarts
     ip: str | None = None           # its lease now (queries that join leases)
     pid_start: int | None = None    # its process's start time (procstart): a reused pid is not it
+    oom_killed: bool = False        # its last run ended with the OOM killer in its cgroup
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
@@ -53,7 +54,8 @@ class Container:
                    exit_code=get("exit_code"), created=get("created") or 0.0, started=get("started"),
                    finished=get("finished"), for_links=bool(rec.get("for_links")),
                    kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"),
-                   pid_start=rec.get("pid_start"))   # absent in rows written before it was recorded
+                   pid_start=rec.get("pid_start"),   # absent in rows written before it was recorded
+                   oom_killed=bool(rec.get("oom_killed")))
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -64,6 +66,8 @@ class Container:
             rec["ip"] = self.kept_ip
         if self.pid_start is not None:
             rec["pid_start"] = self.pid_start
+        if self.oom_killed:
+            rec["oom_killed"] = True
         return dumps(rec)
 
     @property
@@ -163,13 +167,20 @@ class Records:
 
     def set_running(self, c: Container, pid: int) -> None:
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
-                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.document(), c.id)
+                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.with_(oom_killed=False).document(),
+                           c.id)
 
-    def set_exited(self, cid: str, code: int | None) -> None:
+    def set_exited(self, cid: str, code: int | None, oom_killed: bool = False) -> None:
         """Exited; an unknown code (None) keeps the one recorded. The pid is kept (shown
         only while running) so a late exit report is recognised as stale."""
-        self.store.execute("UPDATE containers SET status=?, finished=?, exit_code=COALESCE(?, exit_code) "
-                           "WHERE id=?", EXITED, time.time(), code, cid)
+        with self.store.tx() as db:
+            if oom_killed:
+                row = db.execute("SELECT * FROM containers WHERE id=?", (cid,)).fetchone()
+                if row is not None:
+                    doc = Container.from_row(row).with_(oom_killed=True).document()
+                    db.execute("UPDATE containers SET spec=? WHERE id=?", (doc, cid))
+            db.execute("UPDATE containers SET status=?, finished=?, exit_code=COALESCE(?, exit_code) "
+                       "WHERE id=?", (EXITED, time.time(), code, cid))
 
     def set_exit_code(self, cid: str, code: int) -> None:
         self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)

@@ -2,7 +2,8 @@
 
 `ContainerSpec.from_json` checks the shape (types, unknown fields) and every
 value that needs no state: names, env, --dns, labels, log options, -p/--expose
-and --link syntax. `Request` is the checked spec with its parsed parts, so the
+and --link syntax; `Request.parse` the limits too (against the daemon's own hard
+rlimits and CPUs). `Request` is the checked spec with its parsed parts, so the
 runtime never parses or validates the same text twice. What needs the state
 (the image, the network, the link targets) is checked by the plan."""
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
 from portlink.runtime import ambassadors, logfmt, security, validate
+from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
 from portlink.runtime.images import check_name as check_image_name
@@ -38,6 +40,12 @@ class ContainerSpec:
     workdir: str = ""
     user: str = ""
     rm: bool = False
+    # limits (runtime/limits.py, Docker's flags), checked by parsed_limits
+    pids_limit: int | None = None                       # --pids-limit; None: 2048; 0 or -1: unlimited
+    memory: str | int = ""                              # --memory 512m (or bytes); "": no limit
+    memory_swap: str | int = ""                         # --memory-swap: memory plus swap; -1: unlimited swap
+    cpus: float = 0                                     # --cpus 0.5; 0: no limit
+    ulimits: list[str] = field(default_factory=list)    # --ulimit nofile=1024:2048
     labels: dict[str, str] = field(default_factory=dict)
     links: list[str] = field(default_factory=list)      # --link name[:alias]
     aliases: list[str] = field(default_factory=list)    # --network-alias: more DNS names
@@ -110,6 +118,10 @@ class ContainerSpec:
         security.parse_security_opts(self.security_opt)
         security.check_caps(self.cap_add, self.cap_drop)
 
+    def parsed_limits(self, bounds: limitspec.HostBounds | None = None) -> limitspec.Limits:
+        """The limits; `bounds` None: a stored spec, checked against the host when it was stored."""
+        return limitspec.parse_limits(self.pids_limit, self.memory, self.memory_swap, self.cpus, self.ulimits, bounds)
+
 
 @dataclass
 class Request:
@@ -119,6 +131,7 @@ class Request:
     publish: list[portspec.PortRequest]
     expose: list[str]                          # from --expose and -p, "80/tcp"
     links: list[linkspec.LinkRequest]
+    limits: limitspec.Limits
 
     @classmethod
     def parse(cls, data: dict) -> "Request":
@@ -129,9 +142,10 @@ class Request:
         links = [linkspec.parse_link(x) for x in spec.links]
         linkspec.check_links(links)
         registration.validate_labels(spec.labels)
+        limits = spec.parsed_limits(limitspec.host_bounds())
         if spec.network == NO_NETWORK:
             if publish:
                 raise InvalidArgument("cannot publish ports of a container on network 'none'")
             if links:
                 raise InvalidArgument("--link needs a network: a container on network 'none' cannot reach another")
-        return cls(spec, publish, expose, links)
+        return cls(spec, publish, expose, links, limits)

@@ -202,8 +202,8 @@ def meminfo_total(meminfo: str) -> int | None:
 V1_FILES = {"cpuacct": ["cpuacct.usage"],
             "memory": ["memory.stat", "memory.usage_in_bytes", "memory.limit_in_bytes"],
             "blkio": ["blkio.throttle.io_service_bytes", "blkio.io_service_bytes", "blkio.bfq.io_service_bytes"],
-            "pids": ["pids.current"]}
-V2_FILES = ["cpu.stat", "memory.stat", "memory.current", "memory.max", "io.stat", "pids.current"]
+            "pids": ["pids.current", "pids.max"]}
+V2_FILES = ["cpu.stat", "memory.stat", "memory.current", "memory.max", "io.stat", "pids.current", "pids.max"]
 
 
 def figures(v1: dict[str, str], v2: dict[str, str]) -> dict:
@@ -226,9 +226,10 @@ def figures(v1: dict[str, str], v2: dict[str, str]) -> dict:
     if blk is None and "io.stat" in v2:
         blk = io_v2(v2["io.stat"])
     pids = _int(v1["pids/pids.current"]) if "pids/pids.current" in v1 else _int(v2.get("pids.current"))
+    pids_max = v1.get("pids/pids.max") if "pids/pids.current" in v1 else v2.get("pids.max")   # "max": no limit
     version = "v1" if v1 and not v2 else "v2" if v2 and not v1 else "hybrid" if v1 else None
     return {"cgroup": version, "cpu_ns": cpu, "memory": asdict(mem) if mem else None,
-            "blkio": asdict(blk) if blk else None, "pids": pids}
+            "blkio": asdict(blk) if blk else None, "pids": pids, "pids_limit": _int(pids_max)}
 
 
 def container_net(veth: dict | None) -> dict | None:
@@ -257,7 +258,7 @@ def sample(info: dict, files: dict | None, task: BlockIO | None, net: dict | Non
            host_memory: int | None, read_ns: int, read_time: float) -> dict:
     """One sample of a container: `info` is its inspect dict, `files` the output of
     figures() (None: not running, or its cgroup vanished)."""
-    f = files or {"cgroup": None, "cpu_ns": None, "memory": None, "blkio": None, "pids": None}
+    f = files or {"cgroup": None, "cpu_ns": None, "memory": None, "blkio": None, "pids": None, "pids_limit": None}
     mem = f["memory"]
     if mem is not None and host_memory:
         # No limit of its own: the host's memory is the limit, as docker shows it.
@@ -295,7 +296,7 @@ def row(prev: dict | None, cur: dict) -> dict:
         "net_rx_bytes": net["rx_bytes"] if net else None, "net_tx_bytes": net["tx_bytes"] if net else None,
         "net_rx_packets": net["rx_packets"] if net else None, "net_tx_packets": net["tx_packets"] if net else None,
         "block_read": blk["read"] if blk else None, "block_write": blk["write"] if blk else None,
-        "block_source": source, "pids": cur.get("pids"),
+        "block_source": source, "pids": cur.get("pids"), "pids_limit": cur.get("pids_limit"),
     }
     if cur.get("ambassador"):
         conns = cur.get("conns") or {}

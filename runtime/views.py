@@ -44,6 +44,8 @@ class Views:
             "pid": c.pid if c.status == RUNNING else None, "exit_code": c.exit_code, "created": c.created,
             "started": c.started, "finished": c.finished, "config": asdict(spec),
             "exposed": list(c.exposed),
+            "oom_killed": c.oom_killed,              # its last run ended with an OOM kill
+            "limits": spec.parsed_limits().view(),
             "network": {
                 "name": spec.network, "ip": c.ip,
                 "gateway": str(net.gateway) if net else None,

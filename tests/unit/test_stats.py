@@ -91,7 +91,7 @@ def test_v1_figures():
     f = stats.figures(v1, {})
     assert f == {"cgroup": "v1", "cpu_ns": 48597309,
                  "memory": {"usage": 21762048, "rss": 57344, "cache": 20979712, "limit": None},
-                 "blkio": {"read": 4096 + 8192, "write": 1048576}, "pids": 3}
+                 "blkio": {"read": 4096 + 8192, "write": 1048576}, "pids": 3, "pids_limit": None}
     limited = stats.figures({**v1, "memory/memory.limit_in_bytes": "104857600\n"}, {})
     assert limited["memory"]["limit"] == 104857600
 
@@ -116,7 +116,7 @@ def test_v2_figures():
     f = stats.figures({}, v2)
     assert f == {"cgroup": "v2", "cpu_ns": 1_500_000_000,
                  "memory": {"usage": 15000000, "rss": 10485760, "cache": 4194304, "limit": None},
-                 "blkio": {"read": 1010, "write": 2020}, "pids": 7}
+                 "blkio": {"read": 1010, "write": 2020}, "pids": 7, "pids_limit": None}
     assert stats.figures({}, {**v2, "memory.max": "536870912\n"})["memory"]["limit"] == 536870912
     assert stats.figures({}, {**v2, "io.stat": ""})["blkio"] == {"read": 0, "write": 0}
 
@@ -224,3 +224,12 @@ def test_sizes():
     assert stats.binary_size(25276063744) == "23.5GiB"
     assert stats.decimal_size(16781312) == "16.8MB"
     assert stats.decimal_size(None) == "--"
+
+
+def test_pids_limit_from_pids_max_max_is_none():
+    assert stats.figures({"pids/pids.current": "3\n", "pids/pids.max": "2048\n"}, {})["pids_limit"] == 2048
+    assert stats.figures({"pids/pids.current": "3\n", "pids/pids.max": "max\n"}, {})["pids_limit"] is None
+    assert stats.figures({}, {"pids.current": "3\n", "pids.max": "50\n"})["pids_limit"] == 50
+    # hybrid: the v1 pids controller's limit, not the unified hierarchy's file
+    assert stats.figures({"pids/pids.current": "1\n", "pids/pids.max": "50\n"},
+                         {"pids.current": "9\n", "pids.max": "max\n"})["pids_limit"] == 50
