@@ -15,6 +15,7 @@ from portlink.runtime.spec import ContainerSpec, Request
 
 MiB, GiB = 1 << 20, 1 << 30
 BOUNDS = HostBounds(hard={"nofile": 20000, "nproc": 96363, "core": RLIM_INFINITY, "stack": RLIM_INFINITY}, cpus=2)
+CONF = oci.Confinement(caps=[], seccomp=None)
 PROC = oci.ProcessSpec(args=["true"], env=[])
 
 
@@ -185,7 +186,7 @@ def test_the_default_nofile_stays_unless_a_ulimit_sets_it():
 
 def test_oci_config_carries_the_limits_and_oom_score_adj_0():
     lim = Limits(pids=50, memory=64 * MiB, memory_swap=128 * MiB, cpus=1.5, ulimits=(Ulimit("nofile", 100, 200),))
-    cfg = oci.build_config(PROC, "/r", "/ns", "/portlink/c1", lim)
+    cfg = oci.build_config(PROC, "/r", "/ns", "/portlink/c1", CONF, lim)
     assert cfg["linux"]["resources"] == {
         "devices": [{"allow": False, "access": "rwm"}], "pids": {"limit": 50},
         "memory": {"limit": 67108864, "swap": 134217728}, "cpu": {"quota": 150000, "period": 100000}}
@@ -194,7 +195,7 @@ def test_oci_config_carries_the_limits_and_oom_score_adj_0():
 
 
 def test_oci_config_without_limits_still_caps_pids():
-    cfg = oci.build_config(PROC, "/r", "/ns", "/portlink/c1")
+    cfg = oci.build_config(PROC, "/r", "/ns", "/portlink/c1", CONF)
     assert cfg["linux"]["resources"]["pids"] == {"limit": 2048}
     assert "memory" not in cfg["linux"]["resources"] and "cpu" not in cfg["linux"]["resources"]
     assert cfg["process"]["oomScoreAdj"] == 0
