@@ -1,7 +1,13 @@
-"""Seccomp profiles: a Docker/containers-format profile (Debian's
-golang-github-containers-common /usr/share/containers/seccomp.json, what Podman
-applies) resolved into the OCI `linux.seccomp` form runc wants, for one
-architecture, one capability set and one kernel.
+"""Seccomp profiles: a Docker/containers-format profile resolved into the OCI
+`linux.seccomp` form runc wants, for one architecture, one capability set and
+one kernel.
+
+The default is Docker's own profile (moby profiles/seccomp/default.json, from
+Debian's golang-github-docker-docker-dev, extracted by scripts/setup), not
+Podman's (/usr/share/containers/seccomp.json): Podman's allows unshare, clone
+of namespaces and keyctl to every container, so `unshare -Ur` gives a
+container root in a new user namespace and the kernel surface behind it;
+Docker's allows them only with CAP_SYS_ADMIN (keyctl never).
 
 `convert` is pure: the caller reads the file (`load`, cached per file version)
 and passes the machine's facts in. The rules follow containers/common's
@@ -20,7 +26,7 @@ from pathlib import Path
 
 from portlink.errors import InvalidArgument
 
-DEFAULT_PROFILE = "/usr/share/containers/seccomp.json"
+DEFAULT_PROFILE = "/usr/local/share/portlink/seccomp-default.json"
 
 # uname machine -> (the Go arch name the profile's includes/excludes use, the libseccomp arch).
 _ARCHES = {
@@ -70,7 +76,8 @@ def load(path: str) -> dict:
             return hit[1]
         text = Path(path).read_text()
     except OSError as e:
-        fix = ("install golang-github-containers-common (./scripts/setup)" if path == DEFAULT_PROFILE
+        fix = ("run ./scripts/setup: it extracts Docker's default profile from Debian's "
+               "golang-github-docker-docker-dev" if path == DEFAULT_PROFILE
                else "give an existing profile file on the daemon's host")
         raise InvalidArgument(f"seccomp profile {path!r} cannot be read ({e.strerror}): {fix}") from None
     try:
