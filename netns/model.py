@@ -50,6 +50,12 @@ class Endpoint:
 
 DNS_PORT = 53   # the resolver on each gateway address (portlinkd --dns-port)
 
+# Consul's ports (server RPC, Serf LAN/WAN, HTTP(S), gRPC(+TLS), DNS) as (first, last):
+# no container reaches them on any other host; only an ambassador's trusted flow
+# reaches this host's own agent.
+CONSUL_TCP_PORTS = ((8300, 8302), (8500, 8503), (8600, 8600))
+CONSUL_UDP_PORTS = ((8301, 8302), (8600, 8600))
+
 
 @dataclass(frozen=True, order=True)
 class TrustedFlow:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import CONSUL_TCP_PORTS, CONSUL_UDP_PORTS, DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 from portlink.netns.names import IPT_CHAIN_PREFIX as P
 
 DNAT = f"{P}DNAT"
@@ -145,7 +145,11 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
         rules.append(f"{c} -i {b} -o {b} -j ACCEPT")
     # Nothing else reaches the containers: only published ports, above.
     rules.append(f"{c} -o {b} -j DROP")
-    return rules, [f"{c} -i {b} ! -o {b} -j {'DROP' if n.internal else 'ACCEPT'}"]
+    out = [] if n.internal else [
+        f"{c} -i {b} ! -o {b} -p {proto} -m multiport --dports "
+        + ",".join(f"{a}:{z}" if a != z else f"{a}" for a, z in ports) + " -j DROP"
+        for proto, ports in (("tcp", CONSUL_TCP_PORTS), ("udp", CONSUL_UDP_PORTS))]
+    return rules, out + [f"{c} -i {b} ! -o {b} -j {'DROP' if n.internal else 'ACCEPT'}"]
 
 
 def _table(name: str, state: TableState | None, rules: list[str]) -> str:

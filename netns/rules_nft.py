@@ -8,7 +8,8 @@ Layout, all in portlink's own tables (nothing else in the host is touched):
     chain published           DNAT through those maps; jumped to from prerouting
                               and output for local destinations only
     chain postrouting         per network: masquerade out, hairpin, loopback
-    chain forward             per network: established, published, icc, out, drop
+    chain forward             per network: established, published, icc, out (never to
+                              Consul's ports), drop
     set   trusted             container ip . host ip . tcp port: ambassador -> Consul agent
     chain input               per network: what a container may send to the host
                               itself: replies, DNS at its gateway, ping of its
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import CONSUL_TCP_PORTS, CONSUL_UDP_PORTS, DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
 from portlink.netns.names import NFT_TABLE as T
 
 
@@ -118,7 +119,13 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
     # Nothing else reaches the containers: not other networks, not the outside
     # by container address (only published ports, above).
     rules.append(f'oifname "{b}" drop')
-    return rules, [f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}']
+    out = [] if n.internal else [f'iifname "{b}" oifname != "{b}" {proto} dport {{ {_ranges(ports)} }} drop'
+                                 for proto, ports in (("tcp", CONSUL_TCP_PORTS), ("udp", CONSUL_UDP_PORTS))]
+    return rules, out + [f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}']
+
+
+def _ranges(ports: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(f"{a}-{z}" if a != z else f"{a}" for a, z in ports)
 
 
 def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],

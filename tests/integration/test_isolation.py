@@ -1,7 +1,8 @@
 """Isolation of the host from its containers (both firewall drivers): a
 container reaches the host only through published ports and the resolver at
 its gateway; the resolver answers no one else; the API socket is root-only and
-not in any container; and, in a 3-host lab, an ambassador reaches Consul on its
+not in any container; and, in a 3-host lab, no container reaches Consul on another
+host, while an ambassador reaches Consul on its
 host while its metrics port stays unreachable from the other hosts."""
 
 from __future__ import annotations
@@ -307,6 +308,15 @@ def test_ambassador_reaches_consul_and_its_metrics_stay_on_its_host(lab):
     assert f"{amb_ip} . {h2.ip} . 8500" in rules, rules
     fetch = lambda: _lab_cli(lab, "host2", "exec", "web", "sh", "-c", "timeout 5 wget -qO- http://sql/").stdout.strip()
     assert wait_for(lambda: fetch() == "db-on-host1", 20)
+    # No container reaches Consul on another host (HTTP, server RPC, Serf), while
+    # other ports of those hosts stay reachable (host1's published port).
+    h1 = lab.hosts[0]
+    web_ns = ["nsenter", f"--net={c2.get('/containers/web')['network']['netns']}"]
+    reach = lambda ip, port: subprocess.run([*web_ns, sys.executable, "-c", CONNECT, ip, port, "2"],
+                                            capture_output=True, text=True, timeout=30).stdout.strip()
+    assert reach(h1.ip, "5432") == "connected"
+    for ip, port in ((h1.ip, "8500"), (h1.ip, "8300"), (h1.ip, "8301"), (h3.ip, "8500")):
+        assert reach(ip, port) == "timeout", (ip, port)
     # The ambassador binds host directories (Python, portlink), never the API socket's.
     for path in (h2.socket, "/run/portlink"):
         r = _lab_cli(lab, "host2", "exec", "amb-frontdb-bridge", "ls", "-d", path)
