@@ -2,8 +2,8 @@
 container reaches the host only through published ports and the resolver at
 its gateway; the resolver answers no one else; the API socket is root-only and
 not in any container; and, in a 3-host lab, no container reaches Consul on another
-host, while an ambassador reaches Consul on its
-host while its metrics port stays unreachable from the other hosts."""
+host, an ambassador reaches Consul on its own host, and its metrics port stays
+unreachable from the other hosts."""
 
 from __future__ import annotations
 
