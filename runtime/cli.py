@@ -64,6 +64,36 @@ def cmd_lab(cl, a):
     return 0
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, as argparse's help formatter asks for it,
+    without importing shutil (which imports zlib, bz2 and lzma): the command's
+    startup pays for that on every run, help or not."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with the help formatter above (its subparsers are of this class too)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kw)
+
+
 def _add_run(sub) -> None:
     r = sub.add_parser("run", help="create and start a container")
     r.add_argument("-d", "--detach", action="store_true")
@@ -256,7 +286,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `only`, the same parser with just that command's
     subparser (what parsing that command needs: the rest only shows in help and
     in the error for an unknown command)."""
-    p = argparse.ArgumentParser(prog="portlink", description="portlink: containers, networks and links across hosts")
+    p = _Parser(prog="portlink", description="portlink: containers, networks and links across hosts")
     p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
                    help="daemon socket (env PORTLINK_HOST; default %(default)s)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
