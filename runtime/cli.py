@@ -64,12 +64,37 @@ def cmd_lab(cl, a):
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="portlink", description="portlink: containers, networks and links across hosts")
-    p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
-                   help="daemon socket (env PORTLINK_HOST; default %(default)s)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, as argparse's help formatter asks for it,
+    without importing shutil (which imports zlib, bz2 and lzma): the command's
+    startup pays for that on every run, help or not."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
 
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with the help formatter above (its subparsers are of this class too)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kw)
+
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="create and start a container")
     r.add_argument("-d", "--detach", action="store_true")
     r.add_argument("--name")
@@ -114,26 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
 
+
+def _add_ps(sub) -> None:
     s = sub.add_parser("ps", help="list containers")
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.add_argument("--format", choices=["table", "json"], default="table")
     s.set_defaults(fn=cmd_ps)
 
-    for name, fn, helptext in (("start", cmd_start, "start stopped containers"),
-                               ("stop", cmd_stop, "stop running containers"),
-                               ("restart", cmd_restart, "restart containers")):
+
+def _add_lifecycle(name: str, fn, helptext: str):
+    def add(sub) -> None:
         x = sub.add_parser(name, help=helptext)
         if name != "start":
             x.add_argument("-t", "--time", type=float, default=10, help="seconds before SIGKILL")
         x.add_argument("containers", nargs="+")
         x.set_defaults(fn=fn)
+    return add
 
+
+def _add_rm(sub) -> None:
     x = sub.add_parser("rm", help="remove containers")
     x.add_argument("-f", "--force", action="store_true")
     x.add_argument("containers", nargs="+")
     x.set_defaults(fn=cmd_rm)
 
+
+def _add_events(sub) -> None:
     x = sub.add_parser("events", help="what happened on this host (follows until --until or Ctrl-C)")
     x.add_argument("--since", help="Unix time or duration back from now (30s, 10m, 2h)")
     x.add_argument("--until", help="Unix time or duration back from now; 0s: now, and do not follow")
@@ -142,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["text", "json"], default="text")
     x.set_defaults(fn=cmd_events)
 
+
+def _add_stats(sub) -> None:
     x = sub.add_parser("stats", help="live CPU, memory, network and block I/O of containers")
     x.add_argument("containers", nargs="*", metavar="NAME", help="these containers (default: all running)")
     x.add_argument("-a", "--all", action="store_true", help="stopped containers too")
@@ -151,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between samples (default 1)")
     x.set_defaults(fn=cmd_stats)
 
+
+def _add_logs(sub) -> None:
     x = sub.add_parser("logs", help="print a container's output")
     x.add_argument("-f", "--follow", action="store_true", help="then print new output until the container stops")
     x.add_argument("-n", "--tail", help="only the last N lines (of all the rotated files), or all")
@@ -159,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("container")
     x.set_defaults(fn=cmd_logs)
 
+
+def _add_exec(sub) -> None:
     x = sub.add_parser("exec", help="run a command in a running container")
     x.add_argument("-i", "--interactive", action="store_true", help="accepted for docker compatibility; stdin is always attached")
     x.add_argument("-t", "--tty", action="store_true")
@@ -168,10 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("command", nargs=argparse.REMAINDER)
     x.set_defaults(fn=cmd_exec)
 
+
+def _add_inspect(sub) -> None:
     x = sub.add_parser("inspect", help="show containers or networks as JSON")
     x.add_argument("refs", nargs="+")
     x.set_defaults(fn=cmd_inspect)
 
+
+def _add_network(sub) -> None:
     n = sub.add_parser("network", help="manage networks")
     nsub = n.add_subparsers(dest="ncmd", required=True)
     c = nsub.add_parser("create")
@@ -186,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     nsub.add_parser("rm").add_argument("refs", nargs="+")
     n.set_defaults(fn=cmd_network)
 
+
+def _add_image(sub) -> None:
     i = sub.add_parser("image", help="manage images")
     isub = i.add_subparsers(dest="icmd", required=True)
     imp = isub.add_parser("import")
@@ -195,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     isub.add_parser("rm").add_argument("names", nargs="+")
     i.set_defaults(fn=cmd_image)
 
+
+def _add_system(sub) -> None:
     y = sub.add_parser("system", help="host-wide operations")
     ysub = y.add_subparsers(dest="scmd", required=True)
     ysub.add_parser("prune", help="remove everything portlink created on this host").add_argument(
@@ -206,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "dead processes)").add_argument("--format", choices=["table", "json"], default="table")
     y.set_defaults(fn=cmd_system)
 
+
+def _add_lab(sub) -> None:
     lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
     lsub = lb.add_subparsers(dest="lcmd", required=True)
     x = lsub.add_parser("up", help="create N hosts, each with portlinkd and a Consul agent")
@@ -225,11 +273,62 @@ def build_parser() -> argparse.ArgumentParser:
     x = lsub.add_parser("down", help="remove everything the lab made")
     x.add_argument("--name", default="lab")
     lb.set_defaults(fn=cmd_lab)
+
+
+# Each command's subparser, in the order `portlink --help` lists them.
+COMMANDS = {
+    "run": _add_run,
+    "ps": _add_ps,
+    "start": _add_lifecycle("start", cmd_start, "start stopped containers"),
+    "stop": _add_lifecycle("stop", cmd_stop, "stop running containers"),
+    "restart": _add_lifecycle("restart", cmd_restart, "restart containers"),
+    "rm": _add_rm,
+    "events": _add_events,
+    "stats": _add_stats,
+    "logs": _add_logs,
+    "exec": _add_exec,
+    "inspect": _add_inspect,
+    "network": _add_network,
+    "image": _add_image,
+    "system": _add_system,
+    "lab": _add_lab,
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `only`, the same parser with just that command's
+    subparser (what parsing that command needs: the rest only shows in help and
+    in the error for an unknown command)."""
+    p = _Parser(prog="portlink", description="portlink: containers, networks and links across hosts")
+    p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
+                   help="daemon socket (env PORTLINK_HOST; default %(default)s)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for name, add in COMMANDS.items():
+        if only is None or name == only:
+            add(sub)
     return p
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The command `argv` names when that is plain without parsing: its first
+    word, or the word after a leading `-H HOST` / `--host HOST` / `-HHOST` /
+    `--host=HOST`. None otherwise (help, no command, an unknown one, abbreviated
+    options): then the whole parser parses, so help and errors stay the same."""
+    i = 0
+    if argv[:1] in (["-H"], ["--host"]):
+        if len(argv) < 2 or argv[1].startswith("-"):
+            return None
+        i = 2
+    elif argv and (argv[0].startswith("--host=") or (argv[0].startswith("-H") and len(argv[0]) > 2)):
+        i = 1
+    return argv[i] if i < len(argv) and argv[i] in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    a = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    # Only the chosen command's subparser: building all of them is most of argparse's cost.
+    a = build_parser(command_of(argv)).parse_args(argv)
     try:
         sys.exit(a.fn(Client(a.host), a))
     except CliError as e:

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-import urllib.parse
 
 from portlink.runtime import cli_format as fmt
 from portlink.runtime import logrecord
@@ -17,6 +16,7 @@ EXIT_ERROR = 125
 
 
 def _q(ref: str) -> str:
+    import urllib.parse     # here, not at the top: `portlink ps` has no use for it
     return urllib.parse.quote(ref, safe="")
 
 

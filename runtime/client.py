@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.parse
 
 DEFAULT_SOCKET = "/run/portlink/portlink.sock"
 _MAX_LINE = 65536        # a status or header line, or a chunk-size line
@@ -158,7 +157,12 @@ class Client:
     def request(self, method: str, path: str, body: dict | None = None, query: dict | None = None,
                 stream: bool = False):
         if query:
-            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
+            query = {k: v for k, v in query.items() if v is not None}
+            if query:
+                import urllib.parse     # only here: with ipaddress, a few ms of a short command's start
+                path += "?" + urllib.parse.urlencode(query, doseq=True)
+            else:
+                path += "?"
         if any(c <= " " or c == "\x7f" for c in method + path):
             raise ValueError(f"can't request {method} {path!r}: a control character or space")
         data = json.dumps(body).encode() if body is not None else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import namedtuple
-from datetime import datetime, timezone
 
 
 class Record(namedtuple("Record", "time_ns stream partial text")):
@@ -48,6 +47,7 @@ def parse_time(ts: bytes) -> int:
         raise ValueError(f"not an RFC 3339 UTC time: {ts!r}")
     secs = _epoch_cache.get(ts[:19])
     if secs is None:
+        from datetime import datetime, timezone     # here: the CLI imports this module, mostly without needing it
         dt = datetime.strptime(ts[:19].decode("ascii"), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
         secs = _epoch_cache[ts[:19]] = int(dt.timestamp())
         if len(_epoch_cache) > 4096:
