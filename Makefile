@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean
+.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store
 
 setup:
 	./scripts/setup
@@ -49,3 +49,6 @@ bench-fuzz: setup
 # `portlink ps` wall time and `run --rm` end to end, against podman run --rm
 bench-cli: setup
 	.venv/bin/python -P bench/cli.py
+
+bench-store: setup
+	.venv/bin/python -P bench/store_sync.py

@@ -42,8 +42,10 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process (not a power cut): the case we guard.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit returns once the WAL is on disk, so what a request was told
+        # survives a power cut too (NORMAL survives only a killed process). Cost:
+        # about 6.5 ms per run+rm, 17 commits (bench/store_sync.py).
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
 
