@@ -145,7 +145,8 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
         rules.append(f"{c} -i {b} -o {b} -j ACCEPT")
     # Nothing else reaches the containers: only published ports, above.
     rules.append(f"{c} -o {b} -j DROP")
-    out = [] if n.internal else [
+    # Consul's ports on other hosts: only an ambassador's trusted flow (to a remote --consul).
+    out = [] if n.internal else [f"{c} -i {b} ! -o {b} -j {TRUSTED}"] + [
         f"{c} -i {b} ! -o {b} -p {proto} -m multiport --dports "
         + ",".join(f"{a}:{z}" if a != z else f"{a}" for a, z in ports) + " -j DROP"
         for proto, ports in (("tcp", CONSUL_TCP_PORTS), ("udp", CONSUL_UDP_PORTS))]

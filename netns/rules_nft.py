@@ -119,8 +119,10 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
     # Nothing else reaches the containers: not other networks, not the outside
     # by container address (only published ports, above).
     rules.append(f'oifname "{b}" drop')
-    out = [] if n.internal else [f'iifname "{b}" oifname != "{b}" {proto} dport {{ {_ranges(ports)} }} drop'
-                                 for proto, ports in (("tcp", CONSUL_TCP_PORTS), ("udp", CONSUL_UDP_PORTS))]
+    # Consul's ports on other hosts: only an ambassador's trusted flow (to a remote --consul).
+    out = [] if n.internal else [f'iifname "{b}" oifname != "{b}" ip saddr . ip daddr . tcp dport @trusted accept'] + [
+        f'iifname "{b}" oifname != "{b}" {proto} dport {{ {_ranges(ports)} }} drop'
+        for proto, ports in (("tcp", CONSUL_TCP_PORTS), ("udp", CONSUL_UDP_PORTS))]
     return rules, out + [f'iifname "{b}" oifname != "{b}" {"drop" if n.internal else "accept"}']
 
 

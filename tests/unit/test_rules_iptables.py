@@ -44,6 +44,7 @@ FILTER_BODY = """\
 -A PORTLINK-FORWARD -i plb-front -o plb-front -j ACCEPT
 -A PORTLINK-FORWARD -o plb-front -j DROP
 -A PORTLINK-FORWARD -i plb-back ! -o plb-back -j DROP
+-A PORTLINK-FORWARD -i plb-front ! -o plb-front -j PORTLINK-TRUSTED
 -A PORTLINK-FORWARD -i plb-front ! -o plb-front -p tcp -m multiport --dports 8300:8302,8500:8503,8600 -j DROP
 -A PORTLINK-FORWARD -i plb-front ! -o plb-front -p udp -m multiport --dports 8301:8302,8600 -j DROP
 -A PORTLINK-FORWARD -i plb-front ! -o plb-front -j ACCEPT

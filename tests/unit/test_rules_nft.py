@@ -65,6 +65,7 @@ table ip portlink {
 \t\tiifname "plb-front" oifname "plb-front" accept
 \t\toifname "plb-front" drop
 \t\tiifname "plb-back" oifname != "plb-back" drop
+\t\tiifname "plb-front" oifname != "plb-front" ip saddr . ip daddr . tcp dport @trusted accept
 \t\tiifname "plb-front" oifname != "plb-front" tcp dport { 8300-8302, 8500-8503, 8600 } drop
 \t\tiifname "plb-front" oifname != "plb-front" udp dport { 8301-8302, 8600 } drop
 \t\tiifname "plb-front" oifname != "plb-front" accept
