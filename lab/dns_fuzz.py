@@ -456,6 +456,20 @@ class _InlineLoop:
         fn(*args)
 
 
+class _Transport:
+    """The part of a transport the server looks at when a client goes: nothing is
+    ever left unsent here (every write is collected at once)."""
+
+    def __init__(self, writer: "_Writer") -> None:
+        self.writer = writer
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.writer.closed = True
+
+
 class _Writer:
     """Stands in for a TCP client's StreamWriter: collects what the server writes."""
 
@@ -463,6 +477,7 @@ class _Writer:
         self.peer = (client, 5353)
         self.out: list[bytes] = []
         self.closed = False
+        self.transport = _Transport(self)
 
     def get_extra_info(self, key: str):
         return self.peer if key == "peername" else None
