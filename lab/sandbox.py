@@ -2,8 +2,10 @@
 own portlinkd and state dir. Used by the tests, the demo and the benchmarks so
 that nothing ever touches the machine's root network namespace.
 
-Namespaces are named plt-<role>-<random> (portlink test), so a sweep after a
-crash can find them: `python -m portlink.lab.sandbox --clean`."""
+Namespaces are named plt-<role>-<random> (portlink test) and each host's work
+dir is $TMPDIR/plt-<role>-<random>-*, with its daemon's pid and start time in
+portlinkd.pid, so a sweep after a killed run finds them all (daemon, containers,
+log shims, mounts, directories, namespaces): `python -m portlink.lab.sandbox --clean`."""
 
 from __future__ import annotations
 
@@ -18,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from portlink.netns import kernel_ns
+from portlink.runtime import procstart
+from portlink.runtime.runc import Runc
 from portlink.lab import daemon_proc
 from portlink.lab.daemon_proc import VENV_BIN
 from portlink.runtime.client import Client, CliError
 
 SANDBOX_PREFIX = "plt-"
+DAEMON_PID = "portlinkd.pid"    # in a SimHost's work dir: "<pid> <start time>"
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -139,6 +144,9 @@ class SimHost:
         self.daemon = daemon_proc.start(self.socket, self.state_dir, ["--firewall", self.firewall, *self.extra_args],
                                         netns=self.ns.path, log_path=self.workdir / "portlinkd.log", env=self.env,
                                         name=f"portlinkd in {self.ns.name}")
+        # For a sweep after a killed run (clean()): which process was this host's daemon.
+        pid = self.daemon.proc.pid
+        (self.workdir / DAEMON_PID).write_text(f"{pid} {procstart.process_start(pid)}\n")
         self.daemon.wait_ready(timeout)
 
     @property
@@ -201,19 +209,56 @@ def unmount_under(root: Path) -> list[str]:
 
 
 def clean() -> list[str]:
-    """Delete every sandbox namespace left by a crashed test run (plt-*)."""
-    out = sh("ip", "netns", "list", check=False).stdout.split("\n")
+    """Remove what a killed test run left (its teardown never ran): each sandbox
+    host's daemon, containers and their log shims, mounts and work dir, then every
+    plt-* namespace."""
     gone = []
-    for line in out:
+    for wd in sorted(Path(tempfile.gettempdir()).glob(f"{SANDBOX_PREFIX}*")):
+        if wd.is_dir() and (wd / "state").is_dir():
+            gone += clean_workdir(wd)
+    for line in sh("ip", "netns", "list", check=False).stdout.split("\n"):
         name = line.split(" ")[0]
         if name.startswith(SANDBOX_PREFIX):
             sh("ip", "netns", "del", name, check=False)
-            gone.append(name)
+            gone.append(f"netns {name}")
     return gone
+
+
+def _exited(pid: int) -> bool:
+    """Ended but not yet reaped by its parent (state Z): nothing left to stop."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def clean_workdir(wd: Path) -> list[str]:
+    """One SimHost's leftovers: its daemon (by the recorded pid, only while that pid
+    is still the process started), its runc containers with their log shims, then
+    its mounts and the directory."""
+    done = []
+    try:
+        pid, start = (int(x) for x in (wd / DAEMON_PID).read_text().split())
+        ours = lambda: procstart.is_same(pid, start) and not _exited(pid)
+        if ours():
+            daemon_proc.stop_pid(pid, ours)
+            done.append(f"portlinkd {pid}")
+    except (OSError, ValueError):
+        pass   # no record, or a host made before records were kept: no daemon to stop
+    state = wd / "state"
+    runc = Runc(state / "runc")
+    for cid in runc.list_ids():
+        err = runc.delete(cid, state / "containers" / cid)   # force: kills it, then sees its shim out
+        done.append(f"container {cid[:12]}" + (f" ({err})" if err else ""))
+    done += unmount_under(wd)
+    shutil.rmtree(wd, ignore_errors=True)
+    return done + [f"dir {wd}"]
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="portlink sandbox helpers")
-    p.add_argument("--clean", action="store_true", help="delete leftover plt-* namespaces")
+    p.add_argument("--clean", action="store_true",
+                   help="remove what killed test runs left: plt-* hosts' daemons, containers, mounts, dirs, namespaces")
     if p.parse_args().clean:
         print("\n".join(clean()) or "nothing to clean")
