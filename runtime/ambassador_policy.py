@@ -28,7 +28,7 @@ from portlink.runtime.networks import NO_NETWORK
 from portlink.runtime.records import EXITED, RUNNING, Records
 from portlink.runtime.refresh import Catalog
 from portlink.runtime.runc import pid_alive
-from portlink.runtime.spec import ContainerSpec
+from portlink.runtime.spec import Request
 
 log = logging.getLogger("portlink.containers")
 
@@ -59,8 +59,9 @@ class AmbassadorPolicy:
                 out[r.name] = ports
         return out
 
-    def fill(self, spec: ContainerSpec) -> None:
+    def fill(self, req: Request) -> None:
         """Fill in an ambassador container's image, command and ports (run --ambassador)."""
+        spec = req.spec
         amb = ambassadors.AmbassadorSpec.from_json(spec.ambassador)
         if not self.consul_url:
             raise InvalidArgument("an ambassador follows a service in Consul: start portlinkd with --consul ADDR")
@@ -75,6 +76,7 @@ class AmbassadorPolicy:
         spec.image = "busybox"
         spec.cmd = ambassadors.command(amb, ports, self.consul_url)
         spec.expose = sorted(set(spec.expose) | {f"{p}/tcp" for p in ports})
+        req.expose = sorted(set(req.expose) | set(spec.expose))
         spec.labels = {**spec.labels, ambassadors.LABEL: amb.service, "portlink.register": "false"}
         spec.ambassador = amb.to_json()
 

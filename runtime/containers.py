@@ -39,7 +39,7 @@ class Containers:
         remote = self.amb.remote_links(req.links)
         self._check_link_targets([r for r in req.links if r.name not in remote], req.spec.network)
         if req.spec.ambassador:
-            self.amb.fill(req.spec)
+            self.amb.fill(req)
         self.life.check_process(req)
         made: list[str] = []         # ambassadors started for this run: removed if it fails
         pending = [ambassadors.container_name(s, req.spec.network) for s in remote]

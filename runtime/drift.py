@@ -20,7 +20,6 @@ from ipaddress import ip_address
 from portlink.netns import kernel_link
 from portlink.runtime.plan import endpoint
 from portlink.runtime.procstart import is_same
-from portlink.runtime.runc import pid_alive
 
 log = logging.getLogger("portlink.drift")
 
@@ -64,7 +63,7 @@ def _processes(host) -> list[Finding]:
     """RUNNING rows whose process is gone (an exit the reaper never reported)."""
     out = []
     for c in host.records.running():
-        if not c.pid or (pid_alive(c.pid) and is_same(c.pid, c.pid_start)):
+        if not c.pid or is_same(c.pid, c.pid_start):
             continue
         # A stop in progress finishes first and is not drift.
         host.lifecycle.while_running(c.id, lambda c=c: out.append(_attempt(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
-from portlink.runtime import faults, seccomp, security, validate
+from portlink.runtime import faults, seccomp, security
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
@@ -27,7 +27,7 @@ from portlink.runtime.plan import Layout, PortRow, plan_start, resolve_user
 from portlink.runtime.procstart import is_same, process_start
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
-from portlink.runtime.runc import Runc, pid_alive, signal_number, wait_gone
+from portlink.runtime.runc import Runc, signal_number, wait_gone
 from portlink.runtime.spec import ContainerSpec, Request
 
 log = logging.getLogger("portlink.containers")
@@ -110,8 +110,7 @@ class Lifecycle:
         cid = secrets.token_hex(32)
         spec.name = spec.name or "ctr-" + cid[:8]
         spec.hostname = spec.hostname or cid[:12]
-        exposed = tuple(sorted(set(req.expose) | set(image.config.exposed) | set(spec.expose)
-                               if spec.ambassador else set(req.expose) | set(image.config.exposed)))
+        exposed = tuple(sorted(set(req.expose) | set(image.config.exposed)))
         c = Container(id=cid, name=spec.name, spec=spec, exposed=exposed, status=CREATING,
                       created=time.time(), for_links=for_links)
         self.d.records.insert(c, req.publish)
@@ -290,7 +289,7 @@ class Lifecycle:
             return self.forget(c, error="interrupted by a daemon crash"), False
         if c.status == REMOVING:
             # Interrupted `rm`: finish it (the user asked for the container to go).
-            if c.pid and pid_alive(c.pid) and is_same(c.pid, c.pid_start):
+            if c.pid and is_same(c.pid, c.pid_start):
                 self.d.runc.kill(c.id, signal_number("KILL"))
                 wait_gone(c.pid, 10)
             try:
@@ -298,8 +297,7 @@ class Lifecycle:
             except RuntimeFailure as e:
                 return [str(e)], False
             return [], False
-        if (c.status == RUNNING and c.pid and pid_alive(c.pid) and is_same(c.pid, c.pid_start)
-                and self.d.runc.state(c.id)):
+        if c.status == RUNNING and c.pid and is_same(c.pid, c.pid_start) and self.d.runc.state(c.id):
             self.d.watch(c.id, c.pid)
             return [], False
         if c.status == RUNNING or any(kind != "dir" for kind, _ in self.d.journal.owned(c.id)):
@@ -312,10 +310,9 @@ class Lifecycle:
         return [], False
 
     def exec_argv(self, c: Container, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
+        """`args`, `env` and `workdir` were checked with the request (validate.exec_body)."""
         if c.status != RUNNING:
             raise Conflict(f"container {c.name!r} is not running")
-        for e in env:
-            validate.env_entry(e)
         if not args:
             raise InvalidArgument("exec needs a command")
         return self.d.runc.exec_argv(c.id, args, env, tty, workdir)
