@@ -5,16 +5,28 @@ one's daemon, containers, log shims, mounts and work dir."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from portlink.lab.sandbox import DAEMON_PID, SimHost, clean_workdir, sh
+from portlink.lab.sandbox import DAEMON_PID, SimHost, clean_workdir
 
 pytestmark = pytest.mark.root
 
 
 def _processes_naming(path: str) -> list[str]:
-    out = sh("ps", "-eo", "pid=,args=").stdout.splitlines()
-    return [l for l in out if path in l and "ps -eo" not in l]
+    """Command lines naming `path`, read from /proc (ps would cut long ones to its width)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue   # ended meanwhile
+            if path in cmd:
+                out.append(cmd)
+    return out
 
 
 def test_a_killed_runs_host_is_swept():
