@@ -1,6 +1,6 @@
 """The firewall driver interface (one per concern, as in netavark).
 
-A driver realises the model (networks, published ports and trusted flows) in
+A driver realises the model (networks, published ports and allowed flows) in
 the kernel, including what containers may send to the host itself (DNS at the
 gateway on `dns_port`, trusted flows; nothing else). The
 rule text is rendered by pure functions in rules_nft / rules_iptables, so the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from typing import Sequence
 
-from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import DNS_PORT, Flow, NetworkSpec, PortMapping
 
 # What the tools say when an element or rule to delete is not there: nftables
 # "No such file or directory" (ENOENT), iptables "Bad rule (does a matching rule
@@ -30,18 +30,20 @@ class FirewallDriver(abc.ABC):
 
     @abc.abstractmethod
     def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
-                  trusted: Sequence[TrustedFlow] = ()) -> None:
+                  flows: Sequence[Flow] = ()) -> None:
         """Replace everything portlink has in the firewall with exactly this, atomically.
 
         Used at daemon start (reconcile), on network create/remove and to repair drift."""
 
     @abc.abstractmethod
-    def add_trusted(self, flows: Sequence[TrustedFlow]) -> None:
-        """Let these containers reach these host ports, all or none; constant cost per flow."""
+    def add_flows(self, flows: Sequence[Flow]) -> None:
+        """Let these flows through (trusted: a container to a host port; links: a
+        linker to a linked container's port on an icc-off network), all or none;
+        constant cost per flow."""
 
     @abc.abstractmethod
-    def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
-        """Withdraw trusted flows, best effort: returns the errors. A flow already
+    def remove_flows(self, flows: Sequence[Flow]) -> list[str]:
+        """Withdraw flows, best effort: returns the errors. A flow already
         gone is not an error (it is not in the list)."""
 
     @abc.abstractmethod

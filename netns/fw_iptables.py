@@ -14,7 +14,7 @@ from typing import Sequence
 from portlink.errors import RuntimeFailure
 from portlink.netns import rules_iptables as R
 from portlink.netns.firewall import FirewallDriver, already_gone
-from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, Flow
 
 TIMEOUT = 30   # seconds; a wedged iptables must not hang the daemon
 
@@ -52,15 +52,15 @@ class IptablesDriver(FirewallDriver):
         return self._exec([self._save])
 
     def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
-                  trusted: Sequence[TrustedFlow] = ()) -> None:
-        self._run(R.render_ruleset(networks, ports, self._saved(), trusted, self.dns_port))
+                  flows: Sequence[Flow] = ()) -> None:
+        self._run(R.render_ruleset(networks, ports, self._saved(), flows, self.dns_port))
 
-    def add_trusted(self, flows: Sequence[TrustedFlow]) -> None:
+    def add_flows(self, flows: Sequence[Flow]) -> None:
         if flows:
-            self._run(R.render_add_trusted(flows))
+            self._run(R.render_add_flows(flows))
 
-    def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
-        return self._remove_each(flows, R.render_remove_trusted, "untrust")
+    def remove_flows(self, flows: Sequence[Flow]) -> list[str]:
+        return self._remove_each(flows, R.render_remove_flows, "withdraw")
 
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
         if ports:

@@ -13,7 +13,7 @@ from typing import Sequence
 from portlink.errors import RuntimeFailure
 from portlink.netns import rules_nft
 from portlink.netns.firewall import FirewallDriver, already_gone
-from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import DNS_PORT, NetworkSpec, PortMapping, Flow
 from portlink.netns.names import NFT_TABLE
 
 
@@ -65,35 +65,31 @@ class NftablesDriver(FirewallDriver):
         self._nft = Nft()
 
     def apply_all(self, networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
-                  trusted: Sequence[TrustedFlow] = ()) -> None:
-        self._nft.run(rules_nft.render_ruleset(networks, ports, trusted, self.dns_port))
+                  flows: Sequence[Flow] = ()) -> None:
+        self._nft.run(rules_nft.render_ruleset(networks, ports, flows, self.dns_port))
 
-    def add_trusted(self, flows: Sequence[TrustedFlow]) -> None:
+    def add_flows(self, flows: Sequence[Flow]) -> None:
         if flows:
-            self._nft.run(rules_nft.render_add_trusted(flows))
+            self._nft.run(rules_nft.render_add_flows(flows))
 
-    def remove_trusted(self, flows: Sequence[TrustedFlow]) -> list[str]:
-        errors = []
-        for f in flows:  # one by one, as remove_ports
-            try:
-                self._nft.run(rules_nft.render_remove_trusted([f]))
-            except RuntimeFailure as e:
-                if not already_gone(str(e)):
-                    errors.append(f"untrust {f}: {e}")
-        return errors
+    def remove_flows(self, flows: Sequence[Flow]) -> list[str]:
+        return self._remove_each(flows, rules_nft.render_remove_flows, "withdraw")
 
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
         if ports:
             self._nft.run(rules_nft.render_add_ports(ports))
 
     def remove_ports(self, ports: Sequence[PortMapping]) -> list[str]:
+        return self._remove_each(ports, rules_nft.render_remove_ports, "unpublish")
+
+    def _remove_each(self, items: Sequence, render, what: str) -> list[str]:
         errors = []
-        for p in ports:  # one by one: a missing element must not keep the rest in place
+        for x in items:  # one by one: a missing element must not keep the rest in place
             try:
-                self._nft.run(rules_nft.render_remove_ports([p]))
+                self._nft.run(render([x]))
             except RuntimeFailure as e:
                 if not already_gone(str(e)):
-                    errors.append(f"unpublish {p}: {e}")
+                    errors.append(f"{what} {x}: {e}")
         return errors
 
     def teardown(self) -> list[str]:

@@ -69,3 +69,23 @@ class TrustedFlow:
 
     def __str__(self) -> str:
         return f"{self.container_ip}->{self.host_ip}:{self.port}/tcp"
+
+
+@dataclass(frozen=True, order=True)
+class LinkFlow:
+    """One link on a network with icc off: the linking container may open
+    connections to one exposed port of the container it links to (Docker's rule
+    for `--link` under `--icc=false`); replies follow by conntrack."""
+
+    src: IPv4Address
+    dst: IPv4Address
+    proto: str        # "tcp" | "udp"
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.src}->{self.dst}:{self.port}/{self.proto}"
+
+
+# A flow the firewall lets through beside the network rules; each kind is one set
+# (nftables) or one chain (iptables), changed by elements.
+Flow = TrustedFlow | LinkFlow

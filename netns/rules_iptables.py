@@ -11,6 +11,8 @@ netavark do); the built-in chains get nothing but one jump each:
           INPUT       -j PORTLINK-INPUT        per network: replies, DNS and ping at the gateway,
                                                PORTLINK-TRUSTED, then drop
           PORTLINK-TRUSTED                     one ACCEPT rule per trusted flow (ambassador -> Consul)
+          PORTLINK-LINKS                       one ACCEPT rule per link flow (icc off: linker ->
+                                               linked container's exposed port)
 
 Rules are written the way iptables-save prints them, so a dump compares line
 for line with the rendering. Publishing a port, or trusting a flow, is one rule
@@ -23,18 +25,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from portlink.netns.model import CONSUL_TCP_PORTS, CONSUL_UDP_PORTS, DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import (CONSUL_TCP_PORTS, CONSUL_UDP_PORTS, DNS_PORT, Flow, NetworkSpec,
+                                   PortMapping, TrustedFlow)
 from portlink.netns.names import IPT_CHAIN_PREFIX as P
 
 DNAT = f"{P}DNAT"
 TRUSTED = f"{P}TRUSTED"
+LINKS = f"{P}LINKS"
 # table -> (built-in chain, portlink chain it jumps to)
 JUMPS = {
     "nat": [("PREROUTING", f"{P}PREROUTING"), ("OUTPUT", f"{P}OUTPUT"), ("POSTROUTING", f"{P}POSTROUTING")],
     "filter": [("FORWARD", f"{P}FORWARD"), ("INPUT", f"{P}INPUT")],
 }
 CHAINS = {"nat": sorted([DNAT] + [c for _, c in JUMPS["nat"]]),
-          "filter": sorted([TRUSTED] + [c for _, c in JUMPS["filter"]])}
+          "filter": sorted([TRUSTED, LINKS] + [c for _, c in JUMPS["filter"]])}
 
 
 @dataclass
@@ -88,22 +92,29 @@ def render_remove_ports(ports: Sequence[PortMapping]) -> str:
     return "*nat\n" + "".join(f"{r}\n" for r in _port_lines(ports, "-D")) + "COMMIT\n"
 
 
-def trusted_rule(f: TrustedFlow) -> str:
-    return f"-s {f.container_ip}/32 -d {f.host_ip}/32 -p tcp -m tcp --dport {f.port} -j ACCEPT"
+def flow_chain(f: Flow) -> str:
+    """The chain a flow's rule is in."""
+    return TRUSTED if isinstance(f, TrustedFlow) else LINKS
 
 
-def _trusted(flows: Sequence[TrustedFlow], op: str) -> str:
+def flow_rule(f: Flow) -> str:
+    if isinstance(f, TrustedFlow):
+        return f"-s {f.container_ip}/32 -d {f.host_ip}/32 -p tcp -m tcp --dport {f.port} -j ACCEPT"
+    return f"-s {f.src}/32 -d {f.dst}/32 -p {f.proto} -m {f.proto} --dport {f.port} -j ACCEPT"
+
+
+def _flows(flows: Sequence[Flow], op: str) -> str:
     if not flows:
         return ""
-    return "*filter\n" + "".join(f"{op} {TRUSTED} {trusted_rule(f)}\n" for f in flows) + "COMMIT\n"
+    return "*filter\n" + "".join(f"{op} {flow_chain(f)} {flow_rule(f)}\n" for f in flows) + "COMMIT\n"
 
 
-def render_add_trusted(flows: Sequence[TrustedFlow]) -> str:
-    return _trusted(flows, "-A")
+def render_add_flows(flows: Sequence[Flow]) -> str:
+    return _flows(flows, "-A")
 
 
-def render_remove_trusted(flows: Sequence[TrustedFlow]) -> str:
-    return _trusted(flows, "-D")
+def render_remove_flows(flows: Sequence[Flow]) -> str:
+    return _flows(flows, "-D")
 
 
 def network_input(n: NetworkSpec, dns_port: int = DNS_PORT) -> list[str]:
@@ -143,6 +154,8 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
     ]
     if n.icc:   # bridged frames reach FORWARD with -i b -o b through br_netfilter
         rules.append(f"{c} -i {b} -o {b} -j ACCEPT")
+    else:       # a link opens the linked container's exposed ports to the linker, nothing more
+        rules.append(f"{c} -i {b} -o {b} -j {LINKS}")
     # Nothing else reaches the containers: only published ports, above.
     rules.append(f"{c} -o {b} -j DROP")
     # Consul's ports on other hosts: only an ambassador's trusted flow (to a remote --consul).
@@ -169,7 +182,7 @@ def _table(name: str, state: TableState | None, rules: list[str]) -> str:
 
 
 def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping], saved: str = "",
-                   trusted: Sequence[TrustedFlow] = (), dns_port: int = DNS_PORT) -> str:
+                   flows: Sequence[Flow] = (), dns_port: int = DNS_PORT) -> str:
     """The whole of portlink's iptables state; `saved` is the current
     `iptables-save` output ("" on a host where portlink has nothing yet)."""
     nets = sorted(networks, key=lambda n: n.bridge)
@@ -180,7 +193,7 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
     parts = [network_forward(n) for n in nets]
     fwd = [r for inbound, _ in parts for r in inbound] + [r for _, out in parts for r in out]
     fwd += [r for n in nets for r in network_input(n, dns_port)]
-    fwd += [f"-A {TRUSTED} {trusted_rule(f)}" for f in sorted(trusted)]
+    fwd += [f"-A {flow_chain(f)} {flow_rule(f)}" for f in sorted(flows, key=lambda f: (flow_chain(f), f))]
     return _table("nat", state.get("nat"), nat) + _table("filter", state.get("filter"), fwd)
 
 

@@ -11,23 +11,27 @@ Layout, all in portlink's own tables (nothing else in the host is touched):
     chain forward             per network: established, published, icc, out (never to
                               Consul's ports), drop
     set   trusted             container ip . host ip . tcp port: ambassador -> Consul agent
+    set   links               linker ip . linked ip . proto . port: `--link` on a network
+                              with icc off opens the linked container's exposed ports
     chain input               per network: what a container may send to the host
                               itself: replies, DNS at its gateway, ping of its
                               gateway, trusted flows; everything else is dropped
 
 icc relies on br_netfilter (the daemon turns on bridge-nf-call-iptables in its
 namespace): frames bridged between two ports then pass the ip forward hook with
-iif = oif = the bridge, where icc=true accepts them and icc=false drops them.
+iif = oif = the bridge, where icc=true accepts them and icc=false drops them
+but for the flows in `links`.
 
 Publishing a port is one map element, so the cost of the 500th container is the
 cost of the first: the rule count depends on networks, never on containers. A
-trusted flow is one element of the set `trusted`, likewise."""
+trusted flow or a link flow is one element of its set, likewise."""
 
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from portlink.netns.model import CONSUL_TCP_PORTS, CONSUL_UDP_PORTS, DNS_PORT, NetworkSpec, PortMapping, TrustedFlow
+from portlink.netns.model import (CONSUL_TCP_PORTS, CONSUL_UDP_PORTS, DNS_PORT, Flow, NetworkSpec,
+                                   PortMapping, TrustedFlow)
 from portlink.netns.names import NFT_TABLE as T
 
 
@@ -55,22 +59,30 @@ def render_remove_ports(ports: Sequence[PortMapping]) -> str:
     return "\n".join(_elements(ports, "delete")) + "\n"
 
 
-def trusted_element(f: TrustedFlow) -> str:
-    return f"{f.container_ip} . {f.host_ip} . {f.port}"
+def flow_set(f: Flow) -> str:
+    """The set a flow is an element of."""
+    return "trusted" if isinstance(f, TrustedFlow) else "links"
 
 
-def _trusted(flows: Sequence[TrustedFlow], op: str) -> str:
-    if not flows:
-        return ""
-    return f"{op} element ip {T} trusted {{ {', '.join(trusted_element(f) for f in flows)} }}\n"
+def flow_element(f: Flow) -> str:
+    if isinstance(f, TrustedFlow):
+        return f"{f.container_ip} . {f.host_ip} . {f.port}"
+    return f"{f.src} . {f.dst} . {f.proto} . {f.port}"
 
 
-def render_add_trusted(flows: Sequence[TrustedFlow]) -> str:
-    return _trusted(flows, "add")
+def _flows(flows: Sequence[Flow], op: str) -> str:
+    by_set: dict[str, list[str]] = {}
+    for f in flows:
+        by_set.setdefault(flow_set(f), []).append(flow_element(f))
+    return "".join(f"{op} element ip {T} {s} {{ {', '.join(els)} }}\n" for s, els in sorted(by_set.items()))
 
 
-def render_remove_trusted(flows: Sequence[TrustedFlow]) -> str:
-    return _trusted(flows, "delete")
+def render_add_flows(flows: Sequence[Flow]) -> str:
+    return _flows(flows, "add")
+
+
+def render_remove_flows(flows: Sequence[Flow]) -> str:
+    return _flows(flows, "delete")
 
 
 def network_input(n: NetworkSpec, dns_port: int = DNS_PORT) -> list[str]:
@@ -116,6 +128,8 @@ def network_forward(n: NetworkSpec) -> tuple[list[str], list[str]]:
     ]
     if n.icc:
         rules.append(f'iifname "{b}" oifname "{b}" accept')
+    else:   # a link opens the linked container's exposed ports to the linker, nothing more
+        rules.append(f'iifname "{b}" oifname "{b}" ip saddr . ip daddr . meta l4proto . th dport @links accept')
     # Nothing else reaches the containers: not other networks, not the outside
     # by container address (only published ports, above).
     rules.append(f'oifname "{b}" drop')
@@ -131,7 +145,7 @@ def _ranges(ports: tuple[tuple[int, int], ...]) -> str:
 
 
 def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping],
-                   trusted: Sequence[TrustedFlow] = (), dns_port: int = DNS_PORT) -> str:
+                   flows: Sequence[Flow] = (), dns_port: int = DNS_PORT) -> str:
     """The whole of portlink's nftables state; applied as one atomic batch that
     first deletes the previous tables (the add-then-delete idiom makes the
     delete safe when they do not exist yet)."""
@@ -146,6 +160,7 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
         maps += f"\tmap {proto}_any {{\n\t\ttype inet_service : ipv4_addr . inet_service\n\t}}\n"
         maps += f"\tmap {proto}_ip {{\n\t\ttype ipv4_addr . inet_service : ipv4_addr . inet_service\n\t}}\n"
     maps += "\tset trusted {\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n\t}\n"
+    maps += "\tset links {\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n\t}\n"
     text = (
         f"add table ip {T}\ndelete table ip {T}\n"
         f"table ip {T} {{\n{maps}"
@@ -166,7 +181,7 @@ def render_ruleset(networks: Sequence[NetworkSpec], ports: Sequence[PortMapping]
     )
     if ports:
         text += render_add_ports(ports)
-    return text + render_add_trusted(sorted(trusted))
+    return text + render_add_flows(sorted(flows, key=lambda f: (flow_set(f), f)))
 
 
 def render_teardown() -> str:

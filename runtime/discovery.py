@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import ip_address
+from typing import Iterable
 
 from portlink import parse
 from portlink.errors import InvalidArgument, InvalidValue
 from portlink.catalog.services import Instance
 from portlink.dns.zone import DEFAULT_TTL, Member, NetworkZone, ServiceInstance, Snapshot, View
-from portlink.netns.model import NetworkSpec
+from portlink.netns.model import LinkFlow, NetworkSpec
 from portlink.runtime.links import LinkedContainer, LinkRequest, hosts_line
 
 
@@ -61,6 +62,23 @@ def resolve_links(me: Seen, by_name: dict[str, Seen]) -> list[tuple[LinkRequest,
         ok = child is not None and child.ip and child.network == me.network
         out.append((link, child if ok else None))
     return out
+
+
+def link_flows(me: Seen, by_name: dict[str, Seen]) -> list[LinkFlow]:
+    """What `me`'s links open on a network with icc off (Docker's rule): each
+    exposed port of each linked container, from `me` to it, nothing else."""
+    if not me.ip:
+        return []
+    return [LinkFlow(ip_address(me.ip), ip_address(child.ip), proto, port)
+            for link, child in resolve_links(me, by_name) if child is not None
+            for port, proto in (parse.port_proto("exposed port", e) for e in child.exposed)]
+
+
+def all_link_flows(running: Iterable[Seen], closed: set[str]) -> frozenset[LinkFlow]:
+    """Every link flow of the containers on the networks named in `closed` (icc off)."""
+    on = [c for c in running if c.network in closed]
+    by_name = {c.name: c for c in on}
+    return frozenset(f for c in on for f in link_flows(c, by_name))
 
 
 def consul_services(services: dict[str, tuple[Instance, ...]] | None) -> dict[str, tuple[ServiceInstance, ...]] | None:

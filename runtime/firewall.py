@@ -1,10 +1,11 @@
 """The host's firewall, as the runtime uses it: one façade over the driver that
-owns its lock and the trusted flows in force.
+owns its lock and the allowed flows in force.
 
 The lock is held while a DNAT element and its journal row change together, so
 a full re-render from the state (network changes, drift repair) never drops an
-element added meanwhile. Trusted flows (ambassador -> Consul agent) are set
-elements, changed by difference: constant cost per ambassador."""
+element added meanwhile. Allowed flows (an ambassador -> the Consul agent; a
+link on a network with icc off) are set elements, changed by difference:
+constant cost per ambassador or link."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from ipaddress import IPv4Address, ip_address
 from portlink.catalog.config import ConsulConfig
 from portlink.errors import RuntimeFailure
 from portlink.netns.firewall import FirewallDriver
-from portlink.netns.model import PortMapping, TrustedFlow
-from portlink.runtime import networks
+from portlink.netns.model import Flow, LinkFlow, PortMapping, TrustedFlow
+from portlink.runtime import discovery, networks
+from portlink.runtime.plan import seen_of
 from portlink.runtime.records import Records
 from portlink.runtime.state import Store
 
@@ -66,7 +68,7 @@ class Firewall:
         self._store, self._records = store, Records(store)
         self._consul = consul
         self.lock = threading.RLock()
-        self._trusted: frozenset[TrustedFlow] = frozenset()   # in the firewall now (under lock)
+        self._flows: frozenset[Flow] = frozenset()   # in the firewall now (under lock)
 
     # the whole rule set -------------------------------------------------------------
     def mappings(self) -> list[PortMapping]:
@@ -77,9 +79,9 @@ class Firewall:
     def apply_all(self) -> None:
         """Re-render everything from the state, atomically."""
         with self.lock:   # no DNAT element added or removed between read and render
-            want = self.trusted_flows()
-            self.driver.apply_all(networks.read_all(self._store), self.mappings(), sorted(want))
-            self._trusted = want
+            want = self.wanted_flows()
+            self.driver.apply_all(networks.read_all(self._store), self.mappings(), list(want))
+            self._flows = want
 
     def dump(self) -> str:
         return self.driver.dump()
@@ -103,7 +105,7 @@ class Firewall:
                 raise RuntimeFailure("; ".join(errs))
             forget()
 
-    # trusted flows: ambassadors -> the Consul agent ---------------------------------------
+    # allowed flows: ambassadors -> the Consul agent; links on icc-off networks ------------
     def trusted_flows(self) -> frozenset[TrustedFlow]:
         """(ambassador ip, Consul ip, Consul port) for every running ambassador:
         the only connections a container may open to the host itself besides DNS."""
@@ -112,30 +114,44 @@ class Firewall:
         ip, port = self._consul
         return frozenset(TrustedFlow(ip_address(c.ip), ip, port) for c in self._records.running_ambassadors())
 
+    def link_flows(self) -> frozenset[LinkFlow]:
+        """What the running containers' links open on networks with icc off."""
+        closed = {n.name for n in networks.read_all(self._store) if not n.icc}
+        if not closed:
+            return frozenset()
+        return discovery.all_link_flows((seen_of(c, [], c.ip) for c in self._records.running_with_ip()), closed)
+
+    def wanted_flows(self) -> frozenset[Flow]:
+        return self.trusted_flows() | self.link_flows()
+
     def trust(self, ambassador_ip: str) -> None:
         """An ambassador about to start: let it reach Consul before its process
         runs, so its first connection never waits for a SYN retransmit."""
-        if self._consul is None:
-            return
-        flow = TrustedFlow(ip_address(ambassador_ip), *self._consul)
-        with self.lock:
-            if flow not in self._trusted:
-                self.driver.add_trusted([flow])
-                self._trusted |= {flow}
+        if self._consul is not None:
+            self.allow([TrustedFlow(ip_address(ambassador_ip), *self._consul)])
 
-    def sync_trusted(self) -> None:
-        """Make the trusted flows those of the running ambassadors, by elements.
+    def allow(self, flows: list[Flow]) -> None:
+        """Flows a container about to start needs at once; the next sync keeps
+        them while their containers run."""
+        with self.lock:
+            new = sorted(set(flows) - self._flows, key=str)
+            if new:
+                self.driver.add_flows(new)
+                self._flows |= set(new)
+
+    def sync_flows(self) -> None:
+        """Make the allowed flows those of the running containers, by elements.
         Errors are logged, not raised: the container change that called this has
         happened; the next change retries."""
         with self.lock:
-            want = self.trusted_flows()
-            gone, new = sorted(self._trusted - want), sorted(want - self._trusted)
-            for e in self.driver.remove_trusted(gone):
+            want = self.wanted_flows()
+            gone, new = sorted(self._flows - want, key=str), sorted(want - self._flows, key=str)
+            for e in self.driver.remove_flows(gone):
                 log.error("firewall: %s", e)
-            have = self._trusted - set(gone)
+            have = self._flows - set(gone)
             try:
-                self.driver.add_trusted(new)
+                self.driver.add_flows(new)
                 have |= set(new)
             except RuntimeFailure as e:
-                log.error("firewall: cannot let ambassadors reach Consul: %s", e)
-            self._trusted = frozenset(have)
+                log.error("firewall: cannot allow %s: %s", ", ".join(map(str, new)), e)
+            self._flows = frozenset(have)

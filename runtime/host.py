@@ -125,7 +125,7 @@ class Host:
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
-            trust=self.fw.trust, default_dns=cfg.dns, start_time=self.metrics.start_time,
+            trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
             oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid))))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,

@@ -45,6 +45,7 @@ class LifecycleDeps:
     refresher: Refresher                       # peers' names for a start (read only here)
     watch: Callable[[str, int], None]          # the reaper: report when this pid exits
     trust: Callable[[str], None]               # the firewall: an ambassador may reach Consul
+    allow: Callable[[list], None]              # the firewall: what a container's links open (icc off)
     default_dns: list[str]
     start_time: Histogram
     oom_kills: Callable[[str], int | None]     # OOM kills in a container's cgroup (cgroups.oom_kills)
@@ -176,6 +177,8 @@ class Lifecycle:
         faults.point("start.files")
         if ip is not None and c.is_ambassador:
             self.d.trust(str(ip))
+        if plan.link_flows:
+            self.d.allow(plan.link_flows)   # before its process: a first connection must not be dropped
         pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
                                                                c.spec.log_opts))
         self.d.start_time.observe(time.perf_counter() - began)

@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 from portlink.netns import names
-from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
+from portlink.netns.model import Endpoint, LinkFlow, NetworkSpec, PortMapping
 from portlink.runtime import ambassadors, discovery, oci, seccomp, security, validate
 from portlink.runtime import links as linkspec
 from portlink.runtime.discovery import Seen
@@ -68,6 +68,7 @@ class StartPlan:
     files: dict[str, tuple[str, str]]           # container path -> (file in the container dir, text)
     config: dict                                # the OCI config.json
     link_env: list[str] = field(default_factory=list)
+    link_flows: list[LinkFlow] = field(default_factory=list)   # icc off: what its links open
 
 
 def seen_of(c: Container, image_env: list[str], ip: str | None) -> Seen:
@@ -141,4 +142,5 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
                      config=oci.build_config(proc, str(cdir / "rootfs"), ns, layout.cgroups_path(c.id),
                                              confinement(c, profile, machine), c.spec.parsed_limits()),
-                     link_env=link_env)
+                     link_env=link_env,
+                     link_flows=discovery.link_flows(me, peers) if ep is not None and not net.icc else [])

@@ -55,7 +55,7 @@ class Refresher:
         self._listeners.append(fn)
 
     def changed(self) -> None:
-        self.fw.sync_trusted()   # first: a new ambassador's first call to Consul is on its way
+        self.fw.sync_flows()   # first: a new ambassador's first call to Consul is on its way
         self.refresh_names()
         for fn in self._listeners:
             fn()

@@ -126,3 +126,19 @@ def test_plan_confines_with_the_capabilities_and_the_resolved_profile():
     unconfined = plan_start(container(), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [],
                             profile=None).config
     assert "seccomp" not in unconfined["linux"]
+
+
+def test_links_open_the_linked_ports_only_on_a_network_with_icc_off():
+    from dataclasses import replace
+    from portlink.netns.model import LinkFlow
+    db = replace(DB, exposed=("5432/tcp", "5433/udp"))
+    c = container(links=["db:sql"])
+    on = plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {"db": db}, [])
+    assert on.link_flows == []            # icc on: the bridge lets everything through already
+    closed = replace(NET, icc=False)
+    off = plan_start(c, IMAGE, (0, 0), LAYOUT, closed, ip_address("10.90.0.5"), [], {"db": db}, [])
+    me, other = ip_address("10.90.0.5"), ip_address("10.90.0.7")
+    assert off.link_flows == [LinkFlow(me, other, "tcp", 5432), LinkFlow(me, other, "udp", 5433)]
+    # a peer of that name on another network is no link target
+    elsewhere = plan_start(c, IMAGE, (0, 0), LAYOUT, closed, me, [], {"db": replace(db, network="back")}, [])
+    assert elsewhere.link_flows == []

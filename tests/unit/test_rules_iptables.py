@@ -38,6 +38,7 @@ COMMIT
 FILTER_BODY = """\
 -A PORTLINK-FORWARD -o plb-back -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A PORTLINK-FORWARD -o plb-back -m conntrack --ctstate DNAT -j ACCEPT
+-A PORTLINK-FORWARD -i plb-back -o plb-back -j PORTLINK-LINKS
 -A PORTLINK-FORWARD -o plb-back -j DROP
 -A PORTLINK-FORWARD -o plb-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A PORTLINK-FORWARD -o plb-front -m conntrack --ctstate DNAT -j ACCEPT
@@ -70,6 +71,7 @@ CHAINS_FILTER = """\
 *filter
 :PORTLINK-FORWARD - [0:0]
 :PORTLINK-INPUT - [0:0]
+:PORTLINK-LINKS - [0:0]
 :PORTLINK-TRUSTED - [0:0]
 """
 CHAINS_NAT = """\
@@ -135,7 +137,7 @@ def test_ruleset_is_idempotent_against_its_own_result():
              "-A PREROUTING -j PORTLINK-PREROUTING\n-A OUTPUT -j PORTLINK-OUTPUT\n"
              "-A POSTROUTING -j PORTLINK-POSTROUTING\n"
              "-A PORTLINK-PREROUTING -m addrtype --dst-type LOCAL -j PORTLINK-DNAT\nCOMMIT\n"
-             "*filter\n:PORTLINK-FORWARD - [0:0]\n:PORTLINK-INPUT - [0:0]\n:PORTLINK-TRUSTED - [0:0]\n"
+             "*filter\n:PORTLINK-FORWARD - [0:0]\n:PORTLINK-INPUT - [0:0]\n:PORTLINK-LINKS - [0:0]\n:PORTLINK-TRUSTED - [0:0]\n"
              "-A FORWARD -j PORTLINK-FORWARD\n-A INPUT -j PORTLINK-INPUT\n"
              "-A PORTLINK-INPUT -i plb-front -j PORTLINK-TRUSTED\nCOMMIT\n")
     text = R.render_ruleset([FRONT], [], saved)
@@ -230,22 +232,38 @@ def test_dns_port_is_the_one_input_accepts():
 
 
 def test_add_and_remove_trusted_exact():
-    assert R.render_add_trusted(TRUSTED) == (
+    assert R.render_add_flows(TRUSTED) == (
         "*filter\n"
         "-A PORTLINK-TRUSTED -s 10.77.0.9/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
         "-A PORTLINK-TRUSTED -s 10.77.0.5/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
         "COMMIT\n")
-    assert R.render_remove_trusted(TRUSTED[1:]) == (
+    assert R.render_remove_flows(TRUSTED[1:]) == (
         "*filter\n"
         "-D PORTLINK-TRUSTED -s 10.77.0.5/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
         "COMMIT\n")
-    assert R.render_add_trusted([]) == R.render_remove_trusted([]) == ""
+    assert R.render_add_flows([]) == R.render_remove_flows([]) == ""
 
 
 @pytest.mark.parametrize("trusted", [0, 1, 50, 500])
 def test_cost_per_trusted_flow_is_constant(trusted):
     many = [TrustedFlow(A(f"10.77.{i // 250}.{2 + i % 250}"), A("10.99.0.2"), 8500) for i in range(trusted)]
     new = TrustedFlow(A("10.78.0.9"), A("10.99.0.2"), 8500)
-    assert _rules(R.render_add_trusted([new])) == 1
+    assert _rules(R.render_add_flows([new])) == 1
     assert (_rules(R.render_ruleset([FRONT, BACK], [], "", many + [new]))
             - _rules(R.render_ruleset([FRONT, BACK], [], "", many))) == 1
+
+
+def test_link_flows_are_rules_of_their_own_chain():
+    from portlink.netns.model import LinkFlow
+    links = [LinkFlow(A("10.78.0.5"), A("10.78.0.7"), "tcp", 5432), LinkFlow(A("10.78.0.5"), A("10.78.0.7"), "udp", 53)]
+    assert R.render_add_flows(links) == (
+        "*filter\n"
+        "-A PORTLINK-LINKS -s 10.78.0.5/32 -d 10.78.0.7/32 -p tcp -m tcp --dport 5432 -j ACCEPT\n"
+        "-A PORTLINK-LINKS -s 10.78.0.5/32 -d 10.78.0.7/32 -p udp -m udp --dport 53 -j ACCEPT\n"
+        "COMMIT\n")
+    text = R.render_ruleset([FRONT, BACK], [], "", links + TRUSTED[:1])
+    assert text.endswith(
+        "-A PORTLINK-LINKS -s 10.78.0.5/32 -d 10.78.0.7/32 -p tcp -m tcp --dport 5432 -j ACCEPT\n"
+        "-A PORTLINK-LINKS -s 10.78.0.5/32 -d 10.78.0.7/32 -p udp -m udp --dport 53 -j ACCEPT\n"
+        "-A PORTLINK-TRUSTED -s 10.77.0.9/32 -d 10.99.0.2/32 -p tcp -m tcp --dport 8500 -j ACCEPT\n"
+        "-I FORWARD -j PORTLINK-FORWARD\n-I INPUT -j PORTLINK-INPUT\nCOMMIT\n")

@@ -33,6 +33,9 @@ table ip portlink {
 \tset trusted {
 \t\ttype ipv4_addr . ipv4_addr . inet_service
 \t}
+\tset links {
+\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service
+\t}
 \tchain published {
 \t\tmeta l4proto tcp dnat ip to ip daddr . tcp dport map @tcp_ip
 \t\tmeta l4proto tcp dnat ip to tcp dport map @tcp_any
@@ -59,6 +62,7 @@ table ip portlink {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\toifname "plb-back" ct state established,related accept
 \t\toifname "plb-back" ct status dnat accept
+\t\tiifname "plb-back" oifname "plb-back" ip saddr . ip daddr . meta l4proto . th dport @links accept
 \t\toifname "plb-back" drop
 \t\toifname "plb-front" ct state established,related accept
 \t\toifname "plb-front" ct status dnat accept
@@ -167,11 +171,11 @@ def test_dns_port_is_the_one_input_accepts():
 
 
 def test_add_and_remove_trusted_exact():
-    assert R.render_add_trusted(TRUSTED) == (
+    assert R.render_add_flows(TRUSTED) == (
         "add element ip portlink trusted { 10.77.0.9 . 10.99.0.2 . 8500, 10.77.0.5 . 10.99.0.2 . 8500 }\n")
-    assert R.render_remove_trusted(TRUSTED[:1]) == (
+    assert R.render_remove_flows(TRUSTED[:1]) == (
         "delete element ip portlink trusted { 10.77.0.9 . 10.99.0.2 . 8500 }\n")
-    assert R.render_add_trusted([]) == R.render_remove_trusted([]) == ""
+    assert R.render_add_flows([]) == R.render_remove_flows([]) == ""
 
 
 def test_rule_count_does_not_grow_with_trusted_flows():
@@ -179,7 +183,7 @@ def test_rule_count_does_not_grow_with_trusted_flows():
     one, all_ = R.render_ruleset([FRONT, BACK], [], many[:1]), R.render_ruleset([FRONT, BACK], [], many)
     assert one.splitlines()[:-1] == all_.splitlines()[:-1]     # identical rules; one element line
     assert all_.splitlines()[-1].count(" . 8500") == 500
-    assert R.render_add_trusted(many[499:]) == "add element ip portlink trusted { 10.77.1.251 . 10.99.0.2 . 8500 }\n"
+    assert R.render_add_flows(many[499:]) == "add element ip portlink trusted { 10.77.1.251 . 10.99.0.2 . 8500 }\n"
 
 
 def test_input_rules_per_network():
@@ -189,3 +193,14 @@ def test_input_rules_per_network():
     assert rules[-1] == 'iifname "plb-front" drop'
     assert all(r.startswith('iifname "plb-front" ') for r in rules)
     assert [r for r in rules if "10.78." in r] == []
+
+
+def test_link_flows_are_elements_of_their_own_set():
+    from portlink.netns.model import LinkFlow
+    links = [LinkFlow(A("10.78.0.5"), A("10.78.0.7"), "tcp", 5432), LinkFlow(A("10.78.0.5"), A("10.78.0.7"), "udp", 53)]
+    assert R.render_add_flows(links + TRUSTED[:1]) == (
+        "add element ip portlink links { 10.78.0.5 . 10.78.0.7 . tcp . 5432, 10.78.0.5 . 10.78.0.7 . udp . 53 }\n"
+        "add element ip portlink trusted { 10.77.0.9 . 10.99.0.2 . 8500 }\n")
+    assert R.render_remove_flows(links[1:]) == "delete element ip portlink links { 10.78.0.5 . 10.78.0.7 . udp . 53 }\n"
+    # the rules are the same whatever the links: one element each
+    assert R.render_ruleset([FRONT, BACK], [], links).startswith(R.render_ruleset([FRONT, BACK], []))
