@@ -176,3 +176,18 @@ def test_drain_keeps_an_established_stream_until_the_deadline(three):
     time.sleep(1.0)
     assert count() == settled, "the stream to the removed instance outlived the drain deadline"
     assert "draining" in L.cli("host2", "logs", "amb-frontdb-bridge")
+
+
+def test_a_new_cross_host_link_works_on_its_first_connection(three):
+    # The seeds' job pattern (`run --rm --link mysql:db mysqlbackup ...`): the
+    # linking process connects at once, so its ambassador must already forward.
+    # Each round removes the ambassador first: every round is a new link.
+    L = three
+    L.frontdb("host1")
+    assert wait_for(lambda: L.client("host2").get("/system/consul")["services_seen"] >= 2, 10)
+    outcomes = []
+    for _ in range(20):
+        L.cli("host2", "rm", "-f", "amb-frontdb-bridge", check=False)
+        outcomes.append(L.cli("host2", "run", "--rm", "--link", "frontdb:sql", "busybox",
+                              "sh", "-c", "timeout 5 wget -qO- http://sql/; exit $?", check=False))
+    assert outcomes == ["db-on-host1"] * 20, outcomes
