@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
-from portlink.lab import daemon_proc
+from portlink.lab import consul_acl, daemon_proc
 from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
 from portlink.lab.daemon_proc import VENV_BIN, Daemon
 from portlink.lab.sandbox import Namespace, Switch, sh, unmount_under
@@ -154,6 +154,10 @@ def _build(lab: Lab, n: int, progress) -> None:
         Path(h.workdir).mkdir(mode=0o700)
         sw.attach(ns, h.ip)
     progress(f"switch {lab.switch_ns}; hosts {', '.join(f'{h.name}={h.ip}' for h in lab.hosts)}")
+    # Secrets first (0600 files): the agents' config and the daemons' flags name them.
+    consul_acl.make_lab_secrets(Path(lab.dir))
+    for h in lab.hosts:
+        consul_acl.make_host_secrets(_secrets(h))
     agents: list[Agent] = []
     for h in lab.hosts:
         agent = start_agent(_agent_spec(lab, h), h.netns_path, new_session=True)
@@ -163,17 +167,29 @@ def _build(lab: Lab, n: int, progress) -> None:
     daemons = [_start_daemon(lab, h) for h in lab.hosts]
     for agent in agents:
         wait_ready(agent, timeout=60)
-    progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected")
+    consul_acl.bootstrap({h.name: a for h, a in zip(lab.hosts, agents)}, {h.name: _secrets(h) for h in lab.hosts})
+    progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected, "
+             "ACLs (default deny) and gossip encryption on")
     for d in daemons:
         d.wait_ready(timeout=60)
     progress(f"portlinkd up on {len(lab.hosts)} host(s)")
 
 
+def _secrets(h: LabHost) -> consul_acl.HostSecrets:
+    return consul_acl.HostSecrets(Path(h.workdir))
+
+
+def management_token_file(lab: Lab) -> Path:
+    """The lab's Consul management token (mode 0600): the operator's, for `lab exec`."""
+    return Path(lab.dir) / consul_acl.MANAGEMENT_FILE
+
+
 def _agent_spec(lab: Lab, h: LabHost) -> AgentSpec:
-    """The agent of host `h`: the same arguments and data dir every time it starts."""
+    """The agent of host `h`: the same arguments, data dir and secrets every time it starts."""
     servers = [s.ip for s in lab.hosts if s.consul_role == "server"]
     return AgentSpec(h.name, h.ip, Path(h.workdir) / "consul", mode=h.consul_role,
-                     bootstrap_expect=len(servers), join=servers)
+                     bootstrap_expect=len(servers), join=servers,
+                     security=consul_acl.agent_security(Path(lab.dir), _secrets(h)))
 
 
 def agent_stop(name: str, hosts: list[str], progress=print) -> None:
@@ -216,7 +232,8 @@ def agent_start(name: str, hosts: list[str], timeout: float = 60, progress=print
 def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",
-                          ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2"],
+                          ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2",
+                           *consul_acl.daemon_args(_secrets(h), h.name)],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")
     h.daemon_pid = d.pid
@@ -299,6 +316,7 @@ def exec_argv(name: str, host: str, argv: list[str]) -> tuple[list[str], dict]:
     if argv[0] == "portlink":
         argv = [str(VENV_BIN / "portlink"), *argv[1:]]
     env = {**os.environ, "PORTLINK_HOST": h.socket, "CONSUL_HTTP_ADDR": f"{h.ip}:8500",
+           "CONSUL_HTTP_TOKEN_FILE": str(management_token_file(lab)),
            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     return ["nsenter", f"--net={h.netns_path}", *argv], env
 
