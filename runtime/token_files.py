@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 
 from portlink.catalog.ambassador_tokens import AmbassadorTokens
@@ -41,11 +42,14 @@ def _write_new(path: Path, text: str, mode: int, uid: int = 0, gid: int = 0) -> 
 
 
 def _read(path: Path) -> str | None:
+    """A token file's text; None if there is none (or something else, a link, in its place)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         return os.read(fd, 4096).decode(errors="replace").strip()
     finally:
         os.close(fd)
