@@ -162,15 +162,14 @@ class Lifecycle:
         ports = [PortRow(r["proto"], r["host_port"], r["container_port"], r["host_ip"])
                  for r in self.d.records.ports(cid)]
         peers = {s.name: s for s in self.d.refresher.seen()}
-        ids = resolve_user(c.spec.user, image)
-        token = None
-        if c.is_ambassador and self.d.tokens.enabled:
-            # Readable by the ambassador's user only; logged out when this run ends.
-            token = str(cdir / TOKEN_FILE)
-            j.consul_token(cid, token, lambda: self.d.tokens.issue(
-                Path(token), cid, c.spec.ambassador["service"], *ids))
-        plan = plan_start(c, image.config, ids, layout, net, ip, ports,
+        token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
+        plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
                           peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token)
+        if token is not None:
+            # Owned by the user the plan runs the ambassador as, mode 0400; logged out when this run ends.
+            user = plan.config["process"]["user"]
+            j.consul_token(cid, token, lambda: self.d.tokens.issue(
+                Path(token), cid, c.spec.ambassador["service"], user["uid"], user["gid"]))
         if plan.endpoint is not None:
             j.veth(cid, plan.endpoint)
             faults.point("start.veth")
