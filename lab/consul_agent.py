@@ -129,7 +129,7 @@ class Agent:
                         token=self._token(token))
 
     def _token(self, token: str | None) -> str | None:
-        return self.token if token is None else (token or None)
+        return self.token if token is None else token   # "": anonymous
 
     @property
     def http(self) -> str:
@@ -175,11 +175,24 @@ def start_agent(spec: AgentSpec, netns: str | None = None, new_session: bool = F
     return Agent(spec, proc, netns, argv)
 
 
+# The lab acts as its Consul's operator: a call into a lab host's namespace made
+# without a token carries that lab's management token (registered by the lab
+# for each of its namespaces: netns path -> token file). token="" asks for none.
+OPERATOR_TOKENS: dict[str, Path] = {}
+
+
 def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: str = "GET",
              body: object = None, token: str | None = None) -> tuple[int, dict, object]:
     """One request to a Consul agent: (status, headers, decoded JSON or text).
     With `netns`, the socket is opened inside that namespace (by a thread that
-    enters it), so a lab address is never looked for on the machine's own network."""
+    enters it), so a lab address is never looked for on the machine's own network.
+    `token`: sent as X-Consul-Token; None: the lab's operator token for a lab
+    namespace (OPERATOR_TOKENS), else none; "": anonymous."""
+    if token is None and netns in OPERATOR_TOKENS:
+        try:
+            token = OPERATOR_TOKENS[netns].read_text().strip()
+        except OSError:
+            token = None      # the lab is going away
     if netns:
         out: list = []
 
@@ -187,7 +200,7 @@ def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: s
             from portlink.netns.kernel_ns import entered
             try:
                 with entered(netns):
-                    out.append(http_get(url, timeout, None, method, body, token))
+                    out.append(http_get(url, timeout, None, method, body, token or ""))
             except BaseException as e:
                 out.append(e)
         t = threading.Thread(target=inside, daemon=True)

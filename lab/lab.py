@@ -23,7 +23,7 @@ from pathlib import Path
 
 from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from portlink.lab import consul_acl, daemon_proc
-from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
+from portlink.lab.consul_agent import OPERATOR_TOKENS, Agent, AgentSpec, start_agent, wait_ready
 from portlink.lab.daemon_proc import VENV_BIN, Daemon
 from portlink.lab.sandbox import Namespace, Switch, sh, unmount_under
 from portlink.runtime.client import Client, CliError
@@ -77,7 +77,14 @@ class Lab:
         except FileNotFoundError:
             raise NotFound(f"no lab named {name!r} (portlink lab up --name {name})") from None
         hosts = [LabHost(**h) for h in data.pop("hosts")]
-        return cls(hosts=hosts, **data)
+        lab = cls(hosts=hosts, **data)
+        lab.operate()
+        return lab
+
+    def operate(self) -> None:
+        """This process's calls into the lab's namespaces act as the lab's Consul operator."""
+        for h in self.hosts:
+            OPERATOR_TOKENS[h.netns_path] = management_token_file(self)
 
     def save(self) -> None:
         p = Path(self.dir) / "lab.json"
@@ -158,6 +165,7 @@ def _build(lab: Lab, n: int, progress) -> None:
     consul_acl.make_lab_secrets(Path(lab.dir))
     for h in lab.hosts:
         consul_acl.make_host_secrets(_secrets(h))
+    lab.operate()
     agents: list[Agent] = []
     for h in lab.hosts:
         agent = start_agent(_agent_spec(lab, h), h.netns_path, new_session=True)
@@ -286,6 +294,8 @@ def down(name: str = "lab", progress=print) -> list[str]:
     leftover = [n for n in [*(h.ns for h in lab.hosts), lab.switch_ns] if n and Path(f"/run/netns/{n}").exists()]
     errors += [f"namespace {n} still exists" for n in leftover]
     shutil.rmtree(lab.dir, ignore_errors=True)
+    for h in lab.hosts:
+        OPERATOR_TOKENS.pop(h.netns_path, None)
     progress(f"lab {name!r} removed" + (f" with errors: {errors}" if errors else ""))
     return errors
 

@@ -42,7 +42,8 @@ class Two:
     def consul(self, host: str, method: str, path: str, token: str | None, body: object = None):
         """A call to `host`'s agent from inside its namespace; token None: anonymous."""
         h = self.made.host(host)
-        code, _, out = http_get(f"http://{h.ip}:8500{path}", 5, h.netns_path, method=method, body=body, token=token)
+        code, _, out = http_get(f"http://{h.ip}:8500{path}", 5, h.netns_path, method=method, body=body,
+                                token=token or "")
         return code, out
 
     def daemon_token(self, host: str) -> str:
