@@ -81,15 +81,35 @@ def _readable(path: str | None, what: str) -> str | None:
     return path or None
 
 
+def read_token_file(path: str, what: str) -> str:
+    """A token handed over in a file (so it shows in no command line or environment)."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {what} {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{what} {path!r} is not text") from None
+
+
 def from_sources(address: str | None = None, token: str | None = None, datacenter: str | None = None,
-                 ca_file: str | None = None, env: Mapping[str, str] | None = None) -> ConsulConfig | None:
-    """The daemon's Consul settings: explicit flags first, then CONSUL_HTTP_ADDR,
-    CONSUL_HTTP_TOKEN(_FILE), CONSUL_HTTP_SSL(_VERIFY), CONSUL_CACERT,
-    CONSUL_CLIENT_CERT/KEY. None when no address is given anywhere."""
+                 ca_file: str | None = None, env: Mapping[str, str] | None = None,
+                 token_file: str | None = None) -> ConsulConfig | None:
+    """The daemon's Consul settings: explicit flags first (a token or a token
+    file, not both), then CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE),
+    CONSUL_HTTP_SSL(_VERIFY), CONSUL_CACERT, CONSUL_CLIENT_CERT/KEY. None when
+    no address is given anywhere."""
     env = os.environ if env is None else env
+    if token is not None and token_file is not None:
+        raise InvalidArgument("give --consul-token or --consul-token-file, not both")
     address = address or env.get("CONSUL_HTTP_ADDR")
     if not address:
+        if token_file is not None:
+            raise InvalidArgument("--consul-token-file needs a Consul address: --consul ADDR or CONSUL_HTTP_ADDR")
         return None
+    if token_file is not None:
+        token = read_token_file(token_file, "--consul-token-file")
+        if not token:
+            raise InvalidArgument(f"--consul-token-file {token_file!r} is empty")
     scheme, host, port = parse_address(address)
     if "CONSUL_HTTP_SSL" in env and "://" not in address:
         scheme = "https" if _truthy(env["CONSUL_HTTP_SSL"], "CONSUL_HTTP_SSL") else "http"
@@ -98,10 +118,7 @@ def from_sources(address: str | None = None, token: str | None = None, datacente
         token = env.get("CONSUL_HTTP_TOKEN") or None   # empty: unset, as the consul CLI reads it
         token_file = env.get("CONSUL_HTTP_TOKEN_FILE")
         if token is None and token_file:
-            try:
-                token = Path(token_file).read_text().strip()
-            except OSError as e:
-                raise InvalidArgument(f"cannot read CONSUL_HTTP_TOKEN_FILE {token_file!r}: {e.strerror}") from None
+            token = read_token_file(token_file, "CONSUL_HTTP_TOKEN_FILE")
     if token is not None and (not token.isprintable() or len(token) > 512):
         raise InvalidArgument("invalid Consul token: it must be printable text of at most 512 characters")
     cert, key = env.get("CONSUL_CLIENT_CERT"), env.get("CONSUL_CLIENT_KEY")

@@ -42,6 +42,35 @@ def consul_binary() -> str:
                          "or set PORTLINK_CONSUL to one")
 
 
+@dataclass(frozen=True)
+class AgentSecurity:
+    """ACLs (default deny) and gossip encryption for an agent. Written to a 0600
+    config file in its data dir, never on its command line."""
+
+    encrypt: str                      # gossip key: base64 of 32 random bytes, the same on every agent
+    management: str                   # acl.tokens.initial_management (servers bootstrap with it)
+    agent_token: str = ""             # acl.tokens.agent: registers this node (created after the leader)
+
+    def hcl(self) -> str:
+        tokens = f'    initial_management = "{self.management}"\n'
+        if self.agent_token:
+            tokens += f'    agent = "{self.agent_token}"\n'
+        return (f'encrypt = "{self.encrypt}"\n'
+                'acl {\n  enabled = true\n  default_policy = "deny"\n  down_policy = "extend-cache"\n'
+                f'  enable_token_persistence = true\n  tokens {{\n{tokens}  }}\n}}\n')
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """A secret file, created with its mode (never readable by others, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class AgentSpec:
     name: str                         # node name, unique in the cluster
@@ -51,6 +80,11 @@ class AgentSpec:
     join: list[str] = field(default_factory=list)
     bootstrap_expect: int = 0
     datacenter: str = "dc1"
+    security: AgentSecurity | None = None   # None: no ACLs, no gossip encryption
+
+    @property
+    def security_file(self) -> Path:
+        return self.data_dir / "security.hcl"
 
     def argv(self, binary: str) -> list[str]:
         hcl = ('disable_update_check = true\n'
@@ -58,6 +92,8 @@ class AgentSpec:
                'log_level = "warn"\n')
         argv = [binary, "agent", f"-node={self.name}", f"-bind={self.bind}", f"-client={self.bind}",
                 f"-datacenter={self.datacenter}", "-hcl", hcl]
+        if self.security:
+            argv += [f"-config-file={self.security_file}"]
         if self.mode == "dev":
             return argv + ["-dev"]
         argv += [f"-data-dir={self.data_dir / 'data'}"]
@@ -73,12 +109,27 @@ class Agent:
     netns: str | None = None          # path of the namespace it runs in; None: this one
     argv: list[str] = field(default_factory=list)
 
-    def get(self, path: str, timeout: float = 2.0) -> tuple[int, dict, object]:
-        """GET from this agent's HTTP API, from inside its namespace."""
-        return http_get(f"{self.http}{path}", timeout, self.netns)
+    @property
+    def token(self) -> str | None:
+        """The management token (ACLs on): the tests' and the lab's own calls use it."""
+        return self.spec.security.management if self.spec.security else None
 
-    def put(self, path: str, body: object = None, timeout: float = 5.0) -> tuple[int, dict, object]:
-        return http_get(f"{self.http}{path}", timeout, self.netns, method="PUT", body=body)
+    def get(self, path: str, timeout: float = 2.0, token: str | None = None) -> tuple[int, dict, object]:
+        """GET from this agent's HTTP API, from inside its namespace; with the
+        management token unless `token` is given ("" for none: anonymous)."""
+        return http_get(f"{self.http}{path}", timeout, self.netns, token=self._token(token))
+
+    def put(self, path: str, body: object = None, timeout: float = 5.0,
+            token: str | None = None) -> tuple[int, dict, object]:
+        return http_get(f"{self.http}{path}", timeout, self.netns, method="PUT", body=body, token=self._token(token))
+
+    def post(self, path: str, body: object = None, timeout: float = 5.0,
+             token: str | None = None) -> tuple[int, dict, object]:
+        return http_get(f"{self.http}{path}", timeout, self.netns, method="POST", body=body,
+                        token=self._token(token))
+
+    def _token(self, token: str | None) -> str | None:
+        return self.token if token is None else token   # "": anonymous
 
     @property
     def http(self) -> str:
@@ -114,6 +165,8 @@ def start_agent(spec: AgentSpec, netns: str | None = None, new_session: bool = F
     """Start an agent, inside the network namespace at `netns` if given;
     `new_session`: it outlives its starter (the lab)."""
     spec.data_dir.mkdir(parents=True, exist_ok=True)
+    if spec.security:
+        write_private(spec.security_file, spec.security.hcl())
     prefix = ["nsenter", f"--net={netns}"] if netns else []
     argv = [*prefix, *spec.argv(consul_binary())]
     log = open(spec.data_dir / "consul.log", "ab")
@@ -122,11 +175,24 @@ def start_agent(spec: AgentSpec, netns: str | None = None, new_session: bool = F
     return Agent(spec, proc, netns, argv)
 
 
+# The lab acts as its Consul's operator: a call into a lab host's namespace made
+# without a token carries that lab's management token (registered by the lab
+# for each of its namespaces: netns path -> token file). token="" asks for none.
+OPERATOR_TOKENS: dict[str, Path] = {}
+
+
 def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: str = "GET",
-             body: object = None) -> tuple[int, dict, object]:
+             body: object = None, token: str | None = None) -> tuple[int, dict, object]:
     """One request to a Consul agent: (status, headers, decoded JSON or text).
     With `netns`, the socket is opened inside that namespace (by a thread that
-    enters it), so a lab address is never looked for on the machine's own network."""
+    enters it), so a lab address is never looked for on the machine's own network.
+    `token`: sent as X-Consul-Token; None: the lab's operator token for a lab
+    namespace (OPERATOR_TOKENS), else none; "": anonymous."""
+    if token is None and netns in OPERATOR_TOKENS:
+        try:
+            token = OPERATOR_TOKENS[netns].read_text().strip()
+        except OSError:
+            token = None      # the lab is going away
     if netns:
         out: list = []
 
@@ -134,7 +200,7 @@ def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: s
             from portlink.netns.kernel_ns import entered
             try:
                 with entered(netns):
-                    out.append(http_get(url, timeout, None, method, body))
+                    out.append(http_get(url, timeout, None, method, body, token or ""))
             except BaseException as e:
                 out.append(e)
         t = threading.Thread(target=inside, daemon=True)
@@ -147,6 +213,8 @@ def http_get(url: str, timeout: float = 2.0, netns: str | None = None, method: s
         return out[0]
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("X-Consul-Token", token)    # a header: never in a URL or a log line
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             text = r.read().decode()

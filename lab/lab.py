@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
-from portlink.lab import daemon_proc
-from portlink.lab.consul_agent import Agent, AgentSpec, start_agent, wait_ready
+from portlink.lab import consul_acl, daemon_proc
+from portlink.lab.consul_agent import OPERATOR_TOKENS, Agent, AgentSpec, start_agent, wait_ready
 from portlink.lab.daemon_proc import VENV_BIN, Daemon
 from portlink.lab.sandbox import Namespace, Switch, sh, unmount_under
 from portlink.runtime.client import Client, CliError
@@ -77,7 +77,14 @@ class Lab:
         except FileNotFoundError:
             raise NotFound(f"no lab named {name!r} (portlink lab up --name {name})") from None
         hosts = [LabHost(**h) for h in data.pop("hosts")]
-        return cls(hosts=hosts, **data)
+        lab = cls(hosts=hosts, **data)
+        lab.operate()
+        return lab
+
+    def operate(self) -> None:
+        """This process's calls into the lab's namespaces act as the lab's Consul operator."""
+        for h in self.hosts:
+            OPERATOR_TOKENS[h.netns_path] = management_token_file(self)
 
     def save(self) -> None:
         p = Path(self.dir) / "lab.json"
@@ -154,6 +161,11 @@ def _build(lab: Lab, n: int, progress) -> None:
         Path(h.workdir).mkdir(mode=0o700)
         sw.attach(ns, h.ip)
     progress(f"switch {lab.switch_ns}; hosts {', '.join(f'{h.name}={h.ip}' for h in lab.hosts)}")
+    # Secrets first (0600 files): the agents' config and the daemons' flags name them.
+    consul_acl.make_lab_secrets(Path(lab.dir))
+    for h in lab.hosts:
+        consul_acl.make_host_secrets(_secrets(h))
+    lab.operate()
     agents: list[Agent] = []
     for h in lab.hosts:
         agent = start_agent(_agent_spec(lab, h), h.netns_path, new_session=True)
@@ -163,17 +175,29 @@ def _build(lab: Lab, n: int, progress) -> None:
     daemons = [_start_daemon(lab, h) for h in lab.hosts]
     for agent in agents:
         wait_ready(agent, timeout=60)
-    progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected")
+    consul_acl.bootstrap({h.name: a for h, a in zip(lab.hosts, agents)}, {h.name: _secrets(h) for h in lab.hosts})
+    progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected, "
+             "ACLs (default deny) and gossip encryption on")
     for d in daemons:
         d.wait_ready(timeout=60)
     progress(f"portlinkd up on {len(lab.hosts)} host(s)")
 
 
+def _secrets(h: LabHost) -> consul_acl.HostSecrets:
+    return consul_acl.HostSecrets(Path(h.workdir))
+
+
+def management_token_file(lab: Lab) -> Path:
+    """The lab's Consul management token (mode 0600): the operator's, for `lab exec`."""
+    return Path(lab.dir) / consul_acl.MANAGEMENT_FILE
+
+
 def _agent_spec(lab: Lab, h: LabHost) -> AgentSpec:
-    """The agent of host `h`: the same arguments and data dir every time it starts."""
+    """The agent of host `h`: the same arguments, data dir and secrets every time it starts."""
     servers = [s.ip for s in lab.hosts if s.consul_role == "server"]
     return AgentSpec(h.name, h.ip, Path(h.workdir) / "consul", mode=h.consul_role,
-                     bootstrap_expect=len(servers), join=servers)
+                     bootstrap_expect=len(servers), join=servers,
+                     security=consul_acl.agent_security(Path(lab.dir), _secrets(h)))
 
 
 def agent_stop(name: str, hosts: list[str], progress=print) -> None:
@@ -216,7 +240,8 @@ def agent_start(name: str, hosts: list[str], timeout: float = 60, progress=print
 def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",
-                          ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2"],
+                          ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2",
+                           *consul_acl.daemon_args(_secrets(h), h.name)],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")
     h.daemon_pid = d.pid
@@ -269,6 +294,8 @@ def down(name: str = "lab", progress=print) -> list[str]:
     leftover = [n for n in [*(h.ns for h in lab.hosts), lab.switch_ns] if n and Path(f"/run/netns/{n}").exists()]
     errors += [f"namespace {n} still exists" for n in leftover]
     shutil.rmtree(lab.dir, ignore_errors=True)
+    for h in lab.hosts:
+        OPERATOR_TOKENS.pop(h.netns_path, None)
     progress(f"lab {name!r} removed" + (f" with errors: {errors}" if errors else ""))
     return errors
 
@@ -299,6 +326,7 @@ def exec_argv(name: str, host: str, argv: list[str]) -> tuple[list[str], dict]:
     if argv[0] == "portlink":
         argv = [str(VENV_BIN / "portlink"), *argv[1:]]
     env = {**os.environ, "PORTLINK_HOST": h.socket, "CONSUL_HTTP_ADDR": f"{h.ip}:8500",
+           "CONSUL_HTTP_TOKEN_FILE": str(management_token_file(lab)),
            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     return ["nsenter", f"--net={h.netns_path}", *argv], env
 

@@ -19,6 +19,7 @@ from portlink.errors import InvalidArgument
 from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
 
 METRICS_PORT = 9102
+TOKEN_PATH = "/run/portlink/consul-token"   # its Consul token, a read-only file bind (runtime.token_files)
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
 REPO = Path(__file__).resolve().parents[1]
 

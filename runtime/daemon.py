@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from ipaddress import ip_address
 from pathlib import Path
@@ -16,7 +17,9 @@ from pathlib import Path
 from aiohttp import web
 
 from portlink import logsetup, parse
+from portlink.catalog import acl
 from portlink.catalog import config as consul_config
+from portlink.catalog.ambassador_tokens import AmbassadorTokens, Signer
 from portlink.catalog.services import CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.dns.zone import DEFAULT_TTL
@@ -141,6 +144,22 @@ async def start_consul(host: Host) -> ConsulSync:
     return sync
 
 
+def ambassador_tokens(consul, key: str | None, method: str | None) -> AmbassadorTokens | None:
+    """How ambassadors get their Consul token: None without --ambassador-key
+    (an agent without ACLs). The key is read and checked now, before anything is made."""
+    if key is None:
+        if method is not None:
+            raise InvalidArgument("--ambassador-auth-method is used with --ambassador-key PATH")
+        return None
+    if consul is None:
+        raise InvalidArgument("--ambassador-key signs Consul logins: give --consul ADDR too")
+    try:
+        name = method or acl.auth_method_name(socket.gethostname().split(".")[0])
+        return AmbassadorTokens(consul, Signer.load(key), name)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="portlinkd", description="the portlink daemon (one per host)")
     p.add_argument("--socket", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET).removeprefix("unix://"))
@@ -154,7 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dns-timeout", type=_seconds, default=2.0, help="seconds to wait for each upstream")
     p.add_argument("--consul", metavar="ADDR", help="Consul agent HTTP address, host[:port] or http(s)://host:port "
                    "(default $CONSUL_HTTP_ADDR; unset: no Consul, a single host)")
-    p.add_argument("--consul-token", help="ACL token (default $CONSUL_HTTP_TOKEN / $CONSUL_HTTP_TOKEN_FILE)")
+    p.add_argument("--consul-token", help="ACL token; visible in ps: prefer --consul-token-file "
+                   "(default $CONSUL_HTTP_TOKEN / $CONSUL_HTTP_TOKEN_FILE)")
+    p.add_argument("--consul-token-file", metavar="PATH", help="file holding this daemon's ACL token")
+    p.add_argument("--ambassador-key", metavar="PATH",
+                   help="EC P-256 private key (PEM, mode 0600) this host signs its ambassadors' Consul logins "
+                        "with (default: ambassadors get no token)")
+    p.add_argument("--ambassador-auth-method", metavar="NAME",
+                   help="Consul JWT auth method that trusts that key (default portlink-<hostname>)")
     p.add_argument("--consul-datacenter", help="datacenter to register in and read from (default: the agent's)")
     p.add_argument("--consul-cacert", help="CA file for an https agent (default $CONSUL_CACERT)")
     p.add_argument("--advertise", metavar="IP", help="this host's address in Consul "
@@ -181,10 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     reaper.become_subreaper()
     protect_from_oom()
     try:
+        if a.consul_token is not None:
+            log.warning("--consul-token shows the token in the process list: use --consul-token-file PATH")
+        consul = consul_config.from_sources(a.consul, a.consul_token, a.consul_datacenter, a.consul_cacert,
+                                            token_file=a.consul_token_file)
         cfg = HostConfig(state_dir=Path(a.state_dir), firewall=a.firewall, default_subnet=a.default_subnet,
                          dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout,
-                         consul=consul_config.from_sources(a.consul, a.consul_token, a.consul_datacenter,
-                                                           a.consul_cacert),
+                         consul=consul, ambassador_tokens=ambassador_tokens(consul, a.ambassador_key,
+                                                                            a.ambassador_auth_method),
                          advertise=a.advertise, consul_check_interval=a.consul_check_interval,
                          consul_resync=a.consul_resync,
                          log_limits=logfmt.LogLimits(logfmt.parse_size("--log-max-size", a.log_max_size),

@@ -11,6 +11,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from portlink.catalog import services as registration
+from portlink.catalog.ambassador_tokens import AmbassadorTokens
 from portlink.catalog.config import ConsulConfig
 from portlink.catalog.services import Registration
 from portlink.dns.forward import ForwardConfig
@@ -37,6 +38,7 @@ from portlink.runtime.records import Records
 from portlink.runtime.refresh import Catalog, Refresher
 from portlink.runtime.runc import Runc
 from portlink.runtime.state import Store
+from portlink.runtime.token_files import TokenFiles
 from portlink.runtime.views import Views
 
 log = logging.getLogger("portlink.host")
@@ -52,6 +54,7 @@ class HostConfig:
     dns_ttl: int = DEFAULT_TTL
     dns_timeout: float = 2.0                             # per upstream
     consul: ConsulConfig | None = None                   # None: a single host on its own state
+    ambassador_tokens: AmbassadorTokens | None = None    # None: ambassadors get no Consul token (no ACLs)
     advertise: str | None = None                         # address registered in Consul (default: towards Consul)
     consul_check_interval: float = 5.0                   # TCP health check of each registered port
     consul_resync: float = 30.0                          # a full resync at least this often (drift repair)
@@ -121,12 +124,13 @@ class Host:
         self.runc = Runc(layout.runc_root, log_defaults=cfg.log_limits)
         self.metrics = Metrics()
         self.reaper = Reaper()
-        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time))
+        tokens = TokenFiles(cfg.ambassador_tokens)
+        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens))
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
             trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
-            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid))))
+            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
                                             self.refresher.changed)

@@ -36,6 +36,7 @@ class Kernel(Protocol):
     def remove_port(self, key: str, forget: Callable[[], None]) -> None: ...
     def run_container(self, cid: str, start: Callable[[], int]) -> int: ...
     def delete_container(self, cid: str) -> None: ...
+    def revoke_token(self, path: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
     Step("veth", lambda j, name: j.kernel.delete_link(name), goes_with_netns=True),
     Step("port", _undo_port),
     Step("runc", lambda j, name: j.kernel.delete_container(name)),
+    Step("consul_token", lambda j, name: j.kernel.revoke_token(name)),
 )}
 
 
@@ -101,6 +103,11 @@ class Journal:
 
     def ports(self, owner: str, mappings: list[PortMapping]) -> None:
         self.kernel.add_ports(mappings, lambda key: self.store.record("port", key, owner))
+
+    def consul_token(self, owner: str, path: str, issue: Callable[[], object]) -> None:
+        """An ambassador's Consul token (its file's path): logged out by the undo."""
+        self.store.record("consul_token", path, owner)
+        issue()
 
     def process(self, owner: str, start: Callable[[], int]) -> int:
         self.store.record("runc", owner, owner)

@@ -16,11 +16,14 @@ from portlink.runtime import mounts
 from portlink.runtime.firewall import Firewall
 from portlink.runtime.plan import Layout
 from portlink.runtime.runc import Runc
+from portlink.runtime.token_files import TokenFiles
 
 
 class HostKernel:
-    def __init__(self, layout: Layout, runc: Runc, firewall: Firewall, attach_time: Histogram) -> None:
+    def __init__(self, layout: Layout, runc: Runc, firewall: Firewall, attach_time: Histogram,
+                 tokens: TokenFiles | None = None) -> None:
         self.layout, self.runc, self.fw = layout, runc, firewall
+        self.tokens = tokens or TokenFiles(None)   # ambassadors' Consul tokens
         self.attach_time = attach_time   # seconds per veth attach (the metrics endpoint)
 
     def make_dir(self, path: str) -> None:
@@ -66,3 +69,6 @@ class HostKernel:
         err = self.runc.delete(cid, self.layout.cdir(cid))   # the dir: where its log shim's pid is
         if err:
             raise RuntimeFailure(err)
+
+    def revoke_token(self, path: str) -> None:
+        self.tokens.revoke(path)

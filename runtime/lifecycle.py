@@ -13,7 +13,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
@@ -29,6 +30,7 @@ from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Rec
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.runc import Runc, signal_number, wait_gone
 from portlink.runtime.spec import ContainerSpec, Request
+from portlink.runtime.token_files import TOKEN_FILE, TokenFiles
 
 log = logging.getLogger("portlink.containers")
 
@@ -49,6 +51,7 @@ class LifecycleDeps:
     default_dns: list[str]
     start_time: Histogram
     oom_kills: Callable[[str], int | None]     # OOM kills in a container's cgroup (cgroups.oom_kills)
+    tokens: TokenFiles = field(default_factory=lambda: TokenFiles(None))   # ambassadors' Consul tokens
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -160,8 +163,14 @@ class Lifecycle:
         ports = [PortRow(r["proto"], r["host_port"], r["container_port"], r["host_ip"])
                  for r in self.d.records.ports(cid)]
         peers = {s.name: s for s in self.d.refresher.seen()}
+        token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
-                          peers, self.d.default_dns, profile=seccomp_profile(c.spec))
+                          peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token)
+        if token is not None:
+            # Owned by the user the plan runs the ambassador as, mode 0400; logged out when this run ends.
+            user = plan.config["process"]["user"]
+            j.consul_token(cid, token, lambda: self.d.tokens.issue(
+                Path(token), cid, c.spec.ambassador["service"], user["uid"], user["gid"]))
         if plan.endpoint is not None:
             j.veth(cid, plan.endpoint)
             faults.point("start.veth")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
+from portlink.catalog.acl import TOKEN_ENV
 from portlink.netns import names
 from portlink.netns.model import Endpoint, LinkFlow, NetworkSpec, PortMapping
 from portlink.runtime import ambassadors, discovery, oci, seccomp, security, validate
@@ -93,17 +94,23 @@ def resolve_user(user: str, image: Image) -> tuple[int, int]:
 
 
 def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: list[str] = (),
-            files: dict[str, str] | None = None) -> oci.ProcessSpec:
+            files: dict[str, str] | None = None, token_file: str | None = None) -> oci.ProcessSpec:
+    """`token_file`: an ambassador's Consul token on the host, bound read-only at
+    ambassadors.TOKEN_PATH; the environment names the path, never the secret."""
     spec = c.spec
     # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
     # user's entries replacing or appending (so -e overrides a link variable).
     base = [PATH_ENV, f"HOSTNAME={spec.hostname}"]
     env = linkspec.merge_env(base, list(link_env), [*config.env, *spec.env])
+    ro_binds = ambassadors.runtime_binds() if spec.ambassador else {}
     if spec.ambassador:
         env += ["PYTHONDONTWRITEBYTECODE=1"]
+        if token_file:
+            env += [f"{TOKEN_ENV}={ambassadors.TOKEN_PATH}"]
+            ro_binds[ambassadors.TOKEN_PATH] = token_file
     return oci.ProcessSpec(args=spec.cmd, env=env, cwd=spec.workdir or config.workdir or "/",
                            uid=ids[0], gid=ids[1], hostname=spec.hostname, files=files or {},
-                           ro_binds=ambassadors.runtime_binds() if spec.ambassador else {})
+                           ro_binds=ro_binds)
 
 
 def confinement(c: Container, profile: dict | None, machine: seccomp.Machine | None) -> oci.Confinement:
@@ -122,9 +129,11 @@ def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:
 def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: Layout,
                net: NetworkSpec | None, ip: IPv4Address | None, ports: list[PortRow],
                peers: dict[str, Seen], default_dns: list[str],
-               profile: dict | None = None, machine: seccomp.Machine | None = None) -> StartPlan:
+               profile: dict | None = None, machine: seccomp.Machine | None = None,
+               token_file: str | None = None) -> StartPlan:
     """`peers`: the running containers by name, as name resolution sees them.
-    `profile`: the seccomp profile as read from its file (None: unconfined)."""
+    `profile`: the seccomp profile as read from its file (None: unconfined).
+    `token_file`: an ambassador's Consul token file (runtime.token_files)."""
     cdir = layout.cdir(c.id)
     me = seen_of(c, config.env, str(ip) if ip is not None else None)
     link_env = [v for link, child in discovery.resolve_links(me, peers) if child is not None
@@ -136,7 +145,7 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
         "/etc/hostname": ("hostname", c.spec.hostname + "\n"),
     }
     binds = {dest: str(cdir / fname) for dest, (fname, _) in texts.items()}
-    proc = process(c, config, ids, link_env, binds)
+    proc = process(c, config, ids, link_env, binds, token_file)
     ns = layout.netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
