@@ -10,13 +10,18 @@ paused too; what a backend says before it is paired (a server-first protocol's
 greeting) is held the same way.
 
 Half-close: an EOF from one side becomes write_eof on the other; the pair is
-closed once both directions have ended (or either socket is lost)."""
+closed once both directions have ended (or either socket is lost).
+
+TLS (ambassador/tls.py) hooks in at two points and changes nothing else: a
+listener's `tls_in` upgrades and authorizes an accepted client before any
+backend is dialled; its `tls_out` gives the TLS options of each backend dial
+and checks the backend's identity before pairing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
@@ -54,6 +59,13 @@ class Side(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.conn.high_water, low=self.conn.low_water)  # type: ignore[attr-defined]
         if self.role == "client":
             self.conn.listener.accepted(self.conn)
+
+    def upgraded(self, transport: asyncio.Transport) -> None:
+        """The TLS transport replaces the TCP one (loop.start_tls does not call connection_made)."""
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.conn.high_water, low=self.conn.low_water)
+        if self.blocked:
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.conn.received(self, data)
@@ -181,11 +193,32 @@ class Connection:
 
     # -- connecting ----------------------------------------------------------------
 
+    async def upgrade(self, ctx, timeout: float) -> None:
+        """Server-side TLS on the accepted socket. Until it completes the client side
+        has no transport (bytes decrypted early are held as before pairing); if it
+        fails the socket is aborted and the client side counts as lost, since the
+        TLS layer, not this protocol, saw the socket end."""
+        side, raw = self.client, self.client.transport
+        side.transport = None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(raw, side, ctx, server_side=True,
+                                                             ssl_handshake_timeout=timeout)
+            if tls is None:
+                raise ConnectionResetError("the client left during the TLS handshake")
+        except BaseException:
+            side.lost = True
+            raw.abort()
+            raise
+        side.upgraded(tls)
+
     async def connect(self) -> None:
         """Try backends in the pool's order until one answers, before the client
         sees anything; none answers: close the client."""
         listener, pool = self.listener, self.listener.pool
         loop = asyncio.get_running_loop()
+        if listener.tls_in is not None and not await listener.tls_in.admit(self):
+            return
+        tls_out = listener.tls_out
         tried: set[Backend] = set()
         while not self.closing:
             # Ordered afresh for each attempt, so a set changed meanwhile is honoured.
@@ -195,11 +228,16 @@ class Connection:
             tried.add(b)
             side = Side(self, "backend")
             try:
+                dial = tls_out.dial() if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
                 # in connect-per-request latency).
                 async with asyncio.timeout(listener.connect_timeout):
-                    transport, _ = await loop.create_connection(lambda: side, b.address, b.port)
+                    transport, _ = await loop.create_connection(lambda: side, b.address, b.port, **dial)
+                if tls_out is not None:
+                    tls_out.check(transport)
             except (OSError, asyncio.TimeoutError) as e:
+                if side.transport is not None:
+                    side.transport.abort()
                 listener.backend_failed(b, e)
                 continue
             if self.closing or b not in pool:
@@ -298,7 +336,8 @@ class Listener:
     def __init__(self, port: int, pool: Pool, *, host: str = "0.0.0.0", metrics: Metrics | None = None,
                  policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
-                 low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER) -> None:
+                 low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
+                 tls_in=None, tls_out=None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -312,6 +351,8 @@ class Listener:
         self.low_water = high_water // 4 if low_water is None else low_water
         self.prebuffer = prebuffer
         self.linger = linger
+        self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
+        self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
@@ -411,7 +452,8 @@ class Ambassador:
 
     def __init__(self, ports: Iterable[int], *, host: str = "0.0.0.0", policy: str = DEFAULT_POLICY,
                  drain_deadline: float = DRAIN_DEADLINE, connect_timeout: float = CONNECT_TIMEOUT,
-                 cooldown: float = 5.0, metrics: Metrics | None = None, clock=None, **listener_options) -> None:
+                 cooldown: float = 5.0, metrics: Metrics | None = None, clock=None,
+                 tls_in: Mapping[int, object] | None = None, **listener_options) -> None:
         ports = list(ports)
         if len(set(ports)) != len(ports):
             raise ValueError(f"listener ports repeat: {ports}")
@@ -421,7 +463,8 @@ class Ambassador:
         self.pools: dict[int, Pool] = {p: Pool(**pool_options) for p in ports}
         self.listeners: dict[int, Listener] = {
             p: Listener(p, self.pools[p], host=host, metrics=self.metrics, policy=policy,
-                        drain_deadline=drain_deadline, connect_timeout=connect_timeout, **listener_options)
+                        drain_deadline=drain_deadline, connect_timeout=connect_timeout,
+                        tls_in=(tls_in or {}).get(p), **listener_options)
             for p in ports}
         self._applied: set[int] = set()
 
@@ -473,4 +516,9 @@ class Ambassador:
                 "active": {b.label: n for b, n in sorted(pool.active.items(), key=lambda i: i[0].label)},
                 "connections": len(listener.connections),
             }
+            if listener.tls_in is not None:
+                listeners[str(listener.port)]["tls_serves"] = listener.tls_in.service
+            if listener.tls_out is not None:
+                listeners[str(listener.port)]["tls_dials"] = {"as": listener.tls_out.source,
+                                                             "expect": listener.tls_out.target}
         return {"policy": self.policy, "listeners": listeners, "metrics": self.metrics.snapshot()}
