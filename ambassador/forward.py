@@ -42,9 +42,10 @@ class Side(asyncio.Protocol):
     holds: "peer" (the other socket's write buffer is over the mark) or
     "connecting" (not paired yet and `prebuffer` bytes held)."""
 
-    def __init__(self, conn: Connection, role: str) -> None:
+    def __init__(self, conn: Connection, role: str, tls: bool = False) -> None:
         self.conn = conn
         self.role = role                  # "client" | "backend"
+        self.tls = tls                    # over TLS: EOF is a full close (asyncio's TLS has no half-close)
         self.transport: asyncio.Transport | None = None
         self.blocked: set[str] = set()
         self.eof = False                  # the far end has sent EOF
@@ -63,6 +64,7 @@ class Side(asyncio.Protocol):
     def upgraded(self, transport: asyncio.Transport) -> None:
         """The TLS transport replaces the TCP one (loop.start_tls does not call connection_made)."""
         self.transport = transport
+        self.tls = True
         transport.set_write_buffer_limits(high=self.conn.high_water, low=self.conn.low_water)
         if self.blocked:
             transport.pause_reading()
@@ -71,7 +73,8 @@ class Side(asyncio.Protocol):
         self.conn.received(self, data)
 
     def eof_received(self) -> bool:
-        return self.conn.eof(self)
+        keep = self.conn.eof(self)
+        return keep and not self.tls      # a TLS transport closes after close_notify whatever we say
 
     def pause_writing(self) -> None:
         other = self.conn.other(self)
@@ -112,8 +115,16 @@ class Side(asyncio.Protocol):
                 self.conn.max_buffered = buffered
 
     def write_eof(self) -> None:
-        if self.open() and self.transport.can_write_eof():
+        if not self.open():
+            return
+        if self.transport.can_write_eof():
             self.transport.write_eof()
+        elif self.role == "client":
+            # TLS to a client cannot half-close: the backend is done, so close after
+            # flushing (close_notify), as the peer would see the backend's FIN.
+            self.transport.close()
+        # TLS to a backend cannot half-close either: the client's EOF is not passed
+        # on, so the reply still comes back; the pair ends when the backend closes.
 
     def close(self) -> None:
         if self.open():
@@ -226,7 +237,7 @@ class Connection:
             if b is None:
                 break
             tried.add(b)
-            side = Side(self, "backend")
+            side = Side(self, "backend", tls=tls_out is not None)
             try:
                 dial = tls_out.dial() if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed

@@ -89,7 +89,7 @@ class AgentConnect:
         from consul.callback import CB
         params = [("index", str(index)), ("wait", f"{int(wait)}s")] if index else []
         got, body = await self.consul.http.get(CB.json(index=True, allow_404=False), path, params=params,
-                                               headers=self.consul.agent.prepare_headers())
+                                               headers=self.consul.prepare_headers())
         return int(got), body
 
     async def roots(self, index: int, wait: float) -> tuple[int, Roots]:
@@ -104,5 +104,5 @@ class AgentConnect:
         from consul.callback import CB
         body = json.dumps({"Target": target, "ClientCertURI": uri, "ClientCertSerial": serial})
         got = await self.consul.http.post(CB.json(allow_404=False), "/v1/agent/connect/authorize",
-                                          headers=self.consul.agent.prepare_headers(), data=body)
+                                          headers=self.consul.prepare_headers(), data=body)
         return parse_authorize(got)
