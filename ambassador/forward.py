@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
@@ -52,6 +53,7 @@ class Side(asyncio.Protocol):
         self.lost = False
         self.early: list[bytes] = []      # a backend's bytes before pairing
         self.early_size = 0
+        self.stash: list[bytes] | None = None   # raw bytes before start_tls took the socket (TLS server)
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -70,6 +72,10 @@ class Side(asyncio.Protocol):
             transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.stash is not None:        # a ClientHello uvloop read before start_tls: held for TLS
+            self.stash.append(data)
+            self.transport.pause_reading()
+            return
         self.conn.received(self, data)
 
     def eof_received(self) -> bool:
@@ -210,10 +216,25 @@ class Connection:
         fails the socket is aborted and the client side counts as lost, since the
         TLS layer, not this protocol, saw the socket end."""
         side, raw = self.client, self.client.transport
+        stash, side.stash = side.stash or [], None
         side.transport = None
+        loop = asyncio.get_running_loop()
+
+        def feed() -> None:
+            # Runs after start_tls's own connection_made/resume_reading callbacks and
+            # before the loop reads again: the held bytes come first, in order.
+            proto = raw.get_protocol()
+            for data in stash:
+                view = memoryview(data)
+                while view:
+                    buf = proto.get_buffer(len(view))
+                    n = min(len(buf), len(view))
+                    buf[:n] = view[:n]
+                    proto.buffer_updated(n)
+                    view = view[n:]
         try:
-            tls = await asyncio.get_running_loop().start_tls(raw, side, ctx, server_side=True,
-                                                             ssl_handshake_timeout=timeout)
+            starting = loop.start_tls(raw, side, ctx, server_side=True, ssl_handshake_timeout=timeout)
+            tls = await _after_first_step(starting, lambda: stash and loop.call_soon(feed))
             if tls is None:
                 raise ConnectionResetError("the client left during the TLS handshake")
         except BaseException:
@@ -379,6 +400,11 @@ class Listener:
     # -- called by connections -------------------------------------------------------
 
     def accepted(self, conn: Connection) -> None:
+        if self.tls_in is not None:
+            # Not a byte before start_tls. asyncio honours this pause; uvloop starts
+            # reading after connection_made anyway, so what it reads is stashed.
+            conn.client.stash = []
+            conn.client.transport.pause_reading()
         self.connections.add(conn)
         self._idle.clear()
         conn.connecting = True
@@ -452,6 +478,28 @@ class Listener:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
             except asyncio.TimeoutError:
                 pass
+
+
+@types.coroutine
+def _after_first_step(coro, hook):
+    """Await `coro`, calling hook() once its synchronous start has run (before its
+    first suspension): `yield from` with a hook, cancellation passed through."""
+    it = coro.__await__()
+    send, exc, hooked = None, None, False
+    while True:
+        try:
+            out = it.throw(exc) if exc is not None else it.send(send)
+        except StopIteration as e:
+            if not hooked:
+                hook()
+            return e.value
+        if not hooked:
+            hooked = True
+            hook()
+        try:
+            send, exc = (yield out), None
+        except BaseException as e:         # cancellation and the like go into the coroutine
+            send, exc = None, e
 
 
 def _names(backends: Iterable[Backend]) -> str:
