@@ -10,13 +10,19 @@ paused too; what a backend says before it is paired (a server-first protocol's
 greeting) is held the same way.
 
 Half-close: an EOF from one side becomes write_eof on the other; the pair is
-closed once both directions have ended (or either socket is lost)."""
+closed once both directions have ended (or either socket is lost).
+
+TLS (ambassador/tls.py) hooks in at two points and changes nothing else: a
+listener's `tls_in` upgrades and authorizes an accepted client before any
+backend is dialled; its `tls_out` gives the TLS options of each backend dial
+and checks the backend's identity before pairing."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
@@ -37,15 +43,17 @@ class Side(asyncio.Protocol):
     holds: "peer" (the other socket's write buffer is over the mark) or
     "connecting" (not paired yet and `prebuffer` bytes held)."""
 
-    def __init__(self, conn: Connection, role: str) -> None:
+    def __init__(self, conn: Connection, role: str, tls: bool = False) -> None:
         self.conn = conn
         self.role = role                  # "client" | "backend"
+        self.tls = tls                    # over TLS: EOF is a full close (asyncio's TLS has no half-close)
         self.transport: asyncio.Transport | None = None
         self.blocked: set[str] = set()
         self.eof = False                  # the far end has sent EOF
         self.lost = False
         self.early: list[bytes] = []      # a backend's bytes before pairing
         self.early_size = 0
+        self.stash: list[bytes] | None = None   # raw bytes before start_tls took the socket (TLS server)
 
     # -- asyncio callbacks -------------------------------------------------------
 
@@ -55,11 +63,24 @@ class Side(asyncio.Protocol):
         if self.role == "client":
             self.conn.listener.accepted(self.conn)
 
+    def upgraded(self, transport: asyncio.Transport) -> None:
+        """The TLS transport replaces the TCP one (loop.start_tls does not call connection_made)."""
+        self.transport = transport
+        self.tls = True
+        transport.set_write_buffer_limits(high=self.conn.high_water, low=self.conn.low_water)
+        if self.blocked:
+            transport.pause_reading()
+
     def data_received(self, data: bytes) -> None:
+        if self.stash is not None:        # a ClientHello uvloop read before start_tls: held for TLS
+            self.stash.append(data)
+            self.transport.pause_reading()
+            return
         self.conn.received(self, data)
 
     def eof_received(self) -> bool:
-        return self.conn.eof(self)
+        keep = self.conn.eof(self)
+        return keep and not self.tls      # a TLS transport closes after close_notify whatever we say
 
     def pause_writing(self) -> None:
         other = self.conn.other(self)
@@ -100,8 +121,16 @@ class Side(asyncio.Protocol):
                 self.conn.max_buffered = buffered
 
     def write_eof(self) -> None:
-        if self.open() and self.transport.can_write_eof():
+        if not self.open():
+            return
+        if self.transport.can_write_eof():
             self.transport.write_eof()
+        elif self.role == "client":
+            # TLS to a client cannot half-close: the backend is done, so close after
+            # flushing (close_notify), as the peer would see the backend's FIN.
+            self.transport.close()
+        # TLS to a backend cannot half-close either: the client's EOF is not passed
+        # on, so the reply still comes back; the pair ends when the backend closes.
 
     def close(self) -> None:
         if self.open():
@@ -181,11 +210,47 @@ class Connection:
 
     # -- connecting ----------------------------------------------------------------
 
+    async def upgrade(self, ctx, timeout: float) -> None:
+        """Server-side TLS on the accepted socket. Until it completes the client side
+        has no transport (bytes decrypted early are held as before pairing); if it
+        fails the socket is aborted and the client side counts as lost, since the
+        TLS layer, not this protocol, saw the socket end."""
+        side, raw = self.client, self.client.transport
+        stash, side.stash = side.stash or [], None
+        side.transport = None
+        loop = asyncio.get_running_loop()
+
+        def feed() -> None:
+            # Runs after start_tls's own connection_made/resume_reading callbacks and
+            # before the loop reads again: the held bytes come first, in order.
+            proto = raw.get_protocol()
+            for data in stash:
+                view = memoryview(data)
+                while view:
+                    buf = proto.get_buffer(len(view))
+                    n = min(len(buf), len(view))
+                    buf[:n] = view[:n]
+                    proto.buffer_updated(n)
+                    view = view[n:]
+        try:
+            starting = loop.start_tls(raw, side, ctx, server_side=True, ssl_handshake_timeout=timeout)
+            tls = await _after_first_step(starting, lambda: stash and loop.call_soon(feed))
+            if tls is None:
+                raise ConnectionResetError("the client left during the TLS handshake")
+        except BaseException:
+            side.lost = True
+            raw.abort()
+            raise
+        side.upgraded(tls)
+
     async def connect(self) -> None:
         """Try backends in the pool's order until one answers, before the client
         sees anything; none answers: close the client."""
         listener, pool = self.listener, self.listener.pool
         loop = asyncio.get_running_loop()
+        if listener.tls_in is not None and not await listener.tls_in.admit(self):
+            return
+        tls_out = listener.tls_out
         tried: set[Backend] = set()
         while not self.closing:
             # Ordered afresh for each attempt, so a set changed meanwhile is honoured.
@@ -193,13 +258,18 @@ class Connection:
             if b is None:
                 break
             tried.add(b)
-            side = Side(self, "backend")
+            side = Side(self, "backend", tls=tls_out is not None)
             try:
+                dial = tls_out.dial() if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
                 # in connect-per-request latency).
                 async with asyncio.timeout(listener.connect_timeout):
-                    transport, _ = await loop.create_connection(lambda: side, b.address, b.port)
+                    transport, _ = await loop.create_connection(lambda: side, b.address, b.port, **dial)
+                if tls_out is not None:
+                    tls_out.check(transport)
             except (OSError, asyncio.TimeoutError) as e:
+                if side.transport is not None:
+                    side.transport.abort()
                 listener.backend_failed(b, e)
                 continue
             if self.closing or b not in pool:
@@ -298,7 +368,8 @@ class Listener:
     def __init__(self, port: int, pool: Pool, *, host: str = "0.0.0.0", metrics: Metrics | None = None,
                  policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
-                 low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER) -> None:
+                 low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
+                 tls_in=None, tls_out=None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -312,6 +383,8 @@ class Listener:
         self.low_water = high_water // 4 if low_water is None else low_water
         self.prebuffer = prebuffer
         self.linger = linger
+        self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
+        self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
@@ -327,6 +400,11 @@ class Listener:
     # -- called by connections -------------------------------------------------------
 
     def accepted(self, conn: Connection) -> None:
+        if self.tls_in is not None:
+            # Not a byte before start_tls. asyncio honours this pause; uvloop starts
+            # reading after connection_made anyway, so what it reads is stashed.
+            conn.client.stash = []
+            conn.client.transport.pause_reading()
         self.connections.add(conn)
         self._idle.clear()
         conn.connecting = True
@@ -402,6 +480,28 @@ class Listener:
                 pass
 
 
+@types.coroutine
+def _after_first_step(coro, hook):
+    """Await `coro`, calling hook() once its synchronous start has run (before its
+    first suspension): `yield from` with a hook, cancellation passed through."""
+    it = coro.__await__()
+    send, exc, hooked = None, None, False
+    while True:
+        try:
+            out = it.throw(exc) if exc is not None else it.send(send)
+        except StopIteration as e:
+            if not hooked:
+                hook()
+            return e.value
+        if not hooked:
+            hooked = True
+            hook()
+        try:
+            send, exc = (yield out), None
+        except BaseException as e:         # cancellation and the like go into the coroutine
+            send, exc = None, e
+
+
 def _names(backends: Iterable[Backend]) -> str:
     return "[" + ", ".join(b.label for b in backends) + "]"
 
@@ -411,7 +511,8 @@ class Ambassador:
 
     def __init__(self, ports: Iterable[int], *, host: str = "0.0.0.0", policy: str = DEFAULT_POLICY,
                  drain_deadline: float = DRAIN_DEADLINE, connect_timeout: float = CONNECT_TIMEOUT,
-                 cooldown: float = 5.0, metrics: Metrics | None = None, clock=None, **listener_options) -> None:
+                 cooldown: float = 5.0, metrics: Metrics | None = None, clock=None,
+                 tls_in: Mapping[int, object] | None = None, **listener_options) -> None:
         ports = list(ports)
         if len(set(ports)) != len(ports):
             raise ValueError(f"listener ports repeat: {ports}")
@@ -421,7 +522,8 @@ class Ambassador:
         self.pools: dict[int, Pool] = {p: Pool(**pool_options) for p in ports}
         self.listeners: dict[int, Listener] = {
             p: Listener(p, self.pools[p], host=host, metrics=self.metrics, policy=policy,
-                        drain_deadline=drain_deadline, connect_timeout=connect_timeout, **listener_options)
+                        drain_deadline=drain_deadline, connect_timeout=connect_timeout,
+                        tls_in=(tls_in or {}).get(p), **listener_options)
             for p in ports}
         self._applied: set[int] = set()
 
@@ -473,4 +575,9 @@ class Ambassador:
                 "active": {b.label: n for b, n in sorted(pool.active.items(), key=lambda i: i[0].label)},
                 "connections": len(listener.connections),
             }
+            if listener.tls_in is not None:
+                listeners[str(listener.port)]["tls_serves"] = listener.tls_in.service
+            if listener.tls_out is not None:
+                listeners[str(listener.port)]["tls_dials"] = {"as": listener.tls_out.source,
+                                                             "expect": listener.tls_out.target}
         return {"policy": self.policy, "listeners": listeners, "metrics": self.metrics.snapshot()}

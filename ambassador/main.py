@@ -4,6 +4,14 @@
         (--service NAME --consul ADDR | --backend PORT=IP:TARGETPORT ...)
         [--bind 0.0.0.0] [--policy keep|drain|close] [--drain-deadline 10]
         [--metrics IP:PORT] [--connect-timeout 2] [--cooldown 5]
+        [--tls-serve [PORT=]SERVICE ... | --tls-dial SOURCE [--tls-target SERVICE]]
+        [--tls-keys DIR] [--authorize-cache 1]
+
+Mutual TLS with Consul Connect's CA (needs --consul): --tls-serve makes this
+the server side ("I actually talk to frontdb": clients must present a leaf of
+the CA and be authorized to reach SERVICE); --tls-dial the client side ("I
+pretend I'm frontdb": backends are dialled presenting SOURCE's leaf and must
+be the target service; with --service, its mesh-capable instances are followed).
 
 Every argument is checked before anything starts: a bad one exits 2 with a
 message naming it. SIGTERM/SIGINT stop it cleanly (exit 0)."""
@@ -23,6 +31,7 @@ from dataclasses import dataclass, field
 
 from portlink.ambassador.backends import Backend
 from portlink.ambassador.forward import Ambassador
+from portlink.ambassador.secure import Secure, TLSOptions, add_tls_arguments, tls_options
 from portlink.ambassador.sources import follow_consul, parse_hostport, parse_ip, parse_port, static_sets
 from portlink import parse
 from portlink.errors import InvalidArgument
@@ -56,6 +65,7 @@ class Options:
     metrics: tuple[str, int] | None = None
     connect_timeout: float = 2.0
     cooldown: float = 5.0
+    tls: TLSOptions | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", metavar="IP:PORT", help="serve GET /metrics (Prometheus) and GET /stats (JSON) here")
     p.add_argument("--connect-timeout", default="2", metavar="S", help="seconds to wait for a backend to answer (2)")
     p.add_argument("--cooldown", default="5", metavar="S", help="seconds a failed backend is tried last (5)")
+    add_tls_arguments(p)
     return p
 
 
@@ -115,6 +126,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
 
     backends: dict[int, tuple[Backend, ...]] = {}
     service = consul = None
+    tls_wanted = bool(a.tls_serve or a.tls_dial)
     if a.service is not None and a.backend:
         raise UsageError("give either --service (Consul) or --backend (static), not both")
     if a.service is not None:
@@ -129,8 +141,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
         if consul is None:
             raise UsageError(f"--service {a.service} needs --consul ADDR (or CONSUL_HTTP_ADDR)")
         service = a.service
-    elif a.consul is not None:
-        raise UsageError(f"--consul {a.consul} is only used with --service NAME")
+    elif a.consul is not None and not tls_wanted:
+        raise UsageError(f"--consul {a.consul} is only used with --service NAME or the --tls-* flags")
     elif not a.backend:
         raise UsageError("no backends: give --service NAME --consul ADDR or --backend PORT=IP:TARGETPORT")
     else:
@@ -144,9 +156,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
         for port in listen:
             if port not in backends:
                 raise UsageError(f"--listen {port} has no --backend {port}=IP:TARGETPORT")
+    try:
+        tls, consul = tls_options(a, listen, service, consul, env)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return Options(listen=listen, bind=bind, backends=backends, service=service, consul=consul,
                    policy=a.policy, drain_deadline=drain, metrics=metrics,
-                   connect_timeout=connect_timeout, cooldown=cooldown)
+                   connect_timeout=connect_timeout, cooldown=cooldown, tls=tls)
 
 
 async def serve_metrics(stats, host: str, port: int):
@@ -179,29 +195,45 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
     """Serve until `stop` is set (or SIGTERM/SIGINT); 0 on a clean stop, 1 if a port cannot be bound."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    reach = consul = secure = None
+    tls_kw: dict = {}
+    if opts.consul is not None:
+        from portlink.catalog.watch import Reachability
+        reach = Reachability(opts.consul.url)
+        consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
+    if opts.tls is not None:
+        secure = Secure(opts.tls, consul, reach, opts.service)
+        tls_kw = secure.ambassador_options(opts.listen, opts.connect_timeout)
     amb = Ambassador(opts.listen, host=opts.bind, policy=opts.policy, drain_deadline=opts.drain_deadline,
-                     connect_timeout=opts.connect_timeout, cooldown=opts.cooldown)
+                     connect_timeout=opts.connect_timeout, cooldown=opts.cooldown, **tls_kw)
     for port, backends in opts.backends.items():
         amb.apply(port, backends)
-    try:
-        await amb.start()
-    except OSError as e:
-        log.error("cannot listen on %s: %s", opts.bind, e.strerror or e)
-        return 1
-    runner = consul = task = None
-    reach = None
+    runner = task = None
     signals: list[int] = []
     try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                signals.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass      # not the main thread (tests): the caller sets `stop`
+        if secure is not None and not await secure.start(stop):
+            return 0      # stopped before the first certificates came
+        try:
+            await amb.start()
+        except OSError as e:
+            log.error("cannot listen on %s: %s", opts.bind, e.strerror or e)
+            return 1
         if opts.service:
-            from portlink.catalog.watch import Reachability
-            reach = Reachability(opts.consul.url)
-            consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
-            task = loop.create_task(follow_consul(amb, consul, opts.service, reach, WATCH_WAIT))
+            task = loop.create_task(follow_consul(amb, consul, opts.service, reach, WATCH_WAIT,
+                                                  connect=bool(opts.tls and opts.tls.dial_as)))
 
         def stats():
             snap = amb.snapshot()
-            if reach is not None:
+            if opts.service:
                 snap["consul"] = {"service": opts.service, "url": opts.consul.url, "reachable": reach.up}
+            if secure is not None:
+                snap["tls"] = secure.snapshot()
             return amb.metrics.render(), snap
 
         if opts.metrics:
@@ -210,12 +242,6 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
             except OSError as e:
                 log.error("cannot serve metrics on %s:%d: %s", *opts.metrics, e.strerror or e)
                 return 1
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                signals.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass      # not the main thread (tests): the caller sets `stop`
         source = f"consul service {opts.service} at {opts.consul.url}" if opts.service else "static backends"
         log.info("listening on %s ports %s (%s, policy %s)", opts.bind,
                  ",".join(map(str, opts.listen)), source, opts.policy)
@@ -227,6 +253,8 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if secure is not None:
+            await secure.stop()
         if consul is not None:
             await consul.close()
         if runner is not None:

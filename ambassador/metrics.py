@@ -42,10 +42,14 @@ FAMILIES = (
     ("connect_failures_total", "counter", "Failed connection attempts to backends."),
     ("rejected_total", "counter", "Client connections closed because no backend answered."),
     ("reroutes_total", "counter", "Changes of a listener's backend set."),
+    ("tls_handshake_failures_total", "counter",
+     "Client connections closed because their TLS handshake failed (plain TCP, no or an untrusted certificate)."),
+    ("tls_denied_total", "counter",
+     "Client connections closed after the TLS handshake: not a service identity of this CA, or not authorized."),
 )
 # Where "by backend" means something else than a share of the total.
 BACKEND_HELP = {"reroutes_total": "Changes of a listener's backend set that removed this backend."}
-NO_BACKEND = {"rejected_total"}   # no backend answered: nothing to label
+NO_BACKEND = {"rejected_total", "tls_handshake_failures_total", "tls_denied_total"}   # no backend: nothing to label
 
 
 class Metrics:
@@ -75,6 +79,12 @@ class Metrics:
 
     def rejected(self, listener: int) -> None:
         self.series["rejected_total"].add(1, listener)
+
+    def handshake_failed(self, listener: int) -> None:
+        self.series["tls_handshake_failures_total"].add(1, listener)
+
+    def denied(self, listener: int) -> None:
+        self.series["tls_denied_total"].add(1, listener)
 
     def rerouted(self, listener: int, removed: list[str] | tuple[str, ...] = ()) -> None:
         s = self.series["reroutes_total"]

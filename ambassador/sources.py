@@ -85,12 +85,14 @@ def split_instances(instances: Iterable[Instance], ports: Iterable[int]) -> dict
     return {p: tuple(bs) for p, bs in out.items()}
 
 
-async def follow_consul(ambassador, consul, service: str, reach: Reachability, wait: float = 30.0) -> None:
-    """Apply every change of `service` in Consul to the ambassador's pools, until cancelled."""
+async def follow_consul(ambassador, consul, service: str, reach: Reachability, wait: float = 30.0,
+                        connect: bool = False) -> None:
+    """Apply every change of `service` in Consul to the ambassador's pools, until cancelled.
+    `connect`: follow its mesh-capable instances (server-side ambassadors)."""
     ports = list(ambassador.pools)
     while True:
         try:
-            async for instances in watch_service(consul, service, reach, wait):
+            async for instances in watch_service(consul, service, reach, wait, connect=connect):
                 for port, backends in split_instances(instances, ports).items():
                     ambassador.apply(port, backends)
         except asyncio.CancelledError:

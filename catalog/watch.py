@@ -146,17 +146,21 @@ async def watch(fetch: Fetch, reach: Reachability, limit: RateLimit | None = Non
             yield data
 
 
-def service_fetch(consul, name: str, wait: float) -> Fetch:
+def service_fetch(consul, name: str, wait: float, connect: bool = False) -> Fetch:
+    """`connect`: only the mesh-capable instances (/v1/health/connect: Connect-native
+    services and proxies), the ones a mutual-TLS client can dial."""
+    query = consul.health.connect if connect else consul.health.service
+
     async def fetch(index: int):
-        got, entries = await consul.health.service(name, index=index or None, wait=f"{int(wait)}s", passing=True)
+        got, entries = await query(name, index=index or None, wait=f"{int(wait)}s", passing=True)
         return got, parse_health(entries)
     return fetch
 
 
 async def watch_service(consul, name: str, reach: Reachability, wait: float = 30.0,
-                        limit: RateLimit | None = None) -> AsyncIterator[tuple[Instance, ...]]:
+                        limit: RateLimit | None = None, connect: bool = False) -> AsyncIterator[tuple[Instance, ...]]:
     """The healthy instances of one service: now, then after every change."""
-    async for instances in watch(service_fetch(consul, name, wait), reach, limit):
+    async for instances in watch(service_fetch(consul, name, wait, connect), reach, limit):
         yield instances
 
 

@@ -68,6 +68,18 @@ portlink_ambassador_backend_reroutes_total{backend="10.0.0.1:80"} 1
 # HELP portlink_ambassador_listener_reroutes_total Changes of a listener's backend set. By listener port.
 # TYPE portlink_ambassador_listener_reroutes_total counter
 portlink_ambassador_listener_reroutes_total{listener="80"} 1
+# HELP portlink_ambassador_tls_handshake_failures_total Client connections closed because their TLS handshake failed (plain TCP, no or an untrusted certificate).
+# TYPE portlink_ambassador_tls_handshake_failures_total counter
+portlink_ambassador_tls_handshake_failures_total 2
+# HELP portlink_ambassador_listener_tls_handshake_failures_total Client connections closed because their TLS handshake failed (plain TCP, no or an untrusted certificate). By listener port.
+# TYPE portlink_ambassador_listener_tls_handshake_failures_total counter
+portlink_ambassador_listener_tls_handshake_failures_total{listener="5432"} 2
+# HELP portlink_ambassador_tls_denied_total Client connections closed after the TLS handshake: not a service identity of this CA, or not authorized.
+# TYPE portlink_ambassador_tls_denied_total counter
+portlink_ambassador_tls_denied_total 1
+# HELP portlink_ambassador_listener_tls_denied_total Client connections closed after the TLS handshake: not a service identity of this CA, or not authorized. By listener port.
+# TYPE portlink_ambassador_listener_tls_denied_total counter
+portlink_ambassador_listener_tls_denied_total{listener="5432"} 1
 """
 
 
@@ -82,6 +94,9 @@ def known() -> Metrics:
     m.connect_failed(5432, "10.0.0.3:80")
     m.rejected(5432)
     m.rerouted(80, ["10.0.0.1:80"])
+    m.handshake_failed(5432)
+    m.handshake_failed(5432)
+    m.denied(5432)
     return m
 
 
@@ -96,7 +111,8 @@ def test_render_empty_has_every_family_at_zero():
         "portlink_ambassador_connections_open 0", "portlink_ambassador_connections_total 0",
         "portlink_ambassador_bytes_to_backend_total 0", "portlink_ambassador_bytes_to_client_total 0",
         "portlink_ambassador_connect_failures_total 0", "portlink_ambassador_rejected_total 0",
-        "portlink_ambassador_reroutes_total 0"]
+        "portlink_ambassador_reroutes_total 0", "portlink_ambassador_tls_handshake_failures_total 0",
+        "portlink_ambassador_tls_denied_total 0"]
 
 
 def test_label_values_escaped():
@@ -119,7 +135,9 @@ def test_snapshot_shape():
     snap = known().snapshot()
     assert json.loads(json.dumps(snap)) == snap          # JSON-able as is
     assert list(snap) == ["connections_open", "connections_total", "bytes_to_backend_total",
-                          "bytes_to_client_total", "connect_failures_total", "rejected_total", "reroutes_total"]
+                          "bytes_to_client_total", "connect_failures_total", "rejected_total", "reroutes_total",
+                          "tls_handshake_failures_total", "tls_denied_total"]
+    assert snap["tls_denied_total"] == {"total": 1, "listeners": {"5432": 1}}
     assert snap["connections_open"] == {"total": 1, "backends": {"10.0.0.1:80": 0, "10.0.0.2:80": 1},
                                         "listeners": {"80": 1}}
     assert snap["bytes_to_backend_total"] == {"total": 15, "backends": {"10.0.0.1:80": 10, "10.0.0.2:80": 5},

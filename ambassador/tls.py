@@ -1,0 +1,141 @@
+"""Mutual TLS for the two halves of the ambassador pattern; the forwarder calls
+these at two points and keeps its own pairing, backpressure and metrics.
+
+- `ServerTLS` ("I actually talk to frontdb"): an accepted socket is upgraded
+  to TLS with the service's current server context (a client certificate
+  signed by the roots is required), the client's SPIFFE identity is read from
+  its certificate and `POST /v1/agent/connect/authorize` decides; only then is
+  a backend dialled. Refused: closed, counted, nothing reaches a backend.
+- `ClientTLS` ("I pretend I'm frontdb"): each backend (a server side) is
+  dialled with the source identity's leaf and must present the target
+  service's identity.
+
+Authorization decisions are cached for `ttl` seconds (1 s: a connect per
+request does not pay an agent round trip each time; a new deny applies within
+a second). While the agent cannot be asked, the last decision for that client
+stays valid for `stale` seconds, then the connection is refused (fail closed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from portlink.ambassador.identity import Identity
+from portlink.ambassador.spiffe import IdentityError, check_service, peer_identity, serial_hex
+from portlink.catalog.connect import Decision
+from portlink.catalog.watch import describe
+
+log = logging.getLogger("portlink.ambassador")
+
+HANDSHAKE_TIMEOUT = 10.0
+AUTHZ_TTL = 1.0
+AUTHZ_STALE = 300.0
+AUTHZ_MAX = 4096        # cached decisions; expired ones are dropped beyond this
+
+
+@dataclass
+class Authorizer:
+    """Ask the agent whether `uri` may reach `target`, with a short cache."""
+    call: Callable[[str, str, str], Awaitable[Decision]]
+    ttl: float = AUTHZ_TTL
+    stale: float = AUTHZ_STALE
+    clock: Callable[[], float] = time.monotonic
+    cache: dict[tuple[str, str, str], tuple[Decision, float]] = field(default_factory=dict)
+    errors: int = 0
+
+    async def check(self, target: str, uri: str, serial: str) -> Decision:
+        key = (target, uri, serial)
+        hit = self.cache.get(key)
+        if hit is not None and self.clock() - hit[1] < self.ttl:
+            return hit[0]
+        try:
+            decision = await self.call(target, uri, serial)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.errors += 1
+            if hit is not None and self.clock() - hit[1] < self.stale:
+                return hit[0]            # the agent is away: the last word holds for a while
+            return Decision(False, f"cannot ask the consul agent ({describe(e)})")
+        now = self.clock()
+        if len(self.cache) >= AUTHZ_MAX:
+            for k in [k for k, (_, at) in self.cache.items() if now - at >= self.stale]:
+                del self.cache[k]
+            if len(self.cache) >= AUTHZ_MAX:
+                self.cache.clear()
+        self.cache[key] = (decision, now)
+        return decision
+
+
+class ServerTLS:
+    """A listener serving `service` to mutually authenticated, authorized clients."""
+
+    def __init__(self, identity: Identity, service: str, authorizer: Authorizer,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.identity = identity
+        self.service = service
+        self.authorizer = authorizer
+        self.handshake_timeout = handshake_timeout
+
+    async def admit(self, conn) -> bool:
+        """Handshake, identify, authorize. False: `conn` is closed and counted."""
+        listener = conn.listener
+        ctxs = self.identity.current(self.service)
+        if ctxs is None:
+            log.warning("port %d: no connect certificate for %s yet: refusing a client", listener.port, self.service)
+            listener.metrics.handshake_failed(listener.port)
+            conn.close()
+            return False
+        try:
+            await conn.upgrade(ctxs.server, self.handshake_timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            # a plain TCP client, no certificate, another CA, an expired one, too slow
+            listener.metrics.handshake_failed(listener.port)
+            log.debug("port %d: TLS handshake failed: %s", listener.port, describe(e))
+            return False
+        cert = conn.client.transport.get_extra_info("peercert") if conn.client.transport else None
+        try:
+            peer = peer_identity(cert, ctxs.roots.trust_domain)
+            serial = serial_hex(cert)
+        except IdentityError as e:
+            return self._deny(conn, str(e))
+        decision = await self.authorizer.check(self.service, peer.uri, serial)
+        if not decision.authorized:
+            return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
+        return True
+
+    def _deny(self, conn, why: str) -> bool:
+        conn.listener.metrics.denied(conn.listener.port)
+        log.info("port %d: refused a client: %s", conn.listener.port, why)
+        conn.close()
+        return False
+
+
+class ClientTLS:
+    """Dial backends as `source`, accepting only servers that are `target`."""
+
+    def __init__(self, identity: Identity, source: str, target: str,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        self.identity = identity
+        self.source = source
+        self.target = target
+        self.handshake_timeout = handshake_timeout
+
+    def dial(self) -> dict:
+        """Keyword arguments for loop.create_connection."""
+        ctxs = self.identity.current(self.source)
+        if ctxs is None:
+            raise ConnectionError(f"no connect certificate for {self.source} yet")
+        # SNI names the service: one server-side port could serve several (not used yet).
+        return {"ssl": ctxs.client, "server_hostname": self.target, "ssl_handshake_timeout": self.handshake_timeout}
+
+    def check(self, transport) -> None:
+        """The server must be the target service of our trust domain."""
+        try:
+            check_service(transport.get_extra_info("peercert"), self.identity.trust_domain or "", self.target)
+        except IdentityError as e:
+            raise ssl.SSLCertVerificationError(str(e)) from None
