@@ -113,3 +113,15 @@ def test_read_only_binds_and_handed_files_are_recursively_read_only():
 def test_read_only_root():
     cfg = oci.build_config(PROC, "/r", NETNS, "/c", oci.Confinement(caps=[], seccomp=None, readonly_root=True))
     assert cfg["root"] == {"path": "/r", "readonly": True}
+
+
+def test_runc_features_name_the_mount_options(tmp_path):
+    from portlink.runtime import runc
+    new = tmp_path / "runc-new"
+    new.write_text('#!/bin/sh\necho \'{"mountOptions": ["rbind", "ro", "rro", "rprivate"]}\'\n')
+    old = tmp_path / "runc-old"          # runc < 1.1: no `features`
+    old.write_text("#!/bin/sh\necho 'No help topic for features' >&2; exit 1\n")
+    for f in (new, old):
+        f.chmod(0o755)
+    assert runc._mount_options(str(new)) == {"rbind", "ro", "rro", "rprivate"}
+    assert runc._mount_options(str(old)) == frozenset()
