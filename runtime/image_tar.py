@@ -154,9 +154,16 @@ class MemberGuard:
         self._last = 0.0
 
     def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        self.count(member)
+        safe = _safe_member(member, dest)
+        if safe is None:
+            self.skipped.append(member.name)
+        return safe
+
+    def count(self, member: tarfile.TarInfo) -> None:
+        """Counted before the member's data is read: a bomb stops at its header."""
         self.current = member.name
         self._report(self.raw.tell())
-        # Counted before the member's data is read: a bomb stops at its header.
         self.members += 1
         self.bytes += max(member.size, 0)
         if self.members > self.max_members:
@@ -165,10 +172,6 @@ class MemberGuard:
         if self.bytes > self.max_bytes:
             raise InvalidArgument(f"tar member {member.name!r} ({member.size} bytes) brings the image past "
                                   f"{self.max_bytes} bytes, {self.why}; refusing the archive")
-        safe = _safe_member(member, dest)
-        if safe is None:
-            self.skipped.append(member.name)
-        return safe
 
     def _report(self, done: int, final: bool = False) -> None:
         now = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import lzma
@@ -29,27 +30,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
+from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 
 from portlink.runtime import durable
+from portlink.runtime.image_archive import (Archive, HashingReader, reference_name, this_platform,
+                                            write_docker_archive)
+from portlink.runtime.image_config import ImageConfig, from_docker, to_docker
+from portlink.runtime.image_layers import LayerGuard
 from portlink.runtime.image_tar import MAX_IMAGE_BYTES, MAX_MEMBERS, BoundedInfo, MemberGuard, Progress, open_regular
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-NAME_RULE = "1-128 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+# A name is a Docker reference without the default parts: [REGISTRY[:PORT]/]REPO[/REPO...][:TAG]
+# ("redis", "redis:7", "example.com:5000/team/app:1.2"); "redis:latest" and
+# "docker.io/library/redis" are the image "redis" (canonical_name). On disk '/' is '+'.
+_COMPONENT = r"[a-z0-9][a-z0-9_.-]{0,127}"
+NAME_RE = re.compile(rf"^(?:{_COMPONENT}(?::[0-9]{{1,5}})?/)?(?:{_COMPONENT}/){{0,4}}{_COMPONENT}"
+                     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+MAX_NAME = 255
+NAME_RULE = ("[REGISTRY/]REPOSITORY[:TAG], each part 1-128 characters of a-z, 0-9, '_', '.', '-' starting "
+             "with a letter or digit (a tag may use A-Z too)")
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 BUSYBOX_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 DISK_RESERVE = 512 << 20           # left free on the store's filesystem
 MAX_CONFIG_FILE = 1 << 20          # an image file the runtime reads on the host (etc/passwd)
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    cmd: list[str]
-    env: list[str]
-    workdir: str = "/"
-    exposed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,23 @@ class Image:
     size: int
     # Import warnings (e.g. skipped device files); not persisted, not part of equality.
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    id: str = ""                  # "sha256:<hex>": of the archive's config (docker's image ID), or of image.json
+    source: str = ""              # "load", "import", "tag", "busybox" ("" before these were recorded)
 
 
-def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+def check_name(name: str) -> str:
+    """The canonical name (see NAME_RE), or InvalidArgument."""
+    if not isinstance(name, str) or len(name) > MAX_NAME or not NAME_RE.fullmatch(canonical_name(name)):
         raise InvalidArgument(f"invalid image name {name!r}: use {NAME_RULE}")
+    return canonical_name(name)
+
+
+def canonical_name(name: str) -> str:
+    return reference_name(name) if isinstance(name, str) else name
+
+
+def _dir_name(name: str) -> str:
+    return name.replace("/", "+")
 
 
 class ImageStore:
@@ -77,15 +93,17 @@ class ImageStore:
     # -- reading -----------------------------------------------------------
 
     def get(self, name: str) -> Image:
-        check_name(name)
+        name = check_name(name)
         image = self._load(name)
         if image is None:
-            raise NotFound(f"image '{name}' not found; import it with `portlink image import <rootfs.tar> {name}`")
+            raise NotFound(f"image '{name}' not found; load it with `portlink load -i <archive>` or import a "
+                           f"rootfs with `portlink image import <rootfs.tar> {name}`")
         return image
 
     def list(self) -> list[Image]:
         images = []
         for entry in sorted(os.listdir(self.root)):
+            entry = entry.replace("+", "/")
             if not NAME_RE.fullmatch(entry):  # skips .tmp-* build dirs
                 continue
             try:
@@ -98,12 +116,12 @@ class ImageStore:
         return images
 
     def _load(self, name: str) -> Image | None:
-        meta = self.root / name / "image.json"
+        meta = self.root / _dir_name(name) / "image.json"
         try:
             data = json.loads(meta.read_text())
-            c = data["config"]
-            config = ImageConfig(cmd=list(c["cmd"]), env=list(c["env"]), workdir=c["workdir"], exposed=list(c["exposed"]))
-            return Image(name, self.root / name / "rootfs", config, float(data["created"]), int(data["size"]))
+            config = ImageConfig.stored(data["config"])
+            return Image(name, self.root / _dir_name(name) / "rootfs", config, float(data["created"]),
+                         int(data["size"]), id=str(data.get("id", "")), source=str(data.get("source", "")))
         except FileNotFoundError:  # no image.json: missing or half-built, never listed
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -112,10 +130,10 @@ class ImageStore:
     # -- writing -----------------------------------------------------------
 
     def remove(self, name: str) -> None:
-        self.get(name)
-        trash = self.root / f".tmp-{name}-{secrets.token_hex(4)}"
+        name = self.get(name).name
+        trash = self.root / f".tmp-{_dir_name(name)}-{secrets.token_hex(4)}"
         try:
-            os.rename(self.root / name, trash)  # atomic: the image vanishes at once, then we delete at leisure
+            os.rename(self.root / _dir_name(name), trash)  # atomic: the image vanishes at once, then we delete at leisure
         except FileNotFoundError:
             raise NotFound(f"image '{name}' not found") from None
         shutil.rmtree(trash, ignore_errors=True)
@@ -132,17 +150,18 @@ class ImageStore:
             raise RuntimeFailure(f"`{binary} --list-full` failed: {e}; reinstall busybox-static") from e
         config = ImageConfig(cmd=["sh"], env=list(DEFAULT_ENV))
         try:
-            return self._build("busybox", config, lambda rootfs: _fill_busybox(rootfs, binary, listing.split()))
+            return self._build("busybox", config, lambda rootfs: _fill_busybox(rootfs, binary, listing.split()),
+                               source="busybox")
         except Conflict:  # built concurrently by someone else: theirs is as good as ours
             return self.get("busybox")
 
     def import_tar(self, tar_path: Path, name: str, *, cmd: list[str] | None = None,
                    progress: Progress | None = None) -> Image:
-        check_name(name)
+        name = check_name(name)
         cmd = ["sh"] if cmd is None else cmd
         if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) and a for a in cmd):
             raise InvalidArgument(f"invalid cmd {cmd!r}: give a non-empty list of non-empty strings")
-        if (self.root / name / "image.json").exists():
+        if (self.root / _dir_name(name) / "image.json").exists():
             raise Conflict(f"image '{name}' already exists; remove it first")
         raw = open_regular(tar_path)
         tar_path = Path(tar_path)
@@ -156,13 +175,114 @@ class ImageStore:
                 guard = MemberGuard(raw, os.fstat(raw.fileno()).st_size, progress,
                                      self._byte_budget(), self.max_members)
                 config = ImageConfig(cmd=list(cmd), env=list(DEFAULT_ENV))
-                image = self._build(name, config, lambda rootfs: guard.extract(archive, rootfs, tar_path))
+                image = self._build(name, config, lambda rootfs: guard.extract(archive, rootfs, tar_path),
+                                    source="import")
         if guard.skipped:
             shown = ", ".join(repr(n) for n in guard.skipped[:5]) + (", ..." if len(guard.skipped) > 5 else "")
             warning = f"skipped {len(guard.skipped)} device/fifo entries ({shown}); the runtime provides /dev"
             log.warning("image %s: %s", name, warning)
             image = dataclasses.replace(image, warnings=(warning,))
         return image
+
+    # -- image archives: load, tag, save ---------------------------------------------
+
+    def load(self, path) -> list[Image]:
+        """Every image of a docker-save archive or OCI layout (plain, gzip or xz):
+        its layers applied in order (image_layers), its config read (image_config),
+        published under each of its names (the first built, the others hard-linked
+        copies), or under its short ID when it has none. All names are checked
+        before anything is built; an image already there with the same ID is kept
+        (loading twice is a no-op); a failure leaves nothing of that image."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgument(f"invalid archive path {path!r}: give the absolute path of an image archive")
+        path = os.fspath(path)
+        loaded: list[Image] = []
+        budget = self._byte_budget()
+        with Archive(path, self.root, budget[0]) as archive:
+            plans = []
+            for ai in archive.images():
+                raw = archive.config_bytes(ai)
+                image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+                config, warnings = from_docker(json.loads(raw))
+                names = list(dict.fromkeys(check_name(n) for n in _archive_names(ai.names))) or [image_id[7:19]]
+                for n in names:
+                    have = self._load(n)
+                    if have is not None and have.id != image_id:
+                        raise Conflict(f"image '{n}' already exists (ID {have.id[7:19]}); remove it first "
+                                       f"(portlink image rm {n}) or tag it away")
+                plans.append((ai, image_id, config, warnings, names, json.loads(raw)))
+            for ai, image_id, config, warnings, names, doc in plans:
+                first = self._load(names[0])
+                if first is None:
+                    guard = LayerGuard(archive.raw, 0, None, budget, self.max_members)
+                    first = self._build(names[0], config, lambda rootfs: self._apply(archive, ai, doc, guard, rootfs),
+                                        source="load", image_id=image_id)
+                    if guard.skipped:
+                        warnings = [*warnings, f"skipped {len(guard.skipped)} device/fifo entries; "
+                                               "the runtime provides /dev"]
+                loaded.append(dataclasses.replace(first, warnings=tuple(warnings)))
+                for n in names[1:]:
+                    loaded.append(self.tag(names[0], n))
+        return loaded
+
+    def _apply(self, archive: Archive, ai, doc: dict, guard: LayerGuard, rootfs: Path) -> None:
+        diff_ids = (doc.get("rootfs") or {}).get("diff_ids") or []
+        if not isinstance(diff_ids, list):
+            diff_ids = []
+        for i, layer in enumerate(ai.layers):
+            where = f"{archive.path}: layer {i + 1} of {len(ai.layers)} ({layer.member})"
+            guard.begin_layer()
+            reader = HashingReader(archive.open(layer.member))
+            try:
+                with tarfile.open(fileobj=reader, mode="r|*", tarinfo=BoundedInfo) as tar:
+                    tar.extractall(rootfs, filter=guard, numeric_owner=True)
+                got = reader.finish()
+            except PortlinkError as e:
+                raise type(e)(f"{where}: {e}") from None
+            except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, RecursionError) as e:
+                raise InvalidArgument(f"{where}, member {guard.current!r}: {e or type(e).__name__}") from None
+            except OSError as e:
+                cls = RuntimeFailure if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else InvalidArgument
+                raise cls(f"{where}, member {guard.current!r}: {e.strerror or e}") from None
+            want = layer.digest or (diff_ids[i] if ai.legacy and i < len(diff_ids) else None)
+            if want and got != want and not (ai.legacy and not layer.digest and _compressed(archive, layer.member)):
+                raise InvalidArgument(f"{where} does not match its digest {want} (got {got}); refusing the archive")
+
+    def tag(self, src: str, dst: str) -> Image:
+        """Another name for an image: a hard-linked copy of its root (layers are never
+        written: a container's writes go to its own overlay upper dir)."""
+        image = self.get(src)
+        dst = check_name(dst)
+        have = self._load(dst)
+        if have is not None:
+            if have.id == image.id:
+                return have
+            raise Conflict(f"image '{dst}' already exists (ID {have.id[7:19]}); remove it first")
+
+        def fill(rootfs: Path) -> None:
+            r = subprocess.run(["cp", "-a", "--link", "--", f"{image.rootfs}/.", f"{rootfs}/"],
+                               capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeFailure(f"cannot tag {image.name} as {dst}: {r.stderr.strip()}")
+        return self._build(dst, image.config, fill, source="tag", image_id=image.id)
+
+    def save(self, names: list[str], out: Path) -> None:
+        """A docker-save archive of the images at `out` (one layer each)."""
+        images = [self.get(n) for n in names]
+        if not images:
+            raise InvalidArgument("save needs at least one image")
+        work = Path(tempfile.mkdtemp(prefix=".tmp-save-", dir=self.root))
+        try:
+            arch = this_platform()[0]
+            items = []
+            for img in images:
+                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(img.created))
+                tag = img.name if ":" in img.name.rsplit("/", 1)[-1] else img.name + ":latest"
+                items.append(([tag], lambda diff_ids, c=img.config, t=created: to_docker(c, t, diff_ids, arch),
+                              img.rootfs))
+            write_docker_archive(out, items, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _byte_budget(self) -> tuple[int, str]:
         """How many bytes of members one import may extract, and why that many."""
@@ -172,20 +292,23 @@ class ImageStore:
             return max(free, 0), f"the free space in {self.root} less a reserve of {DISK_RESERVE >> 20} MiB"
         return self.max_bytes, "the limit of one image"
 
-    def _build(self, name: str, config: ImageConfig, fill: Callable[[Path], None]) -> Image:
+    def _build(self, name: str, config: ImageConfig, fill: Callable[[Path], None], source: str = "",
+               image_id: str = "") -> Image:
         """Run fill(rootfs) in a private tmp dir, then publish it under `name` with one rename."""
-        final = self.root / name
+        final = self.root / _dir_name(name)
         if final.is_dir() and not (final / "image.json").exists():
             shutil.rmtree(final)  # leftover of an interrupted build or remove
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_dir_name(name)}-", dir=self.root))
         try:
             tmp.chmod(0o755)  # mkdtemp makes 0700; the lowerdir path must be traversable
             rootfs = tmp / "rootfs"
             rootfs.mkdir(mode=0o755)
             fill(rootfs)
             created, size = time.time(), _disk_size(rootfs)
-            _write_json_atomic(tmp / "image.json", {
-                "name": name, "created": created, "size": size, "config": dataclasses.asdict(config)})
+            meta = {"name": name, "created": created, "size": size, "source": source,
+                    "config": dataclasses.asdict(config)}
+            image_id = image_id or "sha256:" + hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+            _write_json_atomic(tmp / "image.json", {**meta, "id": image_id})
             durable.sync_tree(tmp)   # the tree on disk before the rename publishes it
             try:
                 os.rename(tmp, final)  # fails if a complete image appeared meanwhile (non-empty dir)
@@ -197,7 +320,7 @@ class ImageStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Image(name, final / "rootfs", config, created, size)
+        return Image(name, final / "rootfs", config, created, size, id=image_id, source=source)
 
 
 def read_image_file(rootfs: Path, rel: str, limit: int = MAX_CONFIG_FILE) -> str:
@@ -293,6 +416,22 @@ def _fill_busybox(rootfs: Path, binary: Path, applets: list[str]) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------
+
+
+def _archive_names(refs) -> list[str]:
+    """The names an archive gives an image, as the store names them; a bare OCI
+    ref.name ("latest", a tag without a repository) names nothing."""
+    out = []
+    for ref in refs:
+        if ":" not in ref and "/" not in ref:
+            continue
+        out.append(reference_name(ref))
+    return out
+
+
+def _compressed(archive: Archive, member: str) -> bool:
+    with archive.open(member) as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def _disk_size(root: Path) -> int:
