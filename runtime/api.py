@@ -17,9 +17,10 @@ from portlink.catalog.services import META_CONTAINER_ID
 from portlink.catalog.sync import ConsulSync
 from portlink.catalog.watch import describe
 from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, api_json, api_streams, cgroups, drift, stats, validate
+from portlink.runtime import ambassadors, api_images, api_json, api_streams, cgroups, drift, stats, validate
 from portlink.runtime.ambassador_http import read_capped
 from portlink.runtime.host import Host
+from portlink.runtime.images import canonical_name
 
 log = logging.getLogger("portlink.daemon")
 MAX_BODY = 1 << 20   # a container spec is small; a huge body is an error, not an allocation
@@ -171,8 +172,8 @@ class Api:
             return ok([api_json.img_json(i) for i in await self.call(h.images.list)])
 
         async def img_rm(r):
-            name = r.match_info["name"]
-            users = [x["name"] for x in await self.call(c.list, True) if x["image"] == name]
+            name = (await self.call(h.images.get, r.match_info["name"])).name   # canonical: redis:latest is redis
+            users = [x["name"] for x in await self.call(c.list, True) if canonical_name(x["image"]) == name]
             if users:
                 raise Conflict(f"image {name!r} is used by containers: {', '.join(users)}")
             await self.call(h.images.remove, name)
@@ -224,7 +225,8 @@ class Api:
             web.post("/networks", net_create), web.get("/networks", net_ls),
             web.get("/networks/{ref}", net_inspect), web.delete("/networks/{ref}", net_rm),
             web.post("/images", img_import), web.get("/images", img_ls),
-            web.delete("/images/{name}", img_rm),
+            *api_images.routes(self),      # load, save, inspect, tag
+            web.delete("/images/{name:.+}", img_rm),
             web.post("/system/prune", prune), web.get("/system/firewall", firewall),
             web.get("/system/consul", consul_status), web.post("/system/consul/sync", consul_sync),
             web.post("/system/check", check), web.get("/events", event_stream),

@@ -20,6 +20,7 @@ import time
 from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd_image, cmd_inspect, cmd_logs,
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
                                            cmd_stop, cmd_system)
+from portlink.runtime.cli_images import cmd_load, cmd_save
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
 
@@ -135,6 +136,10 @@ def _add_run(sub) -> None:
                    help="what happens to open connections to an instance that left (default drain)")
     r.add_argument("--ambassador-drain", type=float, default=10.0, metavar="S",
                    help="drain deadline in seconds")
+    # the image's config (runtime/image_config.py)
+    r.add_argument("--entrypoint", metavar="CMD",
+                   help="run CMD instead of the image's ENTRYPOINT (and drop its CMD); \"\" clears it")
+    r.add_argument("--stop-signal", metavar="SIG", help="signal `stop` sends first (default: the image's, or SIGTERM)")
     r.add_argument("image", nargs="?")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
@@ -237,7 +242,34 @@ def _add_image(sub) -> None:
     imp.add_argument("name")
     isub.add_parser("ls")
     isub.add_parser("rm").add_argument("names", nargs="+")
+    isub.add_parser("inspect", help="an image's config as JSON").add_argument("names", nargs="+")
+    t = isub.add_parser("tag", help="another name for an image")
+    t.add_argument("source")
+    t.add_argument("target")
+    _load_args(isub.add_parser("load", help="load images from a docker-save or OCI archive"))
+    _save_args(isub.add_parser("save", help="write images as a docker-save archive"))
     i.set_defaults(fn=cmd_image)
+
+
+def _load_args(x) -> None:
+    x.add_argument("-i", "--input", default="-", metavar="FILE",
+                   help="a docker-save archive or OCI image layout (tar, tar.gz); - or none: stdin")
+    x.add_argument("-q", "--quiet", action="store_true")
+    x.set_defaults(fn=cmd_load)
+
+
+def _save_args(x) -> None:
+    x.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    x.add_argument("images", nargs="+")
+    x.set_defaults(fn=cmd_save)
+
+
+def _add_load(sub) -> None:
+    _load_args(sub.add_parser("load", help="load images from a docker-save archive or an OCI image layout"))
+
+
+def _add_save(sub) -> None:
+    _save_args(sub.add_parser("save", help="write images as a docker-save archive"))
 
 
 def _add_system(sub) -> None:
@@ -290,6 +322,8 @@ COMMANDS = {
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,
+    "load": _add_load,
+    "save": _add_save,
     "system": _add_system,
     "lab": _add_lab,
 }

@@ -58,6 +58,10 @@ def cmd_run(cl: Client, a) -> int:
             "rm": a.rm and a.detach,
             "labels": dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)}
     spec.update(_limits_body(a))
+    if a.entrypoint is not None:       # Docker: one word, or "" for none
+        spec["entrypoint"] = [a.entrypoint] if a.entrypoint else []
+    if a.stop_signal:
+        spec["stop_signal"] = a.stop_signal
     if a.log_opt:
         try:
             spec["log_opts"] = logrecord.parse_log_opt_args(a.log_opt)
@@ -174,7 +178,10 @@ def cmd_inspect(cl, a):
             try:
                 out.append(cl.get(f"/networks/{_q(ref)}"))
             except CliError:
-                raise e from None
+                try:
+                    out += cl.get("/images/inspect", name=ref)
+                except CliError:
+                    raise e from None
     print(json.dumps(out, indent=2))
     return 0
 
@@ -313,11 +320,16 @@ def cmd_image(cl, a):
             print(f"portlink: warning: {w}", file=sys.stderr)
         print(img["name"])
     elif a.icmd == "ls":
-        rows = [["NAME", "SIZE", "COMMAND"]]
-        rows += [[i["name"], f"{i['size'] / 1e6:.1f}MB", " ".join(i["cmd"])] for i in cl.get("/images")]
+        rows = [["NAME", "ID", "SIZE", "COMMAND"]]
+        rows += [[i["name"], i.get("id", "")[7:19], f"{i['size'] / 1e6:.1f}MB",
+                  " ".join([*i.get("entrypoint", []), *i["cmd"]])] for i in cl.get("/images")]
         print(fmt.table(rows))
     elif a.icmd == "rm":
-        return _each(a.names, lambda n: cl.delete(f"/images/{_q(n)}"))
+        return _each(a.names, lambda n: cl.delete(f"/images/{_q(n)}"))   # %2F: the route takes the slashes
+    elif a.icmd == "inspect":
+        print(json.dumps(cl.get("/images/inspect", name=a.names), indent=2))
+    elif a.icmd == "tag":
+        print(cl.post("/images/tag", {"source": a.source, "target": a.target})["name"])
     return 0
 
 

@@ -42,7 +42,7 @@ def table(rows: list[list[str]]) -> str:
 def ps_table(cs: list[dict]) -> str:
     rows = [["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "IP", "PORTS", "NAMES"]]
     for c in cs:
-        cmd = " ".join(c["config"]["cmd"])
+        cmd = " ".join([*(c["config"].get("entrypoint") or []), *c["config"]["cmd"]])
         rows.append([c["id"][:12], c["image"], json.dumps(cmd[:20] + ("…" if len(cmd) > 20 else ""), ensure_ascii=False),
                      status_text(c), c["network"]["ip"] or "", ports_text(c), c["name"]])
     return table(rows)

@@ -129,6 +129,14 @@ class Response:
             out.append(piece)
         return b"".join(out)
 
+    def chunks(self):
+        """The body in pieces as they arrive (binary: no line splitting)."""
+        if self._buf:
+            yield self._buf
+            self._buf = b""
+        while piece := self._piece():
+            yield piece
+
     def __iter__(self):
         while True:
             nl = self._buf.find(b"\n")
@@ -188,6 +196,36 @@ class Client:
         if stream:
             return resp
         raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def upload(self, path: str, f, query: dict | None = None):
+        """POST the bytes of the binary file `f` as the body (chunked, as read: stdin
+        need not fit in memory); the JSON answer."""
+        if query:
+            import urllib.parse
+            path += "?" + urllib.parse.urlencode(query, doseq=True)
+        head = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: identity\r\n"
+                "Content-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock = _connect(self.path, None)
+        try:
+            try:
+                sock.sendall(head.encode("latin-1"))
+                while chunk := f.read(1 << 20):
+                    sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sock.sendall(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass     # the daemon answered early (an error): read what it says
+            resp = Response(sock)
+        except BaseException:
+            sock.close()
+            raise
+        raw = resp.read()
+        if resp.status >= 400:
+            try:
+                msg = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                msg = raw.decode(errors="replace").strip() or f"HTTP {resp.status}"
+            raise CliError(msg)
         return json.loads(raw) if raw else None
 
     def get(self, path, **q):

@@ -151,10 +151,7 @@ def _strings(c: dict, key: str) -> list[str]:
 
 
 def _argv(c: dict, key: str) -> list[str]:
-    v = c.get(key)
-    if isinstance(v, str):   # some builders write a shell form as one string
-        v = ["/bin/sh", "-c", v]
-    v = _strings({key: v}, key)
+    v = _strings(c, key)      # a builder writes the shell form as ["/bin/sh", "-c", "..."] itself
     if any("\0" in a for a in v):
         raise InvalidArgument(f"{key} contains a NUL byte")
     return v

@@ -24,7 +24,7 @@ from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.networks import NO_NETWORK, Networks
-from portlink.runtime.plan import Layout, PortRow, plan_start, resolve_user
+from portlink.runtime.plan import Layout, PortRow, apply_image_config, plan_start, resolve_user
 from portlink.runtime.procstart import is_same, process_start
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
@@ -101,8 +101,8 @@ class Lifecycle:
         profile: checked now, not at start."""
         spec = req.spec
         image = self.d.images.get(spec.image)
-        spec.cmd = spec.cmd or image.config.cmd
-        if not spec.cmd:
+        apply_image_config(spec, image.config)
+        if not spec.entrypoint and not spec.cmd:
             raise InvalidArgument(f"no command given and image {image.name!r} has no default command")
         resolve_user(spec.user, image)
         seccomp_profile(req.spec)
@@ -228,7 +228,7 @@ class Lifecycle:
             c = self.d.records.current(cid)
             if c.status != RUNNING:
                 return None
-            self.d.runc.kill(cid, signal_number("TERM"))
+            self.d.runc.kill(cid, signal_number(c.spec.stop_signal or "TERM"))
             if not wait_gone(c.pid, timeout):
                 self.d.runc.kill(cid, signal_number("KILL"))
                 wait_gone(c.pid, 10)

@@ -15,6 +15,8 @@ from portlink.netns.model import Endpoint, LinkFlow, NetworkSpec, PortMapping
 from portlink.runtime import ambassadors, discovery, oci, seccomp, security, validate
 from portlink.runtime import links as linkspec
 from portlink.runtime.discovery import Seen
+from portlink.catalog import services as registration
+from portlink.runtime.image_config import process_args
 from portlink.runtime.images import Image, ImageConfig, read_image_file
 from portlink.runtime.records import Container
 
@@ -93,6 +95,22 @@ def resolve_user(user: str, image: Image) -> tuple[int, int]:
     return validate.parse_user(user, read("etc/passwd"), read("etc/group"))
 
 
+# -- the image's config on a container (runtime/image_config.py) ------------------------
+
+
+def apply_image_config(spec, config: ImageConfig) -> None:
+    """What the image gives a container that `run` left open, written into its spec
+    once, at create (as Docker's container config shows it): the entrypoint and
+    command (Docker's precedence), the user, the stop signal, and the image's labels
+    under the user's. Labels in portlink's namespace (portlink.service, ...) decide
+    Consul registration: only the person running the container sets those."""
+    spec.entrypoint, spec.cmd = process_args(config, spec.entrypoint, spec.cmd)
+    spec.user = spec.user or config.user
+    spec.stop_signal = spec.stop_signal or config.stop_signal
+    spec.labels = {**{k: v for k, v in config.labels.items() if not k.startswith(registration.LABEL)},
+                   **spec.labels}
+
+
 def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: list[str] = (),
             files: dict[str, str] | None = None, token_file: str | None = None) -> oci.ProcessSpec:
     """`token_file`: an ambassador's Consul token on the host, bound read-only at
@@ -111,7 +129,8 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
         if token_file:
             env += [f"{TOKEN_ENV}={ambassadors.TOKEN_PATH}"]
             ro_files[ambassadors.TOKEN_PATH] = token_file
-    return oci.ProcessSpec(args=spec.cmd, env=env, cwd=spec.workdir or config.workdir or "/",
+    args = [*(spec.entrypoint or []), *spec.cmd]      # Docker's ENTRYPOINT + CMD (apply_image_config)
+    return oci.ProcessSpec(args=args, env=env, cwd=spec.workdir or config.workdir or "/",
                            uid=ids[0], gid=ids[1], hostname=spec.hostname, files=files or {},
                            ro_binds=ro_binds, ro_files=ro_files)
 

@@ -17,11 +17,12 @@ from portlink.runtime import ambassadors, logfmt, security, validate
 from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
+from portlink.runtime.image_config import signal_name
 from portlink.runtime.images import check_name as check_image_name
 from portlink.runtime.networks import DEFAULT_NETWORK, NO_NETWORK
 
 _LISTS = ("cmd", "env", "publish", "expose", "dns", "links", "aliases")
-_STRINGS = ("image", "name", "network", "hostname", "workdir", "user")
+_STRINGS = ("image", "name", "network", "hostname", "workdir", "user", "stop_signal")
 
 
 @dataclass
@@ -55,6 +56,9 @@ class ContainerSpec:
     security_opt: list[str] = field(default_factory=list)   # seccomp=unconfined|PATH, no-new-privileges
     cap_add: list[str] = field(default_factory=list)        # NET_RAW, CAP_SYS_ADMIN, ALL
     cap_drop: list[str] = field(default_factory=list)
+    # the image's config (runtime/image_config.py): None / "" take the image's
+    entrypoint: list[str] | None = None                 # --entrypoint; [] clears the image's
+    stop_signal: str = ""                               # --stop-signal SIGQUIT
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -82,6 +86,7 @@ class ContainerSpec:
                 raise InvalidArgument(f"field {f!r} must be a string")
         spec._check_confinement()
         spec._check_values()
+        spec._check_image_config()
         return spec
 
     @classmethod
@@ -91,7 +96,7 @@ class ContainerSpec:
 
     def _check_values(self) -> None:
         """Values, before anything is made: every message names the field."""
-        check_image_name(self.image)
+        self.image = check_image_name(self.image)     # canonical: "redis:latest" is "redis"
         if self.name:
             validate.name("container", self.name)
         validate.network_ref(self.network)
@@ -109,6 +114,14 @@ class ContainerSpec:
         for k, v in self.labels.items():
             validate.label(k, v)
         logfmt.parse_log_opts(self.log_opts)
+
+    def _check_image_config(self) -> None:
+        if self.entrypoint is not None:
+            if not isinstance(self.entrypoint, list) or not all(isinstance(x, str) for x in self.entrypoint):
+                raise InvalidArgument("field 'entrypoint' must be a list of strings (or null: the image's)")
+            validate.argv("entrypoint", self.entrypoint)
+        if self.stop_signal:
+            self.stop_signal = signal_name(self.stop_signal)
 
     def _check_confinement(self) -> None:
         for f in ("security_opt", "cap_add", "cap_drop"):

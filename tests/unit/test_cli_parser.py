@@ -31,6 +31,9 @@ CASES = [
     ["network"], ["network", "bogus"], ["image", "import", "t.tar", "n"], ["image", "rm", "x"],
     ["system", "check", "--format", "json"], ["system", "prune", "-f"], ["lab", "up", "--hosts", "2"],
     ["lab", "exec", "h1", "--", "portlink", "ps"], ["lab", "consul", "stop", "h1"], ["lab", "down", "-h"],
+    ["load", "-i", "a.tar"], ["load", "-q"], ["save", "-o", "x.tar", "redis", "pg:16"], ["save"],
+    ["image", "inspect", "redis"], ["image", "tag", "redis", "cache:1"], ["image", "load", "-i", "-"],
+    ["run", "--entrypoint", "", "--stop-signal", "QUIT", "redis", "x"],
 ]
 
 
@@ -50,7 +53,7 @@ def test_help_no_command_or_unknown_one_take_the_whole_parser(argv):
 
 def test_the_whole_parser_lists_every_command_in_order():
     assert list(cli.COMMANDS) == ["run", "ps", "start", "stop", "restart", "rm", "events", "stats", "logs", "exec",
-                                  "inspect", "network", "image", "system", "lab"]
+                                  "inspect", "network", "image", "load", "save", "system", "lab"]
     listed = [line.split()[0] for line in cli.build_parser().format_help().split("COMMAND\n", 1)[1].splitlines()
               if line.startswith("    ") and not line.startswith("     ")]
     assert listed == list(cli.COMMANDS)

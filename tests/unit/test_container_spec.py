@@ -20,6 +20,8 @@ FULL = {
     "dns": ["192.0.2.53"],
     "workdir": "/srv",
     "user": "1000:1000",
+    "entrypoint": ["/docker-entrypoint.sh"],
+    "stop_signal": "SIGQUIT",
     "rm": True,
     "pids_limit": 100,
     "memory": "512m",

@@ -334,7 +334,7 @@ def test_failed_import_leaves_nothing_behind(store, tmp_path):
 # -- names, conflicts, bad input ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["", "Bad", "a/b", "../x", ".hidden", "-x", "x" * 129, "sp ace", "app\n", None, 5])
+@pytest.mark.parametrize("name", ["", "Bad", "a//b", "/a", "a/", "a:", "a/b/c/d/e/f/g", "../x", ".hidden", "-x", "x" * 129, "sp ace", "app\n", None, 5])
 def test_bad_image_name(store, tmp_path, name):
     tar = make_tar(tmp_path / "ok.tar", [reg("f")])
     with pytest.raises(InvalidArgument) as exc:
@@ -354,7 +354,8 @@ def test_duplicate_import_conflicts(store, tmp_path):
 def test_get_unknown_names_the_import_command(store):
     with pytest.raises(NotFound) as exc:
         store.get("nginx")
-    assert str(exc.value) == "image 'nginx' not found; import it with `portlink image import <rootfs.tar> nginx`"
+    assert str(exc.value).startswith("image 'nginx' not found; load it with `portlink load -i <archive>`")
+    assert "`portlink image import <rootfs.tar> nginx`" in str(exc.value)
 
 
 def test_remove(store, tmp_path):
