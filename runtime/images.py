@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # A name is a Docker reference without the default parts: [REGISTRY[:PORT]/]REPO[/REPO...][:TAG]
 # ("redis", "redis:7", "example.com:5000/team/app:1.2"); "redis:latest" and
-# "docker.io/library/redis" are the image "redis" (canonical_name). On disk '/' is '+'.
+# "docker.io/library/redis" are the image "redis" (canonical_name). On disk see _dir_name.
 _COMPONENT = r"[a-z0-9][a-z0-9_.-]{0,127}"
 NAME_RE = re.compile(rf"^(?:{_COMPONENT}(?::[0-9]{{1,5}})?/)?(?:{_COMPONENT}/){{0,4}}{_COMPONENT}"
                      r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
@@ -81,7 +81,8 @@ def canonical_name(name: str) -> str:
 
 
 def _dir_name(name: str) -> str:
-    return name.replace("/", "+")
+    """On disk '/' is '+' and ':' is '@': an overlayfs lowerdir may not contain ':'."""
+    return name.replace("/", "+").replace(":", "@")
 
 
 class ImageStore:
@@ -103,7 +104,7 @@ class ImageStore:
     def list(self) -> list[Image]:
         images = []
         for entry in sorted(os.listdir(self.root)):
-            entry = entry.replace("+", "/")
+            entry = entry.replace("+", "/").replace("@", ":")
             if not NAME_RE.fullmatch(entry):  # skips .tmp-* build dirs
                 continue
             try:
