@@ -41,6 +41,7 @@ class Containers:
         if req.spec.ambassador:
             self.amb.fill(req)
         self.life.check_process(req)
+        self.life.check_mounts(req)
         made: list[str] = []         # ambassadors started for this run: removed if it fails
         pending = [ambassadors.container_name(s, req.spec.network) for s in remote]
         try:
@@ -107,10 +108,11 @@ class Containers:
         self.stop(ref, timeout)
         return self.start(ref)
 
-    def remove(self, ref: str, force: bool = False) -> None:
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """`volumes`: its anonymous volumes too (rm -v)."""
         c = self.records.find(ref)
         self.amb.hold(c.id)
-        self.life.remove(c, force, ref)
+        self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
         self.refresher.changed()
         if self.amb.collect():

@@ -40,6 +40,7 @@ from portlink.runtime.runc import Runc
 from portlink.runtime.state import Store
 from portlink.runtime.token_files import TokenFiles
 from portlink.runtime.views import Views
+from portlink.runtime.volumes import Volumes
 
 log = logging.getLogger("portlink.host")
 
@@ -124,13 +125,15 @@ class Host:
         self.runc = Runc(layout.runc_root, log_defaults=cfg.log_limits)
         self.metrics = Metrics()
         self.reaper = Reaper()
+        self.volumes = Volumes(self.store, layout, self.events)
         tokens = TokenFiles(cfg.ambassador_tokens)
         journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens))
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
             trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
-            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens))
+            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens,
+            volumes=self.volumes))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
                                             self.refresher.changed)
@@ -160,7 +163,8 @@ class Host:
         for net in self.networks.list():
             kernel_link.ensure_bridge(net)
         self.networks.get(DEFAULT_NETWORK)   # creates it on first start
-        repaired = self.containers.reconcile()
+        repaired = self.volumes.reconcile()   # before containers: a start needs its volumes' dirs
+        repaired += self.containers.reconcile()
         self.fw.apply_all()
         repaired += self.sweep()
         self.refresher.refresh_names()
@@ -207,8 +211,9 @@ class Host:
             log.warning("swept leaked %s", s)
         return swept
 
-    def prune(self) -> dict:
-        """Remove everything portlink created on this host; best effort, all errors kept."""
+    def prune(self, volumes: bool = False) -> dict:
+        """Remove everything portlink created on this host; best effort, all errors kept.
+        Volumes hold data: they stay unless `volumes` (then every unused one goes)."""
         errors: list[str] = []
         removed: list[str] = []
         for c in self.containers.list(all=True):
@@ -222,6 +227,11 @@ class Host:
             errors += errs
             if not errs:
                 removed.append(f"network {n.name}")
+        if volumes:
+            try:
+                removed += [f"volume {v}" for v in self.volumes.prune(all=True)]
+            except Exception as e:
+                errors.append(f"volumes: {e}")
         errors += self.fw.teardown()
         try:
             removed += self.sweep()

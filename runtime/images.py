@@ -50,6 +50,7 @@ class ImageConfig:
     env: list[str]
     workdir: str = "/"
     exposed: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)   # the image's VOLUMEs: anonymous volumes at run
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class ImageStore:
         try:
             data = json.loads(meta.read_text())
             c = data["config"]
-            config = ImageConfig(cmd=list(c["cmd"]), env=list(c["env"]), workdir=c["workdir"], exposed=list(c["exposed"]))
+            config = ImageConfig(cmd=list(c["cmd"]), env=list(c["env"]), workdir=c["workdir"], exposed=list(c["exposed"]),
+                                 volumes=list(c.get("volumes") or []))
             return Image(name, self.root / name / "rootfs", config, float(data["created"]), int(data["size"]))
         except FileNotFoundError:  # no image.json: missing or half-built, never listed
             return None
