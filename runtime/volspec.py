@@ -142,8 +142,11 @@ def parse_volume_flag(text: str) -> Mount:
         source, target, opts = parts
     elif len(parts) == 2 and parts[1].startswith("/"):
         source, target = parts
-    elif len(parts) == 2:
+    elif len(parts) == 2 and parts[0].startswith("/"):
         source, (target, opts) = "", parts      # /path:ro, an anonymous volume
+    elif len(parts) == 2:
+        raise InvalidArgument(f"invalid -v {text!r}: the target {parts[1]!r} must be an absolute path "
+                              "in the container")
     else:
         source, target = "", parts[0]
     if any(p == "" for p in parts):
