@@ -176,6 +176,6 @@ def test_plan_mounts_volumes_binds_and_tmpfs_before_the_files_portlink_writes():
     assert got == [("/etc", "bind", "/var/lib/pl/volumes/plvol-conf/_data"), ("/srv", "bind", "/host/www"),
                    ("/run/t", "tmpfs", "tmpfs"),   # where mount_paths resolved it
                    *[(f"/etc/{f}", "bind", f"/var/lib/pl/containers/{CID}/{f}") for f in ("hostname", "hosts", "resolv.conf")]]
-    opts = {m["destination"]: m["options"] for m in plan.config["mounts"]}
+    opts = {m["destination"]: m.get("options", []) for m in plan.config["mounts"]}
     assert {"nosuid", "nodev", "ro", "rro"} <= set(opts["/etc"]) and "ro" not in opts["/srv"]
     assert {"nosuid", "nodev", "noexec", "size=1048576"} <= set(opts["/run/t"])
