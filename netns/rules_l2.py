@@ -41,7 +41,7 @@ RULES = (
     # the ARP sender MAC and the sender IP are all the port's own.
     "ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
     " iifname . ether saddr . arp saddr ip @pins iifname . arp saddr ether . arp saddr ip @pins accept",
-    "drop",
+    "counter drop",   # what a container tried to send past its pin (`system firewall`)
 )
 
 

@@ -24,7 +24,7 @@ table bridge portlink {
 \t\tether type ip iifname . ether saddr . ip saddr @pins accept
 \t\tether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
 iifname . ether saddr . arp saddr ip @pins iifname . arp saddr ether . arp saddr ip @pins accept
-\t\tdrop
+\t\tcounter drop
 \t}
 }
 """
