@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from portlink.errors import RuntimeFailure
 from portlink.netns import rules_l2
-from portlink.netns.firewall import already_gone
 from portlink.netns.fw_nftables import Nft
 from portlink.netns.model import Pin
-from portlink.netns.names import NFT_TABLE
 
 
 class L2Pins:
@@ -39,24 +36,10 @@ class L2Pins:
 
     def remove(self, pins: Sequence[Pin]) -> list[str]:
         """Best effort, one by one; a pin already gone (or its table) is not an error."""
-        errors = []
-        for p in pins:
-            try:
-                self._nft.run(rules_l2.render_remove([p]))
-            except RuntimeFailure as e:
-                if not already_gone(str(e)):
-                    errors.append(f"unpin {p}: {e}")
-        return errors
+        return self._nft.remove_each(pins, rules_l2.render_remove, "unpin")
 
     def teardown(self) -> list[str]:
-        try:
-            self._nft.run(rules_l2.render_teardown())
-            return []
-        except RuntimeFailure as e:
-            return [str(e)]
+        return self._nft.teardown(rules_l2.render_teardown())
 
     def dump(self) -> str:
-        try:
-            return self._nft.run(f"list table bridge {NFT_TABLE}")
-        except RuntimeFailure:
-            return ""
+        return self._nft.list_table("bridge")
