@@ -23,7 +23,7 @@ from portlink.runtime import security
 from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
 
 METRICS_PORT = 9102
-RUN_DIR = "/run/portlink"
+RUN_DIR = "/run/secrets"   # where Docker and Compose hand secrets; never the daemon's /run/portlink
 TOKEN_PATH = f"{RUN_DIR}/consul-token"   # its Consul token, a read-only file bind (runtime.token_files)
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
 REPO = Path(__file__).resolve().parents[1]

@@ -235,6 +235,8 @@ class Lifecycle:
             j.consul_token(cid, token, lambda: self.d.tokens.issue(
                 Path(token), cid, c.spec.ambassador["service"], user["uid"], user["gid"]))
         if plan.endpoint is not None:
+            j.pin(cid, plan.endpoint)
+            faults.point("start.pin")
             j.veth(cid, plan.endpoint)
             faults.point("start.veth")
             j.ports(cid, plan.mappings)

@@ -24,7 +24,7 @@ class ProcessSpec:
     files: dict[str, str] = field(default_factory=dict)   # container path -> host file (hosts, resolv.conf)
     ro_binds: dict[str, str] = field(default_factory=dict)  # container path -> host dir, read-only
     # Extra files handed to the process, read-only (an ambassador's Consul token under
-    # /run/portlink): container path -> host file, readable by uid/gid.
+    # /run/secrets): container path -> host file, readable by uid/gid.
     ro_files: dict[str, str] = field(default_factory=dict)
 
 
