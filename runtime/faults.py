@@ -18,6 +18,7 @@ ENV = "PORTLINK_FAULT"
 POINTS = (
     "run.created",      # row CREATING, host ports reserved, nothing in the kernel
     "run.ambassador",   # a cross-host link's ambassador started, the linking container not yet made
+    "run.volumes",      # its new volumes recorded and made (a run with volumes: tests/integration/test_volumes.py)
     "start.mount",      # overlay root mounted
     "start.netns",      # network namespace created
     "start.lease",      # address leased

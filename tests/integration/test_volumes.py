@@ -201,3 +201,20 @@ def test_daemon_restart_keeps_volumes_and_their_users(nft_host):
     assert h.cli("exec", "svc", "cat", "/state/n").stdout == "1\n"
     assert h.cli("rm", "-f", "svc").returncode == 0
     assert run(h, "--rm", "-v", "state:/state", "busybox", "cat", "/state/n") == "1\n"
+
+
+@pytest.mark.parametrize("point", ["run.volumes", "start.files"])
+def test_a_run_killed_after_making_volumes_takes_them_back(nft_host, point):
+    h = nft_host
+    h.cli("volume", "create", "old", check=True)
+    h.stop_daemon()
+    h.env["PORTLINK_FAULT"] = point
+    h.start_daemon()
+    r = h.cli("run", "-d", "--name", "v", "-v", "fresh:/d", "-v", "old:/o", "-v", "/anon", "busybox", "sleep", "600")
+    assert r.returncode != 0 and h.proc.wait(10) == -signal.SIGKILL, "the fault point was not reached"
+    h.proc = None
+    assert len(vol_dirs(h)) == 3                       # it died with them made
+    h.env.clear()
+    h.start_daemon()
+    assert h.client.get("/containers", all="1") == []
+    assert vol_names(h) == ["old"] and vol_dirs(h) == ["plvol-old"]   # what it made is gone, the rest kept
