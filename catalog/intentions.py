@@ -2,9 +2,11 @@
 ambassador for a link to SERVICE allows that ambassador's Connect identity to
 reach SERVICE, and deletes the intention when the ambassador goes.
 
-An intention this daemon made carries meta `portlink-host=<host id>`; one
-without it (a person's, e.g. `consul intention create -deny` or a PUT deny over
-ours) is never overwritten nor deleted: the server side obeys it. The request
+An intention this daemon made says so in its description, `[portlink-host
+<host id>]` (Consul 1.9+ keeps intentions in config entries: the exact endpoint
+takes no Meta); one without it (a person's, e.g. `consul intention create
+-deny`, or a PUT deny over ours) is never overwritten nor deleted: the server
+side obeys it. The request
 shapes are pure (`put_request`, `delete_request`); `Intentions` is the thin
 blocking I/O (the lifecycle's worker threads call it)."""
 
@@ -20,7 +22,7 @@ from portlink.errors import RuntimeFailure
 
 log = logging.getLogger("portlink.consul")
 
-META_HOST = "portlink-host"
+MARK = "[portlink-host {}]"
 EXACT = "/v1/connect/intentions/exact"
 
 
@@ -46,14 +48,14 @@ def exact_path(link: Link) -> str:
     return f"{EXACT}?{urlencode({'source': link.source, 'destination': link.destination})}"
 
 
-def description(link: Link, host: str, ambassador: str) -> str:
-    return (f"portlink: --link {link.destination} on host {host} through ambassador {ambassador} "
-            f"(removed with the ambassador)")
+def description(link: Link, host: str, host_id: str, ambassador: str) -> str:
+    return (f"portlink: --link {link.destination} on host {host} through ambassador {ambassador}, "
+            f"removed with it {MARK.format(host_id)}")
 
 
-def put_request(link: Link, host_id: str, text: str) -> tuple[str, str, dict]:
+def put_request(link: Link, text: str) -> tuple[str, str, dict]:
     """(method, path, body) that allows `link`."""
-    return "PUT", exact_path(link), {"Action": "allow", "Description": text, "Meta": {META_HOST: host_id}}
+    return "PUT", exact_path(link), {"Action": "allow", "Description": text}
 
 
 def delete_request(link: Link) -> tuple[str, str, None]:
@@ -62,7 +64,8 @@ def delete_request(link: Link) -> tuple[str, str, None]:
 
 def ours(existing: object, host_id: str) -> bool:
     """Whether an intention (GET .../exact answer) was made by this host."""
-    return isinstance(existing, dict) and (existing.get("Meta") or {}).get(META_HOST) == host_id
+    return isinstance(existing, dict) and existing.get("Action") == "allow" and \
+        MARK.format(host_id) in str(existing.get("Description") or "")
 
 
 class Intentions:
@@ -84,12 +87,13 @@ class Intentions:
             log.warning("intention %s => %s exists and is not this host's (%s): left as it is",
                         link.source, link.destination, (existing or {}).get("Action"))
             return
-        method, path, body = put_request(link, self.host_id, description(link, self.host_name, ambassador))
+        method, path, body = put_request(link, description(link, self.host_name, self.host_id, ambassador))
         code, out = self._call(method, path, body)
         if code != 200:
+            hint = ('; the daemon\'s token needs intentions = "write" (README: Consul in production)'
+                    if code == 403 else "")
             raise RuntimeFailure(f"Consul {self.cfg.url} refused the intention {link.source} => "
-                                 f"{link.destination} (HTTP {code}: {out}); the daemon's token needs "
-                                 'intentions = "write" (README: Consul in production)')
+                                 f"{link.destination} (HTTP {code}: {out}){hint}")
         log.info("consul: intention %s => %s allow", link.source, link.destination)
 
     def remove(self, link: Link) -> None:

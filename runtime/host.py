@@ -19,7 +19,7 @@ from portlink.catalog.services import Registration
 from portlink.dns.forward import ForwardConfig
 from portlink.dns.server import DnsServer, ServerConfig
 from portlink.dns.zone import DEFAULT_TTL
-from portlink.errors import InvalidArgument, RuntimeFailure
+from portlink.errors import InvalidArgument, NotFound, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.prom import Histogram
@@ -230,6 +230,8 @@ class Host:
             try:
                 self.containers.remove(c["id"], force=True)
                 removed.append(f"container {c['name']}")
+            except NotFound:
+                removed.append(f"container {c['name']}")   # went with the container it served
             except Exception as e:
                 errors.append(f"container {c['name']}: {e}")
         for n in self.networks.list():
