@@ -20,7 +20,7 @@ from pathlib import Path
 
 from portlink.errors import RuntimeFailure
 
-VERSION = "v1.20.6"   # keep in step with scripts/build-consul
+VERSION = "v1.16.3"   # keep in step with scripts/build-consul (the last MPL-2.0 release)
 
 
 def consul_binary() -> str:

@@ -85,6 +85,10 @@ class AmbassadorPolicy:
                            "(give its ports with --expose to wait for it)")
         if spec.cmd or spec.image not in ("", "busybox"):
             raise InvalidArgument("an ambassador runs portlink's forwarder: give no image or command")
+        if spec.user or spec.cap_add or spec.security_opt:
+            raise InvalidArgument("an ambassador runs as its own user with no capabilities and the default "
+                                  "seccomp profile: give no --user, --cap-add or --security-opt")
+        ambassadors.check_readable(ambassadors.runtime_binds())
         spec.image = "busybox"
         if self.secure and not amb.server_side:
             # Its Connect identity: one per ambassador and host (the intention's source).

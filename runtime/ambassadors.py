@@ -4,24 +4,30 @@ cross-host link start (pure: the spec and the command line).
 An ambassador is an ordinary portlink container (runc, its own namespace and
 address on the bridge, a lease, DNS) whose process is portlink's own forwarder,
 `python -m portlink.ambassador`, run from this host's Python and portlink
-installation, bound read-only into a busybox root. It listens on the
-service's ports and forwards each connection to a healthy instance from
+installation, bound recursively read-only into a read-only busybox root. It
+runs as a user of its own with no capabilities (runtime.security). It listens
+on the service's ports and forwards each connection to a healthy instance from
 Consul, rerouting when the instances change."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from portlink import parse
-from portlink.errors import InvalidArgument
+from portlink.errors import InvalidArgument, RuntimeFailure
+from portlink.runtime import security
 from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
 
 METRICS_PORT = 9102
-TOKEN_PATH = "/run/portlink/consul-token"   # its Consul token, a read-only file bind (runtime.token_files)
+RUN_DIR = "/run/secrets"   # where Docker and Compose hand secrets; never the daemon's /run/portlink
+TOKEN_PATH = f"{RUN_DIR}/consul-token"   # its Consul token, a read-only file bind (runtime.token_files)
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
+KEY_DIR = "/dev/shm/portlink-connect"   # TLS leaf files while OpenSSL loads them: the root is read-only, shm is memory
 SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served container>
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +126,42 @@ def runtime_binds() -> dict[str, str]:
             if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in binds if o != "/usr")}
 
 
+def check_readable(binds: dict[str, str]) -> None:
+    """The forwarder runs as an unprivileged user: each directory bound for it
+    (Python, the venv, portlink's checkout) must be readable and searchable by
+    others, as must the forwarder's own package."""
+    need = [Path(src) for src in binds.values()] + [REPO / "ambassador", REPO / "ambassador" / "__main__.py"]
+    for p in need:
+        try:
+            mode = p.stat().st_mode
+        except OSError as e:
+            raise RuntimeFailure(f"the ambassador needs {p}: {e.strerror}") from e
+        want = (stat.S_IROTH | stat.S_IXOTH) if stat.S_ISDIR(mode) else stat.S_IROTH
+        if mode & want != want:
+            raise RuntimeFailure(f"the ambassador runs as uid {security.AMBASSADOR_UID} and cannot read {p} "
+                                 f"(mode {stat.S_IMODE(mode):04o}): make it readable by others (chmod o+rX)")
+
+
+def open_ancestors(rootfs: Path, dests: list[str]) -> None:
+    """Lets the forwarder's user reach what is bound for it: each directory of the
+    container's root on the way to a bind gets o+x, in this container's own
+    layer (an overlay copy-up). The image's /root is 0700, and a pyenv Python
+    lives under it. Directories runc creates are 0755; a symlink or a file on
+    the way is never followed (runc refuses the mount then)."""
+    for dest in dests:
+        d = rootfs
+        for part in Path(dest).parts[1:-1]:
+            d = d / part
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                break
+            if not st.st_mode & stat.S_IXOTH:
+                os.chmod(d, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+
+
 def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str]:
     argv = [str(Path(sys.prefix) / "bin" / "python"), "-P", "-m", "portlink.ambassador"]
     for p in ports:
@@ -129,12 +171,12 @@ def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str
         # served container over the local bridge.
         for p, b in spec.backends:
             argv += ["--backend", f"{p}={b}"]
-        return argv + ["--tls-serve", spec.service, "--consul", consul_url, "--policy", spec.policy,
+        return argv + ["--tls-serve", spec.service, "--tls-keys", KEY_DIR, "--consul", consul_url, "--policy", spec.policy,
                        "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
     argv += ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
              "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
     if spec.identity:
-        argv += ["--tls-dial", spec.identity]     # follows the service's Connect instances
+        argv += ["--tls-dial", spec.identity, "--tls-keys", KEY_DIR]   # follows the service's Connect instances
     return argv
 
 

@@ -21,6 +21,7 @@ POINTS = (
     "start.mount",      # overlay root mounted
     "start.netns",      # network namespace created
     "start.lease",      # address leased
+    "start.pin",        # layer-2 pin (port . MAC . address) in the bridge table, no veth yet
     "start.veth",       # veth pair made and addressed
     "start.firewall",   # published ports in the DNAT maps
     "start.files",      # hosts, resolv.conf, hostname and config.json written

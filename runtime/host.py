@@ -22,6 +22,7 @@ from portlink.dns.zone import DEFAULT_TTL
 from portlink.errors import InvalidArgument, NotFound, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
+from portlink.netns.fw_l2 import L2Pins
 from portlink.prom import Histogram
 from portlink.runtime import cgroups, discovery, durable, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
@@ -119,7 +120,8 @@ class Host:
         layout.containers.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "state.db")
         self.records = Records(self.store)
-        self.fw = Firewall(make_driver(cfg.firewall, cfg.dns_port), self.store, consul_target(cfg.consul))
+        self.fw = Firewall(make_driver(cfg.firewall, cfg.dns_port), L2Pins(), self.store,
+                           consul_target(cfg.consul))
         self.images = ImageStore(cfg.state_dir / "images")
         self.events = EventLog(cfg.state_dir / "events.jsonl")
         self.catalog = Catalog(enabled=cfg.consul is not None)

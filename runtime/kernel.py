@@ -12,7 +12,7 @@ from collections.abc import Callable
 from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns
-from portlink.netns.model import Endpoint, PortMapping
+from portlink.netns.model import Endpoint, Pin, PortMapping
 from portlink.prom import Histogram
 from portlink.runtime import mounts
 from portlink.runtime.firewall import Firewall
@@ -60,6 +60,12 @@ class HostKernel:
 
     def loopback_up(self, netns_path: str) -> None:
         kernel_link.loopback_up(netns_path)
+
+    def add_pin(self, pin: Pin, record: Callable[[str], None]) -> None:
+        self.fw.add_pin(pin, record)
+
+    def remove_pin(self, key: str, forget: Callable[[], None]) -> None:
+        self.fw.remove_pin(key, forget)
 
     def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None:
         self.fw.add_ports(mappings, record)

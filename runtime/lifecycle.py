@@ -19,7 +19,7 @@ from pathlib import Path
 from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
-from portlink.runtime import faults, seccomp, security
+from portlink.runtime import ambassadors, faults, oci, seccomp, security
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
@@ -181,6 +181,8 @@ class Lifecycle:
             link = Link(amb["identity"], amb["service"])
             j.intention(cid, link.key, lambda: self.d.intentions.ensure(link, c.name))
         if plan.endpoint is not None:
+            j.pin(cid, plan.endpoint)
+            faults.point("start.pin")
             j.veth(cid, plan.endpoint)
             faults.point("start.veth")
             j.ports(cid, plan.mappings)
@@ -189,6 +191,9 @@ class Lifecycle:
             j.kernel.loopback_up(nspath)
         for fname, text in plan.files.values():
             write_fresh(cdir / fname, text)   # an earlier run's container wrote there: replace, never follow
+        self.d.runc.check_mount_options(oci.mount_options(plan.config))
+        if c.is_ambassador:
+            ambassadors.open_ancestors(Path(plan.config["root"]["path"]), oci.bind_destinations(plan.config))
         bundle = cdir / "bundle"
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(plan.config, indent=1))

@@ -23,6 +23,9 @@ class ProcessSpec:
     hostname: str = ""
     files: dict[str, str] = field(default_factory=dict)   # container path -> host file (hosts, resolv.conf)
     ro_binds: dict[str, str] = field(default_factory=dict)  # container path -> host dir, read-only
+    # Extra files handed to the process, read-only (an ambassador's Consul token under
+    # /run/secrets): container path -> host file, readable by uid/gid.
+    ro_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class Confinement:
     caps: list[str]                                       # bounding = effective = permitted
     seccomp: dict | None                                  # OCI linux.seccomp; None: unconfined
     sysctl: dict[str, str] = field(default_factory=dict)  # namespaced sysctls (ping_group_range)
+    readonly_root: bool = False
+
+
+# Recursively read-only (mount_setattr, runc >= 1.1 on Linux >= 5.12): a plain "ro"
+# bind leaves every mount below the source writable. nosuid and nodev recursively too.
+RO_BIND = ["rbind", "ro", "rro", "rnosuid", "rnodev", "rprivate"]
 
 
 def nofile_limit() -> int:
@@ -56,9 +65,8 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
-    for dest, src in sorted(proc.ro_binds.items()):
-        mounts.append({"destination": dest, "type": "bind", "source": src,
-                       "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"]})
+    for dest, src in sorted({**proc.ro_binds, **proc.ro_files}.items()):
+        mounts.append({"destination": dest, "type": "bind", "source": src, "options": list(RO_BIND)})
     for dest, src in sorted(proc.files.items()):
         mounts.append({"destination": dest, "type": "bind", "source": src,
                        "options": ["rbind", "rprivate"]})
@@ -74,7 +82,7 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": True,
         },
-        "root": {"path": rootfs, "readonly": False},
+        "root": {"path": rootfs, "readonly": confine.readonly_root},
         "hostname": proc.hostname,
         "mounts": mounts,
         "linux": {
@@ -94,6 +102,16 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
     if confine.sysctl:
         config["linux"]["sysctl"] = dict(confine.sysctl)
     return _with_limits(config, limits)
+
+
+def mount_options(config: dict) -> set[str]:
+    """The options of a config's bind mounts, to check against `runc features` (the
+    other mounts' options include filesystem data such as size=, which it does not list)."""
+    return {o for m in config.get("mounts", []) if m.get("type") == "bind" for o in m.get("options", [])}
+
+
+def bind_destinations(config: dict) -> list[str]:
+    return [m["destination"] for m in config.get("mounts", []) if m.get("type") == "bind"]
 
 
 def _with_limits(config: dict, limits: Limits) -> dict:

@@ -102,23 +102,29 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
     # user's entries replacing or appending (so -e overrides a link variable).
     base = [PATH_ENV, f"HOSTNAME={spec.hostname}"]
     env = linkspec.merge_env(base, list(link_env), [*config.env, *spec.env])
-    ro_binds = ambassadors.runtime_binds() if spec.ambassador else {}
+    ro_binds: dict[str, str] = {}
+    ro_files: dict[str, str] = {}
     if spec.ambassador:
         env += ["PYTHONDONTWRITEBYTECODE=1"]
+        ids = (security.AMBASSADOR_UID, security.AMBASSADOR_GID)
+        ro_binds = ambassadors.runtime_binds()
         if token_file:
             env += [f"{TOKEN_ENV}={ambassadors.TOKEN_PATH}"]
-            ro_binds[ambassadors.TOKEN_PATH] = token_file
+            ro_files[ambassadors.TOKEN_PATH] = token_file
     return oci.ProcessSpec(args=spec.cmd, env=env, cwd=spec.workdir or config.workdir or "/",
                            uid=ids[0], gid=ids[1], hostname=spec.hostname, files=files or {},
-                           ro_binds=ro_binds)
+                           ro_binds=ro_binds, ro_files=ro_files)
 
 
 def confinement(c: Container, profile: dict | None, machine: seccomp.Machine | None) -> oci.Confinement:
     """Capabilities from --cap-add/--cap-drop; the seccomp profile (None: unconfined)
-    resolved for them and this machine; ping without CAP_NET_RAW."""
-    caps = security.capabilities(c.spec.cap_add, c.spec.cap_drop)
+    resolved for them and this machine; ping without CAP_NET_RAW. An ambassador:
+    no capabilities, low ports without one, a read-only root."""
+    amb = bool(c.spec.ambassador)
+    caps = [] if amb else security.capabilities(c.spec.cap_add, c.spec.cap_drop)
     rules = seccomp.convert(profile, caps, machine or seccomp.this_machine()) if profile is not None else None
-    return oci.Confinement(caps=caps, seccomp=rules, sysctl=dict(security.PING_SYSCTL))
+    sysctl = security.AMBASSADOR_SYSCTL if amb else security.PING_SYSCTL
+    return oci.Confinement(caps=caps, seccomp=rules, sysctl=dict(sysctl), readonly_root=amb)
 
 
 def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:

@@ -133,6 +133,16 @@ class Runc:
             pidfile.unlink(missing_ok=True)
         return None
 
+    def check_mount_options(self, wanted: set[str]) -> None:
+        """Refuse a config asking for mount options this runc does not know: an
+        older runc would pass an unknown "rro" on as mount data, which a bind
+        mount ignores, leaving everything below it writable."""
+        missing = sorted(wanted - _mount_options(_runc_bin()))
+        if missing:
+            raise RuntimeFailure(f"runc ({_runc_bin()}) does not support the mount option(s) {', '.join(missing)} "
+                                 "(rro, recursively read-only: runc >= 1.1 on Linux >= 5.12): "
+                                 "refusing to start a container whose read-only mounts would not be")
+
     def state(self, cid: str) -> dict | None:
         p = self._run("state", cid)
         if p.returncode != 0:
@@ -167,6 +177,26 @@ class Runc:
         if workdir:
             argv += ["--cwd", workdir]
         return argv + [cid, *args]
+
+
+_features: dict[tuple, frozenset[str]] = {}   # (runc path, mtime, size) -> its mount options
+
+
+def _mount_options(runc: str) -> frozenset[str]:
+    """The mount options `runc features` lists (asked once per binary); none if it
+    cannot say (runc < 1.1 has no `features`)."""
+    st = os.stat(runc)
+    key = (runc, st.st_mtime_ns, st.st_size)
+    if key not in _features:
+        p = subprocess.run([runc, "features"], capture_output=True, text=True, timeout=30)
+        opts = []
+        if p.returncode == 0:
+            try:
+                opts = json.loads(p.stdout).get("mountOptions") or []
+            except (ValueError, AttributeError):
+                pass
+        _features[key] = frozenset(o for o in opts if isinstance(o, str))
+    return _features[key]
 
 
 def _read_pid(path: Path | None) -> int | None:

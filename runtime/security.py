@@ -27,6 +27,18 @@ DEFAULT_CAPS = tuple(f"CAP_{c}" for c in (
 # Unprivileged ICMP echo sockets for every group, so ping needs no CAP_NET_RAW.
 PING_SYSCTL = {"net.ipv4.ping_group_range": "0 2147483647"}
 
+# Ambassadors (portlink's own forwarder, runtime.ambassadors) are confined further,
+# whatever the request says: a user of their own, no capabilities at all, a
+# read-only root. Not 65534 (nobody): that id is shared by NFS squashing, unmapped
+# user-namespace ids and host daemons, while a file handed to ambassadors (a
+# Consul token, owned by this id, mode 0400) must be readable by them and by
+# nothing else on the host. 65536: past the 16-bit ids, below the subordinate
+# ranges useradd hands out (/etc/subuid starts at 100000).
+AMBASSADOR_UID = AMBASSADOR_GID = 65536
+# Its ports (80, 443, 5432, ...) in its own network namespace, without
+# CAP_NET_BIND_SERVICE: what Docker >= 20.10 sets for every container.
+AMBASSADOR_SYSCTL = {"net.ipv4.ip_unprivileged_port_start": "0"}
+
 UNCONFINED = "unconfined"
 _SECURITY_OPTS_HELP = ("use seccomp=unconfined, seccomp=PATH (a profile file on the daemon's host) "
                        "or no-new-privileges")
@@ -96,8 +108,13 @@ def parse_security_opts(opts: list[str]) -> SecurityOpts:
     return SecurityOpts(seccomp) if seccomp else SecurityOpts()
 
 
-def effective(security_opt: list[str], cap_add: list[str], cap_drop: list[str]) -> dict:
+def effective(security_opt: list[str], cap_add: list[str], cap_drop: list[str],
+              ambassador: bool = False) -> dict:
     """What `inspect` shows: the confinement a start applies."""
+    if ambassador:
+        return {"seccomp": DEFAULT_PROFILE, "capabilities": [], "no_new_privileges": True,
+                "sysctl": dict(AMBASSADOR_SYSCTL), "user": f"{AMBASSADOR_UID}:{AMBASSADOR_GID}",
+                "readonly_rootfs": True}
     return {"seccomp": parse_security_opts(security_opt).seccomp,
             "capabilities": capabilities(cap_add, cap_drop),
             "no_new_privileges": True, "sysctl": dict(PING_SYSCTL)}

@@ -64,7 +64,8 @@ class Views:
                           if net else []),
                 "upstreams": spec.dns or self.default_dns,
             },
-            "security": security.effective(spec.security_opt, spec.cap_add, spec.cap_drop),
+            "security": security.effective(spec.security_opt, spec.cap_add, spec.cap_drop,
+                                           ambassador=bool(spec.ambassador)),
         }
 
     def _links(self, links: list[str]) -> list[dict]:

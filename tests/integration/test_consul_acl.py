@@ -111,7 +111,7 @@ def test_cross_host_link_with_ambassador_token_read_only_and_logged_out(two):
 
     # Only a path reaches the ambassador; no secret shows in a process's command line or environment.
     env = Path(f"/proc/{amb['pid']}/environ").read_bytes().split(b"\0")
-    assert b"CONSUL_HTTP_TOKEN_FILE=/run/portlink/consul-token" in env
+    assert b"CONSUL_HTTP_TOKEN_FILE=/run/secrets/consul-token" in env
     daemon_pid = two.made.host("host2").daemon_pid
     for pid in (amb["pid"], daemon_pid):
         seen = secrets_of(pid)

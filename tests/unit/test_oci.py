@@ -93,3 +93,35 @@ def test_unconfined_has_no_seccomp():
 
 def test_serialisable(cfg):
     assert json.loads(json.dumps(cfg)) == cfg
+
+
+def test_read_only_binds_and_handed_files_are_recursively_read_only():
+    proc = oci.ProcessSpec(args=["true"], env=[], ro_binds={"/usr": "/usr", "/opt/py": "/opt/py"},
+                           ro_files={"/run/secrets/consul-token": "/state/c1/consul-token"},
+                           files={"/etc/hosts": "/state/c1/hosts"})
+    cfg = oci.build_config(proc, "/r", NETNS, "/c", CONF)
+    by_dest = {m["destination"]: m for m in cfg["mounts"] if m["type"] == "bind"}
+    for dest in ("/usr", "/opt/py", "/run/secrets/consul-token"):
+        assert by_dest[dest]["options"] == ["rbind", "ro", "rro", "rnosuid", "rnodev", "rprivate"]
+    assert by_dest["/run/secrets/consul-token"]["source"] == "/state/c1/consul-token"
+    assert "ro" not in by_dest["/etc/hosts"]["options"]           # the container's own files stay writable
+    assert oci.mount_options(cfg) >= {"rro", "rnosuid", "rnodev"}
+    assert oci.bind_destinations(cfg) == ["/opt/py", "/run/secrets/consul-token", "/usr", "/etc/hosts"]
+    assert cfg["root"]["readonly"] is False
+
+
+def test_read_only_root():
+    cfg = oci.build_config(PROC, "/r", NETNS, "/c", oci.Confinement(caps=[], seccomp=None, readonly_root=True))
+    assert cfg["root"] == {"path": "/r", "readonly": True}
+
+
+def test_runc_features_name_the_mount_options(tmp_path):
+    from portlink.runtime import runc
+    new = tmp_path / "runc-new"
+    new.write_text('#!/bin/sh\necho \'{"mountOptions": ["rbind", "ro", "rro", "rprivate"]}\'\n')
+    old = tmp_path / "runc-old"          # runc < 1.1: no `features`
+    old.write_text("#!/bin/sh\necho 'No help topic for features' >&2; exit 1\n")
+    for f in (new, old):
+        f.chmod(0o755)
+    assert runc._mount_options(str(new)) == {"rbind", "ro", "rro", "rprivate"}
+    assert runc._mount_options(str(old)) == frozenset()

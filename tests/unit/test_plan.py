@@ -93,11 +93,33 @@ def test_ports_are_ordered_and_bound_to_their_host_address():
 def test_an_ambassador_gets_the_forwarder_runtime_read_only():
     c = container(ambassador={"service": "db", "ports": [5432], "policy": "drain", "drain_deadline": 10.0})
     plan = plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
-    ro = {m["destination"] for m in plan.config["mounts"] if m["type"] == "bind" and "ro" in m["options"]}
+    ro = {m["destination"]: m["options"] for m in plan.config["mounts"]
+          if m["type"] == "bind" and "ro" in m["options"]}
     assert "/usr" in ro
+    assert all("rro" in opts for opts in ro.values())             # submounts too
     plain = plan_start(container(), IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
     assert not [m for m in plain.config["mounts"] if m["type"] == "bind" and "ro" in m["options"]]
     assert plan.config["process"]["env"][-1] == "PYTHONDONTWRITEBYTECODE=1"
+
+
+def test_an_ambassador_runs_unprivileged_whatever_the_request_says():
+    from portlink.runtime.seccomp import Machine
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["bind"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_NET_BIND_SERVICE"]}}]}
+    c = container(ambassador={"service": "db", "ports": [80]}, cap_add=["NET_ADMIN"], user="root")
+    cfg = plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [], profile=profile,
+                     machine=Machine("amd64", "SCMP_ARCH_X86_64", (6, 1))).config
+    assert cfg["process"]["user"] == {"uid": 65536, "gid": 65536}
+    assert cfg["process"]["capabilities"] == {"bounding": [], "effective": [], "permitted": []}
+    assert cfg["process"]["noNewPrivileges"] is True
+    # The profile resolved for no capabilities: the CAP_NET_BIND_SERVICE rule is left out.
+    assert cfg["linux"]["seccomp"]["syscalls"] == [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]
+    # Low ports in its own namespace without a capability; no ping sockets.
+    assert cfg["linux"]["sysctl"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    assert cfg["root"]["readonly"] is True
+    plain = plan_start(container(), IMAGE, (1000, 1000), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, []).config
+    assert plain["root"]["readonly"] is False and plain["process"]["user"] == {"uid": 1000, "gid": 1000}
 
 
 @pytest.mark.parametrize("links", [["db"], ["db:DB"]])

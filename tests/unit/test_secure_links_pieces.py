@@ -89,12 +89,12 @@ def test_command_lines_of_both_halves():
     srv = ambassadors.AmbassadorSpec.from_json({"service": "frontdb", "backends": {"80": "10.77.0.5:80"}})
     argv = ambassadors.command(srv, [80], "http://10.99.0.1:8500")
     tail = argv[argv.index("--listen"):]
-    assert tail[:8] == ["--listen", "80", "--backend", "80=10.77.0.5:80", "--tls-serve", "frontdb",
-                        "--consul", "http://10.99.0.1:8500"]
+    assert tail[:10] == ["--listen", "80", "--backend", "80=10.77.0.5:80", "--tls-serve", "frontdb",
+                         "--tls-keys", ambassadors.KEY_DIR, "--consul", "http://10.99.0.1:8500"]
     assert "--service" not in argv and srv.to_json()["backends"] == {"80": "10.77.0.5:80"}
     cli = ambassadors.AmbassadorSpec.from_json({"service": "frontdb", "identity": f"amb-x-{HOST}"})
     argv = ambassadors.command(cli, [80], "http://10.99.0.2:8500")
-    assert argv[-2:] == ["--tls-dial", f"amb-x-{HOST}"] and "--service" in argv
+    assert argv[-4:] == ["--tls-dial", f"amb-x-{HOST}", "--tls-keys", ambassadors.KEY_DIR] and "--service" in argv
     plain = ambassadors.AmbassadorSpec.from_json({"service": "frontdb"})
     assert not any(a.startswith("--tls") for a in ambassadors.command(plain, [80], "http://c:8500"))
     assert plain.to_json() == {"service": "frontdb", "ports": [], "policy": plain.policy,

@@ -103,3 +103,7 @@ def test_effective_for_inspect():
         "seccomp": "unconfined", "capabilities": ["CAP_NET_RAW"], "no_new_privileges": True,
         "sysctl": {"net.ipv4.ping_group_range": "0 2147483647"}}
     assert security.effective([], [], [])["seccomp"] == DEFAULT_PROFILE
+    amb = security.effective(["seccomp=unconfined"], ["NET_ADMIN"], [], ambassador=True)
+    assert amb == {"seccomp": DEFAULT_PROFILE, "capabilities": [], "no_new_privileges": True,
+                   "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0"}, "user": "65536:65536",
+                   "readonly_rootfs": True}
