@@ -30,6 +30,14 @@ class Containers:
                  refresher: Refresher, views: Views) -> None:
         self.records, self.life, self.amb = records, lifecycle, ambassadors
         self.refresher, self.views = refresher, views
+        # Secure links (runtime.server_sides): told of every change of a container it
+        # might serve. None: no server sides.
+        self.servers = None
+
+    def _serve(self, c) -> None:
+        """A container that is no ambassador changed: its server side follows."""
+        if self.servers is not None and not (c and c.is_ambassador):
+            self.servers.sync()
 
     # run ---------------------------------------------------------------------------------
     def run(self, data: dict, for_links: bool = False) -> dict:
@@ -68,6 +76,7 @@ class Containers:
             link = linkspec.parse_link(text)
             self.life.emit(c, "link", target=link.name, alias=link.alias)
         self.refresher.changed()
+        self._serve(c)
         try:
             return self.views.inspect(c.id)
         except NotFound:
@@ -92,6 +101,7 @@ class Containers:
         self.amb.release(c.id)
         self.life.start(c, ref)
         self.refresher.changed()
+        self._serve(c)
         return self.views.inspect(c.id)
 
     def stop(self, ref: str, timeout: float = 10) -> dict:
@@ -100,6 +110,7 @@ class Containers:
         errors = self.life.stop(c.id, timeout)
         if errors is not None:
             self.refresher.changed()
+            self._serve(c)
             if errors:
                 raise RuntimeFailure(f"container {c.name!r} stopped, but cleanup failed: " + "; ".join(errors))
         return self.views.inspect(c.id)
@@ -115,6 +126,7 @@ class Containers:
         self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
         self.refresher.changed()
+        self._serve(c)
         if self.amb.collect():
             self.refresher.changed()
 
@@ -128,6 +140,8 @@ class Containers:
             self.remove(cid, force=True)
         elif c.is_ambassador:
             self.amb.exited(cid, c.name)
+        else:
+            self._serve(c)
 
     def exec_argv(self, ref: str, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
         return self.life.exec_argv(self.records.find(ref), args, env, tty, workdir)

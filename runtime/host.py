@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -13,11 +14,12 @@ from pathlib import Path
 from portlink.catalog import services as registration
 from portlink.catalog.ambassador_tokens import AmbassadorTokens
 from portlink.catalog.config import ConsulConfig
+from portlink.catalog.intentions import Intentions
 from portlink.catalog.services import Registration
 from portlink.dns.forward import ForwardConfig
 from portlink.dns.server import DnsServer, ServerConfig
 from portlink.dns.zone import DEFAULT_TTL
-from portlink.errors import InvalidArgument, RuntimeFailure
+from portlink.errors import InvalidArgument, NotFound, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.netns.fw_l2 import L2Pins
@@ -38,6 +40,7 @@ from portlink.runtime.reaper import Reaper
 from portlink.runtime.records import Records
 from portlink.runtime.refresh import Catalog, Refresher
 from portlink.runtime.runc import Runc
+from portlink.runtime.server_sides import ServerSides, is_server_side
 from portlink.runtime.state import Store
 from portlink.runtime.token_files import TokenFiles
 from portlink.runtime.views import Views
@@ -57,6 +60,7 @@ class HostConfig:
     dns_timeout: float = 2.0                             # per upstream
     consul: ConsulConfig | None = None                   # None: a single host on its own state
     ambassador_tokens: AmbassadorTokens | None = None    # None: ambassadors get no Consul token (no ACLs)
+    secure_links: bool = False                           # mutual TLS both halves, intentions from links
     advertise: str | None = None                         # address registered in Consul (default: towards Consul)
     consul_check_interval: float = 5.0                   # TCP health check of each registered port
     consul_resync: float = 30.0                          # a full resync at least this often (drift repair)
@@ -79,6 +83,8 @@ class HostConfig:
                                   "expected 1 to 3600 seconds (Consul's floor is 1 s)")
         if not 1 <= self.dns_port <= 65535:
             raise InvalidArgument(f"invalid --dns-port {self.dns_port}: expected 1 to 65535")
+        if self.secure_links and self.consul is None:
+            raise InvalidArgument("--secure-links uses Consul Connect's CA and intentions: give --consul ADDR too")
         if not 1 <= self.consul_resync <= 86400:
             raise InvalidArgument(f"invalid --consul-resync {self.consul_resync}: expected 1 to 86400 seconds")
 
@@ -129,26 +135,34 @@ class Host:
         self.reaper = Reaper()
         self.volumes = Volumes(self.store, layout, self.events)
         tokens = TokenFiles(cfg.ambassador_tokens)
-        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens))
+        self.host_id = _host_id(cfg.state_dir)
+        intentions = Intentions(cfg.consul, self.host_id, socket.gethostname()) if cfg.secure_links else None
+        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens,
+                                                 intentions))
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
             trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
             oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens,
-            volumes=self.volumes))
+            volumes=self.volumes, intentions=intentions))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
-                                            self.refresher.changed)
+                                            self.refresher.changed, self.host_id, cfg.secure_links)
         self.containers = Containers(self.records, life, self.ambassadors, self.refresher,
                                      Views(self.records, layout, cfg.dns))
+        self.servers = None
+        if cfg.secure_links:
+            self.servers = ServerSides(self.records, life, self.ambassadors,
+                                       lambda data: self.containers.run(data), self.refresher.changed)
+            self.containers.servers = self.servers
         self.lifecycle = life
-        self.host_id = _host_id(cfg.state_dir)
 
     def registrations(self, advertise: str) -> list[Registration]:
         """What this host should have in Consul now (blocking: reads the store)."""
         published = [registration.Published(c.id, c.name, c.spec.labels or {}, tuple(
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
-            for r in rows)) for c, rows in self.records.published()]
+            for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None)
+            for c, rows in self.records.published()]
         return registration.registrations(self.host_id, advertise, published)
 
     def setup(self) -> list[str]:
@@ -222,6 +236,8 @@ class Host:
             try:
                 self.containers.remove(c["id"], force=True)
                 removed.append(f"container {c['name']}")
+            except NotFound:
+                removed.append(f"container {c['name']}")   # went with the container it served
             except Exception as e:
                 errors.append(f"container {c['name']}: {e}")
         for n in self.networks.list():

@@ -39,6 +39,7 @@ class Kernel(Protocol):
     def run_container(self, cid: str, start: Callable[[], int]) -> int: ...
     def delete_container(self, cid: str) -> None: ...
     def revoke_token(self, path: str) -> None: ...
+    def remove_intention(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
     Step("port", _undo_port),
     Step("runc", lambda j, name: j.kernel.delete_container(name)),
     Step("consul_token", lambda j, name: j.kernel.revoke_token(name)),
+    Step("intention", lambda j, name: j.kernel.remove_intention(name)),
 )}
 
 
@@ -123,6 +125,11 @@ class Journal:
         """An ambassador's Consul token (its file's path): logged out by the undo."""
         self.store.record("consul_token", path, owner)
         issue()
+
+    def intention(self, owner: str, key: str, make: Callable[[], object]) -> None:
+        """A link's intention (secure links; key 'SOURCE DESTINATION'): deleted by the undo."""
+        self.store.record("intention", key, owner)
+        make()
 
     def process(self, owner: str, start: Callable[[], int]) -> int:
         self.store.record("runc", owner, owner)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
 from portlink.runtime import ambassadors, faults, mount_paths, oci, seccomp, security, volspec
@@ -55,6 +56,7 @@ class LifecycleDeps:
     oom_kills: Callable[[str], int | None]     # OOM kills in a container's cgroup (cgroups.oom_kills)
     tokens: TokenFiles = field(default_factory=lambda: TokenFiles(None))   # ambassadors' Consul tokens
     volumes: Volumes | None = None             # None: no volumes on this host (unit tests)
+    intentions: Intentions | None = None       # secure links: a client side's intention to its service
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -229,11 +231,18 @@ class Lifecycle:
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
                           peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token,
                           mount_targets=targets)
+        amb = c.spec.ambassador
+        # Secure links: a server side is the service it serves, a client side its own identity.
+        identity = (amb["service"] if amb.get("backends") else amb.get("identity")) if amb else None
         if token is not None:
             # Owned by the user the plan runs the ambassador as, mode 0400; logged out when this run ends.
             user = plan.config["process"]["user"]
             j.consul_token(cid, token, lambda: self.d.tokens.issue(
-                Path(token), cid, c.spec.ambassador["service"], user["uid"], user["gid"]))
+                Path(token), cid, amb["service"], user["uid"], user["gid"], identity))
+        if amb and amb.get("identity") and self.d.intentions is not None:
+            # The link is the authorization: before its process, so its first connection is allowed.
+            link = Link(amb["identity"], amb["service"])
+            j.intention(cid, link.key, lambda: self.d.intentions.ensure(link, c.name))
         if plan.endpoint is not None:
             j.pin(cid, plan.endpoint)
             faults.point("start.pin")

@@ -185,4 +185,5 @@ def test_an_unknown_kind_is_an_error_not_a_crash(store):
 
 
 def test_every_kind_a_start_makes_has_an_undo():
-    assert set(STEPS) == {"dir", "mount", "netns", "lease", "pin", "veth", "port", "runc", "consul_token"}
+    assert set(STEPS) == {"dir", "mount", "netns", "lease", "pin", "veth", "port", "runc", "consul_token",
+                          "intention"}
