@@ -93,6 +93,9 @@ async def follow_consul(ambassador, consul, service: str, reach: Reachability, w
     while True:
         try:
             async for instances in watch_service(consul, service, reach, wait, connect=connect):
+                if not connect:
+                    # A Connect-native instance (a server-side ambassador) speaks only mutual TLS.
+                    instances = [i for i in instances if not i.native]
                 for port, backends in split_instances(instances, ports).items():
                     ambassador.apply(port, backends)
         except asyncio.CancelledError:

@@ -6,9 +6,11 @@ network namespace: create a veth pair into it, put the host end on the bridge,
 address it, add its default route and publish one port (tcp 8080+i -> 80); then
 undo it (rules first, then the veth).
 
-  portlink  in-process calls of the layer the daemon uses: kernel_link.attach +
-            NftablesDriver.add_ports, then remove_ports + deleting the netns
-            (bridge and base ruleset made once before timing).
+  portlink  in-process calls of the layer the daemon uses: the container's
+            layer-2 pin (L2Pins.add: port . MAC . address) + kernel_link.attach +
+            NftablesDriver.add_ports, then remove_ports + L2Pins.remove +
+            deleting the netns (bridge, base ruleset and bridge table made once
+            before timing). netavark pins nothing at layer 2.
   netavark  the binary run the way podman runs it: `netavark --config D
             --rootless false setup|teardown <netns>` with the network options
             JSON on stdin. One untimed warm-up container is attached first and
@@ -110,7 +112,8 @@ class PortlinkSide:
 
     def __init__(self, run: str, nsdir: str) -> None:
         from portlink.netns import kernel_link, kernel_ns, names
-        from portlink.netns.fw_nftables import NftablesDriver
+        from portlink.netns.fw_l2 import L2Pins
+        from portlink.netns.fw_nftables import Nft, NftablesDriver
         from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
         self._kl, self._ns = kernel_link, kernel_ns
         self._Endpoint, self._PortMapping = Endpoint, PortMapping
@@ -120,11 +123,13 @@ class PortlinkSide:
         self.net = NetworkSpec(id=net_id, name="bench", subnet=SUBNET, gateway=GATEWAY,
                                bridge=names.bridge_name(net_id))
         self.fw = NftablesDriver()
+        self.l2 = L2Pins(Nft())
         self._eps: dict[int, tuple] = {}
 
     def setup(self) -> None:
         self._kl.ensure_bridge(self.net)
         self.fw.apply_all([self.net], [])
+        self.l2.apply_all([])
 
     def prepare(self, slot: int, path: str) -> None:
         cid = _cid(self._run, slot)
@@ -137,12 +142,13 @@ class PortlinkSide:
 
     def attach(self, slot: int) -> None:
         ep, pm = self._eps[slot]
+        self.l2.add([ep.pin])   # before the veth, as the daemon's journal does
         self._kl.attach(ep)
         self.fw.add_ports([pm])
 
     def detach(self, slot: int) -> None:
         ep, pm = self._eps[slot]
-        errs = self.fw.remove_ports([pm])
+        errs = self.fw.remove_ports([pm]) + self.l2.remove([ep.pin])
         # As portlinkd's stop does: release the container's namespace and let the
         # kernel remove the veth pair with it (batched), instead of a synchronous
         # veth delete that waits ~20 ms for an RCU grace period. netavark's
@@ -160,6 +166,8 @@ class PortlinkSide:
             raise BenchError(f"portlink container {slot}: eth0 has {got}, expected {ep.address}")
         if f"{pm.host_port} : {pm.container_ip} . {pm.container_port}" not in self.fw.dump():
             raise BenchError(f"portlink container {slot}: port {pm} not in the nftables map")
+        if f'"{ep.host_ifname}" . {ep.mac} . {ep.address}' not in self.l2.dump():
+            raise BenchError(f"portlink container {slot}: no layer-2 pin for {ep.host_ifname}")
 
     def close(self) -> None:
         pass

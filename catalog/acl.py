@@ -10,6 +10,13 @@ JWT per ambassador with the private key and exchanges it at /v1/acl/login,
 which needs no token. The worst a stolen host key buys is read access. Consul 1.16
 validates RS*, ES* and PS* signatures: portlink signs ES256 (P-256 keys).
 
+With --secure-links an ambassador speaks mutual TLS as a Connect identity: a
+server side as the service it serves (leaf + authorize: service:write on it),
+a client side as its own identity (leaf: service:write on it; read on the
+target). The daemon signs that identity as the claim `identity`, and a second
+binding rule binds it as a service identity (service:write on that name, read
+on every service and node); the daemon writes intentions (intentions = "write").
+
 What each side calls (and so needs):
   daemon      PUT /v1/agent/service/register, /v1/agent/service/deregister/<id>
               (service:write), GET /v1/agent/services (service:read),
@@ -31,15 +38,17 @@ AMBASSADOR_ROLE = f"{PREFIX}-ambassador"    # holds AMBASSADOR_POLICY; what the 
 AUDIENCE = f"{PREFIX}-ambassador"      # the `aud` an auth method accepts
 JWT_TTL = 60                           # seconds a signed JWT is good for: only for the login exchange
 TOKEN_ENV = "CONSUL_HTTP_TOKEN_FILE"   # read by the ambassador (catalog.config.from_sources)
-# Claims copied onto the login's variables (value.service, value.container):
-# usable in a binding rule's selector.
-CLAIM_MAPPINGS = {"service": "service", "sub": "container"}
+# Claims copied onto the login's variables (value.service, value.container,
+# value.identity): usable in a binding rule's selector and bind name.
+CLAIM_MAPPINGS = {"service": "service", "sub": "container", "identity": "identity"}
 
 DAEMON_RULES = '''\
 # portlinkd: register and deregister its containers' services on its own agent,
 # and read every service and node (DNS, ambassadors' ports, its own entries).
+# With --secure-links it also makes and deletes the intentions its links need.
 service_prefix "" {
   policy = "write"
+  intentions = "write"
 }
 node_prefix "" {
   policy = "read"
@@ -117,13 +126,27 @@ def binding_rule_body(method: str, role: str = AMBASSADOR_ROLE) -> dict:
             "Description": "portlink ambassadors: read services and nodes"}
 
 
+def identity_binding_rule_body(method: str) -> dict:
+    """PUT /v1/acl/binding-rule: a login that carries the claim `identity` (an
+    ambassador of secure links) also gets that service identity: service:write
+    on the name (its Connect leaf, and authorize on a server side) and read on
+    every service and node."""
+    return {"AuthMethod": method, "BindType": "service", "BindName": "${value.identity}",
+            "Selector": 'value.identity != ""',
+            "Description": "portlink secure links: an ambassador's Connect identity"}
+
+
 def claims(method: str, container_id: str, service: str, now: int, ttl: int = JWT_TTL,
-           audience: str = AUDIENCE) -> dict:
-    """What the daemon signs for one ambassador's login."""
+           audience: str = AUDIENCE, identity: str | None = None) -> dict:
+    """What the daemon signs for one ambassador's login; `identity`: the Connect
+    identity of a secure-links ambassador."""
     if not container_id or not service:
         raise ValueError("an ambassador's claims need its container id and service")
-    return {"iss": method, "sub": container_id, "aud": audience, "service": service,
-            "iat": now, "nbf": now - 5, "exp": now + ttl}
+    out = {"iss": method, "sub": container_id, "aud": audience, "service": service,
+           "iat": now, "nbf": now - 5, "exp": now + ttl}
+    if identity:
+        out["identity"] = identity
+    return out
 
 
 def login_body(method: str, bearer: str, container_id: str, service: str) -> dict:

@@ -113,8 +113,9 @@ class AmbassadorTokens:
     def __init__(self, cfg: ConsulConfig, signer: Signer, method: str) -> None:
         self.cfg, self.signer, self.method = cfg, signer, acl.check_auth_method_name(method)
 
-    def login(self, container_id: str, service: str) -> Login:
-        bearer = self.signer.sign(acl.claims(self.method, container_id, service, int(time.time())))
+    def login(self, container_id: str, service: str, identity: str | None = None) -> Login:
+        bearer = self.signer.sign(acl.claims(self.method, container_id, service, int(time.time()),
+                                             identity=identity))
         try:
             code, body = request(self.cfg, "POST", "/v1/acl/login",
                                  acl.login_body(self.method, bearer, container_id, service))

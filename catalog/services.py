@@ -56,6 +56,9 @@ class Published:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[PublishedPort, ...] = ()
+    # A server-side ambassador (secure links): its TCP ports are Connect-native
+    # instances of this service, one per container port it serves.
+    connect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,15 @@ class Registration:
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
     tcp_check: bool = True
+    connect_native: bool = False      # speaks mutual TLS with Connect's CA (a server-side ambassador)
 
     def payload(self, policy: CheckPolicy = CheckPolicy()) -> dict:
         """The body of PUT /v1/agent/service/register."""
         meta = dict(self.meta)
         body: dict = {"ID": self.id, "Name": self.name, "Address": self.address, "Port": self.port,
                       "Tags": list(self.tags), "Meta": meta}
+        if self.connect_native:
+            body["Connect"] = {"Native": True}
         if self.tcp_check:
             body["Check"] = {
                 "CheckID": f"{self.id}-tcp", "Name": f"tcp {self.address}:{self.port}",
@@ -157,6 +163,9 @@ def registrations(host_id: str, advertise: str, containers: Iterable[Published])
     """Every instance this host should have in Consul now, sorted by id."""
     out = []
     for c in containers:
+        if c.connect:
+            out += _connect_registrations(host_id, advertise, c)
+            continue
         if c.labels.get("portlink.register", "true").lower() == "false":
             continue
         tags = tuple(t.strip() for t in c.labels.get("portlink.tags", "").split(",") if t.strip())
@@ -173,6 +182,29 @@ def registrations(host_id: str, advertise: str, containers: Iterable[Published])
                 name=_name_for(c, p), address=address, port=p.host_port, tags=tags,
                 meta=meta, tcp_check=p.proto == "tcp"))
     return sorted(out, key=lambda r: r.id)
+
+
+def _connect_registrations(host_id: str, advertise: str, c: Published) -> list[Registration]:
+    """A server-side ambassador's ports as Connect-native instances of the service
+    it serves: meta portlink-port names the served container port (the listener
+    a client-side ambassador maps it to), the address is where other hosts reach
+    its published port."""
+    out = []
+    for p in c.ports:
+        if p.proto != "tcp":
+            continue
+        meta = ((META_HOST, host_id), (META_CONTAINER, c.name), (META_CONTAINER_ID, c.id),
+                (META_PORT, f"{p.container_port}/tcp"))
+        out.append(Registration(id=f"{ID_PREFIX}{host_id}-{c.id[:12]}-{p.container_port}-tls",
+                                name=c.connect, address=p.host_ip or advertise, port=p.host_port,
+                                meta=meta, connect_native=True))
+    return out
+
+
+def served_name(name: str, labels: Mapping[str, str]) -> str:
+    """The service a container is served as over secure links: its `portlink.service`
+    label or its name (per-port names are for plaintext registrations only)."""
+    return labels.get("portlink.service") or service_name(name)
 
 
 def diff(desired: list[Registration], actual: Mapping[str, Mapping], policy: CheckPolicy = CheckPolicy()
@@ -196,6 +228,7 @@ class Instance:
     node: str = ""
     tags: tuple[str, ...] = ()
     meta: tuple[tuple[str, str], ...] = ()
+    native: bool = False       # Connect-native: speaks mutual TLS only (a server-side ambassador)
 
     def meta_get(self, key: str, default: str | None = None) -> str | None:
         return dict(self.meta).get(key, default)
@@ -211,5 +244,6 @@ def parse_health(entries: list[dict]) -> tuple[Instance, ...]:
             continue
         out.append(Instance(id=svc.get("ID", ""), service=svc.get("Service", ""), address=address,
                             port=int(svc["Port"]), node=node.get("Node", ""),
-                            tags=tuple(svc.get("Tags") or ()), meta=tuple(sorted((svc.get("Meta") or {}).items()))))
+                            tags=tuple(svc.get("Tags") or ()), meta=tuple(sorted((svc.get("Meta") or {}).items())),
+                            native=bool((svc.get("Connect") or {}).get("Native"))))
     return tuple(sorted(out, key=lambda i: (i.address, i.port, i.id)))

@@ -118,6 +118,7 @@ def bootstrap(agents: dict[str, Agent], hosts: dict[str, HostSecrets], datacente
         _call(first, "PUT", "/v1/acl/auth-method",
               acl.auth_method_body(method, Signer.load(str(h.key)).public_pem(), ALGORITHM))
         _call(first, "PUT", "/v1/acl/binding-rule", acl.binding_rule_body(method))
+        _call(first, "PUT", "/v1/acl/binding-rule", acl.identity_binding_rule_body(method))
         _call(first, "PUT", "/v1/acl/token", {"SecretID": h.daemon_token.read_text().strip(),
                                              "Description": f"portlinkd on {name}",
                                              "Policies": [{"Name": acl.DAEMON_POLICY}]})

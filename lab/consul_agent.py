@@ -89,7 +89,9 @@ class AgentSpec:
     def argv(self, binary: str) -> list[str]:
         hcl = ('disable_update_check = true\n'
                'performance { raft_multiplier = 1 }\n'      # fastest elections: a lab, not a WAN
-               'log_level = "warn"\n')
+               'log_level = "warn"\n'
+               # Connect's built-in CA and intentions: what secure links use (a dev agent has it on).
+               'connect { enabled = true }\n')
         argv = [binary, "agent", f"-node={self.name}", f"-bind={self.bind}", f"-client={self.bind}",
                 f"-datacenter={self.datacenter}", "-hcl", hcl]
         if self.security:

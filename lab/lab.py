@@ -241,6 +241,7 @@ def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",
                           ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2",
+                           "--secure-links",
                            *consul_acl.daemon_args(_secrets(h), h.name)],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")

@@ -252,6 +252,10 @@ def clean_workdir(wd: Path) -> list[str]:
         err = runc.delete(cid, state / "containers" / cid)   # force: kills it, then sees its shim out
         done.append(f"container {cid[:12]}" + (f" ({err})" if err else ""))
     done += unmount_under(wd)
+    # A throwaway host's volumes live in its work dir and go with it: said, not silent.
+    vols = state / "volumes"
+    done += [f"volume {d.name.removeprefix('plvol-')} (with the test host)"
+             for d in (sorted(vols.glob("plvol-*")) if vols.is_dir() else [])]
     shutil.rmtree(wd, ignore_errors=True)
     return done + [f"dir {wd}"]
 

@@ -51,6 +51,32 @@ class Nft:
             raise RuntimeFailure(f"nftables rejected the change: {err.strip() or 'error ' + str(rc)}")
         return out
 
+    def remove_each(self, items: Sequence, render, what: str) -> list[str]:
+        """Delete elements one by one: a missing one must not keep the rest in
+        place, and is no error (netns.firewall.already_gone). Returns the errors."""
+        errors = []
+        for x in items:
+            try:
+                self.run(render([x]))
+            except RuntimeFailure as e:
+                if not already_gone(str(e)):
+                    errors.append(f"{what} {x}: {e}")
+        return errors
+
+    def teardown(self, script: str) -> list[str]:
+        try:
+            self.run(script)
+            return []
+        except RuntimeFailure as e:
+            return [str(e)]
+
+    def list_table(self, family: str) -> str:
+        """portlink's table of that family as nft prints it; "" when there is none."""
+        try:
+            return self.run(f"list table {family} {NFT_TABLE}")
+        except RuntimeFailure:
+            return ""
+
     def close(self) -> None:
         if self._ctx:
             self._lib.nft_ctx_free(self._ctx)
@@ -73,34 +99,17 @@ class NftablesDriver(FirewallDriver):
             self._nft.run(rules_nft.render_add_flows(flows))
 
     def remove_flows(self, flows: Sequence[Flow]) -> list[str]:
-        return self._remove_each(flows, rules_nft.render_remove_flows, "withdraw")
+        return self._nft.remove_each(flows, rules_nft.render_remove_flows, "withdraw")
 
     def add_ports(self, ports: Sequence[PortMapping]) -> None:
         if ports:
             self._nft.run(rules_nft.render_add_ports(ports))
 
     def remove_ports(self, ports: Sequence[PortMapping]) -> list[str]:
-        return self._remove_each(ports, rules_nft.render_remove_ports, "unpublish")
-
-    def _remove_each(self, items: Sequence, render, what: str) -> list[str]:
-        errors = []
-        for x in items:  # one by one: a missing element must not keep the rest in place
-            try:
-                self._nft.run(render([x]))
-            except RuntimeFailure as e:
-                if not already_gone(str(e)):
-                    errors.append(f"{what} {x}: {e}")
-        return errors
+        return self._nft.remove_each(ports, rules_nft.render_remove_ports, "unpublish")
 
     def teardown(self) -> list[str]:
-        try:
-            self._nft.run(rules_nft.render_teardown())
-            return []
-        except RuntimeFailure as e:
-            return [str(e)]
+        return self._nft.teardown(rules_nft.render_teardown())
 
     def dump(self) -> str:
-        try:
-            return self._nft.run(f"list table ip {NFT_TABLE}")
-        except RuntimeFailure:
-            return ""
+        return self._nft.list_table("ip")

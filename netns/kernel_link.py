@@ -78,9 +78,11 @@ def ensure_bridge(net: NetworkSpec) -> None:
 
 
 def stable_mac(name: str) -> str:
-    """A locally administered unicast MAC (02:...) from a bridge's name or a container's id."""
+    """A locally administered unicast MAC (02:...) from a bridge's name; never
+    02:42:…, the containers' MACs (model.container_mac)."""
     digest = hashlib.sha256(name.encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    second = digest[0] ^ 0x01 if digest[0] == 0x42 else digest[0]
+    return ":".join(f"{b:02x}" for b in (0x02, second, *digest[1:5]))
 
 
 def delete_link(ifname: str) -> None:
@@ -155,11 +157,12 @@ def _add_veth(ipr: IPRoute, ep: Endpoint, br: int) -> None:
     try:
         # index 2: the first link made in a new namespace after lo, named up front
         # so no lookup is needed inside.
-        # The container's MAC is derived from its id, so a pair rebuilt by drift
-        # repair keeps it and neighbours' ARP entries stay right.
+        # The container's MAC is derived from its address (model.container_mac):
+        # its layer-2 pin (rules_l2) was rendered from it before this pair existed,
+        # and a pair rebuilt by drift repair keeps it.
         ipr.link("add", ifname=ep.host_ifname, kind="veth", master=br,
                  peer={"ifname": ep.ifname, "net_ns_fd": fd, "index": CONTAINER_IFINDEX,
-                       "address": stable_mac(ep.container_id)})
+                       "address": ep.mac})
     finally:
         os.close(fd)
 

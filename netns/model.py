@@ -47,6 +47,37 @@ class Endpoint:
     ifname: str = "eth0"
     default_route: bool = True
 
+    @property
+    def mac(self) -> str:
+        return container_mac(self.address)
+
+    @property
+    def pin(self) -> "Pin":
+        return Pin(self.host_ifname, self.mac, self.address)
+
+
+def container_mac(address: IPv4Address) -> str:
+    """A container interface's MAC, derived from its address as Docker does
+    (02:42 + the four bytes): known before the veth exists, so its layer-2 pin
+    is rendered and in force first; unique on a bridge because the address is;
+    the same for a pair rebuilt by drift repair, and for the next container
+    leasing the address, so neighbours' ARP entries stay right."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+@dataclass(frozen=True, order=True)
+class Pin:
+    """A container's bridge port pinned at layer 2 (netns.rules_l2): frames
+    entering the bridge from `host_ifname` must come from `mac` and, for IPv4
+    and ARP, from `address`."""
+
+    host_ifname: str
+    mac: str
+    address: IPv4Address
+
+    def __str__(self) -> str:
+        return f"{self.host_ifname} {self.mac} {self.address}"
+
 
 DNS_PORT = 53   # the resolver on each gateway address (portlinkd --dns-port)
 

@@ -6,6 +6,7 @@ VETH_PREFIX = "plv-"         # host side of a container's veth: plv-<container i
 NETNS_PREFIX = "plc-"        # /run/netns/plc-<container id[:12]>
 NFT_TABLE = "portlink"       # nftables: table ip portlink, table bridge portlink
 IPT_CHAIN_PREFIX = "PORTLINK-"
+VOLUME_PREFIX = "plvol-"     # a volume's directory: <state dir>/volumes/plvol-<name> (runtime.volumes)
 IFNAMSIZ = 15                # kernel limit on interface names (without NUL)
 
 

@@ -10,7 +10,9 @@ are runtime.lifecycle's; the firewall's trusted flows are runtime.firewall's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import logging
 import threading
 import time
@@ -38,10 +40,14 @@ READY_WAIT = 5.0              # seconds a run waits for an ambassador it starts 
 
 class AmbassadorPolicy:
     def __init__(self, records: Records, lifecycle: Lifecycle, catalog: Catalog, consul_url: str | None,
-                 events: EventLog, changed: Callable[[], None]) -> None:
-        """`changed`: the consequences of a restart (the refresher's)."""
+                 events: EventLog, changed: Callable[[], None], host_id: str = "",
+                 secure: bool = False) -> None:
+        """`changed`: the consequences of a restart (the refresher's). `secure`
+        (--secure-links): client sides dial over mutual TLS as an identity of
+        their own on this host (`host_id`)."""
         self.records, self.lifecycle, self.catalog = records, lifecycle, catalog
         self.consul_url, self.events, self.changed = consul_url, events, changed
+        self.host_id, self.secure = host_id, secure
         self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
         self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
         self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
@@ -67,7 +73,13 @@ class AmbassadorPolicy:
             raise InvalidArgument("an ambassador follows a service in Consul: start portlinkd with --consul ADDR")
         if spec.network == NO_NETWORK:
             raise InvalidArgument("an ambassador needs a network: not --net none")
-        ports = list(amb.ports) or ambassadors.ports_from_catalog(self.catalog.instances(amb.service))
+        if (amb.identity or amb.server_side) and not self.secure:
+            raise InvalidArgument("an ambassador's identity and backends are for secure links: "
+                                  "start portlinkd with --secure-links")
+        if amb.server_side:
+            ports = [p for p, _ in amb.backends]
+        else:
+            ports = list(amb.ports) or ambassadors.ports_from_catalog(self.catalog.instances(amb.service))
         if not ports:
             raise NotFound(f"unknown remote service {amb.service!r}: no healthy instance in Consul "
                            "(give its ports with --expose to wait for it)")
@@ -78,6 +90,10 @@ class AmbassadorPolicy:
                                   "seccomp profile: give no --user, --cap-add or --security-opt")
         ambassadors.check_readable(ambassadors.runtime_binds())
         spec.image = "busybox"
+        if self.secure and not amb.server_side:
+            # Its Connect identity: one per ambassador and host (the intention's source).
+            spec.name = spec.name or f"amb-{amb.service}-{secrets.token_hex(3)}"[:63]
+            amb = dataclasses.replace(amb, identity=ambassadors.identity_name(spec.name, self.host_id))
         spec.cmd = ambassadors.command(amb, ports, self.consul_url)
         spec.expose = sorted(set(spec.expose) | {f"{p}/tcp" for p in ports})
         req.expose = sorted(set(req.expose) | set(spec.expose))

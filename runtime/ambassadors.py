@@ -12,6 +12,7 @@ Consul, rerouting when the instances change."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -23,9 +24,12 @@ from portlink.runtime import security
 from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
 
 METRICS_PORT = 9102
-RUN_DIR = "/run/portlink"
+RUN_DIR = "/run/secrets"   # where Docker and Compose hand secrets; never the daemon's /run/portlink
 TOKEN_PATH = f"{RUN_DIR}/consul-token"   # its Consul token, a read-only file bind (runtime.token_files)
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
+KEY_DIR = "/dev/shm/portlink-connect"   # TLS leaf files while OpenSSL loads them: the root is read-only, shm is memory
+SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served container>
+_IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,12 +39,21 @@ class AmbassadorSpec:
     ports: tuple[int, ...] = ()          # empty: every port the service's instances publish
     policy: str = AMBASSADOR_POLICY
     drain_deadline: float = DRAIN_DEADLINE
+    # Secure links (set by the daemon): a client side dials over mutual TLS as
+    # `identity`; a server side serves `service` to authorized clients, each
+    # listener forwarding to a fixed backend ("PORT" -> "IP:PORT").
+    identity: str | None = None
+    backends: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def server_side(self) -> bool:
+        return bool(self.backends)
 
     @classmethod
     def from_json(cls, data: object) -> "AmbassadorSpec":
         if not isinstance(data, dict):
             raise InvalidArgument("field 'ambassador' must be an object {service, ports, policy, drain_deadline}")
-        unknown = sorted(set(data) - {"service", "ports", "policy", "drain_deadline"})
+        unknown = sorted(set(data) - {"service", "ports", "policy", "drain_deadline", "identity", "backends"})
         if unknown:
             raise InvalidArgument(f"unknown field(s) in 'ambassador': {', '.join(unknown)}")
         service = data.get("service")
@@ -57,11 +70,32 @@ class AmbassadorSpec:
         deadline = data.get("drain_deadline", DRAIN_DEADLINE)
         if type(deadline) not in (int, float) or not 0 < deadline <= 3600:
             raise InvalidArgument(f"invalid ambassador drain deadline {deadline!r}: 0 to 3600 seconds")
-        return cls(service, tuple(sorted(set(ports))), policy, float(deadline))
+        identity = data.get("identity")
+        if identity is not None and not (isinstance(identity, str) and _IDENTITY.match(identity)):
+            raise InvalidArgument(f"invalid ambassador identity {identity!r}: a Consul service identity name")
+        backends = data.get("backends", {})
+        if not isinstance(backends, dict) or not all(
+                isinstance(k, str) and k.isdigit() and parse.is_port(int(k)) and isinstance(v, str)
+                for k, v in backends.items()):
+            raise InvalidArgument(f"invalid ambassador backends {backends!r}: {{\"PORT\": \"IP:PORT\"}}")
+        for v in backends.values():
+            try:
+                parse.hostport("ambassador backend", v)
+            except ValueError:
+                raise InvalidArgument(f"invalid ambassador backend {v!r}: expected IP:PORT") from None
+        if backends and identity:
+            raise InvalidArgument("an ambassador is a server side (backends) or a client side (identity), not both")
+        return cls(service, tuple(sorted(set(ports))), policy, float(deadline), identity,
+                   tuple(sorted((int(k), v) for k, v in backends.items())))
 
     def to_json(self) -> dict:
-        return {"service": self.service, "ports": list(self.ports), "policy": self.policy,
-                "drain_deadline": self.drain_deadline}
+        out = {"service": self.service, "ports": list(self.ports), "policy": self.policy,
+               "drain_deadline": self.drain_deadline}
+        if self.identity:
+            out["identity"] = self.identity
+        if self.backends:
+            out["backends"] = {str(p): b for p, b in self.backends}
+        return out
 
 
 def ports_from_catalog(instances) -> list[int]:
@@ -132,8 +166,31 @@ def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str
     argv = [str(Path(sys.prefix) / "bin" / "python"), "-P", "-m", "portlink.ambassador"]
     for p in ports:
         argv += ["--listen", str(p)]
-    return argv + ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
-                   "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
+    if spec.server_side:
+        # "I actually talk to frontdb": mutual TLS in as the service, plaintext to the
+        # served container over the local bridge.
+        for p, b in spec.backends:
+            argv += ["--backend", f"{p}={b}"]
+        return argv + ["--tls-serve", spec.service, "--tls-keys", KEY_DIR, "--consul", consul_url, "--policy", spec.policy,
+                       "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
+    argv += ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
+             "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
+    if spec.identity:
+        argv += ["--tls-dial", spec.identity, "--tls-keys", KEY_DIR]   # follows the service's Connect instances
+    return argv
+
+
+def identity_name(ambassador: str, host_id: str) -> str:
+    """A client-side ambassador's Connect identity: its name and this host's id,
+    so the same ambassador name on two hosts is two identities (and two intentions).
+    A DNS label of at most 63 characters, as Consul's service identities need."""
+    head = re.sub(r"[^a-z0-9-]", "-", ambassador.lower()).strip("-")[:63 - len(host_id) - 1].strip("-")
+    return f"{head or 'amb'}-{host_id}"
+
+
+def server_name(served: str) -> str:
+    """The server-side ambassador of a container ("I actually talk to frontdb")."""
+    return f"{SERVER_PREFIX}{served}"[:63].rstrip("-_.")
 
 
 def container_name(service: str, network: str) -> str:

@@ -125,7 +125,7 @@ class Api:
             return ok(await self.call(c.restart, r.match_info["ref"], _timeout(q(r, "t", "10"))))
 
         async def rm(r):
-            await self.call(c.remove, r.match_info["ref"], flag(r, "force"))
+            await self.call(c.remove, r.match_info["ref"], flag(r, "force"), flag(r, "volumes"))
             return ok({"removed": r.match_info["ref"]})
 
         async def exec_argv(r):
@@ -180,10 +180,35 @@ class Api:
             return ok({"removed": name})
 
         async def prune(r):
-            result = await self.call(h.prune)
+            result = await self.call(h.prune, flag(r, "volumes"))
             if self.consul:
                 result["errors"] += await self.consul.deregister_all()
             return ok(result)
+
+        # volumes (runtime.volumes) -------------------------------------------------------
+        async def vol_create(r):
+            b = await self.body(r)
+            unknown = set(b) - {"name", "labels"}
+            if unknown:
+                raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
+            name = b.get("name") or ""
+            if not isinstance(name, str):
+                raise InvalidArgument("field 'name' must be a string")
+            return ok(await self.call(h.volumes.create, name, b.get("labels")))
+
+        async def vol_ls(r):
+            d = q(r, "dangling")
+            return ok(await self.call(h.volumes.list, None if d is None else d in ("1", "true")))
+
+        async def vol_inspect(r):
+            return ok(await self.call(h.volumes.get, r.match_info["name"]))
+
+        async def vol_rm(r):
+            done = await self.call(h.volumes.remove, r.match_info["name"], flag(r, "force"))
+            return ok({"removed": r.match_info["name"] if done else None})
+
+        async def vol_prune(r):
+            return ok({"removed": await self.call(h.volumes.prune, flag(r, "all"))})
 
         async def consul_status(r):
             if not self.consul:
@@ -227,6 +252,8 @@ class Api:
             web.post("/images", img_import), web.get("/images", img_ls),
             *api_images.routes(self),      # load, save, inspect, tag
             web.delete("/images/{name:.+}", img_rm),
+            web.post("/volumes", vol_create), web.get("/volumes", vol_ls), web.post("/volumes/prune", vol_prune),
+            web.get("/volumes/{name}", vol_inspect), web.delete("/volumes/{name}", vol_rm),
             web.post("/system/prune", prune), web.get("/system/firewall", firewall),
             web.get("/system/consul", consul_status), web.post("/system/consul/sync", consul_sync),
             web.post("/system/check", check), web.get("/events", event_stream),

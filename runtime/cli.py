@@ -19,7 +19,7 @@ import time
 
 from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd_image, cmd_inspect, cmd_logs,
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
-                                           cmd_stop, cmd_system)
+                                           cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
@@ -129,6 +129,15 @@ def _add_run(sub) -> None:
                    help="seccomp=unconfined, seccomp=PATH (a profile on the daemon's host), no-new-privileges")
     r.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="NET_RAW, CAP_SYS_ADMIN, ALL")
     r.add_argument("--cap-drop", action="append", default=[], metavar="CAP")
+    # volumes and mounts (runtime/volspec.py checks them in the daemon)
+    r.add_argument("-v", "--volume", action="append", default=[], metavar="[NAME:|HOST-PATH:]PATH[:ro]",
+                   help="a named volume (made if missing), a host directory, or PATH alone: an anonymous volume")
+    r.add_argument("--mount", action="append", default=[], metavar="type=volume|bind|tmpfs,source=..,target=..",
+                   help="Docker's long form: readonly, volume-nocopy, tmpfs-size=, tmpfs-mode=")
+    r.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
+                   help="a tmpfs (nosuid, nodev, noexec; 64m unless size=): ro, exec, size=, mode=")
+    r.add_argument("--volumes-from", action="append", default=[], metavar="CONTAINER[:ro|:rw]",
+                   help="the volumes and binds of another container")
     r.add_argument("--ambassador", metavar="SERVICE",
                    help="run an ambassador: forward the service's ports (from Consul, or --expose) "
                         "to its healthy instances, rerouting as they move")
@@ -166,6 +175,7 @@ def _add_lifecycle(name: str, fn, helptext: str):
 def _add_rm(sub) -> None:
     x = sub.add_parser("rm", help="remove containers")
     x.add_argument("-f", "--force", action="store_true")
+    x.add_argument("-v", "--volumes", action="store_true", help="remove its anonymous volumes too")
     x.add_argument("containers", nargs="+")
     x.set_defaults(fn=cmd_rm)
 
@@ -272,11 +282,32 @@ def _add_save(sub) -> None:
     _save_args(sub.add_parser("save", help="write images as a docker-save archive"))
 
 
+def _add_volume(sub) -> None:
+    v = sub.add_parser("volume", help="manage volumes")
+    vsub = v.add_subparsers(dest="vcmd", required=True)
+    c = vsub.add_parser("create", help="create a volume (a random name if none)")
+    c.add_argument("-l", "--label", action="append", default=[])
+    c.add_argument("name", nargs="?", default="")
+    ls = vsub.add_parser("ls", help="list volumes")
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.add_argument("-f", "--filter", action="append", default=[], help="dangling=true|false")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    vsub.add_parser("inspect", help="show volumes as JSON").add_argument("names", nargs="+")
+    rm = vsub.add_parser("rm", help="remove volumes no container uses")
+    rm.add_argument("-f", "--force", action="store_true", help="no error for a missing volume")
+    rm.add_argument("names", nargs="+")
+    pr = vsub.add_parser("prune", help="remove unused anonymous volumes (-a: named ones too)")
+    pr.add_argument("-a", "--all", action="store_true")
+    pr.add_argument("-f", "--force", action="store_true", help="do not ask")
+    v.set_defaults(fn=cmd_volume)
+
+
 def _add_system(sub) -> None:
     y = sub.add_parser("system", help="host-wide operations")
     ysub = y.add_subparsers(dest="scmd", required=True)
-    ysub.add_parser("prune", help="remove everything portlink created on this host").add_argument(
-        "-f", "--force", action="store_true")
+    pr = ysub.add_parser("prune", help="remove everything portlink created on this host")
+    pr.add_argument("-f", "--force", action="store_true")
+    pr.add_argument("--volumes", action="store_true", help="and every volume (volumes are kept otherwise)")
     ysub.add_parser("firewall", help="show portlink's firewall rules")
     ysub.add_parser("consul", help="show the link to Consul").add_argument(
         "--sync", action="store_true", help="resync this host's entries now and show what changed")
@@ -322,6 +353,7 @@ COMMANDS = {
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,
+    "volume": _add_volume,
     "load": _add_load,
     "save": _add_save,
     "system": _add_system,

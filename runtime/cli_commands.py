@@ -71,6 +71,11 @@ def cmd_run(cl: Client, a) -> int:
     for key, values in (("security_opt", a.security_opt), ("cap_add", a.cap_add), ("cap_drop", a.cap_drop)):
         if values:
             spec[key] = values
+    # volumes and mounts: checked by the daemon (runtime.volspec)
+    for key, values in (("volumes", a.volume), ("mounts", a.mount), ("tmpfs", a.tmpfs),
+                        ("volumes_from", a.volumes_from)):
+        if values:
+            spec[key] = values
     if a.ambassador:
         ports = []
         for e in a.expose:
@@ -95,7 +100,7 @@ def cmd_run(cl: Client, a) -> int:
     except KeyboardInterrupt:
         return 130
     if a.rm:
-        cl.delete(f"/containers/{c['id']}", force="1")
+        cl.delete(f"/containers/{c['id']}", force="1", volumes="1")   # --rm: anonymous volumes too
     return code
 
 
@@ -166,7 +171,8 @@ def cmd_restart(cl, a):
 
 
 def cmd_rm(cl, a):
-    return _each(a.containers, lambda r: cl.delete(f"/containers/{_q(r)}", force="1" if a.force else None))
+    return _each(a.containers, lambda r: cl.delete(f"/containers/{_q(r)}", force="1" if a.force else None,
+                                                   volumes="1" if a.volumes else None))
 
 
 def cmd_inspect(cl, a):
@@ -333,12 +339,44 @@ def cmd_image(cl, a):
     return 0
 
 
+def cmd_volume(cl, a):
+    if a.vcmd == "create":
+        labels = dict(l.split("=", 1) if "=" in l else (l, "") for l in a.label)
+        print(cl.post("/volumes", {"name": a.name, "labels": labels})["Name"])
+    elif a.vcmd == "ls":
+        dangling = None
+        for f in a.filter:
+            key, _, value = f.partition("=")
+            if key != "dangling" or value.lower() not in ("true", "false", "1", "0"):
+                raise CliError(f"invalid --filter {f!r}: dangling=true or dangling=false")
+            dangling = "1" if value.lower() in ("true", "1") else "0"
+        vs = cl.get("/volumes", dangling=dangling)
+        if a.format == "json":
+            print(json.dumps(vs, indent=2))
+        elif a.quiet:
+            print("\n".join(v["Name"] for v in vs))
+        else:
+            print(fmt.volume_table(vs))
+    elif a.vcmd == "inspect":
+        print(json.dumps([cl.get(f"/volumes/{_q(n)}") for n in a.names], indent=2))
+    elif a.vcmd == "rm":
+        return _each(a.names, lambda n: cl.delete(f"/volumes/{_q(n)}", force="1" if a.force else None))
+    elif a.vcmd == "prune":
+        if not a.force and sys.stdin.isatty():
+            what = "every unused volume" if a.all else "every unused anonymous volume"
+            if input(f"This removes {what} and its data. Continue? [y/N] ").lower() != "y":
+                return 1
+        for name in cl.post("/volumes/prune", all="1" if a.all else None)["removed"]:
+            print(name)
+    return 0
+
+
 def cmd_system(cl, a):
     if a.scmd == "prune":
         if not a.force and sys.stdin.isatty():
             if input("This removes every container, network and rule portlink made on this host. Continue? [y/N] ").lower() != "y":
                 return 1
-        r = cl.post("/system/prune")
+        r = cl.post("/system/prune", volumes="1" if a.volumes else None)
         for x in r["removed"]:
             print(f"removed {x}")
         for e in r["errors"]:

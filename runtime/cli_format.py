@@ -77,3 +77,9 @@ def print_records(resp, timestamps: bool, flush: bool) -> None:
             out.flush()
     for out in outs.values():
         out.flush()
+
+
+def volume_table(vs: list[dict]) -> str:
+    rows = [["DRIVER", "VOLUME NAME", "USED BY"]]
+    rows += [[v["Driver"], v["Name"], ", ".join(v["UsedBy"])] for v in vs]
+    return table(rows)

@@ -30,6 +30,14 @@ class Containers:
                  refresher: Refresher, views: Views) -> None:
         self.records, self.life, self.amb = records, lifecycle, ambassadors
         self.refresher, self.views = refresher, views
+        # Secure links (runtime.server_sides): told of every change of a container it
+        # might serve. None: no server sides.
+        self.servers = None
+
+    def _serve(self, c) -> None:
+        """A container that is no ambassador changed: its server side follows."""
+        if self.servers is not None and not (c and c.is_ambassador):
+            self.servers.sync()
 
     # run ---------------------------------------------------------------------------------
     def run(self, data: dict, for_links: bool = False) -> dict:
@@ -41,6 +49,7 @@ class Containers:
         if req.spec.ambassador:
             self.amb.fill(req)
         self.life.check_process(req)
+        self.life.check_mounts(req)
         made: list[str] = []         # ambassadors started for this run: removed if it fails
         pending = [ambassadors.container_name(s, req.spec.network) for s in remote]
         try:
@@ -67,6 +76,7 @@ class Containers:
             link = linkspec.parse_link(text)
             self.life.emit(c, "link", target=link.name, alias=link.alias)
         self.refresher.changed()
+        self._serve(c)
         try:
             return self.views.inspect(c.id)
         except NotFound:
@@ -91,6 +101,7 @@ class Containers:
         self.amb.release(c.id)
         self.life.start(c, ref)
         self.refresher.changed()
+        self._serve(c)
         return self.views.inspect(c.id)
 
     def stop(self, ref: str, timeout: float = 10) -> dict:
@@ -99,6 +110,7 @@ class Containers:
         errors = self.life.stop(c.id, timeout)
         if errors is not None:
             self.refresher.changed()
+            self._serve(c)
             if errors:
                 raise RuntimeFailure(f"container {c.name!r} stopped, but cleanup failed: " + "; ".join(errors))
         return self.views.inspect(c.id)
@@ -107,12 +119,14 @@ class Containers:
         self.stop(ref, timeout)
         return self.start(ref)
 
-    def remove(self, ref: str, force: bool = False) -> None:
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """`volumes`: its anonymous volumes too (rm -v)."""
         c = self.records.find(ref)
         self.amb.hold(c.id)
-        self.life.remove(c, force, ref)
+        self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
         self.refresher.changed()
+        self._serve(c)
         if self.amb.collect():
             self.refresher.changed()
 
@@ -126,6 +140,8 @@ class Containers:
             self.remove(cid, force=True)
         elif c.is_ambassador:
             self.amb.exited(cid, c.name)
+        else:
+            self._serve(c)
 
     def exec_argv(self, ref: str, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
         return self.life.exec_argv(self.records.find(ref), args, env, tty, workdir)

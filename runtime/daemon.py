@@ -141,6 +141,10 @@ async def start_consul(host: Host) -> ConsulSync:
     sync.registrar.on_change = lambda action, sid, service: host.events.emit("consul", action, sid, service=service)
     host.refresher.subscribe(sync.poke)
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
+    if host.servers is not None:
+        # Server sides publish on the advertise address: known only now.
+        host.servers.advertise = advertise
+        loop.run_in_executor(None, host.servers.sync)
     return sync
 
 
@@ -181,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                         "with (default: ambassadors get no token)")
     p.add_argument("--ambassador-auth-method", metavar="NAME",
                    help="Consul JWT auth method that trusts that key (default portlink-<hostname>)")
+    p.add_argument("--secure-links", action="store_true",
+                   help="cross-host links over mutual TLS (Consul Connect's CA) through server-side and "
+                        "client-side ambassadors, each link allowed by an intention (needs --consul)")
     p.add_argument("--consul-datacenter", help="datacenter to register in and read from (default: the agent's)")
     p.add_argument("--consul-cacert", help="CA file for an https agent (default $CONSUL_CACERT)")
     p.add_argument("--advertise", metavar="IP", help="this host's address in Consul "
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                          dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout,
                          consul=consul, ambassador_tokens=ambassador_tokens(consul, a.ambassador_key,
                                                                             a.ambassador_auth_method),
+                         secure_links=a.secure_links,
                          advertise=a.advertise, consul_check_interval=a.consul_check_interval,
                          consul_resync=a.consul_resync,
                          log_limits=logfmt.LogLimits(logfmt.parse_size("--log-max-size", a.log_max_size),

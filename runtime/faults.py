@@ -18,9 +18,11 @@ ENV = "PORTLINK_FAULT"
 POINTS = (
     "run.created",      # row CREATING, host ports reserved, nothing in the kernel
     "run.ambassador",   # a cross-host link's ambassador started, the linking container not yet made
+    "run.volumes",      # its new volumes recorded and made (a run with volumes: tests/integration/test_volumes.py)
     "start.mount",      # overlay root mounted
     "start.netns",      # network namespace created
     "start.lease",      # address leased
+    "start.pin",        # layer-2 pin (port . MAC . address) in the bridge table, no veth yet
     "start.veth",       # veth pair made and addressed
     "start.firewall",   # published ports in the DNAT maps
     "start.files",      # hosts, resolv.conf, hostname and config.json written

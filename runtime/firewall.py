@@ -5,7 +5,10 @@ The lock is held while a DNAT element and its journal row change together, so
 a full re-render from the state (network changes, drift repair) never drops an
 element added meanwhile. Allowed flows (an ambassador -> the Consul agent; a
 link on a network with icc off) are set elements, changed by difference:
-constant cost per ambassador or link."""
+constant cost per ambassador or link. Layer-2 pins (a container port's MAC
+and address, netns.fw_l2) are a concern of their own beside the IP driver,
+kept here too: an element and its journal row change together under the same
+lock, and `apply_all` rebuilds them from the rows."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from ipaddress import IPv4Address, ip_address
 from portlink.catalog.config import ConsulConfig
 from portlink.errors import RuntimeFailure
 from portlink.netns.firewall import FirewallDriver
-from portlink.netns.model import Flow, LinkFlow, PortMapping, TrustedFlow
+from portlink.netns.fw_l2 import L2Pins
+from portlink.netns.model import Flow, LinkFlow, Pin, PortMapping, TrustedFlow
 from portlink.runtime import discovery, networks
 from portlink.runtime.plan import seen_of
 from portlink.runtime.records import Records
@@ -35,6 +39,17 @@ def mapping_key(p: PortMapping) -> str:
 def mapping_from_key(key: str) -> PortMapping:
     proto, hip, hport, cip, cport = json.loads(key)
     return PortMapping(proto, hport, ip_address(cip), cport, ip_address(hip) if hip else None)
+
+
+def pin_key(p: Pin) -> str:
+    """A layer-2 pin as its journal name (kind 'pin'): the whole element, so the
+    undo deletes exactly what was added."""
+    return json.dumps([p.host_ifname, p.mac, str(p.address)])
+
+
+def pin_from_key(key: str) -> Pin:
+    ifname, mac, ip = json.loads(key)
+    return Pin(ifname, mac, ip_address(ip))
 
 
 def consul_target(consul: ConsulConfig | None) -> tuple[IPv4Address, int] | None:
@@ -61,9 +76,9 @@ def consul_target(consul: ConsulConfig | None) -> tuple[IPv4Address, int] | None
 
 
 class Firewall:
-    def __init__(self, driver: FirewallDriver, store: Store,
+    def __init__(self, driver: FirewallDriver, pins: L2Pins, store: Store,
                  consul: tuple[IPv4Address, int] | None = None) -> None:
-        self.driver = driver
+        self.driver, self.l2 = driver, pins
         self.name = driver.name
         self._store, self._records = store, Records(store)
         self._consul = consul
@@ -76,18 +91,39 @@ class Firewall:
         return [mapping_from_key(r["name"]) for r in
                 self._store.query("SELECT name FROM resources WHERE kind='port'")]
 
+    def pins(self) -> list[Pin]:
+        """Every layer-2 pin the journal holds."""
+        return [pin_from_key(r["name"]) for r in
+                self._store.query("SELECT name FROM resources WHERE kind='pin'")]
+
     def apply_all(self) -> None:
-        """Re-render everything from the state, atomically."""
-        with self.lock:   # no DNAT element added or removed between read and render
+        """Re-render everything from the state, atomically (the IP rules in one
+        batch, the layer-2 table in another)."""
+        with self.lock:   # no DNAT element or pin added or removed between read and render
             want = self.wanted_flows()
             self.driver.apply_all(networks.read_all(self._store), self.mappings(), list(want))
             self._flows = want
+            self.l2.apply_all(self.pins())
 
     def dump(self) -> str:
-        return self.driver.dump()
+        return self.driver.dump() + self.l2.dump()
 
     def teardown(self) -> list[str]:
-        return self.driver.teardown()
+        return self.driver.teardown() + self.l2.teardown()
+
+    # layer-2 pins: each element goes with its journal row ---------------------------------
+    def add_pin(self, pin: Pin, record: Callable[[str], None]) -> None:
+        with self.lock:
+            record(pin_key(pin))
+            self.l2.add([pin])
+
+    def remove_pin(self, key: str, forget: Callable[[], None]) -> None:
+        """Unpin one journalled port; an element already gone is what we want."""
+        with self.lock:
+            errs = self.l2.remove([pin_from_key(key)])
+            if errs:
+                raise RuntimeFailure("; ".join(errs))
+            forget()
 
     # published ports: each element goes with its journal row ----------------------------
     def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None:

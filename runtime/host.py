@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -13,13 +14,15 @@ from pathlib import Path
 from portlink.catalog import services as registration
 from portlink.catalog.ambassador_tokens import AmbassadorTokens
 from portlink.catalog.config import ConsulConfig
+from portlink.catalog.intentions import Intentions
 from portlink.catalog.services import Registration
 from portlink.dns.forward import ForwardConfig
 from portlink.dns.server import DnsServer, ServerConfig
 from portlink.dns.zone import DEFAULT_TTL
-from portlink.errors import InvalidArgument, RuntimeFailure
+from portlink.errors import InvalidArgument, NotFound, RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
+from portlink.netns.fw_l2 import L2Pins
 from portlink.prom import Histogram
 from portlink.runtime import cgroups, discovery, durable, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
@@ -37,9 +40,11 @@ from portlink.runtime.reaper import Reaper
 from portlink.runtime.records import Records
 from portlink.runtime.refresh import Catalog, Refresher
 from portlink.runtime.runc import Runc
+from portlink.runtime.server_sides import ServerSides, is_server_side
 from portlink.runtime.state import Store
 from portlink.runtime.token_files import TokenFiles
 from portlink.runtime.views import Views
+from portlink.runtime.volumes import Volumes
 
 log = logging.getLogger("portlink.host")
 
@@ -55,6 +60,7 @@ class HostConfig:
     dns_timeout: float = 2.0                             # per upstream
     consul: ConsulConfig | None = None                   # None: a single host on its own state
     ambassador_tokens: AmbassadorTokens | None = None    # None: ambassadors get no Consul token (no ACLs)
+    secure_links: bool = False                           # mutual TLS both halves, intentions from links
     advertise: str | None = None                         # address registered in Consul (default: towards Consul)
     consul_check_interval: float = 5.0                   # TCP health check of each registered port
     consul_resync: float = 30.0                          # a full resync at least this often (drift repair)
@@ -77,6 +83,8 @@ class HostConfig:
                                   "expected 1 to 3600 seconds (Consul's floor is 1 s)")
         if not 1 <= self.dns_port <= 65535:
             raise InvalidArgument(f"invalid --dns-port {self.dns_port}: expected 1 to 65535")
+        if self.secure_links and self.consul is None:
+            raise InvalidArgument("--secure-links uses Consul Connect's CA and intentions: give --consul ADDR too")
         if not 1 <= self.consul_resync <= 86400:
             raise InvalidArgument(f"invalid --consul-resync {self.consul_resync}: expected 1 to 86400 seconds")
 
@@ -113,7 +121,8 @@ class Host:
         layout.containers.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "state.db")
         self.records = Records(self.store)
-        self.fw = Firewall(make_driver(cfg.firewall, cfg.dns_port), self.store, consul_target(cfg.consul))
+        self.fw = Firewall(make_driver(cfg.firewall, cfg.dns_port), L2Pins(), self.store,
+                           consul_target(cfg.consul))
         self.images = ImageStore(cfg.state_dir / "images")
         self.events = EventLog(cfg.state_dir / "events.jsonl")
         self.catalog = Catalog(enabled=cfg.consul is not None)
@@ -124,26 +133,36 @@ class Host:
         self.runc = Runc(layout.runc_root, log_defaults=cfg.log_limits)
         self.metrics = Metrics()
         self.reaper = Reaper()
+        self.volumes = Volumes(self.store, layout, self.events)
         tokens = TokenFiles(cfg.ambassador_tokens)
-        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens))
+        self.host_id = _host_id(cfg.state_dir)
+        intentions = Intentions(cfg.consul, self.host_id, socket.gethostname()) if cfg.secure_links else None
+        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens,
+                                                 intentions))
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
             trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
-            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens))
+            oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens,
+            volumes=self.volumes, intentions=intentions))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
-                                            self.refresher.changed)
+                                            self.refresher.changed, self.host_id, cfg.secure_links)
         self.containers = Containers(self.records, life, self.ambassadors, self.refresher,
                                      Views(self.records, layout, cfg.dns))
+        self.servers = None
+        if cfg.secure_links:
+            self.servers = ServerSides(self.records, life, self.ambassadors,
+                                       lambda data: self.containers.run(data), self.refresher.changed)
+            self.containers.servers = self.servers
         self.lifecycle = life
-        self.host_id = _host_id(cfg.state_dir)
 
     def registrations(self, advertise: str) -> list[Registration]:
         """What this host should have in Consul now (blocking: reads the store)."""
         published = [registration.Published(c.id, c.name, c.spec.labels or {}, tuple(
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
-            for r in rows)) for c, rows in self.records.published()]
+            for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None)
+            for c, rows in self.records.published()]
         return registration.registrations(self.host_id, advertise, published)
 
     def setup(self) -> list[str]:
@@ -160,7 +179,8 @@ class Host:
         for net in self.networks.list():
             kernel_link.ensure_bridge(net)
         self.networks.get(DEFAULT_NETWORK)   # creates it on first start
-        repaired = self.containers.reconcile()
+        repaired = self.volumes.reconcile()   # before containers: a start needs its volumes' dirs
+        repaired += self.containers.reconcile()
         self.fw.apply_all()
         repaired += self.sweep()
         self.refresher.refresh_names()
@@ -207,14 +227,17 @@ class Host:
             log.warning("swept leaked %s", s)
         return swept
 
-    def prune(self) -> dict:
-        """Remove everything portlink created on this host; best effort, all errors kept."""
+    def prune(self, volumes: bool = False) -> dict:
+        """Remove everything portlink created on this host; best effort, all errors kept.
+        Volumes hold data: they stay unless `volumes` (then every unused one goes)."""
         errors: list[str] = []
         removed: list[str] = []
         for c in self.containers.list(all=True):
             try:
                 self.containers.remove(c["id"], force=True)
                 removed.append(f"container {c['name']}")
+            except NotFound:
+                removed.append(f"container {c['name']}")   # went with the container it served
             except Exception as e:
                 errors.append(f"container {c['name']}: {e}")
         for n in self.networks.list():
@@ -222,6 +245,11 @@ class Host:
             errors += errs
             if not errs:
                 removed.append(f"network {n.name}")
+        if volumes:
+            try:
+                removed += [f"volume {v}" for v in self.volumes.prune(all=True)]
+            except Exception as e:
+                errors.append(f"volumes: {e}")
         errors += self.fw.teardown()
         try:
             removed += self.sweep()

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
-from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
+from portlink.netns.model import Endpoint, NetworkSpec, Pin, PortMapping
 from portlink.runtime import faults
 from portlink.runtime.networks import Networks
 from portlink.runtime.state import Store
@@ -32,11 +32,14 @@ class Kernel(Protocol):
     def attach(self, ep: Endpoint) -> None: ...
     def delete_link(self, name: str) -> None: ...
     def loopback_up(self, netns_path: str) -> None: ...
+    def add_pin(self, pin: Pin, record: Callable[[str], None]) -> None: ...
+    def remove_pin(self, key: str, forget: Callable[[], None]) -> None: ...
     def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None: ...
     def remove_port(self, key: str, forget: Callable[[], None]) -> None: ...
     def run_container(self, cid: str, start: Callable[[], int]) -> int: ...
     def delete_container(self, cid: str) -> None: ...
     def revoke_token(self, path: str) -> None: ...
+    def remove_intention(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,13 @@ def _undo_port(j: "Journal", key: str) -> None:
     j.kernel.remove_port(key, lambda: j.store.forget("port", key))
 
 
+def _undo_pin(j: "Journal", key: str) -> None:
+    # Not with the netns: the element lives in the host's bridge table. Newer rows
+    # (the process, the veth) are undone first, so a pin never goes while the
+    # container can send; a port left unpinned meanwhile sends nothing.
+    j.kernel.remove_pin(key, lambda: j.store.forget("pin", key))
+
+
 def _undo_lease(j: "Journal", name: str) -> None:
     net_id, ip = name.split("/")
     j.store.execute("DELETE FROM leases WHERE network_id=? AND ip=?", net_id, ip)
@@ -64,10 +74,12 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
     Step("mount", lambda j, name: j.kernel.unmount(name)),
     Step("netns", lambda j, name: j.kernel.delete_netns(name)),
     Step("lease", _undo_lease),
+    Step("pin", _undo_pin),
     Step("veth", lambda j, name: j.kernel.delete_link(name), goes_with_netns=True),
     Step("port", _undo_port),
     Step("runc", lambda j, name: j.kernel.delete_container(name)),
     Step("consul_token", lambda j, name: j.kernel.revoke_token(name)),
+    Step("intention", lambda j, name: j.kernel.remove_intention(name)),
 )}
 
 
@@ -97,6 +109,11 @@ class Journal:
             self.store.record("lease", f"{net.id}/{ip}", owner, db)
         return ip
 
+    def pin(self, owner: str, ep: Endpoint) -> None:
+        """Pin the port to its MAC and address before the veth exists (the element
+        names the port by its host-side name): the container never sends unpinned."""
+        self.kernel.add_pin(ep.pin, lambda key: self.store.record("pin", key, owner))
+
     def veth(self, owner: str, ep: Endpoint) -> None:
         self.store.record("veth", ep.host_ifname, owner)
         self.kernel.attach(ep)
@@ -108,6 +125,11 @@ class Journal:
         """An ambassador's Consul token (its file's path): logged out by the undo."""
         self.store.record("consul_token", path, owner)
         issue()
+
+    def intention(self, owner: str, key: str, make: Callable[[], object]) -> None:
+        """A link's intention (secure links; key 'SOURCE DESTINATION'): deleted by the undo."""
+        self.store.record("intention", key, owner)
+        make()
 
     def process(self, owner: str, start: Callable[[], int]) -> int:
         self.store.record("runc", owner, owner)

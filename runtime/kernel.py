@@ -3,14 +3,16 @@ overlay mounts, runc and the firewall façade (no decisions here)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
 
+from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import RuntimeFailure
 from portlink.netns import kernel_link, kernel_ns
-from portlink.netns.model import Endpoint, PortMapping
+from portlink.netns.model import Endpoint, Pin, PortMapping
 from portlink.prom import Histogram
 from portlink.runtime import mounts
 from portlink.runtime.firewall import Firewall
@@ -18,11 +20,14 @@ from portlink.runtime.plan import Layout
 from portlink.runtime.runc import Runc
 from portlink.runtime.token_files import TokenFiles
 
+log = logging.getLogger("portlink.consul")
+
 
 class HostKernel:
     def __init__(self, layout: Layout, runc: Runc, firewall: Firewall, attach_time: Histogram,
-                 tokens: TokenFiles | None = None) -> None:
+                 tokens: TokenFiles | None = None, intentions: Intentions | None = None) -> None:
         self.layout, self.runc, self.fw = layout, runc, firewall
+        self.intentions = intentions                # secure links: the links' intentions
         self.tokens = tokens or TokenFiles(None)   # ambassadors' Consul tokens
         self.attach_time = attach_time   # seconds per veth attach (the metrics endpoint)
 
@@ -56,6 +61,12 @@ class HostKernel:
     def loopback_up(self, netns_path: str) -> None:
         kernel_link.loopback_up(netns_path)
 
+    def add_pin(self, pin: Pin, record: Callable[[str], None]) -> None:
+        self.fw.add_pin(pin, record)
+
+    def remove_pin(self, key: str, forget: Callable[[], None]) -> None:
+        self.fw.remove_pin(key, forget)
+
     def add_ports(self, mappings: list[PortMapping], record: Callable[[str], None]) -> None:
         self.fw.add_ports(mappings, record)
 
@@ -72,3 +83,18 @@ class HostKernel:
 
     def revoke_token(self, path: str) -> None:
         self.tokens.revoke(path)
+
+    def remove_intention(self, key: str) -> None:
+        """Removing an ambassador must not wait for Consul: a failure is logged with
+        what to delete by hand, not raised."""
+        link = Link.from_key(key)
+        if self.intentions is None:
+            log.warning("intention %s => %s left behind (no --secure-links now): delete it with "
+                        "`consul intention delete %s %s`", link.source, link.destination, link.source, link.destination)
+            return
+        try:
+            self.intentions.remove(link)
+        except RuntimeFailure as e:
+            log.warning("intention %s => %s could not be deleted (%s): delete it with "
+                        "`consul intention delete %s %s`", link.source, link.destination, e,
+                        link.source, link.destination)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -16,21 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portlink.errors import Conflict, InvalidArgument, PortlinkError, RuntimeFailure
+from portlink.catalog.intentions import Intentions, Link
+from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
-from portlink.runtime import ambassadors, faults, oci, seccomp, security
+from portlink.runtime import ambassadors, faults, mount_paths, oci, seccomp, security, volspec
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.networks import NO_NETWORK, Networks
-from portlink.runtime.plan import Layout, PortRow, apply_image_config, plan_start, resolve_user
+from portlink.runtime.plan import Layout, PortRow, apply_image_config, mount_source, plan_start, resolve_user
 from portlink.runtime.procstart import is_same, process_start
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.runc import Runc, signal_number, wait_gone
 from portlink.runtime.spec import ContainerSpec, Request
 from portlink.runtime.token_files import TOKEN_FILE, TokenFiles
+from portlink.runtime.volumes import Volumes
 
 log = logging.getLogger("portlink.containers")
 
@@ -52,6 +55,8 @@ class LifecycleDeps:
     start_time: Histogram
     oom_kills: Callable[[str], int | None]     # OOM kills in a container's cgroup (cgroups.oom_kills)
     tokens: TokenFiles = field(default_factory=lambda: TokenFiles(None))   # ambassadors' Consul tokens
+    volumes: Volumes | None = None             # None: no volumes on this host (unit tests)
+    intentions: Intentions | None = None       # secure links: a client side's intention to its service
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -107,6 +112,60 @@ class Lifecycle:
         resolve_user(spec.user, image)
         seccomp_profile(req.spec)
 
+    # volumes and mounts ------------------------------------------------------------------------
+    def check_mounts(self, req: Request) -> None:
+        """Before anything is made: --volumes-from names a container, a bind's host
+        path exists, the image's VOLUMEs are paths. Resolves the mounts (anonymous
+        volumes named) into req.resolved_mounts."""
+        others: list[volspec.Mount] = []
+        for vf in req.volumes_from:
+            try:
+                other = self.d.records.find(vf.container)
+            except NotFound:
+                raise NotFound(f"--volumes-from {vf.container!r}: no such container (see `portlink ps -a`)") from None
+            others += [volspec.shared(m, vf.mode) for m in other.mounts if m.type != volspec.TMPFS]
+        for m in req.mounts:
+            if m.type == volspec.BIND and not os.path.exists(m.source):
+                raise InvalidArgument(f"bind source {m.source!r} does not exist on the host: create it first "
+                                      "(portlink does not create host paths for -v, unlike docker)")
+        image = self.d.images.get(req.spec.image)
+        req.resolved_mounts = volspec.resolve(req.mounts, others, image.config.volumes,
+                                              lambda: secrets.token_hex(32))
+        if req.resolved_mounts and self.d.volumes is None:
+            raise InvalidArgument("this host keeps no volumes")
+
+    def make_volumes(self, c: Container, image) -> None:
+        """The volumes `c` names, made if missing (recorded with `c` as their maker, so
+        a failed run takes them back), and an empty one seeded from the image."""
+        if not any(m.type == volspec.VOLUME for m in c.mounts):
+            return
+        self.d.volumes.ensure(c.mounts, c.id)
+        faults.point("run.volumes")
+        for m in c.mounts:
+            if m.type == volspec.VOLUME and not m.nocopy:
+                self.d.volumes.seed(m.source, image.rootfs, m.target)
+
+    def mount_targets(self, c: Container, rootfs: str) -> dict[str, str]:
+        """Each mount's destination resolved in the rootfs (runtime.mount_paths); a
+        source gone since the container was made is named."""
+        pairs = []
+        for m in c.mounts:
+            src = mount_source(m, self.d.layout)
+            if src is not None and not os.path.exists(src):
+                what = f"volume {m.source!r}" if m.type == volspec.VOLUME else "bind source"
+                raise InvalidArgument(f"cannot mount {m.target}: {what} {src} no longer exists on the host")
+            pairs.append((m, src))
+        return mount_paths.resolve_targets(rootfs, pairs)
+
+    def drop_volumes(self, c: Container, anonymous_only: bool) -> list[str]:
+        """After `c` is gone: its anonymous volumes (rm -v, --rm), or every volume its
+        failed run made; one still used by another container stays."""
+        if self.d.volumes is None:
+            return []
+        names = ([m.source for m in c.mounts if m.type == volspec.VOLUME and m.anonymous] if anonymous_only
+                 else self.d.volumes.made_by(c.id))
+        return self.d.volumes.remove_unused(names)
+
     def create(self, req: Request, for_links: bool = False) -> Container:
         """Record, reserve and start; on any failure everything is undone."""
         spec = req.spec
@@ -115,12 +174,15 @@ class Lifecycle:
         spec.name = spec.name or "ctr-" + cid[:8]
         spec.hostname = spec.hostname or cid[:12]
         exposed = tuple(sorted(set(req.expose) | set(image.config.exposed)))
+        if not req.resolved_mounts:
+            self.check_mounts(req)
         c = Container(id=cid, name=spec.name, spec=spec, exposed=exposed, status=CREATING,
-                      created=time.time(), for_links=for_links)
+                      created=time.time(), for_links=for_links, mounts=req.resolved_mounts)
         self.d.records.insert(c, req.publish)
         faults.point("run.created")
         self.emit(c, "create", image=spec.image)
         try:
+            self.make_volumes(c, image)
             self.d.journal.make_dir(cid, self.d.layout.cdir(cid))
             with self.lock(cid):
                 self.start_now(cid)
@@ -139,6 +201,7 @@ class Lifecycle:
         """A container that never ran to the end of its create: as if it never was."""
         errors = self.d.journal.undo(c.id, keep=())
         self.d.records.delete(c.id)
+        errors += self.drop_volumes(c, anonymous_only=False)
         self.emit(c, "destroy", error=error)
         return errors
 
@@ -150,8 +213,9 @@ class Lifecycle:
         j, layout = self.d.journal, self.d.layout
         image = self.d.images.get(c.spec.image)
         cdir = layout.cdir(cid)
-        j.mount(cid, str(image.rootfs), cdir)
+        rootfs = j.mount(cid, str(image.rootfs), cdir)
         faults.point("start.mount")
+        targets = self.mount_targets(c, rootfs)
         nspath = layout.netns_path(cid)
         j.netns(cid, nspath)
         faults.point("start.netns")
@@ -165,13 +229,23 @@ class Lifecycle:
         peers = {s.name: s for s in self.d.refresher.seen()}
         token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
-                          peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token)
+                          peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token,
+                          mount_targets=targets)
+        amb = c.spec.ambassador
+        # Secure links: a server side is the service it serves, a client side its own identity.
+        identity = (amb["service"] if amb.get("backends") else amb.get("identity")) if amb else None
         if token is not None:
             # Owned by the user the plan runs the ambassador as, mode 0400; logged out when this run ends.
             user = plan.config["process"]["user"]
             j.consul_token(cid, token, lambda: self.d.tokens.issue(
-                Path(token), cid, c.spec.ambassador["service"], user["uid"], user["gid"]))
+                Path(token), cid, amb["service"], user["uid"], user["gid"], identity))
+        if amb and amb.get("identity") and self.d.intentions is not None:
+            # The link is the authorization: before its process, so its first connection is allowed.
+            link = Link(amb["identity"], amb["service"])
+            j.intention(cid, link.key, lambda: self.d.intentions.ensure(link, c.name))
         if plan.endpoint is not None:
+            j.pin(cid, plan.endpoint)
+            faults.point("start.pin")
             j.veth(cid, plan.endpoint)
             faults.point("start.veth")
             j.ports(cid, plan.mappings)
@@ -272,7 +346,8 @@ class Lifecycle:
             return c
 
     # remove ------------------------------------------------------------------------------------
-    def remove(self, c: Container, force: bool, ref: str | None = None) -> None:
+    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> None:
+        """`volumes`: its anonymous volumes go too (rm -v; always with --rm)."""
         with self.lock(c.id):
             c = self.d.records.current(c.id, ref)
             if c.status == RUNNING and not force:
@@ -284,16 +359,20 @@ class Lifecycle:
                 self.d.runc.kill(c.id, signal_number("KILL"))
                 wait_gone(c.pid, 10)
                 faults.point("rm.killed")
-            self.finish_remove(c)
+            self.finish_remove(c, volumes)
         self.drop_lock(c.id)
 
-    def finish_remove(self, c: Container) -> None:
+    def finish_remove(self, c: Container, volumes: bool = False) -> None:
         errors = self.d.journal.undo(c.id, keep=(), fault="rm.undo")
         if errors:
             raise RuntimeFailure(f"could not remove container {c.name!r} entirely: " + "; ".join(errors))
         faults.point("rm.undone")
         self.d.records.delete(c.id)
         self.emit(c, "destroy")
+        if volumes or c.spec.rm:
+            errors = self.drop_volumes(c, anonymous_only=True)
+            if errors:   # the container is gone: what is left is a volume `volume prune` finds
+                log.error("container %s removed, but not all its volumes: %s", c.name, "; ".join(errors))
 
     # recovery -----------------------------------------------------------------------------
     def recover(self, c: Container) -> tuple[list[str], bool]:

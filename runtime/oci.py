@@ -24,7 +24,7 @@ class ProcessSpec:
     files: dict[str, str] = field(default_factory=dict)   # container path -> host file (hosts, resolv.conf)
     ro_binds: dict[str, str] = field(default_factory=dict)  # container path -> host dir, read-only
     # Extra files handed to the process, read-only (an ambassador's Consul token under
-    # /run/portlink): container path -> host file, readable by uid/gid.
+    # /run/secrets): container path -> host file, readable by uid/gid.
     ro_files: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,7 +50,9 @@ def nofile_limit() -> int:
 
 
 def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: str,
-                 confine: Confinement, limits: Limits = Limits()) -> dict:
+                 confine: Confinement, limits: Limits = Limits(), user_mounts: list[dict] = ()) -> dict:
+    """`user_mounts`: volumes, binds and tmpfs (runtime.volspec.oci_mount), parents
+    first; mounted before the files portlink writes, so a volume at /etc keeps them."""
     nofile = nofile_limit()
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -65,6 +67,7 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
+    mounts += [dict(m) for m in user_mounts]
     for dest, src in sorted({**proc.ro_binds, **proc.ro_files}.items()):
         mounts.append({"destination": dest, "type": "bind", "source": src, "options": list(RO_BIND)})
     for dest, src in sorted(proc.files.items()):

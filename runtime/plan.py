@@ -12,7 +12,7 @@ from pathlib import Path
 from portlink.catalog.acl import TOKEN_ENV
 from portlink.netns import names
 from portlink.netns.model import Endpoint, LinkFlow, NetworkSpec, PortMapping
-from portlink.runtime import ambassadors, discovery, oci, seccomp, security, validate
+from portlink.runtime import ambassadors, discovery, oci, seccomp, security, validate, volspec
 from portlink.runtime import links as linkspec
 from portlink.runtime.discovery import Seen
 from portlink.catalog import services as registration
@@ -46,6 +46,17 @@ class Layout:
 
     def netns_path(self, cid: str) -> str:
         return str(self.netns_dir / (names.NETNS_PREFIX + cid[:12]))
+
+    # volumes (runtime.volumes): Docker's shape, <name>/_data, under portlink's prefix
+    @property
+    def volumes(self) -> Path:
+        return self.state_dir / "volumes"
+
+    def volume_dir(self, name: str) -> Path:
+        return self.volumes / (names.VOLUME_PREFIX + name)
+
+    def volume_data(self, name: str) -> Path:
+        return self.volume_dir(name) / "_data"
 
     @staticmethod
     def cgroups_path(cid: str) -> str:
@@ -151,14 +162,30 @@ def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:
             for p in sorted(ports, key=lambda p: (p.proto, p.host_port))]
 
 
+def mount_source(m: volspec.Mount, layout: Layout) -> str | None:
+    """A mount's directory on the host: a volume's data dir, a bind's path; None: a tmpfs."""
+    if m.type == volspec.VOLUME:
+        return str(layout.volume_data(m.source))
+    return m.source if m.type == volspec.BIND else None
+
+
+def user_mounts(c: Container, layout: Layout, targets: dict[str, str] | None) -> list[dict]:
+    """The container's volumes, binds and tmpfs as OCI mounts, parents first;
+    `targets`: where each lands, resolved in its rootfs (runtime.mount_paths)."""
+    targets = targets or {}
+    return [volspec.oci_mount(m, mount_source(m, layout) or "", targets.get(m.target, m.target))
+            for m in c.mounts]
+
+
 def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: Layout,
                net: NetworkSpec | None, ip: IPv4Address | None, ports: list[PortRow],
                peers: dict[str, Seen], default_dns: list[str],
                profile: dict | None = None, machine: seccomp.Machine | None = None,
-               token_file: str | None = None) -> StartPlan:
+               token_file: str | None = None, mount_targets: dict[str, str] | None = None) -> StartPlan:
     """`peers`: the running containers by name, as name resolution sees them.
     `profile`: the seccomp profile as read from its file (None: unconfined).
-    `token_file`: an ambassador's Consul token file (runtime.token_files)."""
+    `token_file`: an ambassador's Consul token file (runtime.token_files).
+    `mount_targets`: the container's mount targets resolved in its rootfs."""
     cdir = layout.cdir(c.id)
     me = seen_of(c, config.env, str(ip) if ip is not None else None)
     link_env = [v for link, child in discovery.resolve_links(me, peers) if child is not None
@@ -175,6 +202,7 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
                      config=oci.build_config(proc, str(cdir / "rootfs"), ns, layout.cgroups_path(c.id),
-                                             confinement(c, profile, machine), c.spec.parsed_limits()),
+                                             confinement(c, profile, machine), c.spec.parsed_limits(),
+                                             user_mounts(c, layout, mount_targets)),
                      link_env=link_env,
                      link_flows=discovery.link_flows(me, peers) if ep is not None and not net.icc else [])

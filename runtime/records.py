@@ -3,7 +3,7 @@ query here, answered with dataclasses instead of rows and JSON.
 
 The stored form of a container is a row with the record as JSON
 ({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "pid_start": n,
-"oom_killed": true}); keys added later are optional, so older rows read as they were."""
+"oom_killed": true, "mounts": [...]}); keys added later are optional, so older rows read as they were."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from portlink.runtime import ports as portspec
 from portlink.runtime.ports import PortRequest
 from portlink.runtime.spec import ContainerSpec
 from portlink.runtime.state import Store, dumps
+from portlink.runtime.volspec import Mount
 
 # Container status values
 CREATING, RUNNING, EXITED = "creating", "running", "exited"
@@ -43,6 +44,7 @@ class Container:
     ip: str | None = None           # its lease now (queries that join leases)
     pid_start: int | None = None    # its process's start time (procstart): a reused pid is not it
     oom_killed: bool = False        # its last run ended with the OOM killer in its cgroup
+    mounts: tuple[Mount, ...] = ()  # its volumes, binds and tmpfs, resolved at create (runtime.volspec)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
@@ -55,7 +57,8 @@ class Container:
                    finished=get("finished"), for_links=bool(rec.get("for_links")),
                    kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"),
                    pid_start=rec.get("pid_start"),   # absent in rows written before it was recorded
-                   oom_killed=bool(rec.get("oom_killed")))
+                   oom_killed=bool(rec.get("oom_killed")),
+                   mounts=tuple(Mount.from_json(m) for m in rec.get("mounts") or ()))
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -68,6 +71,8 @@ class Container:
             rec["pid_start"] = self.pid_start
         if self.oom_killed:
             rec["oom_killed"] = True
+        if self.mounts:
+            rec["mounts"] = [m.to_json() for m in self.mounts]
         return dumps(rec)
 
     @property

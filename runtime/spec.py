@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
-from portlink.runtime import ambassadors, logfmt, security, validate
+from portlink.runtime import ambassadors, logfmt, security, validate, volspec
 from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
@@ -56,6 +56,11 @@ class ContainerSpec:
     security_opt: list[str] = field(default_factory=list)   # seccomp=unconfined|PATH, no-new-privileges
     cap_add: list[str] = field(default_factory=list)        # NET_RAW, CAP_SYS_ADMIN, ALL
     cap_drop: list[str] = field(default_factory=list)
+    # volumes and mounts (runtime.volspec); resolved at create into the record's mounts
+    volumes: list[str] = field(default_factory=list)        # -v [NAME:|/HOST:]/PATH[:ro]
+    mounts: list[str] = field(default_factory=list)         # --mount type=volume|bind|tmpfs,...
+    tmpfs: list[str] = field(default_factory=list)          # --tmpfs /PATH[:OPTIONS]
+    volumes_from: list[str] = field(default_factory=list)   # --volumes-from CONTAINER[:ro|:rw]
     # the image's config (runtime/image_config.py): None / "" take the image's
     entrypoint: list[str] | None = None                 # --entrypoint; [] clears the image's
     stop_signal: str = ""                               # --stop-signal SIGQUIT
@@ -86,6 +91,7 @@ class ContainerSpec:
                 raise InvalidArgument(f"field {f!r} must be a string")
         spec._check_confinement()
         spec._check_values()
+        spec._check_mount_fields()
         spec._check_image_config()
         return spec
 
@@ -131,6 +137,14 @@ class ContainerSpec:
         security.parse_security_opts(self.security_opt)
         security.check_caps(self.cap_add, self.cap_drop)
 
+    def _check_mount_fields(self) -> None:
+        for f in ("volumes", "mounts", "tmpfs", "volumes_from"):
+            v = getattr(self, f)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise InvalidArgument(f"field {f!r} must be a list of strings")
+        if self.ambassador and (self.volumes or self.mounts or self.tmpfs or self.volumes_from):
+            raise InvalidArgument("an ambassador takes no volumes or mounts")
+
     def parsed_limits(self, bounds: limitspec.HostBounds | None = None) -> limitspec.Limits:
         """The limits; `bounds` None: a stored spec, checked against the host when it was stored."""
         return limitspec.parse_limits(self.pids_limit, self.memory, self.memory_swap, self.cpus, self.ulimits, bounds)
@@ -145,6 +159,10 @@ class Request:
     expose: list[str]                          # from --expose and -p, "80/tcp"
     links: list[linkspec.LinkRequest]
     limits: limitspec.Limits
+    # volumes and mounts: parsed here, resolved against the state by lifecycle.check_mounts
+    mounts: list[volspec.Mount] = field(default_factory=list)
+    volumes_from: list[volspec.VolumesFrom] = field(default_factory=list)
+    resolved_mounts: tuple[volspec.Mount, ...] = ()
 
     @classmethod
     def parse(cls, data: dict) -> "Request":
@@ -161,4 +179,7 @@ class Request:
                 raise InvalidArgument("cannot publish ports of a container on network 'none'")
             if links:
                 raise InvalidArgument("--link needs a network: a container on network 'none' cannot reach another")
-        return cls(spec, publish, expose, links, limits)
+        req = cls(spec, publish, expose, links, limits)
+        req.mounts = volspec.parse_all(spec.volumes, spec.mounts, spec.tmpfs)
+        req.volumes_from = [volspec.parse_volumes_from(x) for x in spec.volumes_from]
+        return req

@@ -63,11 +63,13 @@ class TokenFiles:
     def enabled(self) -> bool:
         return self.tokens is not None
 
-    def issue(self, path: Path, container_id: str, service: str, uid: int, gid: int) -> str:
-        """Log the ambassador in and write its token; returns the AccessorID."""
+    def issue(self, path: Path, container_id: str, service: str, uid: int, gid: int,
+              identity: str | None = None) -> str:
+        """Log the ambassador in and write its token; returns the AccessorID.
+        `identity`: its Connect identity (secure links), bound as a service identity."""
         if path.exists():
             self.revoke(str(path))          # an earlier run's logout failed: try it again first
-        login = self.tokens.login(container_id, service)
+        login = self.tokens.login(container_id, service, identity)
         try:
             _write_new(accessor_path(path), login.accessor + "\n", 0o600)
             _write_new(path, login.secret, 0o400, uid, gid)

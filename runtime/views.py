@@ -7,8 +7,8 @@ from dataclasses import asdict
 from portlink.netns import names
 from portlink.netns.model import NetworkSpec
 from portlink.runtime import links as linkspec
-from portlink.runtime import networks, security
-from portlink.runtime.plan import Layout
+from portlink.runtime import networks, security, volspec
+from portlink.runtime.plan import Layout, mount_source
 from portlink.runtime.records import RUNNING, Container, Records
 
 LINK_NOTE = ("the DNS name and /etc/hosts follow the linked container live; the "
@@ -66,6 +66,8 @@ class Views:
             },
             "security": security.effective(spec.security_opt, spec.cap_add, spec.cap_drop,
                                            ambassador=bool(spec.ambassador)),
+            # Docker's keys: Type, Name, Source (on the host), Destination, RW, ...
+            "Mounts": [volspec.docker_view(m, mount_source(m, self.layout) or "") for m in c.mounts],
         }
 
     def _links(self, links: list[str]) -> list[dict]:

@@ -111,20 +111,22 @@ def test_cross_host_link_with_ambassador_token_read_only_and_logged_out(two):
 
     # Only a path reaches the ambassador; no secret shows in a process's command line or environment.
     env = Path(f"/proc/{amb['pid']}/environ").read_bytes().split(b"\0")
-    assert b"CONSUL_HTTP_TOKEN_FILE=/run/portlink/consul-token" in env
+    assert b"CONSUL_HTTP_TOKEN_FILE=/run/secrets/consul-token" in env
     daemon_pid = two.made.host("host2").daemon_pid
     for pid in (amb["pid"], daemon_pid):
         seen = secrets_of(pid)
         assert secret.encode() not in seen and two.daemon_token("host2").encode() not in seen, pid
     assert b"--consul-token-file" in Path(f"/proc/{daemon_pid}/cmdline").read_bytes()
 
-    # The ambassador's token reads the service it follows and writes nothing.
-    code, out = two.consul("host2", "GET", "/v1/health/service/frontdb?passing=1", secret)
+    # The ambassador's token reads the service it follows (the lab runs --secure-links:
+    # its Connect instances) and writes nothing but its own identity.
+    code, out = two.consul("host2", "GET", "/v1/health/connect/frontdb?passing=1", secret)
     assert code == 200 and [e["Node"]["Node"] for e in out] == ["host1"], (code, out)
     code, out = two.consul("host2", "PUT", "/v1/agent/service/register", secret, {"Name": "frontdb", "Port": 1})
     assert code == 403 and "service:write" in out, (code, out)
     code, out = two.consul("host2", "GET", "/v1/acl/token/self", secret)
     assert code == 200 and [r["Name"] for r in out["Roles"]] == ["portlink-ambassador"], out
+    assert out["ServiceIdentities"] == [{"ServiceName": amb["config"]["ambassador"]["identity"]}], out
     assert out["AuthMethod"] == "portlink-host2" and out["Local"] is True
 
     # Containers reach no Consul agent, neither their own host's nor another's.

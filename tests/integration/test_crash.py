@@ -22,7 +22,7 @@ pytestmark = pytest.mark.root
 HTTPD = "mkdir -p /srv && echo up > /srv/index.html && exec httpd -f -p 80 -h /srv"
 VICTIM = ["run", "-d", "--name", "victim", "-p", "8081:80", "--link", "base:b", "busybox", "sh", "-c", HTTPD]
 
-RUN_POINTS = [p for p in faults.POINTS if p.startswith(("run.", "start.")) and p != "run.ambassador"]
+RUN_POINTS = [p for p in faults.POINTS if p.startswith(("run.", "start.")) and p not in ("run.ambassador", "run.volumes")]
 RM_POINTS = [p for p in faults.POINTS if p.startswith("rm.")]
 
 

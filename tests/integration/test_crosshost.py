@@ -89,10 +89,11 @@ def test_cross_host_link_looks_local_and_follows_a_move(three):
     assert wait_for(lambda: L.fetch("host2", "web", "http://sql/") == "db-on-host3", 10)
     assert L.client("host2").get("/containers/web")["pid"] == web_pid
     stats = L.cli("host2", "exec", "amb-frontdb-bridge", "wget", "-qO-", "http://127.0.0.1:9102/metrics")
-    assert "portlink_ambassador" in stats and "10.99.0.3:5432" in stats
+    # The lab runs --secure-links: the backends are the server sides' ports on each host.
+    assert "portlink_ambassador" in stats and re.search(r"10\.99\.0\.3:\d+", stats), stats
     live = L.client("host2").get("/containers/amb-frontdb-bridge")["ambassador"]
     assert "error" not in live, live
-    assert "10.99.0.3:5432" in str(live) and "10.99.0.1:5432" in str(live)
+    assert "10.99.0.3:" in str(live) and "10.99.0.1:" in str(live)
 
 
 def test_failover_when_a_backend_dies_and_forwarding_without_consul(three):
@@ -130,8 +131,9 @@ def test_ambassador_by_hand_as_a_sidecar(three):
     assert wait_for(lambda: L.client("host2").get("/system/consul")["services_seen"] >= 2, 10)
     L.cli("host2", "run", "-d", "--name", "dbamb", "--ambassador", "frontdb", "--ambassador-policy", "close")
     amb = L.client("host2").get("/containers/dbamb")
+    host_id = L.client("host2").get("/system/consul")["host_id"]
     assert amb["config"]["ambassador"] == {"service": "frontdb", "ports": [], "policy": "close",
-                                           "drain_deadline": 10.0}
+                                           "drain_deadline": 10.0, "identity": f"dbamb-{host_id}"}
     assert amb["exposed"] == ["80/tcp"]          # from the catalog: frontdb's container port
     L.cli("host2", "run", "-d", "--name", "app", "busybox", "sleep", "600")
     assert wait_for(lambda: L.fetch("host2", "app", "http://dbamb/") == "db-on-host1", 10)
@@ -161,9 +163,12 @@ def test_drain_keeps_an_established_stream_until_the_deadline(three):
     h1 = L.made.host("host1")
     from portlink.lab.consul_agent import http_get
     services = http_get(f"http://{h1.ip}:8500/v1/agent/services", netns=h1.netns_path)[2]
-    [sid] = [s for s, v in services.items() if v["Service"] == "frontdb"]
-    assert http_get(f"http://{h1.ip}:8500/v1/agent/service/deregister/{sid}", netns=h1.netns_path,
-                    method="PUT")[0] == 200
+    # Every instance host1 has of frontdb: the -p one and (secure links) the Connect-native one.
+    sids = [s for s, v in services.items() if v["Service"] == "frontdb"]
+    assert sids
+    for sid in sids:
+        assert http_get(f"http://{h1.ip}:8500/v1/agent/service/deregister/{sid}", netns=h1.netns_path,
+                        method="PUT")[0] == 200
     t0 = time.monotonic()
     # New connections land on host3 at once.
     assert wait_for(lambda: "tick-host3" in L.cli("host2", "exec", "web", "sh", "-c",

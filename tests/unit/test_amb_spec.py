@@ -52,8 +52,8 @@ def test_the_token_file_reaches_the_config_read_only_and_the_env_names_its_path(
     c = Container(id="ab" * 32, name="amb", spec=spec, exposed=("80/tcp",), status=CREATING)
     proc = process(c, ImageConfig(cmd=[], env=[]), (0, 0), token_file="/state/containers/c1/consul-token")
     assert (proc.uid, proc.gid) == (65536, 65536)
-    assert proc.ro_files == {"/run/portlink/consul-token": "/state/containers/c1/consul-token"}
-    assert "CONSUL_HTTP_TOKEN_FILE=/run/portlink/consul-token" in proc.env
+    assert proc.ro_files == {"/run/secrets/consul-token": "/state/containers/c1/consul-token"}
+    assert "CONSUL_HTTP_TOKEN_FILE=/run/secrets/consul-token" in proc.env
     assert process(c, ImageConfig(cmd=[], env=[]), (0, 0)).ro_files == {}
     assert "/usr" in proc.ro_binds
 

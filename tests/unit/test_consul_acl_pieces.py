@@ -35,9 +35,10 @@ def key_file(tmp_path: Path, mode: int = 0o600) -> Path:
 
 # -- policies and auth method ------------------------------------------------------
 
-def test_daemon_policy_writes_services_reads_nodes_and_nothing_else():
+def test_daemon_policy_writes_services_and_intentions_reads_nodes_and_nothing_else():
     rules = [l.strip() for l in acl.DAEMON_RULES.splitlines() if l.strip() and not l.startswith("#")]
-    assert rules == ['service_prefix "" {', 'policy = "write"', '}', 'node_prefix "" {', 'policy = "read"', '}']
+    assert rules == ['service_prefix "" {', 'policy = "write"', 'intentions = "write"', '}',
+                     'node_prefix "" {', 'policy = "read"', '}']
 
 
 def test_ambassador_policy_reads_only():
@@ -52,7 +53,8 @@ def test_auth_method_trusts_one_key_one_audience_one_issuer():
     assert body["Type"] == "jwt" and body["Name"] == "portlink-host1"
     assert body["Config"] == {"JWTValidationPubKeys": ["PEM"], "JWTSupportedAlgs": ["ES256"],
                               "BoundAudiences": ["portlink-ambassador"], "BoundIssuer": "portlink-host1",
-                              "ClaimMappings": {"service": "service", "sub": "container"}}
+                              "ClaimMappings": {"service": "service", "sub": "container",
+                                                "identity": "identity"}}
 
 
 def test_binding_rule_binds_the_read_only_role():
@@ -192,7 +194,7 @@ class FakeTokens:
         self.logins = 0
         self.fail_logout = fail_logout
 
-    def login(self, cid: str, service: str) -> Login:
+    def login(self, cid: str, service: str, identity: str | None = None) -> Login:
         self.logins += 1
         return Login(f"secret-{self.logins}", f"acc-{self.logins}")
 

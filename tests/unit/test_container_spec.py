@@ -36,6 +36,7 @@ FULL = {
     "security_opt": ["seccomp=unconfined", "no-new-privileges"],
     "cap_add": ["NET_RAW"],
     "cap_drop": ["mknod"],
+    "volumes": [], "mounts": [], "tmpfs": [], "volumes_from": [],   # an ambassador takes none
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from portlink.errors import RuntimeFailure
 from portlink.netns.model import Endpoint, NetworkSpec, PortMapping
 from portlink.runtime import faults
-from portlink.runtime.firewall import mapping_key
+from portlink.runtime.firewall import mapping_key, pin_key
 from portlink.runtime.journal import STEPS, Journal
 from portlink.runtime.state import Store
 
@@ -49,6 +49,14 @@ class FakeKernel:
         self._call("remove_port", key)
         forget()
 
+    def add_pin(self, pin, record):
+        record(pin_key(pin))
+        self._call("add_pin", pin)
+
+    def remove_pin(self, key, forget):
+        self._call("remove_pin", key)
+        forget()
+
     def run_container(self, cid, start):
         self._call("run_container", cid)
         return start()
@@ -73,7 +81,9 @@ def start_all(j: Journal, cdir: Path) -> None:
     j.mount(OWNER, "/images/busybox/rootfs", cdir)
     j.netns(OWNER, "/ns/plc-c1")
     ip = j.lease(OWNER, NET)
-    j.veth(OWNER, Endpoint(OWNER, "/ns/plc-c1", NET, ip, "plv-c1"))
+    ep = Endpoint(OWNER, "/ns/plc-c1", NET, ip, "plv-c1")
+    j.pin(OWNER, ep)
+    j.veth(OWNER, ep)
     j.ports(OWNER, [PortMapping("tcp", 8080, ip, 80)])
     assert j.process(OWNER, lambda: 4242) == 4242
 
@@ -88,8 +98,12 @@ def test_every_step_is_recorded_before_it_is_made(store, tmp_path):
     assert ("mount", str(tmp_path / "c1" / "rootfs")) in made["mount_overlay"][-1]
     assert ("netns", "/ns/plc-c1") in made["create_netns"][-1]
     assert ("veth", "plv-c1") in made["attach"][-1]
+    # The port is pinned to the MAC its veth will get before the veth exists.
+    pin = ("pin", '["plv-c1", "02:42:0a:5a:00:02", "10.90.0.2"]')
+    assert pin in made["add_pin"][-1] and pin in made["attach"][-1]
+    assert made["attach"][1].mac == "02:42:0a:5a:00:02"
     assert ("runc", OWNER) in made["run_container"][-1]
-    assert [k for k, _ in j.owned(OWNER)] == ["dir", "mount", "netns", "lease", "veth", "port", "runc"]
+    assert [k for k, _ in j.owned(OWNER)] == ["dir", "mount", "netns", "lease", "pin", "veth", "port", "runc"]
     assert store.one("SELECT ip FROM leases WHERE container_id=?", OWNER)["ip"] == "10.90.0.2"
 
 
@@ -99,8 +113,9 @@ def test_undo_is_newest_first_and_keeps_the_dir_unless_asked(store, tmp_path):
     start_all(j, tmp_path / "c1")
     k.calls.clear()
     assert j.undo(OWNER) == []
-    # The veth goes with its namespace (no delete_link); the lease is a row, not a kernel call.
-    assert names(k.calls) == ["delete_container", "remove_port", "delete_netns", "unmount"]
+    # The veth goes with its namespace (no delete_link), after the pin, which does
+    # not (it is in the host's table); the lease is a row, not a kernel call.
+    assert names(k.calls) == ["delete_container", "remove_port", "remove_pin", "delete_netns", "unmount"]
     assert j.owned(OWNER) == [("dir", str(tmp_path / "c1"))]
     assert store.one("SELECT 1 FROM leases WHERE container_id=?", OWNER) is None
     k.calls.clear()
@@ -137,10 +152,10 @@ def test_a_step_failing_half_way_is_rolled_back_with_the_rest(store, tmp_path):
     with pytest.raises(RuntimeFailure):
         start_all(j, tmp_path / "c1")
     # The failed step was recorded before it was tried: rollback covers it too.
-    assert [kind for kind, _ in j.owned(OWNER)] == ["dir", "mount", "netns", "lease", "veth"]
+    assert [kind for kind, _ in j.owned(OWNER)] == ["dir", "mount", "netns", "lease", "pin", "veth"]
     k.calls.clear()
     assert j.undo(OWNER, keep=()) == []
-    assert names(k.calls) == ["delete_netns", "unmount", "remove_dir"]
+    assert names(k.calls) == ["remove_pin", "delete_netns", "unmount", "remove_dir"]
     assert j.owned(OWNER) == [] and store.query("SELECT * FROM leases") == []
 
 
@@ -170,4 +185,5 @@ def test_an_unknown_kind_is_an_error_not_a_crash(store):
 
 
 def test_every_kind_a_start_makes_has_an_undo():
-    assert set(STEPS) == {"dir", "mount", "netns", "lease", "veth", "port", "runc", "consul_token"}
+    assert set(STEPS) == {"dir", "mount", "netns", "lease", "pin", "veth", "port", "runc", "consul_token",
+                          "intention"}

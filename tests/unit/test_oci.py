@@ -97,16 +97,16 @@ def test_serialisable(cfg):
 
 def test_read_only_binds_and_handed_files_are_recursively_read_only():
     proc = oci.ProcessSpec(args=["true"], env=[], ro_binds={"/usr": "/usr", "/opt/py": "/opt/py"},
-                           ro_files={"/run/portlink/consul-token": "/state/c1/consul-token"},
+                           ro_files={"/run/secrets/consul-token": "/state/c1/consul-token"},
                            files={"/etc/hosts": "/state/c1/hosts"})
     cfg = oci.build_config(proc, "/r", NETNS, "/c", CONF)
     by_dest = {m["destination"]: m for m in cfg["mounts"] if m["type"] == "bind"}
-    for dest in ("/usr", "/opt/py", "/run/portlink/consul-token"):
+    for dest in ("/usr", "/opt/py", "/run/secrets/consul-token"):
         assert by_dest[dest]["options"] == ["rbind", "ro", "rro", "rnosuid", "rnodev", "rprivate"]
-    assert by_dest["/run/portlink/consul-token"]["source"] == "/state/c1/consul-token"
+    assert by_dest["/run/secrets/consul-token"]["source"] == "/state/c1/consul-token"
     assert "ro" not in by_dest["/etc/hosts"]["options"]           # the container's own files stay writable
     assert oci.mount_options(cfg) >= {"rro", "rnosuid", "rnodev"}
-    assert oci.bind_destinations(cfg) == ["/opt/py", "/run/portlink/consul-token", "/usr", "/etc/hosts"]
+    assert oci.bind_destinations(cfg) == ["/opt/py", "/run/secrets/consul-token", "/usr", "/etc/hosts"]
     assert cfg["root"]["readonly"] is False
 
 

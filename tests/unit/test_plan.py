@@ -164,3 +164,18 @@ def test_links_open_the_linked_ports_only_on_a_network_with_icc_off():
     # a peer of that name on another network is no link target
     elsewhere = plan_start(c, IMAGE, (0, 0), LAYOUT, closed, me, [], {"db": replace(db, network="back")}, [])
     assert elsewhere.link_flows == []
+
+
+def test_plan_mounts_volumes_binds_and_tmpfs_before_the_files_portlink_writes():
+    from portlink.runtime.volspec import BIND, TMPFS, VOLUME, Mount
+    c = container().with_(mounts=(Mount(VOLUME, "/etc", "conf", readonly=True), Mount(BIND, "/srv", "/host/www"),
+                                  Mount(TMPFS, "/var/run/t", tmpfs_size=1 << 20)))
+    plan = plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [],
+                      mount_targets={"/var/run/t": "/run/t"})
+    got = [(m["destination"], m["type"], m["source"]) for m in plan.config["mounts"]][6:]
+    assert got == [("/etc", "bind", "/var/lib/pl/volumes/plvol-conf/_data"), ("/srv", "bind", "/host/www"),
+                   ("/run/t", "tmpfs", "tmpfs"),   # where mount_paths resolved it
+                   *[(f"/etc/{f}", "bind", f"/var/lib/pl/containers/{CID}/{f}") for f in ("hostname", "hosts", "resolv.conf")]]
+    opts = {m["destination"]: m.get("options", []) for m in plan.config["mounts"]}
+    assert {"nosuid", "nodev", "ro", "rro"} <= set(opts["/etc"]) and "ro" not in opts["/srv"]
+    assert {"nosuid", "nodev", "noexec", "size=1048576"} <= set(opts["/run/t"])
