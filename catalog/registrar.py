@@ -65,6 +65,7 @@ class Registrar:
             await self._register(r)
             done.registered.append(r.id)
             self.on_change("register", r.id, r.name)
+        await self._update_health(want, set(done.registered))
         for sid in done.registered:
             log.info("consul: registered %s", sid)
         for sid in done.deregistered:
@@ -77,6 +78,19 @@ class Registrar:
         await self.consul.http.put(_ok, "/v1/agent/service/register",
                                    params=[("replace-existing-checks", "true")],
                                    headers=self.consul.prepare_headers(), data=body)
+
+    async def _update_health(self, want: list[Registration], fresh: set[str]) -> None:
+        """Each container health check's status set again: refreshes its TTL (a check
+        registered in this pass got its status with the registration)."""
+        for r in want:
+            if r.health_status is None or r.id in fresh:
+                continue
+            body = json.dumps({"Status": r.health_status, "Output": f"container {r.health}"})
+            try:
+                await self.consul.http.put(_ok, f"/v1/agent/check/update/{r.health_check_id}",
+                                           headers=self.consul.prepare_headers(), data=body)
+            except RuntimeError as e:   # Consul answered: its check is gone; the next change re-registers
+                log.warning("consul: cannot update %s: %s", r.health_check_id, e)
 
     async def deregister_all(self) -> list[str]:
         """Remove every entry of this host (prune); returns the errors."""

@@ -59,6 +59,8 @@ class Published:
     # A server-side ambassador (secure links): its TCP ports are Connect-native
     # instances of this service, one per container port it serves.
     connect: str | None = None
+    # Its health check's status (runtime/health.py): starting|healthy|unhealthy; None: no check.
+    health: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,14 @@ class CheckPolicy:
     # Consul's floor is 1m. Should this host vanish for good, its entries go
     # critical and then away instead of being served forever.
     deregister_after: str = "1m"
+    # The TTL of a container's health check: the daemon refreshes it on every resync
+    # pass (and at each transition), so it only lapses (critical) if the daemon is gone.
+    health_ttl: str = "90s"
+
+
+# A container's health (runtime/health.py) as its Consul check's status: only
+# `passing` instances are served by DNS and ambassadors (?passing).
+HEALTH_STATUS = {"healthy": "passing", "starting": "warning", "unhealthy": "critical"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,15 @@ class Registration:
     meta: tuple[tuple[str, str], ...] = ()
     tcp_check: bool = True
     connect_native: bool = False      # speaks mutual TLS with Connect's CA (a server-side ambassador)
+    health: str | None = None         # the container's health (HEALTH_STATUS key); None: no health check
+
+    @property
+    def health_check_id(self) -> str:
+        return f"{self.id}-health"
+
+    @property
+    def health_status(self) -> str | None:
+        return HEALTH_STATUS.get(self.health) if self.health else None
 
     def payload(self, policy: CheckPolicy = CheckPolicy()) -> dict:
         """The body of PUT /v1/agent/service/register."""
@@ -97,6 +116,12 @@ class Registration:
                 # resolves at once instead of after a random first-check stagger.
                 "Status": "passing",
             }
+        if self.health:
+            # A TTL check the daemon sets (PUT /v1/agent/check/update): no script runs in Consul.
+            # The status is in the hash, so a transition re-registers even if an update was lost.
+            body["Checks"] = [{"CheckID": self.health_check_id, "Name": "container health check",
+                               "TTL": policy.health_ttl, "Status": self.health_status,
+                               "DeregisterCriticalServiceAfter": policy.deregister_after}]
         meta[META_SPEC] = spec_hash(body)
         return body
 
@@ -180,7 +205,7 @@ def registrations(host_id: str, advertise: str, containers: Iterable[Published])
             out.append(Registration(
                 id=f"{ID_PREFIX}{host_id}-{c.id[:12]}-{p.container_port}-{p.proto}",
                 name=_name_for(c, p), address=address, port=p.host_port, tags=tags,
-                meta=meta, tcp_check=p.proto == "tcp"))
+                meta=meta, tcp_check=p.proto == "tcp", health=c.health))
     return sorted(out, key=lambda r: r.id)
 
 

@@ -149,6 +149,15 @@ def _add_run(sub) -> None:
     r.add_argument("--entrypoint", metavar="CMD",
                    help="run CMD instead of the image's ENTRYPOINT (and drop its CMD); \"\" clears it")
     r.add_argument("--stop-signal", metavar="SIG", help="signal `stop` sends first (default: the image's, or SIGTERM)")
+    # health checks (runtime/health.py): over the image's HEALTHCHECK
+    r.add_argument("--health-cmd", metavar="CMD", help="command run in the container (/bin/sh -c) to check its health")
+    r.add_argument("--health-interval", metavar="D", help="time between checks (default 30s)")
+    r.add_argument("--health-timeout", metavar="D", help="a check running longer is killed and fails (default 30s)")
+    r.add_argument("--health-retries", type=int, metavar="N",
+                   help="consecutive failures that make it unhealthy (default 3)")
+    r.add_argument("--health-start-period", metavar="D",
+                   help="failures in this time after start do not count (default 0s)")
+    r.add_argument("--no-healthcheck", action="store_true", help="no check, not even the image's HEALTHCHECK")
     r.add_argument("image", nargs="?")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)

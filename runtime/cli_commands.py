@@ -45,6 +45,16 @@ def _env_args(entries: list[str]) -> list[str]:
     return [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in entries]
 
 
+def _health_body(a) -> dict:
+    """The --health-* flags given (runtime/health.py checks them in the daemon)."""
+    out = {k: v for k, v in (("health_cmd", a.health_cmd), ("health_interval", a.health_interval),
+                             ("health_timeout", a.health_timeout), ("health_start_period", a.health_start_period),
+                             ("health_retries", a.health_retries)) if v is not None}
+    if a.no_healthcheck:
+        out["no_healthcheck"] = True
+    return out
+
+
 def cmd_run(cl: Client, a) -> int:
     env = _env_args(a.env)
     for f in a.env_file:
@@ -62,6 +72,7 @@ def cmd_run(cl: Client, a) -> int:
         spec["entrypoint"] = [a.entrypoint] if a.entrypoint else []
     if a.stop_signal:
         spec["stop_signal"] = a.stop_signal
+    spec.update(_health_body(a))
     if a.log_opt:
         try:
             spec["log_opts"] = logrecord.parse_log_opt_args(a.log_opt)

@@ -17,7 +17,9 @@ def ports_text(c: dict) -> str:
 
 def status_text(c: dict) -> str:
     if c["status"] == "running":
-        return f"Up {ago(c['started'])}"
+        h = (c.get("State") or {}).get("Health")
+        return f"Up {ago(c['started'])}" + (f" ({'health: starting' if h['Status'] == 'starting' else h['Status']})"
+                                           if h else "")
     if c["status"] == "exited":
         code = c["exit_code"]
         return f"Exited ({'?' if code is None else code}) {ago(c['finished'])} ago" if c["finished"] else "Created"

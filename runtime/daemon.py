@@ -140,6 +140,7 @@ async def start_consul(host: Host) -> ConsulSync:
     # Set before the first await: the registrar's first pass has not run yet.
     sync.registrar.on_change = lambda action, sid, service: host.events.emit("consul", action, sid, service=service)
     host.refresher.subscribe(sync.poke)
+    host.health.subscribe(sync.poke)   # a health transition: the instance's Consul check follows at once
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     if host.servers is not None:
         # Server sides publish on the advertise address: known only now.

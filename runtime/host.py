@@ -36,6 +36,7 @@ from portlink.runtime.lifecycle import Lifecycle, LifecycleDeps
 from portlink.runtime.logfmt import LogLimits
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.plan import Layout
+from portlink.runtime.health_monitor import HealthMonitor
 from portlink.runtime.reaper import Reaper
 from portlink.runtime.records import Records
 from portlink.runtime.refresh import Catalog, Refresher
@@ -148,8 +149,9 @@ class Host:
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
                                             self.refresher.changed, self.host_id, cfg.secure_links)
+        self.health = HealthMonitor(self.records, self.images, self.runc, self.events)
         self.containers = Containers(self.records, life, self.ambassadors, self.refresher,
-                                     Views(self.records, layout, cfg.dns))
+                                     Views(self.records, layout, cfg.dns, self.health.view))
         self.servers = None
         if cfg.secure_links:
             self.servers = ServerSides(self.records, life, self.ambassadors,
@@ -161,7 +163,8 @@ class Host:
         """What this host should have in Consul now (blocking: reads the store)."""
         published = [registration.Published(c.id, c.name, c.spec.labels or {}, tuple(
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
-            for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None)
+            for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None,
+            health=self.health.status(c.id, c.pid))
             for c, rows in self.records.published()]
         return registration.registrations(self.host_id, advertise, published)
 
@@ -185,6 +188,7 @@ class Host:
         repaired += self.sweep()
         self.refresher.refresh_names()
         self.reaper.start(self.containers.on_exit)
+        self.health.start()
         return repaired
 
     def _switch_firewall_driver(self) -> None:
@@ -258,6 +262,7 @@ class Host:
         return {"removed": removed, "errors": errors}
 
     def close(self) -> None:
+        self.health.close()
         self.reaper.close()
         self.dns.stop()
         self.store.close()

@@ -168,8 +168,11 @@ class Runc:
             return []
         return [c["id"] for c in json.loads(p.stdout)]
 
-    def exec_argv(self, cid: str, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
+    def exec_argv(self, cid: str, args: list[str], env: list[str], tty: bool, workdir: str | None,
+                  pid_file: str | None = None) -> list[str]:
         argv = self._cmd("exec")
+        if pid_file:   # the exec'd process's pid: a health check past its timeout is killed by it
+            argv += ["--pid-file", pid_file]
         if tty:
             argv.append("--tty")
         for e in env:

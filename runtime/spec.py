@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
-from portlink.runtime import ambassadors, logfmt, security, validate, volspec
+from portlink.runtime import ambassadors, health, logfmt, security, validate, volspec
 from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
@@ -64,6 +64,13 @@ class ContainerSpec:
     # the image's config (runtime/image_config.py): None / "" take the image's
     entrypoint: list[str] | None = None                 # --entrypoint; [] clears the image's
     stop_signal: str = ""                               # --stop-signal SIGQUIT
+    # health checks (runtime/health.py): "" / None take the image's HEALTHCHECK or Docker's defaults
+    health_cmd: str = ""                                # --health-cmd, run with /bin/sh -c
+    health_interval: str = ""                           # --health-interval 30s
+    health_timeout: str = ""                            # --health-timeout 30s
+    health_retries: int | None = None                   # --health-retries 3
+    health_start_period: str = ""                       # --health-start-period 0s
+    no_healthcheck: bool = False                        # --no-healthcheck: none, not even the image's
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -93,6 +100,7 @@ class ContainerSpec:
         spec._check_values()
         spec._check_mount_fields()
         spec._check_image_config()
+        spec._check_health()
         return spec
 
     @classmethod
@@ -128,6 +136,15 @@ class ContainerSpec:
             validate.argv("entrypoint", self.entrypoint)
         if self.stop_signal:
             self.stop_signal = signal_name(self.stop_signal)
+
+    def _check_health(self) -> None:
+        for f in ("health_interval", "health_timeout", "health_start_period"):
+            if not isinstance(getattr(self, f), str):
+                raise InvalidArgument(f"field {f!r} must be a string")
+        if not isinstance(self.no_healthcheck, bool):
+            raise InvalidArgument("field 'no_healthcheck' must be true or false")
+        health.check_flags(self.health_cmd, self.health_interval, self.health_timeout, self.health_retries,
+                           self.health_start_period, self.no_healthcheck)
 
     def _check_confinement(self) -> None:
         for f in ("security_opt", "cap_add", "cap_drop"):

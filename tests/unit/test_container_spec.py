@@ -37,6 +37,9 @@ FULL = {
     "cap_add": ["NET_RAW"],
     "cap_drop": ["mknod"],
     "volumes": [], "mounts": [], "tmpfs": [], "volumes_from": [],   # an ambassador takes none
+    # health checks (runtime/health.py)
+    "health_cmd": "test -f /tmp/ok", "health_interval": "1s", "health_timeout": "2s", "health_retries": 2,
+    "health_start_period": "5s", "no_healthcheck": False,
 }
 
 

@@ -1,0 +1,193 @@
+"""Runs the containers' health checks: one scheduler thread that follows what the
+store says runs, and a small pool that runs each due check with `runc exec`
+(a stuck check costs a pool slot until its timeout, never the API).
+
+A check past its timeout is killed with everything it started in the container
+(its process tree, found from the pid runc reports). State is per run of a
+container, kept in memory: a restarted container, or a restarted daemon, starts
+over at `starting`, as Docker's does."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from portlink.runtime import health
+from portlink.runtime.events import EventLog
+from portlink.runtime.images import ImageStore
+from portlink.runtime.records import Container, Records
+from portlink.runtime.runc import Runc
+
+log = logging.getLogger("portlink.health")
+
+WORKERS = 4      # checks running at once on this host
+TICK = 0.2       # how often the scheduler looks for due checks
+
+
+class HealthMonitor:
+    def __init__(self, records: Records, images: ImageStore, runc: Runc, events: EventLog,
+                 workers: int = WORKERS) -> None:
+        self.records, self.images, self.runc, self.events = records, images, runc, events
+        self._lock = threading.Lock()
+        self._states: dict[str, tuple[int, health.HealthState]] = {}   # cid -> (pid of the run, state)
+        self._due: dict[str, float] = {}                                # cid -> monotonic time of the next check
+        self._busy: set[str] = set()
+        self._unchecked: dict[str, int] = {}                            # cid -> pid of a run with no check
+        self._subs: list[Callable[[], None]] = []
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="health")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, fn: Callable[[], None]) -> None:
+        """`fn` is called (from a pool thread) after each status change: Consul's check follows."""
+        self._subs.append(fn)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # read side (inspect, ps, Consul) ----------------------------------------------------
+    def view(self, cid: str, pid: int | None) -> dict | None:
+        with self._lock:
+            got = self._states.get(cid)
+            return got[1].view() if got and got[0] == pid else None
+
+    def status(self, cid: str, pid: int | None) -> str | None:
+        with self._lock:
+            got = self._states.get(cid)
+            return got[1].status if got and got[0] == pid else None
+
+    # scheduling ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                self.tick(time.monotonic())
+            except Exception:   # the store busy, an image gone: next tick
+                log.exception("health: scheduling pass failed")
+
+    def tick(self, now: float) -> None:
+        running = {c.id: c for c in self.records.running() if not c.is_ambassador and c.pid}
+        with self._lock:
+            for cid in [k for k, (pid, _) in self._states.items() if k not in running or running[k].pid != pid]:
+                del self._states[cid]
+                self._due.pop(cid, None)
+            for cid in [k for k, pid in self._unchecked.items() if k not in running or running[k].pid != pid]:
+                del self._unchecked[cid]
+            for cid, c in running.items():
+                if cid not in self._states:
+                    cfg = None if self._unchecked.get(cid) == c.pid else self._config(c)
+                    if cfg is None:
+                        self._unchecked[cid] = c.pid
+                        continue
+                    self._states[cid] = (c.pid, health.HealthState(cfg, c.started or time.time()))
+                    self._due[cid] = now + cfg.interval   # Docker: the first check after one interval
+                if self._due[cid] <= now and cid not in self._busy:
+                    self._busy.add(cid)
+                    self._pool.submit(self._check, c, self._states[cid][1].config)
+
+    def _config(self, c: Container) -> health.HealthConfig | None:
+        try:
+            image_check = self.images.get(c.spec.image).config.healthcheck
+        except Exception:   # the image removed under a running container: its flags only
+            image_check = None
+        return health.resolve(c.spec, image_check)
+
+    # one check ----------------------------------------------------------------------------
+    def _check(self, c: Container, cfg: health.HealthConfig) -> None:
+        try:
+            r = run_check(self.runc, c.id, cfg)
+            changed = None
+            with self._lock:
+                got = self._states.get(c.id)
+                if got and got[0] == c.pid:
+                    changed = got[1].record(r)
+                    self._due[c.id] = time.monotonic() + cfg.interval
+            if changed in (health.HEALTHY, health.UNHEALTHY):
+                self.events.emit("container", f"health_status: {changed}", c.name, c.id,
+                                 exit_code=r.exit_code)
+                for fn in self._subs:
+                    fn()
+        except Exception:
+            log.exception("health: check of %s failed to run", c.name)
+            with self._lock:
+                self._due[c.id] = time.monotonic() + cfg.interval
+        finally:
+            with self._lock:
+                self._busy.discard(c.id)
+
+
+def run_check(runc: Runc, cid: str, cfg: health.HealthConfig) -> health.Result:
+    """One check: its exit code and the first 4 KiB of its output; one that outlives
+    its timeout is killed (exit code -1, as Docker reports it)."""
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="portlink-health-") as tmp, \
+            tempfile.TemporaryFile(dir=tmp) as out:
+        pid_file = os.path.join(tmp, "pid")
+        argv = runc.exec_argv(cid, list(cfg.test), [], False, None, pid_file=pid_file)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            code = p.wait(timeout=cfg.timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_tree(_read_pid(pid_file))
+            p.kill()
+            p.wait(10)
+            code = -1
+        out.seek(0)
+        text = health.truncate(out.read(health.OUTPUT_MAX))
+    if timed_out:
+        text = f"Health check exceeded timeout ({cfg.timeout:g}s)"
+    return health.Result(start, time.time(), code, text)
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        return int(open(path).read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def kill_tree(pid: int | None) -> None:
+    """SIGKILL `pid` and its descendants (stopped first so none forks meanwhile)."""
+    if pid is None:
+        return
+    tree, todo = [], [pid]
+    while todo and len(tree) < 4096:
+        p = todo.pop()
+        try:
+            os.kill(p, signal.SIGSTOP)
+        except OSError:
+            continue
+        tree.append(p)
+        todo += _children(p)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
