@@ -109,7 +109,8 @@ class Api:
             if self.consul:
                 regs = await self.call(self.consul.desired)
                 info["consul"] = [{"id": g.id, "service": g.name, "address": g.address, "port": g.port,
-                                   "tags": list(g.tags), "check": "tcp" if g.tcp_check else None}
+                                   "tags": list(g.tags), "check": "tcp" if g.tcp_check else None,
+                                   "health": g.health_status}
                                   for g in regs if dict(g.meta).get(META_CONTAINER_ID) == info["id"]]
             if info["config"].get("ambassador") and info["status"] == "running" and info["network"]["ip"]:
                 info["ambassador"] = await _ambassador_stats(info["network"]["ip"])

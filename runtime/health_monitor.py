@@ -60,15 +60,35 @@ class HealthMonitor:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # read side (inspect, ps, Consul) ----------------------------------------------------
-    def view(self, cid: str, pid: int | None) -> dict | None:
+    def view(self, c: Container) -> dict | None:
+        st = self._state(c)
         with self._lock:
-            got = self._states.get(cid)
-            return got[1].view() if got and got[0] == pid else None
+            return st.view() if st else None
 
-    def status(self, cid: str, pid: int | None) -> str | None:
+    def status(self, c: Container) -> str | None:
+        st = self._state(c)
+        return st.status if st else None
+
+    def _state(self, c: Container) -> health.HealthState | None:
+        """Its state, tracked from now if the scheduler has not seen it yet: inspect
+        right after `run` or `start` says `starting`, not nothing."""
         with self._lock:
-            got = self._states.get(cid)
-            return got[1].status if got and got[0] == pid else None
+            return self._track(c, time.monotonic())
+
+    def _track(self, c: Container, now: float) -> health.HealthState | None:
+        """(Lock held.) The state of this run of `c`, made on first sight; None: no check."""
+        got = self._states.get(c.id)
+        if got and got[0] == c.pid:
+            return got[1]
+        if self._unchecked.get(c.id) == c.pid or not c.pid or c.is_ambassador:
+            return None
+        cfg = self._config(c)
+        if cfg is None:
+            self._unchecked[c.id] = c.pid
+            return None
+        self._states[c.id] = (c.pid, health.HealthState(cfg, c.started or time.time()))
+        self._due[c.id] = now + cfg.interval   # Docker: the first check after one interval
+        return self._states[c.id][1]
 
     # scheduling ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -87,16 +107,10 @@ class HealthMonitor:
             for cid in [k for k, pid in self._unchecked.items() if k not in running or running[k].pid != pid]:
                 del self._unchecked[cid]
             for cid, c in running.items():
-                if cid not in self._states:
-                    cfg = None if self._unchecked.get(cid) == c.pid else self._config(c)
-                    if cfg is None:
-                        self._unchecked[cid] = c.pid
-                        continue
-                    self._states[cid] = (c.pid, health.HealthState(cfg, c.started or time.time()))
-                    self._due[cid] = now + cfg.interval   # Docker: the first check after one interval
-                if self._due[cid] <= now and cid not in self._busy:
+                st = self._track(c, now)
+                if st is not None and self._due[cid] <= now and cid not in self._busy:
                     self._busy.add(cid)
-                    self._pool.submit(self._check, c, self._states[cid][1].config)
+                    self._pool.submit(self._check, c, st.config)
 
     def _config(self, c: Container) -> health.HealthConfig | None:
         try:
@@ -144,9 +158,15 @@ def run_check(runc: Runc, cid: str, cfg: health.HealthConfig) -> health.Result:
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
+            # The check's processes, not `runc exec`: it reaps its child and exits. Killed
+            # first, its child would be orphaned to the daemon (a subreaper) and never
+            # reaped, and a zombie in the container's pid namespace blocks its removal.
             kill_tree(_read_pid(pid_file))
-            p.kill()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
             code = -1
         out.seek(0)
         text = health.truncate(out.read(health.OUTPUT_MAX))

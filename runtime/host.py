@@ -164,7 +164,7 @@ class Host:
         published = [registration.Published(c.id, c.name, c.spec.labels or {}, tuple(
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
             for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None,
-            health=self.health.status(c.id, c.pid))
+            health=self.health.status(c))
             for c, rows in self.records.published()]
         return registration.registrations(self.host_id, advertise, published)
 

@@ -18,7 +18,7 @@ LINK_NOTE = ("the DNS name and /etc/hosts follow the linked container live; the 
 
 class Views:
     def __init__(self, records: Records, layout: Layout, default_dns: list[str],
-                 health: Callable[[str, int | None], dict | None] = lambda cid, pid: None) -> None:
+                 health: Callable[[Container], dict | None] = lambda c: None) -> None:
         self.records, self.layout, self.default_dns = records, layout, default_dns
         self.health = health    # a running container's State.Health (runtime.health_monitor), None: no check
 
@@ -72,7 +72,7 @@ class Views:
             # Docker's keys: Type, Name, Source (on the host), Destination, RW, ...
             "Mounts": [volspec.docker_view(m, mount_source(m, self.layout) or "") for m in c.mounts],
             # Docker's State.Health (Status, FailingStreak, Log) while a checked container runs
-            "State": {"Health": self.health(cid, c.pid) if c.status == RUNNING else None},
+            "State": {"Health": self.health(c) if c.status == RUNNING else None},
         }
 
     def _links(self, links: list[str]) -> list[dict]:
