@@ -222,7 +222,7 @@ def _connect_registrations(host_id: str, advertise: str, c: Published) -> list[R
                 (META_PORT, f"{p.container_port}/tcp"))
         out.append(Registration(id=f"{ID_PREFIX}{host_id}-{c.id[:12]}-{p.container_port}-tls",
                                 name=c.connect, address=p.host_ip or advertise, port=p.host_port,
-                                meta=meta, connect_native=True))
+                                meta=meta, connect_native=True, health=c.health))
     return out
 
 

@@ -38,7 +38,7 @@ from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.plan import Layout
 from portlink.runtime.health_monitor import HealthMonitor
 from portlink.runtime.reaper import Reaper
-from portlink.runtime.records import Records
+from portlink.runtime.records import RUNNING, Container, Records
 from portlink.runtime.refresh import Catalog, Refresher
 from portlink.runtime.runc import Runc
 from portlink.runtime.server_sides import ServerSides, is_server_side
@@ -164,9 +164,17 @@ class Host:
         published = [registration.Published(c.id, c.name, c.spec.labels or {}, tuple(
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
             for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None,
-            health=self.health.status(c))
+            health=self._health(c))
             for c, rows in self.records.published()]
         return registration.registrations(self.host_id, advertise, published)
+
+    def _health(self, c: Container) -> str | None:
+        """The health its Consul check follows: a server-side ambassador (secure links)
+        follows the container it serves, the one it links to."""
+        if is_server_side(c):
+            served = self.records.named(c.spec.links[0].split(":")[0]) if c.spec.links else None
+            return self.health.status(served) if served is not None and served.status == RUNNING else None
+        return self.health.status(c)
 
     def setup(self) -> list[str]:
         """Bring the host to the recorded state; returns what had to be repaired."""

@@ -116,3 +116,12 @@ def test_registration_carries_a_ttl_check_following_health():
     assert "Checks" not in payload(None)
     # A transition changes the hash: the registrar re-registers the instance.
     assert payload("healthy")["Meta"]["portlink-spec"] != payload("unhealthy")["Meta"]["portlink-spec"]
+
+
+def test_a_server_side_registration_follows_the_served_health():
+    c = Published("d" * 64, "srv-web", {}, (PublishedPort(80, "tcp", 20001),), connect="web", health="unhealthy")
+    [r] = registrations("h1", "10.0.0.1", [c])
+    p = r.payload(CheckPolicy())
+    assert p["Connect"] == {"Native": True}
+    assert p["Checks"][0]["CheckID"] == f"portlink-h1-{'d' * 12}-80-tls-health"
+    assert p["Checks"][0]["Status"] == "critical"
