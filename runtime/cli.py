@@ -150,7 +150,7 @@ def _add_run(sub) -> None:
                    help="run CMD instead of the image's ENTRYPOINT (and drop its CMD); \"\" clears it")
     r.add_argument("--stop-signal", metavar="SIG", help="signal `stop` sends first (default: the image's, or SIGTERM)")
     # health checks (runtime/health.py): over the image's HEALTHCHECK
-    r.add_argument("--health-cmd", metavar="CMD", help="command run in the container (/bin/sh -c) to check its health")
+    r.add_argument("--health-cmd", metavar="CMD", help="command the container's /bin/sh runs (in the container) to check its health")
     r.add_argument("--health-interval", metavar="D", help="time between checks (default 30s)")
     r.add_argument("--health-timeout", metavar="D", help="a check running longer is killed and fails (default 30s)")
     r.add_argument("--health-retries", type=int, metavar="N",

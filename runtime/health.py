@@ -20,6 +20,10 @@ INTERVAL, TIMEOUT, RETRIES, START_PERIOD = 30.0, 30.0, 3, 0.0
 LOG_KEEP = 5                 # results kept per container, as Docker
 OUTPUT_MAX = 4096            # bytes of a check's output kept
 _NS = 1_000_000_000
+# Docker's CMD-SHELL: the user's text is run by the shell *inside their container*
+# (runc exec, confined like the container), never on the host. tests/unit/test_no_shell.py
+# allows exactly this line.
+CONTAINER_SHELL = ("/bin/sh", "-c")
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,12 @@ def resolve(spec, image_check: dict | None) -> HealthConfig | None:
         return None
     img = image_check or {}
     if spec.health_cmd:
-        test: tuple[str, ...] = ("/bin/sh", "-c", spec.health_cmd)
+        test: tuple[str, ...] = (*CONTAINER_SHELL, spec.health_cmd)
     else:
         t = img.get("Test") or []
         if not t or t[0] == "NONE" or len(t) < 2:
             return None
-        test = ("/bin/sh", "-c", t[1]) if t[0] == "CMD-SHELL" else tuple(t[1:])
+        test = (*CONTAINER_SHELL, t[1]) if t[0] == "CMD-SHELL" else tuple(t[1:])
 
     def dur(flag_text: str, key: str, default: float) -> float:
         if flag_text:

@@ -22,7 +22,11 @@ SHELL_CALLS = {
     ("os", "spawnvp"), ("os", "spawnle"), ("os", "spawnlpe"), ("os", "spawnve"), ("os", "spawnvpe"),
 }
 SHELL_METHODS = {"subprocess_shell", "create_subprocess_shell"}   # loop.subprocess_shell(...)
-ALLOWED: set[tuple[str, int]] = set()   # (path relative to the repo, line): none
+ALLOWED: set[tuple[str, int]] = {   # (path relative to the repo, line)
+    # Docker's --health-cmd / HEALTHCHECK CMD-SHELL: the user's text, but run by the shell
+    # inside the user's own container (runc exec, confined as the container), never on the host.
+    ("runtime/health.py", 26),
+}
 
 
 def sources() -> list[Path]:
