@@ -78,6 +78,8 @@ class Restarts:
                 continue
             p = c.spec.restart_policy
             if policy.should_restart(p, c.exit_code, c.restart_count, c.user_stopped, daemon_start=True):
+                if c.user_stopped:   # `always` comes back with the daemon: no longer stopped by the user
+                    c = self.records.set_restart_state(c.id, user_stopped=False)
                 self._schedule(c, policy.FIRST_DELAY)
                 names.append(c.name)
             elif c.restarting:
