@@ -151,8 +151,8 @@ class Containers:
         elif c.is_ambassador:
             self.amb.exited(cid, c.name)
         else:
+            self.restarts.exited(cid)   # its policy decides first: a restart is due in 100 ms
             self._serve(c)
-            self.restarts.exited(cid)
 
     def exec_argv(self, ref: str, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:
         return self.life.exec_argv(self.records.find(ref), args, env, tty, workdir)

@@ -32,13 +32,15 @@ class Restarts:
     def stopped_by_user(self, cid: str) -> None:
         """Before a stop's signal: neither the exit it causes nor a pending restart follows."""
         self._cancel(cid)
-        self.records.set_restart_state(cid, user_stopped=True, restarting=False)
+        with self.life.lock(cid):   # after a restart under way: its record write must not undo this one
+            self.records.set_restart_state(cid, user_stopped=True, restarting=False)
 
     def started_by_user(self, cid: str) -> None:
         """A start by the user: the policy counts afresh (as Docker's)."""
         self._cancel(cid)
         self._streaks.pop(cid, None)
-        self.records.set_restart_state(cid, user_stopped=False, restarting=False, restart_count=0)
+        with self.life.lock(cid):
+            self.records.set_restart_state(cid, user_stopped=False, restarting=False, restart_count=0)
 
     def removed(self, cid: str) -> None:
         self._cancel(cid)
