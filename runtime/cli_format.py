@@ -20,6 +20,8 @@ def status_text(c: dict) -> str:
         h = (c.get("State") or {}).get("Health")
         return f"Up {ago(c['started'])}" + (f" ({'health: starting' if h['Status'] == 'starting' else h['Status']})"
                                            if h else "")
+    if c["status"] == "exited" and c.get("restarting"):   # as Docker: a policy restart pending
+        return f"Restarting ({'?' if c['exit_code'] is None else c['exit_code']}) {ago(c['finished'])} ago"
     if c["status"] == "exited":
         code = c["exit_code"]
         return f"Exited ({'?' if code is None else code}) {ago(c['finished'])} ago" if c["finished"] else "Created"

@@ -197,6 +197,8 @@ class Host:
         self.refresher.refresh_names()
         self.reaper.start(self.containers.on_exit)
         self.health.start()
+        # Restart policies after a daemon restart or a reboot: once the host is whole again.
+        repaired += [f"restarting {n} (its restart policy)" for n in self.containers.restarts.resume()]
         return repaired
 
     def _switch_firewall_driver(self) -> None:
@@ -271,6 +273,7 @@ class Host:
 
     def close(self) -> None:
         self.health.close()
+        self.containers.restarts.close()
         self.reaper.close()
         self.dns.stop()
         self.store.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
-from portlink.runtime import ambassadors, health, logfmt, security, validate, volspec
+from portlink.runtime import ambassadors, health, logfmt, restart_policy, security, validate, volspec
 from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
@@ -71,6 +71,8 @@ class ContainerSpec:
     health_retries: int | None = None                   # --health-retries 3
     health_start_period: str = ""                       # --health-start-period 0s
     no_healthcheck: bool = False                        # --no-healthcheck: none, not even the image's
+    # restart policy (runtime.restart_policy)
+    restart: str = ""                                   # --restart no|on-failure[:N]|always|unless-stopped
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -101,6 +103,7 @@ class ContainerSpec:
         spec._check_mount_fields()
         spec._check_image_config()
         spec._check_health()
+        spec._check_restart()
         return spec
 
     @classmethod
@@ -145,6 +148,19 @@ class ContainerSpec:
             raise InvalidArgument("field 'no_healthcheck' must be true or false")
         health.check_flags(self.health_cmd, self.health_interval, self.health_timeout, self.health_retries,
                            self.health_start_period, self.no_healthcheck)
+    # restart policy ----------------------------------------------------------------
+    def _check_restart(self) -> None:
+        policy = restart_policy.parse(self.restart)
+        self.restart = "" if policy.name == restart_policy.NO else policy.text
+        if self.restart and self.rm:
+            raise InvalidArgument("--restart and --rm conflict: a container removed when it exits "
+                                  "cannot be restarted (drop one of them)")
+        if self.restart and self.ambassador:
+            raise InvalidArgument("an ambassador is restarted by portlink already: give no --restart")
+
+    @property
+    def restart_policy(self) -> restart_policy.Policy:
+        return restart_policy.parse(self.restart)
 
     def _check_confinement(self) -> None:
         for f in ("security_opt", "cap_add", "cap_drop"):

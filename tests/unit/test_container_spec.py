@@ -40,6 +40,7 @@ FULL = {
     # health checks (runtime/health.py)
     "health_cmd": "test -f /tmp/ok", "health_interval": "1s", "health_timeout": "2s", "health_retries": 2,
     "health_start_period": "5s", "no_healthcheck": False,
+    "restart": "",                                                  # nor a restart policy
 }
 
 
