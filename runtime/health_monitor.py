@@ -123,10 +123,12 @@ class HealthMonitor:
     def _check(self, c: Container, cfg: health.HealthConfig) -> None:
         try:
             r = run_check(self.runc, c.id, cfg)
+            # A check that failed because the container was stopping is no verdict.
+            alive = r.exit_code == 0 or self.records.is_running(c.id, c.pid)
             changed = None
             with self._lock:
                 got = self._states.get(c.id)
-                if got and got[0] == c.pid:
+                if alive and got and got[0] == c.pid:
                     changed = got[1].record(r)
                     self._due[c.id] = time.monotonic() + cfg.interval
             if changed in (health.HEALTHY, health.UNHEALTHY):
