@@ -224,6 +224,25 @@ def test_marker_crosses_the_pair_and_each_side_shows_its_identity(lab):
     assert s["metrics"]["connections_total"]["total"] >= 1
 
 
+def test_client_side_resumes_its_tls_session_and_the_server_still_authorizes(lab):
+    assert via_client_side(lab, b"first") == b"first"          # a session to resume
+    before = dict(lab.client.stats()["tls"]["dial_handshakes"])
+    denied = counter(lab.server, "tls_denied_total")
+    for i in range(5):
+        assert via_client_side(lab, b"resumed-%d" % i) == b"resumed-%d" % i
+    after = lab.client.stats()["tls"]["dial_handshakes"]
+    assert after["resumed"] == before["resumed"] + 5 and after["full"] == before["full"]
+    # a resumed session still carries web's identity to the authorization
+    lab.intention("web", "deny")
+    try:
+        wait_for(lambda: via_client_side(lab) == b"", "web refused on a resumed session")
+        assert counter(lab.server, "tls_denied_total") > denied
+        assert lab.client.stats()["tls"]["dial_handshakes"]["resumed"] > after["resumed"]
+    finally:
+        lab.delete_intention("web")
+    wait_for(lambda: via_client_side(lab) == b"marker-5b1e", "web allowed again")
+
+
 def test_plain_tcp_client_gets_nothing(lab):
     before, accepted = counter(lab.server, "tls_handshake_failures_total"), lab.echo.accepted
     with socket.create_connection((lab.ip, lab.sport), timeout=T) as s:
