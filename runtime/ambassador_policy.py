@@ -28,6 +28,7 @@ from portlink.runtime.events import EventLog
 from portlink.runtime.lifecycle import Lifecycle
 from portlink.runtime.networks import NO_NETWORK
 from portlink.runtime.records import EXITED, RUNNING, Records
+from portlink.runtime.restart_policy import backoff
 from portlink.runtime.refresh import Catalog
 from portlink.runtime.runc import pid_alive
 from portlink.runtime.spec import Request
@@ -191,7 +192,7 @@ class AmbassadorPolicy:
         now = time.monotonic()
         recent = [t for t in self._restarts.get(cid, []) if now - t < 60]
         first, longest = RESTART_DELAY
-        delay = min(longest, first * 2 ** len(recent))   # a crash loop backs off
+        delay = backoff(first, longest, len(recent))   # a crash loop backs off
         self._restarts[cid] = recent + [now]
         log.warning("ambassador %s exited: restarting in %.1fs", name, delay)
         t = threading.Timer(delay, self._restart_now, (cid, name))

@@ -106,6 +106,8 @@ def _add_run(sub) -> None:
     r.add_argument("--net", "--network", default="bridge")
     r.add_argument("--hostname")
     r.add_argument("--rm", action="store_true")
+    r.add_argument("--restart", metavar="POLICY", default="",
+                   help="no, on-failure[:N], always or unless-stopped (Docker's; not with --rm)")
     r.add_argument("--dns", action="append", default=[],
                    help="upstream resolver for this container's names portlink does not own")
     r.add_argument("--link", action="append", default=[], help="NAME[:ALIAS]: env vars, /etc/hosts and DNS for NAME")

@@ -62,6 +62,11 @@ def cmd_run(cl: Client, a) -> int:
         spec["entrypoint"] = [a.entrypoint] if a.entrypoint else []
     if a.stop_signal:
         spec["stop_signal"] = a.stop_signal
+    if a.restart:   # checked by the daemon (runtime.restart_policy); --rm in the foreground is the CLI's
+        if a.rm and a.restart != "no":
+            raise CliError("--restart and --rm conflict: a container removed when it exits cannot be "
+                           "restarted (drop one of them)")
+        spec["restart"] = a.restart
     if a.log_opt:
         try:
             spec["log_opts"] = logrecord.parse_log_opt_args(a.log_opt)

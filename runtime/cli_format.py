@@ -18,6 +18,8 @@ def ports_text(c: dict) -> str:
 def status_text(c: dict) -> str:
     if c["status"] == "running":
         return f"Up {ago(c['started'])}"
+    if c["status"] == "exited" and c.get("restarting"):   # as Docker: a policy restart pending
+        return f"Restarting ({'?' if c['exit_code'] is None else c['exit_code']}) {ago(c['finished'])} ago"
     if c["status"] == "exited":
         code = c["exit_code"]
         return f"Exited ({'?' if code is None else code}) {ago(c['finished'])} ago" if c["finished"] else "Created"

@@ -19,6 +19,7 @@ from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.lifecycle import Lifecycle
 from portlink.runtime.records import RUNNING, Records
 from portlink.runtime.refresh import Refresher
+from portlink.runtime.restarts import Restarts
 from portlink.runtime.spec import Request
 from portlink.runtime.views import Views
 
@@ -33,6 +34,12 @@ class Containers:
         # Secure links (runtime.server_sides): told of every change of a container it
         # might serve. None: no server sides.
         self.servers = None
+        # Restart policies (run --restart): one timer per pending restart.
+        self.restarts = Restarts(records, lifecycle, self._restarted)
+
+    def _restarted(self, c) -> None:
+        self.refresher.changed()
+        self._serve(c)
 
     def _serve(self, c) -> None:
         """A container that is no ambassador changed: its server side follows."""
@@ -99,6 +106,7 @@ class Containers:
     def start(self, ref: str) -> dict:
         c = self.records.find(ref)
         self.amb.release(c.id)
+        self.restarts.started_by_user(c.id)
         self.life.start(c, ref)
         self.refresher.changed()
         self._serve(c)
@@ -107,6 +115,7 @@ class Containers:
     def stop(self, ref: str, timeout: float = 10) -> dict:
         c = self.records.find(ref)
         self.amb.hold(c.id)   # before the kill: the exit it causes must not restart an ambassador
+        self.restarts.stopped_by_user(c.id)   # ... nor a container by its policy
         errors = self.life.stop(c.id, timeout)
         if errors is not None:
             self.refresher.changed()
@@ -123,6 +132,7 @@ class Containers:
         """`volumes`: its anonymous volumes too (rm -v)."""
         c = self.records.find(ref)
         self.amb.hold(c.id)
+        self.restarts.removed(c.id)
         self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
         self.refresher.changed()
@@ -141,6 +151,7 @@ class Containers:
         elif c.is_ambassador:
             self.amb.exited(cid, c.name)
         else:
+            self.restarts.exited(cid)   # its policy decides first: a restart is due in 100 ms
             self._serve(c)
 
     def exec_argv(self, ref: str, args: list[str], env: list[str], tty: bool, workdir: str | None) -> list[str]:

@@ -90,6 +90,7 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
     await stop.wait()
+    host.containers.restarts.close()   # no restart by a policy while shutting down
     if checker:
         checker.cancel()
     # Containers keep running across a daemon stop; the next start reconciles.

@@ -185,6 +185,8 @@ class Host:
         repaired += self.sweep()
         self.refresher.refresh_names()
         self.reaper.start(self.containers.on_exit)
+        # Restart policies after a daemon restart or a reboot: once the host is whole again.
+        repaired += [f"restarting {n} (its restart policy)" for n in self.containers.restarts.resume()]
         return repaired
 
     def _switch_firewall_driver(self) -> None:
@@ -258,6 +260,7 @@ class Host:
         return {"removed": removed, "errors": errors}
 
     def close(self) -> None:
+        self.containers.restarts.close()
         self.reaper.close()
         self.dns.stop()
         self.store.close()

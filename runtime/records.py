@@ -45,6 +45,10 @@ class Container:
     pid_start: int | None = None    # its process's start time (procstart): a reused pid is not it
     oom_killed: bool = False        # its last run ended with the OOM killer in its cgroup
     mounts: tuple[Mount, ...] = ()  # its volumes, binds and tmpfs, resolved at create (runtime.volspec)
+    # restart policy (runtime.restarts)
+    restart_count: int = 0          # restarts by its policy since the user last started it
+    user_stopped: bool = False      # stopped by the user: its policy does not restart it
+    restarting: bool = False        # a restart by its policy is pending
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
@@ -58,7 +62,9 @@ class Container:
                    kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"),
                    pid_start=rec.get("pid_start"),   # absent in rows written before it was recorded
                    oom_killed=bool(rec.get("oom_killed")),
-                   mounts=tuple(Mount.from_json(m) for m in rec.get("mounts") or ()))
+                   mounts=tuple(Mount.from_json(m) for m in rec.get("mounts") or ()),
+                   restart_count=rec.get("restart_count") or 0, user_stopped=bool(rec.get("user_stopped")),
+                   restarting=bool(rec.get("restarting")))
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -73,6 +79,12 @@ class Container:
             rec["oom_killed"] = True
         if self.mounts:
             rec["mounts"] = [m.to_json() for m in self.mounts]
+        if self.restart_count:
+            rec["restart_count"] = self.restart_count
+        if self.user_stopped:
+            rec["user_stopped"] = True
+        if self.restarting:
+            rec["restarting"] = True
         return dumps(rec)
 
     @property
@@ -172,7 +184,8 @@ class Records:
 
     def set_running(self, c: Container, pid: int) -> None:
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
-                           "spec=? WHERE id=?", RUNNING, pid, time.time(), c.with_(oom_killed=False).document(),
+                           "spec=? WHERE id=?", RUNNING, pid, time.time(),
+                           c.with_(oom_killed=False, restarting=False).document(),
                            c.id)
 
     def set_exited(self, cid: str, code: int | None, oom_killed: bool = False) -> None:
@@ -186,6 +199,17 @@ class Records:
                     db.execute("UPDATE containers SET spec=? WHERE id=?", (doc, cid))
             db.execute("UPDATE containers SET status=?, finished=?, exit_code=COALESCE(?, exit_code) "
                        "WHERE id=?", (EXITED, time.time(), code, cid))
+
+    def set_restart_state(self, cid: str, **changes) -> Container | None:
+        """restart_count, user_stopped, restarting (runtime.restarts) changed in the
+        record, in one transaction; the container after, None if it is gone."""
+        with self.store.tx() as db:
+            row = db.execute("SELECT * FROM containers WHERE id=?", (cid,)).fetchone()
+            if row is None:
+                return None
+            c = Container.from_row(row).with_(**changes)
+            db.execute("UPDATE containers SET spec=? WHERE id=?", (c.document(), cid))
+        return c
 
     def set_exit_code(self, cid: str, code: int) -> None:
         self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)

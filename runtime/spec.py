@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
-from portlink.runtime import ambassadors, logfmt, security, validate, volspec
+from portlink.runtime import ambassadors, logfmt, restart_policy, security, validate, volspec
 from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
@@ -64,6 +64,8 @@ class ContainerSpec:
     # the image's config (runtime/image_config.py): None / "" take the image's
     entrypoint: list[str] | None = None                 # --entrypoint; [] clears the image's
     stop_signal: str = ""                               # --stop-signal SIGQUIT
+    # restart policy (runtime.restart_policy)
+    restart: str = ""                                   # --restart no|on-failure[:N]|always|unless-stopped
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -93,6 +95,7 @@ class ContainerSpec:
         spec._check_values()
         spec._check_mount_fields()
         spec._check_image_config()
+        spec._check_restart()
         return spec
 
     @classmethod
@@ -128,6 +131,20 @@ class ContainerSpec:
             validate.argv("entrypoint", self.entrypoint)
         if self.stop_signal:
             self.stop_signal = signal_name(self.stop_signal)
+
+    # restart policy ----------------------------------------------------------------
+    def _check_restart(self) -> None:
+        policy = restart_policy.parse(self.restart)
+        self.restart = "" if policy.name == restart_policy.NO else policy.text
+        if self.restart and self.rm:
+            raise InvalidArgument("--restart and --rm conflict: a container removed when it exits "
+                                  "cannot be restarted (drop one of them)")
+        if self.restart and self.ambassador:
+            raise InvalidArgument("an ambassador is restarted by portlink already: give no --restart")
+
+    @property
+    def restart_policy(self) -> restart_policy.Policy:
+        return restart_policy.parse(self.restart)
 
     def _check_confinement(self) -> None:
         for f in ("security_opt", "cap_add", "cap_drop"):

@@ -45,6 +45,10 @@ class Views:
             "started": c.started, "finished": c.finished, "config": asdict(spec),
             "exposed": list(c.exposed),
             "oom_killed": c.oom_killed,              # its last run ended with an OOM kill
+            # restart policy (runtime.restarts), Docker's keys
+            "RestartCount": c.restart_count,
+            "RestartPolicy": spec.restart_policy.view(),
+            "restarting": c.restarting and c.status != RUNNING,
             "limits": spec.parsed_limits().view(),
             "network": {
                 "name": spec.network, "ip": c.ip,

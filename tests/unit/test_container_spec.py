@@ -37,6 +37,7 @@ FULL = {
     "cap_add": ["NET_RAW"],
     "cap_drop": ["mknod"],
     "volumes": [], "mounts": [], "tmpfs": [], "volumes_from": [],   # an ambassador takes none
+    "restart": "",                                                  # nor a restart policy
 }
 
 
