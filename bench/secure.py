@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = {
             "bench": "secure", "seconds": a.seconds, "rounds": a.rounds, "rr": a.rr, "cpr": a.cpr,
             "message_bytes": proxy.MSG, "cpus": os.cpu_count(), "key_type": "EC P-256 (both)",
-            "note": "HAProxy's servers resume TLS sessions by default (its ssl-reuse); the ambassadors' client "
-                    "side does a full handshake per connection; both pairs share 2 CPUs with iperf3",
+            "note": "both client sides resume TLS sessions (HAProxy's default ssl-reuse; the ambassador's "
+                    "ResumingClientContext); both pairs share the CPUs with iperf3 and the clients",
             "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "versions": {"haproxy": proxy._version([HAPROXY, "-v"]), "openssl": proxy._version(["openssl", "version"]),
                          "iperf3": proxy._version(["iperf3", "--version"])},
