@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store
+.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store
 
 setup:
 	./scripts/setup
@@ -32,6 +32,9 @@ bench-consul: setup
 
 bench-proxy: setup
 	.venv/bin/python -P bench/proxy.py
+
+bench-secure: setup
+	.venv/bin/python -P bench/secure.py
 
 bench-reroute: setup
 	.venv/bin/python -P bench/reroute.py

@@ -132,11 +132,13 @@ class Secure:
         self.identity = Identity(api, services, self.key_dir, reach)
         self.authorizer = Authorizer(api.authorize, ttl=opts.authorize_ttl)
         self.task: asyncio.Task | None = None
+        self.client_tls = None
 
     def ambassador_options(self, listen, connect_timeout: float) -> dict:
         from portlink.ambassador.tls import ClientTLS, ServerTLS
         if self.opts.dial_as:
-            return {"tls_out": ClientTLS(self.identity, self.opts.dial_as, self.opts.dial_to, connect_timeout)}
+            self.client_tls = ClientTLS(self.identity, self.opts.dial_as, self.opts.dial_to, connect_timeout)
+            return {"tls_out": self.client_tls}
         return {"tls_in": {p: ServerTLS(self.identity, s, self.authorizer) for p, s in self.opts.serve.items()}}
 
     async def start(self, stop: asyncio.Event) -> bool:
@@ -175,4 +177,6 @@ class Secure:
         snap = self.identity.snapshot()
         snap["authorize"] = {"cache_seconds": self.opts.authorize_ttl, "cached": len(self.authorizer.cache),
                              "errors": self.authorizer.errors}
+        if self.client_tls is not None:
+            snap["dial_handshakes"] = dict(self.client_tls.handshakes)
         return snap

@@ -124,6 +124,7 @@ class ClientTLS:
         self.source = source
         self.target = target
         self.handshake_timeout = handshake_timeout
+        self.handshakes = {"full": 0, "resumed": 0}
 
     def dial(self) -> dict:
         """Keyword arguments for loop.create_connection."""
@@ -139,3 +140,10 @@ class ClientTLS:
             check_service(transport.get_extra_info("peercert"), self.identity.trust_domain or "", self.target)
         except IdentityError as e:
             raise ssl.SSLCertVerificationError(str(e)) from None
+        obj = transport.get_extra_info("ssl_object")
+        if obj is None:
+            return
+        self.handshakes["resumed" if obj.session_reused else "full"] += 1
+        remember = getattr(obj.context, "remember", None)
+        if remember is not None:
+            remember(obj)             # only a checked server's session is offered again

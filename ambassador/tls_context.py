@@ -52,8 +52,36 @@ def _load_chain(ctx: ssl.SSLContext, leaf: Leaf, where: Path) -> None:
         os.unlink(name)
 
 
+class ResumingClientContext(ssl.SSLContext):
+    """A client context that offers the session of its last verified connection
+    (TLS 1.3 ticket or 1.2 session id): a resumed handshake skips the certificate
+    exchange and its signatures, most of a connect-per-request's cost. The
+    server still authorizes each connection (the peer certificate travels in
+    the session), and a rotation builds new contexts on both sides, so a
+    session never outlives the certificates it was made with.
+
+    asyncio and uvloop create the TLS object through `wrap_bio`, without a
+    session argument; this is where the session is put in."""
+
+    def remember(self, ssl_object) -> None:
+        """The SSLObject of a connection whose server was verified and checked.
+        Its session is read at the next dial: TLS 1.3 tickets arrive after the
+        handshake, so reading it now would often find none."""
+        self._last = ssl_object
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+        if session is None and not server_side:
+            last = getattr(self, "_last", None)
+            if last is not None:
+                try:
+                    session = last.session
+                except (ValueError, AttributeError):
+                    session = None
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
 def _new(purpose: int, roots: Roots, leaf: Leaf, where: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(purpose)
+    ctx = (ResumingClientContext if purpose == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext)(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False           # identities are URI SANs, checked by spiffe.py
     ctx.verify_mode = ssl.CERT_REQUIRED

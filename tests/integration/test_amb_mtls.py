@@ -4,7 +4,9 @@ server-side ("I actually talk to frontdb") and client-side ("I pretend I'm
 frontdb") ambassadors as processes, an echo backend. A marker crosses the
 pair; plain TCP, no certificate, a self-made CA and a denied intention get
 nothing and are counted; a CA rotation leaves an established stream working
-and new connections use the new leaves. No root needed."""
+and new connections use the new leaves; a root rotation during a stream of
+requests (new and held connections) fails none, and both sides' leaves then
+verify against the new root only. No root needed."""
 
 from __future__ import annotations
 
@@ -222,6 +224,25 @@ def test_marker_crosses_the_pair_and_each_side_shows_its_identity(lab):
     assert s["metrics"]["connections_total"]["total"] >= 1
 
 
+def test_client_side_resumes_its_tls_session_and_the_server_still_authorizes(lab):
+    assert via_client_side(lab, b"first") == b"first"          # a session to resume
+    before = dict(lab.client.stats()["tls"]["dial_handshakes"])
+    denied = counter(lab.server, "tls_denied_total")
+    for i in range(5):
+        assert via_client_side(lab, b"resumed-%d" % i) == b"resumed-%d" % i
+    after = lab.client.stats()["tls"]["dial_handshakes"]
+    assert after["resumed"] == before["resumed"] + 5 and after["full"] == before["full"]
+    # a resumed session still carries web's identity to the authorization
+    lab.intention("web", "deny")
+    try:
+        wait_for(lambda: via_client_side(lab) == b"", "web refused on a resumed session")
+        assert counter(lab.server, "tls_denied_total") > denied
+        assert lab.client.stats()["tls"]["dial_handshakes"]["resumed"] > after["resumed"]
+    finally:
+        lab.delete_intention("web")
+    wait_for(lambda: via_client_side(lab) == b"marker-5b1e", "web allowed again")
+
+
 def test_plain_tcp_client_gets_nothing(lab):
     before, accepted = counter(lab.server, "tls_handshake_failures_total"), lab.echo.accepted
     with socket.create_connection((lab.ip, lab.sport), timeout=T) as s:
@@ -300,6 +321,103 @@ def test_ca_rotation_keeps_an_established_stream_and_new_connections_use_new_lea
     assert got == b"marker-5b1e"
     assert int(cert["serialNumber"], 16) == int(new_leaf["SerialNumber"].replace(":", ""), 16)
     assert via_client_side(lab, b"new-connection") == b"new-connection"
+
+
+class Traffic:
+    """Requests through the pair while something happens: a new connection per
+    request (connect, echo, close) and one held connection echoing in turn, in a
+    thread, until stopped or `limit` requests (bounded). Every failure is kept."""
+
+    def __init__(self, lab, limit=20000, seconds=120.0):
+        self.lab, self.limit, self.seconds = lab, limit, seconds
+        self.ok = {"new": 0, "held": 0}
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        deadline = time.monotonic() + self.seconds
+        held = socket.create_connection((self.lab.ip, self.lab.cport), timeout=T)
+        try:
+            i = 0
+            while not self.stop.is_set() and i < self.limit and time.monotonic() < deadline:
+                i += 1
+                data = f"req-{i}".encode()
+                try:
+                    got = via_client_side(self.lab, data)
+                except OSError as e:
+                    got = repr(e).encode()
+                if got == data:
+                    self.ok["new"] += 1
+                else:
+                    self.failures.append(f"new connection {i}: {got!r}")
+                if exchange(held, data) == data:
+                    self.ok["held"] += 1
+                else:
+                    self.failures.append(f"held connection, request {i}")
+                time.sleep(0.005)
+        finally:
+            held.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(T * 4)
+
+
+def leaf_verifies(pem: str, root_pem: str, tmp: Path) -> bool:
+    """`openssl verify`: is this certificate signed by exactly that root?"""
+    (tmp / "root.pem").write_text(root_pem)
+    (tmp / "leaf.pem").write_text(pem)
+    r = subprocess.run(["openssl", "verify", "-partial_chain", "-CAfile", str(tmp / "root.pem"), str(tmp / "leaf.pem")],
+                       capture_output=True, text=True, timeout=30)
+    return r.returncode == 0
+
+
+def test_ca_root_rotation_during_traffic_loses_no_request_and_new_connections_use_the_new_root(lab, tmp_path):
+    roots = lab.roots()
+    old_root_id = roots["ActiveRootID"]
+    old_root = next(r["RootCert"] for r in roots["Roots"] if r["ID"] == old_root_id)
+    old_server = lab.server.stats()["tls"]["services"]["frontdb"]["serial"]
+    old_client = lab.client.stats()["tls"]["services"]["web"]["serial"]
+    with Traffic(lab) as traffic:
+        wait_for(lambda: traffic.ok["new"] >= 20 or traffic.failures, "traffic before the rotation")
+        code, _, cfg = lab.agent.get("/v1/connect/ca/configuration")
+        bits = 384 if cfg["Config"].get("PrivateKeyBits", 256) != 384 else 256    # a new root key
+        code, _, body = lab.agent.put("/v1/connect/ca/configuration",
+                                      {"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": bits}})
+        assert code == 200, body
+        wait_for(lambda: lab.roots()["ActiveRootID"] != old_root_id, "a new active root")
+        wait_for(lambda: lab.server.stats()["tls"]["services"]["frontdb"]["serial"] != old_server,
+                 "the server side's new leaf")
+        wait_for(lambda: lab.client.stats()["tls"]["services"]["web"]["serial"] != old_client,
+                 "the client side's new leaf")
+        after = dict(traffic.ok)
+        wait_for(lambda: traffic.ok["new"] >= after["new"] + 50 or traffic.failures, "traffic after the rotation")
+    assert traffic.failures == []
+    assert traffic.ok["new"] >= 70 and traffic.ok["held"] == traffic.ok["new"]
+    roots = lab.roots()
+    new_root = next(r["RootCert"] for r in roots["Roots"] if r["ID"] == roots["ActiveRootID"])
+    # both sides now hold the agent's current leaves, signed by the new root and not the old one
+    for amb, service in ((lab.server, "frontdb"), (lab.client, "web")):
+        leaf = lab.leaf(service)
+        assert amb.stats()["tls"]["services"][service]["serial"] == leaf["SerialNumber"].lower()
+        assert leaf_verifies(leaf["CertPEM"], new_root, tmp_path)
+        assert not leaf_verifies(leaf["CertPEM"], old_root, tmp_path)
+    # a new connection: the server side presents a leaf that verifies against the new root alone
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=new_root)
+    path = tmp_path / "web.pem"
+    web = lab.leaf("web")
+    path.write_text(web["PrivateKeyPEM"] + web["CertPEM"])
+    ctx.load_cert_chain(path)
+    path.unlink()
+    got, cert = tls_to_server_side(lab, ctx)
+    assert got == b"marker-5b1e" and cert is not None
 
 
 def test_key_files_never_stay_on_disk(lab):

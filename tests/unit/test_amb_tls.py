@@ -259,6 +259,33 @@ def test_new_leaf_is_used_by_new_connections_and_established_ones_go_on(pki, kin
     run(main(), kind)
 
 
+@LOOPS
+def test_client_side_resumes_sessions_each_still_authorized_and_not_across_a_rotation(pki, kind):
+    async def exchange(p, data):
+        r, w = await p.connect()
+        w.write(data)
+        got = await asyncio.wait_for(r.readexactly(len(data)), T)
+        w.close()
+        return got
+
+    async def main():
+        async with Pair(pki) as p:
+            tls_out = p.client.listeners[0].tls_out
+            assert await exchange(p, b"warm") == b"warm"                    # a session to resume
+            before = dict(tls_out.handshakes)
+            for i in range(5):
+                assert await exchange(p, b"r%d" % i) == b"r%d" % i
+            assert tls_out.handshakes == {"full": before["full"], "resumed": before["resumed"] + 5}
+            # authorize ran for every connection, with web's identity from the resumed session
+            assert len(p.authz.calls) == 6
+            assert set(p.authz.calls) == {("frontdb", uri("web"), p.pki["web"].leaf.serial)}
+            # the server side rotates: its new context cannot resume the old session
+            p.server_ident.contexts["frontdb"] = pki["frontdb-2"]
+            assert await exchange(p, b"rotated") == b"rotated"
+            assert tls_out.handshakes["full"] == before["full"] + 1
+    run(main(), kind)
+
+
 def test_backend_reply_and_eof_reach_the_client_over_tls(pki):
     async def reply_then_eof(r, w):
         line = await r.readline()
