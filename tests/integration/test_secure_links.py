@@ -106,8 +106,12 @@ class Capture:
             self.proc.wait(10)
             raise AssertionError(f"tcpdump did not start: {lines}")
 
-    def stop(self) -> bytes:
-        time.sleep(0.5)      # -U writes each packet at once; the last ones may still be on their way
+    def stop(self, until: bytes = b"", wait: float = 15) -> bytes:
+        """Stop once the file holds `until` (or after `wait` s): -U writes each
+        packet as it is read, but a loaded machine may read the last ones late,
+        and what is still in the kernel's buffer at SIGTERM is lost."""
+        wait_for(lambda: self.path.exists() and until in self.path.read_bytes(), wait, interval=0.1)
+        time.sleep(0.5)
         self.proc.terminate()
         self.proc.wait(10)
         return self.path.read_bytes()
@@ -135,7 +139,7 @@ def test_expose_only_is_reached_over_mutual_tls_and_the_marker_never_crosses_in_
         plain = L.cli("host2", "run", "--rm", "busybox", "sh", "-c",
                       "timeout 5 wget -qO- http://10.99.0.1:5433/; exit $?", check=False)
     finally:
-        raw = cap.stop()
+        raw = cap.stop(until=PLAIN.encode())   # the last packets captured: the control's
     assert got == SECRET and plain == PLAIN, (got, plain)
     text = cap.text()
     assert f"10.99.0.1.{port}:" in text, "the secure link's traffic did not cross the switch"
