@@ -179,6 +179,40 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(s[max(0, math.ceil(q * len(s)) - 1)], 1) if s else None   # nearest rank
 
 
+
+class Procs:
+    """The processes a bench starts in its namespace (set `ns` once it exists),
+    each writing to a log file in `tmp`; shared by bench/proxy.py and bench/secure.py."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ns = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, *argv: str) -> subprocess.Popen:
+        self.logs[name] = self.tmp / f"{name}.log"
+        with open(self.logs[name], "wb") as f:
+            self.procs[name] = self.ns.popen(*argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self.procs[name]
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited ({p.returncode}): {self.logs[name].read_text()[-1500:]}")
+
+    def wait_port(self, port: int, what: str, timeout: float = 20, interval: float = 0.1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            r = self.ns.run(PY, "-P", "-c", "import socket,sys; socket.create_connection(('127.0.0.1', "
+                            "int(sys.argv[1])), timeout=1).close()", str(port), check=False, timeout=10)
+            if r.returncode == 0:
+                return
+            time.sleep(interval)
+        raise RuntimeError(f"{what} does not accept on 127.0.0.1:{port} within {timeout}s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ambassador vs socat vs HAProxy: throughput and latency")
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 -t per run (1..60)")
@@ -208,33 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = [p for p in PATHS if not (a.no_haproxy_mt and p == "haproxy_mt")]
     tmp = Path(tempfile.mkdtemp(prefix="plt-proxy-"))
     ns: Namespace | None = None
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-
-    def start(name: str, *argv: str) -> subprocess.Popen:
-        logs[name] = tmp / f"{name}.log"
-        with open(logs[name], "wb") as f:
-            procs[name] = ns.popen(*argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return procs[name]
-
-    def check_alive() -> None:
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited ({p.returncode}): {logs[name].read_text()[-1500:]}")
-
-    def wait_port(port: int, what: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            check_alive()
-            r = ns.run(PY, "-P", "-c", "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
-                       " timeout=1).close()", str(port), check=False, timeout=10)
-            if r.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{what} does not accept on 127.0.0.1:{port} within {timeout}s")
+    run = Procs(tmp)
+    procs, logs, start, check_alive, wait_port = run.procs, run.logs, run.start, run.check_alive, run.wait_port
 
     try:
-        ns = Namespace.create("proxy")
+        ns = run.ns = Namespace.create("proxy")
         log(f"namespace {ns.name}, temp dir {tmp}")
         start("iperf3_server", "iperf3", "-s", "-p", str(IPERF_PORT), "-B", "127.0.0.1")
         start("echo", PY, "-P", str(HERE), "--echo-server", str(ECHO_PORT))

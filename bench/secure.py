@@ -28,6 +28,7 @@ Run as root:  .venv/bin/python -P bench/secure.py [--seconds 5] [--rounds 3] [--
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -133,36 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(tmp, 0o700)
     ns: Namespace | None = None
     agent = None
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-
-    def start(name: str, *argv: str) -> subprocess.Popen:
-        logs[name] = tmp / f"{name}.log"
-        with open(logs[name], "wb") as f:
-            procs[name] = ns.popen(*argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return procs[name]
-
-    def check_alive() -> None:
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited ({p.returncode}): {logs[name].read_text()[-1500:]}")
-
-    def wait_port(port: int, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            check_alive()
-            r = ns.run(PY, "-P", "-c", "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
-                       " timeout=1).close()", str(port), check=False, timeout=10)
-            if r.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{what} does not accept on 127.0.0.1:{port} within {timeout}s")
+    run = proxy.Procs(tmp)
+    procs, logs, start, check_alive = run.procs, run.logs, run.start, run.check_alive
+    wait_port = functools.partial(run.wait_port, timeout=60, interval=0.2)
 
     def amb(name: str, *args: str) -> None:
         start(name, PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1", *args)
 
     try:
-        ns = Namespace.create("secure")
+        ns = run.ns = Namespace.create("secure")
         log(f"namespace {ns.name}, temp dir {tmp}")
         agent = start_agent(AgentSpec("bench-secure", "127.0.0.1", tmp / "consul"), netns=ns.path)
         certs = make_certs(tmp)
