@@ -8,7 +8,6 @@ deleted with the ambassador, and a person's deny is obeyed and left alone."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import test_crosshost
 from helpers import wait_for
 from portlink.lab import lab as labmod
 from portlink.lab.consul_agent import http_get
@@ -29,16 +29,8 @@ SERVE = "echo $0 > /tmp/index.html; exec httpd -f -p 80 -h /tmp"
 FETCH = "timeout 5 wget -qO- http://sql/; exit $?"
 
 
-class Lab:
-    def __init__(self, made: labmod.Lab):
-        self.made = made
-
-    def cli(self, host: str, *args: str, check: bool = True) -> str:
-        cmd, env = labmod.exec_argv(self.made.name, host, ["portlink", *args])
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-        if check and p.returncode != 0:
-            raise AssertionError(f"{host}: portlink {' '.join(args)}: {p.stderr}")
-        return p.stdout.strip() if p.returncode == 0 else p.stderr.strip()
+class Lab(test_crosshost.Lab):
+    """test_crosshost's lab wrapper (cli, client, fetch) with what these tests add."""
 
     def get(self, host: str, path: str, **params):
         from portlink.runtime.client import Client
