@@ -221,7 +221,7 @@ def test_agent_restart_reregisters_and_dns_serves_last_known_meanwhile(consul):
         assert dig(h, "cli", "web.service.consul") == [Outside.HOST_IP]
     assert wget(h, "cli", "http://web.service.consul:8080/") == "hello-from-web"
     assert h.client.get("/system/consul")["reachable"] is False
-    assert h.cli("run", "-d", "--name", "late", "-p", "8090:80", "busybox", "sleep", "600").returncode == 0
+    assert h.cli("run", "-d", "--name", "late", "-p", "8090:80", "busybox", "sh", "-c", HTTPD, "late").returncode == 0
 
     consul.restart_agent()                 # a dev agent restarts empty
     assert wait_for(lambda: ours(consul.agent, hid) == {sid(hid, h, "web", 80), sid(hid, h, "late", 80)}, 10), \
