@@ -16,7 +16,6 @@ from portlink.catalog.ambassador_tokens import AmbassadorTokens
 from portlink.catalog.config import ConsulConfig
 from portlink.catalog.intentions import Intentions
 from portlink.catalog.services import Registration
-from portlink.runtime.link_views import LinkViews
 from portlink.dns.forward import ForwardConfig
 from portlink.dns.server import DnsServer, ServerConfig
 from portlink.dns.zone import DEFAULT_TTL
@@ -34,6 +33,7 @@ from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.kernel import HostKernel
 from portlink.runtime.lifecycle import Lifecycle, LifecycleDeps
+from portlink.runtime.link_views import LinkViews
 from portlink.runtime.logfmt import LogLimits
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.plan import Layout
