@@ -21,6 +21,7 @@ from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
                                            cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
+from portlink.runtime.cli_links import add_link
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
 
@@ -369,6 +370,7 @@ COMMANDS = {
     "save": _add_save,
     "system": _add_system,
     "lab": _add_lab,
+    "link": add_link,
 }
 
 
