@@ -98,6 +98,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_run(sub) -> None:
     r = sub.add_parser("run", help="create and start a container")
     r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (attach sends to it)")
+    r.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal, held by the container's monitor")
     r.add_argument("--name")
     r.add_argument("-e", "--env", action="append", default=[])
     r.add_argument("--env-file", action="append", default=[])
@@ -233,6 +235,22 @@ def _add_exec(sub) -> None:
     x.set_defaults(fn=cmd_exec)
 
 
+def _add_attach(sub) -> None:
+    x = sub.add_parser("attach", help="the output of a running container live, and your input to it "
+                                      "(-i); ctrl-p ctrl-q detaches")
+    x.add_argument("--no-stdin", action="store_true", help="do not send input")
+    x.add_argument("container")
+    x.set_defaults(fn=_cmd_attach)
+
+
+def _cmd_attach(cl, a) -> int:
+    from portlink.runtime import cli_attach   # only this command pays for the import
+    try:
+        return cli_attach.cmd_attach(cl, a)
+    except cli_attach.AttachError as e:
+        raise CliError(str(e)) from None
+
+
 def _add_inspect(sub) -> None:
     x = sub.add_parser("inspect", help="show containers or networks as JSON")
     x.add_argument("refs", nargs="+")
@@ -352,6 +370,7 @@ def _add_lab(sub) -> None:
 # Each command's subparser, in the order `portlink --help` lists them.
 COMMANDS = {
     "run": _add_run,
+    "attach": _add_attach,
     "ps": _add_ps,
     "start": _add_lifecycle("start", cmd_start, "start stopped containers"),
     "stop": _add_lifecycle("stop", cmd_stop, "stop running containers"),
