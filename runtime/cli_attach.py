@@ -124,7 +124,7 @@ def relay(path: str, tty: bool, stdin: bool) -> int | None:
         import termios
         import tty as ttymod
         saved = termios.tcgetattr(in_fd)
-        ttymod.setraw(in_fd)
+        ttymod.setraw(in_fd, termios.TCSANOW)   # not TCSAFLUSH: what was typed ahead goes to the container
     if tty and os.isatty(in_fd):
         old_winch = signal.signal(signal.SIGWINCH, lambda *_: os.write(wake_w, b"w"))
         size = _winsize(in_fd)

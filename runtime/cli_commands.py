@@ -135,8 +135,8 @@ def _run_attached(cl: Client, a, c: dict) -> int:
         raise CliError(str(e)) from None
     if code is None and cl.get(f"/containers/{c['id']}")["status"] == "running":
         return 0   # detached (ctrl-p ctrl-q): it runs on
-    if code is None:
-        code = _exit_code(cl, c["id"])
+    recorded = _exit_code(cl, c["id"])   # also waits for the daemon to see the end, as docker run does
+    code = recorded if code is None else code
     if a.rm:
         cl.delete(f"/containers/{c['id']}", force="1", volumes="1")
     return code
