@@ -370,7 +370,6 @@ def _add_lab(sub) -> None:
 # Each command's subparser, in the order `portlink --help` lists them.
 COMMANDS = {
     "run": _add_run,
-    "attach": _add_attach,
     "ps": _add_ps,
     "start": _add_lifecycle("start", cmd_start, "start stopped containers"),
     "stop": _add_lifecycle("stop", cmd_stop, "stop running containers"),
@@ -380,6 +379,7 @@ COMMANDS = {
     "stats": _add_stats,
     "logs": _add_logs,
     "exec": _add_exec,
+    "attach": _add_attach,
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,
