@@ -5,12 +5,15 @@ nothing left behind by rm."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -156,6 +159,10 @@ def test_run_it_gets_a_terminal_and_its_exit_code(mhost):
     h = mhost
     t = PtyRun(h, "run", "-it", "--name", "shell", "busybox", "sh")
     t.expect(b"# ")          # the shell's prompt: it runs on a terminal
+    # Our terminal resized: the CLI (SIGWINCH) passes the size on to the container's.
+    fcntl.ioctl(t.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    t.send(b"stty size\r")
+    t.expect(b"33 101")
     t.send(b"tty; echo hi-$((40+2)); exit 3\r")
     assert t.wait() == 3
     assert b"/dev/pts/0" in t.out and b"hi-42" in t.out
