@@ -132,7 +132,17 @@ def _run_attached(cl: Client, a, c: dict) -> int:
     except KeyboardInterrupt:
         return 130
     except cli_attach.AttachError as e:
-        raise CliError(str(e)) from None
+        # Its monitor is gone: the container ended before we came (the daemon may be
+        # a moment from recording it), or the monitor was killed.
+        deadline = time.monotonic() + 5
+        while cl.get(f"/containers/{c['id']}")["status"] == "running":
+            if time.monotonic() > deadline:
+                raise CliError(str(e)) from None
+            time.sleep(0.02)
+        # It ended (and its monitor with it) before we came: its output is in its log.
+        fmt.print_records(cl.request("GET", f"/containers/{c['id']}/logs", query={"format": "cri"}, stream=True),
+                          timestamps=False, flush=True)
+        code = None
     if code is None and cl.get(f"/containers/{c['id']}")["status"] == "running":
         return 0   # detached (ctrl-p ctrl-q): it runs on
     recorded = _exit_code(cl, c["id"])   # also waits for the daemon to see the end, as docker run does

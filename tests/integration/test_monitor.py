@@ -191,6 +191,12 @@ def test_run_i_without_a_terminal_keeps_stdout_and_stderr_apart(mhost):
     assert (p.returncode, p.stdout, p.stderr) == (5, b"piped\nlines\n", b"err\n")
 
 
+def test_run_t_without_input_prints_its_terminal(mhost):
+    h = mhost
+    r = h.cli("run", "-t", "--rm", "busybox", "sh", "-c", "tty; exit 2")
+    assert r.returncode == 2 and r.stdout.replace("\r\n", "\n") == "/dev/pts/0\n"
+
+
 def test_detached_it_then_attach_sends_input_sees_output_and_detaches(mhost):
     h = mhost
     h.cli("run", "-dit", "--name", "bg", "busybox", "sh", check=True)
