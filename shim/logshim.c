@@ -466,17 +466,31 @@ static int recv_fd(int sock) {
     return -1;
 }
 
+/* The exit file's blocks are taken at start (exit.tmp, spaces): on a disk full by
+ * the time the init ends, writing the code over them and renaming still works. */
+static int exit_fd = -1;
+
+static void prepare_exit(void) {
+    unlinkat(dir_fd, "exit", 0);
+    exit_fd = openat(dir_fd, "exit.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (exit_fd < 0 || write(exit_fd, "                \n", 17) != 17)
+        note("cannot prepare %s/exit.tmp: %s (tried again at the end)", dir, strerror(errno));
+}
+
 static void write_exit(int code) {
-    int fd = openat(dir_fd, "exit.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        note("cannot write %s/exit.tmp: %s", dir, strerror(errno));
+    char text[16];
+    int n = snprintf(text, sizeof text, "%d\n", code);
+    if (exit_fd < 0)
+        exit_fd = openat(dir_fd, "exit.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (exit_fd < 0 || pwrite(exit_fd, text, (size_t)n, 0) != n || ftruncate(exit_fd, n) != 0) {
+        note("cannot write %s/exit.tmp: %s (the exit code %d is lost)", dir, strerror(errno), code);
         return;
     }
-    dprintf(fd, "%d\n", code);
-    fsync(fd);
-    close(fd);
+    fsync(exit_fd);
+    close(exit_fd);
+    exit_fd = -1;
     if (renameat(dir_fd, "exit.tmp", dir_fd, "exit") != 0)
-        note("cannot rename %s/exit.tmp: %s", dir, strerror(errno));
+        note("cannot rename %s/exit.tmp: %s (the exit code %d is lost)", dir, strerror(errno), code);
 }
 
 static void tell_daemon(const char *what) {
@@ -636,7 +650,7 @@ int main(int argc, char **argv) {
         dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (dir_fd < 0)
             die("open %s: %s", dir, strerror(errno));
-        unlinkat(dir_fd, "exit", 0);
+        prepare_exit();
         listen_fd = bind_in_dir("attach.sock", attach_path, sizeof attach_path, 16);
         fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
         sigset_t chld, oldmask;
@@ -780,6 +794,8 @@ int main(int argc, char **argv) {
         }
         while (nclients)
             drop_client(0);
+        if (exit_fd >= 0)   /* no init, or it was never seen to end */
+            unlinkat(dir_fd, "exit.tmp", 0);
         return init_pid > 0 ? 0 : 1;
     }
     return 0;

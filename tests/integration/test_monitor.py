@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from helpers import wait_for
 from portlink.lab.sandbox import VENV_BIN, SimHost
+from portlink.runtime.runc import logshim_binary
 from test_container_logs import shim_pids
 
 pytestmark = pytest.mark.root
@@ -288,3 +290,44 @@ def test_a_monitor_killed_while_the_daemon_is_down(mhost):
     assert wait_for(lambda: not os.path.exists(f"/proc/{i['pid']}"), timeout=10), "the container still runs"
     h.cli("rm", "orphan2", check=True)
     assert not d.exists()
+
+
+def test_the_exit_code_survives_a_full_disk(tmp_path):
+    """The monitor alone with real runc, the container's dir on a 256 KiB tmpfs (a
+    private mount namespace) that the container's output fills: its log is dropped,
+    its exit code is not (the exit file's blocks were taken at start)."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for tool in ("sh", "yes", "head"):
+        (rootfs / "bin" / tool).symlink_to("busybox")
+    cid = f"plt-monitor-full-{os.getpid()}"
+    script = f"""
+import json, os, subprocess, sys
+d = {str(tmp_path / "small")!r}
+os.makedirs(d)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", d], check=True)
+os.makedirs(d + "/bundle")
+subprocess.run(["runc", "spec", "--bundle", d + "/bundle"], check=True)
+cfg = json.load(open(d + "/bundle/config.json"))
+cfg["root"] = {{"path": {str(rootfs)!r}, "readonly": True}}
+cfg["process"]["terminal"] = False
+cfg["process"]["args"] = ["/bin/sh", "-c", "yes 0123456789 | head -c 4194304; exit 7"]
+json.dump(cfg, open(d + "/bundle/config.json", "w"))
+r, w = os.pipe()
+p = subprocess.Popen([{logshim_binary()!r}, "--file", d + "/container.log", "--dir", d, "--sync-fd", str(w), "--",
+                      {shutil.which("runc")!r}, "--root", {str(tmp_path / "runc")!r}, "run", "--detach", "--pid-file",
+                      d + "/bundle/pid", "--bundle", d + "/bundle", {cid!r}],
+                     pass_fds=(w,), stderr=open({str(tmp_path / "monitor.err")!r}, "wb"))
+os.close(w)
+said = os.read(r, 16)
+rc = p.wait(120)
+subprocess.run(["runc", "--root", {str(tmp_path / "runc")!r}, "delete", "--force", {cid!r}])
+print(said.decode().strip(), rc, open(d + "/exit").read().strip(), os.path.exists(d + "/exit.tmp"),
+      os.path.exists(d + "/attach.sock"))
+"""
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", str(VENV_BIN / "python"), "-c", script],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["ok", "0", "7", "False", "False"]
+    assert "dropping output" in (tmp_path / "monitor.err").read_text()
