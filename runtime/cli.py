@@ -99,6 +99,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_run(sub) -> None:
     r = sub.add_parser("run", help="create and start a container")
     r.add_argument("-d", "--detach", action="store_true")
+    r.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (attach sends to it)")
+    r.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal, held by the container's monitor")
     r.add_argument("--name")
     r.add_argument("-e", "--env", action="append", default=[])
     r.add_argument("--env-file", action="append", default=[])
@@ -234,6 +236,22 @@ def _add_exec(sub) -> None:
     x.set_defaults(fn=cmd_exec)
 
 
+def _add_attach(sub) -> None:
+    x = sub.add_parser("attach", help="the output of a running container live, and your input to it "
+                                      "(-i); ctrl-p ctrl-q detaches")
+    x.add_argument("--no-stdin", action="store_true", help="do not send input")
+    x.add_argument("container")
+    x.set_defaults(fn=_cmd_attach)
+
+
+def _cmd_attach(cl, a) -> int:
+    from portlink.runtime import cli_attach   # only this command pays for the import
+    try:
+        return cli_attach.cmd_attach(cl, a)
+    except cli_attach.AttachError as e:
+        raise CliError(str(e)) from None
+
+
 def _add_inspect(sub) -> None:
     x = sub.add_parser("inspect", help="show containers or networks as JSON")
     x.add_argument("refs", nargs="+")
@@ -362,6 +380,7 @@ COMMANDS = {
     "stats": _add_stats,
     "logs": _add_logs,
     "exec": _add_exec,
+    "attach": _add_attach,
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,

@@ -104,10 +104,14 @@ def cmd_run(cl: Client, a) -> int:
                                 "drain_deadline": a.ambassador_drain})
     elif not a.image:
         raise CliError("run needs an image (or --ambassador SERVICE)")
+    if a.tty or a.interactive:   # the container's monitor holds a pty / its stdin open
+        spec.update(tty=a.tty, interactive=a.interactive)
     c = cl.post("/containers", spec)
     if a.detach:
         print(c["id"])
         return 0
+    if a.tty or a.interactive:
+        return _run_attached(cl, a, c)
     try:
         # the container's stdout on ours, its stderr on ours, as `docker run` does
         fmt.print_records(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1", "format": "cri"},
@@ -117,6 +121,34 @@ def cmd_run(cl: Client, a) -> int:
         return 130
     if a.rm:
         cl.delete(f"/containers/{c['id']}", force="1", volumes="1")   # --rm: anonymous volumes too
+    return code
+
+
+def _run_attached(cl: Client, a, c: dict) -> int:
+    """Foreground `run -i/-t`: through the container's attach socket (runtime.cli_attach)."""
+    from portlink.runtime import cli_attach
+    try:
+        code = cli_attach.run_attached(cl, c, tty=a.tty, stdin=a.interactive)
+    except KeyboardInterrupt:
+        return 130
+    except cli_attach.AttachError as e:
+        # Its monitor is gone: the container ended before we came (the daemon may be
+        # a moment from recording it), or the monitor was killed.
+        deadline = time.monotonic() + 5
+        while cl.get(f"/containers/{c['id']}")["status"] == "running":
+            if time.monotonic() > deadline:
+                raise CliError(str(e)) from None
+            time.sleep(0.02)
+        # It ended (and its monitor with it) before we came: its output is in its log.
+        fmt.print_records(cl.request("GET", f"/containers/{c['id']}/logs", query={"format": "cri"}, stream=True),
+                          timestamps=False, flush=True)
+        code = None
+    if code is None and cl.get(f"/containers/{c['id']}")["status"] == "running":
+        return 0   # detached (ctrl-p ctrl-q): it runs on
+    recorded = _exit_code(cl, c["id"])   # also waits for the daemon to see the end, as docker run does
+    code = recorded if code is None else code
+    if a.rm:
+        cl.delete(f"/containers/{c['id']}", force="1", volumes="1")
     return code
 
 

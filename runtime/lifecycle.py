@@ -30,7 +30,7 @@ from portlink.runtime.plan import Layout, PortRow, apply_image_config, mount_sou
 from portlink.runtime.procstart import is_same, process_start
 from portlink.runtime.records import CREATING, REMOVING, RUNNING, Container, Records
 from portlink.runtime.refresh import Refresher
-from portlink.runtime.runc import Runc, signal_number, wait_gone
+from portlink.runtime.runc import Runc, Stdio, pid_alive, read_exit_file, reap_orphan, signal_number, wait_gone
 from portlink.runtime.spec import ContainerSpec, Request
 from portlink.runtime.token_files import TOKEN_FILE, TokenFiles
 from portlink.runtime.volumes import Volumes
@@ -48,7 +48,7 @@ class LifecycleDeps:
     runc: Runc
     events: EventLog
     refresher: Refresher                       # peers' names for a start (read only here)
-    watch: Callable[[str, int], None]          # the reaper: report when this pid exits
+    watch: Callable[..., None]                 # the reaper: report when (cid, pid, monitor pid) ends
     trust: Callable[[str], None]               # the firewall: an ambassador may reach Consul
     allow: Callable[[list], None]              # the firewall: what a container's links open (icc off)
     default_dns: list[str]
@@ -257,6 +257,11 @@ class Lifecycle:
         self.d.runc.check_mount_options(oci.mount_options(plan.config))
         if c.is_ambassador:
             ambassadors.open_ancestors(Path(plan.config["root"]["path"]), oci.bind_destinations(plan.config))
+        stdio = Stdio(tty=c.spec.tty, stdin=c.spec.interactive)
+        if stdio.tty:   # a pty from runc, handed to the monitor (--console-socket)
+            plan.config["process"]["terminal"] = True
+            if not any(e.startswith("TERM=") for e in plan.config["process"]["env"]):
+                plan.config["process"]["env"].append("TERM=xterm")   # as docker run -t
         bundle = cdir / "bundle"
         bundle.mkdir(exist_ok=True)
         (bundle / "config.json").write_text(json.dumps(plan.config, indent=1))
@@ -266,7 +271,7 @@ class Lifecycle:
         if plan.link_flows:
             self.d.allow(plan.link_flows)   # before its process: a first connection must not be dropped
         pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
-                                                               c.spec.log_opts))
+                                                               c.spec.log_opts, stdio))
         self.d.start_time.observe(time.perf_counter() - began)
         faults.point("start.runc")
         if ip is not None and c.is_ambassador:
@@ -274,7 +279,7 @@ class Lifecycle:
         # The start time with the pid: after a reboot the pid may be another process's.
         self.d.records.set_running(c.with_(pid_start=process_start(pid)), pid)
         self.emit(c, "start", pid=pid, ip=str(ip) if ip else None)
-        self.d.watch(cid, pid)
+        self.d.watch(cid, pid, self.d.runc.monitor_pid(cid, cdir))
 
     def start(self, c: Container, ref: str) -> None:
         """Start a stopped container; a failed start is undone entirely."""
@@ -313,20 +318,36 @@ class Lifecycle:
 
     def release(self, cid: str, code: int | None) -> list[str]:
         """The process is gone: release what a running container holds. Whether the
-        OOM killer struck is read first: undoing the runc step deletes the cgroup."""
+        OOM killer struck is read first: undoing the runc step deletes the cgroup.
+        An unknown code is read from the exit file once the monitor is gone (undoing
+        the runc step waits for it)."""
         oom_killed = bool(self.d.oom_kills(cid))
         errors = self.d.journal.undo(cid)
+        if code is None:
+            code = read_exit_file(self.d.layout.cdir(cid))
         self.d.records.set_exited(cid, code, oom_killed)
         return errors
 
-    def emit_die(self, c: Container, code: int | None) -> None:
+    def monitor_lost(self, c: Container) -> bool:
+        """Did the container's monitor end before its init (killed)? The container
+        is then stopped by its release: its output would have nowhere to go, and
+        its exit code could not be known."""
+        if read_exit_file(self.d.layout.cdir(c.id)) is not None or not c.pid:
+            return False
+        if not (pid_alive(c.pid) and is_same(c.pid, c.pid_start)):
+            return False
+        log.error("the monitor of container %s ended before the container: stopping it "
+                  "(its exit code is unknown; see %s)", c.name, self.d.layout.cdir(c.id) / "logshim.log")
+        return True
+
+    def emit_die(self, c: Container, code: int | None, **attrs) -> None:
         """`die` once release recorded the end, and `oom` before it when the OOM killer
         took a process of the container (as Docker's events go)."""
         now = self.d.records.get(c.id)
         oom_killed = bool(now and now.oom_killed)
         if oom_killed:
             self.emit(c, "oom")
-        self.emit(c, "die", exit_code=code, oom_killed=oom_killed)
+        self.emit(c, "die", exit_code=code, oom_killed=oom_killed, **attrs)
 
     def exited(self, cid: str, pid: int, code: int | None) -> Container | None:
         """The reaper saw `pid` end. Returns the container if this ended its run."""
@@ -335,12 +356,18 @@ class Lifecycle:
             # A late report about an earlier run (stopped, then started again) is stale.
             if c is None or c.pid != pid:
                 return None
+            if code is None:
+                code = read_exit_file(self.d.layout.cdir(cid))
             if code is not None:
                 self.d.records.set_exit_code(cid, code)
             if c.status != RUNNING:
                 return None
+            lost = code is None and self.monitor_lost(c)
             errors = self.release(cid, code)
-            self.emit_die(c, code)
+            if lost:
+                reap_orphan(c.pid)   # reparented to the daemon (a subreaper) when its monitor died
+            code = self.d.records.current(cid).exit_code
+            self.emit_die(c, code, **({"error": "monitor died"} if lost else {}))
             if errors:
                 log.error("cleanup after %s exited: %s", c.name, "; ".join(errors))
             return c
@@ -392,13 +419,18 @@ class Lifecycle:
                 return [str(e)], False
             return [], False
         if c.status == RUNNING and c.pid and is_same(c.pid, c.pid_start) and self.d.runc.state(c.id):
-            self.d.watch(c.id, c.pid)
-            return [], False
+            monitor = self.d.runc.monitor_pid(c.id, self.d.layout.cdir(c.id))
+            if monitor is not None:
+                self.d.watch(c.id, c.pid, monitor)
+                return [], False
         if c.status == RUNNING or any(kind != "dir" for kind, _ in self.d.journal.owned(c.id)):
-            # Died while we were away, or an interrupted stop: finish the stop.
+            # Died while we were away (its monitor wrote the code), its monitor died, or
+            # an interrupted stop: finish the stop.
+            lost = c.status == RUNNING and self.monitor_lost(c)
             errors = self.release(c.id, None)
             if c.status == RUNNING:
-                self.emit_die(c, None)
+                self.emit_die(c, self.d.records.current(c.id).exit_code,
+                              **({"error": "monitor died"} if lost else {}))
                 return errors, True
             return errors, False
         return [], False

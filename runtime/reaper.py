@@ -1,9 +1,14 @@
-"""Watches container init processes through pidfds and reports their exit.
+"""Watches containers through pidfds and reports their exit.
 
-The daemon is a child subreaper, so a container's init (whose parent, runc,
-exits right after starting it) becomes the daemon's child and its exit status
-can be collected. After a daemon restart the old containers belong to someone
-else: their end is still seen through the pidfd, with no exit code."""
+A container's init is its monitor's child (shim/logshim.c), so the reaper
+watches the monitor: it ends once the init has ended and its output is
+drained, having written the exit code to the container's dir, where the
+daemon reads it (runtime.lifecycle), also for a monitor an earlier daemon
+started. Watching the init itself (no monitor) remains for a process that is
+the daemon's child: its code comes from waitid, else it is unknown.
+
+The daemon stays a child subreaper: a container whose monitor was killed is
+reparented to it, and reaped once it is stopped."""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class Reaper:
     def __init__(self) -> None:
         self._on_exit: Callable[[str, int, int | None], None] = lambda cid, pid, code: None
         self._ep = select.epoll()
-        self._fds: dict[int, tuple[str, int]] = {}
+        self._fds: dict[int, tuple[str, int, bool]] = {}   # pidfd -> (cid, init pid, via its monitor)
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._ep.register(self._wake_r, select.EPOLLIN)
@@ -43,14 +48,16 @@ class Reaper:
         self._on_exit = on_exit
         self._thread.start()
 
-    def watch(self, cid: str, pid: int) -> None:
+    def watch(self, cid: str, pid: int, monitor: int | None = None) -> None:
+        """Report when `pid` ends, or with `monitor` when the monitor does (the
+        code then unknown here: the monitor's exit file has it)."""
         try:
-            fd = os.pidfd_open(pid)
+            fd = os.pidfd_open(monitor or pid)
         except ProcessLookupError:
             threading.Thread(target=self._report, args=(cid, pid, None), daemon=True).start()
             return
         with self._lock:
-            self._fds[fd] = (cid, pid)
+            self._fds[fd] = (cid, pid, monitor is not None)
             self._ep.register(fd, select.EPOLLIN)
 
     def _loop(self) -> None:
@@ -59,9 +66,10 @@ class Reaper:
                 if fd == self._wake_r:
                     continue
                 with self._lock:
-                    cid, pid = self._fds.pop(fd)
+                    cid, pid, via_monitor = self._fds.pop(fd)
                     self._ep.unregister(fd)
-                code = self._status(fd)
+                # A monitor we started is reaped by its Popen (Runc.end_logshim), not here.
+                code = None if via_monitor else self._status(fd)
                 os.close(fd)
                 # Cleanup takes locks and does I/O: never block the watch loop on it.
                 threading.Thread(target=self._report, args=(cid, pid, code), daemon=True).start()

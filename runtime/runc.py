@@ -4,16 +4,18 @@ Each daemon has its own runc --root in its state dir, so several simulated
 hosts on one machine never see each other's containers. cgroupfs manager (the
 default): crun and systemd cgroups refuse this machine's v1/v2 hybrid.
 
-A container's stdout and stderr are pipes read by its own portlink-logshim
-(shim/logshim.c), which writes the container's log and rotates it; the shim is
-in a session of its own, so it outlives the daemon, and ends when the pipes
-reach EOF (the container and everything that inherited its stdio are gone)."""
+A container runs under its own monitor, portlink-logshim (shim/logshim.c): it
+starts runc, is the parent of the container's init, writes the container's log
+(rotated), relays it to attach clients, and records the init's exit code in
+the container's dir. It is in a session of its own, so it outlives the
+daemon, and ends once the init has ended and its output is drained."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,49 @@ log = logging.getLogger("portlink.runc")
 LOGSHIM = "portlink-logshim"
 LOGSHIM_PID = "logshim.pid"     # in the log's directory: crash recovery and rm find the shim by it
 LOGSHIM_WAIT = 10.0             # seconds a shim may take to drain the pipes once the container is gone
+EXIT_FILE = "exit"              # in the container's dir: the init's exit code, written by its monitor
+ATTACH_SOCKET = "attach.sock"   # in the container's dir: the monitor's attach socket (shim/logshim.c)
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """How the container's stdio is wired by its monitor."""
+    tty: bool = False      # a pty (runc --console-socket): its output is logged as stdout
+    stdin: bool = False    # stdin open: attach clients write to it (else /dev/null)
+
+
+def parse_exit_file(text: str) -> int | None:
+    """The code a monitor wrote to EXIT_FILE (0..255; 128+N: killed by signal N);
+    None if it is not one (a torn or foreign file)."""
+    first = text.split("\n", 1)[0].strip()
+    if not first.isdigit() or not text.endswith("\n"):
+        return None
+    code = int(first)
+    return code if 0 <= code <= 255 else None
+
+
+def read_exit_file(cdir: Path) -> int | None:
+    """The exit code the container's monitor recorded; None: none recorded (still
+    running, or the monitor died before its container)."""
+    try:
+        return parse_exit_file((cdir / EXIT_FILE).read_text())
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_all(fd: int, timeout: float) -> bytes:
+    """What is written to pipe `fd` until its writer closes it (at most `timeout` s)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _runc_bin() -> str:
@@ -64,43 +109,60 @@ class Runc:
     def _run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout)
 
-    def run_detached(self, cid: str, bundle: Path, log: Path, log_opts: dict | None = None) -> int:
-        """Start the container; its stdout and stderr go to its log shim, which
-        writes `log` (rotated per `log_opts` over the daemon's defaults). Returns the pid.
+    def run_detached(self, cid: str, bundle: Path, log: Path, log_opts: dict | None = None,
+                     stdio: Stdio | None = None) -> int:
+        """Start the container under its monitor (shim/logshim.c), which runs
+        `runc run --detach`, becomes the init's parent, writes `log` (rotated per
+        `log_opts` over the daemon's defaults) and, when the init ends, its status
+        to EXIT_FILE beside the log. Returns the init's pid once runc is done.
 
-        The container inherits runc's stdio, so runc's stderr cannot be a pipe we
-        read (it would never reach EOF): runc's own errors go to --log instead."""
+        runc's own errors go to --log (its stderr is the container's)."""
+        stdio = stdio or Stdio()
         limits = logfmt.parse_log_opts(log_opts or {}, self.log_defaults)
         shim_bin = logshim_binary()
+        cdir = log.parent
         pidfile, runc_log = bundle / "pid", bundle / "runc.log"
         runc_log.unlink(missing_ok=True)
-        self.end_logshim(cid, log.parent)   # a previous run's shim: gone already, unless something held its pipes
-        r_out, w_out = os.pipe()            # close-on-exec: no other child of the daemon inherits them
-        r_err, w_err = os.pipe()
-        ours = [r_out, w_out, r_err, w_err]
+        pidfile.unlink(missing_ok=True)
+        self.end_logshim(cid, cdir)   # a previous run's monitor: gone already, unless something held its pipes
+        (cdir / EXIT_FILE).unlink(missing_ok=True)
+        sync_r, sync_w = os.pipe()    # the monitor says "ok" or "fail" on it once runc is done
         try:
-            with open(log.parent / "logshim.log", "ab") as shim_log, open(os.devnull, "r+b") as devnull:
-                shim = subprocess.Popen([shim_bin, "--file", str(log), "--max-size", str(limits.max_size),
-                                         "--max-files", str(limits.max_files),
-                                         "--stdout-fd", str(r_out), "--stderr-fd", str(r_err)],
-                                        pass_fds=(r_out, r_err), stdin=devnull, stdout=devnull, stderr=shim_log,
-                                        cwd="/", start_new_session=True)
-                for fd in (r_out, r_err):   # the read ends live in the shim only
-                    os.close(fd)
-                    ours.remove(fd)
-                with self._shims_lock:
-                    self._shims[cid] = shim
-                (log.parent / LOGSHIM_PID).write_text(f"{shim.pid}\n")
-                p = subprocess.run([_runc_bin(), "--root", str(self.root), "--log", str(runc_log),
-                                    "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
-                                    "--bundle", str(bundle), cid],
-                                   stdin=devnull, stdout=w_out, stderr=w_err, timeout=60)
+            with open(cdir / "logshim.log", "ab") as shim_log, open(os.devnull, "r+b") as devnull:
+                argv = [shim_bin, "--file", str(log), "--max-size", str(limits.max_size),
+                        "--max-files", str(limits.max_files), "--dir", str(cdir), "--sync-fd", str(sync_w)]
+                argv += ["--tty"] * stdio.tty + ["--stdin"] * stdio.stdin
+                argv += ["--", _runc_bin(), "--root", str(self.root), "--log", str(runc_log),
+                         "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
+                         "--bundle", str(bundle), cid]
+                shim = subprocess.Popen(argv, pass_fds=(sync_w,), stdin=devnull, stdout=devnull,
+                                        stderr=shim_log, cwd="/", start_new_session=True)
+            os.close(sync_w)
+            sync_w = -1
+            with self._shims_lock:
+                self._shims[cid] = shim
+            (cdir / LOGSHIM_PID).write_text(f"{shim.pid}\n")
+            said = _read_all(sync_r, timeout=60)
         finally:
-            for fd in ours:   # the write ends now live in the container only: its end is the shim's EOF
-                os.close(fd)
-        if p.returncode != 0:
+            os.close(sync_r)
+            if sync_w >= 0:
+                os.close(sync_w)
+        if said != b"ok\n":
+            if not said:
+                self.end_logshim(cid, cdir, timeout=1)
+                raise RuntimeFailure(f"the container's monitor ended before runc did: see {cdir / 'logshim.log'}")
             raise RuntimeFailure(f"the container's command could not start: {_last_log_error(runc_log)}")
         return int(pidfile.read_text())
+
+    def monitor_pid(self, cid: str, cdir: Path) -> int | None:
+        """The pid of the container's monitor if it is still alive (ours or one an
+        earlier daemon started)."""
+        with self._shims_lock:
+            proc = self._shims.get(cid)
+        if proc is not None:
+            return proc.pid if proc.poll() is None else None
+        pid = _read_pid(cdir / LOGSHIM_PID)
+        return pid if pid is not None and pid_alive(pid) and _is_logshim(pid, cdir) else None
 
     def end_logshim(self, cid: str, log_dir: Path | None, timeout: float = LOGSHIM_WAIT) -> str | None:
         """Wait for the container's log shim to drain and exit (its pipes reach EOF
@@ -270,3 +332,17 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def reap_orphan(pid: int, timeout: float = 2.0) -> None:
+    """Reap `pid` if it became our child (the daemon is a subreaper: a container
+    whose monitor died is reparented to it); not ours: nothing to do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)

@@ -41,6 +41,8 @@ class ContainerSpec:
     workdir: str = ""
     user: str = ""
     rm: bool = False
+    tty: bool = False                                   # -t: a pty, held by the container's monitor
+    interactive: bool = False                           # -i: stdin kept open for attach clients
     # limits (runtime/limits.py, Docker's flags), checked by parsed_limits
     pids_limit: int | None = None                       # --pids-limit; None: 2048; 0 or -1: unlimited
     memory: str | int = ""                              # --memory 512m (or bytes); "": no limit
@@ -93,8 +95,9 @@ class ContainerSpec:
             raise InvalidArgument("field 'labels' must map strings to strings")
         if spec.ambassador:
             ambassadors.AmbassadorSpec.from_json(spec.ambassador)
-        if not isinstance(spec.rm, bool):
-            raise InvalidArgument("field 'rm' must be true or false")
+        for f in ("rm", "tty", "interactive"):
+            if not isinstance(getattr(spec, f), bool):
+                raise InvalidArgument(f"field {f!r} must be true or false")
         for f in _STRINGS:
             if not isinstance(getattr(spec, f), str):
                 raise InvalidArgument(f"field {f!r} must be a string")

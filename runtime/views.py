@@ -11,6 +11,7 @@ from portlink.runtime import links as linkspec
 from portlink.runtime import networks, security, volspec
 from portlink.runtime.plan import Layout, mount_source
 from portlink.runtime.records import RUNNING, Container, Records
+from portlink.runtime.runc import ATTACH_SOCKET
 
 LINK_NOTE = ("the DNS name and /etc/hosts follow the linked container live; the "
              "environment variables were set when this container started and cannot change")
@@ -63,7 +64,8 @@ class Views:
                 "ports": [{"proto": r["proto"], "host_ip": r["host_ip"] or "0.0.0.0", "host_port": r["host_port"],
                            "container_port": r["container_port"]} for r in port_rows],
             },
-            "paths": {"dir": str(cdir), "log": str(cdir / "container.log"), "hosts": str(cdir / "hosts")},
+            "paths": {"dir": str(cdir), "log": str(cdir / "container.log"), "hosts": str(cdir / "hosts"),
+                      "attach": str(cdir / ATTACH_SOCKET)},   # the monitor's (shim/logshim.c)
             "links": self._links(spec.links),
             "dns": {
                 "server": str(net.gateway) if net else None,

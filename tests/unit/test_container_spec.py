@@ -23,6 +23,8 @@ FULL = {
     "entrypoint": ["/docker-entrypoint.sh"],
     "stop_signal": "SIGQUIT",
     "rm": True,
+    "tty": True,
+    "interactive": True,
     "pids_limit": 100,
     "memory": "512m",
     "memory_swap": "1g",
@@ -103,7 +105,8 @@ def test_wrong_types(field, value, msg):
     assert str(e.value) == msg
 
 
-@pytest.mark.parametrize("value", ["false", "no"])
-def test_rm_must_be_bool(value):
-    with pytest.raises(InvalidArgument, match="rm"):
-        ContainerSpec.from_json({"image": "alpine", "rm": value})
+@pytest.mark.parametrize("field", ["rm", "tty", "interactive"])
+@pytest.mark.parametrize("value", ["false", "no", 1])
+def test_flags_must_be_bool(field, value):
+    with pytest.raises(InvalidArgument, match=f"field '{field}' must be true or false"):
+        ContainerSpec.from_json({"image": "alpine", field: value})
