@@ -177,7 +177,8 @@ def _exit_code(cl: Client, cid: str) -> int:
     deadline = time.monotonic() + 5
     while True:
         info = cl.get(f"/containers/{cid}")
-        if info["status"] != "running" and (info["exit_code"] is not None or time.monotonic() > deadline):
+        # Past the deadline it may be running again (a restart policy): report what is known.
+        if (info["status"] != "running" and info["exit_code"] is not None) or time.monotonic() > deadline:
             return info["exit_code"] if info["exit_code"] is not None else EXIT_ERROR
         time.sleep(0.02)
 
