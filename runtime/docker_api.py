@@ -270,7 +270,12 @@ class DockerApi:
             except NotFound:
                 raise NotFound(f"No such image: {image}") from None
         data = run_request(body, r.query.get("name", ""), exposed)
-        v = await self.call(self.host.containers.create, data)
+        try:
+            v = await self.call(self.host.containers.create, data)
+        except NotFound as e:
+            # Docker's clients read a 404 from create as "no such image" and try to pull it:
+            # anything else missing (a link's target, a network) is a bad parameter (400).
+            raise InvalidArgument(str(e)) from None
         return web.json_response({"Id": v["id"], "Warnings": []}, status=201)
 
     async def ps(self, r):
