@@ -117,6 +117,12 @@ def mount(m: dict) -> str:
     return ",".join(parts)
 
 
+def _bind_target(bind: str) -> str:
+    """The container path of a Binds entry: "src:/dst[:opts]" or "/dst" (anonymous)."""
+    parts = bind.split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
 def _duration(ns, what: str) -> str:
     """Docker's nanoseconds as portlink's duration text ("" for 0: the default)."""
     if not ns:
@@ -178,10 +184,16 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
             spec[field] = config[key]
     if config.get("Healthcheck"):
         healthcheck(config["Healthcheck"], spec)
-    spec["volumes"] = sorted(_obj(config.get("Volumes"), "Config.Volumes"))   # anonymous: just the path
-    spec["volumes"] += _strs(host.get("Binds"), "HostConfig.Binds")
-    spec["mounts"] = [mount(m) for m in host.get("Mounts") or []]
-    spec["tmpfs"] = [f"{p}:{o}" if o else p for p, o in _obj(host.get("Tmpfs"), "HostConfig.Tmpfs").items()]
+    binds = _strs(host.get("Binds"), "HostConfig.Binds")
+    mounts = host.get("Mounts") or []
+    tmpfs = _obj(host.get("Tmpfs"), "HostConfig.Tmpfs")
+    # Config.Volumes: anonymous volumes, except where a bind, mount or tmpfs already goes
+    # (clients such as docker-py list every -v target there too; dockerd lets the bind win).
+    taken = {_bind_target(b) for b in binds} | {_obj(m, "Mount").get("Target") for m in mounts} | set(tmpfs)
+    spec["volumes"] = [p for p in sorted(_obj(config.get("Volumes"), "Config.Volumes")) if p not in taken]
+    spec["volumes"] += binds
+    spec["mounts"] = [mount(m) for m in mounts]
+    spec["tmpfs"] = [f"{p}:{o}" if o else p for p, o in tmpfs.items()]
     spec["volumes_from"] = _strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom")
     spec["links"] = [link(x) for x in _strs(host.get("Links"), "HostConfig.Links")]
     spec["publish"] = publish(host.get("PortBindings"))
