@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from decimal import Decimal
 from ipaddress import ip_address
 
 from portlink.errors import InvalidArgument
@@ -304,7 +305,7 @@ def event_json(e: dict) -> dict:
     attrs["name"] = e["name"]
     if "exit_code" in attrs:
         attrs["exitCode"] = attrs.pop("exit_code")
-    ns = int(e["time"] * 1e9)
+    ns = int(Decimal(repr(e["time"])) * 1_000_000_000)   # a float would blur the nanoseconds
     actor = e.get("id") or e["name"]
     out = {"Type": kind, "Action": e["action"], "Actor": {"ID": actor, "Attributes": attrs},
            "scope": "local", "time": ns // 1_000_000_000, "timeNano": ns}
