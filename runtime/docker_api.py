@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
@@ -47,8 +48,16 @@ def _gone(r: web.Request) -> bool:
     return r.transport is None or r.transport.is_closing()
 
 
+class _Raw(web.StreamResponse):
+    """A hijacked connection's answer: no length and no chunks, the raw stream until it closes."""
+
+    _length_check = False
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status, headers=HEADERS)
+    # exactly application/json (no charset): docker's client parses only that, else prints the body
+    return web.Response(body=json.dumps({"message": message}).encode(), status=status,
+                        headers={**HEADERS, "Content-Type": "application/json"})
 
 
 def _flag(r: web.Request, key: str, default: bool = False) -> bool:
@@ -127,7 +136,7 @@ class DockerApi:
             ("POST", "/containers/{ref}/stop", self.stop), ("POST", "/containers/{ref}/restart", self.restart),
             ("POST", "/containers/{ref}/kill", self.kill), ("POST", "/containers/{ref}/wait", self.wait),
             ("DELETE", "/containers/{ref}", self.rm), ("GET", "/containers/{ref}/logs", self.logs),
-            ("POST", "/containers/{ref}/attach", unsupported("attach")),
+            ("POST", "/containers/{ref}/attach", self.attach),
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
             ("POST", "/containers/{ref}/exec", unsupported("exec through the Docker API (use `portlink exec`)")),
             ("GET", "/containers/{ref}/stats", unsupported("stats through the Docker API (use `portlink stats`)")),
@@ -410,6 +419,55 @@ class DockerApi:
         await resp.write_eof()
         return resp
 
+    async def attach(self, r):
+        """Output only (portlink's containers have no stdin or TTY): the hijacked
+        connection carries the multiplexed stream, from now (logs=1: from the
+        start of the log) until the container's next exit. Enough for a
+        foreground `docker run`, `docker start -a` and docker-py's attach."""
+        v = await self._view(r.match_info["ref"])
+        if _flag(r, "stdin"):
+            raise DockerUnsupported("attach with stdin (docker run -i) is not supported by portlink")
+        if r.query.get("detachKeys"):
+            raise DockerUnsupported("detach keys are not supported by portlink (no stdin)")
+        want = {s for s in ("stdout", "stderr") if _flag(r, s)}
+        upgrade = r.headers.get("Upgrade", "").lower() == "tcp"
+        resp = _Raw(status=101 if upgrade else 200, reason="UPGRADED" if upgrade else None,
+                    headers={**HEADERS, "Content-Type": "application/vnd.docker.raw-stream",
+                             **({"Connection": "Upgrade", "Upgrade": "tcp"} if upgrade else {})})
+        resp.force_close()           # the stream ends with the connection
+        reader = logfmt.Reader(Path(v["paths"]["log"]))
+        open_line: dict[str, bool] = {}
+
+        def render(recs) -> bytes:
+            out = []
+            for rec in recs:
+                first = not open_line.get(rec.stream)
+                open_line[rec.stream] = rec.partial
+                if rec.stream in want:
+                    out.append(frame(STDERR if rec.stream == "stderr" else STDOUT,
+                                     logfmt.render_text(rec, False, first)))
+            return b"".join(out)
+
+        await resp.prepare(r)
+        try:
+            old = await self.call(reader.read_existing, None if _flag(r, "logs") else 0)
+            await resp.write(render(old))
+            finished, ran = v["finished"], v["status"] == RUNNING
+            while _flag(r, "stream") and not _gone(r):
+                c = await self.call(self.host.records.get, v["id"])
+                running = c is not None and c.status == RUNNING
+                new = await self.call(reader.read_new)    # after the status: a stopped one's log is whole
+                if new:
+                    await resp.write(render(new))
+                if c is None or (not running and (ran or c.finished != finished)):
+                    break
+                ran = ran or running
+                await asyncio.sleep(0.05)
+        finally:
+            reader.close()
+        await resp.write_eof()
+        return resp
+
     # networks -------------------------------------------------------------------------------------
     async def _net(self, ref: str):
         try:
@@ -637,18 +695,45 @@ def _requested_version(r: web.Request) -> tuple[int, int]:
     return 1, 41
 
 
-async def serve(api, path: Path) -> web.AppRunner:
-    """The Docker API on its own root-only UNIX socket; the caller cleans the runner up."""
+class _HalfOpen(RequestHandler):
+    """A connection that stays open for writing when the client closes its sending
+    half: docker's client does that at once on an attach without stdin."""
+
+    __slots__ = ()
+
+    def eof_received(self) -> bool:
+        return True
+
+
+class Server:
+    """The Docker API on its own root-only UNIX socket."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.AbstractServer) -> None:
+        self.runner, self.server = runner, server
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def serve(api, path: Path) -> Server:
     runner = web.AppRunner(DockerApi(api).app(), access_log=None)
     await runner.setup()
+    handlers = runner.server
+
+    def connection() -> RequestHandler:
+        proto = handlers()
+        proto.__class__ = _HalfOpen     # the same object, with the one method changed
+        return proto
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists() or path.is_symlink():
         path.unlink()
     old = os.umask(0o177)   # root-only from its first moment, as portlink's own socket
     try:
-        await web.UnixSite(runner, str(path)).start()
+        server = await asyncio.get_running_loop().create_unix_server(connection, str(path), backlog=1024)
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
     log.info("Docker API %s on %s", API_VERSION, path)
-    return runner
+    return Server(runner, server)

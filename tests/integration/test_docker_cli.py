@@ -273,3 +273,19 @@ def test_unsupported_is_a_clear_error_and_nothing_made(dk):
         assert p.returncode != 0 and "not supported by portlink" in p.stderr, (args, p.stderr)
     status, _, body = dk.http("POST", "/v1.41/containers/x/exec")
     assert status == 501 and "exec" in json.loads(body)["message"]
+
+
+def test_foreground_run_attach_and_rm(dk):
+    # attach (output only): a foreground run prints the container's stdout and stderr apart
+    # and exits with its code; start -a runs it again the same way
+    fg = dk.run("run", "--name", "fg", "busybox", "sh", "-c", "echo one; echo two >&2; exit 3", check=False)
+    assert (fg.returncode, fg.stdout, fg.stderr) == (3, "one\n", "two\n")
+    again = dk.run("start", "-a", "fg", check=False)
+    assert (again.returncode, again.stdout, again.stderr) == (3, "one\n", "two\n")
+    # --rm: the container is gone when the command returns
+    assert dk.out("run", "--rm", "--name", "once", "busybox", "echo", "hi") == "hi"
+    assert dk.out("ps", "-a", "--format", "{{.Names}}") == "fg"
+    # stdin is not attachable: said so, not ignored
+    i = dk.run("run", "-i", "busybox", "true", check=False)
+    assert i.returncode != 0 and "Config.OpenStdin is not supported by portlink" in i.stderr
+    assert '{"message"' not in i.stderr        # the client read Docker's error shape
