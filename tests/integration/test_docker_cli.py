@@ -289,3 +289,17 @@ def test_foreground_run_attach_and_rm(dk):
     i = dk.run("run", "-i", "busybox", "true", check=False)
     assert i.returncode != 0 and "Config.OpenStdin is not supported by portlink" in i.stderr
     assert '{"message"' not in i.stderr        # the client read Docker's error shape
+
+
+def test_a_created_container_survives_a_daemon_restart(dk):
+    h = dk.host
+    dk.run("create", "--name", "later", "-p", "8090:80", "busybox", "httpd", "-f", "-p", "80")
+    h.stop_daemon()
+    h.start_daemon()
+    assert dk.inspect("later")["State"]["Status"] == "created"   # kept, not rolled back as a half-made run
+    # its port stays reserved while it waits
+    clash = dk.run("run", "-d", "--name", "other", "-p", "8090:80", "busybox", "true", check=False)
+    assert clash.returncode != 0 and "8090" in clash.stderr
+    dk.run("start", "later")
+    assert dk.inspect("later")["State"]["Running"]
+    assert dk.out("port", "later") == "80/tcp -> 0.0.0.0:8090"
