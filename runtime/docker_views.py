@@ -114,6 +114,12 @@ def network_settings(v: dict, net_id: str) -> dict:
             "IPv6Gateway": "", "MacAddress": entry["MacAddress"], "Networks": nets}
 
 
+def health(h: dict) -> dict:
+    """State.Health: portlink's has Docker's keys, its log's times as Unix time."""
+    log = [{**e, "Start": iso(e.get("Start")), "End": iso(e.get("End"))} for e in h.get("Log") or []]
+    return {**h, "Log": log}
+
+
 def health_config(cfg: dict) -> dict | None:
     if cfg.get("no_healthcheck"):
         return {"Test": ["NONE"]}
@@ -134,7 +140,7 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
                   "OOMKilled": bool(v["oom_killed"]), "Dead": False, "Pid": v["pid"] or 0,
                   "ExitCode": v["exit_code"] or 0, "Error": "", "StartedAt": iso(v["started"]),
                   "FinishedAt": iso(v["finished"]),
-                  **({"Health": v["State"]["Health"]} if (v.get("State") or {}).get("Health") else {})},
+                  **({"Health": health(v["State"]["Health"])} if (v.get("State") or {}).get("Health") else {})},
         "Image": image_id, "ResolvConfPath": "", "HostnamePath": "", "HostsPath": v["paths"]["hosts"],
         "LogPath": v["paths"]["log"], "Name": "/" + v["name"], "RestartCount": v["RestartCount"],
         "Driver": "overlay", "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",

@@ -303,3 +303,24 @@ def test_a_created_container_survives_a_daemon_restart(dk):
     dk.run("start", "later")
     assert dk.inspect("later")["State"]["Running"]
     assert dk.out("port", "later") == "80/tcp -> 0.0.0.0:8090"
+
+
+def test_limits_health_dns_publish_all_entrypoint(dk):
+    dk.run("run", "-d", "--name", "tuned", "--memory", "64m", "--cpus", "0.5", "--pids-limit", "50",
+           "--dns", "10.0.0.2", "--health-cmd", "test -e /tmp/ok", "--health-interval", "1s",
+           "--health-retries", "1", "--expose", "7000", "-P", "-w", "/tmp", "--entrypoint", "/bin/sh",
+           "busybox", "-c", "touch ok; exec sleep 600")
+    info = dk.inspect("tuned")
+    hc = info["HostConfig"]
+    assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"], hc["Dns"]) == (64 << 20, 500_000_000, 50, ["10.0.0.2"])
+    assert info["Config"]["Healthcheck"] == {"Test": ["CMD-SHELL", "test -e /tmp/ok"]}
+    assert (info["Path"], info["Args"], info["Config"]["WorkingDir"]) == ("/bin/sh", ["-c", "touch ok; exec sleep 600"],
+                                                                         "/tmp")
+    # -P: the exposed port on a host port the daemon picked
+    bound = info["NetworkSettings"]["Ports"]["7000/tcp"]
+    assert len(bound) == 1 and int(bound[0]["HostPort"]) > 0
+    # the health check runs and its state is Docker's State.Health, in ps too
+    assert wait_for(lambda: dk.inspect("tuned")["State"].get("Health", {}).get("Status") == "healthy", 30)
+    assert dk.out("ps", "--format", "{{.Status}}").endswith("(healthy)")
+    # the cgroup has the limits: the same ones as `portlink run --memory`
+    assert dk.host.client.get("/containers/tuned")["limits"]["memory"] == 64 << 20

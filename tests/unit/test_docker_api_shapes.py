@@ -150,7 +150,8 @@ VIEW = {"id": "ab" * 32, "name": "web", "status": "running", "pid": 42, "exit_co
                     "bridge": "pl-br0", "netns": "/x/ns",
                     "ports": [{"proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080, "container_port": 80}]},
         "paths": {"hosts": "/x/hosts", "log": "/x/log"}, "links": [{"name": "db", "alias": "sql"}],
-        "Mounts": [], "State": {"Health": {"Status": "healthy", "FailingStreak": 0, "Log": []}}}
+        "Mounts": [], "State": {"Health": {"Status": "healthy", "FailingStreak": 0,
+                             "Log": [{"Start": 101.5, "End": 101.75, "ExitCode": 0, "Output": ""}]}}}
 
 
 def test_container_shapes():
@@ -160,6 +161,9 @@ def test_container_shapes():
                           {"PrivatePort": 9000, "Type": "tcp"}]
     i = dv.container_inspect(VIEW, "sha256:1", "n1")
     assert i["Path"] == "/bin/sh" and i["Args"] == ["httpd"] and i["State"]["Health"]["Status"] == "healthy"
+    # times are RFC 3339 text, as Go's client parses them
+    assert i["State"]["Health"]["Log"] == [{"Start": "1970-01-01T00:01:41.500000000Z",
+                                            "End": "1970-01-01T00:01:41.750000000Z", "ExitCode": 0, "Output": ""}]
     assert i["NetworkSettings"]["Networks"]["bridge"]["MacAddress"] == "02:42:0a:4d:00:02"
     assert i["HostConfig"]["Links"] == ["/db:/web/sql"] and i["HostConfig"]["NetworkMode"] == "default"
     stopped = {**VIEW, "status": "exited", "exit_code": 3, "finished": 200.0}
