@@ -131,7 +131,7 @@ class DockerApi:
         return [
             ("GET", "/_ping", self.ping), ("GET", "/version", self.version), ("GET", "/info", self.info),
             ("POST", "/containers/create", self.create), ("GET", "/containers/json", self.ps),
-            ("POST", "/containers/prune", unsupported("container prune (use `portlink system prune`)")),
+            ("POST", "/containers/prune", self.ctr_prune),
             ("GET", "/containers/{ref}/json", self.inspect), ("POST", "/containers/{ref}/start", self.start),
             ("POST", "/containers/{ref}/stop", self.stop), ("POST", "/containers/{ref}/restart", self.restart),
             ("POST", "/containers/{ref}/kill", self.kill), ("POST", "/containers/{ref}/wait", self.wait),
@@ -152,7 +152,7 @@ class DockerApi:
             ("POST", "/containers/{ref}/rename", unsupported("rename")),
             ("POST", "/containers/{ref}/resize", unsupported("resize (TTY)")),
             ("GET", "/networks", self.net_ls), ("POST", "/networks/create", self.net_create),
-            ("POST", "/networks/prune", unsupported("network prune")),
+            ("POST", "/networks/prune", self.net_prune),
             ("GET", "/networks/{ref}", self.net_inspect), ("DELETE", "/networks/{ref}", self.net_rm),
             ("POST", "/networks/{ref}/connect", unsupported("network connect (a container is on one network)")),
             ("POST", "/networks/{ref}/disconnect", unsupported("network disconnect")),
@@ -163,7 +163,7 @@ class DockerApi:
             ("GET", "/images/get", self.img_save),
             ("POST", "/images/create", unsupported("pulling or importing images (load a docker-save archive "
                                                    "with `docker load`)")),
-            ("POST", "/images/prune", unsupported("image prune")),
+            ("POST", "/images/prune", self.img_prune), ("POST", "/build/prune", self.build_prune),
             ("GET", "/images/search", unsupported("image search")),
             ("POST", "/build", unsupported("build")),
             ("GET", "/system/df", unsupported("system df")),
@@ -467,6 +467,56 @@ class DockerApi:
             reader.close()
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    def _prune_filters(r, allowed: tuple[str, ...] = ()) -> dict:
+        f = dv.parse_filters(r.query.get("filters"), ("until", "label", "label!", *allowed))
+        given = sorted(k for k in f if k not in allowed)
+        if given:
+            raise DockerUnsupported(f"prune filter {given[0]!r} is not supported by portlink")
+        return f
+
+    async def ctr_prune(self, r):
+        """Every container that is not running (exited or created) goes."""
+        self._prune_filters(r)
+        gone = []
+        for v in await self.call(self.host.containers.list, True):
+            if v["status"] in ("exited", "created") and not v.get("restarting"):
+                try:
+                    await self.call(self.host.containers.remove, v["id"])
+                    gone.append(v["id"])
+                except NotFound:
+                    pass           # removed meanwhile (an ambassador with its last linker)
+        return web.json_response({"ContainersDeleted": gone or None, "SpaceReclaimed": 0})
+
+    async def net_prune(self, r):
+        """Every network no container is on, except the default one."""
+        self._prune_filters(r)
+        gone = []
+        for s in await self.call(self.host.networks.list):
+            if s.name != "bridge" and not await self.call(self.host.networks.users, s.name):
+                errors = await self.call(self.host.networks.remove, s.name)
+                if errors:
+                    raise PortlinkError(f"network {s.name} removed, but cleanup failed: " + "; ".join(errors))
+                gone.append(s.name)
+        return web.json_response({"NetworksDeleted": gone or None})
+
+    async def img_prune(self, r):
+        """Dangling images: portlink has none (every image has a name). dangling=false
+        (`image prune -a`): every image no container uses."""
+        f = self._prune_filters(r, ("dangling",))
+        deleted = []
+        if any(x.lower() in ("0", "false") for x in f.get("dangling", [])):
+            for img in await self.call(self.host.images.list):
+                try:
+                    name = await api_images.remove_image(self.api, img.name)
+                except Conflict:
+                    continue          # in use: kept
+                deleted.append({"Untagged": dv.repo_tag(name)})
+        return web.json_response({"ImagesDeleted": deleted or None, "SpaceReclaimed": 0})
+
+    async def build_prune(self, r):
+        return web.json_response({"CachesDeleted": None, "SpaceReclaimed": 0})   # no builder, no cache
 
     # networks -------------------------------------------------------------------------------------
     async def _net(self, ref: str):

@@ -324,3 +324,22 @@ def test_limits_health_dns_publish_all_entrypoint(dk):
     assert dk.out("ps", "--format", "{{.Status}}").endswith("(healthy)")
     # the cgroup has the limits: the same ones as `portlink run --memory`
     assert dk.host.client.get("/containers/tuned")["limits"]["memory"] == 64 << 20
+
+
+def test_prune(dk):
+    dk.run("network", "create", "spare")
+    dk.run("network", "create", "used")
+    dk.run("run", "-d", "--name", "up", "--network", "used", "busybox", "sleep", "600")
+    dk.run("create", "--name", "made", "busybox", "true")
+    dk.run("run", "--name", "done", "busybox", "true")
+    ids = {dk.inspect(n)["Id"] for n in ("made", "done")}
+    out = dk.out("container", "prune", "-f").splitlines()
+    assert out[0] == "Deleted Containers:" and set(out[1:3]) == ids and out[3:] == ["", "Total reclaimed space: 0B"]
+    assert dk.out("ps", "-a", "--format", "{{.Names}}") == "up"
+    assert dk.out("network", "prune", "-f") == "Deleted Networks:\nspare"
+    assert sorted(dk.out("network", "ls", "--format", "{{.Name}}").split()) == ["bridge", "used"]
+    lab = dk.run("container", "prune", "-f", "--filter", "label=x", check=False)
+    assert lab.returncode != 0 and "prune filter 'label' is not supported" in lab.stderr
+    # image prune -a: busybox is used by `up`, so it stays
+    dk.run("image", "prune", "-a", "-f")
+    assert dk.out("images", "--format", "{{.Repository}}") == "busybox"
