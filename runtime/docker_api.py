@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import socket
-import struct
 import time
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
 from portlink.runtime import api_images, events, logfmt
 from portlink.runtime import docker_views as dv
+from portlink.runtime.docker_exec import Execs
+from portlink.runtime.docker_views import STDERR, STDOUT, frame
 from portlink.runtime.docker_request import DockerUnsupported, run_request
 from portlink.runtime.records import RUNNING
 
@@ -35,12 +36,6 @@ MIN_API_VERSION = "1.12"
 _VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 HEADERS = {"Api-Version": API_VERSION, "Docker-Experimental": "false", "Ostype": "linux",
            "Server": f"portlink/{__version__} (linux)"}
-STDOUT, STDERR = 1, 2
-
-
-def frame(stream: int, payload: bytes) -> bytes:
-    """One frame of Docker's multiplexed stream (logs and attach without a TTY)."""
-    return struct.pack(">BxxxL", stream, len(payload)) + payload
 
 
 def _gone(r: web.Request) -> bool:
@@ -78,6 +73,8 @@ class DockerApi:
     def __init__(self, api) -> None:
         self.api = api            # portlink's own API: its pool and its host
         self.host = api.host
+        self.headers = HEADERS
+        self.execs = Execs(self)
 
     def call(self, fn, *args, **kw):
         return self.api.call(fn, *args, **kw)
@@ -138,7 +135,7 @@ class DockerApi:
             ("DELETE", "/containers/{ref}", self.rm), ("GET", "/containers/{ref}/logs", self.logs),
             ("POST", "/containers/{ref}/attach", self.attach),
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
-            ("POST", "/containers/{ref}/exec", unsupported("exec through the Docker API (use `portlink exec`)")),
+            ("POST", "/containers/{ref}/exec", self.execs.create),
             ("GET", "/containers/{ref}/stats", unsupported("stats through the Docker API (use `portlink stats`)")),
             ("GET", "/containers/{ref}/top", unsupported("top")),
             ("GET", "/containers/{ref}/changes", unsupported("changes")),
@@ -174,8 +171,8 @@ class DockerApi:
             ("GET", "/images/{name:.+}/get", self.img_save_one),
             ("DELETE", "/images/{name:.+}", self.img_rm),
             ("GET", "/events", self.events),
-            ("POST", "/exec/{ref}/start", unsupported("exec")), ("GET", "/exec/{ref}/json", unsupported("exec")),
-            ("POST", "/exec/{ref}/resize", unsupported("exec")),
+            ("POST", "/exec/{ref}/start", self.execs.start), ("GET", "/exec/{ref}/json", self.execs.inspect),
+            ("POST", "/exec/{ref}/resize", unsupported("exec resize (TTY)")),
             ("POST", "/auth", unsupported("registry login")), ("POST", "/commit", unsupported("commit")),
             ("GET", "/swarm", unsupported("swarm")), ("GET", "/services", unsupported("swarm services")),
             ("GET", "/nodes", unsupported("swarm nodes")), ("GET", "/plugins", unsupported("plugins")),
@@ -419,6 +416,17 @@ class DockerApi:
         await resp.write_eof()
         return resp
 
+    async def raw_stream(self, r: web.Request) -> web.StreamResponse:
+        """The answer of a hijacked connection (attach, exec start), prepared: 101 when
+        the client asks to upgrade to tcp, else 200; the stream ends with the connection."""
+        upgrade = r.headers.get("Upgrade", "").lower() == "tcp"
+        resp = _Raw(status=101 if upgrade else 200, reason="UPGRADED" if upgrade else None,
+                    headers={**HEADERS, "Content-Type": "application/vnd.docker.raw-stream",
+                             **({"Connection": "Upgrade", "Upgrade": "tcp"} if upgrade else {})})
+        resp.force_close()
+        await resp.prepare(r)
+        return resp
+
     async def attach(self, r):
         """Output only (portlink's containers have no stdin or TTY): the hijacked
         connection carries the multiplexed stream, from now (logs=1: from the
@@ -430,11 +438,6 @@ class DockerApi:
         if r.query.get("detachKeys"):
             raise DockerUnsupported("detach keys are not supported by portlink (no stdin)")
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
-        upgrade = r.headers.get("Upgrade", "").lower() == "tcp"
-        resp = _Raw(status=101 if upgrade else 200, reason="UPGRADED" if upgrade else None,
-                    headers={**HEADERS, "Content-Type": "application/vnd.docker.raw-stream",
-                             **({"Connection": "Upgrade", "Upgrade": "tcp"} if upgrade else {})})
-        resp.force_close()           # the stream ends with the connection
         reader = logfmt.Reader(Path(v["paths"]["log"]))
         open_line: dict[str, bool] = {}
 
@@ -448,7 +451,7 @@ class DockerApi:
                                      logfmt.render_text(rec, False, first)))
             return b"".join(out)
 
-        await resp.prepare(r)
+        resp = await self.raw_stream(r)
         try:
             old = await self.call(reader.read_existing, None if _flag(r, "logs") else 0)
             await resp.write(render(old))

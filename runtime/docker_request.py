@@ -34,7 +34,7 @@ _ZERO = {("HostConfig", "ConsoleSize"): [0, 0], ("HostConfig", "MemorySwappiness
 LOG_DRIVERS = ("", "json-file", "local", "k8s-file")   # portlink keeps one kind of log: these mean it
 
 
-def _unsupported(obj: dict, known: set[str], where: str) -> None:
+def refuse_unsupported(obj: dict, known: set[str], where: str) -> None:
     for k, v in obj.items():
         if k in known or not v or _ZERO.get((where, k)) == v:
             continue
@@ -94,7 +94,7 @@ def publish(bindings: dict) -> list[str]:
 def mount(m: dict) -> str:
     """HostConfig.Mounts[i] as a --mount spec."""
     m = _obj(m, "HostConfig.Mounts[]")
-    _unsupported(m, {"Type", "Source", "Target", "ReadOnly", "VolumeOptions", "TmpfsOptions", "BindOptions",
+    refuse_unsupported(m, {"Type", "Source", "Target", "ReadOnly", "VolumeOptions", "TmpfsOptions", "BindOptions",
                      "Consistency"}, "Mount")
     kind = m.get("Type") or "volume"
     parts = [f"type={kind}"]
@@ -104,12 +104,12 @@ def mount(m: dict) -> str:
     if m.get("ReadOnly"):
         parts.append("readonly")
     vol = _obj(m.get("VolumeOptions"), "VolumeOptions")
-    _unsupported(vol, {"NoCopy"}, "VolumeOptions")
+    refuse_unsupported(vol, {"NoCopy"}, "VolumeOptions")
     if vol.get("NoCopy"):
         parts.append("volume-nocopy")
-    _unsupported(_obj(m.get("BindOptions"), "BindOptions"), set(), "BindOptions")
+    refuse_unsupported(_obj(m.get("BindOptions"), "BindOptions"), set(), "BindOptions")
     tmpfs = _obj(m.get("TmpfsOptions"), "TmpfsOptions")
-    _unsupported(tmpfs, {"SizeBytes", "Mode"}, "TmpfsOptions")
+    refuse_unsupported(tmpfs, {"SizeBytes", "Mode"}, "TmpfsOptions")
     if tmpfs.get("SizeBytes"):
         parts.append(f"tmpfs-size={tmpfs['SizeBytes']}")
     if tmpfs.get("Mode"):
@@ -134,7 +134,7 @@ def _duration(ns, what: str) -> str:
 
 def healthcheck(h: dict, spec: dict) -> None:
     h = _obj(h, "Config.Healthcheck")
-    _unsupported(h, {"Test", "Interval", "Timeout", "Retries", "StartPeriod"}, "Healthcheck")
+    refuse_unsupported(h, {"Test", "Interval", "Timeout", "Retries", "StartPeriod"}, "Healthcheck")
     test = _strs(h.get("Test"), "Healthcheck.Test")
     if test[:1] == ["NONE"]:
         spec["no_healthcheck"] = True
@@ -162,8 +162,8 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
     host = _obj(body.get("HostConfig"), "HostConfig")
     netcfg = _obj(body.get("NetworkingConfig"), "NetworkingConfig")
     config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
-    _unsupported(config, _CONFIG | _CONFIG_CLIENT, "Config")
-    _unsupported(host, _HOST, "HostConfig")
+    refuse_unsupported(config, _CONFIG | _CONFIG_CLIENT, "Config")
+    refuse_unsupported(host, _HOST, "HostConfig")
     image = config.get("Image")
     if not isinstance(image, str) or not image:
         raise InvalidArgument("Config.Image: no image given")
@@ -201,7 +201,7 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
         bound = {p.rsplit(":", 1)[-1] for p in spec["publish"]}
         spec["publish"] += [p for p in sorted({*spec["expose"], *image_exposed}) if p not in bound]
     rp = _obj(host.get("RestartPolicy"), "HostConfig.RestartPolicy")
-    _unsupported(rp, {"Name", "MaximumRetryCount"}, "RestartPolicy")
+    refuse_unsupported(rp, {"Name", "MaximumRetryCount"}, "RestartPolicy")
     if rp.get("Name") not in (None, "", "no"):
         n = rp.get("MaximumRetryCount") or 0
         spec["restart"] = f"{rp['Name']}:{n}" if n else rp["Name"]
@@ -241,13 +241,13 @@ def aliases(netcfg: dict, network: str, mode: str) -> list[str]:
     """NetworkingConfig.EndpointsConfig: one endpoint, on the container's network
     (portlink puts a container on one network); its Aliases become DNS names."""
     eps = _obj(netcfg.get("EndpointsConfig"), "NetworkingConfig.EndpointsConfig")
-    _unsupported(netcfg, {"EndpointsConfig"}, "NetworkingConfig")
+    refuse_unsupported(netcfg, {"EndpointsConfig"}, "NetworkingConfig")
     out: list[str] = []
     for net, ep in eps.items():
         if net not in (network, mode):
             raise DockerUnsupported(f"cannot attach to network {net!r} too: a portlink container is on one "
                                     f"network ({network!r})")
         ep = _obj(ep, f"EndpointsConfig[{net!r}]")
-        _unsupported(ep, {"Aliases", "NetworkID", "EndpointID"}, "EndpointSettings")
+        refuse_unsupported(ep, {"Aliases", "NetworkID", "EndpointID"}, "EndpointSettings")
         out += _strs(ep.get("Aliases"), "EndpointSettings.Aliases")
     return out

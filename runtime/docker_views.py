@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import time
 from decimal import Decimal
 from ipaddress import ip_address
@@ -15,6 +16,13 @@ from portlink.netns.model import container_mac
 from portlink.runtime.docker_request import DockerUnsupported
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
+STDOUT, STDERR = 1, 2
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream (logs, attach and exec without a TTY)."""
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
 # portlink's statuses as Docker's State.Status
 _STATUS = {"creating": "created", "created": "created", "running": "running", "exited": "exited",
            "removing": "removing"}

@@ -268,11 +268,26 @@ def test_unsupported_is_a_clear_error_and_nothing_made(dk):
         assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
     assert dk.out("ps", "-aq") == ""
     dk.run("run", "-d", "--name", "x", "busybox", "sleep", "600")
-    for args in (["exec", "x", "true"], ["top", "x"], ["pause", "x"]):
+    for args, words in ((["exec", "-t", "x", "true"], "ExecConfig.Tty is not supported"),
+                        (["exec", "-i", "x", "true"], "ExecConfig.AttachStdin is not supported"),
+                        (["exec", "-u", "nobody", "x", "true"], "ExecConfig.User is not supported"),
+                        (["top", "x"], "top is not supported"), (["pause", "x"], "pause is not supported")):
         p = dk.run(*args, check=False, timeout=30)
-        assert p.returncode != 0 and "not supported by portlink" in p.stderr, (args, p.stderr)
-    status, _, body = dk.http("POST", "/v1.41/containers/x/exec")
-    assert status == 501 and "exec" in json.loads(body)["message"]
+        assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
+    status, _, body = dk.http("GET", "/v1.41/containers/x/top")
+    assert status == 501 and json.loads(body) == {"message": "top is not supported by portlink's Docker API"}
+
+
+def test_exec(dk):
+    dk.run("run", "-d", "--name", "x", "busybox", "sleep", "600")
+    p = dk.run("exec", "x", "sh", "-c", "echo out; echo err >&2; exit 5", check=False)
+    assert (p.returncode, p.stdout, p.stderr) == (5, "out\n", "err\n")
+    assert dk.out("exec", "-w", "/etc", "-e", "A=b", "x", "sh", "-c", "echo $A $(pwd)") == "b /etc"
+    dk.run("exec", "-d", "x", "sh", "-c", "echo detached > /tmp/d")
+    assert wait_for(lambda: dk.run("exec", "x", "cat", "/tmp/d", check=False).stdout == "detached\n", 10)
+    dk.run("stop", "-t", "1", "x")
+    stopped = dk.run("exec", "x", "true", check=False)
+    assert stopped.returncode != 0 and "is not running" in stopped.stderr
 
 
 def test_foreground_run_attach_and_rm(dk):

@@ -62,6 +62,12 @@ def test_containers_run_list_get_logs_stop_remove(client):
     stream = web.logs(stream=True, follow=False)
     assert b"".join(stream).count(b"\n") == 2
 
+    # exec through portlink's own exec: output and exit code
+    code, out = web.exec_run(["sh", "-c", "echo $MODE; exit 2"])
+    assert (code, out) == (2, b"test\n")
+    code, (o, e) = web.exec_run(["sh", "-c", "echo a; echo b >&2"], demux=True)
+    assert (code, o, e) == (0, b"a\n", b"b\n")
+
     web.stop(timeout=2)
     web.reload()
     assert web.status == "exited"
