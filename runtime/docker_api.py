@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, events, logfmt
+from portlink.runtime import api_images, cgroups, events, logfmt
 from portlink.runtime import docker_views as dv
 from portlink.runtime.docker_exec import Execs
 from portlink.runtime.docker_views import STDERR, STDOUT, frame
@@ -136,7 +136,7 @@ class DockerApi:
             ("POST", "/containers/{ref}/attach", self.attach),
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
             ("POST", "/containers/{ref}/exec", self.execs.create),
-            ("GET", "/containers/{ref}/stats", unsupported("stats through the Docker API (use `portlink stats`)")),
+            ("GET", "/containers/{ref}/stats", self.stats),
             ("GET", "/containers/{ref}/top", unsupported("top")),
             ("GET", "/containers/{ref}/changes", unsupported("changes")),
             ("GET", "/containers/{ref}/export", unsupported("export")),
@@ -520,6 +520,41 @@ class DockerApi:
 
     async def build_prune(self, r):
         return web.json_response({"CachesDeleted": None, "SpaceReclaimed": 0})   # no builder, no cache
+
+    async def stats(self, r):
+        """A sample a second (the same samples as `portlink stats`), each with the one
+        before as precpu_stats; stream=false: one, after a second (so it has a
+        CPU figure); one-shot=true: one at once."""
+        v = await self._view(r.match_info["ref"])
+        stream, one_shot = _flag(r, "stream", True), _flag(r, "one-shot")
+        cpus = os.cpu_count() or 1
+        clk = os.sysconf("SC_CLK_TCK")
+
+        async def sample():
+            info = await self.call(self.host.containers.inspect, v["id"])
+            got = (await self.call(cgroups.read_samples, [info]))[0]
+            proc_stat = await self.call(Path("/proc/stat").read_text)
+            return got, dv.system_cpu_ns(proc_stat, clk)
+
+        prev, sys_prev = None, 0
+        if not stream and not one_shot:
+            prev, sys_prev = await sample()
+            await asyncio.sleep(1)
+        cur, sys_now = await sample()
+        if not stream:
+            return web.json_response(dv.stats_json(cur, prev, sys_now, sys_prev, cpus, v["name"]), headers=HEADERS)
+        resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "application/json"})
+        await resp.prepare(r)
+        while not _gone(r):
+            await resp.write((json.dumps(dv.stats_json(cur, prev, sys_now, sys_prev, cpus, v["name"])) + "\n").encode())
+            await asyncio.sleep(1)
+            prev, sys_prev = cur, sys_now
+            try:
+                cur, sys_now = await sample()
+            except NotFound:
+                break              # removed meanwhile
+        await resp.write_eof()
+        return resp
 
     # networks -------------------------------------------------------------------------------------
     async def _net(self, ref: str):

@@ -341,3 +341,43 @@ def event_filters(f: dict[str, list[str]]) -> list[str]:
                                     "(type, event, container, name, network are)")
         items += [f"{key}={v}" for v in vals]
     return items
+
+
+# stats -----------------------------------------------------------------------------------------
+def system_cpu_ns(proc_stat: str, clk_tck: int) -> int:
+    """The host's CPU time (all cores, all states) from /proc/stat's "cpu" line: what
+    Docker's stats call system_cpu_usage (the client divides a container's delta by it)."""
+    for line in proc_stat.splitlines():
+        if line.startswith("cpu "):
+            return sum(int(x) for x in line.split()[1:8]) * 1_000_000_000 // clk_tck
+    return 0
+
+
+def _cpu(s: dict | None, system: int, cpus: int) -> dict:
+    total = (s or {}).get("cpu_ns") or 0
+    return {"cpu_usage": {"total_usage": total, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+            "system_cpu_usage": system if s else 0, "online_cpus": cpus,
+            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0}}
+
+
+def stats_json(cur: dict, prev: dict | None, sys_now: int, sys_prev: int, cpus: int, name: str) -> dict:
+    """`GET /containers/{id}/stats` from portlink's samples (runtime.stats.sample):
+    `prev` is the sample before (precpu_stats), None for the first."""
+    mem, net, blk = cur.get("memory"), cur.get("net"), cur.get("blkio") or cur.get("task_io")
+    return {
+        "read": iso(cur["time"]), "preread": iso(prev["time"]) if prev else ZERO_TIME,
+        "pids_stats": {k: v for k, v in (("current", cur.get("pids")), ("limit", cur.get("pids_limit")))
+                       if v is not None},
+        "blkio_stats": {"io_service_bytes_recursive": [
+            {"major": 0, "minor": 0, "op": "read", "value": blk["read"]},
+            {"major": 0, "minor": 0, "op": "write", "value": blk["write"]}] if blk else None},
+        "num_procs": 0, "storage_stats": {},
+        "cpu_stats": _cpu(cur, sys_now, cpus), "precpu_stats": _cpu(prev, sys_prev, cpus),
+        "memory_stats": {"usage": mem["usage"], "limit": mem["limit"] or 0,
+                         "stats": {"cache": mem["cache"], "rss": mem["rss"]}} if mem else {},
+        "name": "/" + name, "id": cur["id"],
+        **({"networks": {"eth0": {"rx_bytes": net["rx_bytes"], "rx_packets": net["rx_packets"], "rx_errors": 0,
+                                  "rx_dropped": net["rx_dropped"], "tx_bytes": net["tx_bytes"],
+                                  "tx_packets": net["tx_packets"], "tx_errors": 0,
+                                  "tx_dropped": net["tx_dropped"]}}} if net else {}),
+    }

@@ -358,3 +358,11 @@ def test_prune(dk):
     # image prune -a: busybox is used by `up`, so it stays
     dk.run("image", "prune", "-a", "-f")
     assert dk.out("images", "--format", "{{.Repository}}") == "busybox"
+
+
+def test_stats(dk):
+    dk.run("run", "-d", "--name", "busy", "--memory", "64m", "busybox", "sh", "-c", "while :; do :; done")
+    out = dk.out("stats", "--no-stream", "--format", "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.PIDs}}", "busy")
+    name, cpu, mem, pids = out.split("|")
+    assert (name, pids) == ("busy", "1") and mem.endswith(" / 64MiB"), out
+    assert float(cpu.rstrip("%")) > 0          # a busy loop: CPU time between the two samples

@@ -68,6 +68,15 @@ def test_containers_run_list_get_logs_stop_remove(client):
     code, (o, e) = web.exec_run(["sh", "-c", "echo a; echo b >&2"], demux=True)
     assert (code, o, e) == (0, b"a\n", b"b\n")
 
+    # stats: one sample (with the one before it), then a bounded stream
+    one = web.stats(stream=False)
+    assert one["id"] == web.id and one["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+    assert one["precpu_stats"]["system_cpu_usage"] > 0 and one["pids_stats"]["current"] >= 1
+    it = web.stats(stream=True, decode=True)
+    first, second = next(it), next(it)
+    assert second["precpu_stats"]["cpu_usage"]["total_usage"] == first["cpu_stats"]["cpu_usage"]["total_usage"]
+    it.close()
+
     web.stop(timeout=2)
     web.reload()
     assert web.status == "exited"

@@ -199,3 +199,20 @@ def test_event_shape_and_filters():
 def test_repo_tags():
     assert [dv.repo_tag(n) for n in ("redis", "redis:7", "example.com:5000/app", "a/b@sha256:00")] == [
         "redis:latest", "redis:7", "example.com:5000/app:latest", "a/b@sha256:00"]
+
+
+def test_stats_shape():
+    assert dv.system_cpu_ns("cpu  100 0 50 800 10 0 40 0 0 0\ncpu0 1 2 3\n", 100) == 10_000_000_000
+    sample = lambda t, ns: {"id": "ab" * 32, "time": t, "cpu_ns": ns, "pids": 3, "pids_limit": 2048,
+                            "memory": {"usage": 10, "rss": 6, "cache": 4, "limit": 64}, "blkio": None,
+                            "task_io": {"read": 1, "write": 2},
+                            "net": {"rx_bytes": 5, "tx_bytes": 6, "rx_packets": 1, "tx_packets": 2,
+                                    "rx_dropped": 0, "tx_dropped": 0}}
+    s = dv.stats_json(sample(2.0, 900), sample(1.0, 400), 5000, 3000, 2, "web")
+    assert (s["cpu_stats"]["cpu_usage"]["total_usage"], s["precpu_stats"]["cpu_usage"]["total_usage"]) == (900, 400)
+    assert (s["cpu_stats"]["system_cpu_usage"], s["precpu_stats"]["system_cpu_usage"]) == (5000, 3000)
+    assert s["memory_stats"] == {"usage": 10, "limit": 64, "stats": {"cache": 4, "rss": 6}}
+    assert s["pids_stats"] == {"current": 3, "limit": 2048} and s["networks"]["eth0"]["rx_bytes"] == 5
+    assert s["name"] == "/web" and s["blkio_stats"]["io_service_bytes_recursive"][1]["value"] == 2
+    first = dv.stats_json(sample(2.0, 900), None, 5000, 0, 2, "web")
+    assert first["precpu_stats"]["system_cpu_usage"] == 0 and first["preread"] == dv.ZERO_TIME
