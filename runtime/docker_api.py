@@ -33,7 +33,6 @@ from portlink.runtime.records import RUNNING
 log = logging.getLogger("portlink.docker")
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
-_VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 HEADERS = {"Api-Version": API_VERSION, "Docker-Experimental": "false", "Ostype": "linux",
            "Server": f"portlink/{__version__} (linux)"}
 
@@ -98,7 +97,9 @@ class DockerApi:
             if e.status == 404:
                 return _error(404, "page not found")
             return _error(e.status, f"{e.reason}: {request.method} {request.path}")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionError:
+            return web.Response()    # the client left mid-stream: nothing to answer
+        except asyncio.CancelledError:
             raise
         except Exception as e:
             log.exception("internal error on %s %s", request.method, request.path)
@@ -289,7 +290,10 @@ class DockerApi:
         everything = _flag(r, "all") or "status" in f or "exited" in f
         views = await self.call(self.host.containers.list, everything)
         views = sorted((v for v in views if dv.container_matches(v, f)), key=lambda v: -v["created"])
-        limit = int(r.query.get("limit") or -1)
+        try:
+            limit = int(r.query.get("limit") or -1)
+        except ValueError:
+            raise InvalidArgument(f"invalid limit {r.query['limit']!r}: expected a number") from None
         if limit > 0:
             views = views[:limit]
         imgs, nets = await self._ids(views)
@@ -358,8 +362,7 @@ class DockerApi:
                 return resp
             await asyncio.sleep(0.1)
         await resp.write(json.dumps({"StatusCode": code or 0, "Error": None}).encode() + b"\n")
-        await resp.write_eof()
-        return resp
+        return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     async def rm(self, r):
         if _flag(r, "link"):
@@ -413,8 +416,7 @@ class DockerApi:
                 await asyncio.sleep(0.05)
         finally:
             reader.close()
-        await resp.write_eof()
-        return resp
+        return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     async def raw_stream(self, r: web.Request) -> web.StreamResponse:
         """The answer of a hijacked connection (attach, exec start), prepared: 101 when
@@ -468,8 +470,7 @@ class DockerApi:
                 await asyncio.sleep(0.05)
         finally:
             reader.close()
-        await resp.write_eof()
-        return resp
+        return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     @staticmethod
     def _prune_filters(r, allowed: tuple[str, ...] = ()) -> dict:
@@ -553,8 +554,7 @@ class DockerApi:
                 cur, sys_now = await sample()
             except NotFound:
                 break              # removed meanwhile
-        await resp.write_eof()
-        return resp
+        return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     # networks -------------------------------------------------------------------------------------
     async def _net(self, ref: str):
@@ -773,8 +773,7 @@ class DockerApi:
             for e in new:
                 if events.matches(e, filters) and (until is None or e.time <= until):
                     await resp.write((json.dumps(dv.event_json(e.to_json())) + "\n").encode())
-        await resp.write_eof()
-        return resp
+        return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
 
 def _requested_version(r: web.Request) -> tuple[int, int]:

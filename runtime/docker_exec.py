@@ -115,8 +115,7 @@ class Execs:
         pumps = [pump(s, k) for s, k in ((proc.stdout, STDOUT), (proc.stderr, STDERR)) if s is not None]
         await asyncio.gather(*pumps)
         await self._finish(e, proc)
-        await resp.write_eof()
-        return resp
+        return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     @staticmethod
     async def _finish(e: Exec, proc) -> None:

@@ -157,7 +157,7 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
             "Binds": [x for x in cfg["volumes"] if ":" in x] or None, "ContainerIDFile": "",
             "LogConfig": {"Type": "json-file", "Config": cfg.get("log_opts") or {}},
             "NetworkMode": "default" if n["name"] == "bridge" else n["name"],
-            "PortBindings": {k: b for k, b in port_map(v, live=False).items() if b}, "RestartPolicy": v["RestartPolicy"],
+            "PortBindings": {k: b for k, b in port_map(v, live=False).items() if b}, "RestartPolicy": {**v["RestartPolicy"], "Name": v["RestartPolicy"]["Name"] or "no"},
             "AutoRemove": cfg["rm"], "VolumeDriver": "", "VolumesFrom": cfg["volumes_from"] or None,
             "CapAdd": cfg["cap_add"] or None, "CapDrop": cfg["cap_drop"] or None, "Dns": cfg["dns"],
             "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "Links": links(v) or None,
