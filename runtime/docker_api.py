@@ -334,8 +334,6 @@ class DockerApi:
 
     async def kill(self, r):
         v = await self._view(r.match_info["ref"])
-        if v["status"] != RUNNING:
-            raise Conflict(f"Container {v['id']} is not running")
         await self.call(self.host.containers.kill, v["id"], r.query.get("signal") or "SIGKILL")
         return web.Response(status=204)
 
@@ -368,9 +366,6 @@ class DockerApi:
         if _flag(r, "link"):
             raise DockerUnsupported("removing a link (rm --link) is not supported by portlink")
         v = await self._view(r.match_info["ref"])
-        if v["status"] == RUNNING and not _flag(r, "force"):
-            raise Conflict(f"You cannot remove a running container {v['id']}. Stop the container before "
-                           "attempting removal or force remove")
         await self.call(self.host.containers.remove, v["id"], _flag(r, "force"), _flag(r, "v"))
         return web.Response(status=204)
 
