@@ -53,6 +53,11 @@ class LabHost:
         return f"{self.workdir}/portlink.sock"
 
     @property
+    def docker_socket(self) -> str:
+        """The host's Docker API (portlinkd --docker-socket): DOCKER_HOST in `lab exec`."""
+        return f"{self.workdir}/docker.sock"
+
+    @property
     def netns_path(self) -> str:
         return f"/run/netns/{self.ns}"
 
@@ -241,7 +246,7 @@ def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",
                           ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2",
-                           "--secure-links",
+                           "--secure-links", "--docker-socket", h.docker_socket,
                            *consul_acl.daemon_args(_secrets(h), h.name)],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")
@@ -312,7 +317,7 @@ def ls() -> list[dict]:
             continue
         for h in lab.hosts:
             out.append({"lab": lab.name, "host": h.name, "ip": h.ip, "namespace": h.ns, "socket": h.socket,
-                        "consul": h.consul_role, "portlinkd": "up" if lab.alive(h.daemon_pid) else "down",
+                        "docker_socket": h.docker_socket, "consul": h.consul_role, "portlinkd": "up" if lab.alive(h.daemon_pid) else "down",
                         "consul_agent": "up" if lab.alive(h.consul_pid) else "down"})
     return out
 
@@ -327,6 +332,7 @@ def exec_argv(name: str, host: str, argv: list[str]) -> tuple[list[str], dict]:
     if argv[0] == "portlink":
         argv = [str(VENV_BIN / "portlink"), *argv[1:]]
     env = {**os.environ, "PORTLINK_HOST": h.socket, "CONSUL_HTTP_ADDR": f"{h.ip}:8500",
+           "DOCKER_HOST": f"unix://{h.docker_socket}",
            "CONSUL_HTTP_TOKEN_FILE": str(management_token_file(lab)),
            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     return ["nsenter", f"--net={h.netns_path}", *argv], env

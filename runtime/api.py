@@ -16,11 +16,10 @@ from portlink import parse
 from portlink.catalog.services import META_CONTAINER_ID
 from portlink.catalog.sync import ConsulSync
 from portlink.catalog.watch import describe
-from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
+from portlink.errors import InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
 from portlink.runtime import ambassadors, api_images, api_json, api_links, api_streams, cgroups, drift, stats, validate
 from portlink.runtime.ambassador_http import read_capped
 from portlink.runtime.host import Host
-from portlink.runtime.images import canonical_name
 
 log = logging.getLogger("portlink.daemon")
 MAX_BODY = 1 << 20   # a container spec is small; a huge body is an error, not an allocation
@@ -174,12 +173,7 @@ class Api:
             return ok([api_json.img_json(i) for i in await self.call(h.images.list)])
 
         async def img_rm(r):
-            name = (await self.call(h.images.get, r.match_info["name"])).name   # canonical: redis:latest is redis
-            users = [x["name"] for x in await self.call(c.list, True) if canonical_name(x["image"]) == name]
-            if users:
-                raise Conflict(f"image {name!r} is used by containers: {', '.join(users)}")
-            await self.call(h.images.remove, name)
-            return ok({"removed": name})
+            return ok({"removed": await api_images.remove_image(self, r.match_info["name"])})
 
         async def prune(r):
             result = await self.call(h.prune, flag(r, "volumes"))

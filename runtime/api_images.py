@@ -13,8 +13,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from portlink.errors import InvalidArgument
+from portlink.errors import Conflict, InvalidArgument
 from portlink.runtime.api_json import img_inspect, img_json
+from portlink.runtime.images import canonical_name
 
 CHUNK = 1 << 20
 
@@ -44,6 +45,17 @@ async def _spool_body(api, r: web.Request) -> Path:
         os.unlink(path)
         raise
     return Path(path)
+
+
+async def remove_image(api, ref: str) -> str:
+    """`image rm`: refused while a container (any status) uses it. Its canonical name."""
+    name = (await api.call(api.host.images.get, ref)).name   # canonical: redis:latest is redis
+    users = [x["name"] for x in await api.call(api.host.containers.list, True)
+             if canonical_name(x["image"]) == name]
+    if users:
+        raise Conflict(f"image {name!r} is used by containers: {', '.join(users)}")
+    await api.call(api.host.images.remove, name)
+    return name
 
 
 def routes(api) -> list:

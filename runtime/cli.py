@@ -38,7 +38,7 @@ def cmd_lab(cl, a):
             t0 = time.monotonic()
             made = lab.up(a.hosts, a.name, progress)
             for h in made.hosts:
-                print(f"{h.name}\t{h.ip}\t{h.ns}\tPORTLINK_HOST={h.socket}")
+                print(f"{h.name}\t{h.ip}\t{h.ns}\tPORTLINK_HOST={h.socket}\tDOCKER_HOST=unix://{h.docker_socket}")
             progress(f"lab {a.name!r} up in {time.monotonic() - t0:.1f}s")
         elif a.lcmd == "ls":
             rows = [r for r in lab.ls() if a.name in (None, r["lab"])]

@@ -24,7 +24,7 @@ from portlink.catalog.services import CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.dns.zone import DEFAULT_TTL
 from portlink.errors import InvalidArgument, PortlinkError
-from portlink.runtime import exporter, logfmt, reaper
+from portlink.runtime import docker_api, exporter, logfmt, reaper
 from portlink.runtime.api import MAX_BODY, Api
 from portlink.runtime.client import DEFAULT_SOCKET  # the CLI's default too
 from portlink.runtime.host import Host, HostConfig
@@ -60,7 +60,7 @@ _seconds.__name__ = "duration"   # argparse: "invalid duration value: 'x'"
 
 
 async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0,
-                metrics_addr: str | None = None) -> None:
+                metrics_addr: str | None = None, docker_socket: Path | None = None) -> None:
     host = Host(cfg)
     repaired = await asyncio.get_running_loop().run_in_executor(None, host.setup)
     if repaired:
@@ -85,6 +85,8 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
     finally:
         os.umask(old)
     os.chmod(socket_path, 0o600)
+    # The Docker API: a second front door onto the same Api (its pool, its host).
+    docker = await docker_api.serve(api, docker_socket) if docker_socket else None
     log.info("portlinkd ready on %s (state %s, firewall %s)", socket_path, cfg.state_dir, host.fw.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,6 +98,8 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
         checker.cancel()
     # Containers keep running across a daemon stop; the next start reconciles.
     await runner.cleanup()
+    if docker:
+        await docker.cleanup()
     if metrics:
         await metrics.cleanup()
     if consul:
@@ -209,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds between drift checks (veths, bridges, firewall, Consul); 0: only on demand")
     p.add_argument("--metrics-addr", metavar="IP:PORT",
                    help="serve Prometheus metrics at http://IP:PORT/metrics (default: off)")
+    p.add_argument("--docker-socket", metavar="PATH",
+                   help="also serve the Docker Engine API (1.41) on this root-only UNIX socket "
+                        "(DOCKER_HOST=unix://PATH; default: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=logsetup.FORMATS,
                    help="text (default) or json: one JSON object per line")
@@ -240,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
             raise InvalidArgument(f"invalid --check-interval {a.check_interval:g}: expected 1 to 86400 seconds, or 0")
         if a.metrics_addr:
             exporter.parse_addr(a.metrics_addr)   # a bad address fails before anything is made
-        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, a.metrics_addr))
+        docker_socket = Path(a.docker_socket.removeprefix("unix://")) if a.docker_socket else None
+        asyncio.run(serve(cfg, Path(a.socket), a.check_interval, a.metrics_addr, docker_socket))
     except PortlinkError as e:
         sys.exit(f"portlinkd: {e}")
 

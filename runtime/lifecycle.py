@@ -166,8 +166,9 @@ class Lifecycle:
                  else self.d.volumes.made_by(c.id))
         return self.d.volumes.remove_unused(names)
 
-    def create(self, req: Request, for_links: bool = False) -> Container:
-        """Record, reserve and start; on any failure everything is undone."""
+    def create(self, req: Request, for_links: bool = False, start: bool = True) -> Container:
+        """Record, reserve and start (`start` False: stop at CREATED, as Docker's
+        `create`); on any failure everything is undone."""
         spec = req.spec
         image = self.d.images.get(spec.image)
         cid = secrets.token_hex(32)
@@ -185,7 +186,10 @@ class Lifecycle:
             self.make_volumes(c, image)
             self.d.journal.make_dir(cid, self.d.layout.cdir(cid))
             with self.lock(cid):
-                self.start_now(cid)
+                if start:
+                    self.start_now(cid)
+                else:
+                    self.d.records.set_created(cid)
         except BaseException as e:
             errors = self.forget(c, error=str(e))
             if errors:
@@ -193,6 +197,8 @@ class Lifecycle:
             if isinstance(e, PortlinkError):
                 raise
             raise RuntimeFailure(f"cannot run container {c.name!r}: {e}") from e
+        if not start:
+            return self.d.records.current(cid)
         faults.point("run.running")
         # Gone already only if its process ended and `--rm` removed it meanwhile.
         return self.d.records.get(cid) or c.with_(status=REMOVING)

@@ -24,7 +24,8 @@ from portlink.runtime.volspec import Mount
 # Container status values
 CREATING, RUNNING, EXITED = "creating", "running", "exited"
 REMOVING = "removing"   # rm under way: a crash here is finished by reconcile, never undone
-STATUSES = (CREATING, RUNNING, EXITED, REMOVING)
+CREATED = "created"     # made but never started (Docker's `create`): started like an exited one
+STATUSES = (CREATING, CREATED, RUNNING, EXITED, REMOVING)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,10 @@ class Records:
             c = Container.from_row(row).with_(**changes)
             db.execute("UPDATE containers SET spec=? WHERE id=?", (c.document(), cid))
         return c
+
+    def set_created(self, cid: str) -> None:
+        """Made but not started: its create ends here (a crash now keeps it)."""
+        self.store.execute("UPDATE containers SET status=? WHERE id=?", CREATED, cid)
 
     def set_exit_code(self, cid: str, code: int) -> None:
         self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)

@@ -1,0 +1,122 @@
+"""docker-py (PyPI `docker`), the Python client, against portlinkd's Docker
+socket: its high-level API as a program would use it."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+from docker.errors import APIError, NotFound
+
+from helpers import wait_for
+from portlink.lab.sandbox import SimHost
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def client(tmp_path):
+    sock = str(tmp_path / "docker.sock")
+    h = SimHost.start("dpy", extra_args=["--docker-socket", sock])
+    c = None
+    try:
+        c = docker.DockerClient(base_url=f"unix://{sock}", version="auto", timeout=60)
+        c.portlink_host = h
+        yield c
+    finally:
+        if c is not None:
+            c.close()
+        errors = h.destroy()
+    assert not errors, errors
+
+
+def test_version_negotiated(client):
+    assert client.api.api_version == "1.41"
+    v = client.version()
+    assert v["ApiVersion"] == "1.41" and v["Os"] == "linux"
+    assert client.ping() is True
+
+
+def test_containers_run_list_get_logs_stop_remove(client):
+    h = client.portlink_host
+    web = client.containers.run("busybox", ["sh", "-c", "echo ready; echo oops >&2; exec httpd -f -p 80 -h /tmp"],
+                                name="web", detach=True, ports={"80/tcp": 8081}, environment={"MODE": "test"},
+                                labels={"app": "demo"}, restart_policy={"Name": "always"})
+    assert web.name == "web" and web.status == "created"    # as returned by create, before start
+    web.reload()
+    assert web.status == "running" and web.attrs["State"]["Pid"] > 0
+    assert web.ports == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8081"}]}
+    assert "MODE=test" in web.attrs["Config"]["Env"] and web.labels == {"app": "demo"}
+    assert web.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+    assert web.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == \
+        h.client.get("/containers/web")["network"]["ip"]
+
+    assert [c.name for c in client.containers.list()] == ["web"]
+    assert [c.id for c in client.containers.list(filters={"label": "app=demo"})] == [web.id]
+    assert client.containers.list(filters={"label": "app=other"}) == []
+    assert client.containers.get("web").id == web.id
+    assert client.containers.get(web.id[:12]).name == "web"
+
+    assert wait_for(lambda: web.logs(stdout=True, stderr=False) == b"ready\n", 10)
+    assert web.logs(stdout=False, stderr=True) == b"oops\n"
+    assert set(web.logs().splitlines()) == {b"ready", b"oops"}
+    stream = web.logs(stream=True, follow=False)
+    assert b"".join(stream).count(b"\n") == 2
+
+    # exec through portlink's own exec: output and exit code
+    code, out = web.exec_run(["sh", "-c", "echo $MODE; exit 2"])
+    assert (code, out) == (2, b"test\n")
+    code, (o, e) = web.exec_run(["sh", "-c", "echo a; echo b >&2"], demux=True)
+    assert (code, o, e) == (0, b"a\n", b"b\n")
+
+    # stats: one sample (with the one before it), then a bounded stream
+    one = web.stats(stream=False)
+    assert one["id"] == web.id and one["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+    assert one["precpu_stats"]["system_cpu_usage"] > 0 and one["pids_stats"]["current"] >= 1
+    it = web.stats(stream=True, decode=True)
+    first, second = next(it), next(it)
+    assert second["precpu_stats"]["cpu_usage"]["total_usage"] == first["cpu_stats"]["cpu_usage"]["total_usage"]
+    it.close()
+
+    web.stop(timeout=2)
+    web.reload()
+    assert web.status == "exited"
+    assert client.containers.list() == [] and [c.name for c in client.containers.list(all=True)] == ["web"]
+    # a stopped `always` container is not restarted: the user stopped it
+    assert client.containers.get("web").status == "exited"
+    web.remove()
+    with pytest.raises(NotFound):
+        client.containers.get("web")
+
+
+def test_run_without_detach_returns_the_output_and_exit_code(client):
+    # run() without detach waits for the exit and reads the logs; a failing command raises
+    out = client.containers.run("busybox", ["sh", "-c", "echo hello"], remove=False, name="once")
+    assert out == b"hello\n"
+    assert client.containers.get("once").attrs["State"]["ExitCode"] == 0
+    with pytest.raises(docker.errors.ContainerError) as err:
+        client.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 5"], name="fails")
+    assert err.value.exit_status == 5 and b"bad" in err.value.stderr
+
+
+def test_networks_volumes_images(client):
+    net = client.networks.create("pynet", ipam=docker.types.IPAMConfig(
+        pool_configs=[docker.types.IPAMPool(subnet="10.98.3.0/24")]))
+    assert [n.name for n in client.networks.list(names=["pynet"])] == ["pynet"]
+    vol = client.volumes.create("pyvol", labels={"k": "v"})
+    assert client.volumes.get("pyvol").attrs["Labels"] == {"k": "v"}
+    ctr = client.containers.run("busybox", ["sh", "-c", "echo x > /v/f; sleep 600"], detach=True, name="c1",
+                                network="pynet", volumes={"pyvol": {"bind": "/v", "mode": "rw"}})
+    ctr.reload()
+    assert ctr.attrs["NetworkSettings"]["Networks"]["pynet"]["IPAddress"].startswith("10.98.3.")
+    net.reload()
+    assert list(net.attrs["Containers"]) == [ctr.id]
+    ctr.remove(force=True)
+    net.remove()
+    assert client.networks.list(names=["pynet"]) == []
+    vol.remove()
+    assert [v.name for v in client.volumes.list()] == []
+    img = client.images.get("busybox")
+    assert "busybox:latest" in img.tags and img.id.startswith("sha256:")
+    with pytest.raises(APIError) as e:
+        client.images.pull("redis")
+    assert e.value.status_code == 501
