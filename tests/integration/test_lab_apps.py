@@ -219,12 +219,12 @@ def test_a_daemon_restart_keeps_a_healthy_service_served(lab):
     labmod.daemon_restart(L.made.name, "host1")
     # The new daemon's first pass over Consul is done: what it registered is what counts.
     assert wait_for(lambda: L.get("host1", "/system/consul")["resync_passes"] >= 1, 15)
-    after = L.get("host1", "/containers/kv")
-    assert after["pid"] == before["pid"] and after["State"]["Health"]["Status"] == "healthy", after["State"]
-    assert after["State"]["Health"]["Log"][0]["Start"] < restarted      # a check of before the restart
-    assert [r["health"] for r in after["consul"]] == ["passing"], after["consul"]
     assert L.passing("kv") == ["10.99.0.1"]
     assert L.dns("host2", "kvclient", "kv.service.consul") == {"10.99.0.1"}
+    after = L.get("host1", "/containers/kv")
+    assert [r["health"] for r in after["consul"]] == ["passing"], after["consul"]
+    assert after["pid"] == before["pid"] and after["State"]["Health"]["Status"] == "healthy", after["State"]
+    assert after["State"]["Health"]["Log"][0]["Start"] < restarted      # a check of before the restart
     # Its checks go on: made sick, it turns unhealthy and leaves Consul's passing list.
     L.cli("host1", "exec", "kv", "touch", "/tmp/sick")
     assert wait_for(lambda: L.health("host1", "kv") == "unhealthy", 20)
