@@ -138,7 +138,10 @@ class HealthMonitor:
                         saved = got[1].saved(c.pid)
             if saved is not None:
                 # Before Consul hears of it: a daemon restart from here on resumes this status.
-                self.records.set_health(c.id, c.pid, saved)
+                try:
+                    self.records.set_health(c.id, c.pid, saved)
+                except Exception:   # the store busy: Consul and events still follow
+                    log.exception("health: cannot keep the status of %s in its record", c.name)
             if changed in (health.HEALTHY, health.UNHEALTHY):
                 self.events.emit("container", f"health_status: {changed}", c.name, c.id,
                                  exit_code=r.exit_code)
