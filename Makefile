@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store
+.PHONY: setup demo demo-host demo-apps test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store bench-apps
 
 setup:
 	./scripts/setup
@@ -11,6 +11,9 @@ demo: setup
 
 demo-host: setup
 	.venv/bin/python examples/demo.py
+
+demo-apps: setup
+	.venv/bin/python examples/lab_apps.py
 
 test: setup
 	.venv/bin/python -P -m pytest -q -p no:cacheprovider tests
@@ -55,3 +58,6 @@ bench-cli: setup
 
 bench-store: setup
 	.venv/bin/python -P bench/store_sync.py
+
+bench-apps: setup
+	.venv/bin/python -P bench/apps.py

@@ -70,7 +70,7 @@ class Registrar:
             await self._register(r)
             done.registered.append(r.id)
             self.on_change("register", r.id, r.name)
-        await self._update_health(want, set(done.registered))
+        await self._update_health(want)
         for sid in done.registered:
             log.info("consul: registered %s", sid)
         for sid in done.deregistered:
@@ -84,11 +84,14 @@ class Registrar:
                                    params=[("replace-existing-checks", "true")],
                                    headers=self.consul.prepare_headers(), data=body)
 
-    async def _update_health(self, want: list[Registration], fresh: set[str]) -> None:
-        """Each container health check's status set again: refreshes its TTL (a check
-        registered in this pass got its status with the registration)."""
+    async def _update_health(self, want: list[Registration]) -> None:
+        """Each container health check's status set again: refreshes its TTL. Also for
+        an instance registered in this pass: its status in the registration holds only
+        for a new check; Consul's agent keeps a TTL check's status across the service's
+        re-registration, so a transition (which re-registers: the hash changes) would
+        reach Consul only at the next resync, up to 30 s later."""
         for r in want:
-            if r.health_status is None or r.id in fresh:
+            if r.health_status is None:
                 continue
             body = json.dumps({"Status": r.health_status, "Output": f"container {r.health}"})
             try:

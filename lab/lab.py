@@ -242,6 +242,21 @@ def agent_start(name: str, hosts: list[str], timeout: float = 60, progress=print
         progress(f"{agent.spec.name}: consul agent up (pid {agent.proc.pid}), leader known")
 
 
+def daemon_restart(name: str, host: str, timeout: float = 60) -> None:
+    """Stop the portlinkd of `host` (SIGTERM, then SIGKILL) and start it again with
+    the arguments and state `up` gave it; its containers keep running meanwhile.
+    Returns once it answers. The new pid is recorded like the first."""
+    lab = Lab.load(name)
+    h = lab.host(host)
+    errors: list[str] = []
+    _end(lab, h.daemon_pid, errors, f"{h.name} portlinkd")
+    if errors:
+        raise RuntimeFailure("; ".join(errors))
+    if h.daemon_pid:
+        lab.pids.pop(str(h.daemon_pid), None)
+    _start_daemon(lab, h).wait_ready(timeout=timeout)
+
+
 def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",

@@ -95,6 +95,10 @@ class Result:
     def view(self) -> dict:
         return {"Start": self.start, "End": self.end, "ExitCode": self.exit_code, "Output": self.output}
 
+    @classmethod
+    def from_view(cls, v: dict) -> "Result":
+        return cls(float(v["Start"]), float(v["End"]), int(v["ExitCode"]), str(v["Output"]))
+
 
 def truncate(out: bytes) -> str:
     return out[:OUTPUT_MAX].decode("utf-8", "replace")
@@ -129,3 +133,25 @@ class HealthState:
         """inspect's State.Health, as Docker's."""
         return {"Status": self.status, "FailingStreak": self.failing_streak,
                 "Log": [r.view() for r in self.log]}
+
+    def saved(self, pid: int) -> dict:
+        """What the container's record keeps of this run's state (runtime/records.py):
+        its view and the run's pid, so a later run never takes it for its own."""
+        return {"pid": pid, **self.view()}
+
+    @classmethod
+    def resumed(cls, config: HealthConfig, started: float, saved: dict | None, pid: int | None) -> "HealthState":
+        """The state of a run the daemon finds running at its start: the last state
+        recorded for this very run (a daemon restart does not take a healthy service
+        out of DNS and the ambassadors until its next check), else `starting`."""
+        st = cls(config, started)
+        if not saved or saved.get("pid") != pid or saved.get("Status") not in (HEALTHY, UNHEALTHY):
+            return st
+        try:
+            log = [Result.from_view(v) for v in saved.get("Log") or ()]
+            streak = int(saved.get("FailingStreak") or 0)
+        except (KeyError, TypeError, ValueError):   # a record written by hand or damaged: start over
+            return st
+        st.status, st.failing_streak = saved["Status"], streak
+        st.log.extend(log)
+        return st

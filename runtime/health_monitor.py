@@ -4,8 +4,11 @@ store says runs, and a small pool that runs each due check with `runc exec`
 
 A check past its timeout is killed with everything it started in the container
 (its process tree, found from the pid runc reports). State is per run of a
-container, kept in memory: a restarted container, or a restarted daemon, starts
-over at `starting`, as Docker's does."""
+container: a restarted container starts over at `starting`, as Docker's does.
+Each status change is also kept in the container's record, so a restarted
+daemon resumes a running container at its last status: a healthy service stays
+passing in Consul (served by DNS and the ambassadors) instead of going back to
+`starting` (warning, unserved) until its next check."""
 
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ class HealthMonitor:
         if cfg is None:
             self._unchecked[c.id] = c.pid
             return None
-        self._states[c.id] = (c.pid, health.HealthState(cfg, c.started or time.time()))
+        self._states[c.id] = (c.pid, health.HealthState.resumed(cfg, c.started or time.time(), c.health, c.pid))
         self._due[c.id] = now + cfg.interval   # Docker: the first check after one interval
         return self._states[c.id][1]
 
@@ -125,12 +128,20 @@ class HealthMonitor:
             r = run_check(self.runc, c.id, cfg)
             # A check that failed because the container was stopping is no verdict.
             alive = r.exit_code == 0 or self.records.is_running(c.id, c.pid)
-            changed = None
+            changed, saved = None, None
             with self._lock:
                 got = self._states.get(c.id)
                 if alive and got and got[0] == c.pid:
                     changed = got[1].record(r)
                     self._due[c.id] = time.monotonic() + cfg.interval
+                    if changed:
+                        saved = got[1].saved(c.pid)
+            if saved is not None:
+                # Before Consul hears of it: a daemon restart from here on resumes this status.
+                try:
+                    self.records.set_health(c.id, c.pid, saved)
+                except Exception:   # the store busy: Consul and events still follow
+                    log.exception("health: cannot keep the status of %s in its record", c.name)
             if changed in (health.HEALTHY, health.UNHEALTHY):
                 self.events.emit("container", f"health_status: {changed}", c.name, c.id,
                                  exit_code=r.exit_code)

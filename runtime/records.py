@@ -3,7 +3,7 @@ query here, answered with dataclasses instead of rows and JSON.
 
 The stored form of a container is a row with the record as JSON
 ({"spec": ..., "exposed": [...], "for_links": true, "ip": "...", "pid_start": n,
-"oom_killed": true, "mounts": [...]}); keys added later are optional, so older rows read as they were."""
+"oom_killed": true, "mounts": [...], "health": {...}}); keys added later are optional, so older rows read as they were."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class Container:
     restart_count: int = 0          # restarts by its policy since the user last started it
     user_stopped: bool = False      # stopped by the user: its policy does not restart it
     restarting: bool = False        # a restart by its policy is pending
+    health: dict | None = None      # the last health state of this run (runtime.health: HealthState.saved)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
@@ -65,7 +66,7 @@ class Container:
                    oom_killed=bool(rec.get("oom_killed")),
                    mounts=tuple(Mount.from_json(m) for m in rec.get("mounts") or ()),
                    restart_count=rec.get("restart_count") or 0, user_stopped=bool(rec.get("user_stopped")),
-                   restarting=bool(rec.get("restarting")))
+                   restarting=bool(rec.get("restarting")), health=rec.get("health"))
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -86,6 +87,8 @@ class Container:
             rec["user_stopped"] = True
         if self.restarting:
             rec["restarting"] = True
+        if self.health:
+            rec["health"] = self.health
         return dumps(rec)
 
     @property
@@ -186,7 +189,7 @@ class Records:
     def set_running(self, c: Container, pid: int) -> None:
         self.store.execute("UPDATE containers SET status=?, pid=?, started=?, exit_code=NULL, finished=NULL, "
                            "spec=? WHERE id=?", RUNNING, pid, time.time(),
-                           c.with_(oom_killed=False, restarting=False).document(),
+                           c.with_(oom_killed=False, restarting=False, health=None).document(),
                            c.id)
 
     def set_exited(self, cid: str, code: int | None, oom_killed: bool = False) -> None:
@@ -215,6 +218,18 @@ class Records:
     def set_created(self, cid: str) -> None:
         """Made but not started: its create ends here (a crash now keeps it)."""
         self.store.execute("UPDATE containers SET status=? WHERE id=?", CREATED, cid)
+
+    def set_health(self, cid: str, pid: int, saved: dict) -> bool:
+        """The run's last health state kept in its record, if `pid` is still the
+        running process (a late result of an earlier run is dropped)."""
+        with self.store.tx() as db:
+            row = db.execute("SELECT * FROM containers WHERE id=? AND status=? AND pid=?",
+                             (cid, RUNNING, pid)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE containers SET spec=? WHERE id=?",
+                       (Container.from_row(row).with_(health=saved).document(), cid))
+        return True
 
     def set_exit_code(self, cid: str, code: int) -> None:
         self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)

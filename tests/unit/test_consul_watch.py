@@ -562,6 +562,9 @@ class FakeAgent:
     async def _put(self, callback, path, params=None, headers=None, data=""):
         body = json.loads(data)
         self.puts.append({"path": path, "params": params, "headers": headers, "body": body})
+        if path.startswith("/v1/agent/check/update/"):
+            self.ops.append(("update", path.rsplit("/", 1)[1], body["Status"]))
+            return callback(SimpleNamespace(code=self.put_code, body=""))
         self.ops.append(("register", body["ID"]))
         resp = SimpleNamespace(code=self.put_code, body="  permission denied  ")
         result = callback(resp)
@@ -609,6 +612,28 @@ def test_registrar_sync_once():
         assert p["headers"] == {"X-Consul-Token": "secret"}
     assert [op for op in consul.ops if op[0] == "deregister"] == [
         ("deregister", "portlink-h1-aa-1-tcp"), ("deregister", "portlink-h1-zz-1-tcp")]
+
+
+def test_registrar_sets_the_health_of_a_re_registered_instance_too():
+    # Consul's agent keeps a TTL check's status across a re-registration: a health
+    # transition (a new hash: re-registered) must also be set by check/update.
+    from dataclasses import replace
+    policy = CheckPolicy()
+    healthy = replace(reg(1), health="healthy")
+    sick = replace(healthy, health="unhealthy")
+    consul = FakeAgent({healthy.id: agent_view(healthy, policy)})
+    want = [sick]
+
+    async def go():
+        r = Registrar(consul, "h1", lambda: want, Reachability("c"), policy)
+        await r.sync_once()
+        want[:] = [replace(reg(2), health="starting")]   # a new instance: set too, harmless
+        await r.sync_once()
+
+    run(go())
+    assert consul.ops == [("register", sick.id), ("update", sick.health_check_id, "critical"),
+                          ("deregister", sick.id), ("register", reg(2).id),
+                          ("update", reg(2).health_check_id, "warning")]
 
 
 def test_registrar_filter_names_this_host():

@@ -101,6 +101,26 @@ def test_the_log_keeps_the_last_five_and_views_as_docker():
     assert len(health.truncate(b"x" * 10000)) == 4096
 
 
+# across a daemon restart -------------------------------------------------------------------------
+def test_a_saved_state_resumes_only_for_the_same_run():
+    cfg = HealthConfig(("true",), retries=2)
+    st = HealthState(cfg, started=100.0)
+    st.record(res(101, 0))
+    saved = st.saved(4242)
+    assert saved["pid"] == 4242 and saved["Status"] == HEALTHY
+    back = HealthState.resumed(cfg, 100.0, saved, 4242)
+    assert back.view() == st.view() and back.status == HEALTHY
+    # the streak goes on from where it was: one more failure of 2 makes it unhealthy
+    back.record(res(102, 1))
+    assert back.record(res(103, 1)) == UNHEALTHY
+    assert HealthState.resumed(cfg, 100.0, back.saved(4242), 4242).status == UNHEALTHY
+    # another run (a new pid), nothing saved, or a damaged record: starting over
+    assert HealthState.resumed(cfg, 100.0, saved, 4243).view() == {"Status": STARTING, "FailingStreak": 0, "Log": []}
+    assert HealthState.resumed(cfg, 100.0, None, 4242).status == STARTING
+    assert HealthState.resumed(cfg, 100.0, {**saved, "Log": [{"Start": 1}]}, 4242).status == STARTING
+    assert HealthState.resumed(cfg, 100.0, {**saved, "Status": "bogus"}, 4242).status == STARTING
+
+
 # Consul -----------------------------------------------------------------------------------------
 def test_registration_carries_a_ttl_check_following_health():
     def payload(h):

@@ -58,3 +58,18 @@ def test_pid_start_is_stored_and_old_rows_read(records):
     # a row written before start times were recorded has no key: None, the pid alone is trusted
     assert "pid_start" not in json.loads(records.store.one("SELECT spec FROM containers WHERE id=?", BEEF)["spec"])
     assert records.get(BEEF).pid_start is None
+
+
+def test_health_is_kept_for_the_running_pid_only_and_a_new_run_clears_it(records):
+    saved = {"pid": 42, "Status": "healthy", "FailingStreak": 0, "Log": []}
+    assert not records.set_health(DEAD, 42, saved)          # not running: nothing to keep
+    records.set_running(records.get(DEAD), 42)
+    assert not records.set_health(DEAD, 41, saved)          # a late result of another run
+    assert records.get(DEAD).health is None
+    assert records.set_health(DEAD, 42, saved)
+    assert records.get(DEAD).health == saved
+    records.set_restart_state(DEAD, restart_count=1)         # other writers keep it
+    assert records.get(DEAD).health == saved
+    records.set_running(records.get(DEAD), 43)               # a new run starts over
+    assert records.get(DEAD).health is None
+    assert "health" not in json.loads(records.store.one("SELECT spec FROM containers WHERE id=?", DEAD)["spec"])
