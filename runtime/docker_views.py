@@ -141,7 +141,6 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
     cfg, lim, n = v["config"], v["limits"], v["network"]
     st = status(v)
     args = argv(v)
-    ports = port_map(v)
     return {
         "Id": v["id"], "Created": iso(v["created"]), "Path": args[0] if args else "", "Args": args[1:],
         "State": {"Status": st, "Running": st == "running", "Paused": False, "Restarting": st == "restarting",
