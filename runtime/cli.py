@@ -160,9 +160,22 @@ def _add_run(sub) -> None:
     r.add_argument("--health-start-period", metavar="D",
                    help="failures in this time after start do not count (default 0s)")
     r.add_argument("--no-healthcheck", action="store_true", help="no check, not even the image's HEALTHCHECK")
+    _add_run_host_flags(r)
     r.add_argument("image", nargs="?")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
+
+
+def _add_run_host_flags(r) -> None:
+    """Docker's --add-host, --dns-search, --dns-option, --init (runtime/hostopts.py checks them)."""
+    r.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                   help="a line in the container's /etc/hosts; IP host-gateway: its network's gateway")
+    r.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN",
+                   help="a search domain in its /etc/resolv.conf ('.': none)")
+    r.add_argument("--dns-option", action="append", default=[], metavar="OPT",
+                   help="a resolv.conf option: ndots:N, timeout:N, attempts:N, rotate, edns0, ...")
+    r.add_argument("--init", action="store_true",
+                   help="run tini as PID 1 (/sbin/docker-init): it forwards signals and reaps zombies")
 
 
 def _add_ps(sub) -> None:
