@@ -21,6 +21,7 @@ from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
                                            cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
+from portlink.runtime.cli_ops import cmd_kill, cmd_port, cmd_top, cmd_wait
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
 
@@ -340,6 +341,34 @@ def _add_system(sub) -> None:
     y.set_defaults(fn=cmd_system)
 
 
+def _add_kill(sub) -> None:
+    x = sub.add_parser("kill", help="send a signal to containers' main process (default KILL)")
+    x.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL",
+                   help="a name (KILL, SIGHUP) or a number (default KILL)")
+    x.add_argument("containers", nargs="+")
+    x.set_defaults(fn=cmd_kill)
+
+
+def _add_wait(sub) -> None:
+    x = sub.add_parser("wait", help="block until containers stop, then print their exit codes")
+    x.add_argument("containers", nargs="+")
+    x.set_defaults(fn=cmd_wait)
+
+
+def _add_top(sub) -> None:
+    x = sub.add_parser("top", help="the processes of a container (ps on the host; default -ef)")
+    x.add_argument("container")
+    x.add_argument("ps_args", nargs=argparse.REMAINDER, metavar="PS OPTIONS")
+    x.set_defaults(fn=cmd_top)
+
+
+def _add_port(sub) -> None:
+    x = sub.add_parser("port", help="a container's published ports (80/tcp -> 0.0.0.0:8080)")
+    x.add_argument("container")
+    x.add_argument("private", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
+    x.set_defaults(fn=cmd_port)
+
+
 def _add_lab(sub) -> None:
     lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
     lsub = lb.add_subparsers(dest="lcmd", required=True)
@@ -374,6 +403,10 @@ COMMANDS = {
     "stats": _add_stats,
     "logs": _add_logs,
     "exec": _add_exec,
+    "kill": _add_kill,
+    "wait": _add_wait,
+    "top": _add_top,
+    "port": _add_port,
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,

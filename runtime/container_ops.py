@@ -1,0 +1,122 @@
+"""The small Docker commands over a running container: kill -s, wait, top, port.
+Each is one call on the host's records, lifecycle and runc; the API
+(runtime/api_ops.py) runs them in its thread pool."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+
+from portlink.errors import Conflict, NotFound, RuntimeFailure
+from portlink.runtime import cgroups, proc_table, signals
+from portlink.runtime.records import RUNNING, Container
+
+EXIT_CODE_WAIT = 5.0      # seconds the reaper may take to record an exit code after the status
+PS_TIMEOUT = 30
+
+
+@dataclass
+class WaitPoint:
+    """Where a wait began: the run it waits for (its pid)."""
+
+    cid: str
+    name: str
+    pid: int | None
+    since: float
+
+
+class ContainerOps:
+    def __init__(self, host) -> None:
+        self.h = host
+        self.records = host.records
+
+    # kill --------------------------------------------------------------------------------
+    def kill(self, ref: str, sig_text: str = "KILL") -> dict:
+        """Docker's kill: the signal to the container's init process. KILL or its
+        stop signal end the run for good: its restart policy does not bring it back
+        (Docker's ExitOnNext), as after a stop."""
+        sig = signals.parse_signal(sig_text)
+        c = self.records.find(ref)
+        if c.status != RUNNING:
+            raise Conflict(f"cannot kill container {ref!r}: it is not running")
+        ending = sig in (signals.parse_signal("KILL"), signals.parse_signal(c.spec.stop_signal or "TERM"))
+        if ending:
+            self.h.containers.amb.hold(c.id)
+            self.h.containers.restarts.stopped_by_user(c.id)
+        life = self.h.containers.life
+        if not life.while_running(c.id, lambda: self.h.runc.kill(c.id, sig), c.pid):
+            raise Conflict(f"cannot kill container {ref!r}: it is not running")
+        self.h.events.emit("container", "kill", c.name, c.id, signal=signals.name_of(sig))
+        return {"id": c.id, "name": c.name, "signal": signals.name_of(sig)}
+
+    # wait --------------------------------------------------------------------------------
+    def wait_point(self, ref: str) -> WaitPoint:
+        c = self.records.find(ref)
+        return WaitPoint(c.id, c.name, c.pid if c.status == RUNNING else None, time.time())
+
+    def wait_poll(self, w: WaitPoint) -> int | None:
+        """The exit code once the run `w` waits for has ended (not running, or running
+        again as another process: a restart by its policy); None: still running."""
+        c = self.records.get(w.cid)
+        if c is None:
+            return self._removed_code(w)
+        if w.pid is not None and c.status == RUNNING and c.pid == w.pid:
+            return None
+        if c.exit_code is None and time.time() - (c.finished or w.since) < EXIT_CODE_WAIT:
+            return None         # the reaper records the code a moment after the status
+        return c.exit_code if c.exit_code is not None else -1
+
+    def _removed_code(self, w: WaitPoint) -> int:
+        """Removed meanwhile (--rm): the code its `die` event recorded."""
+        for e in self.h.events.read(since=w.since - 1):
+            if e.id == w.cid and e.action == "die" and e.attrs.get("exit_code") is not None:
+                return int(e.attrs["exit_code"])
+        raise NotFound(f"container {w.name!r} was removed before its exit code was recorded")
+
+    # top ----------------------------------------------------------------------------------
+    def top(self, ref: str, ps_args: str = proc_table.DEFAULT_ARGS) -> dict:
+        """Docker's top: the host's `ps` (with the caller's options), only the rows of
+        processes in the container's cgroup."""
+        args = proc_table.check_ps_args(ps_args or proc_table.DEFAULT_ARGS)
+        c = self._running(ref, "top")
+        pids = self.pids(c)
+        try:
+            p = subprocess.run(["ps", *args], capture_output=True, text=True, timeout=PS_TIMEOUT)
+        except FileNotFoundError:
+            raise RuntimeFailure("ps is not installed: install the apt package procps (./scripts/setup does)") from None
+        if p.returncode != 0:
+            raise RuntimeFailure(f"ps {' '.join(args)} failed: {p.stderr.strip() or f'exit status {p.returncode}'}")
+        return proc_table.parse_ps(p.stdout, pids)
+
+    def pids(self, c: Container) -> set[int]:
+        """The processes in the container's cgroup (its init's pids or memory cgroup)."""
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+        got = cgroups.read_cgroup_files(c.pid, mountinfo) if c.pid else None
+        if got is None or got[2] is None:
+            raise Conflict(f"container {c.name!r} is not running")
+        try:
+            with open(f"{got[2]}/cgroup.procs") as f:
+                return {int(x) for x in f.read().split()}
+        except FileNotFoundError:
+            raise Conflict(f"container {c.name!r} is not running") from None
+
+    # port ---------------------------------------------------------------------------------
+    def ports(self, ref: str) -> dict[str, list[dict]]:
+        """Docker's NetworkSettings.Ports of a running container: {"80/tcp": [{"HostIp",
+        "HostPort"}]}; a stopped one publishes nothing."""
+        c = self.records.find(ref)
+        if c.status != RUNNING:
+            return {}
+        out: dict[str, list[dict]] = {}
+        for r in self.records.ports(c.id):
+            out.setdefault(f"{r['container_port']}/{r['proto']}", []).append(
+                {"HostIp": r["host_ip"] or "0.0.0.0", "HostPort": str(r["host_port"])})
+        return out
+
+    def _running(self, ref: str, what: str) -> Container:
+        c = self.records.find(ref)
+        if c.status != RUNNING:
+            raise Conflict(f"cannot {what} container {ref!r}: it is not running")
+        return c
