@@ -21,6 +21,7 @@ from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
                                            cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
+from portlink.runtime.cli_cp import cmd_cp
 from portlink.runtime.cli_ops import cmd_kill, cmd_port, cmd_top, cmd_wait
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
@@ -369,6 +370,16 @@ def _add_port(sub) -> None:
     x.set_defaults(fn=cmd_port)
 
 
+def _add_cp(sub) -> None:
+    x = sub.add_parser("cp", help="copy files between a running container and this machine",
+                       description="portlink cp [-L] CONTAINER:SRC DEST|-  or  portlink cp [-L] SRC|- CONTAINER:DEST "
+                                   "(- is a tar on stdout/stdin; PATH/. is a directory's contents)")
+    x.add_argument("-L", "--follow-link", action="store_true", help="follow a symbolic link in a local SRC")
+    x.add_argument("src", metavar="SRC")
+    x.add_argument("dest", metavar="DEST")
+    x.set_defaults(fn=cmd_cp)
+
+
 def _add_lab(sub) -> None:
     lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
     lsub = lb.add_subparsers(dest="lcmd", required=True)
@@ -407,6 +418,7 @@ COMMANDS = {
     "wait": _add_wait,
     "top": _add_top,
     "port": _add_port,
+    "cp": _add_cp,
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,

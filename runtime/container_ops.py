@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from portlink.errors import Conflict, NotFound, RuntimeFailure
 from portlink.runtime import cgroups, proc_table, signals
+from portlink.runtime.container_copy import ContainerRoot
 from portlink.runtime.records import RUNNING, Container
 
 EXIT_CODE_WAIT = 5.0      # seconds the reaper may take to record an exit code after the status
@@ -114,6 +115,18 @@ class ContainerOps:
             out.setdefault(f"{r['container_port']}/{r['proto']}", []).append(
                 {"HostIp": r["host_ip"] or "0.0.0.0", "HostPort": str(r["host_port"])})
         return out
+
+    # cp (runtime.container_copy) --------------------------------------------------------------
+    def root(self, ref: str) -> ContainerRoot:
+        """The running container's `/` for a copy (close it: a context manager)."""
+        c = self.records.find(ref)
+        if c.status != RUNNING or not c.pid:
+            raise Conflict(f"cannot copy files of container {ref!r}: it is not running (portlink cp works on "
+                           "running containers; start it first)")
+        return ContainerRoot(c.name, c.pid, c.pid_start)
+
+    def cdir(self, ref: str):
+        return self.h.layout.cdir(self.records.find(ref).id)
 
     def _running(self, ref: str, what: str) -> Container:
         c = self.records.find(ref)
