@@ -139,7 +139,7 @@ def extract_here(fileobj, dest: str, top: str | None) -> int:
 
 def copy_out(cl: Client, ctr: str, path: str, dest: str) -> None:
     url = f"/containers/{_q(ctr)}/archive"
-    st = cl.get(url + "/stat", path=path)
+    st = _stat(cl, url, path)
     if dest == "-":
         resp = cl.request("GET", url, query={"path": path}, stream=True)
         for chunk in resp.chunks():
@@ -165,7 +165,7 @@ def copy_in(cl: Client, src: str, ctr: str, path: str, follow: bool) -> None:
         raise CliError(f"cannot copy {src}: {e.strerror}") from None
     src_dir = stat.S_ISDIR(st.st_mode)
     try:
-        dst = cl.get(url + "/stat", path=path + "/" if path.endswith("/") else path)
+        dst = _stat(cl, url, path)
     except CliError as e:
         if "no such file" not in str(e):
             raise
@@ -190,9 +190,13 @@ def copy_in(cl: Client, src: str, ctr: str, path: str, follow: bool) -> None:
 
 def _is_dir_in(cl: Client, url: str, path: str) -> bool:
     try:
-        return cl.get(url + "/stat", path=path.rstrip("/") + "/")["kind"] == "dir"
+        return _stat(cl, url, path.rstrip("/") + "/")["kind"] == "dir"
     except CliError:
         return False
+
+
+def _stat(cl: Client, url: str, path: str) -> dict:
+    return cl.request("GET", url + "/stat", query={"path": path})
 
 
 def _parent(path: str) -> str:

@@ -105,9 +105,9 @@ class ContainerRoot:
         except NotADirectoryError:
             raise InvalidArgument(f"{path} in container {self.name!r}: a component of it is not a directory") from None
         except OSError as e:
-            if e.errno == errno.EXDEV:   # a magic link (/proc/self/root/...) is the way out of a root
-                raise InvalidArgument(f"{path} in container {self.name!r} goes through a /proc magic link; "
-                                      "refusing to follow it") from None
+            if e.errno in (errno.ELOOP, errno.EXDEV):   # RESOLVE_NO_MAGICLINKS says ELOOP
+                raise InvalidArgument(f"{path} in container {self.name!r} goes through a /proc magic link (a way "
+                                      "out of the container) or too many symbolic links; refusing to follow it") from None
             raise InvalidArgument(f"cannot open {path} in container {self.name!r}: {e.strerror}") from None
 
     def lstat(self, p: CopyPath) -> tuple[os.stat_result, str]:
