@@ -11,7 +11,8 @@ MAX_SIGNAL = int(signal.SIGRTMAX)
 
 
 def _names() -> dict[str, int]:
-    out = {s.name[3:]: int(s) for s in signal.Signals if not s.name.startswith("SIG_")}
+    # __members__ has the aliases too (CLD, POLL, IOT), as Docker's SignalMap
+    out = {name[3:]: int(s) for name, s in signal.Signals.__members__.items() if not name.startswith("SIG_")}
     lo, hi = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
     for i in range(1, hi - lo):            # Docker's RTMIN+1 .. RTMIN+15 and RTMAX-14 .. RTMAX-1
         out[f"RTMIN+{i}"] = lo + i
