@@ -284,6 +284,7 @@ def extract(root: ContainerRoot, dest: CopyPath, tar_path: Path, staging_parent:
     refused or an entry would replace a directory with something else."""
     dfd = root.open(dest.full, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        _not_pseudo(dfd, dest.full, root.name)
         if not os.access(".", os.W_OK, dir_fd=dfd):
             raise Conflict(f"cannot copy into {dest.full} in container {root.name!r}: it is read-only "
                            "(a read-only mount or file system)")
@@ -336,6 +337,14 @@ def _open_dir(pfd: int, name: str) -> int | None:
         raise
 
 
+def _not_pseudo(fd: int, shown: str, name: str) -> None:
+    kind = openat2.pseudo_fs(fd)
+    if kind is not None:
+        where = f" in container {name!r}" if name else ""
+        raise Conflict(f"cannot copy into {shown}{where}: it is on {kind}, the kernel's files "
+                       "(a link there may have been planted)")
+
+
 def _check_conflicts(dfd: int, staging: Path, shown: str) -> None:
     """Docker's rule, before anything is written: a directory in the container is
     never replaced by a file or link."""
@@ -355,6 +364,7 @@ def _check_conflicts(dfd: int, staging: Path, shown: str) -> None:
                 fd = _open_dir(pfd, rel[-1])
                 if fd is not None:
                     fds[rel] = fd
+                    _not_pseudo(fd, os.path.join(shown, *rel), "")
     finally:
         for k, fd in fds.items():
             if k:
@@ -392,9 +402,10 @@ def _place(dfd: int, staging: Path, shown: str) -> int:
                         _clear(pfd, name)
                         os.mkdir(name, 0o700, dir_fd=pfd)
                         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=pfd)
+                    fds[rel] = fd
+                    _not_pseudo(fd, os.path.join(shown, *rel), "")
                     os.fchown(fd, 0, 0)
                     os.fchmod(fd, mode)
-                    fds[rel] = fd
                 elif stat.S_ISLNK(st.st_mode):
                     _clear(pfd, name)
                     os.symlink(os.readlink(src), name, dir_fd=pfd)

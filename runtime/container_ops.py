@@ -15,6 +15,7 @@ from portlink.runtime.records import RUNNING, Container
 
 EXIT_CODE_WAIT = 5.0      # seconds the reaper may take to record an exit code after the status
 PS_TIMEOUT = 30
+UNKNOWN_CODE = -1         # an exit code nobody saw (the daemon was down when the container ended)
 
 
 @dataclass
@@ -57,23 +58,30 @@ class ContainerOps:
         return WaitPoint(c.id, c.name, c.pid if c.status == RUNNING else None, time.time())
 
     def wait_poll(self, w: WaitPoint) -> int | None:
-        """The exit code once the run `w` waits for has ended (not running, or running
-        again as another process: a restart by its policy); None: still running."""
+        """The exit code once the run `w` waits for has ended; None: still running.
+        A run replaced already (its policy restarted it) gives the code its `die`
+        event recorded; a run removed meanwhile (--rm) too."""
         c = self.records.get(w.cid)
         if c is None:
-            return self._removed_code(w)
-        if w.pid is not None and c.status == RUNNING and c.pid == w.pid:
-            return None
-        if c.exit_code is None and time.time() - (c.finished or w.since) < EXIT_CODE_WAIT:
+            code = self._die_code(w)
+            if code is None:
+                raise NotFound(f"container {w.name!r} was removed before its exit code was recorded")
+            return code
+        if w.pid is not None and c.status == RUNNING:
+            return None if c.pid == w.pid else self._code(self._die_code(w))
+        if c.exit_code is None and w.pid is not None and time.time() - (c.finished or w.since) < EXIT_CODE_WAIT:
             return None         # the reaper records the code a moment after the status
-        return c.exit_code if c.exit_code is not None else -1
+        return self._code(c.exit_code)
 
-    def _removed_code(self, w: WaitPoint) -> int:
-        """Removed meanwhile (--rm): the code its `die` event recorded."""
+    @staticmethod
+    def _code(code: int | None) -> int:
+        return code if code is not None else UNKNOWN_CODE
+
+    def _die_code(self, w: WaitPoint) -> int | None:
         for e in self.h.events.read(since=w.since - 1):
             if e.id == w.cid and e.action == "die" and e.attrs.get("exit_code") is not None:
                 return int(e.attrs["exit_code"])
-        raise NotFound(f"container {w.name!r} was removed before its exit code was recorded")
+        return None
 
     # top ----------------------------------------------------------------------------------
     def top(self, ref: str, ps_args: str = proc_table.DEFAULT_ARGS) -> dict:

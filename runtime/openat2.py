@@ -47,3 +47,23 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = IN_
         if err not in (errno.EAGAIN, errno.EINTR):   # EAGAIN: a rename raced the lookup; the kernel says retry
             break
     raise OSError(err, f"{os.strerror(err)}: {path}")
+
+
+# File systems of the kernel's own files: a copy never writes into them.
+PSEUDO_FS = {0x9fa0: "proc", 0x62656572: "sysfs", 0x27e0eb: "cgroup", 0x63677270: "cgroup2",
+             0x1cd1: "devpts", 0x73636673: "securityfs", 0x64626720: "debugfs", 0x74726163: "tracefs",
+             0xcafe4a11: "bpf", 0x19800202: "mqueue", 0xf97cff8c: "selinuxfs", 0x6e736673: "nsfs"}
+
+
+def fs_type(fd: int) -> int:
+    """fstatfs(2)'s f_type of the file system `fd` is on."""
+    buf = ctypes.create_string_buffer(256)          # struct statfs is 120 bytes on 64-bit Linux
+    if _libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def pseudo_fs(fd: int) -> str | None:
+    """The name of the kernel file system `fd` is on (proc, sysfs, ...); None: a real one."""
+    return PSEUDO_FS.get(fs_type(fd))

@@ -163,6 +163,16 @@ def test_kill_with_restart_policy_stays_down(nft_host):
     assert info["status"] == "exited" and info["RestartCount"] == 0
 
 
+def test_wait_returns_at_the_exit_even_when_the_policy_restarts(nft_host):
+    h = nft_host
+    running(h, "f", "--restart", "on-failure:1", "busybox", "sh", "-c", "sleep 1; exit 3")
+    assert ok(h.cli("wait", "f")) == "3\n"
+    # --rm: the code of a container removed at its exit (its die event's), asked while it runs
+    running(h, "gone", "--rm", "busybox", "sh", "-c", "sleep 5; exit 4")
+    r = h.cli("wait", "gone")
+    assert (r.returncode, r.stdout) == (0, "4\n"), r.stderr
+
+
 def test_top_shows_the_containers_processes(nft_host):
     h = nft_host
     running(h, "t", "busybox", "sh", "-c", "sleep 601 & sleep 602 & wait")
@@ -255,6 +265,10 @@ def test_cp_never_follows_planted_links_out(nft_host, tmp_path):
     assert ok(h.cli("exec", "ev", "cat", "/etc/payload", "/tmp/payload")) == "x\nx\n"
     r = h.cli("cp", str(f), "ev:/magic/")
     assert r.returncode == 125 and "magic link" in r.stderr
+    # nor into the kernel's files through a plain link to them
+    ok(h.cli("exec", "ev", "ln", "-s", "/proc/1", "/pl"))
+    r = h.cli("cp", str(f), "ev:/pl/")
+    assert r.returncode == 125 and "it is on proc" in r.stderr
     # a link inside the container to its own volume lands in the volume (what it sees)
     ok(h.cli("cp", str(f), "ev:/d/tovol/"))
     assert (h.state_dir / "volumes" / "plvol-shared" / "_data" / "payload").read_text() == "x\n"
