@@ -44,25 +44,20 @@ def routes(api) -> list:
             raise InvalidArgument("name the path in the container: ?path=/PATH")
         return container_copy.CopyPath(path)
 
-    def stat_path(ref: str, p) -> dict:
-        with ops.root(ref) as root:
-            return container_copy.stat_json(root, p)
+    stat_path = ops.copy_stat
+    extract_from = ops.copy_extract
 
     def archive_to(ref: str, p) -> Path:
         """The tar spooled in the container's dir (a copy is read whole before the
         answer starts: an error is a status, not a cut stream)."""
         fd, name = tempfile.mkstemp(prefix=".cp-out-", dir=ops.cdir(ref))
+        os.close(fd)
         try:
-            with ops.root(ref) as root, os.fdopen(fd, "wb") as out:
-                container_copy.archive(root, p, out)
+            ops.copy_archive(ref, p, Path(name))
         except BaseException:
             os.unlink(name)
             raise
         return Path(name)
-
-    def extract_from(ref: str, p, spool: Path) -> int:
-        with ops.root(ref) as root:
-            return container_copy.extract(root, p, spool, ops.cdir(ref))
 
     async def cp_stat(r):
         return ok(await api.call(stat_path, r.match_info["ref"], _path(r)))

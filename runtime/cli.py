@@ -371,7 +371,7 @@ def _add_port(sub) -> None:
 
 
 def _add_cp(sub) -> None:
-    x = sub.add_parser("cp", help="copy files between a running container and this machine",
+    x = sub.add_parser("cp", help="copy files between a container and this machine",
                        description="portlink cp [-L] CONTAINER:SRC DEST|-  or  portlink cp [-L] SRC|- CONTAINER:DEST "
                                    "(- is a tar on stdout/stdin; PATH/. is a directory's contents)")
     x.add_argument("-L", "--follow-link", action="store_true", help="follow a symbolic link in a local SRC")

@@ -1,4 +1,4 @@
-"""`portlink cp`: files between a running container and this machine, with
+"""`portlink cp`: files between a container and this machine, with
 Docker's rules (docker cp): SRC and DEST as CONTAINER:PATH or a local path, `-`
 for a tar on stdin/stdout, `/.` for a directory's contents, -L to follow a
 local source link.

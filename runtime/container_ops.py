@@ -4,15 +4,21 @@ Each is one call on the host's records, lifecycle and runc; the API
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from portlink.errors import Conflict, NotFound, RuntimeFailure
 from portlink.runtime import cgroups, proc_table, signals
-from portlink.runtime.container_copy import ContainerRoot
-from portlink.runtime.records import RUNNING, Container
+from portlink.runtime import container_copy, copy_offline
+from portlink.runtime.container_copy import ContainerRoot, CopyPath
+from portlink.runtime.plan import mount_source
+from portlink.runtime.records import REMOVING, RUNNING, Container
 
+log = logging.getLogger("portlink.containers")
 EXIT_CODE_WAIT = 5.0      # seconds the reaper may take to record an exit code after the status
 PS_TIMEOUT = 30
 UNKNOWN_CODE = -1         # an exit code nobody saw (the daemon was down when the container ended)
@@ -124,20 +130,67 @@ class ContainerOps:
                 {"HostIp": r["host_ip"] or "0.0.0.0", "HostPort": str(r["host_port"])})
         return out
 
-    # cp (runtime.container_copy) --------------------------------------------------------------
-    def root(self, ref: str) -> ContainerRoot:
-        """The running container's `/` for a copy (close it: a context manager)."""
-        c = self.records.find(ref)
-        if c.status != RUNNING or not c.pid:
-            raise Conflict(f"cannot copy files of container {ref!r}: it is not running (portlink cp works on "
-                           "running containers; start it first)")
-        return ContainerRoot(c.name, c.pid, c.pid_start)
+    # cp (runtime.container_copy; a stopped container's root by runtime.copy_offline) ----------
+    def copy_stat(self, ref: str, p: CopyPath) -> dict:
+        return self._copy(ref, "stat", p, lambda root: container_copy.stat_json(root, p))
 
-    def cdir(self, ref: str):
+    def copy_archive(self, ref: str, p: CopyPath, out: Path) -> None:
+        def direct(root):
+            with open(out, "wb") as f:
+                container_copy.archive(root, p, f)
+        self._copy(ref, "archive", p, direct, tar=str(out))
+
+    def copy_extract(self, ref: str, p: CopyPath, tar: Path) -> int:
+        cdir = self.cdir(ref)
+        got = self._copy(ref, "extract", p, lambda root: {"placed": container_copy.extract(root, p, tar, cdir)},
+                         tar=str(tar), staging=str(cdir))
+        return got["placed"]
+
+    def cdir(self, ref: str) -> Path:
         return self.h.layout.cdir(self.records.find(ref).id)
+
+    def _copy(self, ref: str, op: str, p: CopyPath, direct, **extra):
+        """`direct(root)` on a running container's root; a stopped one's is put
+        together by the helper, under the container's lock (no start meanwhile)."""
+        c = self.records.find(ref)
+        if c.status == RUNNING and c.pid:
+            with ContainerRoot(c.name, c.pid, c.pid_start) as root:
+                return direct(root)
+        life = self.h.containers.life
+        with life.lock(c.id):
+            c = self.records.current(c.id)
+            if c.status == RUNNING:
+                return self._copy(ref, op, p, direct, **extra)     # started meanwhile: its live root
+            if c.status == REMOVING:
+                raise Conflict(f"container {ref!r} is being removed")
+            image = self.h.images.get(c.spec.image)
+            cdir = self.h.layout.cdir(c.id)
+            work = Path(tempfile.mkdtemp(prefix=".cp-", dir=cdir))
+            try:
+                req = {"op": op, "path": p.text, "name": c.name, "lower": str(image.rootfs),
+                       "upper": str(cdir / "upper"), "work": str(cdir / "work"), "target": str(work / "root"),
+                       "mounts": [[m.to_json(), mount_source(m, self.h.layout)] for m in c.mounts], **extra}
+                got = copy_offline.run(req, work)
+            finally:
+                _remove_work(work)
+            return None if op == "archive" else got
 
     def _running(self, ref: str, what: str) -> Container:
         c = self.records.find(ref)
         if c.status != RUNNING:
             raise Conflict(f"cannot {what} container {ref!r}: it is not running")
         return c
+
+
+def _remove_work(work: Path) -> None:
+    """The helper's directory: its files and the empty mount point. Never rmtree:
+    should a mount have reached this namespace, that would delete the container's files."""
+    for f in (work / "request.json",):
+        f.unlink(missing_ok=True)
+    for d in (work / "root", work):
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("cannot remove the copy helper's directory %s: %s", d, e)

@@ -316,7 +316,39 @@ def test_cp_hostile_tar_refused_and_leaves_nothing(nft_host):
         t.addfile(tarfile.TarInfo("empty.txt"), io.BytesIO(b""))
     p = subprocess.run([*h_cli(h), "cp", "-", "ro:/data"], input=buf.getvalue(), capture_output=True, timeout=60)
     assert p.returncode == 125 and b"read-only" in p.stderr
-    # a stopped container: a clear error
+    # a stopped container: the same refusals, nothing left mounted or behind
     ok(h.cli("stop", "-t", "0", "c"))
-    r = h.cli("cp", "c:/etc/hosts", "-")
-    assert r.returncode == 125 and "not running" in r.stderr
+    p = subprocess.run([*h_cli(h), "cp", "-", "c:/tmp"], input=_hostile(), capture_output=True, timeout=60)
+    assert p.returncode == 125 and b"refusing the archive" in p.stderr, p.stderr
+    assert [q for q in (h.state_dir / "containers").glob("*/.cp*")] == []
+    assert [l for l in open("/proc/self/mountinfo") if "/.cp-" in l] == []
+
+
+def _hostile() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        ti = tarfile.TarInfo("../escape")
+        ti.size = 1
+        t.addfile(ti, io.BytesIO(b"x"))
+    return buf.getvalue()
+
+
+def test_cp_on_a_stopped_container_and_its_volume(nft_host, tmp_path):
+    h = nft_host
+    ok(h.cli("run", "--name", "s", "-v", "sv:/data", "-v", "ro:/ro:ro", "busybox", "sh", "-c",
+             "echo written > /tmp/w; ln -sfn /data /tovol"))
+    out = tmp_path / "w"
+    ok(h.cli("cp", "s:/tmp/w", str(out)))
+    assert out.read_text() == "written\n"
+    f = tmp_path / "f"
+    f.write_text("in\n")
+    ok(h.cli("cp", str(f), "s:/tmp/f"))
+    ok(h.cli("cp", str(f), "s:/tovol/"))          # through the container's link, into the volume
+    assert (h.state_dir / "volumes" / "plvol-sv" / "_data" / "f").read_text() == "in\n"
+    r = h.cli("cp", str(f), "s:/ro/")
+    assert r.returncode == 125 and "read-only" in r.stderr
+    assert [l for l in open("/proc/self/mountinfo") if "/.cp-" in l] == []
+    ok(h.cli("start", "s"))
+    assert ok(h.cli("wait", "s")) == "0\n"
+    ok(h.cli("cp", "s:/tmp/f", str(tmp_path / "back")))
+    assert (tmp_path / "back").read_text() == "in\n"
