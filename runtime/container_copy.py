@@ -1,8 +1,8 @@
-"""`cp` on a running container's filesystem: stat a path, archive it (a tar out),
+"""`cp` on a container's filesystem: stat a path, archive it (a tar out),
 extract a tar into a directory (in).
 
-Everything in the container is hostile input. The container's root is opened
-as /proc/PID/root (its own mount namespace: volumes and binds are where the
+Everything in the container is hostile input. A running container's root is
+opened as /proc/PID/root (its own mount namespace: volumes and binds are where the
 container sees them, so a copy to /data lands in the volume mounted there, and
 a read-only mount stays read-only). Every path is resolved from that root with
 openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): symlinks, absolute or `..`,
@@ -10,6 +10,9 @@ stay inside the container, and /proc's magic links (the one way out) are
 refused. Below the resolved directory nothing is followed: each entry is opened
 relative to its parent's fd with O_NOFOLLOW, a symlink is archived as a link
 and replaced (never written through) on the way in.
+
+A stopped container's root is put together by runtime.copy_offline, then
+treated the same way.
 
 A tar coming in is first extracted into a private staging directory with the
 importer's hostile-tar rules (runtime.image_tar: no `..`, nothing through a
