@@ -80,6 +80,15 @@ class Intentions:
         except OSError as e:
             raise RuntimeFailure(f"cannot reach Consul {self.cfg.url} for intention {path}: {e}") from None
 
+    def get(self, link: Link) -> dict | None:
+        """The intention of `link` as Consul has it; None: there is none."""
+        code, existing = self._call("GET", exact_path(link))
+        if code == 404:
+            return None
+        if code != 200 or not isinstance(existing, dict):
+            raise RuntimeFailure(f"cannot read intention {link.source} => {link.destination}: HTTP {code}: {existing}")
+        return existing
+
     def ensure(self, link: Link, ambassador: str) -> None:
         """Allow `link` unless a person decided about it (an intention not made by this host)."""
         code, existing = self._call("GET", exact_path(link))

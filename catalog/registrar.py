@@ -40,6 +40,7 @@ class Registrar:
         self.passes = 0
         self.last = SyncResult()
         self._wake = asyncio.Event()
+        self._pass = asyncio.Lock()     # one pass at a time: a stop's withdrawal runs one of its own
         # Told of each change made: (action "register"/"deregister", service id, service name).
         self.on_change: Callable[[str, str, str], None] = lambda action, sid, service: None
         self._loop = asyncio.get_running_loop()
@@ -53,6 +54,10 @@ class Registrar:
         return await self.consul.agent.services(filter_expr=f'Meta["{META_HOST}"] == "{self.host_id}"')
 
     async def sync_once(self) -> SyncResult:
+        async with self._pass:
+            return await self._sync_once()
+
+    async def _sync_once(self) -> SyncResult:
         want = await self._loop.run_in_executor(None, self.desired)
         have = await self.ours()
         register, deregister = diff(want, have, self.policy)

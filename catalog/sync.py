@@ -48,6 +48,7 @@ class ConsulSync:
         self.cache: CatalogCache | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         # Two sessions: writes must fail fast; blocking queries hang for WATCH_WAIT
         # (plus Consul's up to wait/16 jitter) by design.
         self._writes = self.cfg.client(timeout=5.0)
@@ -60,6 +61,20 @@ class ConsulSync:
     def poke(self) -> None:
         if self.registrar is not None:
             self.registrar.poke()
+
+    def withdraw_now(self, timeout: float) -> str | None:
+        """From a worker thread: one registrar pass, waited for (a stop withdraws
+        its container's entries before the signal). The error, if it failed; a
+        Consul known to be unreachable is not waited for."""
+        if self.registrar is None or self.reach.up is False:
+            return "consul unreachable"
+        future = asyncio.run_coroutine_threadsafe(self.registrar.sync_once(), self._loop)
+        try:
+            future.result(timeout)
+            return None
+        except Exception as e:
+            future.cancel()
+            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
     async def deregister_all(self) -> list[str]:
         return await self.registrar.deregister_all() if self.registrar else []

@@ -6,8 +6,13 @@ error) or a Forward (a name portlink does not own, to go upstream).
 With Consul configured (snapshot.services is a dict) the names under its
 domain are answered from the snapshot as Consul's own DNS would, and never
 forwarded: `[tag.]svc.service.consul`, `_svc._tag.service.consul` (`_tcp` and
-`_udp` filter nothing), the short forms without `.consul`, and
-`<8 hex>.addr.consul`. Container names still come first."""
+`_udp` filter nothing), `svc.connect.consul`, the short forms without
+`.consul`, and `<8 hex>.addr.consul`. Container names still come first.
+
+Connect-native instances (secure links' server sides: mutual TLS only) are
+answered under `svc.connect` alone: a client asking `svc.service` is a plain
+one, and would dial a TLS port. (Consul 1.16's own DNS lists them under both;
+`.connect` only them, as here.)"""
 
 from __future__ import annotations
 
@@ -183,7 +188,7 @@ def _consul(request: DNSRecord, view: View, snap: Snapshot, name: str, rotation:
     domain = snap.consul_domain.strip(".").lower()
     if name == domain or name.endswith("." + domain):
         labels = name[: -len(domain)].rstrip(".").split(".") if name != domain else []
-    elif name.endswith(".service"):
+    elif name.endswith((".service", ".connect")):
         labels = name.split(".")   # the short form, as if `.consul` came from a search list
     else:
         return None
@@ -192,7 +197,11 @@ def _consul(request: DNSRecord, view: View, snap: Snapshot, name: str, rotation:
     if len(labels) == 2 and labels[1] == "addr":
         return _addr(request, snap, labels[0])
     if len(labels) >= 2 and labels[-1] == "service":
-        instances = _instances(snap.services, labels[:-1])
+        instances = [i for i in _instances(snap.services, labels[:-1]) if not i.native]
+        if instances:
+            return _service(request, snap, domain, instances, rotation)
+    if len(labels) == 2 and labels[-1] == "connect":
+        instances = [i for i in snap.services.get(labels[0], ()) if i.native]
         if instances:
             return _service(request, snap, domain, instances, rotation)
     # Everything else under the domain (nodes, datacenters, queries) is not served: never upstream.

@@ -72,6 +72,9 @@ class ServiceInstance:
     port: int
     node: str = ""
     tags: tuple[str, ...] = ()
+    # Connect-native (a secure links server side): speaks mutual TLS only, so it
+    # is answered under `<svc>.connect`, never to a plain `<svc>.service` client.
+    native: bool = False
 
 
 @dataclass

@@ -17,7 +17,8 @@ from portlink.catalog.services import META_CONTAINER_ID
 from portlink.catalog.sync import ConsulSync
 from portlink.catalog.watch import describe
 from portlink.errors import Conflict, InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, api_images, api_json, api_ops, api_streams, cgroups, drift, stats, validate
+from portlink.runtime import (ambassadors, api_images, api_json, api_links, api_ops, api_streams, cgroups, drift,
+                              stats, validate)
 from portlink.runtime.ambassador_http import read_capped
 from portlink.runtime.host import Host
 from portlink.runtime.images import canonical_name
@@ -112,6 +113,7 @@ class Api:
                                    "tags": list(g.tags), "check": "tcp" if g.tcp_check else None,
                                    "health": g.health_status}
                                   for g in regs if dict(g.meta).get(META_CONTAINER_ID) == info["id"]]
+            info["links"] = await api_links.annotate(self, info)
             if info["config"].get("ambassador") and info["status"] == "running" and info["network"]["ip"]:
                 info["ambassador"] = await _ambassador_stats(info["network"]["ip"])
             return ok(info)
@@ -253,6 +255,7 @@ class Api:
             web.get("/networks/{ref}", net_inspect), web.delete("/networks/{ref}", net_rm),
             web.post("/images", img_import), web.get("/images", img_ls),
             *api_images.routes(self),      # load, save, inspect, tag
+            *api_links.routes(self),       # link ls
             web.delete("/images/{name:.+}", img_rm),
             web.post("/volumes", vol_create), web.get("/volumes", vol_ls), web.post("/volumes/prune", vol_prune),
             web.get("/volumes/{name}", vol_inspect), web.delete("/volumes/{name}", vol_rm),

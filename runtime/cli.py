@@ -22,6 +22,7 @@ from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd
                                            cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
 from portlink.runtime.cli_cp import cmd_cp
+from portlink.runtime.cli_links import add_link
 from portlink.runtime.cli_ops import cmd_kill, cmd_port, cmd_top, cmd_wait
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
@@ -427,6 +428,7 @@ COMMANDS = {
     "save": _add_save,
     "system": _add_system,
     "lab": _add_lab,
+    "link": add_link,
 }
 
 

@@ -36,6 +36,10 @@ class Containers:
         self.servers = None
         # Restart policies (run --restart): one timer per pending restart.
         self.restarts = Restarts(records, lifecycle, self._restarted)
+        # A graceful stop leaves Consul before its signal (daemon.start_consul): the ids
+        # being withdrawn, and the hook that takes them out now (None: no Consul).
+        self.withdrawn: set[str] = set()
+        self.withdraw = None
 
     def _restarted(self, c) -> None:
         self.refresher.changed()
@@ -116,7 +120,15 @@ class Containers:
         c = self.records.find(ref)
         self.amb.hold(c.id)   # before the kill: the exit it causes must not restart an ambassador
         self.restarts.stopped_by_user(c.id)   # ... nor a container by its policy
-        errors = self.life.stop(c.id, timeout)
+        try:
+            if self.withdraw is not None and c.status == RUNNING and not c.is_ambassador:
+                # Out of Consul first: new connections go elsewhere while this one
+                # finishes what it serves (its open streams drain through the ambassadors).
+                self.withdrawn.add(c.id)
+                self.withdraw(c)
+            errors = self.life.stop(c.id, timeout)
+        finally:
+            self.withdrawn.discard(c.id)
         if errors is not None:
             self.refresher.changed()
             self._serve(c)

@@ -33,6 +33,7 @@ log = logging.getLogger("portlink.daemon")
 API_BACKLOG = 1024    # pending API connections (aiohttp's default is 128)
 
 DEFAULT_STATE = "/var/lib/portlink"
+WITHDRAW_WAIT = 3.0   # seconds a stop waits for Consul to drop the container's entries before its signal
 OOM_SCORE_ADJ = -500   # dockerd's: under memory pressure the OOM killer takes containers (0) first
 
 
@@ -142,6 +143,12 @@ async def start_consul(host: Host) -> ConsulSync:
     sync.registrar.on_change = lambda action, sid, service: host.events.emit("consul", action, sid, service=service)
     host.refresher.subscribe(sync.poke)
     host.health.subscribe(sync.poke)   # a health transition: the instance's Consul check follows at once
+
+    def withdraw(c) -> None:
+        error = sync.withdraw_now(WITHDRAW_WAIT)
+        if error:
+            log.warning("consul: stopping %s without withdrawing it first (%s)", c.name, error)
+    host.containers.withdraw = withdraw
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     if host.servers is not None:
         # Server sides publish on the advertise address: known only now.

@@ -90,7 +90,7 @@ def consul_services(services: dict[str, tuple[Instance, ...]] | None) -> dict[st
         return None
     out = {}
     for name, instances in services.items():
-        out[name] = tuple(ServiceInstance(i.address, i.port, i.node, i.tags) for i in instances
+        out[name] = tuple(ServiceInstance(i.address, i.port, i.node, i.tags, i.native) for i in instances
                           if _is_ipv4(i.address))
     return out
 

@@ -33,6 +33,7 @@ from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.kernel import HostKernel
 from portlink.runtime.lifecycle import Lifecycle, LifecycleDeps
+from portlink.runtime.link_views import LinkViews
 from portlink.runtime.logfmt import LogLimits
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.plan import Layout
@@ -158,15 +159,25 @@ class Host:
                                        lambda data: self.containers.run(data), self.refresher.changed)
             self.containers.servers = self.servers
         self.lifecycle = life
+        self.links = LinkViews(self.records, self.host_id, intentions.get if intentions else None)
 
     def registrations(self, advertise: str) -> list[Registration]:
-        """What this host should have in Consul now (blocking: reads the store)."""
+        """What this host should have in Consul now (blocking: reads the store).
+        A container being stopped (and its server side) is withdrawn already."""
+        gone = self.containers.withdrawn
         published = [registration.Published(c.id, c.name, c.spec.labels or {}, tuple(
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
             for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None,
             health=self._health(c))
-            for c, rows in self.records.published()]
+            for c, rows in self.records.published() if c.id not in gone and self._served_id(c) not in gone]
         return registration.registrations(self.host_id, advertise, published)
+
+    def _served_id(self, c: Container) -> str | None:
+        """The id of the container a server side serves (its one link); None for others."""
+        if not is_server_side(c) or not c.spec.links:
+            return None
+        served = self.records.named(c.spec.links[0].split(":")[0])
+        return served.id if served is not None else None
 
     def _health(self, c: Container) -> str | None:
         """The health its Consul check follows: a server-side ambassador (secure links)

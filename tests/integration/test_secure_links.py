@@ -197,6 +197,15 @@ def test_the_link_makes_its_intention_and_a_deny_is_obeyed_and_left_alone(lab):
     assert code == 200 and it["Action"] == "allow" and f"[portlink-host {host2}]" in it["Description"], it
     fetch = lambda: L.cli("host2", "exec", "web", "sh", "-c", FETCH, check=False)
     assert fetch() == SECRET
+    # inspect and link ls show it: the link, where it resolves, the intention and who made it.
+    [link] = L.get("host2", "/containers/web")["links"]
+    assert link["alias"] == "sql" and link["status"] == "running" and link["note"]    # Docker-side keys kept
+    assert (link["target"], link["resolves"], link["via"]) == ("frontdb", "ambassador", "amb-frontdb-bridge")
+    assert {k: link["intention"][k] for k in ("source", "destination", "action", "by")} == \
+        {"source": source, "destination": "frontdb", "action": "allow", "by": "this host"}
+    table = L.cli("host2", "link", "ls").splitlines()
+    assert table[1].split() == ["web", "sql", "frontdb", "ambassador", "amb-frontdb-bridge",
+                                source, "->", "frontdb", "allow", "by", "this", "host"], table
     # The last linker goes: its ambassador goes, and with it the intention.
     L.cli("host2", "rm", "-f", "web")
     assert L.consul("GET", exact)[0] == 404
@@ -206,6 +215,8 @@ def test_the_link_makes_its_intention_and_a_deny_is_obeyed_and_left_alone(lab):
     code, _ = L.consul("PUT", exact, {"Action": "deny", "Description": "by hand"})
     assert code == 200
     assert wait_for(lambda: SECRET not in fetch(), 15)
+    [row] = L.get("host2", "/links")
+    assert (row["container"], row["intention"]["action"], row["intention"]["by"]) == ("web", "deny", "person")
     L.cli("host2", "rm", "-f", "web")
     code, it = L.consul("GET", exact)
     assert code == 200 and it["Action"] == "deny", it
@@ -225,3 +236,32 @@ def test_the_server_side_goes_with_the_served_container(lab):
     assert L.get("host1", "/containers/srv-shortlived")["status"] == "running"
     L.cli("host1", "rm", "-f", "shortlived")
     assert "srv-shortlived" not in [c["name"] for c in L.get("host1", "/containers", all="1")]
+
+
+def test_dns_gives_connect_native_instances_only_under_connect(lab):
+    """A plain client asking `<svc>.service` never gets a server side's TLS port;
+    `<svc>.connect` gives exactly those."""
+    from helpers import dig
+
+    class On:   # what helpers.dig needs of a host
+        def __init__(self, client):
+            self.client = client
+    L = lab
+    L.cli("host1", "run", "-d", "--name", "mixed", "-p", "5434:80", "busybox", "sh", "-c", SERVE, "mixed")
+    try:
+        assert wait_for(lambda: len(L.connect_instances("mixed")) == 1, 20)
+        [native] = [i["Service"]["Port"] for i in L.connect_instances("mixed")]
+        L.cli("host2", "run", "-d", "--name", "asker", "busybox", "sleep", "600")
+        h2 = On(L.client("host2"))
+        assert wait_for(lambda: dig(h2, "asker", "_mixed._tcp.service.consul", "SRV") ==
+                        ["1 1 5434 0a630001.addr.consul."], 15)
+        assert dig(h2, "asker", "mixed.service.consul") == ["10.99.0.1"]
+        assert dig(h2, "asker", "mixed.connect.consul", "SRV") == [f"1 1 {native} 0a630001.addr.consul."]
+        # frontdb has only its server side: no plain answer at all, the TLS one under .connect
+        port = server_port(L)
+        assert dig(h2, "asker", "frontdb.service.consul", status=True) == "NXDOMAIN"
+        assert dig(h2, "asker", "frontdb.connect", "SRV") == [f"1 1 {port} 0a630001.addr.consul."]
+        assert dig(h2, "asker", "frontdb.connect.consul") == ["10.99.0.1"]
+    finally:
+        L.cli("host2", "rm", "-f", "asker", check=False)
+        L.cli("host1", "rm", "-f", "mixed", check=False)

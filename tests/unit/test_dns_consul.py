@@ -264,3 +264,64 @@ def test_answers_depend_only_on_query_client_snapshot_and_rotation():
         first = answer(DNSRecord.parse(wire), CLIENT, snap, 1).record.pack()
         assert answer(DNSRecord.parse(wire), CLIENT, snap, 1).record.pack() == first
         assert len(DNSRecord.parse(first).rr) > 0
+
+
+# Connect-native instances (secure links' server sides) -------------------------------------
+
+F_PLAIN = ServiceInstance("10.0.7.1", 5432, "n1")
+F_TLS1 = ServiceInstance("10.0.7.1", 21000, "n1", ("v1",), native=True)
+F_TLS3 = ServiceInstance("10.0.7.3", 21003, "n3", native=True)
+MESH = {**SERVICES, "frontdb": (F_PLAIN, F_TLS1, F_TLS3), "secure": (F_TLS3,)}
+
+
+@pytest.mark.parametrize("name", ["frontdb.service.consul", "frontdb.service", "_frontdb._tcp.service.consul"])
+def test_a_plain_service_name_never_answers_a_connect_native_instance(name):
+    snap = snapshot(services=MESH)
+    assert addresses(reply(name, snap=snap)) == ["10.0.7.1"]
+    r = reply(name, "SRV", snap=snap)
+    assert srv(r) == [(1, 1, 5432, "0a000701.addr.consul.")]   # the plain port, never a TLS one
+
+
+@pytest.mark.parametrize("name", ["secure.service.consul", "secure.service", "_secure._tcp.service",
+                                  "v1.frontdb.service.consul"])
+def test_a_service_with_only_connect_native_instances_is_nxdomain_as_plain(name):
+    assert reply(name, snap=snapshot(services=MESH)).header.rcode == RCODE.NXDOMAIN
+    assert reply(name, "SRV", snap=snapshot(services=MESH)).header.rcode == RCODE.NXDOMAIN
+
+
+@pytest.mark.parametrize("name", ["frontdb.connect.consul", "frontdb.connect", "FrontDB.Connect.CONSUL."])
+def test_connect_names_answer_only_the_connect_native_instances(name):
+    snap = snapshot(services=MESH)
+    r = reply(name, snap=snap)
+    assert (r.header.rcode, r.header.aa, sorted(addresses(r))) == (RCODE.NOERROR, 1, ["10.0.7.1", "10.0.7.3"])
+    r = reply(name, "SRV", snap=snap)
+    assert sorted(srv(r)) == [(1, 1, 21000, "0a000701.addr.consul."), (1, 1, 21003, "0a000703.addr.consul.")]
+    assert sorted(glue(r)) == [("0a000701.addr.consul.", "10.0.7.1"), ("0a000703.addr.consul.", "10.0.7.3")]
+    assert reply(name, "AAAA", snap=snap).header.rcode == RCODE.NOERROR     # NODATA: the name exists
+
+
+@pytest.mark.parametrize("name", ["web.connect.consul", "nosuch.connect.consul", "gone.connect",
+                                  "connect.consul", "_frontdb._tcp.connect.consul", "a.frontdb.connect.consul"])
+def test_connect_names_without_connect_native_instances_are_nxdomain_never_forwarded(name):
+    r = reply(name, snap=snapshot(services=MESH))
+    assert (r.header.rcode, r.header.aa, r.rr) == (RCODE.NXDOMAIN, 1, [])
+
+
+def test_a_container_named_like_a_connect_name_wins():
+    zone = NetworkZone("net", NET)
+    zone.add(Member("x", "10.1.0.5"), ["frontdb.connect"])
+    snap = Snapshot(views={CLIENT: View(zone=zone, upstreams=UP)}, networks=frozenset({"net"}),
+                    subnets=(NET,), services=MESH)
+    assert addresses(reply("frontdb.connect", snap=snap)) == ["10.1.0.5"]
+
+
+def test_without_consul_connect_names_go_upstream():
+    assert ask("frontdb.connect.consul", snap=snapshot(services=None)) == Forward(UP)
+
+
+def test_the_snapshot_keeps_which_catalog_instances_are_connect_native():
+    from portlink.catalog.services import Instance
+    from portlink.runtime.discovery import consul_services
+    got = consul_services({"frontdb": (Instance("a", "frontdb", "10.0.7.1", 5432),
+                                       Instance("b", "frontdb", "10.0.7.1", 21000, native=True))})
+    assert [(i.port, i.native) for i in got["frontdb"]] == [(5432, False), (21000, True)]
