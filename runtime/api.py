@@ -17,7 +17,8 @@ from portlink.catalog.services import META_CONTAINER_ID
 from portlink.catalog.sync import ConsulSync
 from portlink.catalog.watch import describe
 from portlink.errors import InvalidArgument, InvalidValue, PortlinkError, RuntimeFailure
-from portlink.runtime import ambassadors, api_images, api_json, api_links, api_streams, cgroups, drift, stats, validate
+from portlink.runtime import (ambassadors, api_images, api_json, api_links, api_ops, api_streams, cgroups, drift,
+                              stats, validate)
 from portlink.runtime.ambassador_http import read_capped
 from portlink.runtime.host import Host
 
@@ -242,6 +243,7 @@ class Api:
             web.post("/containers/{ref}/stop", stop), web.post("/containers/{ref}/restart", restart),
             web.delete("/containers/{ref}", rm), web.post("/containers/{ref}/exec", exec_argv),
             web.get("/containers/{ref}/logs", logs),
+            *api_ops.routes(self),         # kill, wait, top, port, cp's archive
             web.get("/stats", stats_all), web.get("/containers/{ref}/stats", stats_one),
             web.post("/networks", net_create), web.get("/networks", net_ls),
             web.get("/networks/{ref}", net_inspect), web.delete("/networks/{ref}", net_rm),

@@ -21,7 +21,9 @@ from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
                                            cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
+from portlink.runtime.cli_cp import cmd_cp
 from portlink.runtime.cli_links import add_link
+from portlink.runtime.cli_ops import cmd_kill, cmd_port, cmd_top, cmd_wait
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
 
 
@@ -163,9 +165,22 @@ def _add_run(sub) -> None:
     r.add_argument("--health-start-period", metavar="D",
                    help="failures in this time after start do not count (default 0s)")
     r.add_argument("--no-healthcheck", action="store_true", help="no check, not even the image's HEALTHCHECK")
+    _add_run_host_flags(r)
     r.add_argument("image", nargs="?")
     r.add_argument("command", nargs=argparse.REMAINDER)
     r.set_defaults(fn=cmd_run)
+
+
+def _add_run_host_flags(r) -> None:
+    """Docker's --add-host, --dns-search, --dns-option, --init (runtime/hostopts.py checks them)."""
+    r.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                   help="a line in the container's /etc/hosts; IP host-gateway: its network's gateway")
+    r.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN",
+                   help="a search domain in its /etc/resolv.conf ('.': none)")
+    r.add_argument("--dns-option", action="append", default=[], metavar="OPT",
+                   help="a resolv.conf option: ndots:N, timeout:N, attempts:N, rotate, edns0, ...")
+    r.add_argument("--init", action="store_true",
+                   help="run tini as PID 1 (/sbin/docker-init): it forwards signals and reaps zombies")
 
 
 def _add_ps(sub) -> None:
@@ -346,6 +361,44 @@ def _add_system(sub) -> None:
     y.set_defaults(fn=cmd_system)
 
 
+def _add_kill(sub) -> None:
+    x = sub.add_parser("kill", help="send a signal to containers' main process (default KILL)")
+    x.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL",
+                   help="a name (KILL, SIGHUP) or a number (default KILL)")
+    x.add_argument("containers", nargs="+")
+    x.set_defaults(fn=cmd_kill)
+
+
+def _add_wait(sub) -> None:
+    x = sub.add_parser("wait", help="block until containers stop, then print their exit codes")
+    x.add_argument("containers", nargs="+")
+    x.set_defaults(fn=cmd_wait)
+
+
+def _add_top(sub) -> None:
+    x = sub.add_parser("top", help="the processes of a container (ps on the host; default -ef)")
+    x.add_argument("container")
+    x.add_argument("ps_args", nargs=argparse.REMAINDER, metavar="PS OPTIONS")
+    x.set_defaults(fn=cmd_top)
+
+
+def _add_port(sub) -> None:
+    x = sub.add_parser("port", help="a container's published ports (80/tcp -> 0.0.0.0:8080)")
+    x.add_argument("container")
+    x.add_argument("private", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
+    x.set_defaults(fn=cmd_port)
+
+
+def _add_cp(sub) -> None:
+    x = sub.add_parser("cp", help="copy files between a container and this machine",
+                       description="portlink cp [-L] CONTAINER:SRC DEST|-  or  portlink cp [-L] SRC|- CONTAINER:DEST "
+                                   "(- is a tar on stdout/stdin; PATH/. is a directory's contents)")
+    x.add_argument("-L", "--follow-link", action="store_true", help="follow a symbolic link in a local SRC")
+    x.add_argument("src", metavar="SRC")
+    x.add_argument("dest", metavar="DEST")
+    x.set_defaults(fn=cmd_cp)
+
+
 def _add_lab(sub) -> None:
     lb = sub.add_parser("lab", help="simulated multi-host lab on this machine (namespaces, a switch, Consul)")
     lsub = lb.add_subparsers(dest="lcmd", required=True)
@@ -381,6 +434,11 @@ COMMANDS = {
     "logs": _add_logs,
     "exec": _add_exec,
     "attach": _add_attach,
+    "kill": _add_kill,
+    "wait": _add_wait,
+    "top": _add_top,
+    "port": _add_port,
+    "cp": _add_cp,
     "inspect": _add_inspect,
     "network": _add_network,
     "image": _add_image,

@@ -73,6 +73,11 @@ def cmd_run(cl: Client, a) -> int:
     if a.stop_signal:
         spec["stop_signal"] = a.stop_signal
     spec.update(_health_body(a))
+    for key, values in (("add_hosts", a.add_host), ("dns_search", a.dns_search), ("dns_options", a.dns_option)):
+        if values:       # checked by the daemon (runtime.hostopts)
+            spec[key] = values
+    if a.init:
+        spec["init"] = True
     if a.restart:   # checked by the daemon (runtime.restart_policy); --rm in the foreground is the CLI's
         if a.rm and a.restart != "no":
             raise CliError("--restart and --rm conflict: a container removed when it exits cannot be "

@@ -17,6 +17,7 @@ from portlink.errors import InvalidArgument, InvalidValue
 from portlink.catalog.services import Instance
 from portlink.dns.zone import DEFAULT_TTL, Member, NetworkZone, ServiceInstance, Snapshot, View
 from portlink.netns.model import LinkFlow, NetworkSpec
+from portlink.runtime import hostopts
 from portlink.runtime.links import LinkedContainer, LinkRequest, hosts_line
 
 
@@ -34,6 +35,7 @@ class Seen:
     env: tuple[str, ...] = ()                     # image env then user env
     links: tuple[LinkRequest, ...] = ()
     dns: tuple[str, ...] = ()                     # the container's own upstreams (--dns)
+    extra_hosts: tuple[str, ...] = ()             # --add-host NAME:IP (runtime.hostopts)
 
     def member(self) -> Member:
         ports = tuple(parse.port_proto("exposed port", e) for e in self.exposed)
@@ -119,9 +121,11 @@ def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: 
                     ttl=ttl, services=consul_services(services))
 
 
-def hosts_file(me: Seen, by_name: dict[str, Seen]) -> str:
-    """The container's /etc/hosts: localhost, itself, then one line per live link."""
+def hosts_file(me: Seen, by_name: dict[str, Seen], gateway: str | None = None) -> str:
+    """The container's /etc/hosts: localhost, the --add-host lines (Docker's place
+    for them; host-gateway is `gateway`), itself, then one line per live link."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += hostopts.hosts_lines(me.extra_hosts, gateway)
     if me.ip:
         lines.append(f"{me.ip}\t{me.hostname}" + (f" {me.name}" if me.name != me.hostname else ""))
     for link, child in resolve_links(me, by_name):
@@ -130,14 +134,18 @@ def hosts_file(me: Seen, by_name: dict[str, Seen]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolv_conf(gateway: str | None, servers: list[str]) -> str:
+def resolv_conf(gateway: str | None, servers: list[str], search: list[str] | tuple[str, ...] = (),
+                options: list[str] | tuple[str, ...] = ()) -> str:
     """Containers on a network ask portlink (at their gateway); `--dns` servers
-    become its upstreams. On network 'none' they are used directly."""
+    become its upstreams. On network 'none' they are used directly. --dns-search
+    and --dns-option lines as Docker writes them (runtime.hostopts)."""
     if gateway is not None:
-        return f"nameserver {gateway}\noptions ndots:0\n"
+        return hostopts.resolv_lines([gateway], search, options, resolver_options=("ndots:0",))
     good = [s for s in servers if _is_ip(s)]
-    return "".join(f"nameserver {s}\n" for s in good) or \
-        "# no DNS server configured (portlink run --dns, portlinkd --dns)\n"
+    if not good:
+        return hostopts.resolv_lines([], search, options) + \
+            "# no DNS server configured (portlink run --dns, portlinkd --dns)\n"
+    return hostopts.resolv_lines(good, search, options)
 
 
 def _is_ipv4(s: str) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
-from portlink.runtime import ambassadors, faults, mount_paths, oci, seccomp, security, volspec
+from portlink.runtime import ambassadors, faults, init_proc, mount_paths, oci, seccomp, security, volspec
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
@@ -111,6 +111,8 @@ class Lifecycle:
             raise InvalidArgument(f"no command given and image {image.name!r} has no default command")
         resolve_user(spec.user, image)
         seccomp_profile(req.spec)
+        if spec.init:
+            init_proc.binary()
 
     # volumes and mounts ------------------------------------------------------------------------
     def check_mounts(self, req: Request) -> None:
@@ -236,7 +238,7 @@ class Lifecycle:
         token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
                           peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token,
-                          mount_targets=targets)
+                          mount_targets=targets, init_binary=init_proc.binary() if c.spec.init else None)
         amb = c.spec.ambassador
         # Secure links: a server side is the service it serves, a client side its own identity.
         identity = (amb["service"] if amb.get("backends") else amb.get("identity")) if amb else None

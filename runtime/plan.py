@@ -21,6 +21,7 @@ from portlink.runtime.images import Image, ImageConfig, read_image_file
 from portlink.runtime.records import Container
 
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT_PATH = "/sbin/docker-init"     # where Docker puts its init (tini) in a container run with --init
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def seen_of(c: Container, image_env: list[str], ip: str | None) -> Seen:
     spec = c.spec
     return Seen(id=c.id, name=spec.name, hostname=spec.hostname, network=spec.network, ip=ip,
                 aliases=tuple(spec.aliases), exposed=tuple(c.exposed), env=(*image_env, *spec.env),
-                links=tuple(linkspec.parse_link(x) for x in spec.links), dns=tuple(spec.dns))
+                links=tuple(linkspec.parse_link(x) for x in spec.links), dns=tuple(spec.dns),
+                extra_hosts=tuple(spec.add_hosts))
 
 
 def endpoint(layout: Layout, cid: str, net: NetworkSpec, ip: IPv4Address) -> Endpoint:
@@ -123,9 +125,12 @@ def apply_image_config(spec, config: ImageConfig) -> None:
 
 
 def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: list[str] = (),
-            files: dict[str, str] | None = None, token_file: str | None = None) -> oci.ProcessSpec:
+            files: dict[str, str] | None = None, token_file: str | None = None,
+            init_binary: str | None = None) -> oci.ProcessSpec:
     """`token_file`: an ambassador's Consul token on the host, bound read-only at
-    ambassadors.TOKEN_PATH; the environment names the path, never the secret."""
+    ambassadors.TOKEN_PATH; the environment names the path, never the secret.
+    `init_binary`: with --init, the host's static tini, bound read-only at INIT_PATH
+    and run as PID 1 with the command after `--` (Docker's docker-init)."""
     spec = c.spec
     # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
     # user's entries replacing or appending (so -e overrides a link variable).
@@ -141,6 +146,11 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
             env += [f"{TOKEN_ENV}={ambassadors.TOKEN_PATH}"]
             ro_files[ambassadors.TOKEN_PATH] = token_file
     args = [*(spec.entrypoint or []), *spec.cmd]      # Docker's ENTRYPOINT + CMD (apply_image_config)
+    if spec.init:
+        if not init_binary:
+            raise ValueError("--init needs the init binary's host path")
+        ro_files[INIT_PATH] = init_binary
+        args = [INIT_PATH, "--", *args]
     return oci.ProcessSpec(args=args, env=env, cwd=spec.workdir or config.workdir or "/",
                            uid=ids[0], gid=ids[1], hostname=spec.hostname, files=files or {},
                            ro_binds=ro_binds, ro_files=ro_files)
@@ -181,23 +191,26 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
                net: NetworkSpec | None, ip: IPv4Address | None, ports: list[PortRow],
                peers: dict[str, Seen], default_dns: list[str],
                profile: dict | None = None, machine: seccomp.Machine | None = None,
-               token_file: str | None = None, mount_targets: dict[str, str] | None = None) -> StartPlan:
+               token_file: str | None = None, mount_targets: dict[str, str] | None = None,
+               init_binary: str | None = None) -> StartPlan:
     """`peers`: the running containers by name, as name resolution sees them.
     `profile`: the seccomp profile as read from its file (None: unconfined).
     `token_file`: an ambassador's Consul token file (runtime.token_files).
-    `mount_targets`: the container's mount targets resolved in its rootfs."""
+    `mount_targets`: the container's mount targets resolved in its rootfs.
+    `init_binary`: the host's tini-static, for --init (runtime.lifecycle finds it)."""
     cdir = layout.cdir(c.id)
     me = seen_of(c, config.env, str(ip) if ip is not None else None)
     link_env = [v for link, child in discovery.resolve_links(me, peers) if child is not None
                 for v in linkspec.link_env(c.spec.name, link.alias, child.linked())]
+    gateway = str(net.gateway) if ip is not None and net is not None else None
     texts = {
-        "/etc/hosts": ("hosts", discovery.hosts_file(me, peers)),
+        "/etc/hosts": ("hosts", discovery.hosts_file(me, peers, gateway)),
         "/etc/resolv.conf": ("resolv.conf", discovery.resolv_conf(
-            str(net.gateway) if ip is not None and net is not None else None, c.spec.dns or default_dns)),
+            gateway, c.spec.dns or default_dns, c.spec.dns_search, c.spec.dns_options)),
         "/etc/hostname": ("hostname", c.spec.hostname + "\n"),
     }
     binds = {dest: str(cdir / fname) for dest, (fname, _) in texts.items()}
-    proc = process(c, config, ids, link_env, binds, token_file)
+    proc = process(c, config, ids, link_env, binds, token_file, init_binary)
     ns = layout.netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,

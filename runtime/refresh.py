@@ -86,9 +86,10 @@ class Refresher:
             self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
                                                      self.catalog.services))
             self._bad_hosts &= {c.id for c in running}   # forget the removed
+            gateways = {n.name: str(n.gateway) for n in nets}   # --add-host NAME:host-gateway
             for c in running:
                 if c.links:
-                    self.write_hosts(c.id, discovery.hosts_file(c, by_name), c.name)
+                    self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
 
     def refresh_services(self) -> None:
         """Consul's catalog changed, nothing local did: rebuild the snapshot from

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from portlink.catalog import services as registration
 from portlink.errors import InvalidArgument
-from portlink.runtime import ambassadors, health, logfmt, restart_policy, security, validate, volspec
+from portlink.runtime import ambassadors, health, hostopts, logfmt, restart_policy, security, validate, volspec
 from portlink.runtime import limits as limitspec
 from portlink.runtime import links as linkspec
 from portlink.runtime import ports as portspec
@@ -21,7 +21,7 @@ from portlink.runtime.image_config import signal_name
 from portlink.runtime.images import check_name as check_image_name
 from portlink.runtime.networks import DEFAULT_NETWORK, NO_NETWORK
 
-_LISTS = ("cmd", "env", "publish", "expose", "dns", "links", "aliases")
+_LISTS = ("cmd", "env", "publish", "expose", "dns", "links", "aliases", "add_hosts", "dns_search", "dns_options")
 _STRINGS = ("image", "name", "network", "hostname", "workdir", "user", "stop_signal")
 
 
@@ -75,6 +75,11 @@ class ContainerSpec:
     no_healthcheck: bool = False                        # --no-healthcheck: none, not even the image's
     # restart policy (runtime.restart_policy)
     restart: str = ""                                   # --restart no|on-failure[:N]|always|unless-stopped
+    # Docker's remaining run flags (runtime.hostopts)
+    add_hosts: list[str] = field(default_factory=list)     # --add-host NAME:IP|host-gateway
+    dns_search: list[str] = field(default_factory=list)    # --dns-search DOMAIN ('.': none)
+    dns_options: list[str] = field(default_factory=list)   # --dns-option ndots:2
+    init: bool = False                                     # --init: tini as PID 1 (/sbin/docker-init)
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerSpec":
@@ -107,6 +112,7 @@ class ContainerSpec:
         spec._check_image_config()
         spec._check_health()
         spec._check_restart()
+        spec._check_host_opts()
         return spec
 
     @classmethod
@@ -151,6 +157,19 @@ class ContainerSpec:
             raise InvalidArgument("field 'no_healthcheck' must be true or false")
         health.check_flags(self.health_cmd, self.health_interval, self.health_timeout, self.health_retries,
                            self.health_start_period, self.no_healthcheck)
+    def _check_host_opts(self) -> None:
+        """--add-host, --dns-search, --dns-option, --init: Docker's checks (runtime.hostopts)."""
+        for h in self.add_hosts:
+            if hostopts.parse_add_host(h)[1] == hostopts.HOST_GATEWAY and self.network == NO_NETWORK:
+                raise InvalidArgument(f"invalid --add-host {h!r}: a container on network 'none' has no gateway")
+        self.dns_search = [hostopts.check_dns_search(d) for d in self.dns_search]
+        for o in self.dns_options:
+            hostopts.check_dns_option(o)
+        if not isinstance(self.init, bool):
+            raise InvalidArgument("field 'init' must be true or false")
+        if self.init and self.ambassador:
+            raise InvalidArgument("an ambassador runs its own process as PID 1: give no --init")
+
     # restart policy ----------------------------------------------------------------
     def _check_restart(self) -> None:
         policy = restart_policy.parse(self.restart)

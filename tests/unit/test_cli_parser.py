@@ -53,7 +53,8 @@ def test_help_no_command_or_unknown_one_take_the_whole_parser(argv):
 
 def test_the_whole_parser_lists_every_command_in_order():
     assert list(cli.COMMANDS) == ["run", "ps", "start", "stop", "restart", "rm", "events", "stats", "logs", "exec",
-                                  "attach", "inspect", "network", "image", "volume", "load", "save", "system", "lab", "link"]
+                                  "attach", "kill", "wait", "top", "port", "cp", "inspect", "network", "image", "volume", "load", "save",
+                                  "system", "lab", "link"]
     listed = [line.split()[0] for line in cli.build_parser().format_help().split("COMMAND\n", 1)[1].splitlines()
               if line.startswith("    ") and not line.startswith("     ")]
     assert listed == list(cli.COMMANDS)

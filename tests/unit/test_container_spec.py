@@ -43,6 +43,10 @@ FULL = {
     "health_cmd": "test -f /tmp/ok", "health_interval": "1s", "health_timeout": "2s", "health_retries": 2,
     "health_start_period": "5s", "no_healthcheck": False,
     "restart": "",                                                  # nor a restart policy
+    # Docker's remaining run flags (runtime/hostopts.py)
+    "add_hosts": ["db.local:10.0.0.5", "gw:host-gateway", "v6:::1"],
+    "dns_search": ["example.com"], "dns_options": ["ndots:2", "rotate"],
+    "init": False,                                                  # nor --init
 }
 
 
