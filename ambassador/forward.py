@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
+from portlink.ambassador.warm import CLAIM, WarmPool, negotiated
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
@@ -162,6 +163,7 @@ class Connection:
         self.to_client = 0
         self._drain: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._preamble: tuple[int, asyncio.Future] | None = None   # (bytes awaited, future) before pairing
 
     def __repr__(self) -> str:
         return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
@@ -185,6 +187,9 @@ class Connection:
                 self.pending_size += len(data)
                 if self.pending_size >= self.listener.prebuffer:
                     side.block("connecting")
+                if self._preamble is not None and self.pending_size >= self._preamble[0] \
+                        and not self._preamble[1].done():
+                    self._preamble[1].set_result(None)
                 return
             self.to_backend += len(data)
             self.listener.metrics.to_backend(self.listener.port, self.backend.label, len(data))
@@ -243,6 +248,29 @@ class Connection:
             raise
         side.upgraded(tls)
 
+    async def preamble(self, expect: bytes, timeout: float) -> bool:
+        """Wait for the client's first bytes to be `expect` (a warm connection's claim,
+        ambassador/warm.py) and take them off what goes to the backend. False: they
+        did not come within `timeout`, or were something else."""
+        if self.pending_size < len(expect):
+            fut = asyncio.get_running_loop().create_future()
+            self._preamble = (len(expect), fut)
+            try:
+                async with asyncio.timeout(timeout):
+                    await fut
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                self._preamble = None
+        data = b"".join(self.pending)
+        if not data.startswith(expect):
+            return False
+        rest = data[len(expect):]
+        self.pending, self.pending_size = ([rest] if rest else []), len(rest)
+        if self.pending_size < self.listener.prebuffer:
+            self.client.unblock("connecting")
+        return True
+
     async def connect(self) -> None:
         """Try backends in the pool's order until one answers, before the client
         sees anything; none answers: close the client."""
@@ -259,6 +287,14 @@ class Connection:
                 break
             tried.add(b)
             side = Side(self, "backend", tls=tls_out is not None)
+            warm = listener.warm.claim(b) if listener.warm is not None else None
+            if warm is not None:
+                # Handshaken and checked already: the claim line makes the server side dial.
+                warm.transport.set_protocol(side)
+                side.connection_made(warm.transport)
+                side.write(CLAIM)
+                self.pair(b, side)
+                return
             try:
                 dial = tls_out.dial() if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
@@ -385,6 +421,8 @@ class Listener:
         self.linger = linger
         self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
         self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
+        warm = getattr(tls_out, "warm", 0)
+        self.warm = WarmPool(self, tls_out, warm) if warm else None   # handshakes ahead of clients
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
@@ -396,6 +434,8 @@ class Listener:
                                                reuse_address=True, backlog=512)
         if self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
+        if self.warm is not None:
+            self.warm.update()
 
     # -- called by connections -------------------------------------------------------
 
@@ -462,6 +502,8 @@ class Listener:
         flush, then abort what is left. Bounded."""
         if self.server is not None:
             self.server.close()
+        if self.warm is not None:
+            self.warm.close()
         for conn in list(self.connections):
             conn.close()
         try:
@@ -537,12 +579,14 @@ class Ambassador:
         added, removed = pool.update(backends)
         first = port not in self._applied
         self._applied.add(port)
+        listener = self.listeners[port]
+        if listener.warm is not None and listener.server is not None and (added or removed):
+            listener.warm.update()       # before the reroute: no warm connection to a gone backend
         if first:
             log.info("port %d: backends %s", self.listeners[port].port, _names(pool.backends))
             return bool(added or removed)
         if not (added or removed):
             return False
-        listener = self.listeners[port]
         self.metrics.rerouted(listener.port, [b.label for b in removed])
         affected = listener.reroute()
         what = {"keep": "kept", "drain": "draining", "close": "closed"}[self.policy]
@@ -580,4 +624,6 @@ class Ambassador:
             if listener.tls_out is not None:
                 listeners[str(listener.port)]["tls_dials"] = {"as": listener.tls_out.source,
                                                              "expect": listener.tls_out.target}
+            if listener.warm is not None:
+                listeners[str(listener.port)]["warm"] = listener.warm.snapshot()
         return {"policy": self.policy, "listeners": listeners, "metrics": self.metrics.snapshot()}

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from portlink.ambassador.warm import WARM_ALPN
 from portlink.catalog.connect import Leaf, Roots
 
 
@@ -28,6 +29,7 @@ class Contexts:
     client: ssl.SSLContext
     leaf: Leaf
     roots: Roots
+    warm: ssl.SSLContext | None = None   # the client context of warm connections (offers WARM_ALPN)
 
 
 def private_dir(path: str | os.PathLike) -> Path:
@@ -92,8 +94,12 @@ def _new(purpose: int, roots: Roots, leaf: Leaf, where: Path) -> ssl.SSLContext:
 
 def build(roots: Roots, leaf: Leaf, key_dir: Path) -> Contexts:
     try:
-        return Contexts(server=_new(ssl.PROTOCOL_TLS_SERVER, roots, leaf, key_dir),
-                        client=_new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir), leaf=leaf, roots=roots)
+        server = _new(ssl.PROTOCOL_TLS_SERVER, roots, leaf, key_dir)
+        server.set_alpn_protocols([WARM_ALPN])      # selected only when a client offers it
+        warm = _new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir)
+        warm.set_alpn_protocols([WARM_ALPN])        # offered only by warm dials (ambassador/warm.py)
+        return Contexts(server=server, client=_new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir),
+                        leaf=leaf, roots=roots, warm=warm)
     except (ssl.SSLError, ValueError, OSError) as e:
         raise ContextError(f"cannot load the connect certificates of {leaf.service} "
                            f"(serial {leaf.serial}): {e}") from None

@@ -78,13 +78,14 @@ async def echo(r, w):
 class Pair:
     """backend <- server side (serves frontdb) <- client side (dials as web) <- test clients."""
 
-    def __init__(self, pki, handler=echo, server_as="frontdb", deny=(), dial_as="web"):
+    def __init__(self, pki, handler=echo, server_as="frontdb", deny=(), dial_as="web", warm=0):
         self.pki, self.handler = pki, handler
         self.accepted = 0
         self.server_ident = FakeIdentity({"frontdb": pki[server_as]})
         self.client_ident = FakeIdentity({dial_as: pki[dial_as]})
         self.authz = FakeAuthz(deny)
         self.dial_as = dial_as
+        self.warm = warm
         self.writers = []
 
     async def _handle(self, r, w):
@@ -106,7 +107,8 @@ class Pair:
         await self.server.start()
         self.sport = self.server.listeners[0].port
         self.client = Ambassador([0], host="127.0.0.1",
-                                 tls_out=ClientTLS(self.client_ident, self.dial_as, "frontdb", T))
+                                 tls_out=ClientTLS(self.client_ident, self.dial_as, "frontdb", T,
+                                                   warm=self.warm))
         self.client.apply(0, [Backend("127.0.0.1", self.sport)])
         await self.client.start()
         self.cport = self.client.listeners[0].port
