@@ -37,6 +37,9 @@ CONNECT_TIMEOUT = 2.0
 # A closed pair still flushes what it buffered (at most the high-water mark);
 # a peer that never reads it must not pin the pair forever.
 LINGER = 30.0
+# After a client's EOF that TLS cannot pass to the backend: how long the backend may
+# stay silent before the pair is closed (each reply byte restarts it).
+EOF_GRACE = 2.0
 
 
 class Side(asyncio.Protocol):
@@ -130,8 +133,12 @@ class Side(asyncio.Protocol):
             # TLS to a client cannot half-close: the backend is done, so close after
             # flushing (close_notify), as the peer would see the backend's FIN.
             self.transport.close()
-        # TLS to a backend cannot half-close either: the client's EOF is not passed
-        # on, so the reply still comes back; the pair ends when the backend closes.
+        else:
+            # TLS to a backend cannot half-close either: the client's EOF is not passed
+            # on, so the reply still comes back; the pair ends when the backend closes,
+            # or after EOF_GRACE seconds in which the backend sent nothing (a client that
+            # closed fully would otherwise pin the pair and its backend connection forever).
+            self.conn.eof_grace()
 
     def close(self) -> None:
         if self.open():
@@ -164,6 +171,7 @@ class Connection:
         self._drain: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._preamble: tuple[int, asyncio.Future] | None = None   # (bytes awaited, future) before pairing
+        self._grace: asyncio.TimerHandle | None = None   # see EOF_GRACE
 
     def __repr__(self) -> str:
         return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
@@ -195,6 +203,9 @@ class Connection:
             self.listener.metrics.to_backend(self.listener.port, self.backend.label, len(data))
             up.write(data)
         elif side is up:
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = asyncio.get_running_loop().call_later(self.listener.eof_grace, self.close)
             self.to_client += len(data)
             self.listener.metrics.to_client(self.listener.port, self.backend.label, len(data))
             self.client.write(data)
@@ -349,6 +360,10 @@ class Connection:
         if self._drain is None and not self.closing:
             self._drain = asyncio.get_running_loop().call_later(deadline, self.close)
 
+    def eof_grace(self) -> None:
+        if self._grace is None and not self.closing:
+            self._grace = asyncio.get_running_loop().call_later(self.listener.eof_grace, self.close)
+
     def cancel_drain(self) -> None:
         if self._drain is not None:
             self._drain.cancel()
@@ -389,6 +404,8 @@ class Connection:
             return                     # connect() is unwinding; its `finally` comes back here
         self.finished = True
         self.cancel_drain()
+        if self._grace is not None:
+            self._grace.cancel()
         if self._linger is not None:
             self._linger.cancel()
         if self.backend is not None:
@@ -405,7 +422,7 @@ class Listener:
                  policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
                  low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
-                 tls_in=None, tls_out=None) -> None:
+                 tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -419,6 +436,7 @@ class Listener:
         self.low_water = high_water // 4 if low_water is None else low_water
         self.prebuffer = prebuffer
         self.linger = linger
+        self.eof_grace = eof_grace
         self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
         self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
         warm = getattr(tls_out, "warm", 0)
