@@ -298,7 +298,10 @@ class Connection:
                 break
             tried.add(b)
             side = Side(self, "backend", tls=tls_out is not None)
-            warm = listener.warm.claim(b) if listener.warm is not None else None
+            warm = await listener.warm.claim_wait(b, listener.connect_timeout) if listener.warm is not None else None
+            if warm is not None and (self.closing or b not in pool):
+                listener.warm.give_back(warm)     # the client left, or the backend, while we waited
+                continue
             if warm is not None:
                 # Handshaken and checked already: the claim line makes the server side dial.
                 warm.transport.set_protocol(side)

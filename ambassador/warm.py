@@ -77,12 +77,33 @@ class WarmPool:
         self.ready: dict[Backend, deque[Idle]] = {}
         self.dialling: dict[Backend, int] = {}
         self.refused: set[Backend] = set()    # server sides that did not select WARM_ALPN
+        self.waiters: dict[Backend, deque[asyncio.Future]] = {}   # claim_wait()s, woken per dial ended
         self.closed = False
         self.made = 0                         # counters for /stats
         self.claimed = 0
         self.dropped = 0
 
     # -- the forwarder's side ------------------------------------------------------
+
+    async def claim_wait(self, b: Backend, timeout: float) -> Idle | None:
+        """claim(), but with none ready while warm dials to `b` are under way (a
+        backend just added, a burst), wait up to `timeout` for one of them rather
+        than start yet another handshake next to them."""
+        got = self.claim(b)
+        if got is not None or not self.dialling.get(b):
+            return got
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(b, deque()).append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            q = self.waiters.get(b)
+            if q is not None and fut in q:
+                q.remove(fut)
+        return self.claim(b)
 
     def claim(self, b: Backend) -> Idle | None:
         """A warm connection to `b` made with the current certificates, or None;
@@ -103,6 +124,17 @@ class WarmPool:
         if got is not None:
             self.claimed += 1
         return got
+
+    def give_back(self, w: Idle) -> None:
+        """A claimed connection that was not used after all: kept if still usable."""
+        self.claimed -= 1
+        b = w.backend
+        if self.closed or b not in self.listener.pool or w.transport.is_closing():
+            self.dropped += 1
+            w.transport.close()
+            return
+        w.timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, w)
+        self.ready.setdefault(b, deque()).appendleft(w)
 
     def update(self) -> None:
         """Follow the listener's pool: drop warm connections to backends that left,
@@ -157,6 +189,7 @@ class WarmPool:
             self.dialling[b] = self.dialling.get(b, 1) - 1
             if self.dialling[b] <= 0:
                 del self.dialling[b]
+            loop.call_soon(self._wake, b)      # after the connection is filed (or not)
         if not negotiated(transport):
             self.refused.add(b)
             log.info("port %d: %s does not take warm connections; dialling it per client",
@@ -169,6 +202,18 @@ class WarmPool:
         self.made += 1
         w.timer = loop.call_later(self.idle_seconds, self._expire, w)
         self.ready.setdefault(b, deque()).append(w)
+
+    def _wake(self, b: Backend) -> None:
+        """One waiter per dial that ended; all of them once no dial is left."""
+        q = self.waiters.get(b)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if self.dialling.get(b):
+                    break
+        if q is not None and not q:
+            del self.waiters[b]
 
     def _expire(self, w: Idle) -> None:
         w.timer = None
