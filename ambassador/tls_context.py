@@ -106,6 +106,9 @@ def build(roots: Roots, leaf: Leaf, key_dir: Path) -> Contexts:
     try:
         server = _new(ssl.PROTOCOL_TLS_SERVER, roots, leaf, key_dir)
         server.set_alpn_protocols([WARM_ALPN])      # selected only when a client offers it
+        # One TLS 1.3 ticket per handshake, not OpenSSL's 2: a client side keeps and reuses
+        # one (ResumingClientContext), so the second was built and encrypted for nothing.
+        server.num_tickets = 1
         warm = _new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir)
         warm.set_alpn_protocols([WARM_ALPN])        # offered only by warm dials (ambassador/warm.py)
         return Contexts(server=server, client=_new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir),
