@@ -307,6 +307,22 @@ def test_backend_reply_and_eof_reach_the_client_over_tls(pki):
     run(main())
 
 
+def test_a_client_that_closed_does_not_pin_the_pair_after_the_eof_grace(pki):
+    """The echo backend never closes by itself; TLS cannot pass the client's EOF on, so
+    the client side closes the pair once the backend stayed silent for eof_grace."""
+    async def main():
+        async with Pair(pki) as p:
+            p.client.listeners[0].eof_grace = 0.3
+            r, w = await p.connect()
+            w.write(b"once")
+            assert await asyncio.wait_for(r.readexactly(4), T) == b"once"
+            w.close()
+            await until(lambda: not p.client.listeners[0].connections and not p.server.listeners[0].connections,
+                        "both pairs closed")
+            await until(lambda: all(x.is_closing() for x in p.writers), "the backend connection closed")
+    run(main())
+
+
 def test_client_eof_still_gets_the_reply(pki):
     """TLS here has no half-close: the client's EOF is not passed on, the reply still comes."""
     async def main():
