@@ -6,7 +6,7 @@ plaintext options so the two evolve separately).
     --tls-dial SOURCE            client side: dial backends presenting SOURCE's leaf
     --tls-target SERVICE         ... and require them to be SERVICE (default --service)
     --tls-keys DIR               private directory for the leaf files while loading
-    --tls-warm N                 client side: warm connections kept per backend (2; 0: none)
+    --tls-warm N                 client side: warm connections kept per backend (0: none, the default)
     --authorize-cache S          seconds an authorize answer is reused (1; 0: never)
 
 Identity on the client side is one per ambassador (SOURCE); see the report /
@@ -41,7 +41,7 @@ class TLSOptions:
     dial_to: str | None = None        # client side: the identity required of backends
     key_dir: str | None = None        # None: a fresh private dir under $TMPDIR
     authorize_ttl: float = 1.0
-    warm: int = 2                     # client side: warm connections per backend (ambassador/warm.py)
+    warm: int = 0                     # client side: warm connections per backend (ambassador/warm.py)
 
 
 def add_tls_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def add_tls_arguments(p: argparse.ArgumentParser) -> None:
                    "load (default: a new one under $TMPDIR)")
     g.add_argument("--tls-warm", default=None, metavar="N",
                    help="client side: mutual TLS connections kept handshaken per backend, so a new "
-                        "client skips the handshake (2; 0: none)")
+                        "client skips the handshake (0: none, the default)")
     g.add_argument("--authorize-cache", default="1", metavar="S",
                    help="seconds an authorization answer is reused (1)")
 
@@ -108,7 +108,7 @@ def tls_options(a: argparse.Namespace, listen: tuple[int, ...], service: str | N
                              "backends must prove")
     elif a.tls_target:
         raise ValueError("--tls-target is only used with --tls-dial")
-    warm = 2
+    warm = 0
     if a.tls_warm is not None:
         if not dial_as:
             raise ValueError("--tls-warm is only used with --tls-dial")
