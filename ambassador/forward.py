@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
+from portlink.ambassador.warm import CLAIM, WarmPool, negotiated
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
@@ -36,6 +37,9 @@ CONNECT_TIMEOUT = 2.0
 # A closed pair still flushes what it buffered (at most the high-water mark);
 # a peer that never reads it must not pin the pair forever.
 LINGER = 30.0
+# After a client's EOF that TLS cannot pass to the backend: how long the backend may
+# stay silent before the pair is closed (each reply byte restarts it).
+EOF_GRACE = 2.0
 
 
 class Side(asyncio.Protocol):
@@ -129,8 +133,12 @@ class Side(asyncio.Protocol):
             # TLS to a client cannot half-close: the backend is done, so close after
             # flushing (close_notify), as the peer would see the backend's FIN.
             self.transport.close()
-        # TLS to a backend cannot half-close either: the client's EOF is not passed
-        # on, so the reply still comes back; the pair ends when the backend closes.
+        else:
+            # TLS to a backend cannot half-close either: the client's EOF is not passed
+            # on, so the reply still comes back; the pair ends when the backend closes,
+            # or after EOF_GRACE seconds in which the backend sent nothing (a client that
+            # closed fully would otherwise pin the pair and its backend connection forever).
+            self.conn.eof_grace()
 
     def close(self) -> None:
         if self.open():
@@ -162,6 +170,8 @@ class Connection:
         self.to_client = 0
         self._drain: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._preamble: tuple[int, asyncio.Future] | None = None   # (bytes awaited, future) before pairing
+        self._grace: asyncio.TimerHandle | None = None   # see EOF_GRACE
 
     def __repr__(self) -> str:
         return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
@@ -185,11 +195,17 @@ class Connection:
                 self.pending_size += len(data)
                 if self.pending_size >= self.listener.prebuffer:
                     side.block("connecting")
+                if self._preamble is not None and self.pending_size >= self._preamble[0] \
+                        and not self._preamble[1].done():
+                    self._preamble[1].set_result(None)
                 return
             self.to_backend += len(data)
             self.listener.metrics.to_backend(self.listener.port, self.backend.label, len(data))
             up.write(data)
         elif side is up:
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = asyncio.get_running_loop().call_later(self.listener.eof_grace, self.close)
             self.to_client += len(data)
             self.listener.metrics.to_client(self.listener.port, self.backend.label, len(data))
             self.client.write(data)
@@ -243,6 +259,29 @@ class Connection:
             raise
         side.upgraded(tls)
 
+    async def preamble(self, expect: bytes, timeout: float) -> bool:
+        """Wait for the client's first bytes to be `expect` (a warm connection's claim,
+        ambassador/warm.py) and take them off what goes to the backend. False: they
+        did not come within `timeout`, or were something else."""
+        if self.pending_size < len(expect):
+            fut = asyncio.get_running_loop().create_future()
+            self._preamble = (len(expect), fut)
+            try:
+                async with asyncio.timeout(timeout):
+                    await fut
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                self._preamble = None
+        data = b"".join(self.pending)
+        if not data.startswith(expect):
+            return False
+        rest = data[len(expect):]
+        self.pending, self.pending_size = ([rest] if rest else []), len(rest)
+        if self.pending_size < self.listener.prebuffer:
+            self.client.unblock("connecting")
+        return True
+
     async def connect(self) -> None:
         """Try backends in the pool's order until one answers, before the client
         sees anything; none answers: close the client."""
@@ -259,6 +298,17 @@ class Connection:
                 break
             tried.add(b)
             side = Side(self, "backend", tls=tls_out is not None)
+            warm = await listener.warm.claim_wait(b, listener.connect_timeout) if listener.warm is not None else None
+            if warm is not None and (self.closing or b not in pool):
+                listener.warm.give_back(warm)     # the client left, or the backend, while we waited
+                continue
+            if warm is not None:
+                # Handshaken and checked already: the claim line makes the server side dial.
+                warm.transport.set_protocol(side)
+                side.connection_made(warm.transport)
+                side.write(CLAIM)
+                self.pair(b, side)
+                return
             try:
                 dial = tls_out.dial() if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
@@ -313,6 +363,10 @@ class Connection:
         if self._drain is None and not self.closing:
             self._drain = asyncio.get_running_loop().call_later(deadline, self.close)
 
+    def eof_grace(self) -> None:
+        if self._grace is None and not self.closing:
+            self._grace = asyncio.get_running_loop().call_later(self.listener.eof_grace, self.close)
+
     def cancel_drain(self) -> None:
         if self._drain is not None:
             self._drain.cancel()
@@ -353,6 +407,8 @@ class Connection:
             return                     # connect() is unwinding; its `finally` comes back here
         self.finished = True
         self.cancel_drain()
+        if self._grace is not None:
+            self._grace.cancel()
         if self._linger is not None:
             self._linger.cancel()
         if self.backend is not None:
@@ -369,7 +425,7 @@ class Listener:
                  policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
                  low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
-                 tls_in=None, tls_out=None) -> None:
+                 tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -383,8 +439,11 @@ class Listener:
         self.low_water = high_water // 4 if low_water is None else low_water
         self.prebuffer = prebuffer
         self.linger = linger
+        self.eof_grace = eof_grace
         self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
         self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
+        warm = getattr(tls_out, "warm", 0)
+        self.warm = WarmPool(self, tls_out, warm) if warm else None   # handshakes ahead of clients
         self.connections: set[Connection] = set()
         self.server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
@@ -396,6 +455,8 @@ class Listener:
                                                reuse_address=True, backlog=512)
         if self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
+        if self.warm is not None:
+            self.warm.update()
 
     # -- called by connections -------------------------------------------------------
 
@@ -462,6 +523,8 @@ class Listener:
         flush, then abort what is left. Bounded."""
         if self.server is not None:
             self.server.close()
+        if self.warm is not None:
+            self.warm.close()
         for conn in list(self.connections):
             conn.close()
         try:
@@ -537,12 +600,14 @@ class Ambassador:
         added, removed = pool.update(backends)
         first = port not in self._applied
         self._applied.add(port)
+        listener = self.listeners[port]
+        if listener.warm is not None and listener.server is not None and (added or removed):
+            listener.warm.update()       # before the reroute: no warm connection to a gone backend
         if first:
             log.info("port %d: backends %s", self.listeners[port].port, _names(pool.backends))
             return bool(added or removed)
         if not (added or removed):
             return False
-        listener = self.listeners[port]
         self.metrics.rerouted(listener.port, [b.label for b in removed])
         affected = listener.reroute()
         what = {"keep": "kept", "drain": "draining", "close": "closed"}[self.policy]
@@ -580,4 +645,6 @@ class Ambassador:
             if listener.tls_out is not None:
                 listeners[str(listener.port)]["tls_dials"] = {"as": listener.tls_out.source,
                                                              "expect": listener.tls_out.target}
+            if listener.warm is not None:
+                listeners[str(listener.port)]["warm"] = listener.warm.snapshot()
         return {"policy": self.policy, "listeners": listeners, "metrics": self.metrics.snapshot()}

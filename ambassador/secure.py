@@ -6,6 +6,7 @@ plaintext options so the two evolve separately).
     --tls-dial SOURCE            client side: dial backends presenting SOURCE's leaf
     --tls-target SERVICE         ... and require them to be SERVICE (default --service)
     --tls-keys DIR               private directory for the leaf files while loading
+    --tls-warm N                 client side: warm connections kept per backend (0: none, the default)
     --authorize-cache S          seconds an authorize answer is reused (1; 0: never)
 
 Identity on the client side is one per ambassador (SOURCE); see the report /
@@ -40,6 +41,7 @@ class TLSOptions:
     dial_to: str | None = None        # client side: the identity required of backends
     key_dir: str | None = None        # None: a fresh private dir under $TMPDIR
     authorize_ttl: float = 1.0
+    warm: int = 0                     # client side: warm connections per backend (ambassador/warm.py)
 
 
 def add_tls_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +53,9 @@ def add_tls_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: --service)")
     g.add_argument("--tls-keys", metavar="DIR", help="private directory for certificate files while they "
                    "load (default: a new one under $TMPDIR)")
+    g.add_argument("--tls-warm", default=None, metavar="N",
+                   help="client side: mutual TLS connections kept handshaken per backend, so a new "
+                        "client skips the handshake (0: none, the default)")
     g.add_argument("--authorize-cache", default="1", metavar="S",
                    help="seconds an authorization answer is reused (1)")
 
@@ -66,7 +71,7 @@ def tls_options(a: argparse.Namespace, listen: tuple[int, ...], service: str | N
     """(TLSOptions or None, the Consul config, made from --consul if not made yet).
     ValueError names the first bad value."""
     if not (a.tls_serve or a.tls_dial):
-        for flag, v in (("--tls-target", a.tls_target), ("--tls-keys", a.tls_keys)):
+        for flag, v in (("--tls-target", a.tls_target), ("--tls-keys", a.tls_keys), ("--tls-warm", a.tls_warm)):
             if v is not None:
                 raise ValueError(f"{flag} is only used with --tls-serve or --tls-dial")
         return None, consul
@@ -103,6 +108,16 @@ def tls_options(a: argparse.Namespace, listen: tuple[int, ...], service: str | N
                              "backends must prove")
     elif a.tls_target:
         raise ValueError("--tls-target is only used with --tls-dial")
+    warm = 0
+    if a.tls_warm is not None:
+        if not dial_as:
+            raise ValueError("--tls-warm is only used with --tls-dial")
+        try:
+            warm = int(a.tls_warm.strip())
+        except ValueError:
+            warm = -1
+        if not 0 <= warm <= 64:
+            raise ValueError(f"invalid --tls-warm {a.tls_warm!r}: expected 0 to 64 connections per backend")
     ttl = parse.duration("--authorize-cache", a.authorize_cache)
     if not math.isfinite(ttl) or not 0 <= ttl <= 3600:
         raise ValueError(f"invalid --authorize-cache {a.authorize_cache!r}: expected 0 to 3600 seconds")
@@ -114,7 +129,8 @@ def tls_options(a: argparse.Namespace, listen: tuple[int, ...], service: str | N
             raise ValueError(str(e)) from None
         if consul is None:
             raise ValueError("mutual TLS needs the local Consul agent: give --consul ADDR (or CONSUL_HTTP_ADDR)")
-    return TLSOptions(serve=serve, dial_as=dial_as, dial_to=dial_to, key_dir=a.tls_keys, authorize_ttl=ttl), consul
+    return TLSOptions(serve=serve, dial_as=dial_as, dial_to=dial_to, key_dir=a.tls_keys, authorize_ttl=ttl,
+                      warm=warm), consul
 
 
 class Secure:
@@ -137,7 +153,8 @@ class Secure:
     def ambassador_options(self, listen, connect_timeout: float) -> dict:
         from portlink.ambassador.tls import ClientTLS, ServerTLS
         if self.opts.dial_as:
-            self.client_tls = ClientTLS(self.identity, self.opts.dial_as, self.opts.dial_to, connect_timeout)
+            self.client_tls = ClientTLS(self.identity, self.opts.dial_as, self.opts.dial_to, connect_timeout,
+                                        warm=self.opts.warm)
             return {"tls_out": self.client_tls}
         return {"tls_in": {p: ServerTLS(self.identity, s, self.authorizer) for p, s in self.opts.serve.items()}}
 

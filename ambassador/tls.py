@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from portlink.ambassador.identity import Identity
 from portlink.ambassador.spiffe import IdentityError, check_service, peer_identity, serial_hex
+from portlink.ambassador.warm import CLAIM, SERVER_WAIT, negotiated
 from portlink.catalog.connect import Decision
 from portlink.catalog.watch import describe
 
@@ -75,11 +76,12 @@ class ServerTLS:
     """A listener serving `service` to mutually authenticated, authorized clients."""
 
     def __init__(self, identity: Identity, service: str, authorizer: Authorizer,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, wait: float = SERVER_WAIT) -> None:
         self.identity = identity
         self.service = service
         self.authorizer = authorizer
         self.handshake_timeout = handshake_timeout
+        self.wait = wait                  # how long a warm connection may stay unclaimed
 
     async def admit(self, conn) -> bool:
         """Handshake, identify, authorize. False: `conn` is closed and counted."""
@@ -103,7 +105,27 @@ class ServerTLS:
             serial = serial_hex(cert)
         except IdentityError as e:
             return self._deny(conn, str(e))
-        decision = await self.authorizer.check(self.service, peer.uri, serial)
+        early = None
+        if negotiated(conn.client.transport):
+            # A warm connection: the backend is dialled only once the client side claims
+            # it, and it is authorized then (a deny made meanwhile applies). Asked at the
+            # handshake already, in the background: a claim that comes while the agent
+            # answers takes that answer; a later one finds it cached (within the TTL).
+            early = asyncio.ensure_future(self.authorizer.check(self.service, peer.uri, serial))
+            try:
+                claimed = await conn.preamble(CLAIM, self.wait)
+            except BaseException:
+                early.cancel()
+                raise
+            if not claimed:
+                early.cancel()
+                log.debug("port %d: a warm connection ended unclaimed", listener.port)
+                conn.close()
+                return False
+        if early is not None and not early.done():
+            decision = await early
+        else:
+            decision = await self.authorizer.check(self.service, peer.uri, serial)
         if not decision.authorized:
             return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
         return True
@@ -119,20 +141,22 @@ class ClientTLS:
     """Dial backends as `source`, accepting only servers that are `target`."""
 
     def __init__(self, identity: Identity, source: str, target: str,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, warm: int = 0) -> None:
         self.identity = identity
         self.source = source
         self.target = target
         self.handshake_timeout = handshake_timeout
+        self.warm = warm                  # warm connections per backend (ambassador/warm.py); 0: none
         self.handshakes = {"full": 0, "resumed": 0}
 
-    def dial(self) -> dict:
-        """Keyword arguments for loop.create_connection."""
+    def dial(self, warm: bool = False) -> dict:
+        """Keyword arguments for loop.create_connection; `warm`: a warm connection's
+        (its context offers the warm protocol, ambassador/warm.py)."""
         ctxs = self.identity.current(self.source)
         if ctxs is None:
             raise ConnectionError(f"no connect certificate for {self.source} yet")
         # SNI names the service: one server-side port could serve several (not used yet).
-        return {"ssl": ctxs.client, "server_hostname": self.target, "ssl_handshake_timeout": self.handshake_timeout}
+        return {"ssl": ctxs.warm if warm and ctxs.warm is not None else ctxs.client, "server_hostname": self.target, "ssl_handshake_timeout": self.handshake_timeout}
 
     def check(self, transport) -> None:
         """The server must be the target service of our trust domain."""

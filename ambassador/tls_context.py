@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from portlink.ambassador.warm import WARM_ALPN
 from portlink.catalog.connect import Leaf, Roots
 
 
@@ -28,6 +29,7 @@ class Contexts:
     client: ssl.SSLContext
     leaf: Leaf
     roots: Roots
+    warm: ssl.SSLContext | None = None   # the client context of warm connections (offers WARM_ALPN)
 
 
 def private_dir(path: str | os.PathLike) -> Path:
@@ -63,20 +65,30 @@ class ResumingClientContext(ssl.SSLContext):
     asyncio and uvloop create the TLS object through `wrap_bio`, without a
     session argument; this is where the session is put in."""
 
+    _last = None                 # the SSLObject of the last verified full handshake
+    _session = None              # its session, once it holds a ticket: offered at every dial
+
     def remember(self, ssl_object) -> None:
         """The SSLObject of a connection whose server was verified and checked.
         Its session is read at the next dial: TLS 1.3 tickets arrive after the
-        handshake, so reading it now would often find none."""
-        self._last = ssl_object
+        handshake, so reading it now would often find none. A connection that
+        resumed the cached session keeps it: reading a session out of an
+        SSLObject costs more than the resumed handshake saves (CPython copies
+        it through DER), and the server's stateless tickets can be reused."""
+        if ssl_object.session_reused and self._session is not None:
+            return
+        self._last, self._session = ssl_object, None
 
     def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
         if session is None and not server_side:
-            last = getattr(self, "_last", None)
-            if last is not None:
+            session = self._session
+            if session is None and self._last is not None:
                 try:
-                    session = last.session
+                    session = self._last.session
                 except (ValueError, AttributeError):
                     session = None
+                if session is not None and session.has_ticket:
+                    self._session = session
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
 
@@ -92,8 +104,15 @@ def _new(purpose: int, roots: Roots, leaf: Leaf, where: Path) -> ssl.SSLContext:
 
 def build(roots: Roots, leaf: Leaf, key_dir: Path) -> Contexts:
     try:
-        return Contexts(server=_new(ssl.PROTOCOL_TLS_SERVER, roots, leaf, key_dir),
-                        client=_new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir), leaf=leaf, roots=roots)
+        server = _new(ssl.PROTOCOL_TLS_SERVER, roots, leaf, key_dir)
+        server.set_alpn_protocols([WARM_ALPN])      # selected only when a client offers it
+        # One TLS 1.3 ticket per handshake, not OpenSSL's 2: a client side keeps and reuses
+        # one (ResumingClientContext), so the second was built and encrypted for nothing.
+        server.num_tickets = 1
+        warm = _new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir)
+        warm.set_alpn_protocols([WARM_ALPN])        # offered only by warm dials (ambassador/warm.py)
+        return Contexts(server=server, client=_new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir),
+                        leaf=leaf, roots=roots, warm=warm)
     except (ssl.SSLError, ValueError, OSError) as e:
         raise ContextError(f"cannot load the connect certificates of {leaf.service} "
                            f"(serial {leaf.serial}): {e}") from None

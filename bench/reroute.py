@@ -33,13 +33,22 @@ threads back-to-back held connections (the name, then an echo every 25 ms for
 300 ms, well inside the 5 s drain). A refused/reset/timed-out connection, an
 empty answer or a held connection cut short is a failure; so is any failed probe.
 
+--tls: the same moves through mutual TLS (issue 15's secure links). Each backend
+gets a server-side ambassador (A: :7101 -> 7001, B: :7102 -> 7002, `--tls-serve
+benchsvc`, leaves from the agent's Connect CA), registered as a Connect-native
+instance of benchsvc at the server side's port; the ambassador under test is
+the client side (`--service benchsvc --tls-dial web`: it follows the
+mesh-capable instances and dials them over mTLS). HAProxy's servers then carry
+`ssl crt web.pem ca-file roots.pem verify required` with the agent's leaf for
+web, so both sides cross the same server sides.
+
 Each side runs alone, in alternating blocks of --block moves (ambassador block,
 HAProxy block, ...), so neither's reaction loads the CPU during the other's.
 
 Prints one JSON line: per side median/p99/max of first_new and cutover, misses,
 failed connections (with the breakdown), the ratios ambassador / haproxy_reload,
 and the targets (reported, not asserted). Progress goes to stderr.
-Run as root:  .venv/bin/python -P bench/reroute.py [--moves 100] [--block 25]"""
+Run as root:  .venv/bin/python -P bench/reroute.py [--moves 100] [--block 25] [--tls]"""
 
 from __future__ import annotations
 
@@ -65,6 +74,8 @@ HAPROXY = "/usr/sbin/haproxy"
 SERVICE = "benchsvc"
 CONSUL = "127.0.0.1:8500"
 BACKENDS = {"A": 7001, "B": 7002}
+SERVER_SIDES = {"A": 7101, "B": 7102}      # --tls: the server-side ambassador in front of each backend
+SOURCE = "web"                              # --tls: the identity the client sides dial as
 AMB_PORT, HAP_PORT, AMB_METRICS = 17000, 17001, 17900
 DRAIN_DEADLINE = 5
 AMB_COUNTERS = ("connections_total", "connect_failures_total", "rejected_total", "reroutes_total")
@@ -194,9 +205,10 @@ def steady_client(port: int, interval: float, hold: float, echo_every: float) ->
     return 0
 
 
-def render_haproxy(instances: list[tuple[str, str, int]], port: int) -> str:
-    """The HAProxy config consul-template would render for these (id, address, port)."""
-    servers = "".join(f"    server {iid} {addr}:{p}\n" for iid, addr, p in sorted(instances))
+def render_haproxy(instances: list[tuple[str, str, int]], port: int, tls: str = "") -> str:
+    """The HAProxy config consul-template would render for these (id, address, port);
+    `tls`: the options of each server line (mutual TLS to server-side ambassadors)."""
+    servers = "".join(f"    server {iid} {addr}:{p}{tls}\n" for iid, addr, p in sorted(instances))
     return ("global\n"
             f"    hard-stop-after {DRAIN_DEADLINE}s\n"
             "    maxconn 4096\n"
@@ -254,7 +266,7 @@ def current_worker(sock_path: str) -> str | None:
     return None
 
 
-def watcher(cfg: str, master_pid: int, master_sock: str, port: int, events: str, ready: str) -> int:
+def watcher(cfg: str, master_pid: int, master_sock: str, port: int, events: str, ready: str, tls: str = "") -> int:
     """consul-template's mechanism, no quiescence wait: watch, render, reload, repeat."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     loaded = Path(cfg).read_text()
@@ -270,7 +282,7 @@ def watcher(cfg: str, master_pid: int, master_sock: str, port: int, events: str,
                 continue
             seen = time.monotonic()
             index = 1 if got < 1 else (0 if got < index else got)
-            text = render_haproxy(instances, port)
+            text = render_haproxy(instances, port, tls)
             if text != loaded and instances:       # consul-template keeps the file when the set is empty too
                 tmp = cfg + ".tmp"
                 Path(tmp).write_text(text)
@@ -364,6 +376,27 @@ class Prober(threading.Thread):
         raise RuntimeError(f"port {port} did not answer {want!r} within {timeout}s (last answer {last!r})")
 
 
+def haproxy_tls_options(agent, tmp: Path) -> str:
+    """HAProxy's server options for mutual TLS to the server sides: the agent's
+    Connect leaf for SOURCE as its client certificate, Connect's roots as its CA."""
+    leaf = roots = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:       # the CA may still be starting
+        code, _, leaf = agent.get(f"/v1/agent/connect/ca/leaf/{SOURCE}", timeout=10)
+        code2, _, roots = agent.get("/v1/agent/connect/ca/roots", timeout=10)
+        if code == 200 and code2 == 200 and roots.get("Roots"):
+            break
+        time.sleep(0.2)
+    else:
+        raise RuntimeError(f"no connect leaf for {SOURCE} from the agent within 30s (HTTP {code})")
+    pem, ca = tmp / f"{SOURCE}.pem", tmp / "roots.pem"
+    fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(leaf["CertPEM"].rstrip("\n") + "\n" + leaf["PrivateKeyPEM"])
+    ca.write_text("".join(r["RootCert"].rstrip("\n") + "\n" for r in roots["Roots"]))
+    return f" ssl crt {pem} ca-file {ca} verify required"
+
+
 def pct(xs: list[float], q: float) -> float | None:
     s = sorted(xs)
     return round(s[max(0, math.ceil(q * len(s)) - 1)], 3) if s else None   # nearest rank
@@ -379,8 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady-interval", type=float, default=0.002, help="seconds between the steady short connections")
     ap.add_argument("--backend-server", nargs=2, metavar=("NAME", "PORT"), help=argparse.SUPPRESS)
     ap.add_argument("--steady-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--tls", action="store_true",
+                    help="through mutual TLS: the ambassador is a client side dialling server-side ambassadors "
+                         "(HAProxy dials them with TLS too)")
     ap.add_argument("--watcher", nargs=6, metavar=("CFG", "MASTER_PID", "MASTER_SOCK", "PORT", "EVENTS", "READY"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--tls-warm", type=int, default=None, metavar="N",
+                    help="with --tls: the client side's --tls-warm (its default when not given)")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"the sides to run, comma-separated ({','.join(SIDES)})")
+    ap.add_argument("--watcher-tls", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.backend_server:
         return backend_server(a.backend_server[0], int(a.backend_server[1]))
@@ -388,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return steady_client(a.steady_client, a.steady_interval, 0.3, 0.025)
     if a.watcher:
         cfg, pid, sock, port, events, ready = a.watcher
-        return watcher(cfg, int(pid), sock, int(port), events, ready)
+        return watcher(cfg, int(pid), sock, int(port), events, ready, a.watcher_tls)
 
     if os.geteuid() != 0:
         raise SystemExit("bench/reroute: needs root (network namespaces)")
@@ -396,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
             and 0.5 <= a.timeout <= 30 and 0 <= a.gap <= 5 and 0.0005 <= a.steady_interval <= 1):
         raise SystemExit("bench/reroute: --moves 1..1000, --block 1..1000, --interval 0..0.1, --timeout 0.5..30, "
                          "--gap 0..5, --steady-interval 0.0005..1")
+    sides = tuple(dict.fromkeys(x.strip() for x in a.sides.split(",") if x.strip()))
+    if not sides or any(x not in SIDES for x in sides):
+        raise SystemExit(f"bench/reroute: --sides takes one or both of {', '.join(SIDES)}")
+    if a.tls_warm is not None and not (a.tls and 0 <= a.tls_warm <= 64):
+        raise SystemExit("bench/reroute: --tls-warm 0..64, only with --tls")
     if not os.access(HAPROXY, os.X_OK):
         raise SystemExit(f"bench/reroute: needs {HAPROXY} (./scripts/setup installs it)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -438,8 +483,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{name} exited ({p.returncode}): {logs[name].read_text()[-2000:]}")
 
     def register(name: str) -> None:
-        code, _, body = agent.put("/v1/agent/service/register", {
-            "ID": f"{SERVICE}-{name.lower()}", "Name": SERVICE, "Address": "127.0.0.1", "Port": BACKENDS[name]})
+        body = {"ID": f"{SERVICE}-{name.lower()}", "Name": SERVICE, "Address": "127.0.0.1", "Port": BACKENDS[name]}
+        if a.tls:       # the server side in front of the backend, as portlink registers it
+            body |= {"Port": SERVER_SIDES[name], "Connect": {"Native": True}}
+        code, _, body = agent.put("/v1/agent/service/register", body)
         if code != 200:
             raise RuntimeError(f"register {name}: HTTP {code} {body}")
 
@@ -456,6 +503,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, port in BACKENDS.items():
             start(f"backend_{name}", PY, "-P", str(HERE), "--backend-server", name, str(port))
         wait_ready(agent)
+        hap_tls = ""
+        if a.tls:
+            for name, port in SERVER_SIDES.items():
+                start(f"server_side_{name}", PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1",
+                      "--listen", str(port), "--backend", f"{port}=127.0.0.1:{BACKENDS[name]}",
+                      "--tls-serve", SERVICE, "--consul", CONSUL, "--tls-keys", str(tmp / f"keys-{name}"))
+            hap_tls = haproxy_tls_options(agent, tmp)
         prober = Prober(ns.path, a.interval, a.timeout)
         prober.start()
         if not prober.ready.wait(10):
@@ -489,14 +543,16 @@ def main(argv: list[str] | None = None) -> int:
                 start("ambassador", PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1",
                       "--listen", str(AMB_PORT), "--service", SERVICE, "--consul", CONSUL,
                       "--policy", "drain", "--drain-deadline", str(DRAIN_DEADLINE),
-                      "--metrics", f"127.0.0.1:{AMB_METRICS}")
+                      "--metrics", f"127.0.0.1:{AMB_METRICS}",
+                      *(("--tls-dial", SOURCE, "--tls-keys", str(tmp / "keys-client")) if a.tls else ()),
+                      *(("--tls-warm", str(a.tls_warm)) if a.tls_warm is not None else ()))
                 return AMB_PORT
             cfg = tmp / "haproxy.cfg"
             code, _, entries = http_get(f"{agent.http}/v1/health/service/{SERVICE}?passing", 5, ns.path)
             if code != 200:
                 raise RuntimeError(f"consul health of {SERVICE}: HTTP {code} {entries}")
             instances = [(e["Service"]["ID"], e["Service"]["Address"], e["Service"]["Port"]) for e in entries]
-            cfg.write_text(render_haproxy(instances, HAP_PORT))
+            cfg.write_text(render_haproxy(instances, HAP_PORT, hap_tls))
             chk = subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
             if chk.returncode != 0:
                 raise RuntimeError(f"haproxy -c: {chk.stderr.strip() or chk.stdout.strip()}")
@@ -516,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             ready = tmp / "watcher.ready"
             ready.unlink(missing_ok=True)
             start("watcher", PY, "-P", str(HERE), "--watcher", str(cfg), str(master.pid), str(sock),
-                  str(HAP_PORT), str(tmp / "reloads.jsonl"), str(ready))
+                  str(HAP_PORT), str(tmp / "reloads.jsonl"), str(ready), f"--watcher-tls={hap_tls}")
             deadline = time.monotonic() + 15
             while not ready.exists():
                 check_alive("watcher", "haproxy")
@@ -541,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
 
         blocks = math.ceil(a.moves / a.block)
         for b in range(blocks):
-            for side in SIDES:
+            for side in sides:
                 n = min(a.block, a.moves - done[side])
                 if n <= 0:
                     continue
@@ -555,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                 watch = ("ambassador",) if side == "ambassador" else ("haproxy", "watcher")
                 for _ in range(n):
                     time.sleep(a.gap)
-                    check_alive(*watch, "steady", "backend_A", "backend_B")
+                    check_alive(*watch, "steady", "backend_A", "backend_B",
+                                *([f"server_side_{n}" for n in SERVER_SIDES] if a.tls else []))
                     new = "B" if current == "A" else "A"
                     go, settled = threading.Event(), threading.Event()
                     job = prober.submit(port=port, new=new, old=current, go=go, settled=settled)
@@ -648,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
                        "(min 5 s is common in setups), which would add to every figure here")
         ratio = lambda k: round(amb[k] / hap[k], 3) if amb[k] and hap[k] else None
         print(json.dumps({
-            "bench": "reroute", "moves": a.moves, "block": a.block, "interval_ms": a.interval * 1000,
+            "bench": "reroute", "path": "mtls" if a.tls else "plain", "sides": list(sides),
+            **({"tls_warm": a.tls_warm} if a.tls_warm is not None else {}), "moves": a.moves, "block": a.block, "interval_ms": a.interval * 1000,
             "gap_ms": a.gap * 1000, "timeout_s": a.timeout, "drain_deadline_s": DRAIN_DEADLINE,
             "cpus": os.cpu_count(), "loadavg_before": load_before,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -664,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         if prober is not None:
             prober.jobs.put(None)
             prober.join(a.timeout + 5)
-        for name in ("steady", "watcher", "haproxy", "ambassador", *[f"backend_{n}" for n in BACKENDS]):
+        for name in ("steady", "watcher", "haproxy", "ambassador", *[f"server_side_{n}" for n in SERVER_SIDES],
+                     *[f"backend_{n}" for n in BACKENDS]):
             p = procs.get(name)
             if p is not None and name == "steady" and p.stdin:
                 p.stdin.close()

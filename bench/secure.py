@@ -23,7 +23,13 @@ CPU: both processes of a pair, during its iperf3 runs, also per Gbit/s.
 
 Prints one JSON line with every figure, the ratios mtls_pair / haproxy_tls and the
 targets of issue 15 (reported, not asserted).
-Run as root:  .venv/bin/python -P bench/secure.py [--seconds 5] [--rounds 3] [--rr 5000] [--cpr 1000]"""
+--baseline PYTHON adds the path mtls_base: the same pair run by another checkout's
+interpreter (e.g. /work/main/.venv/bin/python: its portlink), ports 15501/16501 ->
+15502/16502, so a change is measured against its baseline side by side in one run
+(ratio_*_mtls_vs_mtls_base). --warm N is the client side's --tls-warm.
+
+Run as root:  .venv/bin/python -P bench/secure.py [--seconds 5] [--rounds 3] [--rr 5000] [--cpr 1000]
+              [--baseline PYTHON] [--warm N]"""
 
 from __future__ import annotations
 
@@ -55,7 +61,9 @@ PATHS = {              # name -> (throughput port, latency port) the client uses
     "mtls_pair": (15301, 16301),
     "haproxy_tls": (15401, 16401),
 }
-INNER = {"mtls_pair": (15302, 16302), "haproxy_tls": (15402, 16402)}   # the TLS hop of each pair
+INNER = {"mtls_pair": (15302, 16302), "haproxy_tls": (15402, 16402),   # the TLS hop of each pair
+         "mtls_base": (15502, 16502)}
+BASE = (15501, 16501)       # --baseline: the outer ports of mtls_base
 HAPROXY = proxy.HAPROXY
 CONSUL = "127.0.0.1:8500"
 
@@ -115,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds, each path once per round (1..20)")
     ap.add_argument("--rr", type=int, default=5000, help="round trips over one connection per path per round")
     ap.add_argument("--cpr", type=int, default=1000, help="connect-per-request round trips per path per round")
+    ap.add_argument("--baseline", metavar="PYTHON", help="also run the mTLS pair with this interpreter "
+                    "(another checkout's venv) as the path mtls_base")
+    ap.add_argument("--warm", type=int, default=None, metavar="N", help="the client side's --tls-warm")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench/secure: needs root (network namespaces)")
@@ -130,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     from portlink.lab.sandbox import Namespace
 
     paths = list(PATHS)
+    if a.baseline:
+        if not os.access(a.baseline, os.X_OK):
+            raise SystemExit(f"bench/secure: --baseline {a.baseline} is not an executable")
+        PATHS["mtls_base"] = BASE
+        paths.append("mtls_base")
     tmp = Path(tempfile.mkdtemp(prefix="plt-secure-"))
     os.chmod(tmp, 0o700)
     ns: Namespace | None = None
@@ -138,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     procs, logs, start, check_alive = run.procs, run.logs, run.start, run.check_alive
     wait_port = functools.partial(run.wait_port, timeout=60, interval=0.2)
 
-    def amb(name: str, *args: str) -> None:
-        start(name, PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1", *args)
+    def amb(name: str, *args: str, python: str = PY) -> None:
+        start(name, python, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1", *args)
 
     try:
         ns = run.ns = Namespace.create("secure")
@@ -157,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             "--consul", CONSUL, "--tls-keys", str(tmp / "keys-server"))
         amb("mtls_client", "--listen", str(t), "--listen", str(l), "--tls-dial", "web", "--tls-target", "frontdb",
             "--backend", f"{t}=127.0.0.1:{ti}", "--backend", f"{l}=127.0.0.1:{li}",
-            "--consul", CONSUL, "--tls-keys", str(tmp / "keys-client"))
+            "--consul", CONSUL, "--tls-keys", str(tmp / "keys-client"),
+            *(("--tls-warm", str(a.warm)) if a.warm is not None else ()))
+        if a.baseline:
+            (t, l), (ti, li) = BASE, INNER["mtls_base"]
+            amb("base_server", "--listen", str(ti), "--listen", str(li), "--tls-serve", "frontdb",
+                "--backend", f"{ti}=127.0.0.1:{IPERF_PORT}", "--backend", f"{li}=127.0.0.1:{ECHO_PORT}",
+                "--consul", CONSUL, "--tls-keys", str(tmp / "keys-base-server"), python=a.baseline)
+            amb("base_client", "--listen", str(t), "--listen", str(l), "--tls-dial", "web", "--tls-target", "frontdb",
+                "--backend", f"{t}=127.0.0.1:{ti}", "--backend", f"{l}=127.0.0.1:{li}",
+                "--consul", CONSUL, "--tls-keys", str(tmp / "keys-base-client"), python=a.baseline)
         for name, front in (("haproxy_back", False), ("haproxy_front", True)):
             cfg = tmp / f"{name}.cfg"
             cfg.write_text(haproxy_cfg(front, certs))
@@ -184,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         pair_pids = {"ambassador": [procs["ambassador"].pid],
                      "mtls_pair": [procs["mtls_client"].pid, procs["mtls_server"].pid],
                      "haproxy_tls": [procs["haproxy_front"].pid, procs["haproxy_back"].pid]}
+        if a.baseline:
+            pair_pids["mtls_base"] = [procs["base_client"].pid, procs["base_server"].pid]
         load_before = [round(x, 2) for x in os.getloadavg()]
         gbps: dict[str, list[float]] = {p: [] for p in paths}
         retrans: dict[str, list[int]] = {p: [] for p in paths}
@@ -271,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         met = {"throughput": r_tput is not None and r_tput >= 1.0,
                **{f"added_p99_{k}": v is not None and v <= 1.0 for k, v in by_mode.items()}}
         doc = {
-            "bench": "secure", "seconds": a.seconds, "rounds": a.rounds, "rr": a.rr, "cpr": a.cpr,
+            "bench": "secure", "warm": a.warm, "seconds": a.seconds, "rounds": a.rounds, "rr": a.rr, "cpr": a.cpr,
             "message_bytes": proxy.MSG, "cpus": os.cpu_count(), "key_type": "EC P-256 (both)",
             "note": "both client sides resume TLS sessions (HAProxy's default ssl-reuse; the ambassador's "
                     "ResumingClientContext); both pairs share the CPUs with iperf3 and the clients",
@@ -285,6 +312,18 @@ def main(argv: list[str] | None = None) -> int:
                                                                out["ambassador"]["throughput_gbps"]),
             "ratio_cpu_per_gbit_mtls_vs_haproxy_tls": ratio(out["mtls_pair"].get("cpu_core_seconds_per_gbit"),
                                                             out["haproxy_tls"].get("cpu_core_seconds_per_gbit")),
+            **({"baseline_python": a.baseline,
+                "ratio_throughput_mtls_base_vs_haproxy_tls": ratio(out["mtls_base"]["throughput_gbps"],
+                                                                   out["haproxy_tls"]["throughput_gbps"]),
+                "ratio_added_p99_mtls_base_vs_haproxy_tls_by_mode": {
+                    label: ratio(out["mtls_base"][label].get("added_p99_us"),
+                                 out["haproxy_tls"][label].get("added_p99_us"))
+                    for label in ("one_connection", "connect_per_request")},
+                "ratio_throughput_mtls_vs_mtls_base": ratio(out["mtls_pair"]["throughput_gbps"],
+                                                            out["mtls_base"]["throughput_gbps"]),
+                "ratio_added_p99_mtls_vs_mtls_base_by_mode": {
+                    label: ratio(out["mtls_pair"][label].get("added_p99_us"), out["mtls_base"][label].get("added_p99_us"))
+                    for label in ("one_connection", "connect_per_request")}} if a.baseline else {}),
             "targets": {"ratio_throughput_min": 1.0, "ratio_added_p99_max": 1.0},
             "targets_met": met,
         }

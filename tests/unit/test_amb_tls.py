@@ -78,13 +78,14 @@ async def echo(r, w):
 class Pair:
     """backend <- server side (serves frontdb) <- client side (dials as web) <- test clients."""
 
-    def __init__(self, pki, handler=echo, server_as="frontdb", deny=(), dial_as="web"):
+    def __init__(self, pki, handler=echo, server_as="frontdb", deny=(), dial_as="web", warm=0):
         self.pki, self.handler = pki, handler
         self.accepted = 0
         self.server_ident = FakeIdentity({"frontdb": pki[server_as]})
         self.client_ident = FakeIdentity({dial_as: pki[dial_as]})
         self.authz = FakeAuthz(deny)
         self.dial_as = dial_as
+        self.warm = warm
         self.writers = []
 
     async def _handle(self, r, w):
@@ -106,7 +107,8 @@ class Pair:
         await self.server.start()
         self.sport = self.server.listeners[0].port
         self.client = Ambassador([0], host="127.0.0.1",
-                                 tls_out=ClientTLS(self.client_ident, self.dial_as, "frontdb", T))
+                                 tls_out=ClientTLS(self.client_ident, self.dial_as, "frontdb", T,
+                                                   warm=self.warm))
         self.client.apply(0, [Backend("127.0.0.1", self.sport)])
         await self.client.start()
         self.cport = self.client.listeners[0].port
@@ -302,6 +304,22 @@ def test_backend_reply_and_eof_reach_the_client_over_tls(pki):
             w.close()
             await until(lambda: not p.server.listeners[0].connections and not p.client.listeners[0].connections,
                         "both pairs closed")
+    run(main())
+
+
+def test_a_client_that_closed_does_not_pin_the_pair_after_the_eof_grace(pki):
+    """The echo backend never closes by itself; TLS cannot pass the client's EOF on, so
+    the client side closes the pair once the backend stayed silent for eof_grace."""
+    async def main():
+        async with Pair(pki) as p:
+            p.client.listeners[0].eof_grace = 0.3
+            r, w = await p.connect()
+            w.write(b"once")
+            assert await asyncio.wait_for(r.readexactly(4), T) == b"once"
+            w.close()
+            await until(lambda: not p.client.listeners[0].connections and not p.server.listeners[0].connections,
+                        "both pairs closed")
+            await until(lambda: all(x.is_closing() for x in p.writers), "the backend connection closed")
     run(main())
 
 

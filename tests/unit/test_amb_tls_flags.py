@@ -30,6 +30,13 @@ def test_client_side_static_and_consul():
     assert (o.tls.dial_as, o.tls.dial_to) == ("web", "frontdb")      # the followed service
 
 
+def test_client_side_warm_connections_are_off_unless_asked():
+    base = ["--listen", "5432", "--backend", "5432=10.0.0.9:21000", "--tls-dial", "web", "--tls-target", "db",
+            "--consul", "127.0.0.1"]
+    assert parse_args(base, env={}).tls.warm == 0
+    assert parse_args([*base, "--tls-warm", "4"], env={}).tls.warm == 4
+
+
 def test_plaintext_options_have_no_tls():
     assert parse_args(SERVER, env={}).tls is None
 
@@ -45,6 +52,10 @@ def test_plaintext_options_have_no_tls():
     (["--tls-dial", "web", "--consul", "h"], "--tls-target"),
     (["--tls-target", "db"], "only used with"),
     (["--tls-keys", "/x"], "only used with"),
+    (["--tls-warm", "2"], "only used with"),
+    (["--tls-serve", "db", "--consul", "h", "--tls-warm", "2"], "--tls-warm is only used with --tls-dial"),
+    (["--tls-dial", "web", "--tls-target", "db", "--consul", "h", "--tls-warm", "-1"], "invalid --tls-warm"),
+    (["--tls-dial", "web", "--tls-target", "db", "--consul", "h", "--tls-warm", "two"], "invalid --tls-warm"),
     (["--tls-serve", "db", "--consul", "h", "--authorize-cache", "-1"], "--authorize-cache"),
 ])
 def test_bad_tls_flags_are_named(extra, names):

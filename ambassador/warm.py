@@ -1,0 +1,235 @@
+"""Warm mutual-TLS connections from a client side to its server sides: a few
+handshakes made ahead of clients, so a new client connection skips the TCP and
+TLS set-up (most of a connect-per-request's added latency).
+
+The two sides agree on it with ALPN (`WARM_ALPN`, offered by every client-side
+dial, selected by a server side that knows it): on such a connection the
+server side dials its backend only after a one-line preamble (`CLAIM`), which
+the client side writes when a client takes the connection. So a backend never
+sees an idle phantom connection, and a server side that does not know the
+protocol simply does not select it (the client side then never keeps warm
+connections to it). The server side authorizes at the claim (its cache makes
+that free when a handshake-time check was recent), so a new deny still applies
+to warm connections.
+
+A warm connection is dropped, never handed out, when: its backend left the
+pool (a reroute), the client side's certificates rotated since it was made, it
+was idle `idle` seconds (the server side waits `SERVER_WAIT`, longer), or the
+server side closed it. Warm connections are not client connections: they are
+not in the pool's active counts nor in the connection metrics until claimed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from portlink.ambassador.backends import Backend
+
+log = logging.getLogger("portlink.ambassador")
+
+WARM_ALPN = "portlink-warm/1"
+CLAIM = b"portlink-claim\n"
+DEFAULT_SIZE = 2          # warm connections per backend of a listener
+IDLE = 20.0               # a client side replaces a warm connection idle this long
+SERVER_WAIT = 60.0        # a server side closes a warm connection not claimed within this
+
+
+def negotiated(transport) -> bool:
+    """True if this TLS connection speaks the warm protocol (a claim preamble comes first)."""
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    return obj is not None and obj.selected_alpn_protocol() == WARM_ALPN
+
+
+class Idle(asyncio.Protocol):
+    """A warm connection's protocol until it is claimed: anything the server side
+    does (data, EOF, close) makes it unusable."""
+
+    def __init__(self, warm: WarmPool, backend: Backend) -> None:
+        self.warm = warm
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.contexts = None          # the client side's Contexts it was made with
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.warm.drop(self)
+
+    def eof_received(self) -> bool:
+        self.warm.drop(self)
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.warm.drop(self, closed=True)
+
+
+class WarmPool:
+    """Up to `size` warm connections to each current backend of one listener."""
+
+    def __init__(self, listener, tls_out, size: int = DEFAULT_SIZE, idle: float = IDLE) -> None:
+        self.listener = listener
+        self.tls_out = tls_out
+        self.size = size
+        self.idle_seconds = idle
+        self.ready: dict[Backend, deque[Idle]] = {}
+        self.dialling: dict[Backend, int] = {}
+        self.refused: set[Backend] = set()    # server sides that did not select WARM_ALPN
+        self.waiters: dict[Backend, deque[asyncio.Future]] = {}   # claim_wait()s, woken per dial ended
+        self.closed = False
+        self.made = 0                         # counters for /stats
+        self.claimed = 0
+        self.dropped = 0
+
+    # -- the forwarder's side ------------------------------------------------------
+
+    async def claim_wait(self, b: Backend, timeout: float) -> Idle | None:
+        """claim(), but with none ready while warm dials to `b` are under way (a
+        backend just added, a burst), wait up to `timeout` for one of them rather
+        than start yet another handshake next to them."""
+        got = self.claim(b)
+        if got is not None or not self.dialling.get(b):
+            return got
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(b, deque()).append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            q = self.waiters.get(b)
+            if q is not None and fut in q:
+                q.remove(fut)
+        return self.claim(b)
+
+    def claim(self, b: Backend) -> Idle | None:
+        """A warm connection to `b` made with the current certificates, or None;
+        either way the pool is topped up again."""
+        q = self.ready.get(b)
+        current = self.tls_out.identity.current(self.tls_out.source)
+        got = None
+        while q and got is None:
+            w = q.popleft()
+            if w.timer is not None:
+                w.timer.cancel()
+            if w.contexts is current and w.transport is not None and not w.transport.is_closing():
+                got = w
+            else:
+                self.dropped += 1
+                w.transport.close()
+        self.fill(b)
+        if got is not None:
+            self.claimed += 1
+        return got
+
+    def give_back(self, w: Idle) -> None:
+        """A claimed connection that was not used after all: kept if still usable."""
+        self.claimed -= 1
+        b = w.backend
+        if self.closed or b not in self.listener.pool or w.transport.is_closing():
+            self.dropped += 1
+            w.transport.close()
+            return
+        w.timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, w)
+        self.ready.setdefault(b, deque()).appendleft(w)
+
+    def update(self) -> None:
+        """Follow the listener's pool: drop warm connections to backends that left,
+        warm the current ones."""
+        pool = self.listener.pool
+        for b in [b for b in self.ready if b not in pool]:
+            for w in self.ready.pop(b):
+                if w.timer is not None:
+                    w.timer.cancel()
+                self.dropped += 1
+                w.transport.close()
+        self.refused &= set(pool.backends)
+        for b in pool.backends:
+            self.fill(b)
+
+    def close(self) -> None:
+        self.closed = True
+        for q in self.ready.values():
+            for w in q:
+                if w.timer is not None:
+                    w.timer.cancel()
+                w.transport.close()
+        self.ready.clear()
+
+    # -- keeping it full -------------------------------------------------------------
+
+    def fill(self, b: Backend) -> None:
+        if self.closed or b in self.refused or b not in self.listener.pool or self.listener.pool.cooling(b):
+            return
+        missing = self.size - len(self.ready.get(b, ())) - self.dialling.get(b, 0)
+        loop = asyncio.get_running_loop()
+        for _ in range(max(0, missing)):
+            self.dialling[b] = self.dialling.get(b, 0) + 1
+            loop.create_task(self._dial(b))
+
+    async def _dial(self, b: Backend) -> None:
+        loop = asyncio.get_running_loop()
+        w = Idle(self, b)
+        try:
+            w.contexts = self.tls_out.identity.current(self.tls_out.source)
+            dial = self.tls_out.dial(warm=True)
+            async with asyncio.timeout(self.listener.connect_timeout):
+                transport, _ = await loop.create_connection(lambda: w, b.address, b.port, **dial)
+            self.tls_out.check(transport)
+        except (OSError, asyncio.TimeoutError) as e:
+            # Not counted as a client's connect failure; the next claim tries again.
+            log.debug("port %d: warming a connection to %s failed: %s", self.listener.port, b.label, e)
+            if w.transport is not None:
+                w.transport.abort()
+            return
+        finally:
+            self.dialling[b] = self.dialling.get(b, 1) - 1
+            if self.dialling[b] <= 0:
+                del self.dialling[b]
+            loop.call_soon(self._wake, b)      # after the connection is filed (or not)
+        if not negotiated(transport):
+            self.refused.add(b)
+            log.info("port %d: %s does not take warm connections; dialling it per client",
+                     self.listener.port, b.label)
+            transport.close()
+            return
+        if self.closed or b not in self.listener.pool or transport.is_closing():
+            transport.close()
+            return
+        self.made += 1
+        w.timer = loop.call_later(self.idle_seconds, self._expire, w)
+        self.ready.setdefault(b, deque()).append(w)
+
+    def _wake(self, b: Backend) -> None:
+        """One waiter per dial that ended; all of them once no dial is left."""
+        q = self.waiters.get(b)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if self.dialling.get(b):
+                    break
+        if q is not None and not q:
+            del self.waiters[b]
+
+    def _expire(self, w: Idle) -> None:
+        w.timer = None
+        self.drop(w)
+        self.fill(w.backend)
+
+    def drop(self, w: Idle, closed: bool = False) -> None:
+        q = self.ready.get(w.backend)
+        if q is not None and w in q:
+            q.remove(w)
+            if w.timer is not None:
+                w.timer.cancel()
+            self.dropped += 1
+        if not closed and w.transport is not None:
+            w.transport.close()
+
+    def snapshot(self) -> dict:
+        return {"per_backend": self.size, "ready": sum(len(q) for q in self.ready.values()),
+                "made": self.made, "claimed": self.claimed, "dropped": self.dropped}
