@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
-from portlink.ambassador.warm import CLAIM, WarmPool, negotiated
+from portlink.ambassador.warm import CLAIM, WarmPool
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
@@ -518,6 +518,15 @@ class Listener:
                 conn.start_drain(self.drain_deadline)
         return n
 
+    def quiesce(self) -> None:
+        """Stop accepting; the open connections carry on. A server side whose
+        container is being stopped: a new client's dial is refused at once, so
+        its client side fails over to another host, while open streams drain."""
+        if self.server is not None:
+            self.server.close()
+        if self.warm is not None:
+            self.warm.close()
+
     async def stop(self, grace: float = 2.0) -> None:
         """Stop accepting, close every connection, wait up to `grace` for them to
         flush, then abort what is left. Bounded."""
@@ -625,6 +634,10 @@ class Ambassador:
             for listener in started:
                 await listener.stop(0.5)
             raise
+
+    def quiesce(self) -> None:
+        for listener in self.listeners.values():
+            listener.quiesce()
 
     async def stop(self, grace: float = 2.0) -> None:
         await asyncio.gather(*(listener.stop(grace) for listener in self.listeners.values()))

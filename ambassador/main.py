@@ -14,7 +14,8 @@ pretend I'm frontdb": backends are dialled presenting SOURCE's leaf and must
 be the target service; with --service, its mesh-capable instances are followed).
 
 Every argument is checked before anything starts: a bad one exits 2 with a
-message naming it. SIGTERM/SIGINT stop it cleanly (exit 0)."""
+message naming it. SIGTERM/SIGINT stop it cleanly (exit 0); SIGUSR2 stops accepting
+and lets the open connections finish."""
 
 from __future__ import annotations
 
@@ -212,9 +213,11 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
     runner = task = None
     signals: list[int] = []
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGUSR2: stop accepting, keep serving the open connections (the daemon
+        # sends it to a server side before stopping its container: a drain).
+        for sig, handler in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set), (signal.SIGUSR2, amb.quiesce)):
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, handler)
                 signals.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass      # not the main thread (tests): the caller sets `stop`

@@ -152,6 +152,11 @@ async def start_consul(host: Host) -> ConsulSync:
         error = sync.withdraw_now(WITHDRAW_WAIT)
         if error:
             log.warning("consul: stopping %s without withdrawing it first (%s)", c.name, error)
+        if host.servers is not None:
+            # Consul's change reaches other hosts' client sides a moment later: until
+            # then a dial to this server side is refused (they fail over), not
+            # accepted and cut when the container goes.
+            host.servers.quiesce(c)
     host.containers.withdraw = withdraw
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     if host.servers is not None:

@@ -18,6 +18,7 @@ advertise address is known."""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable
 
@@ -104,6 +105,15 @@ class ServerSides:
         if done:
             self.changed()
         return done
+
+    def quiesce(self, served: Container) -> bool:
+        """Before `served` is stopped: its server side stops accepting (SIGUSR2), so
+        a client side dialling it now is refused and fails over to another host,
+        while the streams it carries drain until the container ends. False: none runs."""
+        side = self.records.named(ambassadors.server_name(served.name))
+        if side is None or not is_server_side(side):
+            return False
+        return self.life.while_running(side.id, lambda: self.life.d.runc.kill(side.id, signal.SIGUSR2))
 
     def _remove(self, c: Container) -> None:
         try:

@@ -669,3 +669,21 @@ def test_listener_alone_with_ephemeral_port():
             await lst.stop()
             await srv.stop()
     run(main())
+
+
+def test_quiesce_refuses_new_clients_and_open_connections_carry_on():
+    """A server side before its container stops (SIGUSR2): a new dial is refused at
+    once (its client side fails over), the open connection keeps working."""
+    async def main():
+        (a,) = await servers(1)
+        amb, lst = await start([a.backend])
+        r, w = await connect(lst)
+        await roundtrip(r, w)
+        amb.quiesce()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", lst.port), T)
+        await roundtrip(r, w, b"still open after quiesce")
+        assert len(lst.connections) == 1
+        w.close()
+    run(main())
