@@ -25,6 +25,8 @@ from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
 from portlink.runtime import api_images, cgroups, events, logfmt
 from portlink.runtime import docker_views as dv
+from portlink.runtime.api_ops import WAIT_POLL
+from portlink.runtime.container_ops import UNKNOWN_CODE, ContainerOps
 from portlink.runtime.docker_exec import Execs
 from portlink.runtime.docker_views import STDERR, STDOUT, frame
 from portlink.runtime.docker_request import DockerUnsupported, run_request
@@ -74,6 +76,7 @@ class DockerApi:
         self.host = api.host
         self.headers = HEADERS
         self.execs = Execs(self)
+        self.ops = ContainerOps(api.host)     # kill, wait, top, cp: the same as portlink's own API
 
     def call(self, fn, *args, **kw):
         return self.api.call(fn, *args, **kw)
@@ -334,32 +337,29 @@ class DockerApi:
 
     async def kill(self, r):
         v = await self._view(r.match_info["ref"])
-        await self.call(self.host.containers.kill, v["id"], r.query.get("signal") or "SIGKILL")
+        await self.call(self.ops.kill, v["id"], r.query.get("signal") or "KILL")
         return web.Response(status=204)
 
     async def wait(self, r):
-        """Blocks until the condition: not-running (default), next-exit or removed."""
-        cond = r.query.get("condition") or "not-running"
-        if cond not in ("not-running", "next-exit", "removed"):
-            raise InvalidArgument(f"invalid condition {cond!r}: expected not-running, next-exit or removed")
+        """Blocks until the condition: not-running (default), next-exit or removed
+        (portlink's wait: runtime.container_ops)."""
         v = await self._view(r.match_info["ref"])
-        cid, finished, code = v["id"], v["finished"], v["exit_code"]
+        point = await self.call(self.ops.wait_point, v["id"], r.query.get("condition") or "not-running")
         # The status goes first, as dockerd does: the client waits for it before it starts the container.
         resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "application/json"})
         await resp.prepare(r)
+        error = None
         while True:
-            c = await self.call(self.host.records.get, cid)
-            if c is None:
-                break                 # removed: its last exit code
-            code = c.exit_code
-            if cond == "not-running" and c.status not in (RUNNING, "creating"):
-                break
-            if cond == "next-exit" and c.status == "exited" and c.finished != finished:
+            try:
+                code = await self.call(self.ops.wait_poll, point)
+            except NotFound as e:
+                code, error = UNKNOWN_CODE, {"Message": str(e)}
+            if code is not None:
                 break
             if _gone(r):
                 return resp
-            await asyncio.sleep(0.1)
-        await resp.write(json.dumps({"StatusCode": code or 0, "Error": None}).encode() + b"\n")
+            await asyncio.sleep(WAIT_POLL)
+        await resp.write(json.dumps({"StatusCode": code, "Error": error}).encode() + b"\n")
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     async def rm(self, r):
@@ -450,6 +450,9 @@ class DockerApi:
 
         resp = await self.raw_stream(r)
         try:
+            # Attached before the start (a foreground run): the log is made now, so the reader
+            # holds the file the monitor then appends to, even if --rm removes it at once.
+            await self.call(_touch, Path(v["paths"]["log"]))
             old = await self.call(reader.read_existing, None if _flag(r, "logs") else 0)
             await resp.write(render(old))
             finished, ran = v["finished"], v["status"] == RUNNING
@@ -769,6 +772,13 @@ class DockerApi:
                 if events.matches(e, filters) and (until is None or e.time <= until):
                     await resp.write((json.dumps(dv.event_json(e.to_json())) + "\n").encode())
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
+    except FileNotFoundError:
+        pass        # the container's dir is gone: removed meanwhile
 
 
 def _requested_version(r: web.Request) -> tuple[int, int]:

@@ -26,7 +26,7 @@ _CONFIG = {"Image", "Cmd", "Entrypoint", "Env", "ExposedPorts", "Labels", "Worki
 _CONFIG_CLIENT = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped"}
 _HOST = {"Binds", "Mounts", "Links", "PortBindings", "PublishAllPorts", "RestartPolicy", "Dns", "NetworkMode",
          "Memory", "MemorySwap", "NanoCpus", "PidsLimit", "Ulimits", "CapAdd", "CapDrop", "SecurityOpt",
-         "Tmpfs", "VolumesFrom", "AutoRemove", "LogConfig"}
+         "Tmpfs", "VolumesFrom", "AutoRemove", "LogConfig", "ExtraHosts", "DnsSearch", "DnsOptions", "Init"}
 # Zero values that are not falsy: what clients send for "not given".
 _ZERO = {("HostConfig", "ConsoleSize"): [0, 0], ("HostConfig", "MemorySwappiness"): -1,
          ("HostConfig", "CgroupnsMode"): "private", ("HostConfig", "IpcMode"): "private",
@@ -208,6 +208,13 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
     elif rp.get("MaximumRetryCount"):
         raise InvalidArgument("RestartPolicy.MaximumRetryCount is only for on-failure")
     spec["dns"] = _strs(host.get("Dns"), "HostConfig.Dns")
+    spec["add_hosts"] = _strs(host.get("ExtraHosts"), "HostConfig.ExtraHosts")
+    spec["dns_search"] = _strs(host.get("DnsSearch"), "HostConfig.DnsSearch")
+    spec["dns_options"] = _strs(host.get("DnsOptions"), "HostConfig.DnsOptions")
+    if host.get("Init") is not None:
+        if not isinstance(host["Init"], bool):
+            raise InvalidArgument("HostConfig.Init must be true, false or null")
+        spec["init"] = host["Init"]
     spec["network"] = network_name(host.get("NetworkMode") or "")
     spec["aliases"] = aliases(netcfg, spec["network"], host.get("NetworkMode") or "")
     if host.get("Memory"):

@@ -366,3 +366,26 @@ def test_stats(dk):
     name, cpu, mem, pids = out.split("|")
     assert (name, pids) == ("busy", "1") and mem.endswith(" / 64MiB"), out
     assert float(cpu.rstrip("%")) > 0          # a busy loop: CPU time between the two samples
+
+
+def test_host_options_kill_and_wait(dk):
+    # --add-host, --dns-search, --dns-option, --init: the flags' fields, in the files and in inspect
+    dk.run("run", "-d", "--name", "opts", "--add-host", "db.local:10.1.2.3", "--dns-search", "example.com",
+           "--dns-option", "ndots:2", "--init", "busybox", "sleep", "600")
+    hc = dk.inspect("opts")["HostConfig"]
+    assert (hc["ExtraHosts"], hc["DnsSearch"], hc["DnsOptions"], hc["Init"]) == \
+        (["db.local:10.1.2.3"], ["example.com"], ["ndots:2"], True)
+    assert "10.1.2.3\tdb.local" in dk.out("exec", "opts", "cat", "/etc/hosts")
+    resolv = dk.out("exec", "opts", "cat", "/etc/resolv.conf")
+    assert "search example.com" in resolv and "options ndots:2" in resolv
+    assert dk.out("exec", "opts", "cat", "/proc/1/comm") != "sleep"       # tini is PID 1
+    # kill -s: portlink's kill (a signal the container survives keeps it running)
+    dk.run("run", "-d", "--name", "trap", "busybox", "sh", "-c",
+           "trap 'echo got-usr1' USR1; while :; do sleep 0.1; done")
+    dk.run("kill", "-s", "USR1", "trap")
+    assert wait_for(lambda: "got-usr1" in dk.out("logs", "trap"), 10)
+    assert dk.inspect("trap")["State"]["Running"]
+    dk.run("kill", "trap")
+    assert dk.out("wait", "trap") == "137"
+    again = dk.run("kill", "trap", check=False)
+    assert again.returncode != 0 and "is not running" in again.stderr

@@ -78,6 +78,18 @@ def test_every_supported_field_and_portlinks_own_check_accepts_it():
     assert [r.key() for r in req.publish] == ["80/tcp", "53/udp"]
 
 
+def test_host_options_map_onto_the_flags_fields():
+    got = run_request(body(host={"ExtraHosts": ["db.local:10.1.2.3", "gw:host-gateway"],
+                                 "DnsSearch": ["example.com"], "DnsOptions": ["ndots:2"], "Init": True}))
+    assert (got["add_hosts"], got["dns_search"], got["dns_options"], got["init"]) == \
+        (["db.local:10.1.2.3", "gw:host-gateway"], ["example.com"], ["ndots:2"], True)
+    spec = Request.parse(got)
+    assert (spec.spec.dns_search, spec.spec.init) == (["example.com"], True)   # portlink's own checks pass
+    assert "init" not in run_request(body(host={"Init": None}))
+    with pytest.raises(InvalidArgument, match="HostConfig.Init"):
+        run_request(body(host={"Init": "yes"}))
+
+
 def test_publish_all_ports_adds_the_exposed_ones_not_bound_yet():
     got = run_request(body({"ExposedPorts": {"9000/tcp": {}, "80/tcp": {}}},
                            {"PublishAllPorts": True, "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}),
@@ -90,8 +102,8 @@ def test_publish_all_ports_adds_the_exposed_ones_not_bound_yet():
     ({"Tty": True}, {}, "Config.Tty is not supported"),
     ({}, {"NetworkMode": "host"}, "network mode 'host'"),
     ({}, {"NetworkMode": "container:x"}, "network mode 'container:x'"),
-    ({}, {"ExtraHosts": ["a:1.2.3.4"]}, "HostConfig.ExtraHosts"),
-    ({}, {"DnsSearch": ["example.com"]}, "HostConfig.DnsSearch"),
+    ({}, {"GroupAdd": ["audio"]}, "HostConfig.GroupAdd"),
+    ({}, {"ShmSize": 1 << 20}, "HostConfig.ShmSize"),
     ({}, {"LogConfig": {"Type": "syslog"}}, "log driver 'syslog'"),
     ({"StopTimeout": 3}, {}, "Config.StopTimeout"),
 ])
@@ -144,7 +156,8 @@ VIEW = {"id": "ab" * 32, "name": "web", "status": "running", "pid": 42, "exit_co
         "config": {"image": "busybox", "cmd": ["httpd"], "entrypoint": ["/bin/sh"], "labels": {"tier": "front"},
                    "env": [], "hostname": "h", "user": "", "workdir": "", "rm": False, "volumes": [],
                    "volumes_from": [], "cap_add": [], "cap_drop": [], "dns": [], "security_opt": [],
-                   "aliases": [], "log_opts": {}},
+                   "aliases": [], "log_opts": {}, "add_hosts": ["db.local:10.1.2.3"], "dns_search": ["lab"],
+                   "dns_options": [], "init": True, "tty": False, "interactive": False},
         "limits": {"memory": None, "memory_swap": None, "cpus": None, "pids_limit": 2048, "ulimits": []},
         "network": {"name": "bridge", "ip": "10.77.0.2", "gateway": "10.77.0.1", "prefixlen": 16,
                     "bridge": "pl-br0", "netns": "/x/ns",
@@ -161,6 +174,8 @@ def test_container_shapes():
                           {"PrivatePort": 9000, "Type": "tcp"}]
     i = dv.container_inspect(VIEW, "sha256:1", "n1")
     assert i["Path"] == "/bin/sh" and i["Args"] == ["httpd"] and i["State"]["Health"]["Status"] == "healthy"
+    assert (i["HostConfig"]["ExtraHosts"], i["HostConfig"]["DnsSearch"], i["HostConfig"]["Init"]) == \
+        (["db.local:10.1.2.3"], ["lab"], True)
     # times are RFC 3339 text, as Go's client parses them
     assert i["State"]["Health"]["Log"] == [{"Start": "1970-01-01T00:01:41.500000000Z",
                                             "End": "1970-01-01T00:01:41.750000000Z", "ExitCode": 0, "Output": ""}]
