@@ -566,9 +566,12 @@ class DockerApi:
         return {v["id"]: dv.network_endpoint(v) for v in views if v["network"]["name"] == name and v["network"]["ip"]}
 
     async def net_ls(self, r):
-        f = dv.parse_filters(r.query.get("filters"), ("name", "id", "driver", "type", "scope"))
+        f = dv.parse_filters(r.query.get("filters"), ("name", "id", "driver", "type", "scope", "label"))
         out = []
         for s in await self.call(self.host.networks.list):
+            labels = await self.call(self.host.networks.labels, s.id)
+            if "label" in f and not all(dv.label_match(labels, x) for x in f["label"]):
+                continue
             if "name" in f and not any(x in s.name for x in f["name"]):
                 continue
             if "id" in f and not any(s.id.startswith(x) for x in f["id"]):
@@ -579,12 +582,13 @@ class DockerApi:
                 continue
             if "type" in f and not any(("builtin" if s.name == "bridge" else "custom") == x for x in f["type"]):
                 continue
-            out.append(dv.network_json(s))
+            out.append(dv.network_json(s, labels=labels))
         return web.json_response(out)
 
     async def net_inspect(self, r):
         s = await self._net(r.match_info["ref"])
-        return web.json_response(dv.network_json(s, await self._endpoints(s.name)))
+        return web.json_response(dv.network_json(s, await self._endpoints(s.name),
+                                                 await self.call(self.host.networks.labels, s.id)))
 
     async def net_create(self, r):
         b = await self.body(r)
@@ -595,7 +599,9 @@ class DockerApi:
             raise DockerUnsupported(f"network create: {', '.join(unknown)} is not supported by portlink")
         if b.get("Driver") not in (None, "", "bridge"):
             raise DockerUnsupported(f"network driver {b['Driver']!r} is not supported by portlink (bridge is)")
-        for k in ("Labels", "EnableIPv6", "Attachable", "Ingress", "ConfigOnly", "ConfigFrom"):
+        # Attachable is for swarm networks: any container may join a local bridge network
+        # anyway (dockerd accepts it there too, with no effect), so compose's true is kept as given.
+        for k in ("EnableIPv6", "Ingress", "ConfigOnly", "ConfigFrom"):
             if b.get(k):
                 raise DockerUnsupported(f"network create: {k} is not supported by portlink")
         ipam = b.get("IPAM") or {}
@@ -617,7 +623,7 @@ class DockerApi:
         if not isinstance(name, str) or not name:
             raise InvalidArgument("network create: Name is required")
         spec = await self.call(self.host.networks.create, name, cfg.get("Subnet"), cfg.get("Gateway"),
-                               bool(b.get("Internal")), icc == "true")
+                               bool(b.get("Internal")), icc == "true", b.get("Labels") or {})
         return web.json_response({"Id": spec.id, "Warning": ""}, status=201)
 
     async def net_rm(self, r):

@@ -216,7 +216,8 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
             raise InvalidArgument("HostConfig.Init must be true, false or null")
         spec["init"] = host["Init"]
     spec["network"] = network_name(host.get("NetworkMode") or "")
-    spec["aliases"] = aliases(netcfg, spec["network"], host.get("NetworkMode") or "")
+    spec["aliases"], ep_links = endpoint(netcfg, spec["network"], host.get("NetworkMode") or "")
+    spec["links"] += [x for x in (link(t) for t in ep_links) if x not in spec["links"]]
     if host.get("Memory"):
         spec["memory"] = host["Memory"]
     if host.get("MemorySwap"):
@@ -244,17 +245,20 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
     return {k: v for k, v in spec.items() if v not in ([], {}) or k == "cmd"}
 
 
-def aliases(netcfg: dict, network: str, mode: str) -> list[str]:
+def endpoint(netcfg: dict, network: str, mode: str) -> tuple[list[str], list[str]]:
     """NetworkingConfig.EndpointsConfig: one endpoint, on the container's network
-    (portlink puts a container on one network); its Aliases become DNS names."""
+    (portlink puts a container on one network): its Aliases (DNS names) and its
+    Links (what compose sends for `links:`: portlink's links, the same as HostConfig's)."""
     eps = _obj(netcfg.get("EndpointsConfig"), "NetworkingConfig.EndpointsConfig")
     refuse_unsupported(netcfg, {"EndpointsConfig"}, "NetworkingConfig")
-    out: list[str] = []
+    names: list[str] = []
+    links: list[str] = []
     for net, ep in eps.items():
         if net not in (network, mode):
             raise DockerUnsupported(f"cannot attach to network {net!r} too: a portlink container is on one "
                                     f"network ({network!r})")
         ep = _obj(ep, f"EndpointsConfig[{net!r}]")
-        refuse_unsupported(ep, {"Aliases", "NetworkID", "EndpointID"}, "EndpointSettings")
-        out += _strs(ep.get("Aliases"), "EndpointSettings.Aliases")
-    return out
+        refuse_unsupported(ep, {"Aliases", "Links", "NetworkID", "EndpointID"}, "EndpointSettings")
+        names += _strs(ep.get("Aliases"), "EndpointSettings.Aliases")
+        links += _strs(ep.get("Links"), "EndpointSettings.Links")
+    return names, links

@@ -103,7 +103,11 @@ def port_map(v: dict, live: bool = True) -> dict:
 
 def _network_entry(v: dict, net_id: str) -> dict:
     n, ip = v["network"], v["network"]["ip"]
-    return {"IPAMConfig": None, "Links": None, "Aliases": v["config"].get("aliases") or None,
+    # on a user-defined network, the short ID is a name too (as dockerd lists it: compose looks
+    # for it to tell that a container is attached already)
+    short = [v["id"][:12]] if n["name"] != "bridge" else []
+    return {"IPAMConfig": None, "Links": links(v) or None,
+            "Aliases": [*short, *(v["config"].get("aliases") or [])] or None,
             "NetworkID": net_id, "EndpointID": v["id"] if ip else "", "Gateway": n["gateway"] or "",
             "IPAddress": ip or "", "IPPrefixLen": n["prefixlen"] or 0, "IPv6Gateway": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
@@ -238,7 +242,8 @@ def label_match(labels: dict, want: str) -> bool:
 
 
 def container_matches(v: dict, f: dict[str, list[str]]) -> bool:
-    """One container against the filters: the values of one key are alternatives, keys all apply."""
+    """One container against the filters: the values of one key are alternatives (labels: all
+    apply), keys all apply."""
     for key, vals in f.items():
         if key == "status":
             bad = [s for s in vals if s not in STATUSES]
@@ -254,7 +259,10 @@ def container_matches(v: dict, f: dict[str, list[str]]) -> bool:
             "ancestor": lambda x: v["config"]["image"] in (x, x.removesuffix(":latest")),
         }
         try:
-            if not any(tests[key](x) for x in vals):
+            if key == "label":            # dockerd: every label given must match (compose's project filters)
+                if not all(tests[key](x) for x in vals):
+                    return False
+            elif not any(tests[key](x) for x in vals):
                 return False
         except re.error as e:
             raise InvalidArgument(f"invalid filter 'name={vals}': {e}") from None
@@ -262,7 +270,7 @@ def container_matches(v: dict, f: dict[str, list[str]]) -> bool:
 
 
 # networks, volumes, images ----------------------------------------------------------------------
-def network_json(s, containers: dict[str, dict] | None = None) -> dict:
+def network_json(s, containers: dict[str, dict] | None = None, labels: dict | None = None) -> dict:
     """`GET /networks/{id}`; `containers`: id -> {Name, IPv4Address, MacAddress, ...}."""
     return {"Name": s.name, "Id": s.id, "Created": ZERO_TIME, "Scope": "local", "Driver": "bridge",
             "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
@@ -271,7 +279,7 @@ def network_json(s, containers: dict[str, dict] | None = None) -> dict:
             "ConfigOnly": False, "Containers": containers or {},
             "Options": {"com.docker.network.bridge.name": s.bridge,
                         "com.docker.network.bridge.enable_icc": str(bool(s.icc)).lower()},
-            "Labels": {}}
+            "Labels": labels or {}}
 
 
 def network_endpoint(v: dict) -> dict:

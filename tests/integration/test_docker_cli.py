@@ -21,6 +21,34 @@ from portlink.lab.sandbox import SimHost
 pytestmark = pytest.mark.root
 
 DOCKER = "/usr/bin/docker"    # Debian's 20.10 client; /usr/local/bin/docker is another, newer one
+COMPOSE = "/usr/bin/docker-compose"   # Debian's docker-compose 1.29 (apt package docker-compose)
+
+# web + db + redis: links (with an alias), depends_on, a named volume, a user network
+COMPOSE_APP = """\
+version: "2.4"
+services:
+  db:
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /data/www; echo rows > /data/www/index.html; echo db-ready;
+              exec httpd -f -p 5432 -h /data/www"]
+    volumes: ["dbdata:/data"]
+    networks: [appnet]
+  redis:
+    image: busybox
+    command: ["sh", "-c", "echo redis-ready; exec httpd -f -p 6379"]
+    networks: [appnet]
+  web:
+    image: busybox
+    command: ["sh", "-c", "echo web-ready; exec httpd -f -p 80"]
+    links: ["db:sql", "redis"]
+    depends_on: [db, redis]
+    ports: ["8080:80"]
+    networks: [appnet]
+volumes:
+  dbdata:
+networks:
+  appnet:
+"""
 
 
 class Docker:
@@ -39,6 +67,13 @@ class Docker:
 
     def out(self, *args: str, **kw) -> str:
         return self.run(*args, **kw).stdout.strip()
+
+    def compose(self, project_dir: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        p = subprocess.run([COMPOSE, "--no-ansi", "-p", "app", *args], capture_output=True, text=True,
+                           env=self.env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=project_dir)
+        if p.returncode != 0:
+            raise AssertionError(f"docker-compose {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p
 
     def inspect(self, ref: str) -> dict:
         return json.loads(self.out("inspect", ref))[0]
@@ -389,3 +424,39 @@ def test_host_options_kill_and_wait(dk):
     assert dk.out("wait", "trap") == "137"
     again = dk.run("kill", "trap", check=False)
     assert again.returncode != 0 and "is not running" in again.stderr
+
+
+def test_compose_up_ps_logs_down(dk, tmp_path):
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_APP)
+    up = dk.compose(str(tmp_path), "up", "-d")
+    # depends_on: db and redis come before web; one of each (the project filters by all its labels)
+    lines = up.stderr.splitlines()
+    assert [x.split()[1] for x in lines if x.startswith("Creating app_")][-1] == "app_web_1", up.stderr
+    ps = dk.compose(str(tmp_path), "ps").stdout.splitlines()
+    rows = sorted(line.split()[0] for line in ps[2:])
+    assert rows == ["app_db_1", "app_redis_1", "app_web_1"], ps
+    assert "0.0.0.0:8080->80/tcp" in next(x for x in ps if x.startswith("app_web_1"))
+    assert wait_for(lambda: all(w in dk.compose(str(tmp_path), "logs").stdout
+                                for w in ("db-ready", "redis-ready", "web-ready")), 10)
+    # the network, volume and containers carry compose's labels, as it reads them back
+    net = json.loads(dk.out("network", "inspect", "app_appnet"))[0]
+    assert net["Labels"]["com.docker.compose.project"] == "app"
+    assert dk.inspect("app_web_1")["Config"]["Labels"]["com.docker.compose.service"] == "web"
+    assert json.loads(dk.out("volume", "inspect", "app_dbdata"))[0]["Labels"]["com.docker.compose.volume"] == "dbdata"
+    # links: from the endpoint config, portlink links (names in /etc/hosts, env vars), aliases kept
+    web = dk.inspect("app_web_1")
+    assert "/app_db_1:/app_web_1/sql" in web["HostConfig"]["Links"]
+    assert "web" in web["NetworkSettings"]["Networks"]["app_appnet"]["Aliases"]
+    assert dk.out("exec", "app_web_1", "wget", "-qO-", "http://sql:5432/") == "rows"
+    redis_ip = web_ip(dk, "app_redis_1")
+    hosts = dk.out("exec", "app_web_1", "cat", "/etc/hosts").splitlines()
+    assert any(x.split()[0] == redis_ip and "redis" in x.split()[1:] for x in hosts if x.strip()), hosts
+    down = dk.compose(str(tmp_path), "down", "-v")
+    assert "Removing network app_appnet" in down.stderr and "Removing volume app_dbdata" in down.stderr
+    assert dk.out("ps", "-aq") == ""
+    assert dk.out("volume", "ls", "-q") == ""
+    assert dk.out("network", "ls", "--format", "{{.Name}}") == "bridge"
+
+
+def web_ip(dk, name: str) -> str:
+    return dk.inspect(name)["NetworkSettings"]["Networks"]["app_appnet"]["IPAddress"]

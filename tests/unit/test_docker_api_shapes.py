@@ -90,6 +90,27 @@ def test_host_options_map_onto_the_flags_fields():
         run_request(body(host={"Init": "yes"}))
 
 
+def test_compose_endpoint_links_and_aliases():
+    got = run_request(body(host={"NetworkMode": "app_net", "Links": ["/cache:/web/c"]},
+                           net={"EndpointsConfig": {"app_net": {"Aliases": ["web"], "Links": ["app_db_1:sql",
+                                                                                             "app_redis_1"]}}}))
+    assert (got["links"], got["aliases"]) == (["cache:c", "app_db_1:sql", "app_redis_1"], ["web"])
+    with pytest.raises(DockerUnsupported, match="EndpointSettings.IPAMConfig"):
+        run_request(body(host={"NetworkMode": "n"},
+                         net={"EndpointsConfig": {"n": {"IPAMConfig": {"IPv4Address": "10.0.0.9"}}}}))
+
+
+def test_label_filters_all_apply():
+    f = {"label": ["com.docker.compose.project=app", "com.docker.compose.oneoff=False"]}
+    assert dv.container_matches(VIEW_LABELS(project="app", oneoff="False"), f)
+    assert not dv.container_matches(VIEW_LABELS(project="app", oneoff="True"), f)
+
+
+def VIEW_LABELS(project: str, oneoff: str) -> dict:
+    return {**VIEW, "config": {**VIEW["config"], "labels": {"com.docker.compose.project": project,
+                                                          "com.docker.compose.oneoff": oneoff}}}
+
+
 def test_publish_all_ports_adds_the_exposed_ones_not_bound_yet():
     got = run_request(body({"ExposedPorts": {"9000/tcp": {}, "80/tcp": {}}},
                            {"PublishAllPorts": True, "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}),
