@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, cgroups, events, logfmt
+from portlink.runtime import api_images, api_links, cgroups, events, logfmt
 from portlink.runtime import docker_views as dv
 from portlink.runtime.api_ops import WAIT_POLL
 from portlink.runtime.container_ops import UNKNOWN_CODE, ContainerOps
@@ -306,6 +306,7 @@ class DockerApi:
 
     async def inspect(self, r):
         v = await self._view(r.match_info["ref"])
+        v["links"] = await api_links.annotate(self.api, v)    # each link's target (a remote service, not its ambassador)
         imgs, nets = await self._ids([v])
         return web.json_response(dv.container_inspect(v, imgs[v["config"]["image"]], nets.get(v["network"]["name"], "")))
 

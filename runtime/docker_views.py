@@ -187,8 +187,9 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
 
 
 def links(v: dict) -> list[str]:
-    """HostConfig.Links in Docker's form: "/target:/this/alias"."""
-    return [f"/{ln['name']}:/{v['name']}/{ln['alias']}" for ln in v["links"]]
+    """HostConfig.Links in Docker's form: "/target:/this/alias" (a cross-host link's
+    target, not the ambassador that carries it)."""
+    return [f"/{ln.get('target') or ln['name']}:/{v['name']}/{ln['alias']}" for ln in v["links"]]
 
 
 def container_summary(v: dict, image_id: str, net_id: str, now: float) -> dict:
