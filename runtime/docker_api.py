@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, api_links, cgroups, events, logfmt
+from portlink.runtime import api_images, api_links, cgroups, docker_attach, events, logfmt
 from portlink.runtime import docker_views as dv
 from portlink.runtime.api_ops import WAIT_POLL
 from portlink.runtime.container_ops import UNKNOWN_CODE, ContainerOps
@@ -76,6 +76,7 @@ class DockerApi:
         self.host = api.host
         self.headers = HEADERS
         self.execs = Execs(self)
+        self.monitors = docker_attach.Monitors()   # attach relays, for resizes
         self.ops = ContainerOps(api.host)     # kill, wait, top, cp: the same as portlink's own API
 
     def call(self, fn, *args, **kw):
@@ -151,7 +152,7 @@ class DockerApi:
             ("POST", "/containers/{ref}/unpause", unsupported("unpause")),
             ("POST", "/containers/{ref}/update", unsupported("update")),
             ("POST", "/containers/{ref}/rename", unsupported("rename")),
-            ("POST", "/containers/{ref}/resize", unsupported("resize (TTY)")),
+            ("POST", "/containers/{ref}/resize", self.resize),
             ("GET", "/networks", self.net_ls), ("POST", "/networks/create", self.net_create),
             ("POST", "/networks/prune", self.net_prune),
             ("GET", "/networks/{ref}", self.net_inspect), ("DELETE", "/networks/{ref}", self.net_rm),
@@ -176,7 +177,7 @@ class DockerApi:
             ("DELETE", "/images/{name:.+}", self.img_rm),
             ("GET", "/events", self.events),
             ("POST", "/exec/{ref}/start", self.execs.start), ("GET", "/exec/{ref}/json", self.execs.inspect),
-            ("POST", "/exec/{ref}/resize", unsupported("exec resize (TTY)")),
+            ("POST", "/exec/{ref}/resize", self.execs.resize),
             ("POST", "/auth", unsupported("registry login")), ("POST", "/commit", unsupported("commit")),
             ("GET", "/swarm", unsupported("swarm")), ("GET", "/services", unsupported("swarm services")),
             ("GET", "/nodes", unsupported("swarm nodes")), ("GET", "/plugins", unsupported("plugins")),
@@ -414,6 +415,16 @@ class DockerApi:
             reader.close()
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
+    async def resize(self, r):
+        """The TTY's size: sent through this API's attach relay to the container's
+        monitor (a size given while none is attached goes with the next one)."""
+        v = await self._view(r.match_info["ref"])
+        if not v["config"].get("tty"):
+            raise Conflict(f"container {v['name']!r} has no TTY to resize (run it with -t)")
+        rows, cols = docker_attach.size(r)
+        self.monitors.resize(v["id"], rows, cols)
+        return web.Response(status=200)
+
     async def raw_stream(self, r: web.Request) -> web.StreamResponse:
         """The answer of a hijacked connection (attach, exec start), prepared: 101 when
         the client asks to upgrade to tcp, else 200; the stream ends with the connection."""
@@ -426,15 +437,20 @@ class DockerApi:
         return resp
 
     async def attach(self, r):
-        """Output only (portlink's containers have no stdin or TTY): the hijacked
-        connection carries the multiplexed stream, from now (logs=1: from the
-        start of the log) until the container's next exit. Enough for a
-        foreground `docker run`, `docker start -a` and docker-py's attach."""
+        """The hijacked connection. With stdin (a container made with -i): relayed
+        both ways through the container's monitor (runtime.docker_attach), its
+        TTY's raw stream if it has one. Without: the output from the log (logs=1:
+        from its start), from now until the container's next exit: a foreground
+        `docker run`, `docker start -a`, docker-py's attach."""
         v = await self._view(r.match_info["ref"])
-        if _flag(r, "stdin"):
-            raise DockerUnsupported("attach with stdin (docker run -i) is not supported by portlink")
-        if r.query.get("detachKeys"):
-            raise DockerUnsupported("detach keys are not supported by portlink (no stdin)")
+        keys = docker_attach.detach_keys(r.query.get("detachKeys"))
+        tty = bool(v["config"].get("tty"))
+        if _flag(r, "stdin") and v["config"].get("interactive"):
+            resp = await self.raw_stream(r)
+            stdin = docker_attach.take_stdin(r)
+            await self.monitors.relay(self, r, v, resp, stdin, tty, keys)
+            return resp   # aiohttp ends it (a client gone meanwhile is no error)
+        # (stdin asked of a container made without -i: none, as dockerd does)
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
         reader = logfmt.Reader(Path(v["paths"]["log"]))
         open_line: dict[str, bool] = {}
@@ -445,8 +461,8 @@ class DockerApi:
                 first = not open_line.get(rec.stream)
                 open_line[rec.stream] = rec.partial
                 if rec.stream in want:
-                    out.append(frame(STDERR if rec.stream == "stderr" else STDOUT,
-                                     logfmt.render_text(rec, False, first)))
+                    text = logfmt.render_text(rec, False, first)
+                    out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
             return b"".join(out)
 
         resp = await self.raw_stream(r)
@@ -801,6 +817,8 @@ class _HalfOpen(RequestHandler):
     __slots__ = ()
 
     def eof_received(self) -> bool:
+        if isinstance(self._payload_parser, docker_attach.Stdin):
+            self._payload_parser.end_of_input()     # the end of a hijacked stream's stdin
         return True
 
 

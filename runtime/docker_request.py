@@ -22,7 +22,7 @@ class DockerUnsupported(PortlinkError):
 
 # Config keys translated, and those that only steer the client (attach before start).
 _CONFIG = {"Image", "Cmd", "Entrypoint", "Env", "ExposedPorts", "Labels", "WorkingDir", "User",
-           "Healthcheck", "Hostname", "StopSignal", "Volumes"}
+           "Healthcheck", "Hostname", "StopSignal", "Volumes", "Tty", "OpenStdin"}
 _CONFIG_CLIENT = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped"}
 _HOST = {"Binds", "Mounts", "Links", "PortBindings", "PublishAllPorts", "RestartPolicy", "Dns", "NetworkMode",
          "Memory", "MemorySwap", "NanoCpus", "PidsLimit", "Ulimits", "CapAdd", "CapDrop", "SecurityOpt",
@@ -182,6 +182,10 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
                        ("StopSignal", "stop_signal")):
         if config.get(key):
             spec[field] = config[key]
+    if config.get("Tty"):
+        spec["tty"] = True            # a pty held by the container's monitor
+    if config.get("OpenStdin"):
+        spec["interactive"] = True    # stdin kept open for attach clients
     if config.get("Healthcheck"):
         healthcheck(config["Healthcheck"], spec)
     binds = _strs(host.get("Binds"), "HostConfig.Binds")

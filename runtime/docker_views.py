@@ -177,7 +177,7 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
         "Config": {
             "Hostname": cfg["hostname"], "Domainname": "", "User": cfg["user"], "AttachStdin": False,
             "AttachStdout": False, "AttachStderr": False, "ExposedPorts": {p: {} for p in v["exposed"]} or None,
-            "Tty": False, "OpenStdin": False, "StdinOnce": False, "Env": cfg["env"], "Cmd": cfg["cmd"],
+            "Tty": bool(cfg.get("tty")), "OpenStdin": bool(cfg.get("interactive")), "StdinOnce": False, "Env": cfg["env"], "Cmd": cfg["cmd"],
             "Healthcheck": health_config(cfg), "Image": cfg["image"], "Volumes": None,
             "WorkingDir": cfg["workdir"], "Entrypoint": cfg.get("entrypoint") or None, "OnBuild": None,
             "Labels": cfg["labels"], "StopSignal": cfg.get("stop_signal") or "SIGTERM",

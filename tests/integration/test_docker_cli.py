@@ -296,21 +296,19 @@ def test_unsupported_is_a_clear_error_and_nothing_made(dk):
         (["run", "-d", "--privileged", "busybox", "true"], "HostConfig.Privileged is not supported"),
         (["run", "-d", "--network", "host", "busybox", "true"], "network mode 'host' is not supported"),
         (["run", "-d", "--log-driver", "syslog", "busybox", "true"], "log driver 'syslog' is not supported"),
-        (["run", "-d", "-t", "busybox", "true"], "Config.Tty is not supported"),
+        (["run", "-d", "--domainname", "example.com", "busybox", "true"], "Config.Domainname is not supported"),
         (["network", "create", "-d", "overlay", "ov"], "network driver 'overlay' is not supported"),
     ):
         p = dk.run(*args, check=False)
         assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
     assert dk.out("ps", "-aq") == ""
     dk.run("run", "-d", "--name", "x", "busybox", "sleep", "600")
-    for args, words in ((["exec", "-t", "x", "true"], "ExecConfig.Tty is not supported"),
-                        (["exec", "-i", "x", "true"], "ExecConfig.AttachStdin is not supported"),
-                        (["exec", "-u", "nobody", "x", "true"], "ExecConfig.User is not supported"),
-                        (["top", "x"], "top is not supported"), (["pause", "x"], "pause is not supported")):
+    for args, words in ((["exec", "-u", "nobody", "x", "true"], "ExecConfig.User is not supported"),
+                        (["pause", "x"], "pause is not supported")):
         p = dk.run(*args, check=False, timeout=30)
         assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
-    status, _, body = dk.http("GET", "/v1.41/containers/x/top")
-    assert status == 501 and json.loads(body) == {"message": "top is not supported by portlink's Docker API"}
+    status, _, body = dk.http("POST", "/v1.41/containers/x/pause")
+    assert status == 501 and json.loads(body) == {"message": "pause is not supported by portlink's Docker API"}
 
 
 def test_exec(dk):
@@ -335,10 +333,12 @@ def test_foreground_run_attach_and_rm(dk):
     # --rm: the container is gone when the command returns
     assert dk.out("run", "--rm", "--name", "once", "busybox", "echo", "hi") == "hi"
     assert dk.out("ps", "-a", "--format", "{{.Names}}") == "fg"
-    # stdin is not attachable: said so, not ignored
-    i = dk.run("run", "-i", "busybox", "true", check=False)
-    assert i.returncode != 0 and "Config.OpenStdin is not supported by portlink" in i.stderr
-    assert '{"message"' not in i.stderr        # the client read Docker's error shape
+    # -i: stdin through the container's monitor, its end closes the container's stdin
+    i = subprocess.run([DOCKER, "run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done >&2"], input="piped\n",
+                       capture_output=True, text=True, env=dk.env, timeout=60)
+    assert (i.returncode, i.stdout, i.stderr) == (0, "piped\n", "done\n"), i.stderr
+    x = subprocess.run([DOCKER, "exec", "-i", "fgx", "true"], capture_output=True, text=True, env=dk.env, timeout=30)
+    assert x.returncode != 0 and "No such container: fgx" in x.stderr
 
 
 def test_a_created_container_survives_a_daemon_restart(dk):
@@ -448,6 +448,7 @@ def test_compose_up_ps_logs_down(dk, tmp_path):
     assert "/app_db_1:/app_web_1/sql" in web["HostConfig"]["Links"]
     assert "web" in web["NetworkSettings"]["Networks"]["app_appnet"]["Aliases"]
     assert dk.out("exec", "app_web_1", "wget", "-qO-", "http://sql:5432/") == "rows"
+    assert dk.compose(str(tmp_path), "exec", "-T", "web", "wget", "-qO-", "http://sql:5432/").stdout == "rows\n"
     redis_ip = web_ip(dk, "app_redis_1")
     hosts = dk.out("exec", "app_web_1", "cat", "/etc/hosts").splitlines()
     assert any(x.split()[0] == redis_ip and "redis" in x.split()[1:] for x in hosts if x.strip()), hosts
@@ -460,3 +461,73 @@ def test_compose_up_ps_logs_down(dk, tmp_path):
 
 def web_ip(dk, name: str) -> str:
     return dk.inspect(name)["NetworkSettings"]["Networks"]["app_appnet"]["IPAddress"]
+
+
+class Pty:
+    """The docker CLI on a real terminal (a pty of the test's, 30 rows by 100 columns)."""
+
+    def __init__(self, dk, *args: str) -> None:
+        import fcntl
+        import pty as ptymod
+        import struct
+        import termios
+        self.master, slave = ptymod.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.proc = subprocess.Popen([DOCKER, *args], stdin=slave, stdout=slave, stderr=slave, env=dk.env,
+                                     start_new_session=True)
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 20) -> str:
+        import select
+        end = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} not seen in {self.seen!r}")
+            if select.select([self.master], [], [], left)[0]:
+                try:
+                    self.seen += os.read(self.master, 4096)
+                except OSError:        # EIO: the docker client is gone
+                    raise AssertionError(f"{text!r} not seen; the client ended: {self.seen!r}") from None
+        return self.seen.decode(errors="replace")
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def wait(self, timeout: float = 20) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            os.close(self.master)
+
+
+def test_run_exec_attach_on_a_terminal(dk):
+    # run -it: the container's pty through its monitor; the terminal's size reaches it (resize)
+    t = Pty(dk, "run", "-it", "--name", "term", "busybox", "sh")
+    t.expect("# ")
+    t.send("stty size; echo $((6*7))\r")
+    t.expect("30 100")
+    t.expect("42")
+    t.send("exit 3\r")
+    assert t.wait() == 3
+    info = dk.inspect("term")
+    assert (info["Config"]["Tty"], info["Config"]["OpenStdin"], info["State"]["ExitCode"]) == (True, True, 3)
+    # exec -it: a pty of its own, sized as the terminal
+    dk.run("run", "-d", "-it", "--name", "bg", "busybox", "sh")
+    e = Pty(dk, "exec", "-it", "bg", "sh")
+    e.expect("# ")
+    e.send("tty; stty size; exit 4\r")
+    e.expect("/dev/pts/")
+    e.expect("30 100")
+    assert e.wait() == 4
+    # attach: stdin to the container's shell, then ctrl-p ctrl-q detaches and leaves it running
+    a = Pty(dk, "attach", "bg")
+    a.send("echo at-$((1+1))\r")
+    a.expect("at-2")
+    a.send("\x10\x11")
+    a.expect("read escape sequence")
+    code = a.wait()
+    assert code in (0, 1), a.seen        # 20.10's client prints the escape as its error
+    assert dk.inspect("bg")["State"]["Running"]
+    assert "at-2" in dk.out("logs", "bg")

@@ -90,6 +90,12 @@ def test_host_options_map_onto_the_flags_fields():
         run_request(body(host={"Init": "yes"}))
 
 
+def test_tty_and_open_stdin_are_the_monitors_fields():
+    got = run_request(body({"Tty": True, "OpenStdin": True, "StdinOnce": True, "AttachStdin": True}))
+    assert (got["tty"], got["interactive"]) == (True, True)
+    assert "tty" not in run_request(body())
+
+
 def test_compose_endpoint_links_and_aliases():
     got = run_request(body(host={"NetworkMode": "app_net", "Links": ["/cache:/web/c"]},
                            net={"EndpointsConfig": {"app_net": {"Aliases": ["web"], "Links": ["app_db_1:sql",
@@ -120,7 +126,7 @@ def test_publish_all_ports_adds_the_exposed_ones_not_bound_yet():
 
 @pytest.mark.parametrize("config,host,words", [
     ({}, {"Privileged": True}, "HostConfig.Privileged is not supported"),
-    ({"Tty": True}, {}, "Config.Tty is not supported"),
+    ({"Domainname": "example.com"}, {}, "Config.Domainname is not supported"),
     ({}, {"NetworkMode": "host"}, "network mode 'host'"),
     ({}, {"NetworkMode": "container:x"}, "network mode 'container:x'"),
     ({}, {"GroupAdd": ["audio"]}, "HostConfig.GroupAdd"),
