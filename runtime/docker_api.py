@@ -23,9 +23,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, api_links, cgroups, docker_attach, events, logfmt
+from portlink.runtime import api_images, api_links, api_ops, cgroups, docker_attach, events, logfmt, proc_table
 from portlink.runtime import docker_views as dv
 from portlink.runtime.api_ops import WAIT_POLL
+from portlink.runtime.container_copy import CopyPath
 from portlink.runtime.container_ops import UNKNOWN_CODE, ContainerOps
 from portlink.runtime.docker_exec import Execs
 from portlink.runtime.docker_views import STDERR, STDOUT, frame
@@ -115,10 +116,13 @@ class DockerApi:
     def routes(self) -> list:
         """Each route twice: unversioned, and under /v1.NN/ (any version up to 1.41)."""
         plain = self._routes()
+        heads = {path for method, path, _ in plain if method == "HEAD"}
         out = []
         for method, path, handler in plain:
-            out.append(web.route(method, path, handler))
-            out.append(web.route(method, r"/v{major:\d+}.{minor:\d+}" + path, self._versioned(handler)))
+            # a GET answers HEAD too (aiohttp's default), unless HEAD has its own handler (archive stat)
+            kw = {"allow_head": False} if method == "GET" and path in heads else {}
+            out.append(web.route(method, path, handler, **kw))
+            out.append(web.route(method, r"/v{major:\d+}.{minor:\d+}" + path, self._versioned(handler), **kw))
         return out
 
     @staticmethod
@@ -142,12 +146,12 @@ class DockerApi:
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
             ("POST", "/containers/{ref}/exec", self.execs.create),
             ("GET", "/containers/{ref}/stats", self.stats),
-            ("GET", "/containers/{ref}/top", unsupported("top")),
+            ("GET", "/containers/{ref}/top", self.top),
             ("GET", "/containers/{ref}/changes", unsupported("changes")),
             ("GET", "/containers/{ref}/export", unsupported("export")),
-            ("GET", "/containers/{ref}/archive", unsupported("archive (cp)")),
-            ("PUT", "/containers/{ref}/archive", unsupported("archive (cp)")),
-            ("HEAD", "/containers/{ref}/archive", unsupported("archive (cp)")),
+            ("GET", "/containers/{ref}/archive", self.archive_get),
+            ("PUT", "/containers/{ref}/archive", self.archive_put),
+            ("HEAD", "/containers/{ref}/archive", self.archive_head),
             ("POST", "/containers/{ref}/pause", unsupported("pause")),
             ("POST", "/containers/{ref}/unpause", unsupported("unpause")),
             ("POST", "/containers/{ref}/update", unsupported("update")),
@@ -414,6 +418,68 @@ class DockerApi:
         finally:
             reader.close()
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
+
+    async def top(self, r):
+        v = await self._view(r.match_info["ref"])
+        return web.json_response(await self.call(self.ops.top, v["id"], r.query.get("ps_args") or
+                                                 proc_table.DEFAULT_ARGS))
+
+    # cp: portlink's copy (runtime.container_copy; a stopped container's by copy_offline) ---------
+    async def _cp_path(self, r) -> tuple[str, CopyPath]:
+        v = await self._view(r.match_info["ref"])
+        path = r.query.get("path")
+        if not path:
+            raise InvalidArgument("Bad parameters: path is required")
+        return v["id"], CopyPath(path)
+
+    async def archive_head(self, r):
+        cid, p = await self._cp_path(r)
+        st = await self.call(self.ops.copy_stat, cid, p)
+        if p.contents:
+            st = {**st, "name": "."}
+        return web.Response(status=200, headers={**HEADERS, "X-Docker-Container-Path-Stat": dv.path_stat_header(st),
+                                                 "Content-Type": "application/json"})
+
+    async def archive_get(self, r):
+        cid, p = await self._cp_path(r)
+        st = await self.call(self.ops.copy_stat, cid, p)
+        spool = await self.call(api_ops.spool_archive, self.ops, cid, p)
+        if p.contents:         # as dockerd names it: "." and what is under it
+            st = {**st, "name": "."}
+            whole, spool = spool, spool.with_name(spool.name + ".rebased")
+            try:
+                await self.call(dv.rebase_tar, whole, spool, ".")
+            finally:
+                whole.unlink(missing_ok=True)
+        try:
+            resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "application/x-tar",
+                                               "Content-Length": str(spool.stat().st_size),
+                                               "X-Docker-Container-Path-Stat": dv.path_stat_header(st)})
+            await resp.prepare(r)
+            with open(spool, "rb") as f:
+                while chunk := await self.call(f.read, api_images.CHUNK):
+                    await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            spool.unlink(missing_ok=True)
+
+    async def archive_put(self, r):
+        """The tar extracted into the directory `path` (never a directory replaced by
+        a file or the reverse: Docker's noOverwriteDirNonDir, always)."""
+        if _flag(r, "copyUIDGID"):
+            raise DockerUnsupported("cp -a (copyUIDGID) is not supported by portlink: files get the owner "
+                                    "the archive gives")
+        cid, p = await self._cp_path(r)
+        st = await self.call(self.ops.copy_stat, cid, CopyPath(p.full.rstrip("/") + "/"))
+        if st["kind"] != "dir":
+            raise InvalidArgument(f"extraction point {p.full} is not a directory")
+        spool = await api_images._spool_body(self.api, r)
+        try:
+            await self.call(self.ops.copy_extract, cid, p, spool)
+        finally:
+            spool.unlink(missing_ok=True)
+        return web.Response(status=200)
 
     async def resize(self, r):
         """The TTY's size: sent through this API's attach relay to the container's

@@ -4,9 +4,12 @@ networks, images) and renames, never recomputes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import stat
 import struct
+import tarfile
 import time
 from decimal import Decimal
 from ipaddress import ip_address
@@ -390,3 +393,42 @@ def stats_json(cur: dict, prev: dict | None, sys_now: int, sys_prev: int, cpus: 
                                   "tx_packets": net["tx_packets"], "tx_errors": 0,
                                   "tx_dropped": net["tx_dropped"]}}} if net else {}),
     }
+
+
+# cp: the container path stat header -------------------------------------------------------------
+_GO_TYPE = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISBLK, 1 << 26),
+            (stat.S_ISCHR, (1 << 26) | (1 << 21)), (stat.S_ISFIFO, 1 << 25), (stat.S_ISSOCK, 1 << 24))
+
+
+def go_file_mode(mode: int) -> int:
+    """A Unix st_mode as Go's os.FileMode (what docker's client reads from the stat header)."""
+    out = mode & 0o777
+    for test, bit in _GO_TYPE:
+        if test(mode):
+            out |= bit
+            break
+    for unix, go in ((stat.S_ISUID, 1 << 23), (stat.S_ISGID, 1 << 22), (stat.S_ISVTX, 1 << 20)):
+        if mode & unix:
+            out |= go
+    return out
+
+
+def path_stat_header(st: dict) -> str:
+    """X-Docker-Container-Path-Stat: base64 of {name, size, mode, mtime, linkTarget} (portlink's stat)."""
+    body = {"name": st["name"], "size": st["size"], "mode": go_file_mode(st["mode"]), "mtime": iso(st["mtime"]),
+            "linkTarget": st["linkTarget"] or ""}
+    return base64.b64encode(json.dumps(body).encode()).decode()
+
+
+def rebase_tar(src, dst, top: str) -> None:
+    """Copy the tar at `src` to `dst` with its top entry renamed `top` (hard links
+    too): a `/.` path's archive starts at "." for Docker's client, which rebases
+    it onto the destination (portlink's own client drops the top entry instead)."""
+    from portlink.runtime.cli_cp import rebase
+    with tarfile.open(src, "r|") as tin, open(dst, "wb") as out, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+        for m in tin:
+            m.name = rebase(m.name, top)
+            if m.islnk():
+                m.linkname = rebase(m.linkname, top)
+            tout.addfile(m, tin.extractfile(m) if m.isreg() else None)

@@ -531,3 +531,43 @@ def test_run_exec_attach_on_a_terminal(dk):
     assert code in (0, 1), a.seen        # 20.10's client prints the escape as its error
     assert dk.inspect("bg")["State"]["Running"]
     assert "at-2" in dk.out("logs", "bg")
+
+
+def test_top_and_cp(dk, tmp_path):
+    dk.run("run", "-d", "--name", "box", "busybox", "sh", "-c", "mkdir -p /srv/d; echo inside > /srv/d/f; "
+           "ln -s d /srv/ln; exec sleep 600")
+    assert wait_for(lambda: dk.run("exec", "box", "test", "-e", "/srv/ln", check=False).returncode == 0, 10)
+    # top: the host's ps, the container's rows only (portlink's top)
+    top = dk.out("top", "box").splitlines()
+    assert top[0].split()[:3] == ["UID", "PID", "PPID"] and len(top) == 2 and top[1].endswith("sleep 600"), top
+    assert dk.out("top", "box", "-o", "pid,comm").splitlines()[1].split()[1] == "sleep"
+    # cp out: a file, a directory (docker's rules: the name kept), a not-found path
+    dk.run("cp", "box:/srv/d/f", str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_text() == "inside\n"
+    dk.run("cp", "box:/srv/d", str(tmp_path))
+    assert (tmp_path / "d" / "f").read_text() == "inside\n"
+    dk.run("cp", "box:/srv/ln/.", str(tmp_path / "via-link"))      # /. follows the link, copies the contents
+    assert (tmp_path / "via-link" / "f").read_text() == "inside\n"
+    missing = dk.run("cp", "box:/nope", str(tmp_path), check=False)
+    assert missing.returncode != 0 and "/nope" in missing.stderr
+    # cp in: a file and a directory, then read back inside
+    (tmp_path / "up.txt").write_text("from host\n")
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "x").write_text("x\n")
+    dk.run("cp", str(tmp_path / "up.txt"), "box:/srv/")
+    dk.run("cp", str(tmp_path / "tree"), "box:/srv/tree")
+    assert dk.out("exec", "box", "cat", "/srv/up.txt", "/srv/tree/sub/x") == "from host\nx"
+    # a file over a directory: refused, as dockerd does
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "d").write_text("file\n")
+    bad = dk.run("cp", str(tmp_path / "other" / "d"), "box:/srv/", check=False)
+    assert bad.returncode != 0 and "directory" in bad.stderr, bad.stderr
+    assert dk.out("exec", "box", "cat", "/srv/d/f") == "inside"
+    # a stopped container: its files still (portlink's offline copy)
+    dk.run("stop", "-t", "1", "box")
+    dk.run("cp", "box:/srv/up.txt", str(tmp_path / "after-stop"))
+    assert (tmp_path / "after-stop").read_text() == "from host\n"
+    top_stopped = dk.run("top", "box", check=False)
+    assert top_stopped.returncode != 0 and "is not running" in top_stopped.stderr
+    archive_a = dk.run("cp", "-a", str(tmp_path / "up.txt"), "box:/srv/", check=False)
+    assert archive_a.returncode != 0 and "cp -a (copyUIDGID) is not supported" in archive_a.stderr

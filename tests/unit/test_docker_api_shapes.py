@@ -258,3 +258,36 @@ def test_stats_shape():
     assert s["name"] == "/web" and s["blkio_stats"]["io_service_bytes_recursive"][1]["value"] == 2
     first = dv.stats_json(sample(2.0, 900), None, 5000, 0, 2, "web")
     assert first["precpu_stats"]["system_cpu_usage"] == 0 and first["preread"] == dv.ZERO_TIME
+
+
+def test_path_stat_header_is_gos_file_mode():
+    import base64
+    import stat
+    assert dv.go_file_mode(stat.S_IFDIR | 0o755) == (1 << 31) | 0o755
+    assert dv.go_file_mode(stat.S_IFLNK | 0o777) == (1 << 27) | 0o777
+    assert dv.go_file_mode(stat.S_IFREG | stat.S_ISUID | 0o4755 & 0o777) == (1 << 23) | 0o755
+    assert dv.go_file_mode(stat.S_IFCHR | 0o666) == (1 << 26) | (1 << 21) | 0o666
+    got = json.loads(base64.b64decode(dv.path_stat_header(
+        {"name": "f", "size": 3, "mode": stat.S_IFREG | 0o644, "mtime": 1.5, "linkTarget": None})))
+    assert got == {"name": "f", "size": 3, "mode": 0o644, "mtime": "1970-01-01T00:00:01.500000000Z",
+                   "linkTarget": ""}
+
+
+def test_rebase_tar_renames_the_top_entry_and_hard_links(tmp_path):
+    import io
+    import tarfile
+    src = tmp_path / "in.tar"
+    with tarfile.open(src, "w") as t:
+        d = tarfile.TarInfo("ln")
+        d.type = tarfile.DIRTYPE
+        t.addfile(d)
+        f = tarfile.TarInfo("ln/f")
+        f.size = 2
+        t.addfile(f, io.BytesIO(b"hi"))
+        h = tarfile.TarInfo("ln/h")
+        h.type, h.linkname = tarfile.LNKTYPE, "ln/f"
+        t.addfile(h)
+    dv.rebase_tar(src, tmp_path / "out.tar", ".")
+    with tarfile.open(tmp_path / "out.tar") as t:
+        assert [(m.name, m.linkname) for m in t] == [(".", ""), ("./f", ""), ("./h", "./f")]
+        assert t.extractfile("./f").read() == b"hi"
