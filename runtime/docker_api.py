@@ -376,7 +376,7 @@ class DockerApi:
         return web.Response(status=204)
 
     async def logs(self, r):
-        """The multiplexed stream (portlink's containers have no TTY): stdout and/or
+        """The multiplexed stream (raw for a container with a TTY): stdout and/or
         stderr, tail, since/until, timestamps, follow (until the container stops)."""
         v = await self._view(r.match_info["ref"])
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
@@ -388,6 +388,7 @@ class DockerApi:
         until = r.query.get("until")
         until_ns = logfmt.parse_since(until) if until not in (None, "", "0") else None
         stamps, follow = _flag(r, "timestamps"), _flag(r, "follow")
+        tty = bool(v["config"].get("tty"))      # a TTY's log is one raw stream, as dockerd sends it
         open_line: dict[str, bool] = {}
 
         def render(recs) -> bytes:
@@ -397,8 +398,8 @@ class DockerApi:
                 open_line[rec.stream] = rec.partial
                 if rec.stream not in want or (until_ns is not None and rec.time_ns > until_ns):
                     continue
-                out.append(frame(STDERR if rec.stream == "stderr" else STDOUT,
-                                 logfmt.render_text(rec, stamps, first)))
+                text = logfmt.render_text(rec, stamps, first)
+                out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
             return b"".join(out)
 
         reader = logfmt.Reader(Path(v["paths"]["log"]))
@@ -503,20 +504,16 @@ class DockerApi:
         return resp
 
     async def attach(self, r):
-        """The hijacked connection. With stdin (a container made with -i): relayed
-        both ways through the container's monitor (runtime.docker_attach), its
-        TTY's raw stream if it has one. Without: the output from the log (logs=1:
-        from its start), from now until the container's next exit: a foreground
-        `docker run`, `docker start -a`, docker-py's attach."""
+        """The hijacked connection. A container with a TTY, or stdin asked of one
+        made with -i: live through the container's monitor (runtime.docker_attach),
+        both ways, the TTY's raw stream if it has one. Otherwise the output from the
+        log: from now (logs=1: from its start) until the container's next exit (a
+        foreground `docker run`, `docker start -a`, docker-py's attach)."""
         v = await self._view(r.match_info["ref"])
         keys = docker_attach.detach_keys(r.query.get("detachKeys"))
         tty = bool(v["config"].get("tty"))
-        if _flag(r, "stdin") and v["config"].get("interactive"):
-            resp = await self.raw_stream(r)
-            stdin = docker_attach.take_stdin(r)
-            await self.monitors.relay(self, r, v, resp, stdin, tty, keys)
-            return resp   # aiohttp ends it (a client gone meanwhile is no error)
-        # (stdin asked of a container made without -i: none, as dockerd does)
+        # stdin asked of a container made without -i: none, as dockerd does
+        use_stdin = _flag(r, "stdin") and bool(v["config"].get("interactive"))
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
         reader = logfmt.Reader(Path(v["paths"]["log"]))
         open_line: dict[str, bool] = {}
@@ -532,12 +529,18 @@ class DockerApi:
             return b"".join(out)
 
         resp = await self.raw_stream(r)
+        stdin = docker_attach.take_stdin(r) if use_stdin else None
         try:
             # Attached before the start (a foreground run): the log is made now, so the reader
             # holds the file the monitor then appends to, even if --rm removes it at once.
             await self.call(_touch, Path(v["paths"]["log"]))
             old = await self.call(reader.read_existing, None if _flag(r, "logs") else 0)
             await resp.write(render(old))
+            if (tty or use_stdin) and _flag(r, "stream"):
+                if not await self.monitors.relay(self, r, v, resp, stdin, tty, keys):
+                    # the run ended before its monitor could be reached: its output from the log
+                    await resp.write(render(await self.call(reader.read_new)))
+                return resp
             finished, ran = v["finished"], v["status"] == RUNNING
             while _flag(r, "stream") and not _gone(r):
                 c = await self.call(self.host.records.get, v["id"])

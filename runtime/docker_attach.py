@@ -93,16 +93,17 @@ class Monitors:
         for w in self.writers.get(cid, ()):
             w.write(cli_attach.resize_frame(rows, cols))
 
-    async def relay(self, d, r, v: dict, resp, stdin: Stdin | None, tty: bool, keys: bytes) -> None:
+    async def relay(self, d, r, v: dict, resp, stdin: Stdin | None, tty: bool, keys: bytes) -> bool:
         """Wait for the container to run (a foreground run attaches before its
         start), then relay both ways until its monitor ends the output; the
-        monitor replays what came before its first client."""
+        monitor replays what came before its first client. False: its monitor
+        was never reached (the run ended first, or the client left)."""
         cid, finished = v["id"], v["finished"]
         sock = None
         while sock is None:
             c = await d.call(d.host.records.get, cid)
             if c is None or (c.status != RUNNING and c.finished != finished):
-                return                # removed, or ran and ended: nothing live to attach to
+                return False          # removed, or ran and ended: nothing live to attach to
             if c.status == RUNNING:
                 try:
                     sock = await d.call(cli_attach.connect, v["paths"]["attach"])
@@ -110,7 +111,7 @@ class Monitors:
                 except cli_attach.AttachError:
                     pass              # its monitor is not listening yet (or just ended)
             if r.transport is None or r.transport.is_closing():
-                return
+                return False
             await asyncio.sleep(POLL)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self.writers.setdefault(cid, set()).add(writer)
@@ -122,8 +123,9 @@ class Monitors:
             waits = [down] + ([up] if up else [])
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if up in done and up.result():
-                return                # detached: the container runs on
+                return True           # detached: the container runs on
             await down
+            return True
         finally:
             for t in (up, down):
                 if t is not None and not t.done():

@@ -513,6 +513,9 @@ def test_run_exec_attach_on_a_terminal(dk):
     assert t.wait() == 3
     info = dk.inspect("term")
     assert (info["Config"]["Tty"], info["Config"]["OpenStdin"], info["State"]["ExitCode"]) == (True, True, 3)
+    # -t without -i: the TTY's raw stream (no frames), in logs too
+    assert dk.run("run", "-t", "--name", "rawt", "busybox", "echo", "raw").stdout.rstrip("\r\n") == "raw"
+    assert dk.run("logs", "rawt").stdout.rstrip("\r\n") == "raw"
     # exec -it: a pty of its own, sized as the terminal
     dk.run("run", "-d", "-it", "--name", "bg", "busybox", "sh")
     e = Pty(dk, "exec", "-it", "bg", "sh")
