@@ -230,7 +230,8 @@ def test_networks(dk):
     n1 = dk.inspect("n1")
     ip = n1["NetworkSettings"]["Networks"]["appnet"]["IPAddress"]
     assert ip.startswith("10.99.7.") and n1["NetworkSettings"]["Networks"]["appnet"]["NetworkID"] == nid
-    assert n1["NetworkSettings"]["Networks"]["appnet"]["Aliases"] == ["svc"]
+    # the short ID, then the given aliases, as dockerd lists them on a user network
+    assert n1["NetworkSettings"]["Networks"]["appnet"]["Aliases"] == [n1["Id"][:12], "svc"]
     net = json.loads(dk.out("network", "inspect", "appnet"))[0]
     assert net["IPAM"]["Config"] == [{"Subnet": "10.99.7.0/24", "Gateway": "10.99.7.1"}]
     assert [c["Name"] for c in net["Containers"].values()] == ["n1"]
