@@ -19,6 +19,19 @@ from portlink.runtime.container_ops import ContainerOps
 WAIT_POLL = 0.05     # seconds between looks at a waited-for container (no thread held meanwhile)
 
 
+def spool_archive(ops: ContainerOps, ref: str, p: container_copy.CopyPath) -> Path:
+    """The tar of `p` spooled in the container's dir (a copy is read whole before the
+    answer starts: an error is a status, not a cut stream)."""
+    fd, name = tempfile.mkstemp(prefix=".cp-out-", dir=ops.cdir(ref))
+    os.close(fd)
+    try:
+        ops.copy_archive(ref, p, Path(name))
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
 def routes(api) -> list:
     ops = ContainerOps(api.host)
     ok = web.json_response
@@ -48,16 +61,7 @@ def routes(api) -> list:
     extract_from = ops.copy_extract
 
     def archive_to(ref: str, p) -> Path:
-        """The tar spooled in the container's dir (a copy is read whole before the
-        answer starts: an error is a status, not a cut stream)."""
-        fd, name = tempfile.mkstemp(prefix=".cp-out-", dir=ops.cdir(ref))
-        os.close(fd)
-        try:
-            ops.copy_archive(ref, p, Path(name))
-        except BaseException:
-            os.unlink(name)
-            raise
-        return Path(name)
+        return spool_archive(ops, ref, p)
 
     async def cp_stat(r):
         return ok(await api.call(stat_path, r.match_info["ref"], _path(r)))

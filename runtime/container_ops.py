@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from portlink.errors import Conflict, NotFound, RuntimeFailure
+from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from portlink.runtime import cgroups, proc_table, signals
 from portlink.runtime import container_copy, copy_offline
 from portlink.runtime.container_copy import ContainerRoot, CopyPath
@@ -24,14 +24,22 @@ PS_TIMEOUT = 30
 UNKNOWN_CODE = -1         # an exit code nobody saw (the daemon was down when the container ended)
 
 
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")   # Docker's wait ?condition=
+
+
 @dataclass
 class WaitPoint:
-    """Where a wait began: the run it waits for (its pid)."""
+    """Where a wait began: the run it waits for (its pid), and Docker's condition:
+    not-running (portlink's wait), next-exit (a run that ends after this point,
+    even one not started yet: a foreground `docker run` waits before its start),
+    removed (`docker run --rm`)."""
 
     cid: str
     name: str
     pid: int | None
     since: float
+    condition: str = "not-running"
+    finished: float | None = None      # the run before this point's end (next-exit)
 
 
 class ContainerOps:
@@ -59,15 +67,26 @@ class ContainerOps:
         return {"id": c.id, "name": c.name, "signal": signals.name_of(sig)}
 
     # wait --------------------------------------------------------------------------------
-    def wait_point(self, ref: str) -> WaitPoint:
+    def wait_point(self, ref: str, condition: str = "not-running") -> WaitPoint:
+        if condition not in WAIT_CONDITIONS:
+            raise InvalidArgument(f"invalid condition {condition!r}: expected {', '.join(WAIT_CONDITIONS)}")
         c = self.records.find(ref)
-        return WaitPoint(c.id, c.name, c.pid if c.status == RUNNING else None, time.time())
+        return WaitPoint(c.id, c.name, c.pid if c.status == RUNNING else None, time.time(), condition, c.finished)
 
     def wait_poll(self, w: WaitPoint) -> int | None:
         """The exit code once the run `w` waits for has ended; None: still running.
         A run replaced already (its policy restarted it) gives the code its `die`
         event recorded; a run removed meanwhile (--rm) too."""
         c = self.records.get(w.cid)
+        if c is not None and w.condition == "removed":
+            return None
+        if c is not None and w.condition == "next-exit" and w.pid is None:
+            if c.status == RUNNING:
+                w.pid = c.pid          # started since: this run is the one waited for
+                return None
+            if c.finished == w.finished:
+                return None            # not started yet
+            w.pid = -1                 # ran and ended between two looks: its code, once recorded
         if c is None:
             code = self._die_code(w)
             if code is None:

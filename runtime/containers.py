@@ -16,12 +16,10 @@ from portlink.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from portlink.runtime import ambassadors, faults
 from portlink.runtime import links as linkspec
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
-from portlink.runtime.image_config import signal_name
 from portlink.runtime.lifecycle import Lifecycle
 from portlink.runtime.records import RUNNING, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.restarts import Restarts
-from portlink.runtime.runc import signal_number
 from portlink.runtime.spec import Request
 from portlink.runtime.views import Views
 
@@ -149,18 +147,6 @@ class Containers:
     def restart(self, ref: str, timeout: float = 10) -> dict:
         self.stop(ref, timeout)
         return self.start(ref)
-
-    def kill(self, ref: str, sig: str = "SIGKILL") -> dict:
-        """Send `sig` to a running container's process (Docker's kill: the user stopped
-        it, so its restart policy does not restart it, even if the signal ends it)."""
-        c = self.records.find(ref)
-        num = signal_number(signal_name(sig))
-        if c.is_ambassador:
-            self.amb.hold(c.id)
-        self.restarts.stopped_by_user(c.id)
-        if not self.life.while_running(c.id, lambda: self.life.d.runc.kill(c.id, num)):
-            raise Conflict(f"container {c.name!r} is not running")
-        return self.views.inspect(c.id)
 
     def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         """`volumes`: its anonymous volumes too (rm -v)."""

@@ -23,8 +23,11 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, cgroups, events, logfmt
+from portlink.runtime import api_images, api_links, api_ops, cgroups, docker_attach, events, logfmt, proc_table
 from portlink.runtime import docker_views as dv
+from portlink.runtime.api_ops import WAIT_POLL
+from portlink.runtime.container_copy import CopyPath
+from portlink.runtime.container_ops import UNKNOWN_CODE, ContainerOps
 from portlink.runtime.docker_exec import Execs
 from portlink.runtime.docker_views import STDERR, STDOUT, frame
 from portlink.runtime.docker_request import DockerUnsupported, run_request
@@ -74,6 +77,8 @@ class DockerApi:
         self.host = api.host
         self.headers = HEADERS
         self.execs = Execs(self)
+        self.monitors = docker_attach.Monitors()   # attach relays, for resizes
+        self.ops = ContainerOps(api.host)     # kill, wait, top, cp: the same as portlink's own API
 
     def call(self, fn, *args, **kw):
         return self.api.call(fn, *args, **kw)
@@ -111,10 +116,13 @@ class DockerApi:
     def routes(self) -> list:
         """Each route twice: unversioned, and under /v1.NN/ (any version up to 1.41)."""
         plain = self._routes()
+        heads = {path for method, path, _ in plain if method == "HEAD"}
         out = []
         for method, path, handler in plain:
-            out.append(web.route(method, path, handler))
-            out.append(web.route(method, r"/v{major:\d+}.{minor:\d+}" + path, self._versioned(handler)))
+            # a GET answers HEAD too (aiohttp's default), unless HEAD has its own handler (archive stat)
+            kw = {"allow_head": False} if method == "GET" and path in heads else {}
+            out.append(web.route(method, path, handler, **kw))
+            out.append(web.route(method, r"/v{major:\d+}.{minor:\d+}" + path, self._versioned(handler), **kw))
         return out
 
     @staticmethod
@@ -138,17 +146,17 @@ class DockerApi:
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
             ("POST", "/containers/{ref}/exec", self.execs.create),
             ("GET", "/containers/{ref}/stats", self.stats),
-            ("GET", "/containers/{ref}/top", unsupported("top")),
+            ("GET", "/containers/{ref}/top", self.top),
             ("GET", "/containers/{ref}/changes", unsupported("changes")),
             ("GET", "/containers/{ref}/export", unsupported("export")),
-            ("GET", "/containers/{ref}/archive", unsupported("archive (cp)")),
-            ("PUT", "/containers/{ref}/archive", unsupported("archive (cp)")),
-            ("HEAD", "/containers/{ref}/archive", unsupported("archive (cp)")),
+            ("GET", "/containers/{ref}/archive", self.archive_get),
+            ("PUT", "/containers/{ref}/archive", self.archive_put),
+            ("HEAD", "/containers/{ref}/archive", self.archive_head),
             ("POST", "/containers/{ref}/pause", unsupported("pause")),
             ("POST", "/containers/{ref}/unpause", unsupported("unpause")),
             ("POST", "/containers/{ref}/update", unsupported("update")),
             ("POST", "/containers/{ref}/rename", unsupported("rename")),
-            ("POST", "/containers/{ref}/resize", unsupported("resize (TTY)")),
+            ("POST", "/containers/{ref}/resize", self.resize),
             ("GET", "/networks", self.net_ls), ("POST", "/networks/create", self.net_create),
             ("POST", "/networks/prune", self.net_prune),
             ("GET", "/networks/{ref}", self.net_inspect), ("DELETE", "/networks/{ref}", self.net_rm),
@@ -173,7 +181,7 @@ class DockerApi:
             ("DELETE", "/images/{name:.+}", self.img_rm),
             ("GET", "/events", self.events),
             ("POST", "/exec/{ref}/start", self.execs.start), ("GET", "/exec/{ref}/json", self.execs.inspect),
-            ("POST", "/exec/{ref}/resize", unsupported("exec resize (TTY)")),
+            ("POST", "/exec/{ref}/resize", self.execs.resize),
             ("POST", "/auth", unsupported("registry login")), ("POST", "/commit", unsupported("commit")),
             ("GET", "/swarm", unsupported("swarm")), ("GET", "/services", unsupported("swarm services")),
             ("GET", "/nodes", unsupported("swarm nodes")), ("GET", "/plugins", unsupported("plugins")),
@@ -303,6 +311,7 @@ class DockerApi:
 
     async def inspect(self, r):
         v = await self._view(r.match_info["ref"])
+        v["links"] = await api_links.annotate(self.api, v)    # each link's target (a remote service, not its ambassador)
         imgs, nets = await self._ids([v])
         return web.json_response(dv.container_inspect(v, imgs[v["config"]["image"]], nets.get(v["network"]["name"], "")))
 
@@ -334,32 +343,29 @@ class DockerApi:
 
     async def kill(self, r):
         v = await self._view(r.match_info["ref"])
-        await self.call(self.host.containers.kill, v["id"], r.query.get("signal") or "SIGKILL")
+        await self.call(self.ops.kill, v["id"], r.query.get("signal") or "KILL")
         return web.Response(status=204)
 
     async def wait(self, r):
-        """Blocks until the condition: not-running (default), next-exit or removed."""
-        cond = r.query.get("condition") or "not-running"
-        if cond not in ("not-running", "next-exit", "removed"):
-            raise InvalidArgument(f"invalid condition {cond!r}: expected not-running, next-exit or removed")
+        """Blocks until the condition: not-running (default), next-exit or removed
+        (portlink's wait: runtime.container_ops)."""
         v = await self._view(r.match_info["ref"])
-        cid, finished, code = v["id"], v["finished"], v["exit_code"]
+        point = await self.call(self.ops.wait_point, v["id"], r.query.get("condition") or "not-running")
         # The status goes first, as dockerd does: the client waits for it before it starts the container.
         resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "application/json"})
         await resp.prepare(r)
+        error = None
         while True:
-            c = await self.call(self.host.records.get, cid)
-            if c is None:
-                break                 # removed: its last exit code
-            code = c.exit_code
-            if cond == "not-running" and c.status not in (RUNNING, "creating"):
-                break
-            if cond == "next-exit" and c.status == "exited" and c.finished != finished:
+            try:
+                code = await self.call(self.ops.wait_poll, point)
+            except NotFound as e:
+                code, error = UNKNOWN_CODE, {"Message": str(e)}
+            if code is not None:
                 break
             if _gone(r):
                 return resp
-            await asyncio.sleep(0.1)
-        await resp.write(json.dumps({"StatusCode": code or 0, "Error": None}).encode() + b"\n")
+            await asyncio.sleep(WAIT_POLL)
+        await resp.write(json.dumps({"StatusCode": code, "Error": error}).encode() + b"\n")
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
     async def rm(self, r):
@@ -370,7 +376,7 @@ class DockerApi:
         return web.Response(status=204)
 
     async def logs(self, r):
-        """The multiplexed stream (portlink's containers have no TTY): stdout and/or
+        """The multiplexed stream (raw for a container with a TTY): stdout and/or
         stderr, tail, since/until, timestamps, follow (until the container stops)."""
         v = await self._view(r.match_info["ref"])
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
@@ -382,6 +388,7 @@ class DockerApi:
         until = r.query.get("until")
         until_ns = logfmt.parse_since(until) if until not in (None, "", "0") else None
         stamps, follow = _flag(r, "timestamps"), _flag(r, "follow")
+        tty = bool(v["config"].get("tty"))      # a TTY's log is one raw stream, as dockerd sends it
         open_line: dict[str, bool] = {}
 
         def render(recs) -> bytes:
@@ -391,8 +398,8 @@ class DockerApi:
                 open_line[rec.stream] = rec.partial
                 if rec.stream not in want or (until_ns is not None and rec.time_ns > until_ns):
                     continue
-                out.append(frame(STDERR if rec.stream == "stderr" else STDOUT,
-                                 logfmt.render_text(rec, stamps, first)))
+                text = logfmt.render_text(rec, stamps, first)
+                out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
             return b"".join(out)
 
         reader = logfmt.Reader(Path(v["paths"]["log"]))
@@ -413,6 +420,78 @@ class DockerApi:
             reader.close()
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
+    async def top(self, r):
+        v = await self._view(r.match_info["ref"])
+        return web.json_response(await self.call(self.ops.top, v["id"], r.query.get("ps_args") or
+                                                 proc_table.DEFAULT_ARGS))
+
+    # cp: portlink's copy (runtime.container_copy; a stopped container's by copy_offline) ---------
+    async def _cp_path(self, r) -> tuple[str, CopyPath]:
+        v = await self._view(r.match_info["ref"])
+        path = r.query.get("path")
+        if not path:
+            raise InvalidArgument("Bad parameters: path is required")
+        return v["id"], CopyPath(path)
+
+    async def archive_head(self, r):
+        cid, p = await self._cp_path(r)
+        st = await self.call(self.ops.copy_stat, cid, p)
+        if p.contents:
+            st = {**st, "name": "."}
+        return web.Response(status=200, headers={**HEADERS, "X-Docker-Container-Path-Stat": dv.path_stat_header(st),
+                                                 "Content-Type": "application/json"})
+
+    async def archive_get(self, r):
+        cid, p = await self._cp_path(r)
+        st = await self.call(self.ops.copy_stat, cid, p)
+        spool = await self.call(api_ops.spool_archive, self.ops, cid, p)
+        if p.contents:         # as dockerd names it: "." and what is under it
+            st = {**st, "name": "."}
+            whole, spool = spool, spool.with_name(spool.name + ".rebased")
+            try:
+                await self.call(dv.rebase_tar, whole, spool, ".")
+            finally:
+                whole.unlink(missing_ok=True)
+        try:
+            resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "application/x-tar",
+                                               "Content-Length": str(spool.stat().st_size),
+                                               "X-Docker-Container-Path-Stat": dv.path_stat_header(st)})
+            await resp.prepare(r)
+            with open(spool, "rb") as f:
+                while chunk := await self.call(f.read, api_images.CHUNK):
+                    await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            spool.unlink(missing_ok=True)
+
+    async def archive_put(self, r):
+        """The tar extracted into the directory `path` (never a directory replaced by
+        a file or the reverse: Docker's noOverwriteDirNonDir, always)."""
+        if _flag(r, "copyUIDGID"):
+            raise DockerUnsupported("cp -a (copyUIDGID) is not supported by portlink: files get the owner "
+                                    "the archive gives")
+        cid, p = await self._cp_path(r)
+        st = await self.call(self.ops.copy_stat, cid, CopyPath(p.full.rstrip("/") + "/"))
+        if st["kind"] != "dir":
+            raise InvalidArgument(f"extraction point {p.full} is not a directory")
+        spool = await api_images._spool_body(self.api, r)
+        try:
+            await self.call(self.ops.copy_extract, cid, p, spool)
+        finally:
+            spool.unlink(missing_ok=True)
+        return web.Response(status=200)
+
+    async def resize(self, r):
+        """The TTY's size: sent through this API's attach relay to the container's
+        monitor (a size given while none is attached goes with the next one)."""
+        v = await self._view(r.match_info["ref"])
+        if not v["config"].get("tty"):
+            raise Conflict(f"container {v['name']!r} has no TTY to resize (run it with -t)")
+        rows, cols = docker_attach.size(r)
+        self.monitors.resize(v["id"], rows, cols)
+        return web.Response(status=200)
+
     async def raw_stream(self, r: web.Request) -> web.StreamResponse:
         """The answer of a hijacked connection (attach, exec start), prepared: 101 when
         the client asks to upgrade to tcp, else 200; the stream ends with the connection."""
@@ -425,15 +504,16 @@ class DockerApi:
         return resp
 
     async def attach(self, r):
-        """Output only (portlink's containers have no stdin or TTY): the hijacked
-        connection carries the multiplexed stream, from now (logs=1: from the
-        start of the log) until the container's next exit. Enough for a
-        foreground `docker run`, `docker start -a` and docker-py's attach."""
+        """The hijacked connection. A container with a TTY, or stdin asked of one
+        made with -i: live through the container's monitor (runtime.docker_attach),
+        both ways, the TTY's raw stream if it has one. Otherwise the output from the
+        log: from now (logs=1: from its start) until the container's next exit (a
+        foreground `docker run`, `docker start -a`, docker-py's attach)."""
         v = await self._view(r.match_info["ref"])
-        if _flag(r, "stdin"):
-            raise DockerUnsupported("attach with stdin (docker run -i) is not supported by portlink")
-        if r.query.get("detachKeys"):
-            raise DockerUnsupported("detach keys are not supported by portlink (no stdin)")
+        keys = docker_attach.detach_keys(r.query.get("detachKeys"))
+        tty = bool(v["config"].get("tty"))
+        # stdin asked of a container made without -i: none, as dockerd does
+        use_stdin = _flag(r, "stdin") and bool(v["config"].get("interactive"))
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
         reader = logfmt.Reader(Path(v["paths"]["log"]))
         open_line: dict[str, bool] = {}
@@ -444,14 +524,23 @@ class DockerApi:
                 first = not open_line.get(rec.stream)
                 open_line[rec.stream] = rec.partial
                 if rec.stream in want:
-                    out.append(frame(STDERR if rec.stream == "stderr" else STDOUT,
-                                     logfmt.render_text(rec, False, first)))
+                    text = logfmt.render_text(rec, False, first)
+                    out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
             return b"".join(out)
 
         resp = await self.raw_stream(r)
+        stdin = docker_attach.take_stdin(r) if use_stdin else None
         try:
+            # Attached before the start (a foreground run): the log is made now, so the reader
+            # holds the file the monitor then appends to, even if --rm removes it at once.
+            await self.call(_touch, Path(v["paths"]["log"]))
             old = await self.call(reader.read_existing, None if _flag(r, "logs") else 0)
             await resp.write(render(old))
+            if (tty or use_stdin) and _flag(r, "stream"):
+                if not await self.monitors.relay(self, r, v, resp, stdin, tty, keys):
+                    # the run ended before its monitor could be reached: its output from the log
+                    await resp.write(render(await self.call(reader.read_new)))
+                return resp
             finished, ran = v["finished"], v["status"] == RUNNING
             while _flag(r, "stream") and not _gone(r):
                 c = await self.call(self.host.records.get, v["id"])
@@ -563,9 +652,12 @@ class DockerApi:
         return {v["id"]: dv.network_endpoint(v) for v in views if v["network"]["name"] == name and v["network"]["ip"]}
 
     async def net_ls(self, r):
-        f = dv.parse_filters(r.query.get("filters"), ("name", "id", "driver", "type", "scope"))
+        f = dv.parse_filters(r.query.get("filters"), ("name", "id", "driver", "type", "scope", "label"))
         out = []
         for s in await self.call(self.host.networks.list):
+            labels = await self.call(self.host.networks.labels, s.id)
+            if "label" in f and not all(dv.label_match(labels, x) for x in f["label"]):
+                continue
             if "name" in f and not any(x in s.name for x in f["name"]):
                 continue
             if "id" in f and not any(s.id.startswith(x) for x in f["id"]):
@@ -576,12 +668,13 @@ class DockerApi:
                 continue
             if "type" in f and not any(("builtin" if s.name == "bridge" else "custom") == x for x in f["type"]):
                 continue
-            out.append(dv.network_json(s))
+            out.append(dv.network_json(s, labels=labels))
         return web.json_response(out)
 
     async def net_inspect(self, r):
         s = await self._net(r.match_info["ref"])
-        return web.json_response(dv.network_json(s, await self._endpoints(s.name)))
+        return web.json_response(dv.network_json(s, await self._endpoints(s.name),
+                                                 await self.call(self.host.networks.labels, s.id)))
 
     async def net_create(self, r):
         b = await self.body(r)
@@ -592,7 +685,9 @@ class DockerApi:
             raise DockerUnsupported(f"network create: {', '.join(unknown)} is not supported by portlink")
         if b.get("Driver") not in (None, "", "bridge"):
             raise DockerUnsupported(f"network driver {b['Driver']!r} is not supported by portlink (bridge is)")
-        for k in ("Labels", "EnableIPv6", "Attachable", "Ingress", "ConfigOnly", "ConfigFrom"):
+        # Attachable is for swarm networks: any container may join a local bridge network
+        # anyway (dockerd accepts it there too, with no effect), so compose's true is kept as given.
+        for k in ("EnableIPv6", "Ingress", "ConfigOnly", "ConfigFrom"):
             if b.get(k):
                 raise DockerUnsupported(f"network create: {k} is not supported by portlink")
         ipam = b.get("IPAM") or {}
@@ -614,7 +709,7 @@ class DockerApi:
         if not isinstance(name, str) or not name:
             raise InvalidArgument("network create: Name is required")
         spec = await self.call(self.host.networks.create, name, cfg.get("Subnet"), cfg.get("Gateway"),
-                               bool(b.get("Internal")), icc == "true")
+                               bool(b.get("Internal")), icc == "true", b.get("Labels") or {})
         return web.json_response({"Id": spec.id, "Warning": ""}, status=201)
 
     async def net_rm(self, r):
@@ -771,6 +866,13 @@ class DockerApi:
         return resp   # aiohttp ends it (a client gone meanwhile is no error)
 
 
+def _touch(path: Path) -> None:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
+    except FileNotFoundError:
+        pass        # the container's dir is gone: removed meanwhile
+
+
 def _requested_version(r: web.Request) -> tuple[int, int]:
     if "major" in r.match_info:
         return int(r.match_info["major"]), int(r.match_info["minor"])
@@ -784,6 +886,8 @@ class _HalfOpen(RequestHandler):
     __slots__ = ()
 
     def eof_received(self) -> bool:
+        if isinstance(self._payload_parser, docker_attach.Stdin):
+            self._payload_parser.end_of_input()     # the end of a hijacked stream's stdin
         return True
 
 

@@ -22,11 +22,11 @@ class DockerUnsupported(PortlinkError):
 
 # Config keys translated, and those that only steer the client (attach before start).
 _CONFIG = {"Image", "Cmd", "Entrypoint", "Env", "ExposedPorts", "Labels", "WorkingDir", "User",
-           "Healthcheck", "Hostname", "StopSignal", "Volumes"}
+           "Healthcheck", "Hostname", "StopSignal", "Volumes", "Tty", "OpenStdin"}
 _CONFIG_CLIENT = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped"}
 _HOST = {"Binds", "Mounts", "Links", "PortBindings", "PublishAllPorts", "RestartPolicy", "Dns", "NetworkMode",
          "Memory", "MemorySwap", "NanoCpus", "PidsLimit", "Ulimits", "CapAdd", "CapDrop", "SecurityOpt",
-         "Tmpfs", "VolumesFrom", "AutoRemove", "LogConfig"}
+         "Tmpfs", "VolumesFrom", "AutoRemove", "LogConfig", "ExtraHosts", "DnsSearch", "DnsOptions", "Init"}
 # Zero values that are not falsy: what clients send for "not given".
 _ZERO = {("HostConfig", "ConsoleSize"): [0, 0], ("HostConfig", "MemorySwappiness"): -1,
          ("HostConfig", "CgroupnsMode"): "private", ("HostConfig", "IpcMode"): "private",
@@ -182,6 +182,10 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
                        ("StopSignal", "stop_signal")):
         if config.get(key):
             spec[field] = config[key]
+    if config.get("Tty"):
+        spec["tty"] = True            # a pty held by the container's monitor
+    if config.get("OpenStdin"):
+        spec["interactive"] = True    # stdin kept open for attach clients
     if config.get("Healthcheck"):
         healthcheck(config["Healthcheck"], spec)
     binds = _strs(host.get("Binds"), "HostConfig.Binds")
@@ -208,8 +212,16 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
     elif rp.get("MaximumRetryCount"):
         raise InvalidArgument("RestartPolicy.MaximumRetryCount is only for on-failure")
     spec["dns"] = _strs(host.get("Dns"), "HostConfig.Dns")
+    spec["add_hosts"] = _strs(host.get("ExtraHosts"), "HostConfig.ExtraHosts")
+    spec["dns_search"] = _strs(host.get("DnsSearch"), "HostConfig.DnsSearch")
+    spec["dns_options"] = _strs(host.get("DnsOptions"), "HostConfig.DnsOptions")
+    if host.get("Init") is not None:
+        if not isinstance(host["Init"], bool):
+            raise InvalidArgument("HostConfig.Init must be true, false or null")
+        spec["init"] = host["Init"]
     spec["network"] = network_name(host.get("NetworkMode") or "")
-    spec["aliases"] = aliases(netcfg, spec["network"], host.get("NetworkMode") or "")
+    spec["aliases"], ep_links = endpoint(netcfg, spec["network"], host.get("NetworkMode") or "")
+    spec["links"] += [x for x in (link(t) for t in ep_links) if x not in spec["links"]]
     if host.get("Memory"):
         spec["memory"] = host["Memory"]
     if host.get("MemorySwap"):
@@ -237,17 +249,20 @@ def run_request(body: dict, name: str = "", image_exposed: list[str] = ()) -> di
     return {k: v for k, v in spec.items() if v not in ([], {}) or k == "cmd"}
 
 
-def aliases(netcfg: dict, network: str, mode: str) -> list[str]:
+def endpoint(netcfg: dict, network: str, mode: str) -> tuple[list[str], list[str]]:
     """NetworkingConfig.EndpointsConfig: one endpoint, on the container's network
-    (portlink puts a container on one network); its Aliases become DNS names."""
+    (portlink puts a container on one network): its Aliases (DNS names) and its
+    Links (what compose sends for `links:`: portlink's links, the same as HostConfig's)."""
     eps = _obj(netcfg.get("EndpointsConfig"), "NetworkingConfig.EndpointsConfig")
     refuse_unsupported(netcfg, {"EndpointsConfig"}, "NetworkingConfig")
-    out: list[str] = []
+    names: list[str] = []
+    links: list[str] = []
     for net, ep in eps.items():
         if net not in (network, mode):
             raise DockerUnsupported(f"cannot attach to network {net!r} too: a portlink container is on one "
                                     f"network ({network!r})")
         ep = _obj(ep, f"EndpointsConfig[{net!r}]")
-        refuse_unsupported(ep, {"Aliases", "NetworkID", "EndpointID"}, "EndpointSettings")
-        out += _strs(ep.get("Aliases"), "EndpointSettings.Aliases")
-    return out
+        refuse_unsupported(ep, {"Aliases", "Links", "NetworkID", "EndpointID"}, "EndpointSettings")
+        names += _strs(ep.get("Aliases"), "EndpointSettings.Aliases")
+        links += _strs(ep.get("Links"), "EndpointSettings.Links")
+    return names, links

@@ -4,9 +4,12 @@ networks, images) and renames, never recomputes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import stat
 import struct
+import tarfile
 import time
 from decimal import Decimal
 from ipaddress import ip_address
@@ -103,7 +106,11 @@ def port_map(v: dict, live: bool = True) -> dict:
 
 def _network_entry(v: dict, net_id: str) -> dict:
     n, ip = v["network"], v["network"]["ip"]
-    return {"IPAMConfig": None, "Links": None, "Aliases": v["config"].get("aliases") or None,
+    # on a user-defined network, the short ID is a name too (as dockerd lists it: compose looks
+    # for it to tell that a container is attached already)
+    short = [v["id"][:12]] if n["name"] != "bridge" else []
+    return {"IPAMConfig": None, "Links": links(v) or None,
+            "Aliases": [*short, *(v["config"].get("aliases") or [])] or None,
             "NetworkID": net_id, "EndpointID": v["id"] if ip else "", "Gateway": n["gateway"] or "",
             "IPAddress": ip or "", "IPPrefixLen": n["prefixlen"] or 0, "IPv6Gateway": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
@@ -159,20 +166,21 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
             "PortBindings": {k: b for k, b in port_map(v, live=False).items() if b}, "RestartPolicy": {**v["RestartPolicy"], "Name": v["RestartPolicy"]["Name"] or "no"},
             "AutoRemove": cfg["rm"], "VolumeDriver": "", "VolumesFrom": cfg["volumes_from"] or None,
             "CapAdd": cfg["cap_add"] or None, "CapDrop": cfg["cap_drop"] or None, "Dns": cfg["dns"],
-            "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "Links": links(v) or None,
+            "DnsOptions": cfg["dns_options"], "DnsSearch": cfg["dns_search"], "ExtraHosts": cfg["add_hosts"] or None,
+            "Links": links(v) or None,
             "Privileged": False, "PublishAllPorts": False, "ReadonlyRootfs": False,
             "SecurityOpt": cfg["security_opt"] or None, "Tmpfs": None,
             "Memory": lim["memory"] or 0, "MemorySwap": lim["memory_swap"] or 0,
             "NanoCpus": int(lim["cpus"] * 1e9) if lim["cpus"] else 0, "PidsLimit": lim["pids_limit"],
             "Ulimits": [{"Name": u["name"], "Soft": u["soft"], "Hard": u["hard"]} for u in lim["ulimits"]] or None,
-            "OomScoreAdj": 0, "Init": None,
+            "OomScoreAdj": 0, "Init": cfg["init"] or None,
         },
         "GraphDriver": {"Data": None, "Name": "overlay"},
         "Mounts": v["Mounts"],
         "Config": {
             "Hostname": cfg["hostname"], "Domainname": "", "User": cfg["user"], "AttachStdin": False,
             "AttachStdout": False, "AttachStderr": False, "ExposedPorts": {p: {} for p in v["exposed"]} or None,
-            "Tty": False, "OpenStdin": False, "StdinOnce": False, "Env": cfg["env"], "Cmd": cfg["cmd"],
+            "Tty": bool(cfg.get("tty")), "OpenStdin": bool(cfg.get("interactive")), "StdinOnce": False, "Env": cfg["env"], "Cmd": cfg["cmd"],
             "Healthcheck": health_config(cfg), "Image": cfg["image"], "Volumes": None,
             "WorkingDir": cfg["workdir"], "Entrypoint": cfg.get("entrypoint") or None, "OnBuild": None,
             "Labels": cfg["labels"], "StopSignal": cfg.get("stop_signal") or "SIGTERM",
@@ -182,8 +190,9 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
 
 
 def links(v: dict) -> list[str]:
-    """HostConfig.Links in Docker's form: "/target:/this/alias"."""
-    return [f"/{ln['name']}:/{v['name']}/{ln['alias']}" for ln in v["links"]]
+    """HostConfig.Links in Docker's form: "/target:/this/alias" (a cross-host link's
+    target, not the ambassador that carries it)."""
+    return [f"/{ln.get('target') or ln['name']}:/{v['name']}/{ln['alias']}" for ln in v["links"]]
 
 
 def container_summary(v: dict, image_id: str, net_id: str, now: float) -> dict:
@@ -237,7 +246,8 @@ def label_match(labels: dict, want: str) -> bool:
 
 
 def container_matches(v: dict, f: dict[str, list[str]]) -> bool:
-    """One container against the filters: the values of one key are alternatives, keys all apply."""
+    """One container against the filters: the values of one key are alternatives (labels: all
+    apply), keys all apply."""
     for key, vals in f.items():
         if key == "status":
             bad = [s for s in vals if s not in STATUSES]
@@ -253,7 +263,10 @@ def container_matches(v: dict, f: dict[str, list[str]]) -> bool:
             "ancestor": lambda x: v["config"]["image"] in (x, x.removesuffix(":latest")),
         }
         try:
-            if not any(tests[key](x) for x in vals):
+            if key == "label":            # dockerd: every label given must match (compose's project filters)
+                if not all(tests[key](x) for x in vals):
+                    return False
+            elif not any(tests[key](x) for x in vals):
                 return False
         except re.error as e:
             raise InvalidArgument(f"invalid filter 'name={vals}': {e}") from None
@@ -261,7 +274,7 @@ def container_matches(v: dict, f: dict[str, list[str]]) -> bool:
 
 
 # networks, volumes, images ----------------------------------------------------------------------
-def network_json(s, containers: dict[str, dict] | None = None) -> dict:
+def network_json(s, containers: dict[str, dict] | None = None, labels: dict | None = None) -> dict:
     """`GET /networks/{id}`; `containers`: id -> {Name, IPv4Address, MacAddress, ...}."""
     return {"Name": s.name, "Id": s.id, "Created": ZERO_TIME, "Scope": "local", "Driver": "bridge",
             "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
@@ -270,7 +283,7 @@ def network_json(s, containers: dict[str, dict] | None = None) -> dict:
             "ConfigOnly": False, "Containers": containers or {},
             "Options": {"com.docker.network.bridge.name": s.bridge,
                         "com.docker.network.bridge.enable_icc": str(bool(s.icc)).lower()},
-            "Labels": {}}
+            "Labels": labels or {}}
 
 
 def network_endpoint(v: dict) -> dict:
@@ -380,3 +393,42 @@ def stats_json(cur: dict, prev: dict | None, sys_now: int, sys_prev: int, cpus: 
                                   "tx_packets": net["tx_packets"], "tx_errors": 0,
                                   "tx_dropped": net["tx_dropped"]}}} if net else {}),
     }
+
+
+# cp: the container path stat header -------------------------------------------------------------
+_GO_TYPE = ((stat.S_ISDIR, 1 << 31), (stat.S_ISLNK, 1 << 27), (stat.S_ISBLK, 1 << 26),
+            (stat.S_ISCHR, (1 << 26) | (1 << 21)), (stat.S_ISFIFO, 1 << 25), (stat.S_ISSOCK, 1 << 24))
+
+
+def go_file_mode(mode: int) -> int:
+    """A Unix st_mode as Go's os.FileMode (what docker's client reads from the stat header)."""
+    out = mode & 0o777
+    for test, bit in _GO_TYPE:
+        if test(mode):
+            out |= bit
+            break
+    for unix, go in ((stat.S_ISUID, 1 << 23), (stat.S_ISGID, 1 << 22), (stat.S_ISVTX, 1 << 20)):
+        if mode & unix:
+            out |= go
+    return out
+
+
+def path_stat_header(st: dict) -> str:
+    """X-Docker-Container-Path-Stat: base64 of {name, size, mode, mtime, linkTarget} (portlink's stat)."""
+    body = {"name": st["name"], "size": st["size"], "mode": go_file_mode(st["mode"]), "mtime": iso(st["mtime"]),
+            "linkTarget": st["linkTarget"] or ""}
+    return base64.b64encode(json.dumps(body).encode()).decode()
+
+
+def rebase_tar(src, dst, top: str) -> None:
+    """Copy the tar at `src` to `dst` with its top entry renamed `top` (hard links
+    too): a `/.` path's archive starts at "." for Docker's client, which rebases
+    it onto the destination (portlink's own client drops the top entry instead)."""
+    from portlink.runtime.cli_cp import rebase
+    with tarfile.open(src, "r|") as tin, open(dst, "wb") as out, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+        for m in tin:
+            m.name = rebase(m.name, top)
+            if m.islnk():
+                m.linkname = rebase(m.linkname, top)
+            tout.addfile(m, tin.extractfile(m) if m.isreg() else None)

@@ -82,8 +82,12 @@ class Networks:
         return _spec(row)
 
     def create(self, name: str, subnet: str | None = None, gateway: str | None = None,
-               internal: bool = False, icc: bool = True) -> NetworkSpec:
+               internal: bool = False, icc: bool = True, labels: dict[str, str] | None = None) -> NetworkSpec:
         validate.name("network", name)
+        labels = labels or {}
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in labels.items()):
+            raise InvalidArgument("field 'labels' must map strings to strings")
         for what, value in (("subnet", subnet), ("gateway", gateway)):
             if value is not None and not isinstance(value, str):
                 raise InvalidArgument(f"field {what!r} must be a string, not {value!r}")
@@ -93,10 +97,15 @@ class Networks:
         if name == NO_NETWORK:
             raise InvalidArgument(f"network name {name!r} is reserved")
         with self._lock:
-            return self._create(name, subnet, gateway, internal, icc)
+            return self._create(name, subnet, gateway, internal, icc, labels)
+
+    def labels(self, nid: str) -> dict[str, str]:
+        """The labels given at create (Docker's network Labels: compose finds its networks by them)."""
+        row = self.store.one("SELECT labels FROM network_labels WHERE network_id=?", nid)
+        return json.loads(row["labels"]) if row else {}
 
     def _create(self, name: str, subnet: str | None, gateway: str | None, internal: bool,
-                icc: bool) -> NetworkSpec:
+                icc: bool, labels: dict[str, str]) -> NetworkSpec:
         existing = [(n.name, n.subnet) for n in self.list()]
         if any(n == name for n, _ in existing):
             raise Conflict(f"network {name!r} already exists")
@@ -116,6 +125,8 @@ class Networks:
             with self.store.tx() as db:
                 db.execute("INSERT INTO networks VALUES (?,?,?,?,?,?,?,?,NULL)",
                            (nid, name, str(net), str(gw), spec.bridge, int(internal), int(icc), time.time()))
+                if labels:
+                    db.execute("INSERT INTO network_labels VALUES (?,?)", (nid, json.dumps(labels)))
             self.store.record("bridge", spec.bridge, nid)
             try:
                 kernel_link.ensure_bridge(spec)
@@ -141,6 +152,7 @@ class Networks:
                 if users:
                     raise Conflict(f"network {spec.name!r} is in use by containers: {', '.join(users)}")
                 db.execute("DELETE FROM networks WHERE id=?", (spec.id,))
+                db.execute("DELETE FROM network_labels WHERE network_id=?", (spec.id,))
             for step in (self._apply_firewall, lambda: kernel_link.delete_link(spec.bridge)):
                 try:
                     step()

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS ports(
 CREATE TABLE IF NOT EXISTS resources(
   kind TEXT NOT NULL, name TEXT NOT NULL, owner TEXT NOT NULL, created REAL NOT NULL,
   PRIMARY KEY(kind, name));
+CREATE TABLE IF NOT EXISTS network_labels(
+  network_id TEXT PRIMARY KEY, labels TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS volumes(
   name TEXT PRIMARY KEY, created REAL NOT NULL, anonymous INTEGER NOT NULL, creator TEXT,
   labels TEXT NOT NULL);

@@ -21,6 +21,34 @@ from portlink.lab.sandbox import SimHost
 pytestmark = pytest.mark.root
 
 DOCKER = "/usr/bin/docker"    # Debian's 20.10 client; /usr/local/bin/docker is another, newer one
+COMPOSE = "/usr/bin/docker-compose"   # Debian's docker-compose 1.29 (apt package docker-compose)
+
+# web + db + redis: links (with an alias), depends_on, a named volume, a user network
+COMPOSE_APP = """\
+version: "2.4"
+services:
+  db:
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /data/www; echo rows > /data/www/index.html; echo db-ready;
+              exec httpd -f -p 5432 -h /data/www"]
+    volumes: ["dbdata:/data"]
+    networks: [appnet]
+  redis:
+    image: busybox
+    command: ["sh", "-c", "echo redis-ready; exec httpd -f -p 6379"]
+    networks: [appnet]
+  web:
+    image: busybox
+    command: ["sh", "-c", "echo web-ready; exec httpd -f -p 80"]
+    links: ["db:sql", "redis"]
+    depends_on: [db, redis]
+    ports: ["8080:80"]
+    networks: [appnet]
+volumes:
+  dbdata:
+networks:
+  appnet:
+"""
 
 
 class Docker:
@@ -39,6 +67,13 @@ class Docker:
 
     def out(self, *args: str, **kw) -> str:
         return self.run(*args, **kw).stdout.strip()
+
+    def compose(self, project_dir: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        p = subprocess.run([COMPOSE, "--no-ansi", "-p", "app", *args], capture_output=True, text=True,
+                           env=self.env, timeout=timeout, stdin=subprocess.DEVNULL, cwd=project_dir)
+        if p.returncode != 0:
+            raise AssertionError(f"docker-compose {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p
 
     def inspect(self, ref: str) -> dict:
         return json.loads(self.out("inspect", ref))[0]
@@ -195,7 +230,8 @@ def test_networks(dk):
     n1 = dk.inspect("n1")
     ip = n1["NetworkSettings"]["Networks"]["appnet"]["IPAddress"]
     assert ip.startswith("10.99.7.") and n1["NetworkSettings"]["Networks"]["appnet"]["NetworkID"] == nid
-    assert n1["NetworkSettings"]["Networks"]["appnet"]["Aliases"] == ["svc"]
+    # the short ID, then the given aliases, as dockerd lists them on a user network
+    assert n1["NetworkSettings"]["Networks"]["appnet"]["Aliases"] == [n1["Id"][:12], "svc"]
     net = json.loads(dk.out("network", "inspect", "appnet"))[0]
     assert net["IPAM"]["Config"] == [{"Subnet": "10.99.7.0/24", "Gateway": "10.99.7.1"}]
     assert [c["Name"] for c in net["Containers"].values()] == ["n1"]
@@ -261,21 +297,19 @@ def test_unsupported_is_a_clear_error_and_nothing_made(dk):
         (["run", "-d", "--privileged", "busybox", "true"], "HostConfig.Privileged is not supported"),
         (["run", "-d", "--network", "host", "busybox", "true"], "network mode 'host' is not supported"),
         (["run", "-d", "--log-driver", "syslog", "busybox", "true"], "log driver 'syslog' is not supported"),
-        (["run", "-d", "-t", "busybox", "true"], "Config.Tty is not supported"),
+        (["run", "-d", "--domainname", "example.com", "busybox", "true"], "Config.Domainname is not supported"),
         (["network", "create", "-d", "overlay", "ov"], "network driver 'overlay' is not supported"),
     ):
         p = dk.run(*args, check=False)
         assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
     assert dk.out("ps", "-aq") == ""
     dk.run("run", "-d", "--name", "x", "busybox", "sleep", "600")
-    for args, words in ((["exec", "-t", "x", "true"], "ExecConfig.Tty is not supported"),
-                        (["exec", "-i", "x", "true"], "ExecConfig.AttachStdin is not supported"),
-                        (["exec", "-u", "nobody", "x", "true"], "ExecConfig.User is not supported"),
-                        (["top", "x"], "top is not supported"), (["pause", "x"], "pause is not supported")):
+    for args, words in ((["exec", "-u", "nobody", "x", "true"], "ExecConfig.User is not supported"),
+                        (["pause", "x"], "pause is not supported")):
         p = dk.run(*args, check=False, timeout=30)
         assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
-    status, _, body = dk.http("GET", "/v1.41/containers/x/top")
-    assert status == 501 and json.loads(body) == {"message": "top is not supported by portlink's Docker API"}
+    status, _, body = dk.http("POST", "/v1.41/containers/x/pause")
+    assert status == 501 and json.loads(body) == {"message": "pause is not supported by portlink's Docker API"}
 
 
 def test_exec(dk):
@@ -300,10 +334,12 @@ def test_foreground_run_attach_and_rm(dk):
     # --rm: the container is gone when the command returns
     assert dk.out("run", "--rm", "--name", "once", "busybox", "echo", "hi") == "hi"
     assert dk.out("ps", "-a", "--format", "{{.Names}}") == "fg"
-    # stdin is not attachable: said so, not ignored
-    i = dk.run("run", "-i", "busybox", "true", check=False)
-    assert i.returncode != 0 and "Config.OpenStdin is not supported by portlink" in i.stderr
-    assert '{"message"' not in i.stderr        # the client read Docker's error shape
+    # -i: stdin through the container's monitor, its end closes the container's stdin
+    i = subprocess.run([DOCKER, "run", "-i", "--rm", "busybox", "sh", "-c", "cat; echo done >&2"], input="piped\n",
+                       capture_output=True, text=True, env=dk.env, timeout=60)
+    assert (i.returncode, i.stdout, i.stderr) == (0, "piped\n", "done\n"), i.stderr
+    x = subprocess.run([DOCKER, "exec", "-i", "fgx", "true"], capture_output=True, text=True, env=dk.env, timeout=30)
+    assert x.returncode != 0 and "No such container: fgx" in x.stderr
 
 
 def test_a_created_container_survives_a_daemon_restart(dk):
@@ -366,3 +402,176 @@ def test_stats(dk):
     name, cpu, mem, pids = out.split("|")
     assert (name, pids) == ("busy", "1") and mem.endswith(" / 64MiB"), out
     assert float(cpu.rstrip("%")) > 0          # a busy loop: CPU time between the two samples
+
+
+def test_host_options_kill_and_wait(dk):
+    # --add-host, --dns-search, --dns-option, --init: the flags' fields, in the files and in inspect
+    dk.run("run", "-d", "--name", "opts", "--add-host", "db.local:10.1.2.3", "--dns-search", "example.com",
+           "--dns-option", "ndots:2", "--init", "busybox", "sleep", "600")
+    hc = dk.inspect("opts")["HostConfig"]
+    assert (hc["ExtraHosts"], hc["DnsSearch"], hc["DnsOptions"], hc["Init"]) == \
+        (["db.local:10.1.2.3"], ["example.com"], ["ndots:2"], True)
+    assert "10.1.2.3\tdb.local" in dk.out("exec", "opts", "cat", "/etc/hosts")
+    resolv = dk.out("exec", "opts", "cat", "/etc/resolv.conf")
+    assert "search example.com" in resolv and "options ndots:2" in resolv
+    assert dk.out("exec", "opts", "cat", "/proc/1/comm") != "sleep"       # tini is PID 1
+    # kill -s: portlink's kill (a signal the container survives keeps it running)
+    dk.run("run", "-d", "--name", "trap", "busybox", "sh", "-c",
+           "trap 'echo got-usr1' USR1; while :; do sleep 0.1; done")
+    dk.run("kill", "-s", "USR1", "trap")
+    assert wait_for(lambda: "got-usr1" in dk.out("logs", "trap"), 10)
+    assert dk.inspect("trap")["State"]["Running"]
+    dk.run("kill", "trap")
+    assert dk.out("wait", "trap") == "137"
+    again = dk.run("kill", "trap", check=False)
+    assert again.returncode != 0 and "is not running" in again.stderr
+
+
+def test_compose_up_ps_logs_down(dk, tmp_path):
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_APP)
+    up = dk.compose(str(tmp_path), "up", "-d")
+    # depends_on: db and redis come before web; one of each (the project filters by all its labels)
+    lines = up.stderr.splitlines()
+    assert [x.split()[1] for x in lines if x.startswith("Creating app_")][-1] == "app_web_1", up.stderr
+    ps = dk.compose(str(tmp_path), "ps").stdout.splitlines()
+    rows = sorted(line.split()[0] for line in ps[2:])
+    assert rows == ["app_db_1", "app_redis_1", "app_web_1"], ps
+    assert "0.0.0.0:8080->80/tcp" in next(x for x in ps if x.startswith("app_web_1"))
+    assert wait_for(lambda: all(w in dk.compose(str(tmp_path), "logs").stdout
+                                for w in ("db-ready", "redis-ready", "web-ready")), 10)
+    # the network, volume and containers carry compose's labels, as it reads them back
+    net = json.loads(dk.out("network", "inspect", "app_appnet"))[0]
+    assert net["Labels"]["com.docker.compose.project"] == "app"
+    assert dk.inspect("app_web_1")["Config"]["Labels"]["com.docker.compose.service"] == "web"
+    assert json.loads(dk.out("volume", "inspect", "app_dbdata"))[0]["Labels"]["com.docker.compose.volume"] == "dbdata"
+    # links: from the endpoint config, portlink links (names in /etc/hosts, env vars), aliases kept
+    web = dk.inspect("app_web_1")
+    assert "/app_db_1:/app_web_1/sql" in web["HostConfig"]["Links"]
+    assert "web" in web["NetworkSettings"]["Networks"]["app_appnet"]["Aliases"]
+    assert dk.out("exec", "app_web_1", "wget", "-qO-", "http://sql:5432/") == "rows"
+    assert dk.compose(str(tmp_path), "exec", "-T", "web", "wget", "-qO-", "http://sql:5432/").stdout == "rows\n"
+    redis_ip = web_ip(dk, "app_redis_1")
+    hosts = dk.out("exec", "app_web_1", "cat", "/etc/hosts").splitlines()
+    assert any(x.split()[0] == redis_ip and "redis" in x.split()[1:] for x in hosts if x.strip()), hosts
+    down = dk.compose(str(tmp_path), "down", "-v")
+    assert "Removing network app_appnet" in down.stderr and "Removing volume app_dbdata" in down.stderr
+    assert dk.out("ps", "-aq") == ""
+    assert dk.out("volume", "ls", "-q") == ""
+    assert dk.out("network", "ls", "--format", "{{.Name}}") == "bridge"
+
+
+def web_ip(dk, name: str) -> str:
+    return dk.inspect(name)["NetworkSettings"]["Networks"]["app_appnet"]["IPAddress"]
+
+
+class Pty:
+    """The docker CLI on a real terminal (a pty of the test's, 30 rows by 100 columns)."""
+
+    def __init__(self, dk, *args: str) -> None:
+        import fcntl
+        import pty as ptymod
+        import struct
+        import termios
+        self.master, slave = ptymod.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.proc = subprocess.Popen([DOCKER, *args], stdin=slave, stdout=slave, stderr=slave, env=dk.env,
+                                     start_new_session=True)
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 20) -> str:
+        import select
+        end = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} not seen in {self.seen!r}")
+            if select.select([self.master], [], [], left)[0]:
+                try:
+                    self.seen += os.read(self.master, 4096)
+                except OSError:        # EIO: the docker client is gone
+                    raise AssertionError(f"{text!r} not seen; the client ended: {self.seen!r}") from None
+        return self.seen.decode(errors="replace")
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def wait(self, timeout: float = 20) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            os.close(self.master)
+
+
+def test_run_exec_attach_on_a_terminal(dk):
+    # run -it: the container's pty through its monitor; the terminal's size reaches it (resize)
+    t = Pty(dk, "run", "-it", "--name", "term", "busybox", "sh")
+    t.expect("# ")
+    t.send("stty size; echo $((6*7))\r")
+    t.expect("30 100")
+    t.expect("42")
+    t.send("exit 3\r")
+    assert t.wait() == 3
+    info = dk.inspect("term")
+    assert (info["Config"]["Tty"], info["Config"]["OpenStdin"], info["State"]["ExitCode"]) == (True, True, 3)
+    # -t without -i: the TTY's raw stream (no frames), in logs too
+    assert dk.run("run", "-t", "--name", "rawt", "busybox", "echo", "raw").stdout.rstrip("\r\n") == "raw"
+    assert dk.run("logs", "rawt").stdout.rstrip("\r\n") == "raw"
+    # exec -it: a pty of its own, sized as the terminal
+    dk.run("run", "-d", "-it", "--name", "bg", "busybox", "sh")
+    e = Pty(dk, "exec", "-it", "bg", "sh")
+    e.expect("# ")
+    e.send("tty; stty size; exit 4\r")
+    e.expect("/dev/pts/")
+    e.expect("30 100")
+    assert e.wait() == 4
+    # attach: stdin to the container's shell, then ctrl-p ctrl-q detaches and leaves it running
+    a = Pty(dk, "attach", "bg")
+    a.send("echo at-$((1+1))\r")
+    a.expect("at-2")
+    a.send("\x10\x11")
+    a.expect("read escape sequence")
+    code = a.wait()
+    assert code in (0, 1), a.seen        # 20.10's client prints the escape as its error
+    assert dk.inspect("bg")["State"]["Running"]
+    assert "at-2" in dk.out("logs", "bg")
+
+
+def test_top_and_cp(dk, tmp_path):
+    dk.run("run", "-d", "--name", "box", "busybox", "sh", "-c", "mkdir -p /srv/d; echo inside > /srv/d/f; "
+           "ln -s d /srv/ln; exec sleep 600")
+    assert wait_for(lambda: dk.run("exec", "box", "test", "-e", "/srv/ln", check=False).returncode == 0, 10)
+    # top: the host's ps, the container's rows only (portlink's top)
+    top = dk.out("top", "box").splitlines()
+    assert top[0].split()[:3] == ["UID", "PID", "PPID"] and len(top) == 2 and top[1].endswith("sleep 600"), top
+    assert dk.out("top", "box", "-o", "pid,comm").splitlines()[1].split()[1] == "sleep"
+    # cp out: a file, a directory (docker's rules: the name kept), a not-found path
+    dk.run("cp", "box:/srv/d/f", str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_text() == "inside\n"
+    dk.run("cp", "box:/srv/d", str(tmp_path))
+    assert (tmp_path / "d" / "f").read_text() == "inside\n"
+    dk.run("cp", "box:/srv/ln/.", str(tmp_path / "via-link"))      # /. follows the link, copies the contents
+    assert (tmp_path / "via-link" / "f").read_text() == "inside\n"
+    missing = dk.run("cp", "box:/nope", str(tmp_path), check=False)
+    assert missing.returncode != 0 and "/nope" in missing.stderr
+    # cp in: a file and a directory, then read back inside
+    (tmp_path / "up.txt").write_text("from host\n")
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "x").write_text("x\n")
+    dk.run("cp", str(tmp_path / "up.txt"), "box:/srv/")
+    dk.run("cp", str(tmp_path / "tree"), "box:/srv/tree")
+    assert dk.out("exec", "box", "cat", "/srv/up.txt", "/srv/tree/sub/x") == "from host\nx"
+    # a file over a directory: refused, as dockerd does
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "d").write_text("file\n")
+    bad = dk.run("cp", str(tmp_path / "other" / "d"), "box:/srv/", check=False)
+    assert bad.returncode != 0 and "directory" in bad.stderr, bad.stderr
+    assert dk.out("exec", "box", "cat", "/srv/d/f") == "inside"
+    # a stopped container: its files still (portlink's offline copy)
+    dk.run("stop", "-t", "1", "box")
+    dk.run("cp", "box:/srv/up.txt", str(tmp_path / "after-stop"))
+    assert (tmp_path / "after-stop").read_text() == "from host\n"
+    top_stopped = dk.run("top", "box", check=False)
+    assert top_stopped.returncode != 0 and "is not running" in top_stopped.stderr
+    archive_a = dk.run("cp", "-a", str(tmp_path / "up.txt"), "box:/srv/", check=False)
+    assert archive_a.returncode != 0 and "cp -a (copyUIDGID) is not supported" in archive_a.stderr

@@ -120,3 +120,48 @@ def test_networks_volumes_images(client):
     with pytest.raises(APIError) as e:
         client.images.pull("redis")
     assert e.value.status_code == 501
+
+
+def test_labels_top_archive_stdin_and_tty(client):
+    import io
+    import tarfile
+    net = client.networks.create("lbl", labels={"com.docker.compose.project": "p"})
+    assert client.networks.get("lbl").attrs["Labels"] == {"com.docker.compose.project": "p"}
+    assert [n.name for n in client.networks.list(filters={"label": "com.docker.compose.project=p"})] == ["lbl"]
+    ctr = client.containers.run("busybox", ["sleep", "600"], detach=True, name="py", network="lbl",
+                                extra_hosts={"db.local": "10.1.2.3"}, init=True)
+    hc = client.containers.get("py").attrs["HostConfig"]
+    assert (hc["Init"], hc["ExtraHosts"]) == (True, ["db.local:10.1.2.3"])
+    # top, and the archive endpoints both ways
+    top = ctr.top()
+    assert top["Titles"][:2] == ["UID", "PID"] and any(p[-1] == "sleep 600" for p in top["Processes"])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"hi\n"))
+    assert ctr.put_archive("/tmp", buf.getvalue()) is True
+    chunks, stat = ctr.get_archive("/tmp/hello.txt")
+    assert stat["name"] == "hello.txt" and stat["size"] == 3
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as t:
+        assert t.extractfile("hello.txt").read() == b"hi\n"
+    assert b"10.1.2.3\tdb.local" in ctr.exec_run(["cat", "/etc/hosts"]).output
+    # exec with a TTY: the raw stream, a terminal inside
+    tty = ctr.exec_run(["sh", "-c", "tty; echo out"], tty=True)
+    assert tty.exit_code == 0 and tty.output.startswith(b"/dev/pts/") and b"out\r\n" in tty.output
+    # stdin over the hijacked socket of an exec
+    ex = client.api.exec_create(ctr.id, ["sh", "-c", "read x; echo got-$x"], stdin=True)
+    sock = client.api.exec_start(ex["Id"], socket=True)
+    raw = sock._sock
+    raw.sendall(b"word\n")
+    raw.settimeout(20)
+    got = b""
+    while b"got-word" not in got:
+        data = raw.recv(4096)
+        if not data:
+            break
+        got += data
+    raw.close()
+    assert b"got-word" in got
+    ctr.remove(force=True)
+    net.remove()

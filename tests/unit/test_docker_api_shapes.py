@@ -78,6 +78,45 @@ def test_every_supported_field_and_portlinks_own_check_accepts_it():
     assert [r.key() for r in req.publish] == ["80/tcp", "53/udp"]
 
 
+def test_host_options_map_onto_the_flags_fields():
+    got = run_request(body(host={"ExtraHosts": ["db.local:10.1.2.3", "gw:host-gateway"],
+                                 "DnsSearch": ["example.com"], "DnsOptions": ["ndots:2"], "Init": True}))
+    assert (got["add_hosts"], got["dns_search"], got["dns_options"], got["init"]) == \
+        (["db.local:10.1.2.3", "gw:host-gateway"], ["example.com"], ["ndots:2"], True)
+    spec = Request.parse(got)
+    assert (spec.spec.dns_search, spec.spec.init) == (["example.com"], True)   # portlink's own checks pass
+    assert "init" not in run_request(body(host={"Init": None}))
+    with pytest.raises(InvalidArgument, match="HostConfig.Init"):
+        run_request(body(host={"Init": "yes"}))
+
+
+def test_tty_and_open_stdin_are_the_monitors_fields():
+    got = run_request(body({"Tty": True, "OpenStdin": True, "StdinOnce": True, "AttachStdin": True}))
+    assert (got["tty"], got["interactive"]) == (True, True)
+    assert "tty" not in run_request(body())
+
+
+def test_compose_endpoint_links_and_aliases():
+    got = run_request(body(host={"NetworkMode": "app_net", "Links": ["/cache:/web/c"]},
+                           net={"EndpointsConfig": {"app_net": {"Aliases": ["web"], "Links": ["app_db_1:sql",
+                                                                                             "app_redis_1"]}}}))
+    assert (got["links"], got["aliases"]) == (["cache:c", "app_db_1:sql", "app_redis_1"], ["web"])
+    with pytest.raises(DockerUnsupported, match="EndpointSettings.IPAMConfig"):
+        run_request(body(host={"NetworkMode": "n"},
+                         net={"EndpointsConfig": {"n": {"IPAMConfig": {"IPv4Address": "10.0.0.9"}}}}))
+
+
+def test_label_filters_all_apply():
+    f = {"label": ["com.docker.compose.project=app", "com.docker.compose.oneoff=False"]}
+    assert dv.container_matches(VIEW_LABELS(project="app", oneoff="False"), f)
+    assert not dv.container_matches(VIEW_LABELS(project="app", oneoff="True"), f)
+
+
+def VIEW_LABELS(project: str, oneoff: str) -> dict:
+    return {**VIEW, "config": {**VIEW["config"], "labels": {"com.docker.compose.project": project,
+                                                          "com.docker.compose.oneoff": oneoff}}}
+
+
 def test_publish_all_ports_adds_the_exposed_ones_not_bound_yet():
     got = run_request(body({"ExposedPorts": {"9000/tcp": {}, "80/tcp": {}}},
                            {"PublishAllPorts": True, "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}),
@@ -87,11 +126,11 @@ def test_publish_all_ports_adds_the_exposed_ones_not_bound_yet():
 
 @pytest.mark.parametrize("config,host,words", [
     ({}, {"Privileged": True}, "HostConfig.Privileged is not supported"),
-    ({"Tty": True}, {}, "Config.Tty is not supported"),
+    ({"Domainname": "example.com"}, {}, "Config.Domainname is not supported"),
     ({}, {"NetworkMode": "host"}, "network mode 'host'"),
     ({}, {"NetworkMode": "container:x"}, "network mode 'container:x'"),
-    ({}, {"ExtraHosts": ["a:1.2.3.4"]}, "HostConfig.ExtraHosts"),
-    ({}, {"DnsSearch": ["example.com"]}, "HostConfig.DnsSearch"),
+    ({}, {"GroupAdd": ["audio"]}, "HostConfig.GroupAdd"),
+    ({}, {"ShmSize": 1 << 20}, "HostConfig.ShmSize"),
     ({}, {"LogConfig": {"Type": "syslog"}}, "log driver 'syslog'"),
     ({"StopTimeout": 3}, {}, "Config.StopTimeout"),
 ])
@@ -144,7 +183,8 @@ VIEW = {"id": "ab" * 32, "name": "web", "status": "running", "pid": 42, "exit_co
         "config": {"image": "busybox", "cmd": ["httpd"], "entrypoint": ["/bin/sh"], "labels": {"tier": "front"},
                    "env": [], "hostname": "h", "user": "", "workdir": "", "rm": False, "volumes": [],
                    "volumes_from": [], "cap_add": [], "cap_drop": [], "dns": [], "security_opt": [],
-                   "aliases": [], "log_opts": {}},
+                   "aliases": [], "log_opts": {}, "add_hosts": ["db.local:10.1.2.3"], "dns_search": ["lab"],
+                   "dns_options": [], "init": True, "tty": False, "interactive": False},
         "limits": {"memory": None, "memory_swap": None, "cpus": None, "pids_limit": 2048, "ulimits": []},
         "network": {"name": "bridge", "ip": "10.77.0.2", "gateway": "10.77.0.1", "prefixlen": 16,
                     "bridge": "pl-br0", "netns": "/x/ns",
@@ -161,6 +201,8 @@ def test_container_shapes():
                           {"PrivatePort": 9000, "Type": "tcp"}]
     i = dv.container_inspect(VIEW, "sha256:1", "n1")
     assert i["Path"] == "/bin/sh" and i["Args"] == ["httpd"] and i["State"]["Health"]["Status"] == "healthy"
+    assert (i["HostConfig"]["ExtraHosts"], i["HostConfig"]["DnsSearch"], i["HostConfig"]["Init"]) == \
+        (["db.local:10.1.2.3"], ["lab"], True)
     # times are RFC 3339 text, as Go's client parses them
     assert i["State"]["Health"]["Log"] == [{"Start": "1970-01-01T00:01:41.500000000Z",
                                             "End": "1970-01-01T00:01:41.750000000Z", "ExitCode": 0, "Output": ""}]
@@ -216,3 +258,36 @@ def test_stats_shape():
     assert s["name"] == "/web" and s["blkio_stats"]["io_service_bytes_recursive"][1]["value"] == 2
     first = dv.stats_json(sample(2.0, 900), None, 5000, 0, 2, "web")
     assert first["precpu_stats"]["system_cpu_usage"] == 0 and first["preread"] == dv.ZERO_TIME
+
+
+def test_path_stat_header_is_gos_file_mode():
+    import base64
+    import stat
+    assert dv.go_file_mode(stat.S_IFDIR | 0o755) == (1 << 31) | 0o755
+    assert dv.go_file_mode(stat.S_IFLNK | 0o777) == (1 << 27) | 0o777
+    assert dv.go_file_mode(stat.S_IFREG | stat.S_ISUID | 0o4755 & 0o777) == (1 << 23) | 0o755
+    assert dv.go_file_mode(stat.S_IFCHR | 0o666) == (1 << 26) | (1 << 21) | 0o666
+    got = json.loads(base64.b64decode(dv.path_stat_header(
+        {"name": "f", "size": 3, "mode": stat.S_IFREG | 0o644, "mtime": 1.5, "linkTarget": None})))
+    assert got == {"name": "f", "size": 3, "mode": 0o644, "mtime": "1970-01-01T00:00:01.500000000Z",
+                   "linkTarget": ""}
+
+
+def test_rebase_tar_renames_the_top_entry_and_hard_links(tmp_path):
+    import io
+    import tarfile
+    src = tmp_path / "in.tar"
+    with tarfile.open(src, "w") as t:
+        d = tarfile.TarInfo("ln")
+        d.type = tarfile.DIRTYPE
+        t.addfile(d)
+        f = tarfile.TarInfo("ln/f")
+        f.size = 2
+        t.addfile(f, io.BytesIO(b"hi"))
+        h = tarfile.TarInfo("ln/h")
+        h.type, h.linkname = tarfile.LNKTYPE, "ln/f"
+        t.addfile(h)
+    dv.rebase_tar(src, tmp_path / "out.tar", ".")
+    with tarfile.open(tmp_path / "out.tar") as t:
+        assert [(m.name, m.linkname) for m in t] == [(".", ""), ("./f", ""), ("./h", "./f")]
+        assert t.extractfile("./f").read() == b"hi"
