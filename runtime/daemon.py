@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -34,6 +35,10 @@ API_BACKLOG = 1024    # pending API connections (aiohttp's default is 128)
 
 DEFAULT_STATE = "/var/lib/portlink"
 WITHDRAW_WAIT = 3.0   # seconds a stop waits for Consul to drop the container's entries before its signal
+# After its server side stopped accepting: the requests it took just before finish
+# before the container hears its signal (a server that dies at once, like httpd
+# killed from a trap, would cut them). Kubernetes' preStop sleep, for the same reason.
+QUIESCE_SETTLE = 1.0
 OOM_SCORE_ADJ = -500   # dockerd's: under memory pressure the OOM killer takes containers (0) first
 
 
@@ -156,7 +161,8 @@ async def start_consul(host: Host) -> ConsulSync:
             # Consul's change reaches other hosts' client sides a moment later: until
             # then a dial to this server side is refused (they fail over), not
             # accepted and cut when the container goes.
-            host.servers.quiesce(c)
+            if host.servers.quiesce(c):
+                time.sleep(QUIESCE_SETTLE)
     host.containers.withdraw = withdraw
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     if host.servers is not None:
