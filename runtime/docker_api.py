@@ -528,13 +528,14 @@ class DockerApi:
                     out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
             return b"".join(out)
 
-        resp = await self.raw_stream(r)
-        stdin = docker_attach.take_stdin(r) if use_stdin else None
         try:
-            # Attached before the start (a foreground run): the log is made now, so the reader
-            # holds the file the monitor then appends to, even if --rm removes it at once.
+            # Attached before the start (a foreground run): the log is made and opened
+            # before the client hears the attach succeeded (then it starts the container),
+            # so the reader holds the file the monitor appends to, even if --rm removes it at once.
             await self.call(_touch, Path(v["paths"]["log"]))
             old = await self.call(reader.read_existing, None if _flag(r, "logs") else 0)
+            resp = await self.raw_stream(r)
+            stdin = docker_attach.take_stdin(r) if use_stdin else None
             await resp.write(render(old))
             if (tty or use_stdin) and _flag(r, "stream"):
                 if not await self.monitors.relay(self, r, v, resp, stdin, tty, keys):
