@@ -15,7 +15,7 @@ one that needs a feature portlink does not have fails on its Docker-style 501
 from the other failures.
 
 How: a sandbox host (plt-dpysuite-*, its own network namespace and portlinkd
-with a Docker socket); docker-py's TEST_IMG (alpine:3.10) is portlink's busybox
+with a Docker socket); docker-py's TEST_IMG (alpine:3.10) and "alpine" are portlink's busybox
 image tagged with that name, so nothing is pulled (there is no registry).
 pytest runs inside the host's network namespace (nsenter --net), so published
 ports on 127.0.0.1 are the sandbox's, never the root namespace's, with
@@ -57,7 +57,7 @@ MODULES = [
     "models_containers_test", "models_networks_test", "models_volumes_test",
     "models_images_test", "models_resources_test",
 ]
-TEST_IMG = "alpine:3.10"       # docker-py's tests/integration/base.py
+TEST_IMAGES = ("alpine:3.10", "alpine:latest")   # TEST_IMG of docker-py's tests/integration/base.py; "alpine"
 API_VERSION = "1.41"
 UNSUPPORTED = re.compile(r"501 Server Error|Not Implemented|not supported by portlink")
 
@@ -176,7 +176,8 @@ def main() -> int:
         workdir = Path(tempfile.mkdtemp(prefix="docker-py-sock-"))
         sock = str(workdir / "docker.sock")
         h = SimHost.start("dpysuite", extra_args=["--docker-socket", sock])
-        h.cli("image", "tag", "busybox", TEST_IMG, check=True)
+        for name in TEST_IMAGES:     # docker-py's base image, and "alpine" its models tests run
+            h.cli("image", "tag", "busybox", name, check=True)
         junit = Path(args.out) / "junit.xml"
         rc = run_pytest(h, src, sock, modules, args, junit)
     finally:

@@ -36,6 +36,7 @@ from portlink.runtime.records import RUNNING
 log = logging.getLogger("portlink.docker")
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
+_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 HEADERS = {"Api-Version": API_VERSION, "Docker-Experimental": "false", "Ostype": "linux",
            "Server": f"portlink/{__version__} (linux)"}
 
@@ -69,6 +70,13 @@ def _version(major: int, minor: int) -> None:
     if (major, minor) < (1, 12):
         raise InvalidArgument(f"client version {major}.{minor} is too old. Minimum supported API version is "
                               f"{MIN_API_VERSION}, please upgrade your client to a newer version")
+
+
+# Whole API areas portlink does not have: every method and sub-path is a 501 naming it
+# (not a 404, which clients read as "no such object").
+_UNSUPPORTED_AREAS = {"swarm": "swarm", "services": "swarm services", "nodes": "swarm nodes", "tasks": "swarm tasks",
+                      "secrets": "swarm secrets", "configs": "swarm configs", "plugins": "plugins",
+                      "distribution": "registry distribution inspect", "session": "build sessions"}
 
 
 class DockerApi:
@@ -141,7 +149,9 @@ class DockerApi:
             ("GET", "/containers/{ref}/json", self.inspect), ("POST", "/containers/{ref}/start", self.start),
             ("POST", "/containers/{ref}/stop", self.stop), ("POST", "/containers/{ref}/restart", self.restart),
             ("POST", "/containers/{ref}/kill", self.kill), ("POST", "/containers/{ref}/wait", self.wait),
-            ("DELETE", "/containers/{ref}", self.rm), ("GET", "/containers/{ref}/logs", self.logs),
+            ("DELETE", "/containers/{ref}", self.rm),
+            ("DELETE", "/containers/{ref}/{link:.+}", unsupported("removing a link (rm --link)")),
+            ("GET", "/containers/{ref}/logs", self.logs),
             ("POST", "/containers/{ref}/attach", self.attach),
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
             ("POST", "/containers/{ref}/exec", self.execs.create),
@@ -183,10 +193,16 @@ class DockerApi:
             ("POST", "/exec/{ref}/start", self.execs.start), ("GET", "/exec/{ref}/json", self.execs.inspect),
             ("POST", "/exec/{ref}/resize", self.execs.resize),
             ("POST", "/auth", unsupported("registry login")), ("POST", "/commit", unsupported("commit")),
-            ("GET", "/swarm", unsupported("swarm")), ("GET", "/services", unsupported("swarm services")),
+            ("POST", "/swarm/leave", self.swarm_leave),
+            *[(m, f"/{area}{tail}", unsupported(what)) for area, what in _UNSUPPORTED_AREAS.items()
+              for m in ("GET", "POST", "DELETE") for tail in ("", "/{tail:.+}")], ("GET", "/services", unsupported("swarm services")),
             ("GET", "/nodes", unsupported("swarm nodes")), ("GET", "/plugins", unsupported("plugins")),
             ("GET", "/secrets", unsupported("swarm secrets")), ("GET", "/configs", unsupported("swarm configs")),
         ]
+
+    async def swarm_leave(self, r):
+        # dockerd's answer off a swarm (503): `leave --force` clients take it as done
+        return _error(503, "This node is not part of a swarm")
 
     @staticmethod
     def _unsupported(what: str):
@@ -372,6 +388,10 @@ class DockerApi:
         if _flag(r, "link"):
             raise DockerUnsupported("removing a link (rm --link) is not supported by portlink")
         v = await self._view(r.match_info["ref"])
+        if v["status"] in (RUNNING, "restarting") and not _flag(r, "force"):
+            # dockerd's words: clients (docker-py's tests, scripts) look for them
+            raise Conflict(f"You cannot remove a {v['status']} container {v['id']}. Stop the container before "
+                           "attempting removal or force remove")
         await self.call(self.host.containers.remove, v["id"], _flag(r, "force"), _flag(r, "v"))
         return web.Response(status=204)
 
@@ -764,8 +784,17 @@ class DockerApi:
     async def _image(self, ref: str):
         try:
             return await self.call(self.host.images.get, ref)
-        except NotFound:
-            raise NotFound(f"No such image: {ref}") from None
+        except (NotFound, InvalidArgument):
+            pass
+        # an image ID (sha256:<hex>) or its prefix, as dockerd resolves them (docker-py saves and tags by ID)
+        m = _IMAGE_ID.fullmatch(ref)
+        if m:
+            hexid = m.group(1)
+            hits = sorted((i for i in await self.call(self.host.images.list)
+                           if i.id.removeprefix("sha256:").startswith(hexid)), key=lambda i: i.name)
+            if len({i.id for i in hits}) == 1:
+                return hits[0]
+        raise NotFound(f"No such image: {ref}")
 
     async def _tags(self) -> dict[str, list[str]]:
         """Image ID -> its names (portlink keeps one record per name)."""
