@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, api_links, api_ops, cgroups, docker_attach, events, logfmt, proc_table
+from portlink.runtime import api_images, api_links, api_ops, cgroups, docker_attach, events, logfmt, proc_table, signals
 from portlink.runtime import docker_views as dv
 from portlink.runtime.api_ops import WAIT_POLL
 from portlink.runtime.container_copy import CopyPath
@@ -36,6 +37,7 @@ from portlink.runtime.records import RUNNING
 log = logging.getLogger("portlink.docker")
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
+KILL_WAIT = 10.0      # seconds a SIGKILL's answer waits for the container to be gone, at most
 _IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 HEADERS = {"Api-Version": API_VERSION, "Docker-Experimental": "false", "Ostype": "linux",
            "Server": f"portlink/{__version__} (linux)"}
@@ -248,7 +250,8 @@ class DockerApi:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return web.json_response({
             "ID": self.host.host_id, "Containers": len(views), "ContainersRunning": running,
-            "ContainersPaused": 0, "ContainersStopped": len(views) - running, "Images": len(images),
+            "ContainersPaused": 0, "ContainersStopped": len(views) - running,
+            "Images": len({i.id for i in images}),    # images, not names: portlink keeps a record per name
             "Driver": "overlay", "DriverStatus": [], "SystemStatus": None,
             "Plugins": {"Volume": ["local"], "Network": ["bridge"], "Authorization": None, "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": True, "KernelMemory": False, "CpuCfsPeriod": True,
@@ -359,7 +362,20 @@ class DockerApi:
 
     async def kill(self, r):
         v = await self._view(r.match_info["ref"])
-        await self.call(self.ops.kill, v["id"], r.query.get("signal") or "KILL")
+        sig = r.query.get("signal") or "KILL"
+        await self.call(self.ops.kill, v["id"], sig)
+        if signals.parse_signal(sig) == signal.SIGKILL:
+            # dockerd's kill -9 answers once the container has stopped: a client's next
+            # inspect sees it exited (137) and its rm needs no force
+            point = await self.call(self.ops.wait_point, v["id"], "not-running")
+            deadline = time.monotonic() + KILL_WAIT
+            while time.monotonic() < deadline and not _gone(r):
+                try:
+                    if await self.call(self.ops.wait_poll, point) is not None:
+                        break
+                except NotFound:
+                    break
+                await asyncio.sleep(WAIT_POLL)
         return web.Response(status=204)
 
     async def wait(self, r):
@@ -862,8 +878,8 @@ class DockerApi:
         return await self._save(r, [r.match_info["name"]])
 
     async def _save(self, r, names):
-        for n in names:
-            await self._image(n)
+        # an ID saves the image it names (portlink's save takes names)
+        names = [(await self._image(n)).name for n in names]
         sub = r.clone(rel_url=r.rel_url.with_query([("name", n) for n in names]))
         for route in api_images.routes(self.api):
             if route.path == "/images/save":
