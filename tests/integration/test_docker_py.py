@@ -205,3 +205,16 @@ def test_what_docker_pys_own_suite_found(client):
         with pytest.raises(APIError) as e:
             call()
         assert e.value.status_code == 501 and "not supported by portlink" in e.value.explanation
+
+
+def test_exec_tty_at_create_frames_at_start(client):
+    # create's Tty gives the process a terminal; start's (docker-py: false unless told) the stream's
+    # form: the terminal's output in stdout frames, as dockerd sends it
+    ctr = client.containers.run("busybox", ["sleep", "600"], detach=True, name="t")
+    ex = client.api.exec_create(ctr.id, ["sh", "-c", "tty; echo out"], tty=True)
+    out = client.api.exec_start(ex["Id"])
+    assert out.startswith(b"/dev/pts/") and b"out\r\n" in out
+    assert client.api.exec_inspect(ex["Id"])["ExitCode"] == 0
+    raw = client.api.exec_start(client.api.exec_create(ctr.id, ["echo", "x"], tty=True)["Id"], tty=True)
+    assert raw == b"x\r\n"       # start with Tty: the raw stream
+    ctr.remove(force=True)
