@@ -861,6 +861,11 @@ class DockerApi:
         spool = await api_images._spool_body(self.api, r)
         try:
             got = await self.call(self.host.images.load, str(spool))
+        except InvalidArgument as e:
+            # a bad archive is an error in the stream (200), as dockerd's: clients read it
+            # there (docker-py's ImageLoadError, the CLI's message and exit 1)
+            return web.Response(body=(json.dumps({"errorDetail": {"message": str(e)}, "error": str(e)}) + "\n").encode(),
+                                headers={**HEADERS, "Content-Type": "application/json"})
         finally:
             spool.unlink(missing_ok=True)
         lines = [{"stream": f"Loaded image: {dv.repo_tag(i.name)}\n"} for i in got]

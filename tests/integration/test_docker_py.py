@@ -218,3 +218,10 @@ def test_exec_tty_at_create_frames_at_start(client):
     raw = client.api.exec_start(client.api.exec_create(ctr.id, ["echo", "x"], tty=True)["Id"], tty=True)
     assert raw == b"x\r\n"       # start with Tty: the raw stream
     ctr.remove(force=True)
+
+
+def test_load_of_a_bad_archive_is_an_error_in_the_stream(client):
+    # as dockerd: 200 and the error in the JSON stream, which docker-py raises as ImageLoadError
+    with pytest.raises(docker.errors.ImageLoadError) as e:
+        client.images.load(b"abc")
+    assert "not a tar archive" in str(e.value)
