@@ -197,7 +197,7 @@ def test_logs_follow_tail_timestamps_and_wait(dk):
     dk.run("restart", "-t", "1", "sleeper")
     assert dk.inspect("sleeper")["State"]["Running"]
     refused = dk.run("rm", "sleeper", check=False)
-    assert refused.returncode != 0 and "is running: stop it first or use rm -f" in refused.stderr
+    assert refused.returncode != 0 and "Stop the container before attempting removal or force remove" in refused.stderr
     assert dk.out("rm", "-f", "sleeper", "counter") == "sleeper\ncounter"
     assert dk.out("ps", "-aq") == ""
 
