@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host demo-apps test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store bench-apps
+.PHONY: setup demo demo-host demo-apps test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store bench-apps docker-py-suite
 
 setup:
 	./scripts/setup
@@ -61,3 +61,9 @@ bench-store: setup
 
 bench-apps: setup
 	.venv/bin/python -P bench/apps.py
+
+# docker-py's own integration tests (containers, networks, volumes, images, exec,
+# logs) against a sandbox host's Docker socket; DOCKER_PY_SRC: a git checkout (or
+# bare git dir) of docker/docker-py, its tests taken at the installed docker's tag
+docker-py-suite: setup
+	.venv/bin/python -P bench/docker_py_suite.py --source "$(DOCKER_PY_SRC)"

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from portlink import __version__
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError
-from portlink.runtime import api_images, api_links, api_ops, cgroups, docker_attach, events, logfmt, proc_table
+from portlink.runtime import api_images, api_links, api_ops, cgroups, docker_attach, events, logfmt, proc_table, signals
 from portlink.runtime import docker_views as dv
 from portlink.runtime.api_ops import WAIT_POLL
 from portlink.runtime.container_copy import CopyPath
@@ -36,6 +37,8 @@ from portlink.runtime.records import RUNNING
 log = logging.getLogger("portlink.docker")
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
+KILL_WAIT = 10.0      # seconds a SIGKILL's answer waits for the container to be gone, at most
+_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 HEADERS = {"Api-Version": API_VERSION, "Docker-Experimental": "false", "Ostype": "linux",
            "Server": f"portlink/{__version__} (linux)"}
 
@@ -69,6 +72,13 @@ def _version(major: int, minor: int) -> None:
     if (major, minor) < (1, 12):
         raise InvalidArgument(f"client version {major}.{minor} is too old. Minimum supported API version is "
                               f"{MIN_API_VERSION}, please upgrade your client to a newer version")
+
+
+# Whole API areas portlink does not have: every method and sub-path is a 501 naming it
+# (not a 404, which clients read as "no such object").
+_UNSUPPORTED_AREAS = {"swarm": "swarm", "services": "swarm services", "nodes": "swarm nodes", "tasks": "swarm tasks",
+                      "secrets": "swarm secrets", "configs": "swarm configs", "plugins": "plugins",
+                      "distribution": "registry distribution inspect", "session": "build sessions"}
 
 
 class DockerApi:
@@ -141,7 +151,9 @@ class DockerApi:
             ("GET", "/containers/{ref}/json", self.inspect), ("POST", "/containers/{ref}/start", self.start),
             ("POST", "/containers/{ref}/stop", self.stop), ("POST", "/containers/{ref}/restart", self.restart),
             ("POST", "/containers/{ref}/kill", self.kill), ("POST", "/containers/{ref}/wait", self.wait),
-            ("DELETE", "/containers/{ref}", self.rm), ("GET", "/containers/{ref}/logs", self.logs),
+            ("DELETE", "/containers/{ref}", self.rm),
+            ("DELETE", "/containers/{ref}/{link:.+}", unsupported("removing a link (rm --link)")),
+            ("GET", "/containers/{ref}/logs", self.logs),
             ("POST", "/containers/{ref}/attach", self.attach),
             ("GET", "/containers/{ref}/attach/ws", unsupported("attach")),
             ("POST", "/containers/{ref}/exec", self.execs.create),
@@ -183,10 +195,16 @@ class DockerApi:
             ("POST", "/exec/{ref}/start", self.execs.start), ("GET", "/exec/{ref}/json", self.execs.inspect),
             ("POST", "/exec/{ref}/resize", self.execs.resize),
             ("POST", "/auth", unsupported("registry login")), ("POST", "/commit", unsupported("commit")),
-            ("GET", "/swarm", unsupported("swarm")), ("GET", "/services", unsupported("swarm services")),
+            ("POST", "/swarm/leave", self.swarm_leave),
+            *[(m, f"/{area}{tail}", unsupported(what)) for area, what in _UNSUPPORTED_AREAS.items()
+              for m in ("GET", "POST", "DELETE") for tail in ("", "/{tail:.+}")], ("GET", "/services", unsupported("swarm services")),
             ("GET", "/nodes", unsupported("swarm nodes")), ("GET", "/plugins", unsupported("plugins")),
             ("GET", "/secrets", unsupported("swarm secrets")), ("GET", "/configs", unsupported("swarm configs")),
         ]
+
+    async def swarm_leave(self, r):
+        # dockerd's answer off a swarm (503): `leave --force` clients take it as done
+        return _error(503, "This node is not part of a swarm")
 
     @staticmethod
     def _unsupported(what: str):
@@ -232,7 +250,8 @@ class DockerApi:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return web.json_response({
             "ID": self.host.host_id, "Containers": len(views), "ContainersRunning": running,
-            "ContainersPaused": 0, "ContainersStopped": len(views) - running, "Images": len(images),
+            "ContainersPaused": 0, "ContainersStopped": len(views) - running,
+            "Images": len({i.id for i in images}),    # images, not names: portlink keeps a record per name
             "Driver": "overlay", "DriverStatus": [], "SystemStatus": None,
             "Plugins": {"Volume": ["local"], "Network": ["bridge"], "Authorization": None, "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": True, "KernelMemory": False, "CpuCfsPeriod": True,
@@ -343,7 +362,20 @@ class DockerApi:
 
     async def kill(self, r):
         v = await self._view(r.match_info["ref"])
-        await self.call(self.ops.kill, v["id"], r.query.get("signal") or "KILL")
+        sig = r.query.get("signal") or "KILL"
+        await self.call(self.ops.kill, v["id"], sig)
+        if signals.parse_signal(sig) == signal.SIGKILL:
+            # dockerd's kill -9 answers once the container has stopped: a client's next
+            # inspect sees it exited (137) and its rm needs no force
+            point = await self.call(self.ops.wait_point, v["id"], "not-running")
+            deadline = time.monotonic() + KILL_WAIT
+            while time.monotonic() < deadline and not _gone(r):
+                try:
+                    if await self.call(self.ops.wait_poll, point) is not None:
+                        break
+                except NotFound:
+                    break
+                await asyncio.sleep(WAIT_POLL)
         return web.Response(status=204)
 
     async def wait(self, r):
@@ -372,6 +404,10 @@ class DockerApi:
         if _flag(r, "link"):
             raise DockerUnsupported("removing a link (rm --link) is not supported by portlink")
         v = await self._view(r.match_info["ref"])
+        if v["status"] in (RUNNING, "restarting") and not _flag(r, "force"):
+            # dockerd's words: clients (docker-py's tests, scripts) look for them
+            raise Conflict(f"You cannot remove a {v['status']} container {v['id']}. Stop the container before "
+                           "attempting removal or force remove")
         await self.call(self.host.containers.remove, v["id"], _flag(r, "force"), _flag(r, "v"))
         return web.Response(status=204)
 
@@ -765,8 +801,17 @@ class DockerApi:
     async def _image(self, ref: str):
         try:
             return await self.call(self.host.images.get, ref)
-        except NotFound:
-            raise NotFound(f"No such image: {ref}") from None
+        except (NotFound, InvalidArgument):
+            pass
+        # an image ID (sha256:<hex>) or its prefix, as dockerd resolves them (docker-py saves and tags by ID)
+        m = _IMAGE_ID.fullmatch(ref)
+        if m:
+            hexid = m.group(1)
+            hits = sorted((i for i in await self.call(self.host.images.list)
+                           if i.id.removeprefix("sha256:").startswith(hexid)), key=lambda i: i.name)
+            if len({i.id for i in hits}) == 1:
+                return hits[0]
+        raise NotFound(f"No such image: {ref}")
 
     async def _tags(self) -> dict[str, list[str]]:
         """Image ID -> its names (portlink keeps one record per name)."""
@@ -817,6 +862,11 @@ class DockerApi:
         spool = await api_images._spool_body(self.api, r)
         try:
             got = await self.call(self.host.images.load, str(spool))
+        except InvalidArgument as e:
+            # a bad archive is an error in the stream (200), as dockerd's: clients read it
+            # there (docker-py's ImageLoadError, the CLI's message and exit 1)
+            return web.Response(body=(json.dumps({"errorDetail": {"message": str(e)}, "error": str(e)}) + "\n").encode(),
+                                headers={**HEADERS, "Content-Type": "application/json"})
         finally:
             spool.unlink(missing_ok=True)
         lines = [{"stream": f"Loaded image: {dv.repo_tag(i.name)}\n"} for i in got]
@@ -834,8 +884,8 @@ class DockerApi:
         return await self._save(r, [r.match_info["name"]])
 
     async def _save(self, r, names):
-        for n in names:
-            await self._image(n)
+        # an ID saves the image it names (portlink's save takes names)
+        names = [(await self._image(n)).name for n in names]
         sub = r.clone(rel_url=r.rel_url.with_query([("name", n) for n in names]))
         for route in api_images.routes(self.api):
             if route.path == "/images/save":

@@ -95,8 +95,9 @@ class Execs:
     async def start(self, r: web.Request) -> web.StreamResponse:
         e = self._get(r.match_info["ref"])
         b = await self.d.body(r)
-        if bool(b.get("Tty")) != e.tty and not b.get("Detach"):
-            raise InvalidArgument("exec start: Tty must be as given at exec create")
+        # As dockerd: create's Tty gives the process a terminal, start's Tty the stream's
+        # form: raw, or the terminal's output in stdout frames (docker-py's exec_start
+        # sends Tty false unless told, and reads frames then).
         if e.started:
             raise Conflict(f"exec {e.id} has already been started")
         argv = await self.d.call(self.d.host.containers.exec_argv, e.container, e.cmd, e.env, e.tty, e.workdir)
@@ -111,7 +112,8 @@ class Execs:
                 if fd is not None and e.size:
                     docker_attach.set_winsize(fd, *e.size)
             try:
-                e.exit_code = await docker_attach.pty_exec(argv, stdin, resp, on_master)
+                out = resp if b.get("Tty") is not False else _Framed(resp)
+                e.exit_code = await docker_attach.pty_exec(argv, stdin, out, on_master)
             finally:
                 e.running = False
                 e.done.set()
@@ -167,3 +169,13 @@ class Execs:
         code = await proc.wait()
         e.running, e.exit_code = False, code
         e.done.set()
+
+
+class _Framed:
+    """A terminal's output as stdout frames, for a start that asked for no TTY."""
+
+    def __init__(self, resp) -> None:
+        self.resp = resp
+
+    async def write(self, data: bytes) -> None:
+        await self.resp.write(frame(STDOUT, data))

@@ -169,7 +169,10 @@ def container_inspect(v: dict, image_id: str, net_id: str) -> dict:
             "DnsOptions": cfg["dns_options"], "DnsSearch": cfg["dns_search"], "ExtraHosts": cfg["add_hosts"] or None,
             "Links": links(v) or None,
             "Privileged": False, "PublishAllPorts": False, "ReadonlyRootfs": False,
-            "SecurityOpt": cfg["security_opt"] or None, "Tmpfs": None,
+            "SecurityOpt": cfg["security_opt"] or None,
+            "Tmpfs": dict(t.split(":", 1) if ":" in t else (t, "") for t in cfg.get("tmpfs") or []) or None,
+            # what every portlink container has: the host's cgroup namespace (runc makes none), Linux's isolation
+            "CgroupnsMode": "host", "Isolation": "default",
             "Memory": lim["memory"] or 0, "MemorySwap": lim["memory_swap"] or 0,
             "NanoCpus": int(lim["cpus"] * 1e9) if lim["cpus"] else 0, "PidsLimit": lim["pids_limit"],
             "Ulimits": [{"Name": u["name"], "Soft": u["soft"], "Hard": u["hard"]} for u in lim["ulimits"]] or None,

@@ -197,7 +197,7 @@ def test_logs_follow_tail_timestamps_and_wait(dk):
     dk.run("restart", "-t", "1", "sleeper")
     assert dk.inspect("sleeper")["State"]["Running"]
     refused = dk.run("rm", "sleeper", check=False)
-    assert refused.returncode != 0 and "is running: stop it first or use rm -f" in refused.stderr
+    assert refused.returncode != 0 and "Stop the container before attempting removal or force remove" in refused.stderr
     assert dk.out("rm", "-f", "sleeper", "counter") == "sleeper\ncounter"
     assert dk.out("ps", "-aq") == ""
 
@@ -250,6 +250,10 @@ def test_load_images_tag_rmi_save(dk, tmp_path):
                              {"Cmd": ["/app/hello"], "Labels": {"made-by": "test"}, "ExposedPorts": {"7000/tcp": {}}},
                              ["example.com/team/app:1"])
     assert dk.out("load", "-i", str(archive)) == "Loaded image: example.com/team/app:1"
+    # a bad archive: the error comes in the stream (as dockerd's), the client prints it and fails
+    (tmp_path / "bad.tar").write_bytes(b"abc")
+    bad = dk.run("load", "-i", str(tmp_path / "bad.tar"), check=False)
+    assert bad.returncode != 0 and "not a tar archive" in bad.stderr
     rows = dk.out("images", "--format", "{{.Repository}}:{{.Tag}}").splitlines()
     assert sorted(rows) == ["busybox:latest", "example.com/team/app:1"]
     img = json.loads(dk.out("image", "inspect", "example.com/team/app:1"))[0]

@@ -165,3 +165,63 @@ def test_labels_top_archive_stdin_and_tty(client):
     assert b"got-word" in got
     ctr.remove(force=True)
     net.remove()
+
+
+def test_what_docker_pys_own_suite_found(client):
+    """Fixes from docker-py's own integration tests (make docker-py-suite)."""
+    api = client.api
+    # kill -9 answers once the container has stopped: exited 137, removable without force
+    ctr = client.containers.run("busybox", ["sleep", "600"], detach=True, name="k")
+    ctr.kill()
+    st = api.inspect_container(ctr.id)["State"]
+    assert (st["Running"], st["ExitCode"]) == (False, 137)
+    ctr.remove()
+    # rm of a running container: 409 in dockerd's words
+    ctr = client.containers.run("busybox", ["sleep", "600"], detach=True, name="r",
+                                tmpfs={"/scratch": "size=3M"})
+    with pytest.raises(APIError) as e:
+        ctr.remove()
+    assert e.value.status_code == 409 and "Stop the container before" in e.value.explanation
+    hc = api.inspect_container(ctr.id)["HostConfig"]
+    assert (hc["Tmpfs"], hc["CgroupnsMode"], hc["Isolation"]) == ({"/scratch": "size=3M"}, "host", "default")
+    # removing a link is a 501, not a 404 that reads as "no such container"
+    with pytest.raises(APIError) as e:
+        api.remove_container(ctr.id + "/lnk", link=True)
+    assert e.value.status_code == 501
+    ctr.remove(force=True)
+    # images by ID: inspect, tag, save; info counts images, not names
+    img = client.images.get("busybox")
+    assert client.images.get(img.id).id == img.id and client.images.get(img.short_id).id == img.id
+    assert api.tag(img.id, "copy", "v1") is True
+    assert "copy:v1" in client.images.get("copy:v1").tags
+    assert client.info()["Images"] == len({i.id for i in client.images.list()}) == 1
+    assert len(b"".join(img.save())) > 100_000     # the archive of the image the ID names
+    with pytest.raises(NotFound):
+        client.images.get("sha256:" + "0" * 64)
+    # swarm: leave off a swarm is dockerd's 503 (leave --force takes it as done), the rest 501
+    assert api.leave_swarm(force=True) is True
+    for call in (lambda: api.init_swarm("127.0.0.1"), lambda: api.inspect_distribution("busybox"),
+                 lambda: api.plugins(), lambda: api.services()):
+        with pytest.raises(APIError) as e:
+            call()
+        assert e.value.status_code == 501 and "not supported by portlink" in e.value.explanation
+
+
+def test_exec_tty_at_create_frames_at_start(client):
+    # create's Tty gives the process a terminal; start's (docker-py: false unless told) the stream's
+    # form: the terminal's output in stdout frames, as dockerd sends it
+    ctr = client.containers.run("busybox", ["sleep", "600"], detach=True, name="t")
+    ex = client.api.exec_create(ctr.id, ["sh", "-c", "tty; echo out"], tty=True)
+    out = client.api.exec_start(ex["Id"])
+    assert out.startswith(b"/dev/pts/") and b"out\r\n" in out
+    assert client.api.exec_inspect(ex["Id"])["ExitCode"] == 0
+    raw = client.api.exec_start(client.api.exec_create(ctr.id, ["echo", "x"], tty=True)["Id"], tty=True)
+    assert raw == b"x\r\n"       # start with Tty: the raw stream
+    ctr.remove(force=True)
+
+
+def test_load_of_a_bad_archive_is_an_error_in_the_stream(client):
+    # as dockerd: 200 and the error in the JSON stream, which docker-py raises as ImageLoadError
+    with pytest.raises(docker.errors.ImageLoadError) as e:
+        client.images.load(b"abc")
+    assert "not a tar archive" in str(e.value)
