@@ -43,6 +43,27 @@ HEADERS = {"Api-Version": API_VERSION, "Docker-Experimental": "false", "Ostype":
            "Server": f"portlink/{__version__} (linux)"}
 
 
+class _Framer:
+    """Log records as Docker's stream: stdout/stderr frames, or one raw stream for
+    a TTY; the streams not asked for (and records after `until_ns`) left out. A
+    line logged in fragments gets its timestamp once (state kept per stream)."""
+
+    def __init__(self, want: set[str], tty: bool, stamps: bool = False, until_ns: int | None = None) -> None:
+        self.want, self.tty, self.stamps, self.until_ns = want, tty, stamps, until_ns
+        self.open_line: dict[str, bool] = {}
+
+    def __call__(self, recs) -> bytes:
+        out = []
+        for rec in recs:
+            first = not self.open_line.get(rec.stream)
+            self.open_line[rec.stream] = rec.partial
+            if rec.stream not in self.want or (self.until_ns is not None and rec.time_ns > self.until_ns):
+                continue
+            text = logfmt.render_text(rec, self.stamps, first)
+            out.append(text if self.tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
+        return b"".join(out)
+
+
 def _gone(r: web.Request) -> bool:
     """The client left: a wait or follow loop ends (aiohttp does not cancel the handler)."""
     return r.transport is None or r.transport.is_closing()
@@ -425,18 +446,7 @@ class DockerApi:
         until_ns = logfmt.parse_since(until) if until not in (None, "", "0") else None
         stamps, follow = _flag(r, "timestamps"), _flag(r, "follow")
         tty = bool(v["config"].get("tty"))      # a TTY's log is one raw stream, as dockerd sends it
-        open_line: dict[str, bool] = {}
-
-        def render(recs) -> bytes:
-            out = []
-            for rec in recs:
-                first = not open_line.get(rec.stream)
-                open_line[rec.stream] = rec.partial
-                if rec.stream not in want or (until_ns is not None and rec.time_ns > until_ns):
-                    continue
-                text = logfmt.render_text(rec, stamps, first)
-                out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
-            return b"".join(out)
+        render = _Framer(want, tty, stamps, until_ns)
 
         reader = logfmt.Reader(Path(v["paths"]["log"]))
         resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "application/vnd.docker.raw-stream"})
@@ -552,17 +562,7 @@ class DockerApi:
         use_stdin = _flag(r, "stdin") and bool(v["config"].get("interactive"))
         want = {s for s in ("stdout", "stderr") if _flag(r, s)}
         reader = logfmt.Reader(Path(v["paths"]["log"]))
-        open_line: dict[str, bool] = {}
-
-        def render(recs) -> bytes:
-            out = []
-            for rec in recs:
-                first = not open_line.get(rec.stream)
-                open_line[rec.stream] = rec.partial
-                if rec.stream in want:
-                    text = logfmt.render_text(rec, False, first)
-                    out.append(text if tty else frame(STDERR if rec.stream == "stderr" else STDOUT, text))
-            return b"".join(out)
+        render = _Framer(want, tty)
 
         try:
             # Attached before the start (a foreground run): the log is made and opened
