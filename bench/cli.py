@@ -17,17 +17,27 @@ containers (`busybox sleep 3600`). Then, against that daemon:
            containers.conf, so it shares nothing with a system podman. Two
            ways: its default bridge network (netavark, inside that namespace:
            like portlink's default network) and `--network none`.
+  docker   `docker run --rm` of the same image (`portlink save` -> `docker
+           load`), same rounds and rotation, against Debian's dockerd 20.10 with
+           its own containerd, sealed in a sandbox (plt-clidkr-*: netns, private
+           mount namespace, its own data-root, exec-root, pidfile and socket; see
+           bench/dockerd_peer.py); default bridge and `--network none`.
+  ps       also `docker ps` and `podman ps`, each with the same number of
+           detached `sleep 3600` containers as portlink's.
 
 Also `python -c pass` with the venv's python: the floor any Python CLI has.
 
 Prints one JSON line. Progress goes to stderr, only when it is a tty. Exit 0
-whether or not the target (ps median <= 100 ms) is met; non-zero on errors.
+whether or not the targets (ps median <= 100 ms; run --rm <= 1/3 of Docker's and
+of Podman's) are met; non-zero on errors.
 
 Safety: nothing runs in the root network namespace except the CLIs, which
 only talk to the daemon's UNIX socket. The sandboxes, containers, podman's
 storage and the temp dir are removed in a finally block (also on error, Ctrl-C
 or SIGTERM), then the root namespace's links, netns list and nftables tables
-are compared with what was there before.
+are compared with what was there before, and its nftables ruleset,
+iptables-save output and forwarding sysctls must be byte-identical (dockerd
+writes iptables rules and sysctls, in its sandbox only).
 
 Run as root:  .venv/bin/python -P bench/cli.py [--rounds 20] [--containers 20]"""
 
@@ -47,11 +57,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from portlink.lab.rootcheck import RootState
-from portlink.lab.sandbox import VENV_BIN, Namespace, SimHost, unmount_under
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dockerd_peer import DockerPeer, DockerPeerError, RootRules  # noqa: E402
+
+from portlink.lab.rootcheck import RootState  # noqa: E402
+from portlink.lab.sandbox import VENV_BIN, Namespace, SimHost, unmount_under  # noqa: E402
 
 TARGET_PS_MS = 100
+TARGET_RUN_RM_RATIO = 1 / 3          # portlink's run --rm at most a third of Docker's and Podman's
 PODMAN_IMAGE = "localhost/plt-clibench-busybox"
+DOCKER_IMAGE = "plt-clibench/busybox"
 
 
 def progress(msg: str) -> None:
@@ -134,7 +150,15 @@ class Podman:
         return errors
 
 
-def measure(a: argparse.Namespace, h: SimHost, pod: Podman, deadline: float) -> dict:
+def docker_run_rm_argv(dk: DockerPeer, network: str) -> list[str]:
+    return dk.argv("run", "--rm", "--pull", "never", "--network", network, DOCKER_IMAGE, "true")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def measure(a: argparse.Namespace, h: SimHost, pod: Podman, dk: DockerPeer, deadline: float) -> dict:
     env = {**os.environ, "PORTLINK_HOST": h.socket}
     portlink = str(VENV_BIN / "portlink")
     stopped_early = False
@@ -144,28 +168,35 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, deadline: float) -> 
         p = h.cli("run", "-d", "--name", f"clib{i}", "busybox", "sleep", "3600")
         if p.returncode != 0:
             raise BenchError(f"portlink run -d failed: {p.stderr.strip()}")
+        pod.run("run", "-d", *pod.ulimits, "--name", f"clib{i}", PODMAN_IMAGE, "sleep", "3600")
+        dk.docker("run", "-d", "--pull", "never", "--name", f"clib{i}", DOCKER_IMAGE, "sleep", "3600")
 
     # warm-up, untimed: page cache, the daemon's first requests, podman's network, and
     # the CLI's bytecode cache, as a user's first run (or pip, at install) writes it:
     # the environment may set PYTHONDONTWRITEBYTECODE, and then every timed run would
     # compile portlink's modules from source. The timed runs keep the environment as is.
     warm_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    envs = {portlink: warm_env, pod.base[0]: pod.env, dk.argv()[0]: dk.env}
     for argv in ([portlink, "ps"], [portlink, "run", "--rm", "busybox", "true"],
-                 pod.run_rm_argv("bridge"), pod.run_rm_argv("none")):
-        _, p = timed(argv, warm_env if argv[0] == portlink else pod.env)
+                 pod.run_rm_argv("bridge"), pod.run_rm_argv("none"), pod.cmd("ps"),
+                 docker_run_rm_argv(dk, "bridge"), docker_run_rm_argv(dk, "none"), dk.argv("ps")):
+        _, p = timed(argv, envs[argv[0]])
         if p.returncode != 0:
             raise BenchError(f"{' '.join(argv[-6:])} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
 
-    floor, ps = [], []
-    progress(f"portlink ps x {a.rounds}")
+    floor, ps, pod_ps, dk_ps = [], [], [], []
+    progress(f"ps x {a.rounds}: portlink, podman, docker")
     for i in range(a.rounds):
         if time.monotonic() > deadline:
             stopped_early = True
             break
-        dt, p = timed([portlink, "ps"], env)
-        if p.returncode != 0 or len(p.stdout.splitlines()) != a.containers + 1:
-            raise BenchError(f"portlink ps: exit {p.returncode}, {len(p.stdout.splitlines())} lines: {p.stderr.strip()}")
-        ps.append(dt)
+        for name, argv, e, out in (("portlink", [portlink, "ps"], env, ps), ("podman", pod.cmd("ps"), pod.env, pod_ps),
+                                   ("docker", dk.argv("ps"), dk.env, dk_ps)):
+            dt, p = timed(argv, e)
+            if p.returncode != 0 or len(p.stdout.splitlines()) != a.containers + 1:
+                raise BenchError(f"{name} ps: exit {p.returncode}, {len(p.stdout.splitlines())} lines: "
+                                 f"{p.stderr.strip()[-500:]}")
+            out.append(dt)
         dt, p = timed([str(VENV_BIN / "python"), "-c", "pass"])
         floor.append(dt)
 
@@ -173,6 +204,8 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, deadline: float) -> 
         "portlink": ([portlink, "run", "--rm", "busybox", "true"], env),
         "podman": (pod.run_rm_argv("bridge"), pod.env),
         "podman_none": (pod.run_rm_argv("none"), pod.env),
+        "docker": (docker_run_rm_argv(dk, "bridge"), dk.env),
+        "docker_none": (docker_run_rm_argv(dk, "none"), dk.env),
     }
     times: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
@@ -191,10 +224,12 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, deadline: float) -> 
     left = h.client.get("/containers", all="1")
     if len(left) != a.containers:
         raise BenchError(f"{len(left)} containers after the run --rm rounds, expected {a.containers}")
-    if pod.run("ps", "-aq").strip():
+    if len(pod.run("ps", "-aq").split()) != a.containers:
         raise BenchError("podman containers left after run --rm")
+    if len(dk.docker("ps", "-aq").stdout.split()) != a.containers:
+        raise BenchError("docker containers left after run --rm")
 
-    pl, pm = _ms(times["portlink"]), _ms(times["podman"])
+    pl, pm, dm = _ms(times["portlink"]), _ms(times["podman"]), _ms(times["docker"])
     return {
         "bench": "cli",
         "containers": a.containers,
@@ -208,9 +243,22 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, deadline: float) -> 
         "podman_run_rm_median_ms": pm,
         "podman_run_rm_p90_ms": _p90_ms(times["podman"]),
         "podman_run_rm_network_none_median_ms": _ms(times["podman_none"]),
-        "ratio_run_rm": round(pl / pm, 3) if pl and pm else None,
+        "docker_run_rm_median_ms": dm,
+        "docker_run_rm_p90_ms": _p90_ms(times["docker"]),
+        "docker_run_rm_network_none_median_ms": _ms(times["docker_none"]),
+        "podman_ps_median_ms": _ms(pod_ps),
+        "docker_ps_median_ms": _ms(dk_ps),
+        "docker_version": dk.docker("version", "--format", "{{.Server.Version}}").stdout.strip(),
+        "ratio_run_rm": _ratio(pl, pm),
+        "ratio_run_rm_vs_docker": _ratio(pl, dm),
+        "ratio_run_rm_network_none_vs_docker": _ratio(pl, _ms(times["docker_none"])),
+        "ratio_ps_vs_podman": _ratio(_ms(ps), _ms(pod_ps)),
+        "ratio_ps_vs_docker": _ratio(_ms(ps), _ms(dk_ps)),
         "target_ps_median_ms": TARGET_PS_MS,
-        "met": {"ps": bool(ps) and _ms(ps) <= TARGET_PS_MS},
+        "target_run_rm_ratio_max": round(TARGET_RUN_RM_RATIO, 3),
+        "met": {"ps": bool(ps) and _ms(ps) <= TARGET_PS_MS,
+                "run_rm_vs_docker": bool(pl and dm) and pl <= dm * TARGET_RUN_RM_RATIO,
+                "run_rm_vs_podman": bool(pl and pm) and pl <= pm * TARGET_RUN_RM_RATIO},
         "stopped_early": stopped_early,
         "loadavg": os.getloadavg()[0],
     }
@@ -228,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= a.rounds <= 1000 or not 0 <= a.containers <= 500:
         warn("--rounds must be 1 to 1000 and --containers 0 to 500")
         return 2
-    for tool in ("podman", "runc", "nsenter", "ip", "nft", "tar"):
+    for tool in ("podman", "runc", "nsenter", "unshare", "ip", "nft", "tar"):
         if shutil.which(tool) is None:
             warn(f"{tool} not found: run scripts/setup")
             return 2
 
     root_before = RootState.read()
+    rules_before = RootRules.read()
     deadline = time.monotonic() + a.max_seconds
 
     def on_term(signum, frame):
@@ -242,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     h: SimHost | None = None
     pod_ns: Namespace | None = None
     pod: Podman | None = None
+    dk: DockerPeer | None = None
     tmp = tempfile.mkdtemp(prefix="plt-clibench-", dir="/tmp")
     made_ns: list[str] = []
     rc, doc, errors = 0, None, []
@@ -259,15 +309,24 @@ def main(argv: list[str] | None = None) -> int:
         tarball = os.path.join(tmp, "busybox.tar")
         _sh("tar", "--numeric-owner", "-C", str(rootfs), "-cf", tarball, ".")
         pod.run("import", "--change", "CMD=/bin/sh", tarball, PODMAN_IMAGE)
-        doc = measure(a, h, pod, deadline)
+        # and for docker, portlink's image as a docker-save archive
+        archive = os.path.join(tmp, "busybox-docker.tar")
+        h.cli("save", "-o", archive, "busybox", check=True)
+        progress("starting the sandboxed dockerd")
+        dk = DockerPeer.start("clidkr")
+        made_ns.append(dk.ns.name)
+        dk.load(archive, DOCKER_IMAGE)
+        doc = measure(a, h, pod, dk, deadline)
     except KeyboardInterrupt:
         warn("interrupted; cleaning up")
         rc = 130
-    except (BenchError, RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+    except (BenchError, DockerPeerError, RuntimeError, subprocess.TimeoutExpired, OSError) as e:
         warn(str(e))
         rc = 1
     finally:
         with contextlib.suppress(KeyboardInterrupt):
+            if dk is not None:
+                errors += dk.close()
             if pod is not None:
                 errors += pod.cleanup()
             if pod_ns is not None:
@@ -280,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     leaks = [f"cleanup: {e}" for e in errors]
     leaks += root_before.leaks(lambda n: n in made_ns, tmp)
+    leaks += rules_before.changes()
     for l in leaks:
         warn("LEAK CHECK: " + l)
     if rc:

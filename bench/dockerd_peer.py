@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from portlink.lab.sandbox import Namespace, sh
+from portlink.lab.sandbox import Namespace
 
 DOCKERD = "/usr/sbin/dockerd"
 CONTAINERD = "/usr/bin/containerd"
