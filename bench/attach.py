@@ -21,6 +21,23 @@ All N containers are attached first, then all detached: the median attach time
 of the first 20 against the last 20 shows any per-container growth in firewall
 cost.
 
+  docker    Debian's dockerd 20.10 (its own containerd, runc), sealed in a
+            sandbox by bench/dockerd_peer.py (plt-attdkr-* netns, private mount
+            namespace, its own data-root, exec-root, pidfile, socket; iptables on,
+            in that namespace only), with portlink's busybox image `docker load`ed
+            (`portlink save` from a sandbox host plt-attpl-* with its portlinkd).
+            Two figures, after the two sides above:
+            - attach alone: --docker-count running containers (`sleep 3600`,
+              default bridge) are each connected to a user network
+              (POST /networks/<id>/connect through docker-py on the socket), all
+              first, then each disconnected; the same medians as above. Docker
+              publishes no port on connect (ports are fixed at create), so this
+              is less work than either side above does.
+            - `run --rm busybox true` end to end with the CLIs, --rounds rounds,
+              order rotated each round: portlink (its default bridge network and
+              `--network none`) against docker (the same two). bridge minus none
+              is what the network costs inside a run.
+
 Safety: nothing runs in the machine's root network namespace. The script makes
 one sandbox namespace per side (`ip netns add plt-bench-<hex>-<side>`) and
 re-executes itself inside it with nsenter (`--inner`); the inner process refuses
@@ -50,7 +67,14 @@ import tempfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from portlink.lab.rootcheck import RootState
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dockerd_peer import DockerPeer, DockerPeerError, RootRules  # noqa: E402
+
+from portlink.lab.rootcheck import RootState  # noqa: E402
+from portlink.lab.sandbox import VENV_BIN, SimHost  # noqa: E402
 
 NETAVARK = "/usr/lib/podman/netavark"
 SUBNET = IPv4Network("10.99.0.0/16")
@@ -60,6 +84,9 @@ BASE_PORT = 8080
 CONTAINER_PORT = 80
 WINDOW = 20                     # first/last attaches compared for growth
 TARGET_RATIO = 10
+TARGET_RUN_RM_RATIO = 1 / 3     # portlink's run --rm at most a third of Docker's (issue 18)
+DOCKER_IMAGE = "plt-attach/busybox"
+DOCKER_NETWORK = "plt-attach-net"
 TARGET_GROWTH = 1.5
 SIDES = ("portlink", "netavark")
 DETACH_GRACE = 120              # seconds past the deadline the detach loop may run
@@ -428,6 +455,120 @@ def summarize(res: dict) -> dict:
     }
 
 
+# ---------------------------------------------------------------- docker side
+
+def _timed(argv: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise BenchError(f"{' '.join(argv[-6:])} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+    return dt
+
+
+def docker_connect_disconnect(dk: DockerPeer, count: int, deadline: float) -> dict:
+    """`count` running containers connected to a user network, all first, then
+    each disconnected, timed around each API call."""
+    api = dk.api.api                       # docker-py's low-level client: one request each
+    net = api.create_network(DOCKER_NETWORK, driver="bridge")["Id"]
+    ids = []
+    for i in range(count):
+        if time.monotonic() > deadline:
+            break
+        ids.append(dk.docker("run", "-d", "--pull", "never", "--name", f"plt-att{i}", DOCKER_IMAGE,
+                             "sleep", "3600").stdout.strip())
+    # untimed warm-up: the network's bridge and rules exist before timing, as on the other sides
+    api.connect_container_to_network(ids[0], net)
+    api.disconnect_container_from_network(ids[0], net)
+    attach_s, detach_s, stopped = [], [], len(ids) < count
+    for n, cid in enumerate(ids):
+        if time.monotonic() > deadline:
+            stopped = True
+            break
+        t0 = time.perf_counter()
+        api.connect_container_to_network(cid, net)
+        attach_s.append(time.perf_counter() - t0)
+        if n in (0, len(ids) - 1):     # untimed check: the container really has an address there
+            if not dk.container_ip(cid, DOCKER_NETWORK):
+                raise BenchError(f"docker container {cid[:12]} has no address on {DOCKER_NETWORK}")
+    for cid in ids[:len(attach_s)]:
+        t0 = time.perf_counter()
+        api.disconnect_container_from_network(cid, net)
+        detach_s.append(time.perf_counter() - t0)
+    dk.docker("rm", "-f", *ids, timeout=300)
+    return {"attach_s": attach_s, "detach_s": detach_s, "stopped_early": stopped}
+
+
+def run_rm_rounds(h: SimHost, dk: DockerPeer, rounds: int, deadline: float) -> tuple[dict, bool]:
+    pl_env = {**os.environ, "PORTLINK_HOST": h.socket}
+    portlink = str(VENV_BIN / "portlink")
+    sides = {
+        "portlink": ([portlink, "run", "--rm", "busybox", "true"], pl_env),
+        "portlink_none": ([portlink, "run", "--rm", "--network", "none", "busybox", "true"], pl_env),
+        "docker": (dk.argv("run", "--rm", "--pull", "never", DOCKER_IMAGE, "true"), dk.env),
+        "docker_none": (dk.argv("run", "--rm", "--pull", "never", "--network", "none", DOCKER_IMAGE, "true"),
+                        dk.env),
+    }
+    # warm-up, untimed (page cache, bytecode cache, the daemons' first requests)
+    warm = {k: v for k, v in pl_env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for argv, env in sides.values():
+        _timed(argv, warm if env is pl_env else env)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    order, stopped = list(sides), False
+    for i in range(rounds):
+        if time.monotonic() > deadline:
+            stopped = True
+            break
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            argv, env = sides[name]
+            times[name].append(_timed(argv, env))
+    return times, stopped
+
+
+def run_docker(args: argparse.Namespace, deadline: float) -> dict:
+    h: SimHost | None = None
+    dk: DockerPeer | None = None
+    errors: list[str] = []
+    try:
+        progress("docker: a portlink host for the image and run --rm, and the sandboxed dockerd")
+        h = SimHost.start("attpl")
+        dk = DockerPeer.start("attdkr")
+        archive = str(dk.workdir / "busybox.tar")
+        h.cli("save", "-o", archive, "busybox", check=True)
+        dk.load(archive, DOCKER_IMAGE)
+        progress(f"docker: network connect/disconnect of {args.docker_count} containers")
+        cd = docker_connect_disconnect(dk, args.docker_count, deadline)
+        progress(f"docker: run --rm x {args.rounds}")
+        times, stopped = run_rm_rounds(h, dk, args.rounds, deadline)
+        version = dk.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    finally:
+        if dk is not None:
+            errors += dk.close()
+        if h is not None:
+            errors += h.destroy()
+    if errors:
+        raise BenchError("docker side teardown: " + "; ".join(errors))
+    med = {k: _ms(_median(v)) for k, v in times.items()}
+    ratio = lambda a, b: round(a / b, 3) if a and b else None
+    return {
+        "version": version,
+        "network_connect_disconnect": summarize(cd),
+        "run_rm": {
+            "rounds": len(times["docker"]),
+            "portlink_median_ms": med["portlink"], "portlink_p90_ms": _ms(_p90(times["portlink"])),
+            "portlink_network_none_median_ms": med["portlink_none"],
+            "docker_median_ms": med["docker"], "docker_p90_ms": _ms(_p90(times["docker"])),
+            "docker_network_none_median_ms": med["docker_none"],
+            "portlink_network_share_ms": round(med["portlink"] - med["portlink_none"], 3)
+            if med["portlink"] and med["portlink_none"] else None,
+            "docker_network_share_ms": round(med["docker"] - med["docker_none"], 3)
+            if med["docker"] and med["docker_none"] else None,
+            "ratio_portlink_over_docker": ratio(med["portlink"], med["docker"]),
+            "stopped_early": stopped,
+        },
+    }
+
+
 def run_outer(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         warn("needs root (network namespaces, bridges, firewall)")
@@ -442,8 +583,12 @@ def run_outer(args: argparse.Namespace) -> int:
     if not 1 <= args.count <= 5000:
         warn("--count must be between 1 and 5000")
         return 2
+    if not (1 <= args.docker_count <= 500 and 1 <= args.rounds <= 200):
+        warn("--docker-count must be 1 to 500 and --rounds 1 to 200")
+        return 2
 
     root_before = RootState.read()
+    rules_before = RootRules.read()
     run = secrets.token_hex(4)
     here = os.path.abspath(__file__)
     repo = os.path.dirname(os.path.dirname(here))
@@ -452,6 +597,7 @@ def run_outer(args: argparse.Namespace) -> int:
     sandboxes: list[str] = []
     results: dict[str, dict] = {}
     proc: subprocess.Popen | None = None
+    docker_doc: dict | None = None
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -486,10 +632,12 @@ def run_outer(args: argparse.Namespace) -> int:
             proc = None
             _sh("ip", "netns", "del", ns)
             sandboxes.remove(ns)
+        if not args.no_docker:
+            docker_doc = run_docker(args, time.monotonic() + args.docker_seconds)
     except KeyboardInterrupt:
         warn("interrupted; cleaning up")
         rc = 130
-    except BenchError as e:
+    except (BenchError, DockerPeerError, RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         warn(str(e))
         rc = 1
     finally:
@@ -503,7 +651,8 @@ def run_outer(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
     # The root namespace must look as it did before.
-    leaks = root_before.leaks(lambda n: run in n, tmp)
+    leaks = root_before.leaks(lambda n: run in n or n.startswith(("plt-attpl-", "plt-attdkr-")), tmp)
+    leaks += rules_before.changes()
     for l in leaks:
         warn("LEAK CHECK: " + l)
     if rc:
@@ -525,6 +674,15 @@ def run_outer(args: argparse.Namespace) -> int:
         "met": {"ratio": ratio is not None and ratio >= TARGET_RATIO,
                 "growth": pl["growth"] is not None and pl["growth"] <= TARGET_GROWTH},
     }
+    if docker_doc is not None:
+        dkm = docker_doc["network_connect_disconnect"]["attach_detach_median_ms"]
+        rr = docker_doc["run_rm"]["ratio_portlink_over_docker"]
+        doc["docker"] = docker_doc
+        doc["ratio_docker_connect_disconnect_over_portlink"] = (
+            round(dkm / pl["attach_detach_median_ms"], 2) if dkm and pl["attach_detach_median_ms"] else None)
+        doc["targets"]["run_rm_ratio_max"] = round(TARGET_RUN_RM_RATIO, 3)
+        doc["met"]["run_rm_vs_docker"] = rr is not None and rr <= TARGET_RUN_RM_RATIO
+    doc["loadavg"] = os.getloadavg()[0]
     sys.stdout.write(json.dumps(doc) + "\n")
     sys.stdout.flush()
     return 0
@@ -536,6 +694,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="overall time budget; the loops stop and report what they have (default 300)")
     ap.add_argument("--profile", action="store_true", help="cProfile portlink's attach/detach (to stderr)")
+    ap.add_argument("--no-docker", action="store_true", help="skip the Docker side")
+    ap.add_argument("--docker-count", type=int, default=20,
+                    help="running Docker containers connected and disconnected (default 20)")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of run --rm, portlink and docker (default 10)")
+    ap.add_argument("--docker-seconds", type=float, default=300.0,
+                    help="time budget of the Docker side, after --max-seconds (default 300)")
     ap.add_argument("--inner", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=300.0, help=argparse.SUPPRESS)
     ap.add_argument("--run", default="", help=argparse.SUPPRESS)
