@@ -13,6 +13,12 @@ from portlink.errors import InvalidArgument, PortlinkError
 from portlink.runtime import events, logfmt
 from portlink.runtime.api_json import img_json
 
+# A followed log polls for new output and the end every 50 ms, but starts at 5 ms
+# and doubles: a short-lived container (`run --rm busybox true`) is seen to end
+# within a few ms instead of a full poll later; a long one costs the same.
+FOLLOW_FIRST_POLL = 0.005
+FOLLOW_POLL = 0.05
+
 
 async def import_with_progress(api, r: web.Request, path, name) -> web.StreamResponse:
     """JSON lines: {"progress": [bytes read, total]} as the import goes, then
@@ -93,6 +99,7 @@ async def logs_stream(api, r: web.Request, info: dict) -> web.StreamResponse:
         data = await api.call(lambda: render(reader.read_existing(tail, since)))   # off the event loop
         for i in range(0, len(data), 1 << 20):
             await resp.write(data[i:i + (1 << 20)])
+        pause = FOLLOW_FIRST_POLL
         while follow:
             now = api.host.records.get(info["id"])
             running = now is not None and now.status == "running"
@@ -103,7 +110,8 @@ async def logs_stream(api, r: web.Request, info: dict) -> web.StreamResponse:
                 await resp.write(render(new))
             if not running:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, FOLLOW_POLL)
     finally:
         reader.close()
     await resp.write_eof()
