@@ -40,6 +40,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,13 @@ def _ns_inode(pid: int, kind: str) -> int | None:
         return None
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _stop(proc: subprocess.Popen, what: str, grace: float = 20.0) -> str | None:
     """Our own child, by its pid: SIGTERM, then SIGKILL; an error string or None."""
     if proc.poll() is not None:
@@ -171,8 +179,7 @@ class DockerPeer:
     def __exit__(self, *exc) -> None:
         errors = self.close()
         if errors:
-            print(f"dockerd_peer: teardown: {'; '.join(errors)}", flush=True,
-                  file=__import__("sys").stderr)
+            print(f"dockerd_peer: teardown: {'; '.join(errors)}", flush=True, file=sys.stderr)
 
     def _in_mnt(self, *argv: str) -> list[str]:
         assert self.holder is not None
@@ -319,20 +326,31 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             errors.append(f"{self.workdir} still exists")
         return errors
 
+    def _in_our_cgroup(self, pid: int) -> bool:
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return False
+        return any(line.split(":", 2)[-1].startswith(f"{self.cgroup_parent}/") for line in text.splitlines())
+
     def _end_leftovers(self) -> list[str]:
-        """Processes still in our private mount namespace other than the holder (shims,
-        container processes): all descend from what this module started."""
+        """Processes still in our private mount namespace other than the holder (shims),
+        or in our cgroup parent (containers' processes, which have mount namespaces of
+        their own): all descend from what this module started."""
         mnt = _ns_inode(self.holder.pid, "mnt")
-        if mnt is None or mnt == _ns_inode(os.getpid(), "mnt"):
-            return []
+        if mnt == _ns_inode(os.getpid(), "mnt"):
+            mnt = None
         left = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != self.holder.pid
-                and _ns_inode(int(p), "mnt") == mnt]
+                and ((mnt is not None and _ns_inode(int(p), "mnt") == mnt) or self._in_our_cgroup(int(p)))]
         errors = [f"left in the sandbox after dockerd and containerd stopped: pid {p} "
                   f"({Path(f'/proc/{p}/comm').read_text().strip() if os.path.exists(f'/proc/{p}/comm') else '?'})"
                   for p in left]
         for p in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+        deadline = time.monotonic() + 10      # gone (or a zombie) before the cgroups are removed
+        while time.monotonic() < deadline and any(_running(p) for p in left):
+            time.sleep(0.05)
         return errors
 
     def _remove_cgroups(self) -> list[str]:

@@ -5,6 +5,7 @@ its sandbox, runs portlink's busybox without a registry, and leaves nothing."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def test_docker_peer_bad_storage_driver_fails_clearly_and_leaves_nothing():
         peer_mod.DockerPeer.start("testdkr", storage_driver="plt-no-such-driver")
     assert {n for n in set(os.listdir("/tmp")) - before if n.startswith("plt-testdkr-")} == set()
     assert netns() == ns_before
+
+
+def test_docker_peer_close_after_its_daemons_were_killed_leaves_nothing(nft_host):
+    """dockerd and containerd killed while a container runs (as a crash would): close()
+    still ends the shim and the container's processes (found by mount namespace and
+    cgroup), says so, and removes the cgroups, the namespace and the dir."""
+    archive = nft_host.workdir / "busybox-docker.tar"
+    nft_host.cli("save", "-o", str(archive), "busybox", check=True)
+    d = peer_mod.DockerPeer.start("testdkr")
+    try:
+        d.load(str(archive), "plt-test/busybox")
+        d.docker("run", "-d", "--pull", "never", "--name", "orphan", "plt-test/busybox", "sleep", "600")
+        init = d.container_pid("orphan")
+        for proc in (d.dockerd, d.containerd):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        assert os.path.exists(f"/proc/{init}")        # the container outlives its daemons
+    finally:
+        errors = d.close()
+    assert any(f"pid {init} " in e for e in errors), errors
+    assert all(e.startswith("left in the sandbox") for e in errors), errors
+    assert not os.path.exists(f"/proc/{init}") or open(f"/proc/{init}/stat").read().split(") ")[1][0] == "Z"
+    assert not (peer_mod.CGROUP_ROOT / "memory" / d.ns.name).exists()
+    assert not Path(d.ns.path).exists() and not d.workdir.exists()
