@@ -24,8 +24,8 @@ The sandbox:
   sandbox has no route out (checked), so the embedded DNS cannot forward anywhere.
 
 `close()` removes containers through the API, stops dockerd and then containerd by
-their pids (SIGTERM, then SIGKILL), ends any process left in the mount namespace
-(all started by this module), the holder, the cgroups, the netns and the work dir;
+their pids (SIGTERM, then SIGKILL), ends any process left in the mount namespace or
+the cgroup parent (all started by this module), the holder, the cgroups, the netns and the work dir;
 errors are collected and returned, never raised halfway. `RootRules` reads the root
 namespace's nftables ruleset, iptables-save output and the sysctls dockerd writes,
 so a bench can assert they are byte-identical after the run.
