@@ -224,10 +224,9 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, dk: DockerPeer, dead
     left = h.client.get("/containers", all="1")
     if len(left) != a.containers:
         raise BenchError(f"{len(left)} containers after the run --rm rounds, expected {a.containers}")
-    if len(pod.run("ps", "-aq").split()) != a.containers:
-        raise BenchError("podman containers left after run --rm")
-    if len(dk.docker("ps", "-aq").stdout.split()) != a.containers:
-        raise BenchError("docker containers left after run --rm")
+    for name, ids in (("podman", pod.run("ps", "-aq").split()), ("docker", dk.docker("ps", "-aq").stdout.split())):
+        if len(ids) != a.containers:
+            raise BenchError(f"{len(ids)} {name} containers after the run --rm rounds, expected {a.containers}")
 
     pl, pm, dm = _ms(times["portlink"]), _ms(times["podman"]), _ms(times["docker"])
     return {
