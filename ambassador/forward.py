@@ -12,6 +12,12 @@ greeting) is held the same way.
 Half-close: an EOF from one side becomes write_eof on the other; the pair is
 closed once both directions have ended (or either socket is lost).
 
+Plaintext pairs leave this path once paired: both transports are paused and
+ambassador/splice.py moves the bytes socket -> pipe -> socket in the kernel,
+with the same counting, half-close, backpressure and close semantics (see
+Connection.pair). Pairs over TLS, and a pair whose transports still hold bytes
+when it is made, stay here.
+
 TLS (ambassador/tls.py) hooks in at two points and changes nothing else: a
 listener's `tls_in` upgrades and authorizes an accepted client before any
 backend is dialled; its `tls_out` gives the TLS options of each backend dial
@@ -21,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import types
 from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
+from portlink.ambassador import splice as kernel
 from portlink.ambassador.warm import CLAIM, WarmPool
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
@@ -172,6 +180,7 @@ class Connection:
         self._linger: asyncio.TimerHandle | None = None
         self._preamble: tuple[int, asyncio.Future] | None = None   # (bytes awaited, future) before pairing
         self._grace: asyncio.TimerHandle | None = None   # see EOF_GRACE
+        self.splice: kernel.Spliced | None = None         # the plaintext kernel path, once handed over
 
     def __repr__(self) -> str:
         return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
@@ -356,6 +365,55 @@ class Connection:
             self.client.write_eof()
         if side.lost or self.client.lost or (self.client.eof and side.eof):
             self.close()
+        elif self.listener.splice and not (self.client.tls or side.tls or self.client.eof or side.eof
+                                            or self.closing):
+            self._hand_to_kernel()
+
+    def _hand_to_kernel(self) -> None:
+        """Move a plaintext pair to ambassador/splice.py. Only with empty write buffers
+        (what pair() just wrote went out whole, the usual case), so bytes keep their
+        order; otherwise, or if the sockets cannot be duplicated, the pair stays here."""
+        client, up = self.client, self.upstream
+        if client.transport.get_write_buffer_size() or up.transport.get_write_buffer_size():
+            return
+        socks = []
+        try:
+            for side in (client, up):
+                raw = side.transport.get_extra_info("socket")
+                socks.append(socket.fromfd(raw.fileno(), raw.family, socket.SOCK_STREAM))
+        except (OSError, AttributeError) as e:
+            for s in socks:
+                s.close()
+            log.debug("port %d: staying on the transport path: %s", self.listener.port, e)
+            return
+        client.transport.pause_reading()
+        up.transport.pause_reading()
+        metrics, port, label = self.listener.metrics, self.listener.port, self.backend.label
+
+        def count_up(n: int) -> None:
+            self.to_backend += n
+            metrics.to_backend(port, label, n)
+
+        def count_down(n: int) -> None:
+            self.to_client += n
+            metrics.to_client(port, label, n)
+
+        def high(n: int) -> None:
+            if n > self.max_buffered:
+                self.max_buffered = n
+
+        def eof(i: int) -> None:
+            (client if i == 0 else up).eof = True
+
+        def closed() -> None:        # the pipes are written: the transports go (connection_lost follows)
+            client.close()
+            up.close()
+
+        self.splice = kernel.Spliced(self.listener.poller(), socks[0], socks[1], count_up, count_down,
+                                     (client.blocked, up.blocked), pipe_size=self.listener.pipe_size,
+                                     on_high=high, on_eof=eof, on_done=self.close,
+                                     on_error=lambda _e: self.abort(), on_closed=closed)
+        self.splice.start()
 
     # -- ending ----------------------------------------------------------------------
 
@@ -379,6 +437,9 @@ class Connection:
             self._linger = asyncio.get_running_loop().call_later(self.listener.linger, self.abort)
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
+        if self.splice is not None and not self.splice.released:
+            self.splice.close()        # its on_closed closes the transports once the pipes are written
+            return
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -386,6 +447,8 @@ class Connection:
 
     def abort(self) -> None:
         self.closing = True
+        if self.splice is not None:
+            self.splice.release()
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
         self.client.abort()
@@ -425,7 +488,8 @@ class Listener:
                  policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
                  low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
-                 tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE) -> None:
+                 tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE,
+                 splice: bool | None = None, pipe_size: int = kernel.PIPE_SIZE) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -442,6 +506,10 @@ class Listener:
         self.eof_grace = eof_grace
         self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
         self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
+        # Plaintext pairs go to the kernel path (ambassador/splice.py) unless told otherwise.
+        self.splice = kernel.available() if splice is None else (splice and kernel.available())
+        self.pipe_size = pipe_size
+        self._poller: kernel.Poller | None = None
         warm = getattr(tls_out, "warm", 0)
         self.warm = WarmPool(self, tls_out, warm) if warm else None   # handshakes ahead of clients
         self.connections: set[Connection] = set()
@@ -482,6 +550,11 @@ class Listener:
         finally:
             conn.connecting = False
             conn._maybe_finish()
+
+    def poller(self) -> kernel.Poller:
+        if self._poller is None:
+            self._poller = kernel.Poller(asyncio.get_running_loop())
+        return self._poller
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -550,6 +623,9 @@ class Listener:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
             except asyncio.TimeoutError:
                 pass
+        if self._poller is not None and not self.connections:
+            self._poller.close()
+            self._poller = None
 
 
 @types.coroutine
