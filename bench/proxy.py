@@ -10,6 +10,7 @@ Topology (one namespace plt-proxy-*, loopback only; nothing in the root namespac
   haproxy     :15203 -> 5201, :16203 -> 7000   mode tcp, nbthread 1 (like the ambassador: one thread)
   haproxy_mt  :15204 -> 5201, :16204 -> 7000   the same config with HAProxy's default threads
   haproxy_tuned :15205 -> 5201, :16205 -> 7000 nbthread 1, tune.bufsize 256 KiB, option splice-auto
+  ambassador_copy :15206 -> 5201, :16206 -> 7000  the ambassador with --no-splice (bytes through Python)
 
 Throughput: `iperf3 -c 127.0.0.1 -p PORT -t SECONDS -J` through each path (direct = 5201),
 the paths rotated every round, --rounds rounds; the figure is the median Gbit/s
@@ -54,6 +55,7 @@ PATHS = {              # name -> (throughput port, latency port)
     "haproxy": (15203, 16203),
     "haproxy_mt": (15204, 16204),
     "haproxy_tuned": (15205, 16205),
+    "ambassador_copy": (15206, 16206),
 }
 HAPROXIES = {"haproxy": {"nbthread": 1}, "haproxy_mt": {"nbthread": None},
              "haproxy_tuned": {"nbthread": 1, "tuned": True}}
@@ -269,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"namespace {ns.name}, temp dir {tmp}")
         start("iperf3_server", "iperf3", "-s", "-p", str(IPERF_PORT), "-B", "127.0.0.1")
         start("echo", PY, "-P", str(HERE), "--echo-server", str(ECHO_PORT))
-        start("ambassador", PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1",
-              "--listen", str(PATHS["ambassador"][0]), "--listen", str(PATHS["ambassador"][1]),
-              "--backend", f"{PATHS['ambassador'][0]}=127.0.0.1:{IPERF_PORT}",
-              "--backend", f"{PATHS['ambassador'][1]}=127.0.0.1:{ECHO_PORT}")
+        for name, extra in (("ambassador", ()), ("ambassador_copy", ("--no-splice",))):
+            if name in paths:
+                tp, lp = PATHS[name]
+                start(name, PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1", *extra,
+                      "--listen", str(tp), "--listen", str(lp),
+                      "--backend", f"{tp}=127.0.0.1:{IPERF_PORT}", "--backend", f"{lp}=127.0.0.1:{ECHO_PORT}")
         for port, target in zip(PATHS["socat"], (IPERF_PORT, ECHO_PORT)):
             if "socat" in paths:
                 start(f"socat_{port}", "socat", f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         lat: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}
         p99_rounds: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}
         lat_errors: dict[str, int] = {p: 0 for p in paths}
-        cpu_pid = {name: procs[name].pid for name in ("ambassador", *HAPROXIES) if name in procs}
+        cpu_pid = {name: procs[name].pid for name in ("ambassador", "ambassador_copy", *HAPROXIES) if name in procs}
 
         def iperf(port: int) -> dict:
             last = ""
@@ -372,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         out = {name: side(name) for name in paths}
         out["ambassador"]["threads"] = "1 (single-threaded Python asyncio" + (
             ", uvloop)" if _has_uvloop() else ")")
+        out["ambassador"]["data_path"] = "splice(2) socket -> pipe -> socket (ambassador/splice.py)"
+        if "ambassador_copy" in out:
+            out["ambassador_copy"]["data_path"] = "--no-splice: asyncio transports, bytes through Python"
         for name, how in HAPROXIES.items():
             if name in out:
                 out[name]["nbthread"] = how["nbthread"] or f"default ({os.cpu_count()} CPUs)"
@@ -397,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["cpu_s_per_gbit"] = ratio(amb.get("cpu_s_per_gbit"), other["cpu_s_per_gbit"])
             return r
 
-        ratios = {peer: vs(peer) for peer in ("direct", *HAPROXIES) if peer in out}
+        ratios = {peer: vs(peer) for peer in ("direct", *HAPROXIES, "ambassador_copy") if peer in out}
         by_mode = {label: ratios.get("haproxy", {}).get(f"added_p99_{label}")
                    for label in ("one_connection", "connect_per_request")}
         worst = [v for v in by_mode.values() if v is not None]
