@@ -728,6 +728,8 @@ class Ambassador:
                 "cooling": [b.label for b in pool.backends if pool.cooling(b)],
                 "active": {b.label: n for b, n in sorted(pool.active.items(), key=lambda i: i[0].label)},
                 "connections": len(listener.connections),
+                # of them, on the kernel path (ambassador/splice.py)
+                "spliced": sum(1 for c in listener.connections if c.splice is not None and not c.splice.released),
             }
             if listener.tls_in is not None:
                 listeners[str(listener.port)]["tls_serves"] = listener.tls_in.service
