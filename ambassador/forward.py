@@ -12,11 +12,13 @@ greeting) is held the same way.
 Half-close: an EOF from one side becomes write_eof on the other; the pair is
 closed once both directions have ended (or either socket is lost).
 
-Plaintext pairs leave this path once paired: both transports are paused and
+Bulk plaintext pairs leave this path: once one read brings `splice_min` bytes
+(a stream, not a request/response exchange), both transports are paused and
 ambassador/splice.py moves the bytes socket -> pipe -> socket in the kernel,
 with the same counting, half-close, backpressure and close semantics (see
-Connection.pair). Pairs over TLS, and a pair whose transports still hold bytes
-when it is made, stay here.
+Connection._hand_to_kernel). Short exchanges stay here, where uvloop's
+transports cost fewer system calls than setting up pipes; pairs over TLS
+always do.
 
 TLS (ambassador/tls.py) hooks in at two points and changes nothing else: a
 listener's `tls_in` upgrades and authorizes an accepted client before any
@@ -211,6 +213,8 @@ class Connection:
             self.to_backend += len(data)
             self.listener.metrics.to_backend(self.listener.port, self.backend.label, len(data))
             up.write(data)
+            if len(data) >= self.listener.splice_min and self.listener.splice:
+                self._hand_to_kernel()
         elif side is up:
             if self._grace is not None:
                 self._grace.cancel()
@@ -218,6 +222,8 @@ class Connection:
             self.to_client += len(data)
             self.listener.metrics.to_client(self.listener.port, self.backend.label, len(data))
             self.client.write(data)
+            if len(data) >= self.listener.splice_min and self.listener.splice:
+                self._hand_to_kernel()
         else:   # a backend that answered but is not paired yet
             side.early.append(data)
             side.early_size += len(data)
@@ -365,15 +371,18 @@ class Connection:
             self.client.write_eof()
         if side.lost or self.client.lost or (self.client.eof and side.eof):
             self.close()
-        elif self.listener.splice and not (self.client.tls or side.tls or self.client.eof or side.eof
-                                            or self.closing):
+        elif self.listener.splice and self.listener.splice_min == 0:
             self._hand_to_kernel()
 
     def _hand_to_kernel(self) -> None:
-        """Move a plaintext pair to ambassador/splice.py. Only with empty write buffers
-        (what pair() just wrote went out whole, the usual case), so bytes keep their
-        order; otherwise, or if the sockets cannot be duplicated, the pair stays here."""
+        """Move a paired plaintext connection to ambassador/splice.py. Only with both
+        write buffers empty, so bytes keep their order (a bulk stream often has one
+        full: the next big read tries again), and before either side's EOF; if the
+        sockets cannot be duplicated the pair stays here."""
         client, up = self.client, self.upstream
+        if (self.splice is not None or self.closing or client.tls or up.tls or client.eof or up.eof
+                or client.stash is not None):
+            return
         if client.transport.get_write_buffer_size() or up.transport.get_write_buffer_size():
             return
         socks = []
@@ -489,7 +498,8 @@ class Listener:
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
                  low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
                  tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE,
-                 splice: bool | None = None, pipe_size: int = kernel.PIPE_SIZE) -> None:
+                 splice: bool | None = None, pipe_size: int = kernel.PIPE_SIZE,
+                 splice_min: int = kernel.SPLICE_MIN) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -509,6 +519,7 @@ class Listener:
         # Plaintext pairs go to the kernel path (ambassador/splice.py) unless told otherwise.
         self.splice = kernel.available() if splice is None else (splice and kernel.available())
         self.pipe_size = pipe_size
+        self.splice_min = splice_min      # one read this big moves a pair to the kernel path; 0: at pairing
         self._poller: kernel.Poller | None = None
         warm = getattr(tls_out, "warm", 0)
         self.warm = WarmPool(self, tls_out, warm) if warm else None   # handshakes ahead of clients

@@ -1,7 +1,8 @@
 """The plaintext data path: a paired connection's bytes move socket -> pipe ->
 socket inside the kernel (splice(2)), never through Python buffers.
 
-Once a plaintext pair is made (ambassador/forward.py, Connection.pair), both
+Once a plaintext pair proves to be a stream (ambassador/forward.py,
+Connection._hand_to_kernel), both
 asyncio transports are paused for good and their sockets are duplicated here;
 a Poller (one epoll set, itself watched by the event loop) drives one Flow per
 direction:
@@ -29,6 +30,7 @@ from collections.abc import Callable
 
 FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 PIPE_SIZE = 256 * 1024          # per direction; F_SETPIPE_SZ, the kernel's default (64 KiB) if refused
+SPLICE_MIN = 32 * 1024          # one read this big: a stream, worth the pipes (smaller: uvloop's copy is cheaper)
 BURST = 8                       # pipe-fulls moved per wakeup at most (fewer wakeups under load)
 
 

@@ -1,5 +1,6 @@
 """The plaintext kernel path (ambassador/splice.py) on loopback with real sockets:
-a paired plaintext connection is handed to it, carries bytes both ways intact,
+a stream is handed to it mid-way (small exchanges are not), at pairing with
+splice_min=0; it carries bytes both ways intact,
 passes half-closes in either order, counts bytes, holds at most one pipe's worth
 when a side does not read, and hears a peer's reset on uvloop (whose add_reader
 drops an fd that reports an error). The pure Poller against real sockets too.
@@ -45,6 +46,25 @@ def test_a_plaintext_pair_is_spliced_and_carries_a_mib_both_ways(kind):
     run(main(), kind)
 
 
+def test_small_exchanges_stay_on_the_transport_path():
+    async def main():
+        (srv,) = await servers(1)
+        amb, lst = await start([srv.backend])
+        r, w = await connect(lst)
+        for _ in range(20):
+            w.write(b"q" * 100)
+            assert await asyncio.wait_for(r.readexactly(100), T) == b"q" * 100
+        conn = await paired(lst)
+        assert conn.splice is None
+        w.write(os.urandom(256 * 1024))        # a stream now: handed over mid-connection, in order
+        await asyncio.wait_for(r.readexactly(256 * 1024), T)
+        assert conn.splice is not None
+        w.write(b"after")
+        assert await asyncio.wait_for(r.readexactly(5), T) == b"after"
+        assert counter(amb, "bytes_to_client_total") == 2000 + 256 * 1024 + 5
+    run(main())
+
+
 @LOOPS
 def test_client_half_close_on_the_splice_path(kind):
     got = []
@@ -56,7 +76,7 @@ def test_client_half_close_on_the_splice_path(kind):
 
     async def main():
         (srv,) = await servers(1, upper_after_eof)
-        amb, lst = await start([srv.backend])
+        amb, lst = await start([srv.backend], splice_min=0)
         r, w = await connect(lst)
         w.write(b"hello ")
         conn = await paired(lst)
@@ -81,7 +101,7 @@ def test_backend_half_close_first_and_the_client_still_sends(kind):
 
     async def main():
         srv = await Server(greet_then_listen).start()
-        amb, lst = await start([srv.backend])
+        amb, lst = await start([srv.backend], splice_min=0)
         r, w = await connect(lst)
         assert await asyncio.wait_for(r.read(), T) == b"banner\n"       # then EOF
         conn = await paired(lst)
@@ -135,7 +155,7 @@ def test_backend_reset_ends_a_spliced_pair(kind):
 
     async def main():
         srv = await Server(hold).start()
-        amb, lst = await start([srv.backend])
+        amb, lst = await start([srv.backend], splice_min=0)
         r, w = await connect(lst)
         w.write(b"x")
         conn = await paired(lst)
