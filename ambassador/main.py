@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import math
 import re
@@ -172,29 +171,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
 
 
 async def serve_metrics(stats, host: str, port: int):
-    """GET /metrics and GET /stats on host:port; returns the aiohttp runner (cleanup() stops it).
+    """GET /metrics and GET /stats on host:port; returns the server (cleanup() stops it).
     `stats` is a callable returning (prometheus text, JSON-able dict)."""
-    from aiohttp import web
+    from portlink.ambassador.stats_http import StatsServer
 
-    async def metrics(_request):
-        return web.Response(body=stats()[0].encode(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def stats_json(_request):
-        return web.Response(body=json.dumps(stats()[1], indent=1).encode(),
-                            headers={"Content-Type": "application/json"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/stats", stats_json)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    server = StatsServer(stats)
+    await server.start(host, port)
+    return server
 
 
 async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
