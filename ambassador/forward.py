@@ -128,9 +128,10 @@ class Side(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.open():
-            self.transport.write(data)
-            buffered = self.transport.get_write_buffer_size()
+        t = self.transport                 # open(), inlined: once per message
+        if t is not None and not t.is_closing():
+            t.write(data)
+            buffered = t.get_write_buffer_size()
             if buffered > self.conn.max_buffered:
                 self.conn.max_buffered = buffered
 
