@@ -12,6 +12,14 @@ greeting) is held the same way.
 Half-close: an EOF from one side becomes write_eof on the other; the pair is
 closed once both directions have ended (or either socket is lost).
 
+Bulk plaintext pairs leave this path: once one read brings `splice_min` bytes
+(a stream, not a request/response exchange), both transports are paused and
+ambassador/splice.py moves the bytes socket -> pipe -> socket in the kernel,
+with the same counting, half-close, backpressure and close semantics (see
+Connection._hand_to_kernel). Short exchanges stay here, where uvloop's
+transports cost fewer system calls than setting up pipes; pairs over TLS
+always do.
+
 TLS (ambassador/tls.py) hooks in at two points and changes nothing else: a
 listener's `tls_in` upgrades and authorizes an accepted client before any
 backend is dialled; its `tls_out` gives the TLS options of each backend dial
@@ -21,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import types
 from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
+from portlink.ambassador import splice as kernel
 from portlink.ambassador.warm import CLAIM, WarmPool
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
@@ -118,9 +128,10 @@ class Side(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self.open():
-            self.transport.write(data)
-            buffered = self.transport.get_write_buffer_size()
+        t = self.transport                 # open(), inlined: once per message
+        if t is not None and not t.is_closing():
+            t.write(data)
+            buffered = t.get_write_buffer_size()
             if buffered > self.conn.max_buffered:
                 self.conn.max_buffered = buffered
 
@@ -168,10 +179,15 @@ class Connection:
         self.max_buffered = 0                 # the largest write buffer seen on either socket
         self.to_backend = 0
         self.to_client = 0
+        # Bytes not yet added to the listener's Metrics: added in batches (Listener.flush,
+        # before any read of the metrics, and when the pair ends), not per read, which
+        # cost a tenth of the per-message time of a request/response stream.
+        self.unflushed = [0, 0]               # to backend, to client
         self._drain: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._preamble: tuple[int, asyncio.Future] | None = None   # (bytes awaited, future) before pairing
         self._grace: asyncio.TimerHandle | None = None   # see EOF_GRACE
+        self.splice: kernel.Spliced | None = None         # the plaintext kernel path, once handed over
 
     def __repr__(self) -> str:
         return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
@@ -200,15 +216,23 @@ class Connection:
                     self._preamble[1].set_result(None)
                 return
             self.to_backend += len(data)
-            self.listener.metrics.to_backend(self.listener.port, self.backend.label, len(data))
+            if not (self.unflushed[0] or self.unflushed[1]):
+                self.listener.unflushed.add(self)
+            self.unflushed[0] += len(data)
             up.write(data)
+            if len(data) >= self.listener.splice_min and self.listener.splice:
+                self._hand_to_kernel()
         elif side is up:
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = asyncio.get_running_loop().call_later(self.listener.eof_grace, self.close)
             self.to_client += len(data)
-            self.listener.metrics.to_client(self.listener.port, self.backend.label, len(data))
+            if not (self.unflushed[0] or self.unflushed[1]):
+                self.listener.unflushed.add(self)
+            self.unflushed[1] += len(data)
             self.client.write(data)
+            if len(data) >= self.listener.splice_min and self.listener.splice:
+                self._hand_to_kernel()
         else:   # a backend that answered but is not paired yet
             side.early.append(data)
             side.early_size += len(data)
@@ -223,6 +247,16 @@ class Connection:
             if self.client.eof and other.eof:
                 self.close()           # both directions done
         return True                    # keep the socket open: the other direction may go on
+
+    def flush_counts(self) -> None:
+        up, down = self.unflushed
+        if up or down:
+            metrics, port, label = self.listener.metrics, self.listener.port, self.backend.label
+            if up:
+                metrics.to_backend(port, label, up)
+            if down:
+                metrics.to_client(port, label, down)
+            self.unflushed[0] = self.unflushed[1] = 0
 
     # -- connecting ----------------------------------------------------------------
 
@@ -356,6 +390,58 @@ class Connection:
             self.client.write_eof()
         if side.lost or self.client.lost or (self.client.eof and side.eof):
             self.close()
+        elif self.listener.splice and self.listener.splice_min == 0:
+            self._hand_to_kernel()
+
+    def _hand_to_kernel(self) -> None:
+        """Move a paired plaintext connection to ambassador/splice.py. Only with both
+        write buffers empty, so bytes keep their order (a bulk stream often has one
+        full: the next big read tries again), and before either side's EOF; if the
+        sockets cannot be duplicated the pair stays here."""
+        client, up = self.client, self.upstream
+        if (self.splice is not None or self.closing or client.tls or up.tls or client.eof or up.eof
+                or client.stash is not None):
+            return
+        if client.transport.get_write_buffer_size() or up.transport.get_write_buffer_size():
+            return
+        socks = []
+        try:
+            for side in (client, up):
+                raw = side.transport.get_extra_info("socket")
+                socks.append(socket.fromfd(raw.fileno(), raw.family, socket.SOCK_STREAM))
+        except (OSError, AttributeError) as e:
+            for s in socks:
+                s.close()
+            log.debug("port %d: staying on the transport path: %s", self.listener.port, e)
+            return
+        client.transport.pause_reading()
+        up.transport.pause_reading()
+        metrics, port, label = self.listener.metrics, self.listener.port, self.backend.label
+
+        def count_up(n: int) -> None:
+            self.to_backend += n
+            metrics.to_backend(port, label, n)
+
+        def count_down(n: int) -> None:
+            self.to_client += n
+            metrics.to_client(port, label, n)
+
+        def high(n: int) -> None:
+            if n > self.max_buffered:
+                self.max_buffered = n
+
+        def eof(i: int) -> None:
+            (client if i == 0 else up).eof = True
+
+        def closed() -> None:        # the pipes are written: the transports go (connection_lost follows)
+            client.close()
+            up.close()
+
+        self.splice = kernel.Spliced(self.listener.poller(), socks[0], socks[1], count_up, count_down,
+                                     (client.blocked, up.blocked), pipe_size=self.listener.pipe_size,
+                                     on_high=high, on_eof=eof, on_done=self.close,
+                                     on_error=lambda _e: self.abort(), on_closed=closed)
+        self.splice.start()
 
     # -- ending ----------------------------------------------------------------------
 
@@ -379,6 +465,9 @@ class Connection:
             self._linger = asyncio.get_running_loop().call_later(self.listener.linger, self.abort)
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
+        if self.splice is not None and not self.splice.released:
+            self.splice.close()        # its on_closed closes the transports once the pipes are written
+            return
         self.client.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -386,6 +475,8 @@ class Connection:
 
     def abort(self) -> None:
         self.closing = True
+        if self.splice is not None:
+            self.splice.release()
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
         self.client.abort()
@@ -412,6 +503,8 @@ class Connection:
         if self._linger is not None:
             self._linger.cancel()
         if self.backend is not None:
+            self.flush_counts()
+            self.listener.unflushed.discard(self)
             self.listener.pool.released(self.backend)
             self.listener.metrics.closed(self.listener.port, self.backend.label)
         self.listener.forget(self)
@@ -425,7 +518,9 @@ class Listener:
                  policy: str = DEFAULT_POLICY, drain_deadline: float = DRAIN_DEADLINE,
                  connect_timeout: float = CONNECT_TIMEOUT, high_water: int = HIGH_WATER,
                  low_water: int | None = None, prebuffer: int = PREBUFFER, linger: float = LINGER,
-                 tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE) -> None:
+                 tls_in=None, tls_out=None, eof_grace: float = EOF_GRACE,
+                 splice: bool | None = None, pipe_size: int = kernel.PIPE_SIZE,
+                 splice_min: int = kernel.SPLICE_MIN) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown reroute policy {policy!r}: expected one of {', '.join(POLICIES)}")
         self.port = port
@@ -442,9 +537,16 @@ class Listener:
         self.eof_grace = eof_grace
         self.tls_in = tls_in       # ambassador.tls.ServerTLS: clients must speak mutual TLS
         self.tls_out = tls_out     # ambassador.tls.ClientTLS: backends are dialled over mutual TLS
+        # Plaintext pairs go to the kernel path (ambassador/splice.py) unless told otherwise.
+        self.splice = kernel.available() if splice is None else (splice and kernel.available())
+        self.pipe_size = pipe_size
+        self.splice_min = splice_min      # one read this big moves a pair to the kernel path; 0: at pairing
+        self._poller: kernel.Poller | None = None
         warm = getattr(tls_out, "warm", 0)
         self.warm = WarmPool(self, tls_out, warm) if warm else None   # handshakes ahead of clients
         self.connections: set[Connection] = set()
+        self.unflushed: set[Connection] = set()     # connections with byte counts not in metrics yet
+        self.metrics.on_read(self.flush)
         self.server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -482,6 +584,17 @@ class Listener:
         finally:
             conn.connecting = False
             conn._maybe_finish()
+
+    def flush(self) -> None:
+        """Add the connections' batched byte counts to the metrics."""
+        for conn in self.unflushed:
+            conn.flush_counts()
+        self.unflushed.clear()
+
+    def poller(self) -> kernel.Poller:
+        if self._poller is None:
+            self._poller = kernel.Poller(asyncio.get_running_loop())
+        return self._poller
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -550,6 +663,9 @@ class Listener:
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
             except asyncio.TimeoutError:
                 pass
+        if self._poller is not None and not self.connections:
+            self._poller.close()
+            self._poller = None
 
 
 @types.coroutine
@@ -652,6 +768,8 @@ class Ambassador:
                 "cooling": [b.label for b in pool.backends if pool.cooling(b)],
                 "active": {b.label: n for b, n in sorted(pool.active.items(), key=lambda i: i[0].label)},
                 "connections": len(listener.connections),
+                # of them, on the kernel path (ambassador/splice.py)
+                "spliced": sum(1 for c in listener.connections if c.splice is not None and not c.splice.released),
             }
             if listener.tls_in is not None:
                 listeners[str(listener.port)]["tls_serves"] = listener.tls_in.service

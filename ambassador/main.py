@@ -5,7 +5,7 @@
         [--bind 0.0.0.0] [--policy keep|drain|close] [--drain-deadline 10]
         [--metrics IP:PORT] [--connect-timeout 2] [--cooldown 5]
         [--tls-serve [PORT=]SERVICE ... | --tls-dial SOURCE [--tls-target SERVICE]]
-        [--tls-keys DIR] [--authorize-cache 1]
+        [--tls-keys DIR] [--authorize-cache 1] [--no-splice]
 
 Mutual TLS with Consul Connect's CA (needs --consul): --tls-serve makes this
 the server side ("I actually talk to frontdb": clients must present a leaf of
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
 import math
 import re
@@ -68,6 +67,7 @@ class Options:
     connect_timeout: float = 2.0
     cooldown: float = 5.0
     tls: TLSOptions | None = None
+    splice: bool = True               # plaintext pairs on the kernel path (ambassador/splice.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", metavar="IP:PORT", help="serve GET /metrics (Prometheus) and GET /stats (JSON) here")
     p.add_argument("--connect-timeout", default="2", metavar="S", help="seconds to wait for a backend to answer (2)")
     p.add_argument("--cooldown", default="5", metavar="S", help="seconds a failed backend is tried last (5)")
+    p.add_argument("--no-splice", action="store_true",
+                   help="copy plaintext bytes through Python instead of splice(2) between the sockets "
+                        "(for comparison; TLS pairs always copy)")
     add_tls_arguments(p)
     return p
 
@@ -164,33 +167,17 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
         raise UsageError(str(e)) from None
     return Options(listen=listen, bind=bind, backends=backends, service=service, consul=consul,
                    policy=a.policy, drain_deadline=drain, metrics=metrics,
-                   connect_timeout=connect_timeout, cooldown=cooldown, tls=tls)
+                   connect_timeout=connect_timeout, cooldown=cooldown, tls=tls, splice=not a.no_splice)
 
 
 async def serve_metrics(stats, host: str, port: int):
-    """GET /metrics and GET /stats on host:port; returns the aiohttp runner (cleanup() stops it).
+    """GET /metrics and GET /stats on host:port; returns the server (cleanup() stops it).
     `stats` is a callable returning (prometheus text, JSON-able dict)."""
-    from aiohttp import web
+    from portlink.ambassador.stats_http import StatsServer
 
-    async def metrics(_request):
-        return web.Response(body=stats()[0].encode(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def stats_json(_request):
-        return web.Response(body=json.dumps(stats()[1], indent=1).encode(),
-                            headers={"Content-Type": "application/json"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/stats", stats_json)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    server = StatsServer(stats)
+    await server.start(host, port)
+    return server
 
 
 async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
@@ -207,7 +194,7 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
         secure = Secure(opts.tls, consul, reach, opts.service)
         tls_kw = secure.ambassador_options(opts.listen, opts.connect_timeout)
     amb = Ambassador(opts.listen, host=opts.bind, policy=opts.policy, drain_deadline=opts.drain_deadline,
-                     connect_timeout=opts.connect_timeout, cooldown=opts.cooldown, **tls_kw)
+                     connect_timeout=opts.connect_timeout, cooldown=opts.cooldown, splice=opts.splice, **tls_kw)
     for port, backends in opts.backends.items():
         amb.apply(port, backends)
     runner = task = None

@@ -55,8 +55,17 @@ NO_BACKEND = {"rejected_total", "tls_handshake_failures_total", "tls_denied_tota
 class Metrics:
     def __init__(self) -> None:
         self.series: dict[str, Series] = {name: Series() for name, _, _ in FAMILIES}
+        self.flushers: list = []      # called before any read: the forwarder's batched byte counts
+
+    def on_read(self, flush) -> None:
+        self.flushers.append(flush)
+
+    def _sync(self) -> None:
+        for flush in self.flushers:
+            flush()
 
     def __getitem__(self, name: str) -> Series:
+        self._sync()
         return self.series[name]
 
     # -- what the forwarder reports ------------------------------------------
@@ -96,6 +105,7 @@ class Metrics:
 
     def render(self) -> str:
         """Prometheus text exposition format (version 0.0.4)."""
+        self._sync()
         out: list[str] = []
         for name, kind, text in FAMILIES:
             s = self.series[name]
@@ -116,6 +126,7 @@ class Metrics:
         return "\n".join(out) + "\n"
 
     def snapshot(self) -> dict:
+        self._sync()
         out = {name: self.series[name].snapshot() for name, _, _ in FAMILIES}
         for name in NO_BACKEND:
             del out[name]["backends"]

@@ -69,6 +69,7 @@ class Lab:
     switch_ns: str = ""
     hosts: list[LabHost] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)   # pid -> its start time: our own, not a reused pid
+    secure_links: bool = True     # daemons run --secure-links (False: plaintext links, for benchmarks)
 
     # records ----------------------------------------------------------------
     @classmethod
@@ -130,7 +131,7 @@ def validate_name(name: str) -> str:
     return name
 
 
-def up(hosts: int, name: str = "lab", progress=print) -> Lab:
+def up(hosts: int, name: str = "lab", progress=print, secure_links: bool = True) -> Lab:
     """Make the lab; on any failure, remove what was made and raise."""
     validate_name(name)
     if not 1 <= hosts <= MAX_HOSTS:
@@ -139,7 +140,7 @@ def up(hosts: int, name: str = "lab", progress=print) -> Lab:
         raise Conflict(f"lab {name!r} is already up (portlink lab down --name {name})")
     d = LAB_ROOT / name
     d.mkdir(parents=True, exist_ok=False, mode=0o700)
-    lab = Lab(name=name, dir=str(d))
+    lab = Lab(name=name, dir=str(d), secure_links=secure_links)
     lab.save()
     try:
         _build(lab, hosts, progress)
@@ -180,7 +181,8 @@ def _build(lab: Lab, n: int, progress) -> None:
     daemons = [_start_daemon(lab, h) for h in lab.hosts]
     for agent in agents:
         wait_ready(agent, timeout=60)
-    consul_acl.bootstrap({h.name: a for h, a in zip(lab.hosts, agents)}, {h.name: _secrets(h) for h in lab.hosts})
+    consul_acl.bootstrap({h.name: a for h, a in zip(lab.hosts, agents)}, {h.name: _secrets(h) for h in lab.hosts},
+                         secure_links=lab.secure_links)
     progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected, "
              "ACLs (default deny) and gossip encryption on")
     for d in daemons:
@@ -261,7 +263,7 @@ def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     # Its own session: the daemon outlives `lab up` and a ^C in the terminal.
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",
                           ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2",
-                           "--secure-links", "--docker-socket", h.docker_socket,
+                           *(["--secure-links"] if lab.secure_links else []), "--docker-socket", h.docker_socket,
                            *consul_acl.daemon_args(_secrets(h), h.name)],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")

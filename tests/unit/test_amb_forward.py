@@ -633,6 +633,25 @@ def test_metrics_match_the_traffic():
     run(main())
 
 
+def test_byte_counts_are_current_while_the_connection_is_open():
+    """Counts are batched per connection (not added per read): every way of reading
+    the metrics still sees each byte forwarded so far."""
+    async def main():
+        (srv,) = await servers(1)
+        amb, lst = await start([srv.backend])
+        r, w = await connect(lst)
+        for n in (10, 300):
+            await roundtrip(r, w, b"m" * n)
+        assert lst.connections                   # still open
+        assert counter(amb, "bytes_to_backend_total") == 310
+        assert amb.snapshot()["metrics"]["bytes_to_client_total"]["total"] == 310
+        await roundtrip(r, w, b"m" * 5)
+        assert "portlink_ambassador_bytes_to_client_total 315\n" in amb.metrics.render()
+        assert f'portlink_ambassador_listener_bytes_to_backend_total{{listener="{lst.port}"}} 315\n' \
+            in amb.metrics.render()
+    run(main())
+
+
 def test_stop_closes_everything_and_is_bounded_even_with_a_stuck_client():
     async def firehose(r, w):
         while True:
