@@ -27,7 +27,7 @@ SRV = ctr("srv-cache", links=["cache:cache"], ambassador={"service": "cache", "b
 CACHE = ctr("cache")
 WEB = ctr("web", links=["amb-frontdb-bridge:sql", "cache:c", "dbamb:pg"])
 OLD = ctr("old", links=["cache"], status="exited")
-SECURE = Link(f"amb-frontdb-bridge-{HOST}", "frontdb")
+SECURE = Link("web", "frontdb")     # the linker's own service, not the ambassador's identity
 
 
 def test_one_row_per_link_of_each_container_that_is_no_ambassador():
