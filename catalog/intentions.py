@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -107,12 +108,16 @@ def ours(existing: object, host_id: str) -> bool:
 class Intentions:
     """One host's intentions, made with the daemon's token (intentions = "write")."""
 
-    def __init__(self, cfg: ConsulConfig, host_id: str, host_name: str) -> None:
+    def __init__(self, cfg: ConsulConfig, host_id: str, host_name: str,
+                 send: Callable[[str, str, object], tuple[int, object]] | None = None) -> None:
+        """`send(method, path, body)`: one call to Consul (default: the agent's HTTP API
+        with the daemon's token; the unit tests give an in-memory Consul)."""
         self.cfg, self.host_id, self.host_name = cfg, host_id, host_name
+        self.send = send or (lambda method, path, body: request(self.cfg, method, path, body, token=self.cfg.token))
 
     def _call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
         try:
-            return request(self.cfg, method, path, body, token=self.cfg.token)
+            return self.send(method, path, body)
         except OSError as e:
             raise RuntimeFailure(f"cannot reach Consul {self.cfg.url} for intention {path}: {e}") from None
 

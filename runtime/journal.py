@@ -75,7 +75,8 @@ def _guard(j: "Journal"):
     """Held while a link's intention is taken or released on this host, so a release
     that finds no other local holder cannot cross a new hold being made."""
     guard = getattr(j.kernel, "intention_guard", None)
-    return guard() if guard is not None else contextlib.nullcontext()
+    held = guard() if guard is not None else None
+    return held if held is not None else contextlib.nullcontext()
 
 
 def _undo_intention(j: "Journal", name: str) -> None:
