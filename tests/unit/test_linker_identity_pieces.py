@@ -27,11 +27,20 @@ from portlink.errors import RuntimeFailure
 from portlink.runtime.journal import Journal
 from portlink.runtime.state import Store
 from test_amb_identity import FakeAgent, fake_build, leaf, roots, until
+from connect_certs import CA
+from portlink.ambassador.tls_context import build, private_dir
 from test_amb_tls import FakeAuthz, FakeIdentity, T, refused, run
-from test_amb_tls import pki  # noqa: F401  (the fixture)
 
 WEB = linker_map.Linker("web", "a" * 64, linker_map.token_name("a" * 64))
 API = linker_map.Linker("api", "b" * 64, linker_map.token_name("b" * 64))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca = CA.make(d, "ca")
+    keys = private_dir(d / "keys")
+    return {name: build(ca.roots(), ca.leaf(name), keys) for name in ("web", "frontdb", "intruder")}
 
 
 # -- the map file ---------------------------------------------------------------------------
