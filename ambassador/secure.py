@@ -175,7 +175,7 @@ class Secure:
         self.authorizer = Authorizer(api.authorize, ttl=opts.authorize_ttl)
         self.task: asyncio.Task | None = None
         self.client_tls = None
-        self.linkers = (Linkers(Path(opts.linkers), self.identity, config, reach)
+        self.linkers = (Linkers(Path(opts.linkers), self.identity, config, reach, own=api)
                         if opts.linkers and config is not None else None)
 
     def ambassador_options(self, listen, connect_timeout: float) -> dict:
@@ -209,6 +209,8 @@ class Secure:
         finally:
             for f in (ready, stopped):
                 f.cancel()
+        if ready.done() and not ready.cancelled() and self.linkers is not None:
+            await self.linkers.settle(stop)
         return ready.done() and not ready.cancelled()
 
     async def stop(self) -> None:
@@ -242,8 +244,11 @@ class Linkers:
 
     POLL = 1.0     # seconds between checks of the file (SIGHUP is the fast path)
 
-    def __init__(self, directory: Path, identity, config, reach, client_timeout: float = 40.0) -> None:
+    def __init__(self, directory: Path, identity, config, reach, own=None, client_timeout: float = 40.0) -> None:
+        """`own`: the api with the ambassador's own token, for a linker without a
+        token of its own (Consul without ACLs: the map names none)."""
         self.directory, self.identity, self.config, self.reach = directory, identity, config, reach
+        self.own = own
         self.client_timeout = client_timeout
         self.by_ip: dict = {}                      # ip -> portlink.linker_map.Linker
         self.apis: dict[str, object] = {}          # token file name -> AgentConnect with that token
@@ -296,7 +301,7 @@ class Linkers:
         apis: dict[str, object] = {}
         follow: dict[str, object] = {}
         for identity, token_file in wanted.items():
-            api = self.apis.get(token_file)
+            api = self.apis.get(token_file) if token_file else self.own
             if api is None:
                 try:
                     secret = (self.directory / token_file).read_text().strip()
@@ -307,13 +312,14 @@ class Linkers:
                     continue
                 cfg = dataclasses.replace(self.config, token=secret or None)
                 api = AgentConnect(cfg.client(timeout=self.client_timeout))
-            apis[token_file] = api
+            if token_file:
+                apis[token_file] = api
             follow[identity] = api
         changed = by_ip != self.by_ip
         self.by_ip = {ip: x for ip, x in by_ip.items() if x.identity in follow}
         self.apis = apis
         for api in self.identity.follow(follow):
-            if api not in apis.values():
+            if api not in apis.values() and api is not self.own:
                 t = asyncio.ensure_future(api.consul.close())
                 self._closing.add(t)
                 t.add_done_callback(self._closing.discard)
@@ -321,6 +327,18 @@ class Linkers:
         if changed:
             log.info("linkers: %s", ", ".join(f"{ip}={x.identity}" for ip, x in sorted(self.by_ip.items()))
                      or "none")
+
+    async def settle(self, stop: asyncio.Event, wait: float = 5.0) -> None:
+        """At start (a restart, with linkers running): listen once the linkers' leaves
+        are in too, or after `wait`, so their first connections are not refused."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+            if all(self.identity.current(x.identity) is not None for x in self.by_ip.values()):
+                return
+            await asyncio.sleep(0.02)
+        missing = sorted({x.identity for x in self.by_ip.values() if self.identity.current(x.identity) is None})
+        if missing:
+            log.warning("listening without the certificates of linkers %s yet", ", ".join(missing))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -331,7 +349,7 @@ class Linkers:
         except (NotImplementedError, RuntimeError, ValueError):
             pass
         for api in self.apis.values():
-            await api.consul.close()
+            await api.consul.close()     # not `own`: the ambassador's own client, closed by its owner
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     def snapshot(self) -> dict:

@@ -180,7 +180,10 @@ class ClientTLS:
         if source is not None:
             return source
         listener = conn.listener
-        listener.metrics.unlinked(listener.port)
+        if self.linkers is not None and ip and self.linkers.identity_of(ip) is not None:
+            listener.metrics.rejected(listener.port)      # a linker whose certificate is not in yet
+        else:
+            listener.metrics.unlinked(listener.port)
         now = self.clock()
         if now - self._logged.get(ip or "?", -LOG_EVERY) >= LOG_EVERY:   # a flood is one line a minute per source
             if len(self._logged) >= AUTHZ_MAX:

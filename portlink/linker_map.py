@@ -27,7 +27,7 @@ from pathlib import Path
 FILE = "linkers.json"
 VERSION = 1
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # a service identity (DNS label)
-_TOKEN = re.compile(r"^[0-9a-f]{12}\.token$")
+_TOKEN = re.compile(r"^([0-9a-f]{12}\.token)?$")   # "": no token (Consul without ACLs)
 _CONTAINER = re.compile(r"^[0-9a-f]{12,64}$")
 
 
@@ -39,7 +39,7 @@ class MapError(ValueError):
 class Linker:
     identity: str       # the linker's service name: the leaf it is presented with
     container: str      # the linking container's id
-    token: str          # the token file's name in the map's directory
+    token: str          # the token file's name in the map's directory; "": none (no ACLs)
 
     def to_json(self) -> dict:
         return {"identity": self.identity, "container": self.container, "token": self.token}
@@ -60,7 +60,7 @@ def check(ip: str, linker: Linker) -> None:
     if not _CONTAINER.match(linker.container):
         raise MapError(f"linker container {linker.container!r} is not a container id")
     if not _TOKEN.match(linker.token):
-        raise MapError(f"linker token file {linker.token!r} is not <12 hex>.token")
+        raise MapError(f"linker token file {linker.token!r} is not <12 hex>.token (or empty: none)")
 
 
 def dumps(linkers: dict[str, Linker]) -> str:

@@ -106,7 +106,8 @@ class LinkerIdentities:
             identity = linker_identity(c)
             service = amb.spec.ambassador["service"]
             d = self.prepare_dir(amb.id)
-            token = linker_map.token_name(c.id)
+            # No --ambassador-key (Consul without ACLs): no token, the ambassador asks as itself.
+            token = linker_map.token_name(c.id) if self.tokens.enabled else ""
             path = d / token
             if self.tokens.enabled:
                 j.consul_token(c.id, str(path), lambda: self.tokens.issue(

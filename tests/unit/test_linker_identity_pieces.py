@@ -198,14 +198,17 @@ def test_linkers_read_the_map_and_its_tokens_and_keep_the_last_good_map(tmp_path
             def current(self, service):
                 return object() if service == "web" else None
         (tmp_path / WEB.token).write_text("secret-web\n")
-        linker_map.write(tmp_path, {"10.0.0.7": WEB, "10.0.0.8": API})   # api's token file is missing
-        ident = Ident()
-        lk = Linkers(tmp_path, ident, ConsulConfig(host="127.0.0.1", port=1), Reachability("fake"))
+        db = linker_map.Linker("db", "c" * 64, "")                      # no token: Consul without ACLs
+        linker_map.write(tmp_path, {"10.0.0.7": WEB, "10.0.0.8": API, "10.0.0.9": db})   # api's token is missing
+        ident, own = Ident(), object()
+        lk = Linkers(tmp_path, ident, ConsulConfig(host="127.0.0.1", port=1), Reachability("fake"), own=own)
         lk.reload()
-        assert set(ident.followed) == {"web"} and lk.errors == 1          # api's token unreadable: named
-        assert ident.followed["web"].consul.token == "secret-web"
+        assert set(ident.followed) == {"web", "db"} and lk.errors == 1    # api's token unreadable: named
+        assert ident.followed["web"].consul.token == "secret-web"         # web's leaf with web's token
+        assert ident.followed["db"] is own and list(lk.apis) == [WEB.token]
         assert lk.identity_of("10.0.0.7") == "web" and lk.identity_of("10.0.0.8") is None
-        assert lk.snapshot()["sources"] == {"10.0.0.7": {"identity": "web", "ready": True}}
+        assert lk.snapshot()["sources"] == {"10.0.0.7": {"identity": "web", "ready": True},
+                                            "10.0.0.9": {"identity": "db", "ready": False}}
         (tmp_path / linker_map.FILE).write_text("{broken")
         lk.reload()
         assert lk.identity_of("10.0.0.7") == "web" and lk.errors == 2     # the last good map holds
