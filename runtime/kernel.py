@@ -45,6 +45,8 @@ class HostKernel:
         os.mkdir(path)
 
     def remove_dir(self, path: str) -> None:
+        if self.linkers is not None:
+            self.linkers.release_dir(path)   # a client side removed under its linkers: log their tokens out
         if os.path.exists(path):
             shutil.rmtree(path)
 

@@ -143,6 +143,16 @@ class LinkerIdentities:
             linker_map.write(d, m)
         self.notify(amb_id)
 
+    def release_dir(self, container_dir: str) -> None:
+        """A container's dir is going (`rm`): if it is a client side's with linkers'
+        tokens still in it (a person removed it under running linkers), log them
+        out now; the linkers' own undo then finds nothing left to do."""
+        d = Path(container_dir) / ambassadors.LINKERS_DIR
+        if not d.is_dir():
+            return
+        for f in sorted(d.glob("*.token")):
+            self.tokens.revoke(str(f))
+
     @staticmethod
     def _read(d: Path) -> dict[str, linker_map.Linker]:
         try:
