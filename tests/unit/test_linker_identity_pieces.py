@@ -325,3 +325,40 @@ def test_the_map_holds_json_a_person_can_read(tmp_path):
     doc = json.loads(Path(tmp_path / linker_map.FILE).read_text())
     assert doc == {"version": 1, "linkers": {"10.88.0.7": {"identity": "web", "container": WEB.container,
                                                           "token": "aaaaaaaaaaaa.token"}}}
+
+
+# -- the daemon's side of the map ---------------------------------------------------------------
+
+class NoRecords:
+    def get(self, cid):
+        return None           # the ambassador is not running: nobody to signal
+
+
+class RevokeLog:
+    enabled = True
+
+    def __init__(self):
+        self.revoked: list[str] = []
+
+    def revoke(self, path):
+        self.revoked.append(Path(path).name)
+
+
+def test_the_daemon_adds_and_removes_entries_only_its_own_and_releases_tokens_with_the_dir(tmp_path):
+    from portlink.runtime import ambassadors
+    from portlink.runtime.linker_identity import LinkerIdentities
+    tokens = RevokeLog()
+    ids = LinkerIdentities(NoRecords(), lambda aid: tmp_path / aid / ambassadors.LINKERS_DIR, tokens, None)
+    (tmp_path / "amb1").mkdir()
+    ids.add("amb1", "10.88.0.7", WEB)
+    ids.add("amb1", "10.88.0.8", API)
+    d = tmp_path / "amb1" / ambassadors.LINKERS_DIR
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o755 and linker_map.read(d) == {"10.88.0.7": WEB, "10.88.0.8": API}
+    ids.remove(f"amb1 10.88.0.7 {API.container}")       # not that linker's entry (an address reused): kept
+    assert set(linker_map.read(d)) == {"10.88.0.7", "10.88.0.8"}
+    ids.remove(f"amb1 10.88.0.7 {WEB.container}")
+    assert linker_map.read(d) == {"10.88.0.8": API}
+    ids.remove(f"gone 10.88.0.8 {API.container}")       # the ambassador's dir is gone already: nothing
+    (d / API.token).write_text("secret")
+    ids.release_dir(str(tmp_path / "amb1"))
+    assert tokens.revoked == [API.token]
