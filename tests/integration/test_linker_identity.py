@@ -60,6 +60,13 @@ def counter(L: Lab, host: str, amb: str, name: str) -> int:
     return L.get(host, f"/containers/{amb}")["ambassador"]["metrics"][name]["total"]
 
 
+def logins(L: Lab, container_id: str) -> list[dict]:
+    """Consul tokens made by a login for this container (the login's Meta shows in the description)."""
+    code, tokens = L.consul("GET", "/v1/acl/tokens")
+    assert code == 200, tokens
+    return [t for t in tokens if container_id in (t.get("Description") or "")]
+
+
 def fetch(L: Lab, ctr: str) -> str:
     return L.cli("host2", "exec", ctr, "sh", "-c", FETCH, check=False)
 
@@ -133,9 +140,12 @@ def test_each_linker_is_its_own_identity_and_only_linkers_get_through(lab, tmp_p
     assert counter(L, "host1", "srv-frontdb", "tls_denied_total") > denied
     assert {r["container"]: r["intention"]["by"] for r in L.get("host2", "/links")}["web"] == "person"
 
-    # api goes: its intention with it; web's (now a person's deny) is left alone.
+    # api goes: its intention and its token with it; web's (now a person's deny) is left alone.
+    api_id = L.get("host2", "/containers/api")["id"]
+    assert len(logins(L, api_id)) == 1, logins(L, api_id)     # api's own token, in the ambassador's dir
     L.cli("host2", "rm", "-f", "api")
     assert L.consul("GET", exact("api"))[0] == 404
+    assert logins(L, api_id) == []                            # logged out
     code, it = L.consul("GET", exact("web"))
     assert code == 200 and it["Action"] == "deny", it
     sources = L.get("host2", "/containers/amb-frontdb-bridge")["ambassador"]["tls"]["linkers"]["sources"]
