@@ -324,6 +324,10 @@ class Connection:
         if listener.tls_in is not None and not await listener.tls_in.admit(self):
             return
         tls_out = listener.tls_out
+        # The identity dialled as: the linking container's, by its address (secure links).
+        source = tls_out.source_for(self) if tls_out is not None else None
+        if tls_out is not None and source is None:
+            return                     # no linker's address: refused, closed and counted
         tried: set[Backend] = set()
         while not self.closing:
             # Ordered afresh for each attempt, so a set changed meanwhile is honoured.
@@ -332,7 +336,8 @@ class Connection:
                 break
             tried.add(b)
             side = Side(self, "backend", tls=tls_out is not None)
-            warm = await listener.warm.claim_wait(b, listener.connect_timeout) if listener.warm is not None else None
+            warm = await listener.warm.claim_wait(b, listener.connect_timeout) \
+                if listener.warm is not None and source == tls_out.source else None   # warm ones are its own
             if warm is not None and (self.closing or b not in pool):
                 listener.warm.give_back(warm)     # the client left, or the backend, while we waited
                 continue
@@ -344,7 +349,7 @@ class Connection:
                 self.pair(b, side)
                 return
             try:
-                dial = tls_out.dial() if tls_out is not None else {}
+                dial = tls_out.dial(source=source) if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
                 # in connect-per-request latency).
                 async with asyncio.timeout(listener.connect_timeout):

@@ -3,6 +3,11 @@ service this process speaks as, followed with blocking queries
 (catalog.watch: index reset when it goes backwards, never a spin, rate
 limited), turned into SSLContexts.
 
+The set of services may change while it runs (`follow`): a client-side
+ambassador presents each linking container's own leaf (secure links), and
+linkers come and go. `ready` is about the fixed services given at
+construction; an added one is usable once `current()` has it.
+
 Rotation: a new leaf or new roots build new Contexts, which new connections
 pick up (`current()` is read at every handshake); established connections keep
 the SSLObject they were made with. While the agent is unreachable the last
@@ -41,7 +46,14 @@ class Identity:
         self.contexts: dict[str, Contexts] = {}
         self.rotations = 0            # contexts replaced after the first set
         self.build_errors = 0
-        self.ready = asyncio.Event()  # every service has contexts
+        self.ready = asyncio.Event()  # every fixed service has contexts
+        self.extra: dict[str, object] = {}           # added service -> the api its leaf is fetched with
+        self._tasks: dict[str, asyncio.Task] = {}    # service -> its leaf follower (while running)
+        self._running = False
+
+    @property
+    def all_services(self) -> tuple[str, ...]:
+        return self.services + tuple(s for s in self.extra if s not in self.services)
 
     @property
     def trust_domain(self) -> str | None:
@@ -54,23 +66,57 @@ class Identity:
 
     async def run(self) -> None:
         """Follow the roots and every leaf until cancelled."""
-        tasks = [asyncio.ensure_future(self._follow("roots", self._fetch_roots, self._got_roots))]
-        for s in self.services:
-            tasks.append(asyncio.ensure_future(
-                self._follow(f"leaf {s}", self._fetch_leaf(s), self._got_leaf)))
+        roots = asyncio.ensure_future(self._follow("roots", self._fetch_roots, self._got_roots))
+        self._running = True
+        for s in self.all_services:
+            self._start(s)
         try:
-            await asyncio.gather(*tasks)
+            await roots
         finally:
+            self._running = False
+            tasks = [roots, *self._tasks.values()]
+            self._tasks.clear()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _start(self, service: str) -> None:
+        api = self.extra.get(service, self.api) if service not in self.services else self.api
+        self._tasks[service] = asyncio.ensure_future(
+            self._follow(f"leaf {service}", self._fetch_leaf(service, api), self._got_leaf))
+
+    def follow(self, extra: dict[str, object]) -> list[object]:
+        """Follow exactly these added services (service -> the api that may fetch its
+        leaf), besides the fixed ones. A service whose api changed is followed anew
+        with the new one (its last contexts stay in use meanwhile); one no longer
+        named is dropped with its contexts. Returns the apis no longer used (the
+        caller closes them)."""
+        old = self.extra
+        self.extra = {s: a for s, a in extra.items() if s not in self.services}
+        unused = [a for s, a in old.items() if self.extra.get(s) is not a]
+        for s in old:
+            if self.extra.get(s) is old[s]:
+                continue
+            t = self._tasks.pop(s, None)
+            if t is not None:
+                t.cancel()
+            if s not in self.extra:
+                self.leaves.pop(s, None)
+                self.contexts.pop(s, None)
+        if self._running:
+            for s in self.extra:
+                if s not in self._tasks:
+                    self._start(s)
+        return unused
+
     async def _fetch_roots(self, index: int):
         return await self.api.roots(index, self.wait)
 
-    def _fetch_leaf(self, service: str):
+    def _fetch_leaf(self, service: str, api=None):
+        api = api or self.api
+
         async def fetch(index: int):
-            return await self.api.leaf(service, index, self.wait)
+            return await api.leaf(service, index, self.wait)
         return fetch
 
     async def _follow(self, what: str, fetch, apply) -> None:
@@ -90,12 +136,13 @@ class Identity:
         if self.roots is not None and roots.active_id != self.roots.active_id:
             log.warning("connect CA roots changed: active root %s", roots.active_id)
         self.roots = roots
-        for s in self.services:
+        for s in self.all_services:
             self._rebuild(s)
 
     def _got_leaf(self, leaf: Leaf) -> None:
-        if leaf.service not in self.services:
-            log.error("the agent answered a leaf for %r, not one of %s", leaf.service, self.services)
+        if leaf.service not in self.all_services:
+            # an answer that was under way when the service was dropped, or a confused agent
+            log.info("a leaf for %r, which is not followed (now): ignored", leaf.service)
             return
         self.leaves[leaf.service] = leaf
         self._rebuild(leaf.service)

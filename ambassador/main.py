@@ -191,7 +191,7 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
         reach = Reachability(opts.consul.url)
         consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
     if opts.tls is not None:
-        secure = Secure(opts.tls, consul, reach, opts.service)
+        secure = Secure(opts.tls, consul, reach, opts.service, config=opts.consul)
         tls_kw = secure.ambassador_options(opts.listen, opts.connect_timeout)
     amb = Ambassador(opts.listen, host=opts.bind, policy=opts.policy, drain_deadline=opts.drain_deadline,
                      connect_timeout=opts.connect_timeout, cooldown=opts.cooldown, splice=opts.splice, **tls_kw)

@@ -46,10 +46,12 @@ FAMILIES = (
      "Client connections closed because their TLS handshake failed (plain TCP, no or an untrusted certificate)."),
     ("tls_denied_total", "counter",
      "Client connections closed after the TLS handshake: not a service identity of this CA, or not authorized."),
+    ("unlinked_source_total", "counter",
+     "Client connections refused before any dial: their source address is no linker of this ambassador."),
 )
 # Where "by backend" means something else than a share of the total.
 BACKEND_HELP = {"reroutes_total": "Changes of a listener's backend set that removed this backend."}
-NO_BACKEND = {"rejected_total", "tls_handshake_failures_total", "tls_denied_total"}   # no backend: nothing to label
+NO_BACKEND = {"rejected_total", "tls_handshake_failures_total", "tls_denied_total", "unlinked_source_total"}   # no backend: nothing to label
 
 
 class Metrics:
@@ -88,6 +90,9 @@ class Metrics:
 
     def rejected(self, listener: int) -> None:
         self.series["rejected_total"].add(1, listener)
+
+    def unlinked(self, listener: int) -> None:
+        self.series["unlinked_source_total"].add(1, listener)
 
     def handshake_failed(self, listener: int) -> None:
         self.series["tls_handshake_failures_total"].add(1, listener)

@@ -8,7 +8,8 @@ these at two points and keeps its own pairing, backpressure and metrics.
   a backend dialled. Refused: closed, counted, nothing reaches a backend.
 - `ClientTLS` ("I pretend I'm frontdb"): each backend (a server side) is
   dialled with the source identity's leaf and must present the target
-  service's identity.
+  service's identity. With a linkers map (secure links) the identity is the
+  linking container's, chosen by the client's address (`source_for`).
 
 Authorization decisions are cached for `ttl` seconds (1 s: a connect per
 request does not pay an agent round trip each time; a new deny applies within
@@ -36,6 +37,7 @@ HANDSHAKE_TIMEOUT = 10.0
 AUTHZ_TTL = 1.0
 AUTHZ_STALE = 300.0
 AUTHZ_MAX = 4096        # cached decisions; expired ones are dropped beyond this
+LOG_EVERY = 60.0        # seconds between log lines about one refused source
 
 
 @dataclass
@@ -141,20 +143,63 @@ class ClientTLS:
     """Dial backends as `source`, accepting only servers that are `target`."""
 
     def __init__(self, identity: Identity, source: str, target: str,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, warm: int = 0) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, warm: int = 0, linkers=None,
+                 refuse_unlinked: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        """`linkers`: ambassador.secure.Linkers (address -> the linker's identity);
+        `refuse_unlinked`: a client at no linker's address is refused rather than
+        dialled as `source` (an ambassador made for links)."""
         self.identity = identity
         self.source = source
+        self.linkers = linkers
+        self.refuse_unlinked = refuse_unlinked
+        self.clock = clock
+        self._logged: dict[str, float] = {}   # source ip -> when a refusal was last logged
         self.target = target
         self.handshake_timeout = handshake_timeout
         self.warm = warm                  # warm connections per backend (ambassador/warm.py); 0: none
         self.handshakes = {"full": 0, "resumed": 0}
 
-    def dial(self, warm: bool = False) -> dict:
+    def choose(self, ip: str | None) -> tuple[str | None, str]:
+        """(the identity to dial as for a client at `ip`, or None: refuse; why)."""
+        linked = self.linkers.identity_of(ip) if self.linkers is not None and ip else None
+        if linked is not None:
+            if self.identity.current(linked) is None:
+                return None, f"linker {ip} ({linked}) has no certificate yet"
+            return linked, ""
+        if self.refuse_unlinked:
+            return None, f"source {ip} is not a linker of this ambassador"
+        return self.source, ""
+
+    def source_for(self, conn) -> str | None:
+        """The identity `conn`'s backend is dialled as; None: `conn` is refused,
+        closed and counted, before any dial."""
+        transport = conn.client.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        ip = peer[0] if isinstance(peer, tuple) and peer else None
+        source, why = self.choose(ip)
+        if source is not None:
+            return source
+        listener = conn.listener
+        if self.linkers is not None and ip and self.linkers.identity_of(ip) is not None:
+            listener.metrics.rejected(listener.port)      # a linker whose certificate is not in yet
+        else:
+            listener.metrics.unlinked(listener.port)
+        now = self.clock()
+        if now - self._logged.get(ip or "?", -LOG_EVERY) >= LOG_EVERY:   # a flood is one line a minute per source
+            if len(self._logged) >= AUTHZ_MAX:
+                self._logged.clear()
+            self._logged[ip or "?"] = now
+            log.warning("port %d: refused a client: %s", listener.port, why)
+        conn.close()
+        return None
+
+    def dial(self, warm: bool = False, source: str | None = None) -> dict:
         """Keyword arguments for loop.create_connection; `warm`: a warm connection's
-        (its context offers the warm protocol, ambassador/warm.py)."""
-        ctxs = self.identity.current(self.source)
+        (its context offers the warm protocol, ambassador/warm.py); `source`: the
+        identity presented (default: this ambassador's own)."""
+        ctxs = self.identity.current(source or self.source)
         if ctxs is None:
-            raise ConnectionError(f"no connect certificate for {self.source} yet")
+            raise ConnectionError(f"no connect certificate for {source or self.source} yet")
         # SNI names the service: one server-side port could serve several (not used yet).
         return {"ssl": ctxs.warm if warm and ctxs.warm is not None else ctxs.client, "server_hostname": self.target, "ssl_handshake_timeout": self.handshake_timeout}
 

@@ -11,12 +11,10 @@ are runtime.lifecycle's; the firewall's trusted flows are runtime.firewall's."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
@@ -26,6 +24,7 @@ from portlink.runtime import ambassadors
 from portlink.runtime import links as linkspec
 from portlink.runtime.events import EventLog
 from portlink.runtime.lifecycle import Lifecycle
+from portlink.runtime.linker_identity import poll_stats
 from portlink.runtime.networks import NO_NETWORK
 from portlink.runtime.records import EXITED, RUNNING, Records
 from portlink.runtime.restart_policy import backoff
@@ -112,8 +111,10 @@ class AmbassadorPolicy:
             self.await_ready(name)
         if c is not None:
             return name, None
-        return name, {"name": name, "image": "busybox", "network": network,
-                      "ambassador": {"service": service, "ports": ports}}
+        # Made for links: a client at no linker's address is refused (each linker is
+        # dialled as its own identity, runtime.linker_identity).
+        amb = {"service": service, "ports": ports, **({"unlinked": "refuse"} if self.secure else {})}
+        return name, {"name": name, "image": "busybox", "network": network, "ambassador": amb}
 
     def await_ready(self, name: str, timeout: float = READY_WAIT) -> None:
         """Until a just-started ambassador forwards: its forwarder (a Python process)
@@ -124,21 +125,14 @@ class AmbassadorPolicy:
         c = self.records.named(name)
         if c is None or c.status != RUNNING or not c.ip:
             return
-        url = f"http://{c.ip}:{ambassadors.METRICS_PORT}/stats"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(c.pid):
-            try:
-                with opener.open(url, timeout=1) as r:
-                    snap = json.loads(r.read())
-                listeners = snap["listeners"]
-                if listeners and all(x["backends"] for x in listeners.values()):
-                    return
-                if snap.get("consul", {}).get("reachable") is False:
-                    return            # it serves what it has; Consul's return is its own business
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                pass                  # not listening yet
-            time.sleep(0.02)
+
+        def done(snap: dict) -> bool:
+            listeners = snap["listeners"]
+            if listeners and all(x["backends"] for x in listeners.values()):
+                return True
+            return snap.get("consul", {}).get("reachable") is False   # it serves what it has
+        if poll_stats(c.ip, done, lambda: pid_alive(c.pid), timeout):
+            return
         log.warning("ambassador %s: no backends after %gs; linking anyway", name, timeout)
 
     @contextmanager

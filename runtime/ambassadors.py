@@ -27,6 +27,8 @@ METRICS_PORT = 9102
 RUN_DIR = "/run/secrets"   # where Docker and Compose hand secrets; never the daemon's /run/portlink
 TOKEN_PATH = f"{RUN_DIR}/consul-token"   # its Consul token, a read-only file bind (runtime.token_files)
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
+LINKERS_DIR = "linkers"            # a client side's linkers map and their tokens, in its container dir
+LINKERS_PATH = f"{RUN_DIR}/linkers"   # ... bound read-only there (a directory: the map's renames are seen)
 KEY_DIR = "/dev/shm/portlink-connect"   # TLS leaf files while OpenSSL loads them: the root is read-only, shm is memory
 SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served container>
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
@@ -44,6 +46,9 @@ class AmbassadorSpec:
     # listener forwarding to a fixed backend ("PORT" -> "IP:PORT").
     identity: str | None = None
     backends: tuple[tuple[int, str], ...] = ()
+    # A client side made for links refuses a client at no linker's address ("refuse");
+    # one a person runs (a sidecar) dials such a client as its own identity ("own").
+    unlinked: str = "own"
 
     @property
     def server_side(self) -> bool:
@@ -53,7 +58,8 @@ class AmbassadorSpec:
     def from_json(cls, data: object) -> "AmbassadorSpec":
         if not isinstance(data, dict):
             raise InvalidArgument("field 'ambassador' must be an object {service, ports, policy, drain_deadline}")
-        unknown = sorted(set(data) - {"service", "ports", "policy", "drain_deadline", "identity", "backends"})
+        unknown = sorted(set(data) - {"service", "ports", "policy", "drain_deadline", "identity", "backends",
+                                      "unlinked"})
         if unknown:
             raise InvalidArgument(f"unknown field(s) in 'ambassador': {', '.join(unknown)}")
         service = data.get("service")
@@ -85,8 +91,11 @@ class AmbassadorSpec:
                 raise InvalidArgument(f"invalid ambassador backend {v!r}: expected IP:PORT") from None
         if backends and identity:
             raise InvalidArgument("an ambassador is a server side (backends) or a client side (identity), not both")
+        unlinked = data.get("unlinked", "own")
+        if unlinked not in ("own", "refuse"):
+            raise InvalidArgument(f"invalid ambassador unlinked {unlinked!r}: own or refuse")
         return cls(service, tuple(sorted(set(ports))), policy, float(deadline), identity,
-                   tuple(sorted((int(k), v) for k, v in backends.items())))
+                   tuple(sorted((int(k), v) for k, v in backends.items())), unlinked)
 
     def to_json(self) -> dict:
         out = {"service": self.service, "ports": list(self.ports), "policy": self.policy,
@@ -95,6 +104,8 @@ class AmbassadorSpec:
             out["identity"] = self.identity
         if self.backends:
             out["backends"] = {str(p): b for p, b in self.backends}
+        if self.unlinked != "own":
+            out["unlinked"] = self.unlinked
         return out
 
 
@@ -176,7 +187,10 @@ def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str
     argv += ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
              "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
     if spec.identity:
-        argv += ["--tls-dial", spec.identity, "--tls-keys", KEY_DIR]   # follows the service's Connect instances
+        # Follows the service's Connect instances; each linker dials as itself (the map).
+        argv += ["--tls-dial", spec.identity, "--tls-keys", KEY_DIR, "--tls-linkers", LINKERS_PATH]
+        if spec.unlinked == "refuse":
+            argv += ["--tls-unlinked", "refuse"]
     return argv
 
 

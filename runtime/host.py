@@ -24,7 +24,7 @@ from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.netns.fw_l2 import L2Pins
 from portlink.prom import Histogram
-from portlink.runtime import cgroups, discovery, durable, mounts
+from portlink.runtime import ambassadors, cgroups, discovery, durable, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.containers import Containers
 from portlink.runtime.events import EventLog
@@ -34,6 +34,7 @@ from portlink.runtime.journal import Journal
 from portlink.runtime.kernel import HostKernel
 from portlink.runtime.lifecycle import Lifecycle, LifecycleDeps
 from portlink.runtime.link_views import LinkViews
+from portlink.runtime.linker_identity import LinkerIdentities
 from portlink.runtime.logfmt import LogLimits
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.plan import Layout
@@ -139,14 +140,18 @@ class Host:
         tokens = TokenFiles(cfg.ambassador_tokens)
         self.host_id = _host_id(cfg.state_dir)
         intentions = Intentions(cfg.consul, self.host_id, socket.gethostname()) if cfg.secure_links else None
-        journal = Journal(self.store, HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens,
-                                                 intentions))
+        kernel = HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens, intentions)
+        journal = Journal(self.store, kernel)
+        linkers = None
+        if cfg.secure_links:
+            linkers = kernel.linkers = LinkerIdentities(
+                self.records, lambda aid: layout.cdir(aid) / ambassadors.LINKERS_DIR, tokens, intentions)
         life = Lifecycle(LifecycleDeps(
             layout=layout, records=self.records, images=self.images, networks=self.networks, journal=journal,
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
             trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
             oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens,
-            volumes=self.volumes, intentions=intentions))
+            volumes=self.volumes, intentions=intentions, linkers=linkers))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
                                             self.refresher.changed, self.host_id, cfg.secure_links)

@@ -8,6 +8,7 @@ and an interrupted undo are unit-tested with a fake one."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -40,6 +41,7 @@ class Kernel(Protocol):
     def delete_container(self, cid: str) -> None: ...
     def revoke_token(self, path: str) -> None: ...
     def remove_intention(self, key: str) -> None: ...
+    def remove_linker(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,29 @@ def _undo_lease(j: "Journal", name: str) -> None:
     j.store.execute("DELETE FROM leases WHERE network_id=? AND ip=?", net_id, ip)
 
 
+def _guard(j: "Journal"):
+    """Held while a link's intention is taken or released on this host, so a release
+    that finds no other local holder cannot cross a new hold being made."""
+    guard = getattr(j.kernel, "intention_guard", None)
+    held = guard() if guard is not None else None
+    return held if held is not None else contextlib.nullcontext()
+
+
+def _undo_intention(j: "Journal", name: str) -> None:
+    # 'SOURCE DESTINATION' (an ambassador's own), or 'SOURCE DESTINATION HOLDER' (a
+    # linker's hold: one per linking container, so two linkers of one service on
+    # this host are two rows, and the intention is released with the last of them).
+    parts = name.split(" ")
+    with _guard(j):
+        if len(parts) == 3:
+            prefix = f"{parts[0]} {parts[1]} "
+            others = [r["name"] for r in j.store.query("SELECT name FROM resources WHERE kind='intention'")
+                      if r["name"].startswith(prefix) and r["name"] != name]
+            if others:
+                return
+        j.kernel.remove_intention(" ".join(parts[:2]))
+
+
 STEPS: dict[str, Step] = {s.kind: s for s in (
     Step("dir", lambda j, name: j.kernel.remove_dir(name)),
     Step("mount", lambda j, name: j.kernel.unmount(name)),
@@ -79,7 +104,8 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
     Step("port", _undo_port),
     Step("runc", lambda j, name: j.kernel.delete_container(name)),
     Step("consul_token", lambda j, name: j.kernel.revoke_token(name)),
-    Step("intention", lambda j, name: j.kernel.remove_intention(name)),
+    Step("intention", _undo_intention),
+    Step("linker", lambda j, name: j.kernel.remove_linker(name)),
 )}
 
 
@@ -127,9 +153,17 @@ class Journal:
         issue()
 
     def intention(self, owner: str, key: str, make: Callable[[], object]) -> None:
-        """A link's intention (secure links; key 'SOURCE DESTINATION'): deleted by the undo."""
-        self.store.record("intention", key, owner)
-        make()
+        """A link's intention (secure links; key 'SOURCE DESTINATION', or with a
+        third word, the holding linker's id): released by the undo."""
+        with _guard(self):
+            self.store.record("intention", key, owner)
+            make()
+
+    def linker(self, owner: str, name: str, add: Callable[[], object]) -> None:
+        """A linker's entry in a client-side ambassador's linkers map
+        ('AMBASSADOR-ID IP LINKER-ID', runtime.linker_identity): removed by the undo."""
+        self.store.record("linker", name, owner)
+        add()
 
     def process(self, owner: str, start: Callable[[], int]) -> int:
         self.store.record("runc", owner, owner)

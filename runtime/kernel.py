@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 
@@ -30,11 +31,22 @@ class HostKernel:
         self.intentions = intentions                # secure links: the links' intentions
         self.tokens = tokens or TokenFiles(None)   # ambassadors' Consul tokens
         self.attach_time = attach_time   # seconds per veth attach (the metrics endpoint)
+        self.linkers = None              # runtime.linker_identity.LinkerIdentities (secure links), set by the host
+        self._intention_guard = threading.Lock()
+
+    def intention_guard(self) -> threading.Lock:
+        return self._intention_guard
+
+    def remove_linker(self, name: str) -> None:
+        if self.linkers is not None:
+            self.linkers.remove(name)
 
     def make_dir(self, path: str) -> None:
         os.mkdir(path)
 
     def remove_dir(self, path: str) -> None:
+        if self.linkers is not None:
+            self.linkers.release_dir(path)   # a client side removed under its linkers: log their tokens out
         if os.path.exists(path):
             shutil.rmtree(path)
 

@@ -25,6 +25,7 @@ from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
+from portlink.runtime.linker_identity import LinkerIdentities, is_client_side
 from portlink.runtime.networks import NO_NETWORK, Networks
 from portlink.runtime.plan import Layout, PortRow, apply_image_config, mount_source, plan_start, resolve_user
 from portlink.runtime.procstart import is_same, process_start
@@ -57,6 +58,7 @@ class LifecycleDeps:
     tokens: TokenFiles = field(default_factory=lambda: TokenFiles(None))   # ambassadors' Consul tokens
     volumes: Volumes | None = None             # None: no volumes on this host (unit tests)
     intentions: Intentions | None = None       # secure links: a client side's intention to its service
+    linkers: LinkerIdentities | None = None    # secure links: each linker dialled as its own identity
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -236,6 +238,8 @@ class Lifecycle:
                  for r in self.d.records.ports(cid)]
         peers = {s.name: s for s in self.d.refresher.seen()}
         token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
+        if token is not None and self.d.linkers is not None and is_client_side(c):
+            self.d.linkers.prepare_dir(cid)    # its linkers map's directory, bound into it
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
                           peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token,
                           mount_targets=targets, init_binary=init_proc.binary() if c.spec.init else None)
@@ -247,10 +251,12 @@ class Lifecycle:
             user = plan.config["process"]["user"]
             j.consul_token(cid, token, lambda: self.d.tokens.issue(
                 Path(token), cid, amb["service"], user["uid"], user["gid"], identity))
-        if amb and amb.get("identity") and self.d.intentions is not None:
-            # The link is the authorization: before its process, so its first connection is allowed.
+        if amb and amb.get("identity") and amb.get("unlinked") != "refuse" and self.d.intentions is not None:
+            # A sidecar a person runs dials unlinked clients as itself: its own intention,
+            # before its process. One made for links refuses them: it needs none (each
+            # linker's own is made with the linker, runtime.linker_identity).
             link = Link(amb["identity"], amb["service"])
-            j.intention(cid, link.key, lambda: self.d.intentions.ensure(link, c.name))
+            j.intention(cid, link.key, lambda: self.d.intentions.ensure_own(link, c.name))
         if plan.endpoint is not None:
             j.pin(cid, plan.endpoint)
             faults.point("start.pin")
@@ -278,6 +284,9 @@ class Lifecycle:
             self.d.trust(str(ip))
         if plan.link_flows:
             self.d.allow(plan.link_flows)   # before its process: a first connection must not be dropped
+        if ip is not None and self.d.linkers is not None and not c.is_ambassador:
+            # Token, map entry, intention; waits until the ambassador has its certificate.
+            self.d.linkers.attach(j, c, str(ip))
         pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
                                                                c.spec.log_opts, stdio))
         self.d.start_time.observe(time.perf_counter() - began)

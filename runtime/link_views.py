@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from portlink.catalog.intentions import Link, ours
+from portlink.catalog.services import served_name
 from portlink.runtime import links as linkspec
 from portlink.runtime.records import Container, Records
 
@@ -29,7 +30,7 @@ class LinkRow:
     resolves: str               # "local" or "ambassador"
     via: str | None = None      # the client-side ambassador's name
     status: str = ""            # the linking container's status
-    intention: Link | None = None   # a secure ambassador's (its identity -> the service)
+    intention: Link | None = None   # through a secure ambassador: the linker's service -> the service
 
 
 def link_rows(containers: list[Container]) -> list[LinkRow]:
@@ -43,9 +44,11 @@ def link_rows(containers: list[Container]) -> list[LinkRow]:
             target = by_name.get(link.name)
             amb = target.spec.ambassador if target is not None and target.is_ambassador else None
             if amb and not amb.get("backends"):
-                identity = amb.get("identity")
+                # Secure: the linker is dialled as its own service (runtime.linker_identity).
+                secure = bool(amb.get("identity"))
                 rows.append(LinkRow(c.name, link.alias, amb["service"], "ambassador", target.name, c.status,
-                                    Link(identity, amb["service"]) if identity else None))
+                                    Link(served_name(c.name, c.spec.labels or {}), amb["service"])
+                                    if secure else None))
             else:
                 rows.append(LinkRow(c.name, link.alias, link.name, "local", None, c.status))
     return rows
@@ -60,14 +63,14 @@ def intention_view(link: Link, existing: dict | None, host_id: str, error: str |
     if existing is None:
         return out
     desc = str(existing.get("Description") or "")
-    mark = _MARK.search(desc)
+    hosts = _MARK.findall(desc)
     if ours(existing, host_id):
-        by = "this host"
-    elif mark and existing.get("Action") == "allow":
-        by = f"portlink host {mark.group(1)}"
+        by = "this host" + "".join(f", portlink host {h}" for h in hosts if h != host_id)
+    elif hosts and existing.get("Action") == "allow":
+        by = ", ".join(f"portlink host {h}" for h in hosts)
     else:
         by = "person"
-    return {**out, "action": existing.get("Action"), "by": by, "description": desc}
+    return {**out, "action": existing.get("Action"), "by": by, "description": desc, "holders": hosts}
 
 
 def row_json(row: LinkRow, intention: dict | None) -> dict:

@@ -145,6 +145,9 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
         if token_file:
             env += [f"{TOKEN_ENV}={ambassadors.TOKEN_PATH}"]
             ro_files[ambassadors.TOKEN_PATH] = token_file
+            if spec.ambassador.get("identity"):
+                # A client side's linkers map and their tokens, beside its own token (runtime.linker_identity).
+                ro_binds[ambassadors.LINKERS_PATH] = str(Path(token_file).with_name(ambassadors.LINKERS_DIR))
     args = [*(spec.entrypoint or []), *spec.cmd]      # Docker's ENTRYPOINT + CMD (apply_image_config)
     if spec.init:
         if not init_binary:

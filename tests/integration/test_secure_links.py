@@ -188,11 +188,11 @@ print(repr(out))
 def test_the_link_makes_its_intention_and_a_deny_is_obeyed_and_left_alone(lab):
     L = lab
     host2 = L.get("host2", "/system/consul")["host_id"]
-    source = f"amb-frontdb-bridge-{host2}"
+    source = "web"          # the linker's own service (per-linker identity), not the ambassador's
     exact = f"/v1/connect/intentions/exact?source={source}&destination=frontdb"
     L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
     amb = L.get("host2", "/containers/amb-frontdb-bridge")
-    assert amb["config"]["ambassador"]["identity"] == source
+    assert amb["config"]["ambassador"]["identity"] == f"amb-frontdb-bridge-{host2}"
     code, it = L.consul("GET", exact)
     assert code == 200 and it["Action"] == "allow" and f"[portlink-host {host2}]" in it["Description"], it
     fetch = lambda: L.cli("host2", "exec", "web", "sh", "-c", FETCH, check=False)
@@ -206,7 +206,7 @@ def test_the_link_makes_its_intention_and_a_deny_is_obeyed_and_left_alone(lab):
     table = L.cli("host2", "link", "ls").splitlines()
     assert table[1].split() == ["web", "sql", "frontdb", "ambassador", "amb-frontdb-bridge",
                                 source, "->", "frontdb", "allow", "by", "this", "host"], table
-    # The last linker goes: its ambassador goes, and with it the intention.
+    # The last linker goes: its ambassador goes, and the intention with the linker.
     L.cli("host2", "rm", "-f", "web")
     assert L.consul("GET", exact)[0] == 404
     # Again, and then a person denies it: new connections fail; removal leaves the deny.

@@ -80,6 +80,12 @@ portlink_ambassador_tls_denied_total 1
 # HELP portlink_ambassador_listener_tls_denied_total Client connections closed after the TLS handshake: not a service identity of this CA, or not authorized. By listener port.
 # TYPE portlink_ambassador_listener_tls_denied_total counter
 portlink_ambassador_listener_tls_denied_total{listener="5432"} 1
+# HELP portlink_ambassador_unlinked_source_total Client connections refused before any dial: their source address is no linker of this ambassador.
+# TYPE portlink_ambassador_unlinked_source_total counter
+portlink_ambassador_unlinked_source_total 1
+# HELP portlink_ambassador_listener_unlinked_source_total Client connections refused before any dial: their source address is no linker of this ambassador. By listener port.
+# TYPE portlink_ambassador_listener_unlinked_source_total counter
+portlink_ambassador_listener_unlinked_source_total{listener="5432"} 1
 """
 
 
@@ -97,6 +103,7 @@ def known() -> Metrics:
     m.handshake_failed(5432)
     m.handshake_failed(5432)
     m.denied(5432)
+    m.unlinked(5432)
     return m
 
 
@@ -112,7 +119,7 @@ def test_render_empty_has_every_family_at_zero():
         "portlink_ambassador_bytes_to_backend_total 0", "portlink_ambassador_bytes_to_client_total 0",
         "portlink_ambassador_connect_failures_total 0", "portlink_ambassador_rejected_total 0",
         "portlink_ambassador_reroutes_total 0", "portlink_ambassador_tls_handshake_failures_total 0",
-        "portlink_ambassador_tls_denied_total 0"]
+        "portlink_ambassador_tls_denied_total 0", "portlink_ambassador_unlinked_source_total 0"]
 
 
 def test_label_values_escaped():
@@ -136,7 +143,7 @@ def test_snapshot_shape():
     assert json.loads(json.dumps(snap)) == snap          # JSON-able as is
     assert list(snap) == ["connections_open", "connections_total", "bytes_to_backend_total",
                           "bytes_to_client_total", "connect_failures_total", "rejected_total", "reroutes_total",
-                          "tls_handshake_failures_total", "tls_denied_total"]
+                          "tls_handshake_failures_total", "tls_denied_total", "unlinked_source_total"]
     assert snap["tls_denied_total"] == {"total": 1, "listeners": {"5432": 1}}
     assert snap["connections_open"] == {"total": 1, "backends": {"10.0.0.1:80": 0, "10.0.0.2:80": 1},
                                         "listeners": {"80": 1}}

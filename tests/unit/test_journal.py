@@ -186,4 +186,4 @@ def test_an_unknown_kind_is_an_error_not_a_crash(store):
 
 def test_every_kind_a_start_makes_has_an_undo():
     assert set(STEPS) == {"dir", "mount", "netns", "lease", "pin", "veth", "port", "runc", "consul_token",
-                          "intention"}
+                          "intention", "linker"}

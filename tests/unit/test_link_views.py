@@ -15,8 +15,9 @@ HOST = "0123456789ab"
 OTHER = "ba9876543210"
 
 
-def ctr(name: str, links=(), ambassador=None, status=RUNNING) -> Container:
+def ctr(name: str, links=(), ambassador=None, status=RUNNING, labels=None) -> Container:
     spec = ContainerSpec(image="busybox", name=name, hostname=name, network="bridge", links=list(links),
+                         labels=labels or {},
                          ambassador=ambassador)
     return Container(id=name.ljust(64, "0"), name=name, spec=spec, exposed=("80/tcp",), status=status)
 
@@ -27,7 +28,7 @@ SRV = ctr("srv-cache", links=["cache:cache"], ambassador={"service": "cache", "b
 CACHE = ctr("cache")
 WEB = ctr("web", links=["amb-frontdb-bridge:sql", "cache:c", "dbamb:pg"])
 OLD = ctr("old", links=["cache"], status="exited")
-SECURE = Link(f"amb-frontdb-bridge-{HOST}", "frontdb")
+SECURE = Link("web", "frontdb")     # the linker's own service, not the ambassador's identity
 
 
 def test_one_row_per_link_of_each_container_that_is_no_ambassador():
@@ -74,10 +75,13 @@ def test_the_listing_asks_consul_once_per_intention_and_survives_it_failing():
     def lookup(link):
         asked.append(link)
         return {"Action": "allow", "Description": MARK.format(HOST)}
-    web2 = ctr("web2", links=["amb-frontdb-bridge:db"])
+    web2 = ctr("web2", links=["amb-frontdb-bridge:db"], labels={"portlink.service": "web"})   # web too
+    api = ctr("API_1", links=["amb-frontdb-bridge:db"])
     views = LinkViews(FakeRecords([AMB, CACHE, WEB, web2, OLD]), HOST, lookup)
     rows = views.list()
     assert asked == [SECURE]
+    # the source is each linker's service: its label, else its name as the registrar makes it
+    assert [r.intention for r in link_rows([AMB, web2, api])] == [SECURE, Link("api-1", "frontdb")]
     assert [(r["container"], r["alias"]) for r in rows] == [("web", "sql"), ("web", "c"), ("web", "pg"), ("web2", "db")]
     assert rows[0]["intention"]["by"] == "this host" and rows[1]["intention"] is None
     assert [r["container"] for r in views.list(all=True)][-1] == "old"

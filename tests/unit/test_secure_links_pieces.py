@@ -94,7 +94,12 @@ def test_command_lines_of_both_halves():
     assert "--service" not in argv and srv.to_json()["backends"] == {"80": "10.77.0.5:80"}
     cli = ambassadors.AmbassadorSpec.from_json({"service": "frontdb", "identity": f"amb-x-{HOST}"})
     argv = ambassadors.command(cli, [80], "http://10.99.0.2:8500")
-    assert argv[-4:] == ["--tls-dial", f"amb-x-{HOST}", "--tls-keys", ambassadors.KEY_DIR] and "--service" in argv
+    assert argv[-6:] == ["--tls-dial", f"amb-x-{HOST}", "--tls-keys", ambassadors.KEY_DIR,
+                         "--tls-linkers", ambassadors.LINKERS_PATH] and "--service" in argv
+    made = ambassadors.AmbassadorSpec.from_json({"service": "frontdb", "identity": f"amb-x-{HOST}",
+                                                 "unlinked": "refuse"})
+    assert ambassadors.command(made, [80], "http://10.99.0.2:8500")[-2:] == ["--tls-unlinked", "refuse"]
+    assert made.to_json()["unlinked"] == "refuse" and "unlinked" not in cli.to_json()
     plain = ambassadors.AmbassadorSpec.from_json({"service": "frontdb"})
     assert not any(a.startswith("--tls") for a in ambassadors.command(plain, [80], "http://c:8500"))
     assert plain.to_json() == {"service": "frontdb", "ports": [], "policy": plain.policy,
