@@ -438,6 +438,9 @@ def main() -> None:
             "changes": changes, "moves_per_service": round(changes / a.services, 2),
             "change_to_every_host_and_ambassador": {**summary(every), "missed": changes - len(every)},
             "change_to_every_host_dns": {**summary(dns_all), "missed": changes - len(dns_all)},
+            "missed_changes": [f"{r['service']} -> host{r['to'] + 1}: {sum(x is None for x in r['dns_s'])} DNS, "
+                               f"{sum(x is None for x in r['amb_s'])} ambassadors" for r in results
+                               if r["all_s"] is None][:20],
             "change_to_one_host_dns": summary(dns_each),
             "changes_with_ambassadors": {**summary(amb_all), "missed": len(amb_changes) - len(amb_all)},
             "change_to_one_ambassador": summary(amb_each),
