@@ -76,7 +76,8 @@ ID_PREFIX = "plbench-"
 
 
 def progress(msg: str) -> None:
-    print(f"bench/scale_hosts: {msg}", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():          # as every bench: progress on a terminal only
+        print(f"bench/scale_hosts: {msg}", file=sys.stderr, flush=True)
 
 
 def pct(xs: list[float], q: float) -> float | None:

@@ -70,7 +70,8 @@ MONITOR = "portlink-logshim"[:15]   # /proc/PID/comm keeps 15 characters
 
 
 def progress(msg: str) -> None:
-    print(f"bench/scale_links: {msg}", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():          # as every bench: progress on a terminal only
+        print(f"bench/scale_links: {msg}", file=sys.stderr, flush=True)
 
 
 def svc(k: int) -> str:
