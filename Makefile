@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (both install what they use first):
 #   make demo   runs the demo scenario
 #   make test   runs the whole test suite (unit + integration, as root)
-.PHONY: setup demo demo-host demo-apps test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-soak bench-cli clean bench-store bench-apps docker-py-suite
+.PHONY: setup demo demo-host demo-apps test unit bench bench-dns bench-consul bench-proxy bench-secure bench-reroute bench-fuzz bench-scale bench-scale-hosts bench-scale-links bench-soak bench-cli clean bench-store bench-apps docker-py-suite
 
 setup:
 	./scripts/setup
@@ -45,6 +45,13 @@ bench-reroute: setup
 # N containers on one host (N=500); soak: MINUTES=2 by default, longer by MINUTES=30
 bench-scale: setup
 	.venv/bin/python -P bench/scale.py --count $(or $(N),500)
+
+# issue 18: a 10-host lab with 100 services moving; N cross-host links on one host (N=50)
+bench-scale-hosts: setup
+	.venv/bin/python -P bench/scale_hosts.py
+
+bench-scale-links: setup
+	.venv/bin/python -P bench/scale_links.py --count $(or $(N),50)
 
 bench-soak: setup
 	.venv/bin/python -P bench/soak.py --minutes $(or $(MINUTES),2)

@@ -90,6 +90,10 @@ class AgentSpec:
         hcl = ('disable_update_check = true\n'
                'performance { raft_multiplier = 1 }\n'      # fastest elections: a lab, not a WAN
                'log_level = "warn"\n'
+               # Cumulative counters (GET /v1/agent/metrics?format=prometheus): the benches count
+               # the HTTP requests an agent served (bench/scale_hosts.py); the default in-memory
+               # sink keeps only 10 s intervals.
+               'telemetry { prometheus_retention_time = "30m"\n  disable_hostname = true }\n'
                # Connect's built-in CA and intentions: what secure links use (a dev agent has it on).
                'connect { enabled = true }\n')
         argv = [binary, "agent", f"-node={self.name}", f"-bind={self.bind}", f"-client={self.bind}",

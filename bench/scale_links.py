@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""bench/scale_links: N cross-host links on one host, what they cost: memory,
+start time of the 1st and the Nth link, Consul watches per service.
+
+Issue 18's target is 1,000 links on one host within 1 GiB of RSS for
+everything portlink runs for them, the 1,000th link starting within 1.5x the
+time of the 1st, and one Consul watch per service per host. Today each
+ambassador is its own Python process; this bench measures where that stands
+and extrapolates (stated as such) to 1,000. It does not change the
+architecture.
+
+Topology: a 2-host lab (portlink.lab: namespaces on a switch, a Consul agent
+and a portlinkd --secure-links per host, ACLs on). host2 holds the services:
+--count names svc0000..., each registered on host2's agent as portlink's
+registrar registers a published container on a secure-links host (a
+plaintext instance and a Connect-native one, meta portlink-port 80/tcp),
+straight through the agent's HTTP API (IDs plbench-...): the services' side
+is not what is measured, and N real containers there would each bring their
+own server-side ambassador. host1 holds the links: on a network `links`
+(10.96.0.0/20), link k is `run -d --name lk --net links --link svcK:db busybox
+sleep`: svcK is on no local container but in Consul, so portlinkd starts the
+shared ambassador amb-svcK-links (a client side dialling over mutual TLS, its
+own leaf certificate from host1's agent, following svcK's Connect instances)
+and returns once it has backends. The links are made one after another; the
+figure per link is that run's round trip.
+
+Measured after the N links are up:
+- memory: every process of every ambassador container (the forwarder and any
+  child) plus its monitor (portlink-logshim), VmRSS and PSS
+  (/proc/PID/smaps_rollup; shared pages split among their users), in total
+  and per link; the linkers (busybox sleep + monitor) apart; portlinkd's RSS
+  before and after (its share: records, the DNS snapshot, the catalog cache).
+- start: the 1st link's run, the Nth's, the medians of the first and the last
+  10, and nth/first.
+- Consul: established TCP connections to host1's agent (ss in host1's
+  namespace), by source: each ambassador's (its blocking queries: the
+  service, its leaf certificate, the CA roots, ...) and portlinkd's (one
+  per service in the catalog cache, plus the service list), and the
+  blocking queries per service this adds up to.
+
+Prints one JSON line. Teardown removes the links and ambassadors (concurrent
+rm -f, bounded) and then the lab, also on error or ^C. Run as root:
+  .venv/bin/python -P bench/scale_links.py [--count 50] [--max-seconds 900]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dnslib import QTYPE, DNSRecord
+
+from portlink.lab import lab as labmod
+from portlink.lab.consul_agent import http_get
+from portlink.netns.kernel_ns import entered
+from portlink.runtime.client import Client, CliError
+
+PORT = 80
+SUBNET = "10.96.0.0/20"          # room for 4,000 containers: N linkers + N ambassadors
+TARGET_LINKS, TARGET_RSS_MIB, TARGET_RATIO = 1000, 1024, 1.5
+MONITOR = "portlink-logshim"[:15]   # /proc/PID/comm keeps 15 characters
+
+
+def progress(msg: str) -> None:
+    if sys.stderr.isatty():          # as every bench: progress on a terminal only
+        print(f"bench/scale_links: {msg}", file=sys.stderr, flush=True)
+
+
+def svc(k: int) -> str:
+    return f"svc{k:04d}"
+
+
+# /proc ---------------------------------------------------------------------------------
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        return int(proc_status(pid).get("VmRSS", "0 kB").split()[0])
+    except OSError:
+        return 0
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        m = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M)
+        return int(m.group(1)) if m else 0
+    except OSError:
+        return 0
+
+
+def children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int(proc_status(int(d.name))["PPid"])
+            except (OSError, KeyError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def tree(pid: int, kids: dict[int, list[int]]) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
+def container_procs(pid: int, kids: dict[int, list[int]]) -> tuple[list[int], int | None]:
+    """The container's processes (its init and descendants) and its monitor (the
+    log shim that is its parent), by pid."""
+    try:
+        ppid = int(proc_status(pid)["PPid"])
+        monitor = ppid if Path(f"/proc/{ppid}/comm").read_text().strip() == MONITOR else None
+    except (OSError, KeyError, ValueError):
+        monitor = None
+    return tree(pid, kids), monitor
+
+
+def mem(pids: list[int]) -> dict:
+    return {"processes": len(pids), "rss_kib": sum(rss_kib(p) for p in pids), "pss_kib": sum(pss_kib(p) for p in pids)}
+
+
+# the lab ------------------------------------------------------------------------------
+class InHost:
+    """A thread kept inside a lab host's namespace, for calls that must start there."""
+
+    def __init__(self, netns: str) -> None:
+        self.netns, self._inside = netns, []
+        self.pool = ThreadPoolExecutor(1, initializer=self._enter)
+
+    def _enter(self) -> None:
+        cm = entered(self.netns)          # kept: collected, it would leave the namespace
+        cm.__enter__()
+        self._inside.append(cm)
+        if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(self.netns).st_ino:
+            raise RuntimeError(f"thread not inside {self.netns}")
+
+    def call(self, fn, *args):
+        return self.pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def register_all(agent: InHost, host: labmod.LabHost, token: str, n: int) -> None:
+    for k in range(n):
+        plain = {"ID": f"plbench-{svc(k)}", "Name": svc(k), "Address": host.ip, "Port": 20000 + k,
+                 "Meta": {"portlink-port": f"{PORT}/tcp", "portlink-host": "bench"}}
+        native = {**plain, "ID": f"plbench-{svc(k)}-tls", "Port": 30000 + k, "Connect": {"Native": True}}
+        for body in (plain, native):
+            code, _, data = agent.call(http_get, f"http://{host.ip}:8500/v1/agent/service/register", 10.0,
+                                       None, "PUT", body, token)
+            if code != 200:
+                raise RuntimeError(f"register {body['ID']}: HTTP {code} {data}")
+
+
+def dns_a(netns: str, server: str, name: str) -> list[str]:
+    with entered(netns):
+        sk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sk.settimeout(1)
+        q = DNSRecord.question(name, "A")
+        sk.sendto(q.pack(), (server, 53))
+        r = DNSRecord.parse(sk.recv(4096))
+        return sorted(str(rr.rdata) for rr in r.rr if rr.rtype == QTYPE.A)
+    except OSError:
+        return []
+    finally:
+        sk.close()
+
+
+def agent_connections(netns: str, agent_ip: str) -> dict[str, int]:
+    """Established TCP connections the agent accepted on its HTTP port, by peer
+    address (the agent's side: an ambassador's own side is in its namespace)."""
+    p = subprocess.run(["nsenter", f"--net={netns}", "ss", "-Htn", "state", "established",
+                        f"( sport = :8500 and src {agent_ip} )"], capture_output=True, text=True, timeout=30)
+    out: dict[str, int] = {}
+    for line in p.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 4:
+            peer = cols[3].rsplit(":", 1)[0]
+            out[peer] = out.get(peer, 0) + 1
+    return out
+
+
+def remove_all(sock: str, names: list[str], seconds: float) -> list[str]:
+    """rm -f every container named, 4 at a time, within `seconds`; the errors."""
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    def rm(name: str) -> None:
+        if time.monotonic() > deadline:
+            errors.append(f"rm {name}: out of time")
+            return
+        try:
+            Client(sock, timeout=120).delete(f"/containers/{name}", force="1")
+        except CliError as e:
+            if "no such" not in str(e).lower():
+                errors.append(f"rm {name}: {e}")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(rm, names))
+    return errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=50, help="links on host1, to as many services on host2 (default 50)")
+    ap.add_argument("--max-seconds", type=float, default=900, help="bound on making the links (default 900)")
+    ap.add_argument("--name", default=f"sl{os.getpid() % 100000}", help="the lab's name")
+    a = ap.parse_args()
+    if not 2 <= a.count <= 1000:
+        sys.exit("--count must be 2 to 1000")
+    if os.geteuid() != 0:
+        sys.exit("bench/scale_links.py must run as root (it starts a lab)")
+    load_before = os.getloadavg()
+    out: dict = {"bench": "scale_links", "requested": a.count, "errors": []}
+    lab = labmod.up(2, a.name, progress=progress)
+    h1, h2 = lab.hosts
+    token = labmod.management_token_file(lab).read_text().strip()
+    in1, in2 = InHost(h1.netns_path), InHost(h2.netns_path)
+    client = Client(h1.socket, timeout=180)
+    made: list[str] = []
+    try:
+        client.post("/networks", {"name": "links", "subnet": SUBNET})
+        progress(f"registering {a.count} services on host2's agent")
+        register_all(in2, h2, token, a.count)
+        probe = client.post("/containers", {"image": "busybox", "name": "probe", "network": "links",
+                                            "cmd": ["sleep", "86400"]})
+        made.append("probe")
+        # host1 follows Consul: its resolver answers the first and (waited for a bounded
+        # time, reported if not) the last service.
+        names = [f"{svc(0)}.service.consul", f"{svc(a.count - 1)}.service.consul"]
+        deadline = time.monotonic() + 60
+        while True:
+            seen = [dns_a(probe["network"]["netns"], probe["dns"]["server"], x) == [h2.ip] for x in names]
+            if all(seen) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if not seen[0]:
+            raise RuntimeError(f"host1 never learnt {names[0]} from Consul")
+        out["last_service_known_to_host1_dns"] = seen[1]
+        out["host1_services_seen"] = client.get("/system/consul").get("services_seen")
+        daemon_before = rss_kib(h1.daemon_pid)
+        conns_before = agent_connections(h1.netns_path, h1.ip)
+        lat: list[float] = []
+        linked: list[int] = []
+        failed: list[str] = []
+        stop_at = time.monotonic() + a.max_seconds
+        progress(f"making {a.count} links")
+        for k in range(a.count):
+            if time.monotonic() > stop_at:
+                out["stopped_early"] = True
+                break
+            t = time.monotonic()
+            try:
+                client.post("/containers", {"image": "busybox", "name": f"l{k}", "network": "links",
+                                            "links": [f"{svc(k)}:db"], "cmd": ["sleep", "86400"]})
+            except CliError as e:     # reported, and the next link tried: what fails is the finding
+                failed.append(f"l{k} -> {svc(k)}: {e}")
+                continue
+            lat.append(time.monotonic() - t)
+            linked.append(k)
+            made += [f"l{k}", f"amb-{svc(k)}-links"]
+            if (k + 1) % 10 == 0:
+                progress(f"{k + 1} links, last {1000 * lat[-1]:.0f} ms")
+        n = len(lat)
+        time.sleep(2)                   # the last ambassadors' first blocking queries are in
+        cs = {c["name"]: c for c in client.get("/containers", all="1")}
+        if not n:
+            raise RuntimeError(f"no link could be made: {failed[:3]}")
+        ambs = [cs[f"amb-{svc(k)}-links"] for k in linked]
+        linkers = [cs[f"l{k}"] for k in linked]
+        kids = children_map()
+        amb_procs, amb_monitors, link_procs, link_monitors = [], [], [], []
+        for c in ambs:
+            p, m = container_procs(c["pid"], kids)
+            amb_procs += p
+            amb_monitors += [m] if m else []
+        for c in linkers:
+            p, m = container_procs(c["pid"], kids)
+            link_procs += p
+            link_monitors += [m] if m else []
+        amb_mem = mem(amb_procs + amb_monitors)
+        fwd_mem = mem(amb_procs)
+        conns = agent_connections(h1.netns_path, h1.ip)
+        amb_ips = {c["network"]["ip"] for c in ambs}
+        amb_conns = sum(v for k, v in conns.items() if k in amb_ips)
+        daemon_conns = conns.get(h1.ip, 0)
+        per_link_rss_mib = amb_mem["rss_kib"] / 1024 / n
+        per_link_pss_mib = amb_mem["pss_kib"] / 1024 / n
+        first10, last10 = lat[:10], lat[-10:]
+        out.update({
+            "links": n, "link_failures": len(failed), "link_failures_first": failed[:5],
+            "first_failed_link": failed[0].split(" ")[0] if failed else None,
+            "ambassador_processes_and_monitors": {**amb_mem, "rss_mib": round(amb_mem["rss_kib"] / 1024, 1),
+                                                  "pss_mib": round(amb_mem["pss_kib"] / 1024, 1),
+                                                  "monitors": len(amb_monitors)},
+            "forwarders_only": fwd_mem,
+            "per_link_rss_mib": round(per_link_rss_mib, 1), "per_link_pss_mib": round(per_link_pss_mib, 1),
+            "linkers_not_counted": mem(link_procs + link_monitors),
+            "daemon_rss_kib": {"before": daemon_before, "with_links": rss_kib(h1.daemon_pid)},
+            "start_ms": {"first": round(1000 * lat[0], 1), "nth": round(1000 * lat[-1], 1),
+                         "first10_median": round(1000 * statistics.median(first10), 1),
+                         "last10_median": round(1000 * statistics.median(last10), 1),
+                         "all_median": round(1000 * statistics.median(lat), 1)},
+            "start_ratio_nth_over_first": round(lat[-1] / lat[0], 2),
+            "start_ratio_last10_over_first10": round(statistics.median(last10) / statistics.median(first10), 2),
+            "consul": {
+                "agent_connections_before_links": conns_before,
+                "from_ambassadors": amb_conns, "per_ambassador": round(amb_conns / n, 2),
+                "from_portlinkd": daemon_conns,
+                "blocking_queries_per_service": round((amb_conns + n) / n, 2),
+                "note": "per service: its ambassador's connections to the agent (each holds one blocking "
+                        "query: the service's Connect instances, the ambassador's leaf, the CA roots) plus "
+                        "portlinkd's one watch of the service (catalog cache)",
+            },
+            "extrapolated_to_1000_links": {
+                "stated_as": "extrapolation: per-link figures measured at this N, times 1000",
+                "rss_gib": round(per_link_rss_mib * TARGET_LINKS / 1024, 1),
+                "pss_gib": round(per_link_pss_mib * TARGET_LINKS / 1024, 1),
+                "blocking_queries_on_the_agent": round((amb_conns + n) / n * TARGET_LINKS),
+            },
+            "targets": {"links": TARGET_LINKS, "rss_mib_total": TARGET_RSS_MIB, "start_ratio": TARGET_RATIO,
+                        "watches_per_service_per_host": 1},
+        })
+    except Exception as e:
+        out["errors"].append(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        progress(f"removing {len(made)} containers")
+        # The linkers first: an ambassador goes with its last linker; any left then.
+        out["errors"] += remove_all(h1.socket, [x for x in made if not x.startswith("amb-")], 600)
+        out["errors"] += remove_all(h1.socket, [x for x in made if x.startswith("amb-")], 300)
+        in1.close()
+        in2.close()
+        errs = labmod.down(a.name, progress=progress)
+        out["errors"] += [f"teardown: {e}" for e in errs]
+        out["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
