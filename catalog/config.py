@@ -18,6 +18,10 @@ from portlink.errors import InvalidArgument, InvalidValue
 DEFAULT_PORT = 8500
 WATCH_WAIT = 30.0          # seconds a blocking query may hang; short enough to notice a silent agent
 REQUEST_TIMEOUT = 5.0      # registrations and other plain calls
+# HTTP connections to the agent one client may hold: a blocking query per followed service plus a
+# few calls. Consul's own cap per client address is http_max_conns_per_client (200 by default;
+# README: Consul in production), so past ~190 services on one host that cap must be raised too.
+CONNECTIONS = 2048
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,11 @@ class ConsulConfig:
 
         verify: bool | str = self.ca_file or self.verify
         cert = (self.cert_file, self.key_file) if self.cert_file else None
+        # Each followed service holds one connection in a blocking query: aiohttp's default pool of
+        # 100 left the 100th service and on never followed (bench/scale_hosts.py found it).
         c = consul.aio.Consul(host=self.host, port=self.port, scheme=self.scheme, dc=self.datacenter,
-                              verify=verify, cert=cert, connections_timeout=timeout)
+                              verify=verify, cert=cert, connections_timeout=timeout,
+                              connections_limit=CONNECTIONS)
         c.token = self.token   # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; ours won
         return c
 

@@ -95,7 +95,9 @@ class AgentSpec:
                # sink keeps only 10 s intervals.
                'telemetry { prometheus_retention_time = "30m"\n  disable_hostname = true }\n'
                # Connect's built-in CA and intentions: what secure links use (a dev agent has it on).
-               'connect { enabled = true }\n')
+               'connect { enabled = true }\n'
+               # A daemon holds one blocking query per followed service (catalog.config.CONNECTIONS).
+               'limits { http_max_conns_per_client = 4096 }\n')
         argv = [binary, "agent", f"-node={self.name}", f"-bind={self.bind}", f"-client={self.bind}",
                 f"-datacenter={self.datacenter}", "-hcl", hcl]
         if self.security:

@@ -272,3 +272,21 @@ def test_everything_together(tmp_path):
                                datacenter="dc2", ca_file=str(ca), cert_file=str(cert), key_file=str(key),
                                verify=False)
     assert cfg.url == "https://consul.internal:8501"
+
+
+def test_client_pool_holds_a_blocking_query_per_service_past_aiohttps_default():
+    """aiohttp pools 100 connections by default; each followed service holds one in a blocking
+    query, so the 100th service was never followed. Made without any I/O."""
+    import asyncio
+
+    from portlink.catalog.config import CONNECTIONS
+
+    async def limit():
+        c = ConsulConfig(host="127.0.0.1", port=DEFAULT_PORT).client()
+        try:
+            return c.http._session.connector.limit
+        finally:
+            await c.http._session.close()
+
+    got = asyncio.run(limit())
+    assert got == CONNECTIONS and got >= 1000
