@@ -65,15 +65,6 @@ def test_binding_rule_binds_the_read_only_role():
     assert acl.role_body()["Policies"] == [{"Name": "portlink-ambassador"}]
 
 
-def test_identity_rule_selects_on_the_claim_key_so_logins_without_it_skip_the_rule():
-    # Consul 1.16 counts `value.identity != ""` true when the claim is absent; `in` tests the key.
-    assert acl.identity_binding_rule_body("portlink-host1") == {
-        "AuthMethod": "portlink-host1", "BindType": "service", "BindName": "${value.identity}",
-        "Selector": '"identity" in value and value.identity != ""',
-        "Description": "portlink secure links: an ambassador's Connect identity"}
-    assert "identity" in acl.CLAIM_MAPPINGS.values()   # the selector's `value.identity`
-
-
 @pytest.mark.parametrize("host, ok", [("host1", True), ("web-01_a", True), ("bad name", False),
                                       ("x" * 130, False), ("h/1", False)])
 def test_auth_method_names(host, ok):
