@@ -5,7 +5,8 @@ binding rules in place, an ambassador of a daemon without --secure-links
 gets its service identity too; a bad identity is refused and leaves no token.
 And why the selector tests the claim's key: under the former `value.identity
 != ""` the same plain login is refused. Logins go through the daemon's own
-code (AmbassadorTokens). No root needed."""
+code (AmbassadorTokens). And end to end: a plaintext lab (daemons without
+--secure-links, both rules in place) starts a cross-host link's ambassador."""
 
 from __future__ import annotations
 
@@ -15,15 +16,20 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from helpers import wait_for
 
 from portlink.catalog import acl
 from portlink.catalog.ambassador_tokens import ALGORITHM, AmbassadorTokens, Signer, generate_key_pem, request
 from portlink.catalog.config import ConsulConfig
 from portlink.errors import RuntimeFailure
 from portlink.lab.consul_acl import wait_acl
+from portlink.lab import lab as labmod
 from portlink.lab.consul_agent import AgentSecurity, AgentSpec, start_agent, wait_ready
+from test_consul_acl import SERVE, Two
 
 CID = "cd" * 32
 OLD_SELECTOR = 'value.identity != ""'     # what portlink shipped before; Consul 1.16 mis-selects with it
@@ -126,3 +132,33 @@ def test_consul_1_16_refuses_a_plain_login_under_the_former_selector(consul):
     secure = tokens.login(CID, "frontdb", identity="frontdb")   # with the claim it always worked
     assert consul.token_self(secure.secret)["ServiceIdentities"] == [{"ServiceName": "frontdb"}]
     tokens.logout(secure.secret)
+
+
+@pytest.mark.root
+def test_plaintext_lab_starts_a_cross_host_ambassador_with_both_rules(tmp_path):
+    root, labmod.LAB_ROOT = labmod.LAB_ROOT, tmp_path
+    try:
+        made = labmod.up(2, f"i{os.getpid() % 10000}", progress=lambda *_: None, secure_links=False)
+        try:
+            two = Two(made)
+            code, rules = two.consul("host2", "GET", "/v1/acl/binding-rules?authmethod=portlink-host2",
+                                     two.management)
+            assert code == 200 and sorted(r["Selector"] for r in rules) == \
+                sorted([acl.IDENTITY_SELECTOR, acl.binding_rule_body("x")["Selector"]]), rules
+            two.cli("host1", "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c", SERVE, "host1")
+            assert wait_for(lambda: two.client("host2").get("/system/consul")["services_seen"] >= 2, 20)
+            two.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+            fetch = lambda: two.cli("host2", "exec", "web", "sh", "-c", "timeout 5 wget -qO- http://sql/",
+                                    check=False)
+            assert wait_for(lambda: fetch().stdout.strip() == "db-on-host1", 10), fetch()
+            amb = two.client("host2").get("/containers/amb-frontdb-bridge")
+            secret = (Path(made.host("host2").workdir) / "state" / "containers" / amb["id"] / "consul-token") \
+                .read_text().strip()
+            code, me = two.consul("host2", "GET", "/v1/acl/token/self", secret)
+            assert code == 200 and [r["Name"] for r in me["Roles"]] == [acl.AMBASSADOR_ROLE], me
+            assert not me.get("ServiceIdentities"), me     # plaintext: no claim, no identity
+        finally:
+            errors = labmod.down(made.name, progress=lambda *_: None)
+        assert not errors, errors
+    finally:
+        labmod.LAB_ROOT = root
