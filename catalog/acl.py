@@ -126,13 +126,23 @@ def binding_rule_body(method: str, role: str = AMBASSADOR_ROLE) -> dict:
             "Description": "portlink ambassadors: read services and nodes"}
 
 
+# The identity rule's selector. `value.identity != ""` alone is not enough: in
+# Consul 1.16 a claim the JWT lacks is absent from the selector's `value` map,
+# and go-bexpr counts `!=` (and `matches`) on a missing key as true, so a login
+# without the claim matched, bound `${value.identity}` as "" and was refused
+# (HTTP 500 'computed "service" bind name for bind target is invalid: ""').
+# `in` tests the key itself; the second half keeps an empty claim out too.
+IDENTITY_SELECTOR = '"identity" in value and value.identity != ""'
+
+
 def identity_binding_rule_body(method: str) -> dict:
     """PUT /v1/acl/binding-rule: a login that carries the claim `identity` (an
     ambassador of secure links) also gets that service identity: service:write
     on the name (its Connect leaf, and authorize on a server side) and read on
-    every service and node."""
+    every service and node. A login without the claim (plaintext links) does not
+    match, so one method serves daemons with and without --secure-links."""
     return {"AuthMethod": method, "BindType": "service", "BindName": "${value.identity}",
-            "Selector": 'value.identity != ""',
+            "Selector": IDENTITY_SELECTOR,
             "Description": "portlink secure links: an ambassador's Connect identity"}
 
 

@@ -94,11 +94,10 @@ def wait_acl(agent: Agent, timeout: float = 30) -> None:
     raise RuntimeFailure(f"Consul ACLs on {agent.spec.name} not ready within {timeout}s ({last})")
 
 
-def bootstrap(agents: dict[str, Agent], hosts: dict[str, HostSecrets], datacenter: str = "dc1",
-              secure_links: bool = True) -> None:
+def bootstrap(agents: dict[str, Agent], hosts: dict[str, HostSecrets], datacenter: str = "dc1") -> None:
     """Policies, the ambassador role, and per host: its agent's token (set on the
     agent too, which makes it register its node now), its daemon's token, its
-    auth method and binding rule. `agents`/`hosts`: by host name; the first agent
+    auth method and its two binding rules (role, service identity). `agents`/`hosts`: by host name; the first agent
     (a server) takes the writes."""
     first = next(iter(agents.values()))
     wait_acl(first)
@@ -119,10 +118,8 @@ def bootstrap(agents: dict[str, Agent], hosts: dict[str, HostSecrets], datacente
         _call(first, "PUT", "/v1/acl/auth-method",
               acl.auth_method_body(method, Signer.load(str(h.key)).public_pem(), ALGORITHM))
         _call(first, "PUT", "/v1/acl/binding-rule", acl.binding_rule_body(method))
-        if secure_links:
-            # Only secure links log in with an identity. Without them the rule is left out:
-            # Consul 1.16 applied it to logins lacking the claim (an empty bind name, login refused).
-            _call(first, "PUT", "/v1/acl/binding-rule", acl.identity_binding_rule_body(method))
+        # Always, as in production: its selector skips logins without the claim (plaintext links).
+        _call(first, "PUT", "/v1/acl/binding-rule", acl.identity_binding_rule_body(method))
         _call(first, "PUT", "/v1/acl/token", {"SecretID": h.daemon_token.read_text().strip(),
                                              "Description": f"portlinkd on {name}",
                                              "Policies": [{"Name": acl.DAEMON_POLICY}]})

@@ -181,8 +181,7 @@ def _build(lab: Lab, n: int, progress) -> None:
     daemons = [_start_daemon(lab, h) for h in lab.hosts]
     for agent in agents:
         wait_ready(agent, timeout=60)
-    consul_acl.bootstrap({h.name: a for h, a in zip(lab.hosts, agents)}, {h.name: _secrets(h) for h in lab.hosts},
-                         secure_links=lab.secure_links)
+    consul_acl.bootstrap({h.name: a for h, a in zip(lab.hosts, agents)}, {h.name: _secrets(h) for h in lab.hosts})
     progress(f"consul: {len(servers)} server(s), {len(agents) - len(servers)} client(s), leader elected, "
              "ACLs (default deny) and gossip encryption on")
     for d in daemons:
