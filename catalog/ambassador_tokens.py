@@ -123,8 +123,8 @@ class AmbassadorTokens:
             raise RuntimeFailure(f"cannot log the ambassador in at Consul {self.cfg.url}: {e}") from None
         if code != 200 or not isinstance(body, dict) or not body.get("SecretID"):
             raise RuntimeFailure(f"Consul {self.cfg.url} refused the ambassador's login through auth method "
-                                 f"{self.method!r} (HTTP {code}: {body}); is the method set up with this "
-                                 "host's public key (README: Consul in production)?")
+                                 f"{self.method!r} (HTTP {code}: {body}); {_login_hint(body)} "
+                                 "(README: Consul in production)")
         return Login(body["SecretID"], body.get("AccessorID", ""))
 
     def logout(self, secret: str) -> None:
@@ -135,3 +135,12 @@ class AmbassadorTokens:
             raise RuntimeFailure(f"cannot log the ambassador's token out at Consul {self.cfg.url}: {e}") from None
         if code != 200 and not (code == 403 and "not found" in str(body).lower()):
             raise RuntimeFailure(f"Consul {self.cfg.url} refused the logout (HTTP {code}: {body})")
+
+
+def _login_hint(body: object) -> str:
+    """What to check, from Consul's refusal: a bind-name error is a binding rule's doing
+    (an old identity selector matches logins without the claim), anything else the key."""
+    if "bind name" in str(body):
+        return ("a binding rule computed an invalid name: check the rules' selectors (the identity "
+                f"rule's is {acl.IDENTITY_SELECTOR!r})")
+    return "is the method set up with this host's public key?"

@@ -268,6 +268,11 @@ def test_login_refusal_says_what_to_set_up(tmp_path, monkeypatch):
     t = AmbassadorTokens(from_sources("c:8500", env={}), Signer.load(str(key_file(tmp_path))), "portlink-h1")
     with pytest.raises(RuntimeFailure, match="portlink-h1.*public key"):
         t.login(CID, "db")
+    monkeypatch.setattr(mod, "request", lambda *a, **k: (
+        500, 'computed "service" bind name for bind target is invalid: ""'))
+    with pytest.raises(RuntimeFailure, match="binding rule computed an invalid name.*\"identity\" in value") as e:
+        t.login(CID, "db")
+    assert "public key" not in str(e.value)
     monkeypatch.setattr(mod, "request", lambda *a, **k: (403, "ACL not found"))
     t.logout("gone")   # already logged out: done
     monkeypatch.setattr(mod, "request", lambda *a, **k: (500, "boom"))
