@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
-from portlink.ambassador.warm import CLAIM, WarmPool
+from portlink.ambassador.warm import WarmPool
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
@@ -303,27 +303,28 @@ class Connection:
                 listener.warm.give_back(warm)     # the client left, or the backend, while we waited
                 continue
             if warm is not None:
-                # Handshaken and checked already: the claim line makes the server side dial.
-                warm.transport.set_protocol(side)
-                side.connection_made(warm.transport)
-                side.write(CLAIM)
+                # Handshaken and checked already: the claim makes the server side dial.
+                side.connection_made(listener.warm.attach(warm, side))
                 self.pair(b, side)
                 return
             try:
-                dial = tls_out.dial() if tls_out is not None else {}
+                contexts = tls_out.identity.current(tls_out.source) if listener.warm is not None else None
+                dial = tls_out.dial(warm=listener.warm is not None) if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
                 # in connect-per-request latency).
                 async with asyncio.timeout(listener.connect_timeout):
                     transport, _ = await loop.create_connection(lambda: side, b.address, b.port, **dial)
                 if tls_out is not None:
                     tls_out.check(transport)
+                    if listener.warm is not None:   # a reusable link (warm/2), if the server side speaks it
+                        side.connection_made(listener.warm.adopt(b, transport, side, contexts))
             except (OSError, asyncio.TimeoutError) as e:
                 if side.transport is not None:
                     side.transport.abort()
                 listener.backend_failed(b, e)
                 continue
             if self.closing or b not in pool:
-                transport.close()      # the client left, or the backend was dropped while we connected
+                side.transport.close()   # the client left, or the backend was dropped while we connected
                 continue
             self.pair(b, side)
             return
@@ -461,8 +462,8 @@ class Listener:
     # -- called by connections -------------------------------------------------------
 
     def accepted(self, conn: Connection) -> None:
-        if self.tls_in is not None:
-            # Not a byte before start_tls. asyncio honours this pause; uvloop starts
+        if self.tls_in is not None and not hasattr(conn.client.transport, "link"):
+            # Not a byte before start_tls (a stream on a warm/2 link is past it). asyncio honours this pause; uvloop starts
             # reading after connection_made anyway, so what it reads is stashed.
             conn.client.stash = []
             conn.client.transport.pause_reading()
@@ -526,6 +527,8 @@ class Listener:
             self.server.close()
         if self.warm is not None:
             self.warm.close()
+        if self.tls_in is not None:
+            self.tls_in.quiesce()        # idle warm/2 links too
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop accepting, close every connection, wait up to `grace` for them to

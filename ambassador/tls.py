@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from portlink.ambassador.identity import Identity
 from portlink.ambassador.spiffe import IdentityError, check_service, peer_identity, serial_hex
-from portlink.ambassador.warm import CLAIM, SERVER_WAIT, negotiated
+from portlink.ambassador.link import Link, Stream
+from portlink.ambassador.warm import CLAIM, LINK_ALPN, SERVER_WAIT, negotiated, selected
 from portlink.catalog.connect import Decision
 from portlink.catalog.watch import describe
 
@@ -82,10 +83,14 @@ class ServerTLS:
         self.authorizer = authorizer
         self.handshake_timeout = handshake_timeout
         self.wait = wait                  # how long a warm connection may stay unclaimed
+        self.links: set[Link] = set()     # warm/2 connections from client sides (ambassador/link.py)
+        self.quiescing = False
 
     async def admit(self, conn) -> bool:
         """Handshake, identify, authorize. False: `conn` is closed and counted."""
         listener = conn.listener
+        if isinstance(conn.client.transport, Stream):
+            return await self._admit_stream(conn, conn.client.transport)
         ctxs = self.identity.current(self.service)
         if ctxs is None:
             log.warning("port %d: no connect certificate for %s yet: refusing a client", listener.port, self.service)
@@ -106,6 +111,9 @@ class ServerTLS:
         except IdentityError as e:
             return self._deny(conn, str(e))
         early = None
+        if selected(conn.client.transport) == LINK_ALPN:
+            self._serve_link(conn, peer, serial)
+            return False
         if negotiated(conn.client.transport):
             # A warm connection: the backend is dialled only once the client side claims
             # it, and it is authorized then (a deny made meanwhile applies). Asked at the
@@ -129,6 +137,70 @@ class ServerTLS:
         if not decision.authorized:
             return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
         return True
+
+    # -- warm/2: one TLS connection, a stream per client (ambassador/link.py) -----------
+
+    def _serve_link(self, holder, peer, serial: str) -> None:
+        """The handshaken connection becomes a link: each claim on it starts a new
+        Connection (a stream), admitted by _admit_stream. `holder`, the Connection
+        that accepted it, stays in the listener's connections while the link
+        lives, so stopping the listener closes idle links too."""
+        listener, tls = holder.listener, holder.client.transport
+
+        def claimed(st: Stream) -> None:
+            if link.timer is not None:
+                link.timer.cancel()
+                link.timer = None
+            conn = type(holder)(listener)
+            st.set_protocol(conn.client)
+            conn.client.connection_made(st)     # the listener runs its connect(): admit, dial, pair
+
+        def lost(_link: Link) -> None:
+            self.links.discard(link)
+            if link.early is not None:
+                link.early.cancel()
+            holder.client.connection_lost(None)
+
+        link = Link(tls, on_claim=claimed, on_idle=self._link_idle, on_lost=lost)
+        link.peer = (peer, serial)
+        # Asked now, in the background: the first claim, if it comes while the agent
+        # answers, takes that answer; a later one finds it cached (within the TTL).
+        link.early = asyncio.ensure_future(self.authorizer.check(self.service, peer.uri, serial))
+        self.links.add(link)
+        early, holder.pending, holder.pending_size = holder.pending, [], 0
+        if holder.client.blocked:
+            holder.client.blocked.clear()
+            tls.resume_reading()
+        self._link_idle(link)
+        if early:                               # decrypted before the link took over
+            link.data_received(b"".join(early))
+
+    def _link_idle(self, link: Link) -> None:
+        if self.quiescing:
+            link.close()
+        elif not link.lost:
+            link.timer = asyncio.get_running_loop().call_later(self.wait, link.close)
+
+    async def _admit_stream(self, conn, st: Stream) -> bool:
+        """A claim on a link: authorized per claim (a deny made since applies now)."""
+        link = st.link
+        peer, serial = link.peer
+        early, link.early = link.early, None
+        if early is not None and not early.done():
+            decision = await early
+        else:
+            decision = await self.authorizer.check(self.service, peer.uri, serial)
+        if not decision.authorized:
+            return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
+        return True
+
+    def quiesce(self) -> None:
+        """Stopping: idle links close (their client sides dial elsewhere), busy ones
+        close once their stream ends."""
+        self.quiescing = True
+        for link in list(self.links):
+            if link.stream is None:
+                link.close()
 
     def _deny(self, conn, why: str) -> bool:
         conn.listener.metrics.denied(conn.listener.port)
