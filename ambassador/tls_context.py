@@ -95,6 +95,9 @@ class ResumingClientContext(ssl.SSLContext):
 def _new(purpose: int, roots: Roots, leaf: Leaf, where: Path) -> ssl.SSLContext:
     ctx = (ResumingClientContext if purpose == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext)(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No dummy ChangeCipherSpec records (TLS 1.3's middlebox disguise): both ends are
+    # ours, and every handshake (a reroute's, a connect-per-request's) skips two records.
+    ctx.options &= ~ssl.OP_ENABLE_MIDDLEBOX_COMPAT
     ctx.check_hostname = False           # identities are URI SANs, checked by spiffe.py
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=roots.bundle)
