@@ -152,6 +152,8 @@ class WarmPool:
             else:
                 self.dropped += 1
                 w.transport.close()
+        if isinstance(got, Link):
+            self._busy(got)           # before fill(): it comes back, no need to dial another
         self.fill(b)
         if got is not None:
             self.claimed += 1
@@ -160,6 +162,8 @@ class WarmPool:
     def give_back(self, w: Idle) -> None:
         """A claimed connection that was not used after all: kept if still usable."""
         self.claimed -= 1
+        if isinstance(w, Link):
+            self._unbusy(w)
         b = w.backend
         if self.closed or b not in self.listener.pool or w.transport.is_closing():
             self.dropped += 1
@@ -194,8 +198,6 @@ class WarmPool:
     def attach(self, w: Idle | Link, side: asyncio.Protocol) -> asyncio.Transport:
         """The transport a client's `side` gets for a claimed warm connection."""
         if isinstance(w, Link):
-            self.busy[w.backend] = self.busy.get(w.backend, 0) + 1
-            w.in_use = True
             return w.open(side)
         return w.attach(side)
 
@@ -207,8 +209,7 @@ class WarmPool:
         proto = selected(transport)
         if proto == LINK_ALPN:
             link = self._link(b, transport, contexts)
-            self.busy[b] = self.busy.get(b, 0) + 1
-            link.in_use = True
+            self._busy(link)
             return link.open(side)
         if proto == WARM_ALPN:
             transport.write(CLAIM)
@@ -237,6 +238,10 @@ class WarmPool:
     def _lost(self, link: Link) -> None:
         if not self._unbusy(link):
             self.drop(link, closed=True)
+
+    def _busy(self, link: Link) -> None:
+        link.in_use = True
+        self.busy[link.backend] = self.busy.get(link.backend, 0) + 1
 
     def _unbusy(self, link: Link) -> bool:
         """True if `link` was carrying a client (and is counted no longer)."""
