@@ -51,6 +51,7 @@ SERVER_WAIT = 60.0        # a server side closes a warm connection not claimed w
 
 
 KEEP = 8                  # reusable connections kept idle per backend beyond `size`
+MAX_DIALS = 4             # warm dials under way per backend for waiting clients
 
 
 def selected(transport) -> str | None:
@@ -108,6 +109,7 @@ class WarmPool:
         self.dialling: dict[Backend, int] = {}
         self.busy: dict[Backend, int] = {}    # warm/2 links carrying a client now (they come back)
         self.refused: set[Backend] = set()    # server sides that did not select WARM_ALPN
+        self.failing: set[Backend] = set()    # the last warm dial to it failed (clients dial, and count it)
         self.waiters: dict[Backend, deque[asyncio.Future]] = {}   # claim_wait()s, woken per dial ended
         self.closed = False
         self.made = 0                         # counters for /stats
@@ -117,25 +119,37 @@ class WarmPool:
 
     # -- the forwarder's side ------------------------------------------------------
 
-    async def claim_wait(self, b: Backend, timeout: float) -> Idle | None:
-        """claim(), but with none ready while warm dials to `b` are under way (a
-        backend just added, a burst), wait up to `timeout` for one of them rather
-        than start yet another handshake next to them."""
+    async def claim_wait(self, b: Backend, timeout: float) -> Idle | Link | None:
+        """claim(), but with none ready, wait up to `timeout` for a warm dial to `b`
+        or a link coming back from its client, rather than start one more handshake
+        per client (a backend just added, a burst: each full handshake costs both
+        sides CPU the others wait for). Dials are started for waiters, at most
+        MAX_DIALS at once per backend. None: dial per client (the server side does
+        not take warm connections, a warm dial failed, or the time is up)."""
         got = self.claim(b)
-        if got is not None or not self.dialling.get(b):
-            return got
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(b, deque()).append(fut)
-        try:
-            async with asyncio.timeout(timeout):
-                await fut
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            q = self.waiters.get(b)
-            if q is not None and fut in q:
-                q.remove(fut)
-        return self.claim(b)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while got is None:
+            waiting = len(self.waiters.get(b, ())) + 1
+            while self.dialling.get(b, 0) < min(waiting, MAX_DIALS) and self._dial_one(b):
+                pass
+            if not self.dialling.get(b) or b in self.failing:
+                return None
+            fut = loop.create_future()
+            self.waiters.setdefault(b, deque()).append(fut)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await fut
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                q = self.waiters.get(b)
+                if q is not None and fut in q:
+                    q.remove(fut)
+                if q is not None and not q:
+                    del self.waiters[b]
+            got = self.claim(b)
+        return got
 
     def claim(self, b: Backend) -> Idle | None:
         """A warm connection to `b` made with the current certificates, or None;
@@ -183,6 +197,7 @@ class WarmPool:
                 self.dropped += 1
                 w.transport.close()
         self.refused &= set(pool.backends)
+        self.failing &= set(pool.backends)
         for b in pool.backends:
             self.fill(b)
 
@@ -206,6 +221,7 @@ class WarmPool:
         """A connection dialled for one client (none was ready), with the warm
         context: on warm/2 it becomes a link that comes back to the pool after
         the client; on warm/1 the server side waits for the claim line."""
+        self.failing.discard(b)
         proto = selected(transport)
         if proto == LINK_ALPN:
             link = self._link(b, transport, contexts)
@@ -234,6 +250,7 @@ class WarmPool:
         self.reused += 1
         link.timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, link)
         q.appendleft(link)          # the most recently used first: its peer is the warmest
+        self._wake_one(b)
 
     def _lost(self, link: Link) -> None:
         if not self._unbusy(link):
@@ -261,10 +278,15 @@ class WarmPool:
         if self.closed or b in self.refused or b not in self.listener.pool or self.listener.pool.cooling(b):
             return
         missing = self.size - len(self.ready.get(b, ())) - self.dialling.get(b, 0) - self.busy.get(b, 0)
-        loop = asyncio.get_running_loop()
         for _ in range(max(0, missing)):
-            self.dialling[b] = self.dialling.get(b, 0) + 1
-            loop.create_task(self._dial(b))
+            self._dial_one(b)
+
+    def _dial_one(self, b: Backend) -> bool:
+        if self.closed or b in self.refused or b not in self.listener.pool or self.listener.pool.cooling(b):
+            return False
+        self.dialling[b] = self.dialling.get(b, 0) + 1
+        asyncio.get_running_loop().create_task(self._dial(b))
+        return True
 
     async def _dial(self, b: Backend) -> None:
         loop = asyncio.get_running_loop()
@@ -278,6 +300,7 @@ class WarmPool:
         except (OSError, asyncio.TimeoutError) as e:
             # Not counted as a client's connect failure; the next claim tries again.
             log.debug("port %d: warming a connection to %s failed: %s", self.listener.port, b.label, e)
+            self.failing.add(b)
             if w.transport is not None:
                 w.transport.abort()
             return
@@ -286,6 +309,7 @@ class WarmPool:
             if self.dialling[b] <= 0:
                 del self.dialling[b]
             loop.call_soon(self._wake, b)      # after the connection is filed (or not)
+        self.failing.discard(b)
         proto = selected(transport)
         if proto is None:
             self.refused.add(b)
@@ -313,6 +337,15 @@ class WarmPool:
                     break
         if q is not None and not q:
             del self.waiters[b]
+
+    def _wake_one(self, b: Backend) -> None:
+        """A link came back: the first waiter takes it."""
+        q = self.waiters.get(b)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
 
     def _expire(self, w: Idle | Link) -> None:
         w.timer = None

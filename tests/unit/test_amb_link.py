@@ -11,7 +11,7 @@ import socket
 import struct
 
 from portlink.ambassador.link import CLAIM_FRAME, END_FRAME
-from portlink.ambassador.warm import LINK_ALPN
+from portlink.ambassador.warm import KEEP, LINK_ALPN
 from test_amb_tls import LOOPS, T, Pair, pki, run, until  # noqa: F401 (pki: the fixture)
 
 
@@ -159,4 +159,19 @@ def test_a_quiescing_server_side_closes_its_idle_links(pki, kind):
             p.server.quiesce()
             await until(lambda: len(p.server.listeners[0].connections) == 0, "idle links closed")
             await until(lambda: warm.snapshot()["ready"] == 0, "the client side noticed")
+    run(main(), kind)
+
+
+@LOOPS
+def test_a_burst_of_clients_all_get_through_and_the_links_come_back(pki, kind):
+    async def main():
+        async with Pair(pki, warm=1) as p:
+            warm = warm_of(p)
+            await until(lambda: warm.snapshot()["ready"] == 1, "a warm link")
+            got = await asyncio.gather(*(exchange(p, b"burst-%d" % i) for i in range(20)))
+            assert got == [b"burst-%d" % i for i in range(20)]
+            await settled(p)
+            assert p.accepted == 20
+            assert 1 <= warm.snapshot()["ready"] <= warm.size + KEEP
+            assert await exchange(p, b"after") == b"after"
     run(main(), kind)
