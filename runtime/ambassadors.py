@@ -29,6 +29,7 @@ TOKEN_PATH = f"{RUN_DIR}/consul-token"   # its Consul token, a read-only file bi
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
 KEY_DIR = "/dev/shm/portlink-connect"   # TLS leaf files while OpenSSL loads them: the root is read-only, shm is memory
 SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served container>
+TLS_WARM = 1                       # a client side's --tls-warm (README: Warm connections)
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,7 +177,9 @@ def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str
     argv += ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
              "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
     if spec.identity:
-        argv += ["--tls-dial", spec.identity, "--tls-keys", KEY_DIR]   # follows the service's Connect instances
+        # follows the service's Connect instances; a warm link per server side, reused client after
+        # client (ambassador/link.py): connect-per-request and reroutes skip most handshakes
+        argv += ["--tls-warm", str(TLS_WARM), "--tls-dial", spec.identity, "--tls-keys", KEY_DIR]
     return argv
 
 
