@@ -463,8 +463,9 @@ class Listener:
 
     def accepted(self, conn: Connection) -> None:
         if self.tls_in is not None and not hasattr(conn.client.transport, "link"):
-            # Not a byte before start_tls (a stream on a warm/2 link is past it). asyncio honours this pause; uvloop starts
-            # reading after connection_made anyway, so what it reads is stashed.
+            # Not a byte before start_tls (a stream on a warm/2 link is past it). asyncio
+            # honours this pause; uvloop starts reading after connection_made anyway, so
+            # what it reads is stashed.
             conn.client.stash = []
             conn.client.transport.pause_reading()
         self.connections.add(conn)

@@ -3,10 +3,11 @@ handshakes made ahead of clients, so a new client connection skips the TCP and
 TLS set-up (most of a connect-per-request's added latency), and, with
 `portlink-warm/2`, TLS connections reused client after client (`Link`).
 
-The two sides agree on it with ALPN (`WARM_ALPN`, offered by every client-side
-dial, selected by a server side that knows it): on such a connection the
-server side dials its backend only after a one-line preamble (`CLAIM`), which
-the client side writes when a client takes the connection. So a backend never
+The two sides agree on it with ALPN (`ALPNS`, offered by every dial of a client
+side with warm connections, selected by a server side that knows them). On a
+`portlink-warm/1` connection the server side dials its backend only after a
+one-line preamble (`CLAIM`), which the client side writes when a client takes
+the connection. So a backend never
 sees an idle phantom connection, and a server side that does not know the
 protocol simply does not select it (the client side then never keeps warm
 connections to it). The server side authorizes at the claim (its cache makes
@@ -16,7 +17,7 @@ to warm connections.
 A warm connection is dropped, never handed out, when: its backend left the
 pool (a reroute), the client side's certificates rotated since it was made, it
 was idle `idle` seconds (the server side waits `SERVER_WAIT`, longer), or the
-server side closed it. Warm connections are not client connections: they are
+server side closed it (a quiescing server side closes its idle ones). Warm connections are not client connections: they are
 not in the pool's active counts nor in the connection metrics until claimed.
 
 `portlink-warm/2` (preferred by both ends; `portlink-warm/1` is still spoken
@@ -51,7 +52,7 @@ SERVER_WAIT = 60.0        # a server side closes a warm connection not claimed w
 
 
 KEEP = 8                  # reusable connections kept idle per backend beyond `size`
-MAX_DIALS = 4             # warm dials under way per backend for waiting clients
+MAX_DIALS = 2             # warm dials under way per backend for waiting clients (handshakes share the CPU)
 
 
 def selected(transport) -> str | None:
