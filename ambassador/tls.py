@@ -9,6 +9,9 @@ these at two points and keeps its own pairing, backpressure and metrics.
 - `ClientTLS` ("I pretend I'm frontdb"): each backend (a server side) is
   dialled with the source identity's leaf and must present the target
   service's identity.
+- A `portlink-warm/2` connection (ambassador/link.py) carries client after
+  client: the server side turns it into a Link, and each claim on it becomes
+  a Connection of its own, authorized by `_admit_stream`.
 
 Authorization decisions are cached for `ttl` seconds (1 s: a connect per
 request does not pay an agent round trip each time; a new deny applies within
