@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
 from portlink.ambassador import splice as kernel
-from portlink.ambassador.warm import CLAIM, WarmPool
+from portlink.ambassador.warm import WarmPool
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
 log = logging.getLogger("portlink.ambassador")
@@ -328,6 +328,8 @@ class Connection:
         source = tls_out.source_for(self) if tls_out is not None else None
         if tls_out is not None and source is None:
             return                     # no linker's address: refused, closed and counted
+        # Warm connections and reused links present one identity: this client's pool.
+        links = listener.warm_for(source) if tls_out is not None else None
         tried: set[Backend] = set()
         while not self.closing:
             # Ordered afresh for each attempt, so a set changed meanwhile is honoured.
@@ -336,33 +338,33 @@ class Connection:
                 break
             tried.add(b)
             side = Side(self, "backend", tls=tls_out is not None)
-            warm = await listener.warm.claim_wait(b, listener.connect_timeout) \
-                if listener.warm is not None and source == tls_out.source else None   # warm ones are its own
+            warm = await links.claim_wait(b, listener.connect_timeout) if links is not None else None
             if warm is not None and (self.closing or b not in pool):
-                listener.warm.give_back(warm)     # the client left, or the backend, while we waited
+                links.give_back(warm)     # the client left, or the backend, while we waited
                 continue
             if warm is not None:
-                # Handshaken and checked already: the claim line makes the server side dial.
-                warm.transport.set_protocol(side)
-                side.connection_made(warm.transport)
-                side.write(CLAIM)
+                # Handshaken and checked already: the claim makes the server side dial.
+                side.connection_made(links.attach(warm, side))
                 self.pair(b, side)
                 return
             try:
-                dial = tls_out.dial(source=source) if tls_out is not None else {}
+                contexts = tls_out.identity.current(source) if links is not None else None
+                dial = tls_out.dial(warm=links is not None, source=source) if tls_out is not None else {}
                 # asyncio.timeout, not wait_for: no extra task per connection (it showed
                 # in connect-per-request latency).
                 async with asyncio.timeout(listener.connect_timeout):
                     transport, _ = await loop.create_connection(lambda: side, b.address, b.port, **dial)
                 if tls_out is not None:
                     tls_out.check(transport)
+                    if links is not None:   # a reusable link (warm/2), if the server side speaks it
+                        side.connection_made(links.adopt(b, transport, side, contexts))
             except (OSError, asyncio.TimeoutError) as e:
                 if side.transport is not None:
                     side.transport.abort()
                 listener.backend_failed(b, e)
                 continue
             if self.closing or b not in pool:
-                transport.close()      # the client left, or the backend was dropped while we connected
+                side.transport.close()   # the client left, or the backend was dropped while we connected
                 continue
             self.pair(b, side)
             return
@@ -409,6 +411,8 @@ class Connection:
             return
         if client.transport.get_write_buffer_size() or up.transport.get_write_buffer_size():
             return
+        if any(side.transport.get_extra_info("ssl_object") is not None for side in (client, up)):
+            return       # a reused TLS link's stream (ambassador/link.py): its socket carries TLS records
         socks = []
         try:
             for side in (client, up):
@@ -547,8 +551,13 @@ class Listener:
         self.pipe_size = pipe_size
         self.splice_min = splice_min      # one read this big moves a pair to the kernel path; 0: at pairing
         self._poller: kernel.Poller | None = None
-        warm = getattr(tls_out, "warm", 0)
-        self.warm = WarmPool(self, tls_out, warm) if warm else None   # handshakes ahead of clients
+        # Warm connections (ambassador/warm.py) per identity presented: the ambassador's
+        # own, made ahead of clients (not by one that refuses non-linkers: it never
+        # dials as itself), and each linker's (secure links), made at its first client.
+        self.warm_size = getattr(tls_out, "warm", 0)
+        self.warm = WarmPool(self, tls_out, self.warm_size) \
+            if self.warm_size and not getattr(tls_out, "refuse_unlinked", False) else None
+        self.linker_warm: dict[str, WarmPool] = {}
         self.connections: set[Connection] = set()
         self.unflushed: set[Connection] = set()     # connections with byte counts not in metrics yet
         self.metrics.on_read(self.flush)
@@ -562,15 +571,38 @@ class Listener:
                                                reuse_address=True, backlog=512)
         if self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
-        if self.warm is not None:
-            self.warm.update()
+        self.update_warm()
+
+    def warm_for(self, source: str | None) -> WarmPool | None:
+        """The warm pool of connections presenting `source`; None: dial per client."""
+        if not self.warm_size or source is None:
+            return None
+        if source == self.tls_out.source:
+            return self.warm
+        pool = self.linker_warm.get(source)
+        if pool is None:
+            pool = self.linker_warm[source] = WarmPool(self, self.tls_out, self.warm_size, source=source)
+        return pool
+
+    def warm_pools(self) -> list[WarmPool]:
+        return ([self.warm] if self.warm is not None else []) + list(self.linker_warm.values())
+
+    def update_warm(self) -> None:
+        """Follow the backends; a linker whose certificate is gone (it left) loses its pool."""
+        for source, pool in list(self.linker_warm.items()):
+            if self.tls_out.identity.current(source) is None:
+                pool.close()
+                del self.linker_warm[source]
+        for pool in self.warm_pools():
+            pool.update()
 
     # -- called by connections -------------------------------------------------------
 
     def accepted(self, conn: Connection) -> None:
-        if self.tls_in is not None:
-            # Not a byte before start_tls. asyncio honours this pause; uvloop starts
-            # reading after connection_made anyway, so what it reads is stashed.
+        if self.tls_in is not None and not hasattr(conn.client.transport, "link"):
+            # Not a byte before start_tls (a stream on a warm/2 link is past it). asyncio
+            # honours this pause; uvloop starts reading after connection_made anyway, so
+            # what it reads is stashed.
             conn.client.stash = []
             conn.client.transport.pause_reading()
         self.connections.add(conn)
@@ -642,16 +674,18 @@ class Listener:
         its client side fails over to another host, while open streams drain."""
         if self.server is not None:
             self.server.close()
-        if self.warm is not None:
-            self.warm.close()
+        for pool in self.warm_pools():
+            pool.close()
+        if self.tls_in is not None:
+            self.tls_in.quiesce()        # idle warm/2 links too
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop accepting, close every connection, wait up to `grace` for them to
         flush, then abort what is left. Bounded."""
         if self.server is not None:
             self.server.close()
-        if self.warm is not None:
-            self.warm.close()
+        for pool in self.warm_pools():
+            pool.close()
         for conn in list(self.connections):
             conn.close()
         try:
@@ -731,8 +765,8 @@ class Ambassador:
         first = port not in self._applied
         self._applied.add(port)
         listener = self.listeners[port]
-        if listener.warm is not None and listener.server is not None and (added or removed):
-            listener.warm.update()       # before the reroute: no warm connection to a gone backend
+        if listener.warm_size and listener.server is not None and (added or removed):
+            listener.update_warm()       # before the reroute: no warm connection to a gone backend
         if first:
             log.info("port %d: backends %s", self.listeners[port].port, _names(pool.backends))
             return bool(added or removed)
@@ -781,6 +815,20 @@ class Ambassador:
             if listener.tls_out is not None:
                 listeners[str(listener.port)]["tls_dials"] = {"as": listener.tls_out.source,
                                                              "expect": listener.tls_out.target}
-            if listener.warm is not None:
-                listeners[str(listener.port)]["warm"] = listener.warm.snapshot()
+            if listener.warm_size:
+                listeners[str(listener.port)]["warm"] = warm_snapshot(listener)
         return {"policy": self.policy, "listeners": listeners, "metrics": self.metrics.snapshot()}
+
+
+def warm_snapshot(listener: Listener) -> dict:
+    """/stats' `warm` of a listener: its pools' counters summed, and how many
+    identities (the ambassador's own, each linker's) have a pool."""
+    pools = listener.warm_pools()
+    out = {"per_backend": listener.warm_size, "identities": len(pools)}
+    for pool in pools:
+        for k, v in pool.snapshot().items():
+            if k != "per_backend":
+                out[k] = out.get(k, 0) + v
+    for k in ("ready", "busy", "made", "claimed", "reused", "dropped"):
+        out.setdefault(k, 0)
+    return out

@@ -10,6 +10,9 @@ these at two points and keeps its own pairing, backpressure and metrics.
   dialled with the source identity's leaf and must present the target
   service's identity. With a linkers map (secure links) the identity is the
   linking container's, chosen by the client's address (`source_for`).
+- A `portlink-warm/2` connection (ambassador/link.py) carries client after
+  client: the server side turns it into a Link, and each claim on it becomes
+  a Connection of its own, authorized by `_admit_stream`.
 
 Authorization decisions are cached for `ttl` seconds (1 s: a connect per
 request does not pay an agent round trip each time; a new deny applies within
@@ -19,6 +22,8 @@ stays valid for `stale` seconds, then the connection is refused (fail closed).""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
 import ssl
 import time
@@ -27,7 +32,8 @@ from dataclasses import dataclass, field
 
 from portlink.ambassador.identity import Identity
 from portlink.ambassador.spiffe import IdentityError, check_service, peer_identity, serial_hex
-from portlink.ambassador.warm import CLAIM, SERVER_WAIT, negotiated
+from portlink.ambassador.link import Link, Stream
+from portlink.ambassador.warm import CLAIM, LINK_ALPN, SERVER_WAIT, negotiated, selected
 from portlink.catalog.connect import Decision
 from portlink.catalog.watch import describe
 
@@ -38,6 +44,23 @@ AUTHZ_TTL = 1.0
 AUTHZ_STALE = 300.0
 AUTHZ_MAX = 4096        # cached decisions; expired ones are dropped beyond this
 LOG_EVERY = 60.0        # seconds between log lines about one refused source
+MMAP_THRESHOLD = 1 << 20
+TRIM_THRESHOLD = 16 << 20
+
+
+@functools.cache
+def keep_big_blocks() -> bool:
+    """The TLS data path allocates and frees blocks of 256 KiB and more (record
+    reads, the outgoing BIO's bytes); glibc serves those with mmap or trims them
+    off the heap top, so each one is faulted in again: about a fifth of the pair's
+    CPU at full throughput (perf). Raise both glibc thresholds, once per process
+    (the heap keeps at most TRIM_THRESHOLD free). False where there is no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(-3, MMAP_THRESHOLD)) and bool(mallopt(-1, TRIM_THRESHOLD))   # M_MMAP_, M_TRIM_THRESHOLD
 
 
 @dataclass
@@ -84,10 +107,15 @@ class ServerTLS:
         self.authorizer = authorizer
         self.handshake_timeout = handshake_timeout
         self.wait = wait                  # how long a warm connection may stay unclaimed
+        keep_big_blocks()
+        self.links: set[Link] = set()     # warm/2 connections from client sides (ambassador/link.py)
+        self.quiescing = False
 
     async def admit(self, conn) -> bool:
         """Handshake, identify, authorize. False: `conn` is closed and counted."""
         listener = conn.listener
+        if isinstance(conn.client.transport, Stream):
+            return await self._admit_stream(conn, conn.client.transport)
         ctxs = self.identity.current(self.service)
         if ctxs is None:
             log.warning("port %d: no connect certificate for %s yet: refusing a client", listener.port, self.service)
@@ -108,6 +136,9 @@ class ServerTLS:
         except IdentityError as e:
             return self._deny(conn, str(e))
         early = None
+        if selected(conn.client.transport) == LINK_ALPN:
+            self._serve_link(conn, peer, serial)
+            return False
         if negotiated(conn.client.transport):
             # A warm connection: the backend is dialled only once the client side claims
             # it, and it is authorized then (a deny made meanwhile applies). Asked at the
@@ -131,6 +162,70 @@ class ServerTLS:
         if not decision.authorized:
             return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
         return True
+
+    # -- warm/2: one TLS connection, a stream per client (ambassador/link.py) -----------
+
+    def _serve_link(self, holder, peer, serial: str) -> None:
+        """The handshaken connection becomes a link: each claim on it starts a new
+        Connection (a stream), admitted by _admit_stream. `holder`, the Connection
+        that accepted it, stays in the listener's connections while the link
+        lives, so stopping the listener closes idle links too."""
+        listener, tls = holder.listener, holder.client.transport
+
+        def claimed(st: Stream) -> None:
+            if link.timer is not None:
+                link.timer.cancel()
+                link.timer = None
+            conn = type(holder)(listener)
+            st.set_protocol(conn.client)
+            conn.client.connection_made(st)     # the listener runs its connect(): admit, dial, pair
+
+        def lost(_link: Link) -> None:
+            self.links.discard(link)
+            if link.early is not None:
+                link.early.cancel()
+            holder.client.connection_lost(None)
+
+        link = Link(tls, on_claim=claimed, on_idle=self._link_idle, on_lost=lost)
+        link.peer = (peer, serial)
+        # Asked now, in the background: the first claim, if it comes while the agent
+        # answers, takes that answer; a later one finds it cached (within the TTL).
+        link.early = asyncio.ensure_future(self.authorizer.check(self.service, peer.uri, serial))
+        self.links.add(link)
+        early, holder.pending, holder.pending_size = holder.pending, [], 0
+        if holder.client.blocked:
+            holder.client.blocked.clear()
+            tls.resume_reading()
+        self._link_idle(link)
+        if early:                               # decrypted before the link took over
+            link.data_received(b"".join(early))
+
+    def _link_idle(self, link: Link) -> None:
+        if self.quiescing:
+            link.close()
+        elif not link.lost:
+            link.timer = asyncio.get_running_loop().call_later(self.wait, link.close)
+
+    async def _admit_stream(self, conn, st: Stream) -> bool:
+        """A claim on a link: authorized per claim (a deny made since applies now)."""
+        link = st.link
+        peer, serial = link.peer
+        early, link.early = link.early, None
+        if early is not None and not early.done():
+            decision = await early
+        else:
+            decision = await self.authorizer.check(self.service, peer.uri, serial)
+        if not decision.authorized:
+            return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
+        return True
+
+    def quiesce(self) -> None:
+        """Stopping: idle links close (their client sides dial elsewhere), busy ones
+        close once their stream ends."""
+        self.quiescing = True
+        for link in list(self.links):
+            if link.stream is None:
+                link.close()
 
     def _deny(self, conn, why: str) -> bool:
         conn.listener.metrics.denied(conn.listener.port)
@@ -158,6 +253,7 @@ class ClientTLS:
         self.handshake_timeout = handshake_timeout
         self.warm = warm                  # warm connections per backend (ambassador/warm.py); 0: none
         self.handshakes = {"full": 0, "resumed": 0}
+        keep_big_blocks()
 
     def choose(self, ip: str | None) -> tuple[str | None, str]:
         """(the identity to dial as for a client at `ip`, or None: refuse; why)."""

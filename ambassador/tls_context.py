@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from portlink.ambassador.warm import WARM_ALPN
+from portlink.ambassador.warm import ALPNS
 from portlink.catalog.connect import Leaf, Roots
 
 
@@ -29,7 +29,7 @@ class Contexts:
     client: ssl.SSLContext
     leaf: Leaf
     roots: Roots
-    warm: ssl.SSLContext | None = None   # the client context of warm connections (offers WARM_ALPN)
+    warm: ssl.SSLContext | None = None   # the client context of warm connections (offers ALPNS)
 
 
 def private_dir(path: str | os.PathLike) -> Path:
@@ -95,6 +95,9 @@ class ResumingClientContext(ssl.SSLContext):
 def _new(purpose: int, roots: Roots, leaf: Leaf, where: Path) -> ssl.SSLContext:
     ctx = (ResumingClientContext if purpose == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext)(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No dummy ChangeCipherSpec records (TLS 1.3's middlebox disguise): both ends are
+    # ours, and every handshake (a reroute's, a connect-per-request's) skips two records.
+    ctx.options &= ~ssl.OP_ENABLE_MIDDLEBOX_COMPAT
     ctx.check_hostname = False           # identities are URI SANs, checked by spiffe.py
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=roots.bundle)
@@ -105,12 +108,12 @@ def _new(purpose: int, roots: Roots, leaf: Leaf, where: Path) -> ssl.SSLContext:
 def build(roots: Roots, leaf: Leaf, key_dir: Path) -> Contexts:
     try:
         server = _new(ssl.PROTOCOL_TLS_SERVER, roots, leaf, key_dir)
-        server.set_alpn_protocols([WARM_ALPN])      # selected only when a client offers it
+        server.set_alpn_protocols(ALPNS)      # selected only when a client offers one
         # One TLS 1.3 ticket per handshake, not OpenSSL's 2: a client side keeps and reuses
         # one (ResumingClientContext), so the second was built and encrypted for nothing.
         server.num_tickets = 1
         warm = _new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir)
-        warm.set_alpn_protocols([WARM_ALPN])        # offered only by warm dials (ambassador/warm.py)
+        warm.set_alpn_protocols(ALPNS)        # offered only by warm dials (ambassador/warm.py)
         return Contexts(server=server, client=_new(ssl.PROTOCOL_TLS_CLIENT, roots, leaf, key_dir),
                         leaf=leaf, roots=roots, warm=warm)
     except (ssl.SSLError, ValueError, OSError) as e:

@@ -76,6 +76,7 @@ CONSUL = "127.0.0.1:8500"
 BACKENDS = {"A": 7001, "B": 7002}
 SERVER_SIDES = {"A": 7101, "B": 7102}      # --tls: the server-side ambassador in front of each backend
 SOURCE = "web"                              # --tls: the identity the client sides dial as
+DAEMON_WARM = 1             # runtime/ambassadors.py TLS_WARM: the --tls-warm portlinkd gives client sides
 AMB_PORT, HAP_PORT, AMB_METRICS = 17000, 17001, 17900
 DRAIN_DEADLINE = 5
 AMB_COUNTERS = ("connections_total", "connect_failures_total", "rejected_total", "reroutes_total")
@@ -418,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watcher", nargs=6, metavar=("CFG", "MASTER_PID", "MASTER_SOCK", "PORT", "EVENTS", "READY"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--tls-warm", type=int, default=None, metavar="N",
-                    help="with --tls: the client side's --tls-warm (its default when not given)")
+                    help=f"with --tls: the client side's --tls-warm (default {DAEMON_WARM}, as portlinkd "
+                         "starts client sides; 0: a TLS connection per client)")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"the sides to run, comma-separated ({','.join(SIDES)})")
     ap.add_argument("--watcher-tls", default="", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -441,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench/reroute: --sides takes one or both of {', '.join(SIDES)}")
     if a.tls_warm is not None and not (a.tls and 0 <= a.tls_warm <= 64):
         raise SystemExit("bench/reroute: --tls-warm 0..64, only with --tls")
+    if a.tls and a.tls_warm is None:
+        a.tls_warm = DAEMON_WARM
     if not os.access(HAPROXY, os.X_OK):
         raise SystemExit(f"bench/reroute: needs {HAPROXY} (./scripts/setup installs it)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

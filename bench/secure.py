@@ -26,7 +26,9 @@ targets of issue 15 (reported, not asserted).
 --baseline PYTHON adds the path mtls_base: the same pair run by another checkout's
 interpreter (e.g. /work/main/.venv/bin/python: its portlink), ports 15501/16501 ->
 15502/16502, so a change is measured against its baseline side by side in one run
-(ratio_*_mtls_vs_mtls_base). --warm N is the client side's --tls-warm.
+(ratio_*_mtls_vs_mtls_base; the baseline pair runs with that checkout's defaults). --warm N
+is the client side's --tls-warm (default 1, as portlinkd starts client sides; 0: a TLS
+connection per client).
 
 Run as root:  .venv/bin/python -P bench/secure.py [--seconds 5] [--rounds 3] [--rr 5000] [--cpr 1000]
               [--baseline PYTHON] [--warm N]"""
@@ -66,6 +68,7 @@ INNER = {"mtls_pair": (15302, 16302), "haproxy_tls": (15402, 16402),   # the TLS
 BASE = (15501, 16501)       # --baseline: the outer ports of mtls_base
 HAPROXY = proxy.HAPROXY
 CONSUL = "127.0.0.1:8500"
+DAEMON_WARM = 1             # runtime/ambassadors.py TLS_WARM (not imported: it needs the daemon's modules)
 
 
 def log(msg: str) -> None:
@@ -125,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpr", type=int, default=1000, help="connect-per-request round trips per path per round")
     ap.add_argument("--baseline", metavar="PYTHON", help="also run the mTLS pair with this interpreter "
                     "(another checkout's venv) as the path mtls_base")
-    ap.add_argument("--warm", type=int, default=None, metavar="N", help="the client side's --tls-warm")
+    ap.add_argument("--warm", type=int, default=DAEMON_WARM, metavar="N",
+                    help=f"the client side's --tls-warm (default {DAEMON_WARM}, what portlinkd gives its client sides)")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench/secure: needs root (network namespaces)")
-    if not (1 <= a.seconds <= 60 and 1 <= a.rounds <= 20 and 100 <= a.rr <= 200000 and 50 <= a.cpr <= 20000):
-        raise SystemExit("bench/secure: --seconds 1..60, --rounds 1..20, --rr 100..200000, --cpr 50..20000")
+    if not (1 <= a.seconds <= 60 and 1 <= a.rounds <= 20 and 100 <= a.rr <= 200000 and 50 <= a.cpr <= 20000
+            and 0 <= a.warm <= 64):
+        raise SystemExit("bench/secure: --seconds 1..60, --rounds 1..20, --rr 100..200000, --cpr 50..20000, --warm 0..64")
     for tool in (HAPROXY, shutil.which("iperf3"), shutil.which("openssl")):
         if not tool or not os.access(tool, os.X_OK):
             raise SystemExit("bench/secure: needs /usr/sbin/haproxy, iperf3 and openssl "
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         amb("mtls_client", "--listen", str(t), "--listen", str(l), "--tls-dial", "web", "--tls-target", "frontdb",
             "--backend", f"{t}=127.0.0.1:{ti}", "--backend", f"{l}=127.0.0.1:{li}",
             "--consul", CONSUL, "--tls-keys", str(tmp / "keys-client"),
-            *(("--tls-warm", str(a.warm)) if a.warm is not None else ()))
+            "--tls-warm", str(a.warm))
         if a.baseline:
             (t, l), (ti, li) = BASE, INNER["mtls_base"]
             amb("base_server", "--listen", str(ti), "--listen", str(li), "--tls-serve", "frontdb",

@@ -31,6 +31,7 @@ LINKERS_DIR = "linkers"            # a client side's linkers map and their token
 LINKERS_PATH = f"{RUN_DIR}/linkers"   # ... bound read-only there (a directory: the map's renames are seen)
 KEY_DIR = "/dev/shm/portlink-connect"   # TLS leaf files while OpenSSL loads them: the root is read-only, shm is memory
 SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served container>
+TLS_WARM = 1                       # a client side's --tls-warm (README: Warm connections)
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,8 +188,11 @@ def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str
     argv += ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
              "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
     if spec.identity:
-        # Follows the service's Connect instances; each linker dials as itself (the map).
-        argv += ["--tls-dial", spec.identity, "--tls-keys", KEY_DIR, "--tls-linkers", LINKERS_PATH]
+        # Follows the service's Connect instances; each linker dials as itself (the map), over
+        # a warm link per server side and identity, reused client after client
+        # (ambassador/link.py): connect-per-request and reroutes skip most handshakes.
+        argv += ["--tls-warm", str(TLS_WARM), "--tls-dial", spec.identity, "--tls-keys", KEY_DIR,
+                 "--tls-linkers", LINKERS_PATH]
         if spec.unlinked == "refuse":
             argv += ["--tls-unlinked", "refuse"]
     return argv

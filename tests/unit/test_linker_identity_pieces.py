@@ -40,7 +40,7 @@ def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     ca = CA.make(d, "ca")
     keys = private_dir(d / "keys")
-    return {name: build(ca.roots(), ca.leaf(name), keys) for name in ("web", "frontdb", "intruder")}
+    return {name: build(ca.roots(), ca.leaf(name), keys) for name in ("web", "api", "frontdb", "intruder")}
 
 
 # -- the map file ---------------------------------------------------------------------------
@@ -147,6 +147,52 @@ def test_over_mutual_tls_a_linker_is_dialled_as_itself_and_a_stranger_gets_nothi
         finally:
             for c in clients:
                 await c.stop()
+            await server.stop()
+            backend.close()
+    run(t())
+
+
+def test_reused_links_are_kept_per_linker_a_link_made_as_web_never_carries_api(pki):
+    """Warm connections and reused links (ambassador/warm.py, link.py) present one
+    identity; with linkers each has its own pool, and an ambassador that refuses
+    non-linkers makes none as itself (its own identity has no intention)."""
+    async def t():
+        authz = FakeAuthz()
+
+        async def serve(r, w):
+            w.write(b"hello")
+            await w.drain()
+            w.close()
+        backend = await asyncio.start_server(serve, "127.0.0.1", 0)
+        server = Ambassador([0], host="127.0.0.1", tls_in={0: ServerTLS(
+            FakeIdentity({"frontdb": pki["frontdb"]}), "frontdb", Authorizer(authz, ttl=0), handshake_timeout=T)})
+        server.apply(0, [Backend("127.0.0.1", backend.sockets[0].getsockname()[1])])
+        await server.start()
+        links = FakeLinkers({"127.0.0.1": "web", "127.0.0.2": "api"})
+        ident = FakeIdentity({"amb-own": pki["intruder"], "web": pki["web"], "api": pki["api"]})
+        client = Ambassador([0], host="127.0.0.1", tls_out=ClientTLS(
+            ident, "amb-own", "frontdb", T, linkers=links, refuse_unlinked=True, warm=1))
+        client.apply(0, [Backend("127.0.0.1", server.listeners[0].port)])
+        await client.start()
+        lst = client.listeners[0]
+        try:
+            assert lst.warm is None                       # nothing is made as the ambassador itself
+            for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.1", "127.0.0.2", "127.0.0.1"):
+                r, w = await asyncio.open_connection("127.0.0.1", lst.port, local_addr=(ip, 0))
+                assert await asyncio.wait_for(r.read(), T) == b"hello"
+                w.close()
+                want = "web" if ip == "127.0.0.1" else "api"
+                assert authz.calls[-1][1].endswith(f"/svc/{want}")   # the claim's identity: the client's own
+                await until(lambda: all(p.snapshot()["busy"] == 0 for p in lst.warm_pools()), "links back")
+            assert not any(c[1].endswith("/svc/intruder") for c in authz.calls)
+            assert sorted(lst.linker_warm) == ["api", "web"]
+            assert lst.linker_warm["web"].reused >= 2 and lst.linker_warm["api"].reused >= 1
+            assert client.snapshot()["listeners"][str(lst.port)]["warm"]["identities"] == 2
+            ident.contexts.pop("api")                      # api left: its pool goes at the next update
+            lst.update_warm()
+            assert sorted(lst.linker_warm) == ["web"]
+        finally:
+            await client.stop()
             await server.stop()
             backend.close()
     run(t())
