@@ -4,6 +4,7 @@ its sandbox, runs portlink's busybox without a registry, and leaves nothing."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -11,8 +12,19 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import dockerd_peer as peer_mod  # noqa: E402
+
+def _load_peer():
+    """bench/dockerd_peer.py by its path: bench/ on sys.path would shadow dnspython's
+    `dns` with bench/dns.py for every test collected after this one."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "dockerd_peer.py"
+    spec = importlib.util.spec_from_file_location("dockerd_peer", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["dockerd_peer"] = mod      # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+peer_mod = _load_peer()
 
 pytestmark = pytest.mark.skipif(peer_mod.available() is not None, reason=str(peer_mod.available()))
 
