@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from portlink.ambassador.backends import Backend, Pool
 from portlink.ambassador.metrics import Metrics
 from portlink.ambassador import splice as kernel
+from portlink.ambassador.link import ClaimRefused
 from portlink.ambassador.warm import WarmPool
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
 
@@ -331,6 +332,7 @@ class Connection:
         # Warm connections and reused links present one identity: this client's pool.
         links = listener.warm_for(source) if tls_out is not None else None
         tried: set[Backend] = set()
+        lost_claims = 0
         while not self.closing:
             # Ordered afresh for each attempt, so a set changed meanwhile is honoured.
             b = next((b for b in pool.order() if b not in tried), None)
@@ -345,6 +347,19 @@ class Connection:
             if warm is not None:
                 # Handshaken and checked already: the claim makes the server side dial.
                 side.connection_made(links.attach(warm, side))
+                try:
+                    await self._acked(side)
+                except ClaimRefused:
+                    self.close()               # denied: counted by the server side; nothing to retry
+                    return
+                except (OSError, asyncio.TimeoutError) as e:
+                    side.transport.abort()
+                    lost_claims += 1
+                    if lost_claims <= 2:
+                        tried.discard(b)   # a link the server side was closing: dial it afresh
+                    else:
+                        listener.backend_failed(b, e)
+                    continue
                 self.pair(b, side)
                 return
             try:
@@ -358,6 +373,11 @@ class Connection:
                     tls_out.check(transport)
                     if links is not None:   # a reusable link (warm/2), if the server side speaks it
                         side.connection_made(links.adopt(b, transport, side, contexts))
+                        try:
+                            await self._acked(side)     # its backend answered
+                        except ClaimRefused:
+                            self.close()
+                            return
             except (OSError, asyncio.TimeoutError) as e:
                 if side.transport is not None:
                     side.transport.abort()
@@ -373,7 +393,18 @@ class Connection:
             log.debug("port %d: no backend answered, closing the client", listener.port)
             self.close()
 
+    async def _acked(self, side: Side) -> None:
+        """A claim on a reused link (ambassador/link.py) is a connect: it is done when
+        the server side says its backend answered (ConnectionError if the link went)."""
+        ready = getattr(side.transport, "ready", None)
+        if ready is not None:
+            async with asyncio.timeout(self.listener.connect_timeout):
+                await ready
+
     def pair(self, b: Backend, side: Side) -> None:
+        ack = getattr(self.client.transport, "ack", None)
+        if ack is not None:
+            ack()                      # a server side's link stream: its client side may go on
         self.backend, self.upstream = b, side
         port, label = self.listener.port, b.label
         self.listener.pool.connected(b)

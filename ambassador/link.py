@@ -4,7 +4,12 @@ time, each presented to the forwarder as a transport (`Stream`), so a Side
 pairs with it exactly as with a socket.
 
 Frames: kind (1 byte) and payload length (4 bytes, big-endian), then the
-payload. Only `D` carries one; a frame the link does not expect ends the link."""
+payload. Only `D` carries one; a frame the link does not expect ends the link.
+The server side answers a claim with `A` once its backend is connected, before
+any data: until then the client side holds the client's bytes, as during a
+connect, so a claim the server side never took (it was closing the link, or
+its backend is gone) is a failed connect the client side tries elsewhere,
+never a client's lost request."""
 
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ from collections.abc import Callable
 log = logging.getLogger("portlink.ambassador")
 
 HEADER = 5
-CLAIM, DATA, END = ord("C"), ord("D"), ord("E")
+CLAIM, DATA, END, ACK, NO = ord("C"), ord("D"), ord("E"), ord("A"), ord("N")
 CLAIM_FRAME = b"C\0\0\0\0"
+ACK_FRAME = b"A\0\0\0\0"
+NO_FRAME = b"N\0\0\0\0"       # the claim is refused (not authorized): final, not a failed connect
 END_FRAME = b"E\0\0\0\0"
 MAX_FRAME = 16 * 1024 * 1024
 COPY_UNDER = 16 * 1024     # smaller payloads go out in one TLS record with their header
@@ -24,6 +31,11 @@ COPY_UNDER = 16 * 1024     # smaller payloads go out in one TLS record with thei
 
 class LinkError(Exception):
     """The peer broke the framing."""
+
+
+class ClaimRefused(ConnectionError):
+    """The server side refused this client's claim (an intention denies it): the
+    client gets nothing, and no other server side is tried for it."""
 
 
 class Stream(asyncio.Transport):
@@ -39,6 +51,8 @@ class Stream(asyncio.Transport):
         self.got_eof = False
         self.closed = False
         self.paused = False
+        self.ready: asyncio.Future | None = None   # client side: the server side's ack of the claim
+        self.acked = False                         # server side: the ack is out
 
     # -- writing -------------------------------------------------------------------
 
@@ -66,6 +80,18 @@ class Stream(asyncio.Transport):
 
     def get_write_buffer_limits(self):
         return self.link.transport.get_write_buffer_limits()
+
+    def ack(self) -> None:
+        """Server side: the backend is connected; before any of its bytes."""
+        if not self.acked and not self.closed:
+            self.acked = True
+            self.link.transport.write(ACK_FRAME)
+
+    def refuse(self) -> None:
+        """Server side: the claim is not authorized (the link closes after)."""
+        if not self.acked and not self.closed:
+            self.acked = True
+            self.link.transport.write(NO_FRAME)
 
     # -- reading -------------------------------------------------------------------
 
@@ -144,6 +170,7 @@ class Link(asyncio.Protocol):
         if self.stream is not None or self.lost:
             raise ConnectionError("this link is busy or gone")
         st = self.stream = Stream(self, protocol)
+        st.ready = asyncio.get_running_loop().create_future()
         self.streams += 1
         self.transport.write(CLAIM_FRAME)
         if self.write_paused:
@@ -161,6 +188,8 @@ class Link(asyncio.Protocol):
     def end(self, st: Stream, abort: bool) -> None:
         """The stream's own side is done with it (Stream.close/abort)."""
         st.closed = True
+        if st.ready is not None and not st.ready.done():
+            st.ready.cancel()
         if st is not self.stream:
             return
         self.stream = None
@@ -234,6 +263,16 @@ class Link(asyncio.Protocol):
                 st.got_eof = True
                 if not st.closed:
                     st.protocol.eof_received()    # both ways done: the pair closes the stream
+            elif kind == ACK and length == 0:
+                st = self.stream
+                if st is None or st.ready is None or st.ready.done():
+                    raise LinkError("an ack without a claim")
+                st.ready.set_result(None)
+            elif kind == NO and length == 0:
+                st = self.stream
+                if st is None or st.ready is None or st.ready.done():
+                    raise LinkError("a refusal without a claim")
+                st.ready.set_exception(ClaimRefused("the server side refused the claim: not authorized"))
             elif kind == CLAIM and length == 0:
                 if self.on_claim is None or self.stream is not None:
                     raise LinkError("a claim while a stream is open" if self.stream else "an unexpected claim")
@@ -262,6 +301,8 @@ class Link(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if st is not None and st.ready is not None and not st.ready.done():
+            st.ready.set_exception(ConnectionError("the server side closed the link before its backend answered"))
         if st is not None and not st.closed:
             st.closed = True
             if st.protocol is not None:

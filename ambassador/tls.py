@@ -216,6 +216,7 @@ class ServerTLS:
         else:
             decision = await self.authorizer.check(self.service, peer.uri, serial)
         if not decision.authorized:
+            st.refuse()               # final for the client side: no retry elsewhere
             return self._deny(conn, f"{peer.service} -> {self.service} not authorized: {decision.reason}")
         return True
 

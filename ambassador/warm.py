@@ -24,7 +24,10 @@ not in the pool's active counts nor in the connection metrics until claimed.
 with an older peer) frames both directions, so a backend's bytes can never be
 taken for a control message: a 5-byte header (kind, 4-byte big-endian length)
 then the payload. Kinds: `C` a client's stream starts (the claim; the server
-side authorizes it and dials its backend), `D` data, `E` this direction's EOF
+side authorizes it and dials its backend), `A` the server side's answer once
+its backend answered (`N`: not authorized; until `A` the client side holds the
+client's bytes, so a claim the server side could not take fails over like a
+connect), `D` data, `E` this direction's EOF
 (a real half-close: each end passes it on with write_eof). A stream ends
 cleanly once both ends have sent `E`: the connection then carries the next
 client's stream with no handshake (the client side keeps it in the pool, the

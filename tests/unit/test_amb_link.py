@@ -175,3 +175,48 @@ def test_a_burst_of_clients_all_get_through_and_the_links_come_back(pki, kind):
             assert 1 <= warm.snapshot()["ready"] <= warm.size + KEEP
             assert await exchange(p, b"after") == b"after"
     run(main(), kind)
+
+
+@LOOPS
+def test_a_claim_the_server_side_cannot_serve_fails_over_and_loses_no_client(pki, kind):
+    """The server side answers a claim only once its backend answered (`A`): a
+    pooled link to a server side whose backend died is a failed connect, and the
+    client goes to the other server side with its bytes, never a lost request."""
+    from portlink.ambassador.backends import Backend
+    from portlink.ambassador.forward import Ambassador
+    from portlink.ambassador.tls import Authorizer, ClientTLS, ServerTLS
+    from test_amb_tls import FakeAuthz, FakeIdentity, echo
+
+    async def main():
+        backends, servers = [], []
+        for _ in range(2):
+            be = await asyncio.start_server(echo, "127.0.0.1", 0)
+            srv = Ambassador([0], host="127.0.0.1", tls_in={0: ServerTLS(
+                FakeIdentity({"frontdb": pki["frontdb"]}), "frontdb", Authorizer(FakeAuthz(), ttl=0),
+                handshake_timeout=T)})
+            srv.apply(0, [Backend("127.0.0.1", be.sockets[0].getsockname()[1])])
+            await srv.start()
+            backends.append(be)
+            servers.append(srv)
+        client = Ambassador([0], host="127.0.0.1", tls_out=ClientTLS(
+            FakeIdentity({"web": pki["web"]}), "web", "frontdb", T, warm=1))
+        client.apply(0, [Backend("127.0.0.1", s.listeners[0].port) for s in servers])
+        await client.start()
+        lst = client.listeners[0]
+        try:
+            await until(lambda: lst.warm.snapshot()["ready"] == 2, "a warm link to each server side")
+            backends[0].close()                       # the first server side's backend is gone
+            await backends[0].wait_closed()
+            for i in range(8):
+                r, w = await asyncio.open_connection("127.0.0.1", lst.port)
+                w.write(b"req-%d" % i)
+                assert await asyncio.wait_for(r.readexactly(5), T) == b"req-%d" % i
+                w.close()
+            assert client.metrics["rejected_total"].total == 0
+        finally:
+            await client.stop()
+            for s in servers:
+                await s.stop()
+            for be in backends:
+                be.close()
+    run(main(), kind)
