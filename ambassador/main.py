@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from portlink.ambassador.backends import Backend
 from portlink.ambassador.forward import Ambassador
 from portlink.ambassador.secure import Secure, TLSOptions, add_tls_arguments, tls_options
-from portlink.ambassador.sources import follow_consul, follow_file, parse_hostport, parse_ip, parse_port, static_sets
+from portlink.ambassador.sources import (Told, follow_consul, follow_file, parse_hostport, parse_ip, parse_port,
+                                        static_sets)
 from portlink import parse
 from portlink.errors import InvalidArgument
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
@@ -204,9 +205,9 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
         reach = Reachability(opts.consul.url)
         if opts.instances_file is None or opts.tls is not None:   # fed plaintext: no Consul client at all
             consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
-    # Fed by the daemon: Consul's reachability as the daemon's catalog sees it (the
-    # TLS identity's watches keep their own).
-    fed_reach = Reachability(opts.consul.url) if opts.instances_file is not None and opts.tls is not None else reach
+    # Fed by the daemon: /stats reports Consul's reachability as the daemon's catalog
+    # sees it; with TLS the identity's watches keep (and log) their own.
+    fed_reach = Told() if opts.instances_file is not None and opts.tls is not None else reach
     if opts.tls is not None:
         secure = Secure(opts.tls, consul, reach, opts.service, config=opts.consul)
         tls_kw = secure.ambassador_options(opts.listen, opts.connect_timeout)

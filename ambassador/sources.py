@@ -121,6 +121,20 @@ def apply_instances(ambassador, instances: Iterable[Instance], connect: bool) ->
         ambassador.apply(port, backends)
 
 
+class Told:
+    """Consul's reachability as the daemon last said it, not logged: a secure
+    client side's own watches (CA roots, leaves) log theirs already, once per outage."""
+
+    def __init__(self) -> None:
+        self.up: bool | None = None
+
+    def ok(self) -> None:
+        self.up = True
+
+    def failed(self, err: BaseException) -> None:
+        self.up = False
+
+
 class FedInstances:
     """The instances file the daemon writes (portlink.instances_feed), applied on
     each change; its `reachable` goes to `reach` (the daemon's word for Consul,
