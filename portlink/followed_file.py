@@ -105,25 +105,31 @@ class Follower:
         self.path, self.on_text, self.poll = path, on_text, poll
         self.stat, self.read = stat, read
         self._seen: tuple | None | bool = False     # False: never read
+        self._text: str | None = None
 
-    def check(self) -> bool:
-        """Read the file if it changed since the last read; whether it did."""
+    def check(self, force: bool = False) -> bool:
+        """Read the file if its stamp changed since the last read (or `force`: a
+        SIGHUP, since a replacement within one clock tick that reuses the freed
+        inode and keeps the size has the old stamp); whether its text changed."""
         now = self.stat(self.path)
-        if now == self._seen:
+        if now == self._seen and not force:
             return False
-        self._seen = now
         try:
             text = self.read(self.path) if now is not None else None
         except OSError as e:
             log.error("cannot read %s: %s", self.path, e.strerror or e)
             self._seen = False      # try again at the next check
             return False
+        first, self._seen = self._seen is False, now
+        if not first and text == self._text:
+            return False
+        self._text = text
         self.on_text(text)
         return True
 
     async def run(self) -> None:
         """Until cancelled."""
-        hup = self.check
+        hup = lambda: self.check(force=True)
         on_sighup(hup)
         try:
             self.check()

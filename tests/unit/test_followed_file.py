@@ -64,6 +64,17 @@ def test_follower_reads_only_when_the_file_changed_and_retries_after_a_read_erro
     assert fol.check() and got[-1] is None
 
 
+def test_a_forced_check_reads_a_replacement_the_stamp_missed_and_says_only_changes(tmp_path):
+    f, got = FakeFile(), []
+    fol = Follower(tmp_path / "x", got.append, stat=lambda p: ("same",), read=f.read)
+    f.text = "a"
+    assert fol.check() and got == ["a"]
+    f.text = "b"                                   # same inode, time and size: the stamp misses it
+    assert not fol.check() and got == ["a"]
+    assert fol.check(force=True) and got == ["a", "b"]
+    assert not fol.check(force=True) and got == ["a", "b"]     # read, unchanged: not passed on
+
+
 def test_sighup_reaches_every_follower_at_once_and_the_handler_goes_with_the_last(tmp_path):
     """Two files in one directory, polled once a minute: only the SIGHUP can make
     them seen within the test."""
