@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def write(directory: Path, name: str, text: str, durable: bool = True) -> None:
     """Replace `directory/name` with `text` atomically, mode 0644 (readable by the
     ambassador's user: no secret goes in these files). `durable`: fsync before the
     rename (a file rebuilt at every start and change needs none)."""
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    tmp = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"   # writers never share one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         os.fchmod(fd, 0o644)

@@ -56,6 +56,10 @@ class AmbassadorPolicy:
         # Whether the daemon's catalog reaches Consul (the daemon sets it once it follows Consul).
         self.reachable: Callable[[], bool | None] = lambda: None
         self._fed_reachable: bool | None = None
+        # One write of an ambassador's instances at a time: a catalog change and a
+        # reachability change are written from two threads, and each write reads the
+        # catalog under it, so the last one written is the newest.
+        self._feeding = threading.Lock()
         self.consul_url, self.events, self.changed = consul_url, events, changed
         self.host_id, self.secure = host_id, secure
         self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
@@ -227,7 +231,7 @@ class AmbassadorPolicy:
         for c in self.records.running_ambassadors():
             service = c.spec.ambassador["service"]
             if before.get(service.lower()) != now.get(service.lower()) or reach != self._fed_reachable:
-                self.feed(c, reach)
+                self.feed(c)
             old, new = backends(service, before), backends(service, now)
             if old != new:
                 self.events.emit("ambassador", "reroute", c.name, c.id, service=service, backends=new, previous=old)
@@ -244,16 +248,16 @@ class AmbassadorPolicy:
         """Before a client side's process starts (its directory made by the
         lifecycle): its instances, so it forwards from its first moment."""
         if self.is_fed(c):
-            self._write(c, self.reachable())
+            self._write(c)
 
-    def feed(self, c: Container, reach: bool | None = None) -> None:
+    def feed(self, c: Container) -> None:
         """Write a running client side's instances as the catalog has them now, then
         SIGHUP it. Its own failure (a directory gone with a removed container) is logged,
         never raised into the change that covers the others."""
         if not self.is_fed(c):
             return
         try:
-            self._write(c, reach)
+            self._write(c)
         except FileNotFoundError:
             return                  # removed meanwhile
         except OSError as e:
@@ -265,9 +269,11 @@ class AmbassadorPolicy:
         """Consul's reachability as the catalog sees it changed: every client side hears it."""
         reach = self.reachable()
         for c in self.records.running_ambassadors():
-            self.feed(c, reach)
+            self.feed(c)
         self._fed_reachable = reach
 
-    def _write(self, c: Container, reach: bool | None) -> None:
+    def _write(self, c: Container) -> None:
         service = c.spec.ambassador["service"]
-        instances_feed.write(self.feed_dir(c.id), instances_feed.Feed(service, self.catalog.instances(service), reach))
+        with self._feeding:
+            instances_feed.write(self.feed_dir(c.id), instances_feed.Feed(
+                service, self.catalog.instances(service), self.reachable()))
