@@ -31,7 +31,7 @@ from portlink.runtime.events import EventLog
 from portlink.runtime.lifecycle import Lifecycle
 from portlink.runtime.linker_identity import notify, poll_stats
 from portlink.runtime.networks import NO_NETWORK
-from portlink.runtime.records import EXITED, RUNNING, Container, Records
+from portlink.runtime.records import EXITED, REMOVING, RUNNING, Container, Records
 from portlink.runtime.restart_policy import backoff
 from portlink.runtime.refresh import Catalog
 from portlink.runtime.runc import pid_alive
@@ -228,14 +228,21 @@ class AmbassadorPolicy:
         and after (when those differ)."""
         backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
         reach = self.reachable()
-        for c in self.records.running_ambassadors():
+        for c in self.fed_ambassadors():
             service = c.spec.ambassador["service"]
             if before.get(service.lower()) != now.get(service.lower()) or reach != self._fed_reachable:
                 self.feed(c)
             old, new = backends(service, before), backends(service, now)
-            if old != new:
+            if old != new and c.status == RUNNING:
                 self.events.emit("ambassador", "reroute", c.name, c.id, service=service, backends=new, previous=old)
         self._fed_reachable = reach
+
+    def fed_ambassadors(self) -> list[Container]:
+        """Every ambassador not being removed, running or not: one being started has
+        its file written before its process runs, and a change from then until it
+        counts as running must reach that file too (its process reads it at start,
+        and checks it every second)."""
+        return [c for c in self.records.all() if c.is_ambassador and c.status != REMOVING]
 
     # the instances fed to client sides ----------------------------------------------------
     def is_fed(self, c: Container) -> bool:
@@ -268,7 +275,7 @@ class AmbassadorPolicy:
     def feed_all(self) -> None:
         """Consul's reachability as the catalog sees it changed: every client side hears it."""
         reach = self.reachable()
-        for c in self.records.running_ambassadors():
+        for c in self.fed_ambassadors():
             self.feed(c)
         self._fed_reachable = reach
 

@@ -148,7 +148,7 @@ class FakeRecords:
     def __init__(self, *cs):
         self.cs = list(cs)
 
-    def running_ambassadors(self):
+    def all(self):
         return self.cs
 
     def get(self, cid):
@@ -227,3 +227,23 @@ def test_every_client_side_gets_its_directory_bound_read_only_not_only_with_toke
     server = container("aa", "db", fed_cmd("db"), backends={"5432": "10.88.0.3:5432"})
     assert "/run/secrets/linkers" not in process(server, ImageConfig(cmd=[], env=[]), (0, 0),
                                                  feed_dir="/state/containers/aa/linkers").ro_binds
+
+
+def test_a_change_while_an_ambassador_starts_reaches_its_file_and_one_being_removed_is_left(tmp_path):
+    """Its file was written before its process ran: a change until it counts as
+    running must be written too, or it would start on the older set."""
+    import dataclasses
+    from portlink.runtime.records import CREATING, REMOVING
+    starting = dataclasses.replace(container("ab", "db", fed_cmd("db")), status=CREATING)
+    going = dataclasses.replace(container("cd", "db", fed_cmd("db")), status=REMOVING)
+    for c in (starting, going):
+        (tmp_path / c.id[:2]).mkdir()
+    catalog = Catalog(enabled=True)
+    p, events = policy(tmp_path, FakeRecords(starting, going), catalog)
+    catalog.services = {"db": (PLAIN,)}
+    p.prepare_feed(starting)
+    catalog.services = {"db": (PLAIN, OTHER)}
+    p.reroutes({"db": (PLAIN,)}, catalog.services)
+    assert [i.id for i in read(tmp_path, "ab").instances] == ["db-a", "db-b"]
+    assert not (tmp_path / "cd" / instances_feed.FILE).exists()
+    assert events.seen == []            # a reroute event is for a running one
