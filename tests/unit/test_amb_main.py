@@ -216,3 +216,78 @@ def test_module_stops_on_sigterm():
             proc.kill()
             proc.wait(timeout=T)
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--listen", "80", "--backend", "80=10.0.0.1:80", "--instances-file", "/x"], "give --service too"),
+    (["--listen", "80", "--service", "db", "--consul", "c", "--instances-file", "x.json"],
+     "invalid --instances-file 'x.json'"),
+])
+def test_instances_file_errors_name_the_bad_value(argv, names):
+    with pytest.raises(UsageError) as e:
+        parse_args(argv, env={})
+    assert names in str(e.value)
+
+
+def test_run_fed_by_a_file_forwards_reports_the_daemons_word_and_asks_no_consul(tmp_path):
+    """--consul points at a port nobody answers: the backends and "reachable" can
+    only have come from the file (a watch of its own would report unreachable)."""
+    from portlink import instances_feed
+    from portlink.catalog.services import Instance
+
+    async def named(r, w, name):
+        w.write(name)
+        await w.drain()
+        w.close()
+
+    async def main_():
+        a = await asyncio.start_server(lambda r, w: named(r, w, b"a"), "127.0.0.1", 0)
+        b = await asyncio.start_server(lambda r, w: named(r, w, b"b"), "127.0.0.1", 0)
+        pa, pb = (s.sockets[0].getsockname()[1] for s in (a, b))
+        feed = lambda port, reach: instances_feed.write(tmp_path, instances_feed.Feed(
+            "db", (Instance("i", "db", "127.0.0.1", port),), reach))
+        feed(pa, True)
+        listen, mport, dead = free_port(), free_port(), free_port()
+        opts = parse_args(["--listen", str(listen), "--service", "db", "--consul", f"127.0.0.1:{dead}",
+                           "--instances-file", str(tmp_path / instances_feed.FILE),
+                           "--bind", "127.0.0.1", "--metrics", f"127.0.0.1:{mport}"], env={})
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(run(opts, stop))
+
+        async def answer():
+            r, w = await asyncio.open_connection("127.0.0.1", listen)
+            got = await asyncio.wait_for(r.read(), T)
+            w.close()
+            return got
+
+        async def stats():
+            return json.loads((await http_get(mport, "/stats"))[1])
+        try:
+            deadline = time.monotonic() + T
+            while True:
+                try:
+                    if (await stats())["listeners"][str(listen)]["backends"]:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "never fed"
+                await asyncio.sleep(0.02)
+            assert await answer() == b"a"
+            s = await stats()
+            assert s["consul"]["reachable"] is True and s["consul"]["instances"] == "file"
+            feed(pb, False)                 # moved, as the daemon saw it last before losing Consul
+            os.kill(os.getpid(), signal.SIGHUP)
+            deadline = time.monotonic() + T
+            while (await stats())["listeners"][str(listen)]["backends"] != [f"127.0.0.1:{pb}"]:
+                assert time.monotonic() < deadline, "the SIGHUP was not followed"
+                await asyncio.sleep(0.02)
+            assert await answer() == b"b"
+            assert (await stats())["consul"]["reachable"] is False
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, T) == 0
+            a.close()
+            b.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(main_(), 30))
