@@ -1,7 +1,7 @@
 """`python -m portlink.ambassador`: the process inside an ambassador container.
 
     python -m portlink.ambassador --listen PORT [--listen PORT ...]
-        (--service NAME --consul ADDR [--instances-file PATH] | --backend PORT=IP:TARGETPORT ...)
+        (--service NAME --consul ADDR | --backend PORT=IP:TARGETPORT ...)
         [--bind 0.0.0.0] [--policy keep|drain|close] [--drain-deadline 10]
         [--metrics IP:PORT] [--connect-timeout 2] [--cooldown 5]
         [--tls-serve [PORT=]SERVICE ... | --tls-dial SOURCE [--tls-target SERVICE]]
@@ -12,10 +12,6 @@ the server side ("I actually talk to frontdb": clients must present a leaf of
 the CA and be authorized to reach SERVICE); --tls-dial the client side ("I
 pretend I'm frontdb": backends are dialled presenting SOURCE's leaf and must
 be the target service; with --service, its mesh-capable instances are followed).
-
---instances-file: the service's instances come from the file portlinkd writes
-(its catalog cache, portlink.instances_feed), re-read on SIGHUP, instead of a
-Consul watch of this process's own (portlinkd gives it to the ambassadors it runs).
 
 Every argument is checked before anything starts: a bad one exits 2 with a
 message naming it. SIGTERM/SIGINT stop it cleanly (exit 0); SIGUSR2 stops accepting
@@ -37,8 +33,7 @@ from dataclasses import dataclass, field
 from portlink.ambassador.backends import Backend
 from portlink.ambassador.forward import Ambassador
 from portlink.ambassador.secure import Secure, TLSOptions, add_tls_arguments, tls_options
-from portlink.ambassador.sources import (Told, follow_consul, follow_file, parse_hostport, parse_ip, parse_port,
-                                        static_sets)
+from portlink.ambassador.sources import follow_consul, parse_hostport, parse_ip, parse_port, static_sets
 from portlink import parse
 from portlink.errors import InvalidArgument
 from portlink.reroute import DEFAULT_POLICY, DRAIN_DEADLINE, POLICIES
@@ -73,7 +68,6 @@ class Options:
     cooldown: float = 5.0
     tls: TLSOptions | None = None
     splice: bool = True               # plaintext pairs on the kernel path (ambassador/splice.py)
-    instances_file: str | None = None  # the daemon feeds the instances: no watch of our own
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,9 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", metavar="NAME", help="follow the healthy instances of this Consul service")
     p.add_argument("--consul", metavar="ADDR", help="Consul agent, host[:port] or http(s)://host:port "
                    "(default $CONSUL_HTTP_ADDR)")
-    p.add_argument("--instances-file", metavar="PATH",
-                   help="with --service: take its instances from this file, written by portlinkd "
-                        "(re-read on SIGHUP), instead of watching Consul")
     p.add_argument("--bind", default="0.0.0.0", metavar="IP", help="address the listeners bind (0.0.0.0)")
     p.add_argument("--policy", default=DEFAULT_POLICY, metavar="|".join(POLICIES),
                    help="connections whose backend left the set: keep them, drain them "
@@ -143,10 +134,6 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
     tls_wanted = bool(a.tls_serve or a.tls_dial)
     if a.service is not None and a.backend:
         raise UsageError("give either --service (Consul) or --backend (static), not both")
-    if a.instances_file is not None and a.service is None:
-        raise UsageError("--instances-file is the instances of a --service NAME: give --service too")
-    if a.instances_file is not None and not a.instances_file.startswith("/"):
-        raise UsageError(f"invalid --instances-file {a.instances_file!r}: expected an absolute path")
     if a.service is not None:
         if not _SERVICE.match(a.service):
             raise UsageError(f"invalid --service {a.service!r}: expected a Consul service name "
@@ -180,8 +167,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Opt
         raise UsageError(str(e)) from None
     return Options(listen=listen, bind=bind, backends=backends, service=service, consul=consul,
                    policy=a.policy, drain_deadline=drain, metrics=metrics,
-                   connect_timeout=connect_timeout, cooldown=cooldown, tls=tls, splice=not a.no_splice,
-                   instances_file=a.instances_file)
+                   connect_timeout=connect_timeout, cooldown=cooldown, tls=tls, splice=not a.no_splice)
 
 
 async def serve_metrics(stats, host: str, port: int):
@@ -203,11 +189,7 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
     if opts.consul is not None:
         from portlink.catalog.watch import Reachability
         reach = Reachability(opts.consul.url)
-        if opts.instances_file is None or opts.tls is not None:   # fed plaintext: no Consul client at all
-            consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
-    # Fed by the daemon: /stats reports Consul's reachability as the daemon's catalog
-    # sees it; with TLS the identity's watches keep (and log) their own.
-    fed_reach = Told() if opts.instances_file is not None and opts.tls is not None else reach
+        consul = opts.consul.client(timeout=WATCH_WAIT * 1.1 + 5)
     if opts.tls is not None:
         secure = Secure(opts.tls, consul, reach, opts.service, config=opts.consul)
         tls_kw = secure.ambassador_options(opts.listen, opts.connect_timeout)
@@ -240,17 +222,14 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
             # connection was in flight.
             gc.collect()
             gc.freeze()
-        connect = bool(opts.tls and opts.tls.dial_as)
-        if opts.service and opts.instances_file:
-            task = loop.create_task(follow_file(amb, opts.instances_file, opts.service, fed_reach, connect))
-        elif opts.service:
-            task = loop.create_task(follow_consul(amb, consul, opts.service, reach, WATCH_WAIT, connect=connect))
+        if opts.service:
+            task = loop.create_task(follow_consul(amb, consul, opts.service, reach, WATCH_WAIT,
+                                                  connect=bool(opts.tls and opts.tls.dial_as)))
 
         def stats():
             snap = amb.snapshot()
             if opts.service:
-                snap["consul"] = {"service": opts.service, "url": opts.consul.url, "reachable": fed_reach.up,
-                                  "instances": "file" if opts.instances_file else "watch"}
+                snap["consul"] = {"service": opts.service, "url": opts.consul.url, "reachable": reach.up}
             if secure is not None:
                 snap["tls"] = secure.snapshot()
             return amb.metrics.render(), snap
@@ -261,8 +240,7 @@ async def run(opts: Options, stop: asyncio.Event | None = None) -> int:
             except OSError as e:
                 log.error("cannot serve metrics on %s:%d: %s", *opts.metrics, e.strerror or e)
                 return 1
-        source = (f"consul service {opts.service} fed by portlinkd ({opts.instances_file})" if opts.instances_file
-                  else f"consul service {opts.service} at {opts.consul.url}" if opts.service else "static backends")
+        source = f"consul service {opts.service} at {opts.consul.url}" if opts.service else "static backends"
         log.info("listening on %s ports %s (%s, policy %s)", opts.bind,
                  ",".join(map(str, opts.listen)), source, opts.policy)
         await stop.wait()

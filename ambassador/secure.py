@@ -28,12 +28,13 @@ import logging
 import math
 import os
 import re
+import signal
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from portlink import followed_file, parse
+from portlink import parse
 from portlink.errors import InvalidArgument
 
 log = logging.getLogger("portlink.ambassador")
@@ -262,10 +263,12 @@ class Linkers:
         return x.identity if x is not None else None
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
         self.reload()
-        # One SIGHUP handler serves every followed file (the instances too); not the
-        # main thread (tests): the poll reads it.
-        followed_file.on_sighup(self.reload)
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass        # not the main thread (tests): the poll reads it
         self._task = asyncio.ensure_future(self._poll())
 
     async def _poll(self) -> None:
@@ -341,7 +344,10 @@ class Linkers:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        followed_file.off_sighup(self.reload)
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
         for api in self.apis.values():
             await api.consul.close()     # not `own`: the ambassador's own client, closed by its owner
         await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,16 +1,11 @@
 """Where an ambassador's backends come from: fixed on the command line
-(`--backend PORT=IP:TARGETPORT`), followed in Consul (standalone), or fed by
-the daemon (`--instances-file PATH`: its catalog's instances of the service,
-portlink.instances_feed; so one Consul watch per service serves every
-ambassador of a host).
+(`--backend PORT=IP:TARGETPORT`) or followed in Consul.
 
 From Consul, the healthy instances of one service are split by listener port:
 an instance whose meta `portlink-port` is "P/tcp" (the container port behind
 it, as portlink registers it) feeds listener P; one without that meta (registered
 by someone else) feeds every listener. While Consul is unreachable the watch
-yields nothing, so the ambassador keeps forwarding to the last known set; fed
-by the daemon, the same holds while the daemon says its catalog does not reach
-Consul (or the file cannot be read)."""
+yields nothing, so the ambassador keeps forwarding to the last known set."""
 
 from __future__ import annotations
 
@@ -110,64 +105,3 @@ async def follow_consul(ambassador, consul, service: str, reach: Reachability, w
             # last backends, start over.
             log.exception("following service %s in consul failed; retrying", service)
             await asyncio.sleep(1.0)
-
-
-def apply_instances(ambassador, instances: Iterable[Instance], connect: bool) -> None:
-    """One set of healthy instances onto the ambassador's pools. `connect`: only the
-    mesh-capable ones (a client side dialling mutual TLS); otherwise not those: a
-    Connect-native instance (a server-side ambassador) speaks only mutual TLS."""
-    instances = [i for i in instances if i.native == connect]
-    for port, backends in split_instances(instances, list(ambassador.pools)).items():
-        ambassador.apply(port, backends)
-
-
-class Told:
-    """Consul's reachability as the daemon last said it, not logged: a secure
-    client side's own watches (CA roots, leaves) log theirs already, once per outage."""
-
-    def __init__(self) -> None:
-        self.up: bool | None = None
-
-    def ok(self) -> None:
-        self.up = True
-
-    def failed(self, err: BaseException) -> None:
-        self.up = False
-
-
-class FedInstances:
-    """The instances file the daemon writes (portlink.instances_feed), applied on
-    each change; its `reachable` goes to `reach` (the daemon's word for Consul,
-    logged once per outage like a watch's). A file that is missing or bad keeps
-    the last set."""
-
-    def __init__(self, ambassador, service: str, reach: Reachability, connect: bool = False) -> None:
-        self.ambassador, self.service, self.reach, self.connect = ambassador, service, reach, connect
-        self.loads = 0      # sets applied
-        self.errors = 0     # files that could not be used
-
-    def on_text(self, text: str | None) -> None:
-        from portlink import instances_feed
-        if text is None:
-            return          # not written yet (the daemon writes it before the process starts)
-        try:
-            feed = instances_feed.loads(text)
-            if feed.service.lower() != self.service.lower():
-                raise instances_feed.FeedError(f"it is service {feed.service!r}'s, not {self.service!r}'s")
-        except instances_feed.FeedError as e:
-            self.errors += 1
-            log.error("instances file: %s; keeping the last backends", e)
-            return
-        if feed.reachable is True:
-            self.reach.ok()
-        elif feed.reachable is False:
-            self.reach.failed(ConnectionError("portlinkd's catalog does not reach it"))
-        apply_instances(self.ambassador, feed.instances, self.connect)
-        self.loads += 1
-
-
-async def follow_file(ambassador, path, service: str, reach: Reachability, connect: bool = False) -> None:
-    """Apply every instances file the daemon writes at `path` (SIGHUP, or a poll), until cancelled."""
-    from pathlib import Path
-    from portlink.followed_file import Follower
-    await Follower(Path(path), FedInstances(ambassador, service, reach, connect).on_text).run()

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from portlink import followed_file
 
 FILE = "linkers.json"
 VERSION = 1
@@ -111,4 +110,13 @@ def read(directory: Path) -> dict[str, Linker]:
 def write(directory: Path, linkers: dict[str, Linker]) -> None:
     """Replace the map atomically (temporary file, fsync, rename), readable by the
     ambassador's user: it holds addresses and names, no secret."""
-    followed_file.write(directory, FILE, dumps(linkers))
+    text = dumps(linkers)
+    tmp = directory / f".{FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / FILE)

@@ -5,10 +5,7 @@ is served by the shared ambassador of that service on the linker's network
 (started, restarted or reused here); an ambassador whose process dies is
 restarted with backoff, keeping its address; one started for links is removed
 once no container links to it; a change of a service's instances is a
-reroute event for each ambassador following it, and is fed to each client
-side (portlink.instances_feed: written before its process starts and on each
-change, then SIGHUP), so the daemon's catalog watch is the only Consul watch
-of a service on this host. The mechanics of a container
+reroute event for each ambassador following it. The mechanics of a container
 are runtime.lifecycle's; the firewall's trusted flows are runtime.firewall's."""
 
 from __future__ import annotations
@@ -20,18 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
-from portlink import instances_feed
 from portlink.errors import InvalidArgument, NotFound
 from portlink.runtime import ambassadors
 from portlink.runtime import links as linkspec
 from portlink.runtime.events import EventLog
 from portlink.runtime.lifecycle import Lifecycle
-from portlink.runtime.linker_identity import notify, poll_stats
+from portlink.runtime.linker_identity import poll_stats
 from portlink.runtime.networks import NO_NETWORK
-from portlink.runtime.records import EXITED, REMOVING, RUNNING, Container, Records
+from portlink.runtime.records import EXITED, RUNNING, Records
 from portlink.runtime.restart_policy import backoff
 from portlink.runtime.refresh import Catalog
 from portlink.runtime.runc import pid_alive
@@ -46,20 +41,11 @@ READY_WAIT = 5.0              # seconds a run waits for an ambassador it starts 
 class AmbassadorPolicy:
     def __init__(self, records: Records, lifecycle: Lifecycle, catalog: Catalog, consul_url: str | None,
                  events: EventLog, changed: Callable[[], None], host_id: str = "",
-                 secure: bool = False, feed_dir: Callable[[str], Path] | None = None) -> None:
+                 secure: bool = False) -> None:
         """`changed`: the consequences of a restart (the refresher's). `secure`
         (--secure-links): client sides dial over mutual TLS as an identity of
-        their own on this host (`host_id`). `feed_dir`: an ambassador's id -> the
-        directory bound into it where its instances are written (None: not fed)."""
+        their own on this host (`host_id`)."""
         self.records, self.lifecycle, self.catalog = records, lifecycle, catalog
-        self.feed_dir = feed_dir
-        # Whether the daemon's catalog reaches Consul (the daemon sets it once it follows Consul).
-        self.reachable: Callable[[], bool | None] = lambda: None
-        self._fed_reachable: bool | None = None
-        # One write of an ambassador's instances at a time: a catalog change and a
-        # reachability change are written from two threads, and each write reads the
-        # catalog under it, so the last one written is the newest.
-        self._feeding = threading.Lock()
         self.consul_url, self.events, self.changed = consul_url, events, changed
         self.host_id, self.secure = host_id, secure
         self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
@@ -108,7 +94,7 @@ class AmbassadorPolicy:
             # Its Connect identity: one per ambassador and host (the intention's source).
             spec.name = spec.name or f"amb-{amb.service}-{secrets.token_hex(3)}"[:63]
             amb = dataclasses.replace(amb, identity=ambassadors.identity_name(spec.name, self.host_id))
-        spec.cmd = ambassadors.command(amb, ports, self.consul_url, fed=self.feed_dir is not None)
+        spec.cmd = ambassadors.command(amb, ports, self.consul_url)
         spec.expose = sorted(set(spec.expose) | {f"{p}/tcp" for p in ports})
         req.expose = sorted(set(req.expose) | set(spec.expose))
         spec.labels = {**spec.labels, ambassadors.LABEL: amb.service, "portlink.register": "false"}
@@ -223,64 +209,11 @@ class AmbassadorPolicy:
 
     # reroutes ---------------------------------------------------------------------------
     def reroutes(self, before: dict, now: dict) -> None:
-        """Consul's instances changed: each client side whose service's instances
-        differ is fed the new set, and a reroute event names its backends before
-        and after (when those differ)."""
+        """Consul's instances changed: a reroute event for each local ambassador
+        whose service's backends differ (naming them before and after)."""
         backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
-        reach = self.reachable()
-        for c in self.fed_ambassadors():
+        for c in self.records.running_ambassadors():
             service = c.spec.ambassador["service"]
-            if before.get(service.lower()) != now.get(service.lower()) or reach != self._fed_reachable:
-                self.feed(c)
             old, new = backends(service, before), backends(service, now)
-            if old != new and c.status == RUNNING:
+            if old != new:
                 self.events.emit("ambassador", "reroute", c.name, c.id, service=service, backends=new, previous=old)
-        self._fed_reachable = reach
-
-    def fed_ambassadors(self) -> list[Container]:
-        """Every ambassador not being removed, running or not: one being started has
-        its file written before its process runs, and a change from then until it
-        counts as running must reach that file too (its process reads it at start,
-        and checks it every second)."""
-        return [c for c in self.records.all() if c.is_ambassador and c.status != REMOVING]
-
-    # the instances fed to client sides ----------------------------------------------------
-    def is_fed(self, c: Container) -> bool:
-        """A client side started with --instances-file (older ones follow Consul themselves)."""
-        amb = c.spec.ambassador
-        return (self.feed_dir is not None and bool(amb) and not amb.get("backends")
-                and ambassadors.INSTANCES_FLAG in c.spec.cmd)
-
-    def prepare_feed(self, c: Container) -> None:
-        """Before a client side's process starts (its directory made by the
-        lifecycle): its instances, so it forwards from its first moment."""
-        if self.is_fed(c):
-            self._write(c)
-
-    def feed(self, c: Container) -> None:
-        """Write a running client side's instances as the catalog has them now, then
-        SIGHUP it. Its own failure (a directory gone with a removed container) is logged,
-        never raised into the change that covers the others."""
-        if not self.is_fed(c):
-            return
-        try:
-            self._write(c)
-        except FileNotFoundError:
-            return                  # removed meanwhile
-        except OSError as e:
-            log.error("ambassador %s: cannot write its instances: %s", c.name, e.strerror or e)
-            return
-        notify(self.records, c.id)
-
-    def feed_all(self) -> None:
-        """Consul's reachability as the catalog sees it changed: every client side hears it."""
-        reach = self.reachable()
-        for c in self.fed_ambassadors():
-            self.feed(c)
-        self._fed_reachable = reach
-
-    def _write(self, c: Container) -> None:
-        service = c.spec.ambassador["service"]
-        with self._feeding:
-            instances_feed.write(self.feed_dir(c.id), instances_feed.Feed(
-                service, self.catalog.instances(service), self.reachable()))

@@ -29,7 +29,6 @@ TOKEN_PATH = f"{RUN_DIR}/consul-token"   # its Consul token, a read-only file bi
 LABEL = "portlink.ambassador"      # marks ambassador containers (value: the service)
 LINKERS_DIR = "linkers"            # a client side's linkers map and their tokens, in its container dir
 LINKERS_PATH = f"{RUN_DIR}/linkers"   # ... bound read-only there (a directory: the map's renames are seen)
-INSTANCES_FLAG = "--instances-file"   # a client side's instances, fed by the daemon in that directory
 KEY_DIR = "/dev/shm/portlink-connect"   # TLS leaf files while OpenSSL loads them: the root is read-only, shm is memory
 SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served container>
 TLS_WARM = 1                       # a client side's --tls-warm (README: Warm connections)
@@ -175,10 +174,7 @@ def open_ancestors(rootfs: Path, dests: list[str]) -> None:
                 os.chmod(d, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
-def command(spec: AmbassadorSpec, ports: list[int], consul_url: str, fed: bool = False) -> list[str]:
-    """`fed`: a client side takes its service's instances from the daemon's catalog
-    (portlink.instances_feed, in the directory at LINKERS_PATH), holding no Consul
-    watch of its own for them."""
+def command(spec: AmbassadorSpec, ports: list[int], consul_url: str) -> list[str]:
     argv = [str(Path(sys.prefix) / "bin" / "python"), "-P", "-m", "portlink.ambassador"]
     for p in ports:
         argv += ["--listen", str(p)]
@@ -191,9 +187,6 @@ def command(spec: AmbassadorSpec, ports: list[int], consul_url: str, fed: bool =
                        "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
     argv += ["--service", spec.service, "--consul", consul_url, "--policy", spec.policy,
              "--drain-deadline", f"{spec.drain_deadline:g}", "--metrics", f"0.0.0.0:{METRICS_PORT}"]
-    if fed:
-        from portlink.instances_feed import FILE
-        argv += [INSTANCES_FLAG, f"{LINKERS_PATH}/{FILE}"]
     if spec.identity:
         # Follows the service's Connect instances; each linker dials as itself (the map), over
         # a warm link per server side and identity, reused client after client

@@ -154,9 +154,7 @@ class Host:
             volumes=self.volumes, intentions=intentions, linkers=linkers))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
-                                            self.refresher.changed, self.host_id, cfg.secure_links,
-                                            lambda aid: layout.cdir(aid) / ambassadors.LINKERS_DIR)
-        life.d.feed = self.ambassadors.prepare_feed
+                                            self.refresher.changed, self.host_id, cfg.secure_links)
         self.health = HealthMonitor(self.records, self.images, self.runc, self.events)
         self.containers = Containers(self.records, life, self.ambassadors, self.refresher,
                                      Views(self.records, layout, cfg.dns, self.health.view))

@@ -25,7 +25,7 @@ from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
-from portlink.runtime.linker_identity import LinkerIdentities
+from portlink.runtime.linker_identity import LinkerIdentities, is_client_side
 from portlink.runtime.networks import NO_NETWORK, Networks
 from portlink.runtime.plan import Layout, PortRow, apply_image_config, mount_source, plan_start, resolve_user
 from portlink.runtime.procstart import is_same, process_start
@@ -59,7 +59,6 @@ class LifecycleDeps:
     volumes: Volumes | None = None             # None: no volumes on this host (unit tests)
     intentions: Intentions | None = None       # secure links: a client side's intention to its service
     linkers: LinkerIdentities | None = None    # secure links: each linker dialled as its own identity
-    feed: Callable[[Container], None] | None = None   # a client side's instances, before it starts
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -239,14 +238,8 @@ class Lifecycle:
                  for r in self.d.records.ports(cid)]
         peers = {s.name: s for s in self.d.refresher.seen()}
         token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
-        if c.is_ambassador and not c.spec.ambassador.get("backends"):
-            # A client side's directory, bound into it: its instances (written now, before
-            # its process starts) and, with secure links, its linkers map.
-            feed = cdir / ambassadors.LINKERS_DIR
-            feed.mkdir(mode=0o755, exist_ok=True)
-            os.chmod(feed, 0o755)      # the ambassador's user lists and reads it
-            if self.d.feed is not None:
-                self.d.feed(c)
+        if token is not None and self.d.linkers is not None and is_client_side(c):
+            self.d.linkers.prepare_dir(cid)    # its linkers map's directory, bound into it
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
                           peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token,
                           mount_targets=targets, init_binary=init_proc.binary() if c.spec.init else None)

@@ -73,20 +73,6 @@ def poll_stats(ip: str, done: Callable[[dict], bool], alive: Callable[[], bool],
     return False
 
 
-def notify(records: Records, amb_id: str) -> None:
-    """SIGHUP: re-read the files the daemon writes for it (portlink.followed_file).
-    Only to the ambassador's own process (the pid with its start time); as PID 1
-    of its namespace it ignores the signal until it installed its handler, and
-    then reads the files at start anyway."""
-    a = records.get(amb_id)
-    if a is None or a.status != RUNNING or not a.pid or not is_same(a.pid, a.pid_start):
-        return
-    try:
-        os.kill(a.pid, signal.SIGHUP)
-    except ProcessLookupError:
-        pass
-
-
 class LinkerIdentities:
     def __init__(self, records: Records, linkers_dir: Callable[[str], Path], tokens: TokenFiles,
                  intentions: Intentions | None, wait: float = READY_WAIT) -> None:
@@ -178,7 +164,16 @@ class LinkerIdentities:
             return {}
 
     def notify(self, amb_id: str) -> None:
-        notify(self.records, amb_id)
+        """SIGHUP: re-read the map. Only to the ambassador's own process (the pid
+        with its start time); as PID 1 of its namespace it ignores the signal until
+        it installed its handler, and then reads the map at start anyway."""
+        a = self.records.get(amb_id)
+        if a is None or a.status != RUNNING or not a.pid or not is_same(a.pid, a.pid_start):
+            return
+        try:
+            os.kill(a.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
 
     def await_ready(self, amb: Container, ip: str, identity: str) -> None:
         """Until the ambassador dials `ip`'s clients as `identity` (its certificate

@@ -126,13 +126,11 @@ def apply_image_config(spec, config: ImageConfig) -> None:
 
 def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: list[str] = (),
             files: dict[str, str] | None = None, token_file: str | None = None,
-            init_binary: str | None = None, feed_dir: str | None = None) -> oci.ProcessSpec:
+            init_binary: str | None = None) -> oci.ProcessSpec:
     """`token_file`: an ambassador's Consul token on the host, bound read-only at
     ambassadors.TOKEN_PATH; the environment names the path, never the secret.
     `init_binary`: with --init, the host's static tini, bound read-only at INIT_PATH
-    and run as PID 1 with the command after `--` (Docker's docker-init).
-    `feed_dir`: a client side's directory on the host (its linkers map, its
-    instances), bound read-only at ambassadors.LINKERS_PATH."""
+    and run as PID 1 with the command after `--` (Docker's docker-init)."""
     spec = c.spec
     # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
     # user's entries replacing or appending (so -e overrides a link variable).
@@ -147,10 +145,9 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
         if token_file:
             env += [f"{TOKEN_ENV}={ambassadors.TOKEN_PATH}"]
             ro_files[ambassadors.TOKEN_PATH] = token_file
-        if feed_dir and not spec.ambassador.get("backends"):
-            # A client side's instances (runtime.ambassador_policy) and, with secure links,
-            # its linkers map and their tokens (runtime.linker_identity).
-            ro_binds[ambassadors.LINKERS_PATH] = feed_dir
+            if spec.ambassador.get("identity"):
+                # A client side's linkers map and their tokens, beside its own token (runtime.linker_identity).
+                ro_binds[ambassadors.LINKERS_PATH] = str(Path(token_file).with_name(ambassadors.LINKERS_DIR))
     args = [*(spec.entrypoint or []), *spec.cmd]      # Docker's ENTRYPOINT + CMD (apply_image_config)
     if spec.init:
         if not init_binary:
@@ -216,8 +213,7 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
         "/etc/hostname": ("hostname", c.spec.hostname + "\n"),
     }
     binds = {dest: str(cdir / fname) for dest, (fname, _) in texts.items()}
-    proc = process(c, config, ids, link_env, binds, token_file, init_binary,
-                   str(cdir / ambassadors.LINKERS_DIR) if c.spec.ambassador else None)
+    proc = process(c, config, ids, link_env, binds, token_file, init_binary)
     ns = layout.netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
