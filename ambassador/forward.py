@@ -355,10 +355,10 @@ class Connection:
                 except (OSError, asyncio.TimeoutError) as e:
                     side.transport.abort()
                     lost_claims += 1
-                    if lost_claims <= 2:
-                        tried.discard(b)   # a link the server side was closing: dial it afresh
+                    if isinstance(e, ConnectionError) and lost_claims == 1:
+                        tried.discard(b)   # maybe a link the server side was closing: dial it afresh, once
                     else:
-                        listener.backend_failed(b, e)
+                        listener.backend_failed(b, e)   # no answer in time: its backend is away
                     continue
                 self.pair(b, side)
                 return

@@ -12,7 +12,6 @@ intention, which goes only with its last holder."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from helpers import wait_for
 from portlink.lab import lab as labmod
 from portlink.lab.consul_agent import consul_binary
-from test_secure_links import FETCH, SECRET, SERVE, Lab
+from test_secure_links import FETCH, SECRET, Lab, frontdb_lab
 
 pytestmark = pytest.mark.root
 
@@ -29,19 +28,7 @@ FIRST = f"{FETCH.removesuffix('; exit $?')} > /tmp/first 2>&1; exec sleep 600"  
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root, labmod.LAB_ROOT = labmod.LAB_ROOT, tmp_path_factory.mktemp("labs")
-    try:
-        made = labmod.up(3, f"i{os.getpid() % 10000}", progress=lambda *_: None)
-        try:
-            L = Lab(made)
-            L.cli("host1", "run", "-d", "--name", "frontdb", "--expose", "80", "busybox", "sh", "-c", SERVE, SECRET)
-            assert wait_for(lambda: len(L.connect_instances("frontdb")) == 1, 20)
-            yield L
-        finally:
-            errors = labmod.down(made.name, progress=lambda *_: None)
-            assert not errors, errors
-    finally:
-        labmod.LAB_ROOT = root
+    yield from frontdb_lab(tmp_path_factory, "i")
 
 
 def exact(source: str) -> str:

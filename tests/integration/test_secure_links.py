@@ -54,11 +54,12 @@ class Lab(test_crosshost.Lab):
         return p.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def frontdb_lab(tmp_path_factory, tag: str):
+    """A 3-host secure lab with frontdb (only --expose 80) on host1, registered as
+    a Connect instance; torn down whole (a fixture's body: `yield from`)."""
     root, labmod.LAB_ROOT = labmod.LAB_ROOT, tmp_path_factory.mktemp("labs")
     try:
-        made = labmod.up(3, f"s{os.getpid() % 10000}", progress=lambda *_: None)
+        made = labmod.up(3, f"{tag}{os.getpid() % 10000}", progress=lambda *_: None)
         try:
             L = Lab(made)
             L.cli("host1", "run", "-d", "--name", "frontdb", "--expose", "80", "busybox", "sh", "-c", SERVE, SECRET)
@@ -69,6 +70,11 @@ def lab(tmp_path_factory):
             assert not errors, errors
     finally:
         labmod.LAB_ROOT = root
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    yield from frontdb_lab(tmp_path_factory, "s")
 
 
 def server_port(L: Lab) -> int:
