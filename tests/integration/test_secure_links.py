@@ -32,6 +32,19 @@ FETCH = "timeout 5 wget -qO- http://sql/; exit $?"
 class Lab(test_crosshost.Lab):
     """test_crosshost's lab wrapper (cli, client, fetch) with what these tests add."""
 
+    def run_linked(self, host: str, *args: str) -> str:
+        """`portlink run ARGS` with a cross-host --link: the host's catalog hears of a
+        service a moment after Consul has it, and a refused run leaves nothing, so a
+        refusal for that reason is tried again (20 s). The last output."""
+        out = ""
+
+        def attempt() -> bool:
+            nonlocal out
+            out = self.cli(host, "run", *args, check=False)
+            return "no healthy service of that name" not in out
+        assert wait_for(attempt, 20), out
+        return out
+
     def get(self, host: str, path: str, **params):
         from portlink.runtime.client import Client
         return Client(self.made.host(host).socket).get(path, **params)

@@ -85,7 +85,7 @@ def test_a_move_with_drain_keeps_the_open_stream_and_new_connections_go_to_the_n
     try:
         frontdb(L, "host1")
         assert wait_for(lambda: hosts_of(L.connect_instances("frontdb")) == {"10.99.0.1": 2}, 20)
-        L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+        L.run_linked("host2", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
         frontdb(L, "host3")
         assert wait_for(lambda: hosts_of(L.connect_instances("frontdb")) == {"10.99.0.1": 2, "10.99.0.3": 2}, 20)
         # Two streams at once: least connections puts one on each host.
@@ -140,8 +140,8 @@ def test_icc_off_the_server_side_reaches_exactly_the_exposed_port_and_the_link_w
         assert srv["network"]["name"] == "quiet" and srv["config"]["ambassador"]["backends"] == {"80": f"{db_ip}:80"}
 
         # Across hosts, through the link: the exposed port.
-        got = L.cli("host2", "run", "--rm", "--link", "frontdb:sql", "busybox", "sh", "-c",
-                    "timeout 5 wget -qO- http://sql/; exit $?", check=False)
+        got = L.run_linked("host2", "--rm", "--link", "frontdb:sql", "busybox", "sh", "-c",
+                           "timeout 5 wget -qO- http://sql/; exit $?")
         assert got == "db-quiet", got
         # From the server side's own namespace: exactly frontdb:80, nothing else on the bridge.
         from_srv = lambda url: L.fetch("host1", "srv-frontdb", url)
@@ -167,7 +167,7 @@ def test_a_ca_root_rotation_during_traffic_drops_nothing(lab):
     try:
         frontdb(L, "host1", ticks=600)      # the held stream ticks until told to end (at most 2 min)
         assert wait_for(lambda: hosts_of(L.connect_instances("frontdb")) == {"10.99.0.1": 2}, 20)
-        L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+        L.run_linked("host2", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
         identity = L.get("host2", "/containers/amb-frontdb-bridge")["config"]["ambassador"]["identity"]
         old = {"srv": serial(L, "host1", "srv-frontdb", "frontdb"),
                "amb": serial(L, "host2", "amb-frontdb-bridge", identity)}
