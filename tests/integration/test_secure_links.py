@@ -146,7 +146,7 @@ def test_expose_only_is_reached_over_mutual_tls_and_the_marker_never_crosses_in_
     cap = Capture(L, tmp_path / "switch.pcap")
     try:
         # A new link's very first connection works (run --rm --link, the job pattern).
-        got = L.cli("host2", "run", "--rm", "--link", "frontdb:sql", "busybox", "sh", "-c", FETCH, check=False)
+        got = L.run_linked("host2", "--rm", "--link", "frontdb:sql", "busybox", "sh", "-c", FETCH)
         plain = L.cli("host2", "run", "--rm", "busybox", "sh", "-c",
                       "timeout 5 wget -qO- http://10.99.0.1:5433/; exit $?", check=False)
     finally:
@@ -209,7 +209,7 @@ def test_the_link_makes_its_intention_and_a_deny_is_obeyed_and_left_alone(lab):
     host2 = L.get("host2", "/system/consul")["host_id"]
     source = "web"          # the linker's own service (per-linker identity), not the ambassador's
     exact = f"/v1/connect/intentions/exact?source={source}&destination=frontdb"
-    L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+    L.run_linked("host2", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
     amb = L.get("host2", "/containers/amb-frontdb-bridge")
     assert amb["config"]["ambassador"]["identity"] == f"amb-frontdb-bridge-{host2}"
     code, it = L.consul("GET", exact)
