@@ -346,8 +346,7 @@ class DnsServer:
         task = asyncio.current_task()
         self._tcp_tasks.add(task)
         try:
-            async with asyncio.timeout(TCP_LIFE):
-                await self._serve_tcp(reader, writer, client)
+            await self._serve_tcp(reader, writer, client, asyncio.get_running_loop().time() + TCP_LIFE)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
             pass
         finally:
@@ -361,22 +360,35 @@ class DnsServer:
             else:
                 writer.close()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
-        """One client's queries in turn; every read and write is bounded in time."""
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str,
+                         deadline: float) -> None:
+        """One client's queries in turn, until `deadline` (loop time); every read
+        and write is bounded in time. The life is checked here rather than by
+        cancelling from outside: Python 3.11's wait_for can swallow an outer
+        cancellation that lands as its inner read completes, and a busy client
+        then kept its connection past the bound."""
+        loop = asyncio.get_running_loop()
+
+        def left(limit: float) -> float:
+            rest = deadline - loop.time()
+            if rest <= 0:
+                raise asyncio.TimeoutError
+            return min(limit, rest)
+
         while True:
-            n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE), "big")
+            n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), left(TCP_IDLE)), "big")
             if n > MAX_QUERY:
-                head = await asyncio.wait_for(reader.readexactly(min(n, 12)), TCP_IDLE)
+                head = await asyncio.wait_for(reader.readexactly(min(n, 12)), left(TCP_IDLE))
                 err = header_error(head, RCODE.FORMERR)
                 if err:
                     writer.write(len(err).to_bytes(2, "big") + err)
                 return   # the stream is out of step now: end it
-            data = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
+            data = await asyncio.wait_for(reader.readexactly(n), left(TCP_IDLE))
             out = await self._answer_tcp(data, client)
             if out is None:
                 return
             writer.write(len(out).to_bytes(2, "big") + out)
-            await asyncio.wait_for(writer.drain(), TCP_WRITE)   # a client that never reads
+            await asyncio.wait_for(writer.drain(), left(TCP_WRITE))   # a client that never reads
 
     async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:
         self.stats["queries_slow"] += 1

@@ -527,7 +527,6 @@ def test_tcp_client_that_never_reads_loses_its_slot(server, monkeypatch):
 def test_tcp_connection_life_is_bounded(server, monkeypatch):
     from portlink.dns import server as srvmod
     monkeypatch.setattr(srvmod, "TCP_LIFE", 0.5)
-    began = time.monotonic()
     with socket.create_connection((LOCAL, server.cfg.port), timeout=WAIT) as c, c.makefile("rb") as f:
         answered = 0
         for _ in range(60):   # a busy client, never idle: 0.05 s between queries
@@ -539,4 +538,5 @@ def test_tcp_connection_life_is_bounded(server, monkeypatch):
                 break
             answered += 1
             time.sleep(0.05)
-    assert answered >= 3 and time.monotonic() - began < 2.5, answered
+    # 60 queries take at least 3 s: the server ended the connection well before.
+    assert 3 <= answered < 60, answered
