@@ -60,7 +60,7 @@ class AmbassadorPolicy:
         for r in reqs:
             if self.records.named(r.name) is not None or not self.consul_url:
                 continue
-            ports = ambassadors.ports_from_catalog(self.catalog.instances(r.name))
+            ports = ambassadors.ports_from_catalog(self.catalog.instances_now(r.name))
             if ports:
                 out[r.name] = ports
         return out
@@ -79,7 +79,7 @@ class AmbassadorPolicy:
         if amb.server_side:
             ports = [p for p, _ in amb.backends]
         else:
-            ports = list(amb.ports) or ambassadors.ports_from_catalog(self.catalog.instances(amb.service))
+            ports = list(amb.ports) or ambassadors.ports_from_catalog(self.catalog.instances_now(amb.service))
         if not ports:
             raise NotFound(f"unknown remote service {amb.service!r}: no healthy instance in Consul "
                            "(give its ports with --expose to wait for it)")

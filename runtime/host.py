@@ -15,6 +15,7 @@ from portlink.catalog import services as registration
 from portlink.catalog.ambassador_tokens import AmbassadorTokens
 from portlink.catalog.config import ConsulConfig
 from portlink.catalog.intentions import Intentions
+from portlink.catalog.lookup import passing_instances
 from portlink.catalog.services import Registration
 from portlink.dns.forward import ForwardConfig
 from portlink.dns.server import DnsServer, ServerConfig
@@ -128,7 +129,8 @@ class Host:
                            consul_target(cfg.consul))
         self.images = ImageStore(cfg.state_dir / "images")
         self.events = EventLog(cfg.state_dir / "events.jsonl")
-        self.catalog = Catalog(enabled=cfg.consul is not None)
+        self.catalog = Catalog(enabled=cfg.consul is not None,
+                               ask=(lambda name: passing_instances(cfg.consul, name)) if cfg.consul else None)
         self.dns = DnsServer(ServerConfig(port=cfg.dns_port, forward=ForwardConfig(timeout=cfg.dns_timeout)))
         self.refresher = Refresher(self.store, self.images, layout, self.dns, self.fw, self.catalog,
                                    cfg.dns, cfg.dns_ttl)

@@ -26,10 +26,12 @@ log = logging.getLogger("portlink.host")
 
 class Catalog:
     """Consul's healthy instances by service, as the daemon last saw them
-    (None: no Consul configured)."""
+    (None: no Consul configured). `ask`: one read of a service straight from
+    Consul (catalog.lookup), for a name the cache does not hold yet."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, ask: Callable[[str], tuple[Instance, ...]] | None = None) -> None:
         self.services: dict[str, tuple[Instance, ...]] | None = {} if enabled else None
+        self.ask = ask
 
     @property
     def enabled(self) -> bool:
@@ -37,6 +39,20 @@ class Catalog:
 
     def instances(self, service: str) -> tuple[Instance, ...]:
         return (self.services or {}).get(service.lower(), ())
+
+    def instances_now(self, service: str) -> tuple[Instance, ...]:
+        """The cache's instances, else Consul's own answer: a service registered
+        a moment ago is in Consul before this host's watch brings it. A Consul
+        that cannot answer counts as no instance (logged): the caller's refusal
+        names the service."""
+        cached = self.instances(service)
+        if cached or self.ask is None or not self.enabled:
+            return cached
+        try:
+            return self.ask(service)
+        except PortlinkError as e:
+            log.warning("consul: %s", e)
+            return ()
 
 
 class Refresher:
