@@ -133,7 +133,7 @@ async def start_consul(host: Host) -> ConsulSync:
         # The local ambassadors follow the same catalog: an instance set that changed
         # is a reroute for each of them.
         host.ambassadors.reroutes(before, now)
-        host.link_datapath.sync()   # the kernel path's backend sets (and keep/drain/close of open flows)
+        host.link_datapath.catalog_changed()   # the kernel path's backends (keep/drain/close of open flows)
 
     def on_services(services) -> None:
         # Catalog changes arrive on the event loop; the rebuild reads the store, so it

@@ -120,6 +120,15 @@ class KernelLinks:
         self._applied: dict[str, Applied] = {}     # ambassador id -> what its namespace has
         self._cleared: set[tuple[str, int]] = set()   # proxy mode: (id, pid) checked for a leftover table
         self._lock = threading.Lock()
+        # Until the daemon has heard from Consul its catalog is empty: a namespace keeps
+        # the backends it has (a restarted daemon must not wipe them), as the forwarder
+        # keeps its last set while Consul is away.
+        self._heard = False
+
+    def catalog_changed(self) -> None:
+        """The daemon's catalog watch delivered (the first time, or a change)."""
+        self._heard = True
+        self.sync()
 
     def desired(self, c: Container) -> LinkRules:
         ports = listeners(c.spec.cmd)
@@ -135,7 +144,8 @@ class KernelLinks:
             for c in running.values():
                 try:
                     if self.enabled:
-                        self._sync_one(c)
+                        if self._heard:
+                            self._sync_one(c)
                     elif (c.id, c.pid) not in self._cleared:
                         self._cleared.add((c.id, c.pid))
                         for e in self.dnat(self.netns_path(c.id)).teardown():

@@ -104,6 +104,14 @@ def test_a_link_goes_through_the_kernel_follows_a_move_and_leaves_nothing(three)
     assert wait_for(lambda: L.kernel("host2", "amb-frontdb-bridge").get("backends") == {"80": ["10.99.0.3:5432"]}, 15)
     assert [L.fetch("host2", "web", "http://sql/") for _ in range(3)] == ["db-on-host3"] * 3
 
+    # A restarted daemon adopts the table it finds: the counters go on from where they were.
+    seen = L.kernel("host2", "amb-frontdb-bridge")["connections_total"]["80"]
+    labmod.daemon_restart(L.made.name, "host2")
+    assert wait_for(lambda: L.kernel("host2", "amb-frontdb-bridge").get("applied"), 10)
+    assert L.fetch("host2", "web", "http://sql/") == "db-on-host3"
+    assert L.kernel("host2", "amb-frontdb-bridge")["connections_total"]["80"] == seen + 1
+    assert L.client("host2").get("/containers/amb-frontdb-bridge")["pid"] == pid
+
     # A bad address from Consul (an instance registered by someone else) is refused
     # with the reason; the rules stay as they were.
     h1 = L.made.host("host1")

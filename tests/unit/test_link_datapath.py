@@ -227,12 +227,12 @@ def inst(ip, port=5432):
 def test_first_sync_sets_up_the_table_and_a_change_replaces_the_backends():
     kl, ns, amb, cat, _, _ = _world()
     cat.by["db"] = (inst("10.99.0.1"),)
-    kl.sync()
+    kl.catalog_changed()
     assert ns.calls == [("setup", LinkRules((80,), ((80, (A,)),)))]   # the server side is never touched
-    kl.sync()
+    kl.catalog_changed()
     assert len(ns.calls) == 1                                          # nothing changed: nothing written
     cat.by["db"] = (inst("10.99.0.3"),)
-    kl.sync()
+    kl.catalog_changed()
     assert ns.calls[1] == ("backends", LinkRules((80,), ((80, (B,)),)))
 
 
@@ -240,35 +240,35 @@ def test_after_a_daemon_restart_an_existing_table_keeps_its_counters():
     kl, ns, amb, cat, _, _ = _world()
     ns.table = True
     cat.by["db"] = (inst("10.99.0.1"),)
-    kl.sync()
+    kl.catalog_changed()
     assert [c[0] for c in ns.calls] == ["backends"]
 
 
 def test_close_forgets_flows_at_once_and_drain_at_the_deadline_unless_the_backend_came_back():
     kl, ns, amb, cat, events, timers = _world(policy="close")
     cat.by["db"] = (inst("10.99.0.1"), inst("10.99.0.3"))
-    kl.sync()
+    kl.catalog_changed()
     cat.by["db"] = (inst("10.99.0.3"),)
-    kl.sync()
+    kl.catalog_changed()
     assert ns.calls[-1] == ("forget", 80, "10.99.0.1:5432")
     assert events.got[-1] == ("flows-closed", "amb-db-bridge", {"listener": 80, "backend": "10.99.0.1:5432",
                                                                  "flows": 1})
 
     kl, ns, amb, cat, events, timers = _world(policy="drain")
     cat.by["db"] = (inst("10.99.0.1"), inst("10.99.0.3"))
-    kl.sync()
+    kl.catalog_changed()
     cat.by["db"] = (inst("10.99.0.3"),)
-    kl.sync()
+    kl.catalog_changed()
     assert [p[0] for p in timers.pending] == [10.0] and ns.calls[-1][0] == "backends"
     timers.fire()
     assert ns.calls[-1] == ("forget", 80, "10.99.0.1:5432")
     # A backend back before the deadline keeps its flows.
     cat.by["db"] = (inst("10.99.0.1"), inst("10.99.0.3"))
-    kl.sync()
+    kl.catalog_changed()
     cat.by["db"] = (inst("10.99.0.3"),)
-    kl.sync()
+    kl.catalog_changed()
     cat.by["db"] = (inst("10.99.0.1"), inst("10.99.0.3"))
-    kl.sync()
+    kl.catalog_changed()
     n = len(ns.calls)
     timers.fire()
     assert len(ns.calls) == n
@@ -277,10 +277,10 @@ def test_close_forgets_flows_at_once_and_drain_at_the_deadline_unless_the_backen
 def test_a_bad_backend_leaves_the_rules_and_is_reported_once():
     kl, ns, amb, cat, events, _ = _world()
     cat.by["db"] = (inst("10.99.0.1"),)
-    kl.sync()
+    kl.catalog_changed()
     cat.by["db"] = (inst("10.99.0.1"), Instance("x", "db", "db.example", 5432))
-    kl.sync()
-    kl.sync()
+    kl.catalog_changed()
+    kl.catalog_changed()
     assert len(ns.calls) == 1
     assert [e[0] for e in events.got] == ["datapath-refused"]
     snap = kl.snapshot(amb)
@@ -288,10 +288,20 @@ def test_a_bad_backend_leaves_the_rules_and_is_reported_once():
     assert snap["connections_total"] == {80: 2}
 
 
+def test_nothing_is_written_before_the_catalog_was_heard_from():
+    # A restarted daemon's catalog is empty until Consul answers: the namespace
+    # keeps the backends it has meanwhile.
+    kl, ns, amb, cat, _, _ = _world()
+    kl.sync()
+    assert ns.calls == []
+    kl.catalog_changed()
+    assert ns.calls == [("setup", LinkRules((80,), ()))]
+
+
 def test_proxy_mode_removes_a_leftover_table_once_per_run():
     kl, ns, amb, cat, _, _ = _world(enabled=False)
     kl.sync()
-    kl.sync()
+    kl.catalog_changed()
     assert ns.calls == [("teardown",)]
 
 
