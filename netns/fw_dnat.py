@@ -22,6 +22,7 @@ from portlink.netns.fw_nftables import Nft
 # treat a mid-stream segment without a conntrack entry as invalid (not a new
 # flow to DNAT afresh), so a flow whose entry `close` deleted is reset.
 SYSCTLS = (("net.ipv4.ip_forward", "1"), ("net.netfilter.nf_conntrack_tcp_loose", "0"))
+DEFAULTS = (("net.ipv4.ip_forward", "0"), ("net.netfilter.nf_conntrack_tcp_loose", "1"))
 _DELETED = re.compile(r"(\d+) flow entries have been deleted")
 
 
@@ -57,9 +58,15 @@ class NetnsDnat:
         self._nft(rules_dnat.render_backends(rules))
 
     def teardown(self) -> list[str]:
-        """Best effort; a namespace or table already gone is no error."""
+        """Best effort; a namespace or table already gone is no error. The
+        namespace's sysctls go back to the kernel's defaults with the table."""
         try:
+            if not self.has_table():
+                return []
             self._nft(rules_dnat.render_teardown())
+            with kernel_ns.entered(self.netns_path):
+                for name, value in DEFAULTS:
+                    kernel_ns.write_sysctl(name, value)
             return []
         except FileNotFoundError:
             return []

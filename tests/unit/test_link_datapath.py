@@ -311,3 +311,17 @@ def test_metrics_use_the_forwarders_family_names_under_kernel():
     assert "portlink_ambassador_kernel_connections_total 3\n" in text
     assert 'portlink_ambassador_kernel_listener_connections_total{listener="81"} 1\n' in text
     assert "# TYPE portlink_ambassador_kernel_bytes_to_client_total counter\n" in text
+
+
+def test_the_exporter_adds_each_kernel_path_ambassadors_counters():
+    from portlink.runtime.exporter import Exporter
+    kl, ns, amb, cat, _, _ = _world()
+    cat.by["db"] = (inst("10.99.0.1"),)
+    kl.catalog_changed()
+
+    class Host:
+        link_datapath = kl
+        records = kl.records
+    texts = Exporter(Host())._kernel_texts()
+    assert [labels for _, labels in texts] == [{"ambassador": "amb-db-bridge"}]   # not the server side
+    assert "portlink_ambassador_kernel_bytes_to_client_total 300\n" in texts[0][0]
