@@ -141,6 +141,7 @@ class KernelLinks:
             running = {c.id: c for c in self.records.running_ambassadors() if eligible(c) and c.pid}
             for cid in set(self._applied) - set(running):
                 del self._applied[cid]      # its namespace went with it
+            self._cleared &= {(c.id, c.pid) for c in running.values()}
             for c in running.values():
                 try:
                     if self.enabled:
