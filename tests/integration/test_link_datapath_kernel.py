@@ -162,3 +162,24 @@ def test_close_cuts_open_flows_to_a_removed_backend(three):
     time.sleep(1.5)
     assert count() == settled, "the stream to the removed backend went on after close"
     assert "tick-host3" not in L.cli("host2", "exec", "app", "cat", "/tmp/ticks")
+
+
+def test_a_daemon_back_on_the_proxy_path_removes_the_kernel_rules(three):
+    L = three
+    L.cli("host1", "run", "-d", "--name", "frontdb", "-p", "5432:80", "busybox", "sh", "-c", SERVE, "host1")
+    assert wait_for(lambda: L.client("host2").get("/system/consul")["services_seen"] >= 2, 10)
+    L.cli("host2", "run", "-d", "--name", "web", "--link", "frontdb:sql", "busybox", "sleep", "600")
+    pid = L.client("host2").get("/containers/amb-frontdb-bridge")["pid"]
+    assert wait_for(lambda: "numgen" in L.in_ns(pid, "nft", "list", "table", "ip", "portlink_link"), 10)
+
+    lab = labmod.Lab.load(L.made.name)
+    lab.link_datapath = "proxy"
+    lab.save()
+    labmod.daemon_restart(L.made.name, "host2")
+    assert wait_for(lambda: "portlink_link" not in L.in_ns(pid, "nft", "list", "tables"), 10)
+    assert L.in_ns(pid, "cat", "/proc/sys/net/ipv4/ip_forward").strip() == "0"
+    # The same ambassador, its forwarder carrying the link now.
+    assert L.fetch("host2", "web", "http://sql/") == "db-on-host1"
+    live = L.client("host2").get("/containers/amb-frontdb-bridge")
+    assert live["pid"] == pid and "kernel" not in live["ambassador"]
+    assert live["ambassador"]["metrics"]["connections_total"]["total"] >= 1
