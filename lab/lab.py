@@ -70,6 +70,7 @@ class Lab:
     hosts: list[LabHost] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)   # pid -> its start time: our own, not a reused pid
     secure_links: bool = True     # daemons run --secure-links (False: plaintext links, for benchmarks)
+    link_datapath: str = "proxy"  # daemons' --link-datapath (kernel: plaintext links by nftables DNAT)
 
     # records ----------------------------------------------------------------
     @classmethod
@@ -131,7 +132,8 @@ def validate_name(name: str) -> str:
     return name
 
 
-def up(hosts: int, name: str = "lab", progress=print, secure_links: bool = True) -> Lab:
+def up(hosts: int, name: str = "lab", progress=print, secure_links: bool = True,
+       link_datapath: str = "proxy") -> Lab:
     """Make the lab; on any failure, remove what was made and raise."""
     validate_name(name)
     if not 1 <= hosts <= MAX_HOSTS:
@@ -140,7 +142,7 @@ def up(hosts: int, name: str = "lab", progress=print, secure_links: bool = True)
         raise Conflict(f"lab {name!r} is already up (portlink lab down --name {name})")
     d = LAB_ROOT / name
     d.mkdir(parents=True, exist_ok=False, mode=0o700)
-    lab = Lab(name=name, dir=str(d), secure_links=secure_links)
+    lab = Lab(name=name, dir=str(d), secure_links=secure_links, link_datapath=link_datapath)
     lab.save()
     try:
         _build(lab, hosts, progress)
@@ -263,6 +265,7 @@ def _start_daemon(lab: Lab, h: LabHost) -> Daemon:
     d = daemon_proc.start(h.socket, f"{h.workdir}/state",
                           ["--consul", f"{h.ip}:8500", "--advertise", h.ip, "--consul-check-interval", "2",
                            *(["--secure-links"] if lab.secure_links else []), "--docker-socket", h.docker_socket,
+                           *(["--link-datapath", lab.link_datapath] if lab.link_datapath != "proxy" else []),
                            *consul_acl.daemon_args(_secrets(h), h.name)],
                           netns=h.netns_path, log_path=Path(h.workdir) / "portlinkd.log", new_session=True,
                           name=f"portlinkd on {h.name}")

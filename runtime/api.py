@@ -57,6 +57,12 @@ class Api:
     async def call(self, fn, *args, **kw):
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
 
+    def _kernel_path(self, cid: str) -> dict | None:
+        """A plaintext client side's kernel data path (runtime.link_datapath), or None."""
+        c = self.host.records.get(cid)
+        kl = self.host.link_datapath
+        return kl.snapshot(c) if c is not None and kl.applies_to(c) else None
+
     @staticmethod
     async def body(request: web.Request) -> dict:
         if not request.can_read_body:
@@ -115,6 +121,9 @@ class Api:
             info["links"] = await api_links.annotate(self, info)
             if info["config"].get("ambassador") and info["status"] == "running" and info["network"]["ip"]:
                 info["ambassador"] = await _ambassador_stats(info["network"]["ip"])
+                kernel = await self.call(self._kernel_path, info["id"])
+                if kernel is not None:
+                    info["ambassador"]["kernel"] = kernel
             return ok(info)
 
         async def start(r):

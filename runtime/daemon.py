@@ -133,6 +133,7 @@ async def start_consul(host: Host) -> ConsulSync:
         # The local ambassadors follow the same catalog: an instance set that changed
         # is a reroute for each of them.
         host.ambassadors.reroutes(before, now)
+        host.link_datapath.catalog_changed()   # the kernel path's backends (keep/drain/close of open flows)
 
     def on_services(services) -> None:
         # Catalog changes arrive on the event loop; the rebuild reads the store, so it
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--secure-links", action="store_true",
                    help="cross-host links over mutual TLS (Consul Connect's CA) through server-side and "
                         "client-side ambassadors, each link allowed by an intention (needs --consul)")
+    p.add_argument("--link-datapath", choices=["proxy", "kernel"], default="proxy",
+                   help="plaintext client-side ambassadors forward in the forwarder process (proxy, default) "
+                        "or by nftables DNAT inside the ambassador's namespace (kernel; README: kernel data path)")
     p.add_argument("--consul-datacenter", help="datacenter to register in and read from (default: the agent's)")
     p.add_argument("--consul-cacert", help="CA file for an https agent (default $CONSUL_CACERT)")
     p.add_argument("--advertise", metavar="IP", help="this host's address in Consul "
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                          dns=a.dns, dns_port=a.dns_port, dns_ttl=a.dns_ttl, dns_timeout=a.dns_timeout,
                          consul=consul, ambassador_tokens=ambassador_tokens(consul, a.ambassador_key,
                                                                             a.ambassador_auth_method),
-                         secure_links=a.secure_links,
+                         secure_links=a.secure_links, link_datapath=a.link_datapath,
                          advertise=a.advertise, consul_check_interval=a.consul_check_interval,
                          consul_resync=a.consul_resync,
                          log_limits=logfmt.LogLimits(logfmt.parse_size("--log-max-size", a.log_max_size),

@@ -119,7 +119,13 @@ class Exporter:
         status = self.consul.status() if self.consul else None
         fams = await self.call(host_families, self.host, status)
         ambs = await ambassador_texts(await self.call(self._running_ambassadors))
+        ambs += await self.call(self._kernel_texts)   # the kernel data path's nft counters
         return "".join(f.render() for f in fams) + merge(ambs)
+
+    def _kernel_texts(self) -> list[tuple[str, dict]]:
+        kl = self.host.link_datapath
+        return [(kl.metrics_text(c), {"ambassador": c.name}) for c in self.host.records.running_ambassadors()
+                if kl.applies_to(c)]
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(text=await self.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -25,7 +25,7 @@ from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.netns.fw_l2 import L2Pins
 from portlink.prom import Histogram
-from portlink.runtime import ambassadors, cgroups, discovery, durable, mounts
+from portlink.runtime import ambassadors, cgroups, discovery, durable, link_datapath, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.containers import Containers
 from portlink.runtime.events import EventLog
@@ -65,6 +65,7 @@ class HostConfig:
     consul: ConsulConfig | None = None                   # None: a single host on its own state
     ambassador_tokens: AmbassadorTokens | None = None    # None: ambassadors get no Consul token (no ACLs)
     secure_links: bool = False                           # mutual TLS both halves, intentions from links
+    link_datapath: str = "proxy"                         # plaintext client sides: "kernel" = nft DNAT (runtime.link_datapath)
     advertise: str | None = None                         # address registered in Consul (default: towards Consul)
     consul_check_interval: float = 5.0                   # TCP health check of each registered port
     consul_resync: float = 30.0                          # a full resync at least this often (drift repair)
@@ -89,6 +90,11 @@ class HostConfig:
             raise InvalidArgument(f"invalid --dns-port {self.dns_port}: expected 1 to 65535")
         if self.secure_links and self.consul is None:
             raise InvalidArgument("--secure-links uses Consul Connect's CA and intentions: give --consul ADDR too")
+        if self.link_datapath not in link_datapath.DATAPATHS:
+            raise InvalidArgument(f"invalid --link-datapath {self.link_datapath!r}: use proxy or kernel")
+        if self.link_datapath == "kernel" and self.secure_links:
+            raise InvalidArgument("--link-datapath kernel is for plaintext links: with --secure-links every "
+                                  "link is mutual TLS through the forwarder (use --link-datapath proxy)")
         if not 1 <= self.consul_resync <= 86400:
             raise InvalidArgument(f"invalid --consul-resync {self.consul_resync}: expected 1 to 86400 seconds")
 
@@ -166,6 +172,10 @@ class Host:
                                        lambda data: self.containers.run(data), self.refresher.changed)
             self.containers.servers = self.servers
         self.lifecycle = life
+        # Plaintext client sides' kernel path (or, in proxy mode, the removal of one left behind).
+        self.link_datapath = link_datapath.KernelLinks(cfg.link_datapath == "kernel", self.records,
+                                                       layout.netns_path, self.catalog, self.events)
+        self.refresher.subscribe(self.link_datapath.sync)
         self.links = LinkViews(self.records, self.host_id, intentions.get if intentions else None)
 
     def registrations(self, advertise: str) -> list[Registration]:
@@ -213,6 +223,7 @@ class Host:
         self.fw.apply_all()
         repaired += self.sweep()
         self.refresher.refresh_names()
+        self.link_datapath.sync()
         self.reaper.start(self.containers.on_exit)
         self.health.start()
         # Restart policies after a daemon restart or a reboot: once the host is whole again.
