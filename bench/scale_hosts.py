@@ -117,6 +117,7 @@ class HostSide:
     host: labmod.LabHost
     caller: ThreadPoolExecutor = field(init=False)
     poller: ThreadPoolExecutor = field(init=False)
+    watcher: ThreadPoolExecutor = field(init=False)    # --profile: a blocking query like the daemon's
     dns_sock: socket.socket | None = None
     dns_server: str = ""
     conns: dict[str, http.client.HTTPConnection] = field(default_factory=dict)
@@ -134,9 +135,10 @@ class HostSide:
                 raise RuntimeError(f"thread not inside {self.host.netns_path}")
         self.caller = ThreadPoolExecutor(1, initializer=stay_inside)
         self.poller = ThreadPoolExecutor(1, initializer=stay_inside)
+        self.watcher = ThreadPoolExecutor(1, initializer=stay_inside)
 
     def close(self) -> None:
-        for ex in (self.caller, self.poller):
+        for ex in (self.caller, self.poller, self.watcher):
             ex.shutdown(wait=True, cancel_futures=True)
         if self.dns_sock:
             self.dns_sock.close()
@@ -298,6 +300,37 @@ class Bench:
             time.sleep(self.a.interval)
         return done
 
+    def consul_sees(self, s: HostSide, service: str, plain_want: list[str], native_want: list[str],
+                    ready: threading.Event, deadline: float) -> dict:
+        """--profile: what the daemon's watch gets from the same agent. One read for the
+        index, then blocking queries on /v1/health/service/SERVICE?passing (as the daemon's)
+        until the plaintext instances are exactly the new one (what DNS answers) and the
+        Connect-native ones too (what ambassadors dial): the monotonic time of each."""
+        url = f"http://{s.host.ip}:8500/v1/health/service/{service}?passing=1"
+        done: dict[str, float | None] = {"plain": None, "native": None, "returns": 0}
+        index = "0"
+        try:
+            _, hdrs, _ = http_get(url, 5.0, None, "GET", None, self.token)
+            index = hdrs.get("X-Consul-Index", "0")
+        finally:
+            ready.set()
+        while time.monotonic() < deadline and (done["plain"] is None or done["native"] is None):
+            code, hdrs, data = http_get(f"{url}&index={index}&wait=5s", 6.0, None, "GET", None, self.token)
+            now = time.monotonic()
+            done["returns"] += 1
+            index = hdrs.get("X-Consul-Index", index)
+            if code != 200:
+                break
+            got = {True: [], False: []}
+            for e in data:
+                sv = e["Service"]
+                got[bool((sv.get("Connect") or {}).get("Native"))].append(f"{sv['Address']}:{sv['Port']}")
+            if done["plain"] is None and sorted(got[False]) == plain_want:
+                done["plain"] = now
+            if done["native"] is None and sorted(got[True]) == native_want:
+                done["native"] = now
+        return done
+
     # the changes ------------------------------------------------------------------------
     def move(self, m: int) -> dict:
         a, n = self.a, len(self.sides)
@@ -311,6 +344,14 @@ class Bench:
         deadline = time.monotonic() + a.timeout
         futs = [s.poller.submit(self.watch_change, s, p.service, [ip], [x for x in affected if x.host == s.index],
                                 [f"{ip}:{p.port + 10000}"], start, deadline) for s in self.sides]
+        profile = []
+        if a.profile:
+            readies = [threading.Event() for _ in self.sides]
+            profile = [s.watcher.submit(self.consul_sees, s, p.service, [f"{ip}:{p.port}"],
+                                        [f"{ip}:{p.port + 10000}"], ev, deadline)
+                       for s, ev in zip(self.sides, readies)]
+            for ev in readies:
+                ev.wait(5)
         time.sleep(0.005)                # the pollers are asking the old answer by now
         start.set()
         t0 = time.monotonic()
@@ -320,12 +361,21 @@ class Bench:
         t_dereg = time.monotonic()
         dns: list[float | None] = []
         amb: list[float | None] = []
-        for f in futs:
+        amb_hosts: list[int] = []
+        for i, f in enumerate(futs):
             got = f.result()
             dns.append(None if got["dns"] is None else got["dns"] - t0)
             amb += [None if v is None else v - t0 for k, v in got.items() if k != "dns"]
+            amb_hosts += [i for k in got if k != "dns"]
         every = dns + amb
-        return {"service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
+        prof = {}
+        if profile:
+            seen = [f.result() for f in profile]
+            rel = lambda v: None if v is None else v - t0                     # noqa: E731
+            prof = {"consul_plain_s": [rel(x["plain"]) for x in seen],
+                    "consul_native_s": [rel(x["native"]) for x in seen],
+                    "consul_returns": [x["returns"] for x in seen]}
+        return {**prof, "amb_hosts": amb_hosts, "puts_s": t_dereg - t0, "service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
                 "dns_s": dns, "amb_s": amb, "register_s": t_reg - t0, "deregister_s": t_dereg - t_reg,
                 "all_s": None if None in every else max(every),
                 "after_puts_s": None if None in every else max(every) - (t_dereg - t0)}
@@ -337,6 +387,31 @@ class Bench:
 
 def summary(xs: list[float]) -> dict:
     return {"n": len(xs), "p50_ms": ms(pct(xs, 50)), "p99_ms": ms(pct(xs, 99)), "max_ms": ms(max(xs) if xs else None)}
+
+
+def profile_summary(results: list[dict]) -> dict:
+    """--profile: each figure split into Consul's delivery to the host's agent (a
+    blocking query like the daemon's returning the new instances) and portlink's
+    share after it (the daemon's watch, snapshot and resolver; an ambassador's own
+    watch and apply), plus the bench's poll interval."""
+    ok = [r for r in results if None not in r["consul_plain_s"] + r["consul_native_s"]]
+    dns_after = [d - c for r in ok for d, c in zip(r["dns_s"], r["consul_plain_s"]) if d is not None]
+    amb_after = [v - r["consul_native_s"][h] for r in ok for v, h in zip(r["amb_s"], r["amb_hosts"])
+                 if v is not None]
+    every_plain = [max(r["consul_plain_s"]) for r in ok]
+    every_native = [max(r["consul_native_s"] + r["consul_plain_s"]) for r in ok]
+    return {
+        "changes_profiled": len(ok),
+        "consul_every_agent_plain_from_t0": summary(every_plain),
+        "consul_every_agent_both_from_t0": summary(every_native),
+        "consul_every_agent_both_after_last_put": summary([max(r["consul_native_s"] + r["consul_plain_s"]) -
+                                                           r["puts_s"] for r in ok]),
+        "one_agent_plain_after_last_put": summary([c - r["puts_s"] for r in ok for c in r["consul_plain_s"]]),
+        "host_dns_after_its_agent": summary(dns_after),
+        "ambassador_after_its_agent": summary(amb_after),
+        "blocking_returns_per_change_per_agent": round(
+            statistics.mean(x for r in ok for x in r["consul_returns"]), 2) if ok else None,
+    }
 
 
 def load_per_change(before: dict, after: dict, idle_before: dict, idle_after: dict,
@@ -376,6 +451,9 @@ def main() -> None:
     ap.add_argument("--settle-timeout", type=float, default=60.0, help="bound on each set-up wait (default 60)")
     ap.add_argument("--max-seconds", type=float, default=600.0, help="bound on the change phase (default 600)")
     ap.add_argument("--seed", type=int, default=18)
+    ap.add_argument("--profile", action="store_true",
+                    help="also time, per host, a blocking query like the daemon's on the same agent: "
+                         "how much of each figure is Consul's delivery and how much portlink's")
     ap.add_argument("--name", default=f"hs{os.getpid() % 100000}", help="the lab's name")
     a = ap.parse_args()
     if not 4 <= a.hosts <= labmod.MAX_HOSTS:
@@ -450,6 +528,7 @@ def main() -> None:
             "deregister_put_median_ms": ms(statistics.median(r["deregister_s"] for r in results)) if results else None,
             "agent_load": loads,
             "agent_requests_per_change_max": max(v["requests_per_change"] for v in loads.values()),
+            **({"profile": profile_summary(results)} if a.profile else {}),
             "target_p99_ms": 100,
             "target_met": bool(every) and len(every) == changes and pct(every, 99) < 0.1,
         })
