@@ -154,6 +154,7 @@ class Bench:
         self.placements: list[Placement] = []
         self.ambs: list[Amb] = []
         self.own_requests = [0] * len(self.sides)     # requests this bench sent to each agent
+        self.own_health = [0] * len(self.sides)       # of which health queries (--profile's)
         self.errors: list[str] = []
         self.unseen: list[str] = []                   # (host, service) the host's DNS never answered at set-up
         self.setup_s = 0.0
@@ -167,7 +168,7 @@ class Bench:
             http_get, f"http://{h.ip}:8500{path}", 10.0, None, method, body, self.token).result()
         return code, data
 
-    def register(self, p: Placement, tag: str) -> None:
+    def register(self, p: Placement, tag: str, stamps: list[float] | None = None) -> None:
         ip = self.sides[p.host].host.ip
         plain = {"ID": f"{ID_PREFIX}{p.service}-{tag}", "Name": p.service, "Address": ip, "Port": p.port,
                  "Meta": {"portlink-port": f"{PORT}/tcp", "portlink-host": "bench"}}
@@ -175,13 +176,17 @@ class Bench:
                   "Connect": {"Native": True}}
         for body in (plain, native):
             code, data = self.agent(p.host, "PUT", "/v1/agent/service/register", body)
+            if stamps is not None:
+                stamps.append(time.monotonic())
             if code != 200:
                 raise RuntimeError(f"register {body['ID']} on {self.sides[p.host].host.name}: HTTP {code} {data}")
         p.ids = (plain["ID"], native["ID"])
 
-    def deregister(self, host: int, ids: tuple[str, ...]) -> None:
+    def deregister(self, host: int, ids: tuple[str, ...], stamps: list[float] | None = None) -> None:
         for sid in ids:
             code, data = self.agent(host, "PUT", f"/v1/agent/service/deregister/{sid}")
+            if stamps is not None:
+                stamps.append(time.monotonic())
             if code != 200:
                 raise RuntimeError(f"deregister {sid}: HTTP {code} {data}")
 
@@ -355,10 +360,14 @@ class Bench:
         time.sleep(0.005)                # the pollers are asking the old answer by now
         start.set()
         t0 = time.monotonic()
-        self.register(p, str(m + 1))
+        stamps: list[float] = []          # each PUT's return: Consul's agent syncs to the servers first
+        self.register(p, str(m + 1), stamps)
         t_reg = time.monotonic()
-        self.deregister(old_host, old_ids)
+        self.deregister(old_host, old_ids, stamps)
         t_dereg = time.monotonic()
+        # The commit each target waits for: the old plaintext instance's deregistration (PUT 3)
+        # for DNS, the old Connect-native one's (PUT 4) for ambassadors.
+        t_dns_commit, t_amb_commit = stamps[2], stamps[3]
         dns: list[float | None] = []
         amb: list[float | None] = []
         amb_hosts: list[int] = []
@@ -375,7 +384,14 @@ class Bench:
             prof = {"consul_plain_s": [rel(x["plain"]) for x in seen],
                     "consul_native_s": [rel(x["native"]) for x in seen],
                     "consul_returns": [x["returns"] for x in seen]}
-        return {**prof, "amb_hosts": amb_hosts, "puts_s": t_dereg - t0, "service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
+            for i, x in enumerate(seen):
+                self.own_requests[i] += 1 + x["returns"]     # health queries: net of them too
+                self.own_health[i] += 1 + x["returns"]
+        after_commit = [d + t0 - t_dns_commit for d in dns if d is not None] + \
+                       [v + t0 - t_amb_commit for v in amb if v is not None]
+        return {**prof, "amb_hosts": amb_hosts, "puts_s": t_dereg - t0,
+                "dns_commit_s": t_dns_commit - t0, "amb_commit_s": t_amb_commit - t0,
+                "after_commit_s": None if None in every else max(after_commit), "service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
                 "dns_s": dns, "amb_s": amb, "register_s": t_reg - t0, "deregister_s": t_dereg - t_reg,
                 "all_s": None if None in every else max(every),
                 "after_puts_s": None if None in every else max(every) - (t_dereg - t0)}
@@ -404,9 +420,10 @@ def profile_summary(results: list[dict]) -> dict:
         "changes_profiled": len(ok),
         "consul_every_agent_plain_from_t0": summary(every_plain),
         "consul_every_agent_both_from_t0": summary(every_native),
-        "consul_every_agent_both_after_last_put": summary([max(r["consul_native_s"] + r["consul_plain_s"]) -
-                                                           r["puts_s"] for r in ok]),
-        "one_agent_plain_after_last_put": summary([c - r["puts_s"] for r in ok for c in r["consul_plain_s"]]),
+        "consul_every_agent_after_commit": summary([max([c - r["dns_commit_s"] for c in r["consul_plain_s"]] +
+                                                        [c - r["amb_commit_s"] for c in r["consul_native_s"]])
+                                                    for r in ok]),
+        "one_agent_plain_after_commit": summary([c - r["dns_commit_s"] for r in ok for c in r["consul_plain_s"]]),
         "host_dns_after_its_agent": summary(dns_after),
         "ambassador_after_its_agent": summary(amb_after),
         "blocking_returns_per_change_per_agent": round(
@@ -415,7 +432,7 @@ def profile_summary(results: list[dict]) -> dict:
 
 
 def load_per_change(before: dict, after: dict, idle_before: dict, idle_after: dict,
-                    idle_s: float, run_s: float, own: int, changes: int) -> dict:
+                    idle_s: float, run_s: float, own: int, changes: int, own_health: int = 0) -> dict:
     """Requests one agent served per change, net of the idle rate and of this bench's own.
     An agent counts a request when it ends, so each window holds the metrics read
     that opened it (the idle one: 1; `own`: this bench's PUTs plus that read)."""
@@ -427,7 +444,7 @@ def load_per_change(before: dict, after: dict, idle_before: dict, idle_after: di
     run_all, run_health = delta(before, after, allreq), delta(before, after, health)
     idle_all, idle_health = delta(idle_before, idle_after, allreq) - 1, delta(idle_before, idle_after, health)
     net_all = run_all - idle_all * rate - own
-    net_health = run_health - idle_health * rate
+    net_health = run_health - idle_health * rate - own_health
     paths = {}
     for k in set(after) | set(idle_after):
         net = delta(before, after, lambda x: x == k) - delta(idle_before, idle_after, lambda x: x == k) * rate
@@ -486,7 +503,7 @@ def main() -> None:
         idle_after = [b.http_counts(i) for i in range(n)]
         idle_s = time.monotonic() - t
         before = [b.http_counts(i) for i in range(n)]
-        own1 = list(b.own_requests)
+        own1, own_h1 = list(b.own_requests), list(b.own_health)
         progress(f"{a.moves} changes")
         results = []
         t_run = time.monotonic()
@@ -501,6 +518,7 @@ def main() -> None:
             time.sleep(a.gap)
         run_s = time.monotonic() - t_run
         own_run = [b.own_requests[i] - own1[i] for i in range(n)]
+        own_health = [b.own_health[i] - own_h1[i] for i in range(n)]
         after = [b.http_counts(i) for i in range(n)]
         changes = len(results)
         dns_all = [max(r["dns_s"]) for r in results if None not in r["dns_s"]]
@@ -511,7 +529,7 @@ def main() -> None:
         every = [r["all_s"] for r in results if r["all_s"] is not None]
         loads = {b.sides[i].host.name: {"role": b.sides[i].host.consul_role,
                                          **load_per_change(before[i], after[i], idle_before[i], idle_after[i],
-                                                           idle_s, run_s, own_run[i], changes)}
+                                                           idle_s, run_s, own_run[i], changes, own_health[i])}
                  for i in range(n)}
         out.update({
             "changes": changes, "moves_per_service": round(changes / a.services, 2),
@@ -524,6 +542,7 @@ def main() -> None:
             "changes_with_ambassadors": {**summary(amb_all), "missed": len(amb_changes) - len(amb_all)},
             "change_to_one_ambassador": summary(amb_each),
             "after_last_put_returned": summary([r["after_puts_s"] for r in results if r["after_puts_s"] is not None]),
+            "after_commit": summary([r["after_commit_s"] for r in results if r["after_commit_s"] is not None]),
             "register_put_median_ms": ms(statistics.median(r["register_s"] for r in results)) if results else None,
             "deregister_put_median_ms": ms(statistics.median(r["deregister_s"] for r in results)) if results else None,
             "agent_load": loads,
