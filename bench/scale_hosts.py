@@ -43,9 +43,23 @@ the changes and, for the baseline, before and after an idle window as long;
 requests per change = (during - idle - this bench's own PUTs and reads) /
 changes, per host, split into blocking health queries and the rest.
 
+The interval: a PUT to an agent's /v1/agent/service/(de)register returns once
+the agent has synced the change to the servers (a Raft commit), so a PUT's
+return is the change's commit. The DNS answer is exactly the new address from
+the third PUT (the old plaintext instance's deregistration), the ambassadors'
+backends from the fourth: `after_commit` measures each from that PUT's return,
+`after_last_put_returned` everything from the fourth's, and the headline from t0
+(Consul's own write path included).
+
+--profile adds, per host, a blocking query like the daemon's (the service's
+/v1/health/service?passing, on the host's agent, from the host's namespace):
+the time Consul delivered the change to that agent, so each figure splits into
+Consul's delivery and what portlink took after it. Its queries are counted as
+the bench's own in the agent load.
+
 Prints one JSON line. Everything lives in the lab, which is removed at the
 end (also on error or ^C). Run as root:
-  .venv/bin/python -P bench/scale_hosts.py [--hosts 10] [--services 100] [--moves 200]"""
+  .venv/bin/python -P bench/scale_hosts.py [--hosts 10] [--services 100] [--moves 200] [--profile]"""
 
 from __future__ import annotations
 
@@ -405,6 +419,29 @@ def summary(xs: list[float]) -> dict:
     return {"n": len(xs), "p50_ms": ms(pct(xs, 50)), "p99_ms": ms(pct(xs, 99)), "max_ms": ms(max(xs) if xs else None)}
 
 
+def cpu_s(pid: int | None) -> float:
+    """A process's CPU time so far (user + system, every thread), seconds; 0 if gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_change(hosts: list, before: list, after: list, idle_before: list, idle_after: list,
+                   idle_s: float, run_s: float, changes: int) -> dict:
+    """CPU milliseconds per change, net of the idle rate: each host's portlinkd and Consul
+    agent (all on the same 2 cores as everything else, so each one's cost is everyone's wait)."""
+    rate = run_s / idle_s if idle_s > 0 else 0.0
+    out = {}
+    for k, role in enumerate(("portlinkd", "consul")):
+        per = [((after[i][k] - before[i][k]) - (idle_after[i][k] - idle_before[i][k]) * rate) * 1000 / changes
+               for i in range(len(hosts))]
+        out[role] = {"median_ms": round(statistics.median(per), 2), "max_ms": round(max(per), 2),
+                     "sum_over_hosts_ms": round(sum(per), 1)}
+    return out
+
+
 def profile_summary(results: list[dict]) -> dict:
     """--profile: each figure split into Consul's delivery to the host's agent (a
     blocking query like the daemon's returning the new instances) and portlink's
@@ -497,12 +534,16 @@ def main() -> None:
         # Idle baseline first, as long as the changes are expected to take.
         idle_s = min(30.0, max(5.0, a.moves * (a.gap + 0.05)))
         progress(f"idle baseline {idle_s:.0f} s")
+        cpus = lambda: [(cpu_s(s.host.daemon_pid), cpu_s(s.host.consul_pid)) for s in b.sides]   # noqa: E731
         idle_before = [b.http_counts(i) for i in range(n)]
+        cpu_idle_before = cpus()
         t = time.monotonic()
         time.sleep(idle_s)
         idle_after = [b.http_counts(i) for i in range(n)]
+        cpu_idle_after = cpus()
         idle_s = time.monotonic() - t
         before = [b.http_counts(i) for i in range(n)]
+        cpu_before = cpus()
         own1, own_h1 = list(b.own_requests), list(b.own_health)
         progress(f"{a.moves} changes")
         results = []
@@ -519,6 +560,7 @@ def main() -> None:
         run_s = time.monotonic() - t_run
         own_run = [b.own_requests[i] - own1[i] for i in range(n)]
         own_health = [b.own_health[i] - own_h1[i] for i in range(n)]
+        cpu_after = cpus()
         after = [b.http_counts(i) for i in range(n)]
         changes = len(results)
         dns_all = [max(r["dns_s"]) for r in results if None not in r["dns_s"]]
@@ -547,6 +589,8 @@ def main() -> None:
             "deregister_put_median_ms": ms(statistics.median(r["deregister_s"] for r in results)) if results else None,
             "agent_load": loads,
             "agent_requests_per_change_max": max(v["requests_per_change"] for v in loads.values()),
+            "cpu_per_change": cpu_per_change(b.sides, cpu_before, cpu_after, cpu_idle_before, cpu_idle_after,
+                                             idle_s, run_s, changes) if changes else None,
             **({"profile": profile_summary(results)} if a.profile else {}),
             "target_p99_ms": 100,
             "target_met": bool(every) and len(every) == changes and pct(every, 99) < 0.1,
