@@ -405,7 +405,8 @@ class Bench:
                        [v + t0 - t_amb_commit for v in amb if v is not None]
         return {**prof, "amb_hosts": amb_hosts, "puts_s": t_dereg - t0,
                 "dns_commit_s": t_dns_commit - t0, "amb_commit_s": t_amb_commit - t0,
-                "after_commit_s": None if None in every else max(after_commit), "service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
+                "after_commit_s": None if None in every else max(after_commit),
+                "service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
                 "dns_s": dns, "amb_s": amb, "register_s": t_reg - t0, "deregister_s": t_dereg - t_reg,
                 "all_s": None if None in every else max(every),
                 "after_puts_s": None if None in every else max(every) - (t_dereg - t0)}
