@@ -43,9 +43,23 @@ the changes and, for the baseline, before and after an idle window as long;
 requests per change = (during - idle - this bench's own PUTs and reads) /
 changes, per host, split into blocking health queries and the rest.
 
+The interval: a PUT to an agent's /v1/agent/service/(de)register returns once
+the agent has synced the change to the servers (a Raft commit), so a PUT's
+return is the change's commit. The DNS answer is exactly the new address from
+the third PUT (the old plaintext instance's deregistration), the ambassadors'
+backends from the fourth: `after_commit` measures each from that PUT's return,
+`after_last_put_returned` everything from the fourth's, and the headline from t0
+(Consul's own write path included).
+
+--profile adds, per host, a blocking query like the daemon's (the service's
+/v1/health/service?passing, on the host's agent, from the host's namespace):
+the time Consul delivered the change to that agent, so each figure splits into
+Consul's delivery and what portlink took after it. Its queries are counted as
+the bench's own in the agent load.
+
 Prints one JSON line. Everything lives in the lab, which is removed at the
 end (also on error or ^C). Run as root:
-  .venv/bin/python -P bench/scale_hosts.py [--hosts 10] [--services 100] [--moves 200]"""
+  .venv/bin/python -P bench/scale_hosts.py [--hosts 10] [--services 100] [--moves 200] [--profile]"""
 
 from __future__ import annotations
 
@@ -117,6 +131,7 @@ class HostSide:
     host: labmod.LabHost
     caller: ThreadPoolExecutor = field(init=False)
     poller: ThreadPoolExecutor = field(init=False)
+    watcher: ThreadPoolExecutor = field(init=False)    # --profile: a blocking query like the daemon's
     dns_sock: socket.socket | None = None
     dns_server: str = ""
     conns: dict[str, http.client.HTTPConnection] = field(default_factory=dict)
@@ -134,9 +149,10 @@ class HostSide:
                 raise RuntimeError(f"thread not inside {self.host.netns_path}")
         self.caller = ThreadPoolExecutor(1, initializer=stay_inside)
         self.poller = ThreadPoolExecutor(1, initializer=stay_inside)
+        self.watcher = ThreadPoolExecutor(1, initializer=stay_inside)
 
     def close(self) -> None:
-        for ex in (self.caller, self.poller):
+        for ex in (self.caller, self.poller, self.watcher):
             ex.shutdown(wait=True, cancel_futures=True)
         if self.dns_sock:
             self.dns_sock.close()
@@ -152,6 +168,7 @@ class Bench:
         self.placements: list[Placement] = []
         self.ambs: list[Amb] = []
         self.own_requests = [0] * len(self.sides)     # requests this bench sent to each agent
+        self.own_health = [0] * len(self.sides)       # of which health queries (--profile's)
         self.errors: list[str] = []
         self.unseen: list[str] = []                   # (host, service) the host's DNS never answered at set-up
         self.setup_s = 0.0
@@ -165,7 +182,7 @@ class Bench:
             http_get, f"http://{h.ip}:8500{path}", 10.0, None, method, body, self.token).result()
         return code, data
 
-    def register(self, p: Placement, tag: str) -> None:
+    def register(self, p: Placement, tag: str, stamps: list[float] | None = None) -> None:
         ip = self.sides[p.host].host.ip
         plain = {"ID": f"{ID_PREFIX}{p.service}-{tag}", "Name": p.service, "Address": ip, "Port": p.port,
                  "Meta": {"portlink-port": f"{PORT}/tcp", "portlink-host": "bench"}}
@@ -173,13 +190,17 @@ class Bench:
                   "Connect": {"Native": True}}
         for body in (plain, native):
             code, data = self.agent(p.host, "PUT", "/v1/agent/service/register", body)
+            if stamps is not None:
+                stamps.append(time.monotonic())
             if code != 200:
                 raise RuntimeError(f"register {body['ID']} on {self.sides[p.host].host.name}: HTTP {code} {data}")
         p.ids = (plain["ID"], native["ID"])
 
-    def deregister(self, host: int, ids: tuple[str, ...]) -> None:
+    def deregister(self, host: int, ids: tuple[str, ...], stamps: list[float] | None = None) -> None:
         for sid in ids:
             code, data = self.agent(host, "PUT", f"/v1/agent/service/deregister/{sid}")
+            if stamps is not None:
+                stamps.append(time.monotonic())
             if code != 200:
                 raise RuntimeError(f"deregister {sid}: HTTP {code} {data}")
 
@@ -298,6 +319,37 @@ class Bench:
             time.sleep(self.a.interval)
         return done
 
+    def consul_sees(self, s: HostSide, service: str, plain_want: list[str], native_want: list[str],
+                    ready: threading.Event, deadline: float) -> dict:
+        """--profile: what the daemon's watch gets from the same agent. One read for the
+        index, then blocking queries on /v1/health/service/SERVICE?passing (as the daemon's)
+        until the plaintext instances are exactly the new one (what DNS answers) and the
+        Connect-native ones too (what ambassadors dial): the monotonic time of each."""
+        url = f"http://{s.host.ip}:8500/v1/health/service/{service}?passing=1"
+        done: dict[str, float | None] = {"plain": None, "native": None, "returns": 0}
+        index = "0"
+        try:
+            _, hdrs, _ = http_get(url, 5.0, None, "GET", None, self.token)
+            index = hdrs.get("X-Consul-Index", "0")
+        finally:
+            ready.set()
+        while time.monotonic() < deadline and (done["plain"] is None or done["native"] is None):
+            code, hdrs, data = http_get(f"{url}&index={index}&wait=5s", 6.0, None, "GET", None, self.token)
+            now = time.monotonic()
+            done["returns"] += 1
+            index = hdrs.get("X-Consul-Index", index)
+            if code != 200:
+                break
+            got = {True: [], False: []}
+            for e in data:
+                sv = e["Service"]
+                got[bool((sv.get("Connect") or {}).get("Native"))].append(f"{sv['Address']}:{sv['Port']}")
+            if done["plain"] is None and sorted(got[False]) == plain_want:
+                done["plain"] = now
+            if done["native"] is None and sorted(got[True]) == native_want:
+                done["native"] = now
+        return done
+
     # the changes ------------------------------------------------------------------------
     def move(self, m: int) -> dict:
         a, n = self.a, len(self.sides)
@@ -311,21 +363,50 @@ class Bench:
         deadline = time.monotonic() + a.timeout
         futs = [s.poller.submit(self.watch_change, s, p.service, [ip], [x for x in affected if x.host == s.index],
                                 [f"{ip}:{p.port + 10000}"], start, deadline) for s in self.sides]
+        profile = []
+        if a.profile:
+            readies = [threading.Event() for _ in self.sides]
+            profile = [s.watcher.submit(self.consul_sees, s, p.service, [f"{ip}:{p.port}"],
+                                        [f"{ip}:{p.port + 10000}"], ev, deadline)
+                       for s, ev in zip(self.sides, readies)]
+            for ev in readies:
+                ev.wait(5)
         time.sleep(0.005)                # the pollers are asking the old answer by now
         start.set()
         t0 = time.monotonic()
-        self.register(p, str(m + 1))
+        stamps: list[float] = []          # each PUT's return: Consul's agent syncs to the servers first
+        self.register(p, str(m + 1), stamps)
         t_reg = time.monotonic()
-        self.deregister(old_host, old_ids)
+        self.deregister(old_host, old_ids, stamps)
         t_dereg = time.monotonic()
+        # The commit each target waits for: the old plaintext instance's deregistration (PUT 3)
+        # for DNS, the old Connect-native one's (PUT 4) for ambassadors.
+        t_dns_commit, t_amb_commit = stamps[2], stamps[3]
         dns: list[float | None] = []
         amb: list[float | None] = []
-        for f in futs:
+        amb_hosts: list[int] = []
+        for i, f in enumerate(futs):
             got = f.result()
             dns.append(None if got["dns"] is None else got["dns"] - t0)
             amb += [None if v is None else v - t0 for k, v in got.items() if k != "dns"]
+            amb_hosts += [i for k in got if k != "dns"]
         every = dns + amb
-        return {"service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
+        prof = {}
+        if profile:
+            seen = [f.result() for f in profile]
+            rel = lambda v: None if v is None else v - t0                     # noqa: E731
+            prof = {"consul_plain_s": [rel(x["plain"]) for x in seen],
+                    "consul_native_s": [rel(x["native"]) for x in seen],
+                    "consul_returns": [x["returns"] for x in seen]}
+            for i, x in enumerate(seen):
+                self.own_requests[i] += 1 + x["returns"]     # health queries: net of them too
+                self.own_health[i] += 1 + x["returns"]
+        after_commit = [d + t0 - t_dns_commit for d in dns if d is not None] + \
+                       [v + t0 - t_amb_commit for v in amb if v is not None]
+        return {**prof, "amb_hosts": amb_hosts, "puts_s": t_dereg - t0,
+                "dns_commit_s": t_dns_commit - t0, "amb_commit_s": t_amb_commit - t0,
+                "after_commit_s": None if None in every else max(after_commit),
+                "service": p.service, "from": old_host, "to": p.host, "ambassadors": len(affected),
                 "dns_s": dns, "amb_s": amb, "register_s": t_reg - t0, "deregister_s": t_dereg - t_reg,
                 "all_s": None if None in every else max(every),
                 "after_puts_s": None if None in every else max(every) - (t_dereg - t0)}
@@ -339,8 +420,57 @@ def summary(xs: list[float]) -> dict:
     return {"n": len(xs), "p50_ms": ms(pct(xs, 50)), "p99_ms": ms(pct(xs, 99)), "max_ms": ms(max(xs) if xs else None)}
 
 
+def cpu_s(pid: int | None) -> float:
+    """A process's CPU time so far (user + system, every thread), seconds; 0 if gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_change(hosts: list, before: list, after: list, idle_before: list, idle_after: list,
+                   idle_s: float, run_s: float, changes: int) -> dict:
+    """CPU milliseconds per change, net of the idle rate: each host's portlinkd and Consul
+    agent (all on the same 2 cores as everything else, so each one's cost is everyone's wait)."""
+    rate = run_s / idle_s if idle_s > 0 else 0.0
+    out = {}
+    for k, role in enumerate(("portlinkd", "consul")):
+        per = [((after[i][k] - before[i][k]) - (idle_after[i][k] - idle_before[i][k]) * rate) * 1000 / changes
+               for i in range(len(hosts))]
+        out[role] = {"median_ms": round(statistics.median(per), 2), "max_ms": round(max(per), 2),
+                     "sum_over_hosts_ms": round(sum(per), 1)}
+    return out
+
+
+def profile_summary(results: list[dict]) -> dict:
+    """--profile: each figure split into Consul's delivery to the host's agent (a
+    blocking query like the daemon's returning the new instances) and portlink's
+    share after it (the daemon's watch, snapshot and resolver; an ambassador's own
+    watch and apply), plus the bench's poll interval."""
+    ok = [r for r in results if None not in r["consul_plain_s"] + r["consul_native_s"]]
+    dns_after = [d - c for r in ok for d, c in zip(r["dns_s"], r["consul_plain_s"]) if d is not None]
+    amb_after = [v - r["consul_native_s"][h] for r in ok for v, h in zip(r["amb_s"], r["amb_hosts"])
+                 if v is not None]
+    every_plain = [max(r["consul_plain_s"]) for r in ok]
+    every_native = [max(r["consul_native_s"] + r["consul_plain_s"]) for r in ok]
+    return {
+        "changes_profiled": len(ok),
+        "consul_every_agent_plain_from_t0": summary(every_plain),
+        "consul_every_agent_both_from_t0": summary(every_native),
+        "consul_every_agent_after_commit": summary([max([c - r["dns_commit_s"] for c in r["consul_plain_s"]] +
+                                                        [c - r["amb_commit_s"] for c in r["consul_native_s"]])
+                                                    for r in ok]),
+        "one_agent_plain_after_commit": summary([c - r["dns_commit_s"] for r in ok for c in r["consul_plain_s"]]),
+        "host_dns_after_its_agent": summary(dns_after),
+        "ambassador_after_its_agent": summary(amb_after),
+        "blocking_returns_per_change_per_agent": round(
+            statistics.mean(x for r in ok for x in r["consul_returns"]), 2) if ok else None,
+    }
+
+
 def load_per_change(before: dict, after: dict, idle_before: dict, idle_after: dict,
-                    idle_s: float, run_s: float, own: int, changes: int) -> dict:
+                    idle_s: float, run_s: float, own: int, changes: int, own_health: int = 0) -> dict:
     """Requests one agent served per change, net of the idle rate and of this bench's own.
     An agent counts a request when it ends, so each window holds the metrics read
     that opened it (the idle one: 1; `own`: this bench's PUTs plus that read)."""
@@ -352,7 +482,7 @@ def load_per_change(before: dict, after: dict, idle_before: dict, idle_after: di
     run_all, run_health = delta(before, after, allreq), delta(before, after, health)
     idle_all, idle_health = delta(idle_before, idle_after, allreq) - 1, delta(idle_before, idle_after, health)
     net_all = run_all - idle_all * rate - own
-    net_health = run_health - idle_health * rate
+    net_health = run_health - idle_health * rate - own_health
     paths = {}
     for k in set(after) | set(idle_after):
         net = delta(before, after, lambda x: x == k) - delta(idle_before, idle_after, lambda x: x == k) * rate
@@ -376,6 +506,9 @@ def main() -> None:
     ap.add_argument("--settle-timeout", type=float, default=60.0, help="bound on each set-up wait (default 60)")
     ap.add_argument("--max-seconds", type=float, default=600.0, help="bound on the change phase (default 600)")
     ap.add_argument("--seed", type=int, default=18)
+    ap.add_argument("--profile", action="store_true",
+                    help="also time, per host, a blocking query like the daemon's on the same agent: "
+                         "how much of each figure is Consul's delivery and how much portlink's")
     ap.add_argument("--name", default=f"hs{os.getpid() % 100000}", help="the lab's name")
     a = ap.parse_args()
     if not 4 <= a.hosts <= labmod.MAX_HOSTS:
@@ -402,13 +535,17 @@ def main() -> None:
         # Idle baseline first, as long as the changes are expected to take.
         idle_s = min(30.0, max(5.0, a.moves * (a.gap + 0.05)))
         progress(f"idle baseline {idle_s:.0f} s")
+        cpus = lambda: [(cpu_s(s.host.daemon_pid), cpu_s(s.host.consul_pid)) for s in b.sides]   # noqa: E731
         idle_before = [b.http_counts(i) for i in range(n)]
+        cpu_idle_before = cpus()
         t = time.monotonic()
         time.sleep(idle_s)
         idle_after = [b.http_counts(i) for i in range(n)]
+        cpu_idle_after = cpus()
         idle_s = time.monotonic() - t
         before = [b.http_counts(i) for i in range(n)]
-        own1 = list(b.own_requests)
+        cpu_before = cpus()
+        own1, own_h1 = list(b.own_requests), list(b.own_health)
         progress(f"{a.moves} changes")
         results = []
         t_run = time.monotonic()
@@ -423,6 +560,8 @@ def main() -> None:
             time.sleep(a.gap)
         run_s = time.monotonic() - t_run
         own_run = [b.own_requests[i] - own1[i] for i in range(n)]
+        own_health = [b.own_health[i] - own_h1[i] for i in range(n)]
+        cpu_after = cpus()
         after = [b.http_counts(i) for i in range(n)]
         changes = len(results)
         dns_all = [max(r["dns_s"]) for r in results if None not in r["dns_s"]]
@@ -433,7 +572,7 @@ def main() -> None:
         every = [r["all_s"] for r in results if r["all_s"] is not None]
         loads = {b.sides[i].host.name: {"role": b.sides[i].host.consul_role,
                                          **load_per_change(before[i], after[i], idle_before[i], idle_after[i],
-                                                           idle_s, run_s, own_run[i], changes)}
+                                                           idle_s, run_s, own_run[i], changes, own_health[i])}
                  for i in range(n)}
         out.update({
             "changes": changes, "moves_per_service": round(changes / a.services, 2),
@@ -446,10 +585,14 @@ def main() -> None:
             "changes_with_ambassadors": {**summary(amb_all), "missed": len(amb_changes) - len(amb_all)},
             "change_to_one_ambassador": summary(amb_each),
             "after_last_put_returned": summary([r["after_puts_s"] for r in results if r["after_puts_s"] is not None]),
+            "after_commit": summary([r["after_commit_s"] for r in results if r["after_commit_s"] is not None]),
             "register_put_median_ms": ms(statistics.median(r["register_s"] for r in results)) if results else None,
             "deregister_put_median_ms": ms(statistics.median(r["deregister_s"] for r in results)) if results else None,
             "agent_load": loads,
             "agent_requests_per_change_max": max(v["requests_per_change"] for v in loads.values()),
+            "cpu_per_change": cpu_per_change(b.sides, cpu_before, cpu_after, cpu_idle_before, cpu_idle_after,
+                                             idle_s, run_s, changes) if changes else None,
+            **({"profile": profile_summary(results)} if a.profile else {}),
             "target_p99_ms": 100,
             "target_met": bool(every) and len(every) == changes and pct(every, 99) < 0.1,
         })

@@ -182,6 +182,18 @@ class DnsServer:
         """Swap in a new snapshot; queries after this return see only it."""
         self._call(self._install(snapshot))
 
+    def offer(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot without waiting for the resolver's thread (callers on
+        an event loop of their own). Swaps run in the order they were offered or
+        updated, so the latest one stays."""
+        self.loop.call_soon_threadsafe(self._swap, snapshot)
+
+    def _swap(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.packed.clear()
+        self._packed_bytes = 0
+        self._turns.clear()
+
     def listen(self, addresses: Iterable[str]) -> list[str]:
         """Serve exactly these addresses (port cfg.port); returns bind errors."""
         return self._call(self._set_listeners(set(addresses)))
@@ -194,10 +206,7 @@ class DnsServer:
 
     # In the loop's thread ---------------------------------------------------------
     async def _install(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self.packed.clear()
-        self._packed_bytes = 0
-        self._turns.clear()
+        self._swap(snapshot)
 
     async def _set_listeners(self, wanted: set[str]) -> list[str]:
         errors = []

@@ -121,28 +121,35 @@ async def start_consul(host: Host) -> ConsulSync:
                               "address other hosts or containers could use: give --advertise IP")
     loop = asyncio.get_running_loop()
     pending = False
+    rebuild = False
 
     last: dict = dict(host.catalog.services or {})
 
-    def refresh() -> None:
-        nonlocal pending, last
-        pending = False          # cleared first: a change during the rebuild schedules another
-        host.refresher.refresh_services()
+    def follow_up() -> None:
+        nonlocal pending, rebuild, last
+        pending = False          # cleared first: a change during this schedules another
+        if rebuild:
+            rebuild = False
+            host.refresher.refresh_services()
         now = dict(host.catalog.services or {})
         last, before = now, last
         # The local ambassadors follow the same catalog: an instance set that changed
-        # is a reroute for each of them.
+        # is a reroute for each of them (an event; reading the store, so in a thread).
         host.ambassadors.reroutes(before, now)
         host.link_datapath.catalog_changed()   # the kernel path's backends (keep/drain/close of open flows)
 
     def on_services(services) -> None:
-        # Catalog changes arrive on the event loop; the rebuild reads the store, so it
-        # runs in a thread, and a burst of changes costs one rebuild, not one each.
-        nonlocal pending
+        # Catalog changes arrive on the event loop: the resolver gets them from here at
+        # once (Refresher.apply_services); only when a full refresh is running does the
+        # rebuild wait for it, in a thread. The reroute events follow in a thread, a
+        # burst of changes costing one pass, not one each.
+        nonlocal pending, rebuild
         host.catalog.services = services
+        if not host.refresher.apply_services():
+            rebuild = True
         if not pending:
             pending = True
-            loop.run_in_executor(None, refresh)
+            loop.run_in_executor(None, follow_up)
 
     interval = f"{cfg.consul_check_interval:g}s"
     sync = ConsulSync(cfg.consul, host.host_id, lambda: host.registrations(advertise), on_services,

@@ -8,7 +8,7 @@ never did this (moby #12067, #10066)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import ip_address
 from typing import Iterable
 
@@ -95,9 +95,35 @@ def consul_services(services: dict[str, tuple[Instance, ...]] | None) -> dict[st
     return out
 
 
+class ConsulAnswers:
+    """consul_services, kept from one change to the next: a service whose instances
+    are the ones it had last time keeps its converted answers, so a Consul change
+    converts the services it touched, not the whole catalog."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[tuple[Instance, ...], tuple[ServiceInstance, ...]]] = {}
+
+    def __call__(self, services: dict[str, tuple[Instance, ...]] | None
+                 ) -> dict[str, tuple[ServiceInstance, ...]] | None:
+        if services is None:
+            self._last = {}
+            return None
+        keep = {}
+        for name, instances in services.items():
+            hit = self._last.get(name)
+            # The catalog cache hands an unchanged service's tuple on as is: mostly an identity check.
+            if hit is None or hit[0] != instances:
+                hit = (instances, consul_services({name: instances})[name])
+            keep[name] = hit
+        self._last = keep
+        return {name: answers for name, (_, answers) in keep.items()}
+
+
 def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: list[str],
-                   ttl: int = DEFAULT_TTL, services: dict[str, tuple[Instance, ...]] | None = None) -> Snapshot:
-    """`services` None: no Consul configured (names under .consul are forwarded like any other)."""
+                   ttl: int = DEFAULT_TTL, services: dict[str, tuple[Instance, ...]] | None = None,
+                   convert=consul_services) -> Snapshot:
+    """`services` None: no Consul configured (names under .consul are forwarded like any other).
+    `convert`: how Consul's instances become answers (a ConsulAnswers keeps them across builds)."""
     zones = {n.name: NetworkZone(n.name, n.subnet) for n in networks}
     by_name = {c.name: c for c in running}
     for c in running:
@@ -118,7 +144,14 @@ def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: 
                            upstreams=upstream_list(c.dns) if c.dns else daemon_up,
                            forward=c.network not in internal)
     return Snapshot(views=views, networks=frozenset(zones), subnets=tuple(n.subnet for n in networks),
-                    ttl=ttl, services=consul_services(services))
+                    ttl=ttl, services=convert(services))
+
+
+def with_services(snapshot: Snapshot, services: dict[str, tuple[Instance, ...]] | None,
+                  convert=consul_services) -> Snapshot:
+    """`snapshot` with Consul's instances replaced, every container view kept: what a
+    Consul change needs, without reading the containers and networks again."""
+    return replace(snapshot, services=convert(services))
 
 
 def hosts_file(me: Seen, by_name: dict[str, Seen], gateway: str | None = None) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from portlink.catalog.services import Instance
 from portlink.dns.server import DnsServer
+from portlink.dns.zone import Snapshot
 from portlink.errors import NotFound, PortlinkError
 from portlink.runtime import discovery, networks
 from portlink.runtime.container_files import rewrite_in_place
@@ -62,7 +63,8 @@ class Refresher:
         self.dns, self.fw, self.catalog = dns, firewall, catalog
         self.upstreams, self.ttl = upstreams, ttl
         self._lock = threading.Lock()
-        self._names: tuple | None = None     # (networks, running) as the last refresh read them
+        self._snapshot: Snapshot | None = None   # the resolver's, as the last refresh built it
+        self._answers = discovery.ConsulAnswers()
         self._listeners: list[Callable[[], None]] = []
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
 
@@ -98,9 +100,9 @@ class Refresher:
             by_name = {c.name: c for c in running}
             for e in self.dns.listen(str(n.gateway) for n in nets):
                 log.error("%s", e)
-            self._names = (nets, running)
-            self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
-                                                     self.catalog.services))
+            self._snapshot = discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
+                                                      self.catalog.services, self._answers)
+            self.dns.update(self._snapshot)
             self._bad_hosts &= {c.id for c in running}   # forget the removed
             gateways = {n.name: str(n.gateway) for n in nets}   # --add-host NAME:host-gateway
             for c in running:
@@ -108,15 +110,29 @@ class Refresher:
                     self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
 
     def refresh_services(self) -> None:
-        """Consul's catalog changed, nothing local did: rebuild the snapshot from
-        the containers and networks the last refresh read (no store queries, no
-        hosts files), so a Consul change reaches answers in a few milliseconds."""
+        """Consul's catalog changed, nothing local did: the last snapshot with the
+        new services (no store queries, no hosts files), waited for."""
         with self._lock:
-            if self._names is None:
-                return
-            nets, running = self._names
-            self.dns.update(discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
-                                                     self.catalog.services))
+            self._swap_services(wait=True)
+
+    def apply_services(self) -> bool:
+        """The same from the daemon's event loop, as soon as the catalog cache has the
+        change: no thread hop, no wait for the resolver's thread, only the services
+        that changed converted (~50 µs with 100 services). False when a full refresh
+        holds the lock: the caller runs refresh_services in a thread instead, after it."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._swap_services(wait=False)
+        finally:
+            self._lock.release()
+        return True
+
+    def _swap_services(self, wait: bool) -> None:
+        if self._snapshot is None:
+            return      # no refresh yet: the first one reads the catalog as it is then
+        self._snapshot = discovery.with_services(self._snapshot, self.catalog.services, self._answers)
+        (self.dns.update if wait else self.dns.offer)(self._snapshot)
 
     def write_hosts(self, cid: str, text: str, name: str = "") -> bool:
         """Rewrite a running container's /etc/hosts in place (the file is bind-mounted,
