@@ -23,6 +23,7 @@ from portlink.prom import Histogram
 from portlink.runtime import ambassadors, faults, init_proc, mount_paths, oci, seccomp, security, volspec
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
+from portlink.runtime.exit_notices import ExitNotices
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.linker_identity import LinkerIdentities, is_client_side
@@ -73,6 +74,8 @@ class Lifecycle:
         self.d = d
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        # A followed log (runtime.api_streams) ends when the process does, before the cleanup.
+        self.exits = ExitNotices()
 
     def lock(self, cid: str) -> threading.RLock:
         with self._locks_guard:
@@ -376,7 +379,11 @@ class Lifecycle:
             if code is None:
                 code = read_exit_file(self.d.layout.cdir(cid))
             if code is not None:
+                # Not synced on its own: the exit file keeps the code (read again on recovery).
                 self.d.records.set_exit_code(cid, code)
+            if self.d.runc.monitor_pid(cid, self.d.layout.cdir(cid)) is None:
+                # Its monitor is gone: the log has all the output, and the code is recorded.
+                self.exits.ended(cid, pid)
             if c.status != RUNNING:
                 return None
             lost = code is None and self.monitor_lost(c)
