@@ -98,9 +98,16 @@ def _columns() -> int:
     return columns
 
 
+# The width while build_parser runs: argparse makes a formatter for every
+# add_argument (to check its metavar), ~60 for `run`, each asking the terminal.
+_building_columns: int | None = None
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
-        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+        if width is None:
+            width = (_building_columns or _columns()) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -468,13 +475,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `only`, the same parser with just that command's
     subparser (what parsing that command needs: the rest only shows in help and
     in the error for an unknown command)."""
-    p = _Parser(prog="portlink", description="portlink: containers, networks and links across hosts")
-    p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
-                   help="daemon socket (env PORTLINK_HOST; default %(default)s)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for name, add in COMMANDS.items():
-        if only is None or name == only:
-            add(sub)
+    global _building_columns
+    _building_columns = _columns()
+    try:
+        p = _Parser(prog="portlink", description="portlink: containers, networks and links across hosts")
+        p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
+                       help="daemon socket (env PORTLINK_HOST; default %(default)s)")
+        sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+        for name, add in COMMANDS.items():
+            if only is None or name == only:
+                add(sub)
+    finally:
+        _building_columns = None     # help, printed later, asks again
     return p
 
 
