@@ -153,12 +153,14 @@ class Containers:
         c = self.records.find(ref)
         self.amb.hold(c.id)
         self.restarts.removed(c.id)
-        self.life.remove(c, force, ref, volumes)
+        was_running = self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
-        self.refresher.changed()
-        self._serve(c)
-        if self.amb.collect():
+        collected = self.amb.collect()
+        # A container that was not running moves no name, flow or registration (its
+        # exit or stop refreshed them): `run --rm` spares its removal a refresh.
+        if was_running or collected:
             self.refresher.changed()
+        self._serve(c)
 
     def on_exit(self, cid: str, pid: int, code: int | None) -> None:
         """Called by the reaper when a container's init process `pid` ends."""

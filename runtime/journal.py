@@ -110,18 +110,23 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
 
 
 class Journal:
-    """Records of objects a power cut takes with it (a mount, a netns, a lease, a
-    veth, nftables elements) are not synced on their own: the next synced commit
-    (the runc step's, before the container's process) puts them on disk, and
-    after a power cut none of those objects is left to undo. Steps that leave
-    something on disk (the dir, runc's state, a token, Consul's intention) are."""
+    """Most steps are not synced on their own: the next synced commit (the runc
+    step's, before the container's process) puts them on disk too (the WAL is
+    written in order). A power cut before it loses some of the last rows: the
+    kernel's objects (mount, netns, lease, veth, nftables elements) are gone with
+    it, and a new container's dir, left on disk, is swept at start as a crash
+    between making and recording leaves it (Host.sweep: recovery forgets the
+    CREATING row, the dir then has none). Synced: the runc step (runc's state
+    stays on disk, and a container that ran before keeps its row, so only the
+    journal finds it) and steps with an object elsewhere (a Consul token, an
+    intention, a linker)."""
 
     def __init__(self, store: Store, kernel: Kernel) -> None:
         self.store, self.kernel = store, kernel
 
     # do: record, then make ------------------------------------------------------------
     def make_dir(self, owner: str, path: Path) -> None:
-        self.store.record("dir", str(path), owner)
+        self.store.record("dir", str(path), owner, synced=False)
         self.kernel.make_dir(str(path))
 
     def mount(self, owner: str, lower: str, cdir: Path) -> str:

@@ -397,8 +397,9 @@ class Lifecycle:
             return c
 
     # remove ------------------------------------------------------------------------------------
-    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> None:
-        """`volumes`: its anonymous volumes go too (rm -v; always with --rm)."""
+    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> bool:
+        """`volumes`: its anonymous volumes go too (rm -v; always with --rm).
+        Returns whether it was running (or half removed) when its removal began."""
         with self.lock(c.id):
             c = self.d.records.current(c.id, ref)
             if c.status == RUNNING and not force:
@@ -412,6 +413,7 @@ class Lifecycle:
                 faults.point("rm.killed")
             self.finish_remove(c, volumes)
         self.drop_lock(c.id)
+        return c.status in (RUNNING, REMOVING)
 
     def finish_remove(self, c: Container, volumes: bool = False) -> None:
         errors = self.d.journal.undo(c.id, keep=(), fault="rm.undo")
