@@ -121,12 +121,15 @@ def cmd_run(cl: Client, a) -> int:
         # the container's stdout on ours, its stderr on ours, as `docker run` does
         fmt.print_records(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1", "format": "cri"},
                                      stream=True), timestamps=False, flush=True)
-        code = _exit_code(cl, c["id"], removing=a.rm)
+        if not a.rm:
+            return _exit_code(cl, c["id"])
     except KeyboardInterrupt:
         return 130
-    if a.rm:
-        cl.delete(f"/containers/{c['id']}", force="1", volumes="1")   # --rm: anonymous volumes too
-    return code
+    # --rm: anonymous volumes too. The log ended with the process, whose code is
+    # recorded by then: the removal (after the cleanup of its run) answers it.
+    gone = cl.delete(f"/containers/{c['id']}", force="1", volumes="1")
+    code = gone.get("exit_code")
+    return code if code is not None else EXIT_ERROR
 
 
 def _run_attached(cl: Client, a, c: dict) -> int:

@@ -371,6 +371,9 @@ class Lifecycle:
 
     def exited(self, cid: str, pid: int, code: int | None) -> Container | None:
         """The reaper saw `pid` end. Returns the container if this ended its run."""
+        # No code: the report is its monitor's end (runtime.reaper), so the log has all
+        # of the output; a code came from waiting for an init without one.
+        monitor_ended = code is None
         with self.lock(cid):
             c = self.d.records.get(cid)
             # A late report about an earlier run (stopped, then started again) is stale.
@@ -381,8 +384,8 @@ class Lifecycle:
             if code is not None:
                 # Not synced on its own: the exit file keeps the code (read again on recovery).
                 self.d.records.set_exit_code(cid, code)
-            if self.d.runc.monitor_pid(cid, self.d.layout.cdir(cid)) is None:
-                # Its monitor is gone: the log has all the output, and the code is recorded.
+            if monitor_ended:
+                # A followed log ends now, with the code recorded, not after the cleanup.
                 self.exits.ended(cid, pid)
             if c.status != RUNNING:
                 return None
@@ -397,9 +400,9 @@ class Lifecycle:
             return c
 
     # remove ------------------------------------------------------------------------------------
-    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> bool:
+    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> Container:
         """`volumes`: its anonymous volumes go too (rm -v; always with --rm).
-        Returns whether it was running (or half removed) when its removal began."""
+        Returns the container as its removal found it (status, exit code)."""
         with self.lock(c.id):
             c = self.d.records.current(c.id, ref)
             if c.status == RUNNING and not force:
@@ -413,7 +416,7 @@ class Lifecycle:
                 faults.point("rm.killed")
             self.finish_remove(c, volumes)
         self.drop_lock(c.id)
-        return c.status in (RUNNING, REMOVING)
+        return c
 
     def finish_remove(self, c: Container, volumes: bool = False) -> None:
         errors = self.d.journal.undo(c.id, keep=(), fault="rm.undo")
