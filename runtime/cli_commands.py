@@ -129,7 +129,12 @@ def cmd_run(cl: Client, a) -> int:
     # recorded by then: the removal (after the cleanup of its run) answers it.
     gone = cl.delete(f"/containers/{c['id']}", force="1", volumes="1")
     code = gone.get("exit_code")
-    return code if code is not None else EXIT_ERROR
+    if code is None:
+        print(f"portlink: container {c['name']} was removed, but its exit code is unknown "
+              f"({'its monitor ended before it' if 'exit_code' in gone else 'portlinkd did not say it: an older daemon?'})",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return code
 
 
 def _run_attached(cl: Client, a, c: dict) -> int:
