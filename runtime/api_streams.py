@@ -111,8 +111,11 @@ async def logs_stream(api, r: web.Request, info: dict) -> web.StreamResponse:
         while follow:
             now = api.host.records.get(info["id"])
             # Its process ended (the notice comes once its monitor has written the last
-            # output) or it is recorded as stopped: what is new is the rest of its log.
-            running = now is not None and now.status == "running" and not ended.is_set()
+            # output, with the code recorded first: a code while "running" is this run's,
+            # as a start clears it, and says the notice came before we listened), or it
+            # is recorded as stopped: what is new is the rest of its log.
+            running = (now is not None and now.status == "running" and now.exit_code is None
+                       and not ended.is_set())
             # Read after the status check: a stopped container's shim has written all
             # (Runc.delete waits for it before the status changes), so nothing is lost.
             new = await api.call(reader.read_new)
