@@ -26,6 +26,11 @@ containers (`busybox sleep 3600`). Then, against that daemon:
            detached `sleep 3600` containers as portlink's.
 
 Also `python -c pass` with the venv's python: the floor any Python CLI has.
+And where portlink's run --rm goes, in the same rounds (`phases_ms`): the
+same requests the CLI makes, timed in this process (create + start, the
+followed log to its end, the removal, which answers the exit code), and `runc_floor_ms`: bare `runc
+run --detach` then `runc delete` of the image's rootfs with runc's default
+spec (its own --root in the temp dir), the runtime every side here calls.
 
 Prints one JSON line. Progress goes to stderr, only when it is a tty. Exit 0
 whether or not the targets (ps median <= 100 ms; run --rm <= 1/3 of Docker's and
@@ -154,11 +159,68 @@ def docker_run_rm_argv(dk: DockerPeer, network: str) -> list[str]:
     return dk.argv("run", "--rm", "--pull", "never", "--network", network, DOCKER_IMAGE, "true")
 
 
+RUN_BODY = {"image": "busybox", "cmd": ["true"], "network": "bridge"}
+
+
+def phases(h: SimHost) -> dict[str, float]:
+    """One run --rm's requests as the CLI makes them, each timed (seconds)."""
+    cl = h.client
+    t0 = time.perf_counter()
+    c = cl.post("/containers", RUN_BODY)
+    t1 = time.perf_counter()
+    cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1", "format": "cri"}, stream=True).read()
+    t2 = time.perf_counter()
+    gone = cl.delete(f"/containers/{c['id']}", force="1", volumes="1")    # answers the exit code
+    t3 = time.perf_counter()
+    if gone.get("exit_code") != 0:
+        raise BenchError(f"phases: exit code {gone.get('exit_code')!r}, expected 0")
+    return {"create_start": t1 - t0, "log_to_exit": t2 - t1, "delete": t3 - t2}
+
+
+class RuncFloor:
+    """Bare runc on a minimal bundle (the image's rootfs, runc's default spec,
+    `true`): what any runtime built on runc pays at least for a run and a delete."""
+
+    def __init__(self, tmp: str, rootfs: Path) -> None:
+        self.bundle = os.path.join(tmp, "runc-floor")
+        self.root = os.path.join(tmp, "runc-floor-root")
+        os.makedirs(self.bundle)
+        _sh("runc", "spec", "--bundle", self.bundle)
+        with open(os.path.join(self.bundle, "config.json")) as f:
+            spec = json.load(f)
+        spec["root"] = {"path": str(rootfs), "readonly": True}
+        spec["process"].update(args=["true"], terminal=False)
+        with open(os.path.join(self.bundle, "config.json"), "w") as f:
+            json.dump(spec, f)
+        self.made: list[str] = []
+        self.n = 0
+
+    def once(self) -> float:
+        self.n += 1
+        cid = f"plt-clibench-floor-{os.getpid()}-{self.n}"
+        self.made.append(cid)
+        t0 = time.perf_counter()
+        _sh("runc", "--root", self.root, "run", "--detach", "--bundle", self.bundle, cid)
+        _sh("runc", "--root", self.root, "delete", "--force", cid)
+        dt = time.perf_counter() - t0
+        self.made.remove(cid)
+        return dt
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        for cid in self.made:
+            p = subprocess.run(["runc", "--root", self.root, "delete", "--force", cid], capture_output=True, text=True)
+            if p.returncode != 0 and "not exist" not in p.stderr:
+                errors.append(f"runc delete {cid}: {p.stderr.strip()}")
+        return errors
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def measure(a: argparse.Namespace, h: SimHost, pod: Podman, dk: DockerPeer, deadline: float) -> dict:
+def measure(a: argparse.Namespace, h: SimHost, pod: Podman, dk: DockerPeer, floor_runc: RuncFloor,
+            deadline: float) -> dict:
     env = {**os.environ, "PORTLINK_HOST": h.socket}
     portlink = str(VENV_BIN / "portlink")
     stopped_early = False
@@ -208,13 +270,21 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, dk: DockerPeer, dead
         "docker_none": (docker_run_rm_argv(dk, "none"), dk.env),
     }
     times: dict[str, list[float]] = {k: [] for k in sides}
-    order = list(sides)
+    order = list(sides) + ["phases", "runc_floor"]
+    phase_times: dict[str, list[float]] = {}
     progress(f"run --rm x {a.rounds}: {', '.join(order)}")
     for i in range(a.rounds):
         if time.monotonic() > deadline:
             stopped_early = True
             break
         for name in order[i % len(order):] + order[:i % len(order)]:     # rotated every round
+            if name == "phases":
+                for k, v in phases(h).items():
+                    phase_times.setdefault(k, []).append(v)
+                continue
+            if name == "runc_floor":
+                times.setdefault(name, []).append(floor_runc.once())
+                continue
             argv, e = sides[name]
             dt, p = timed(argv, e)
             if p.returncode != 0:
@@ -245,6 +315,8 @@ def measure(a: argparse.Namespace, h: SimHost, pod: Podman, dk: DockerPeer, dead
         "docker_run_rm_median_ms": dm,
         "docker_run_rm_p90_ms": _p90_ms(times["docker"]),
         "docker_run_rm_network_none_median_ms": _ms(times["docker_none"]),
+        "phases_ms": {k: _ms(v) for k, v in phase_times.items()},
+        "runc_floor_ms": _ms(times.get("runc_floor", [])),
         "podman_ps_median_ms": _ms(pod_ps),
         "docker_ps_median_ms": _ms(dk_ps),
         "docker_version": dk.docker("version", "--format", "{{.Server.Version}}").stdout.strip(),
@@ -291,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     pod_ns: Namespace | None = None
     pod: Podman | None = None
     dk: DockerPeer | None = None
+    floor_runc: RuncFloor | None = None
     tmp = tempfile.mkdtemp(prefix="plt-clibench-", dir="/tmp")
     made_ns: list[str] = []
     rc, doc, errors = 0, None, []
@@ -315,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         dk = DockerPeer.start("clidkr")
         made_ns.append(dk.ns.name)
         dk.load(archive, DOCKER_IMAGE)
-        doc = measure(a, h, pod, dk, deadline)
+        floor_runc = RuncFloor(tmp, rootfs)
+        doc = measure(a, h, pod, dk, floor_runc, deadline)
     except KeyboardInterrupt:
         warn("interrupted; cleaning up")
         rc = 130
@@ -324,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = 1
     finally:
         with contextlib.suppress(KeyboardInterrupt):
+            if floor_runc is not None:
+                errors += floor_runc.cleanup()
             if dk is not None:
                 errors += dk.close()
             if pod is not None:

@@ -136,8 +136,8 @@ class Api:
             return ok(await self.call(c.restart, r.match_info["ref"], _timeout(q(r, "t", "10"))))
 
         async def rm(r):
-            await self.call(c.remove, r.match_info["ref"], flag(r, "force"), flag(r, "volumes"))
-            return ok({"removed": r.match_info["ref"]})
+            code = await self.call(c.remove, r.match_info["ref"], flag(r, "force"), flag(r, "volumes"))
+            return ok({"removed": r.match_info["ref"], "exit_code": code})
 
         async def exec_argv(r):
             cmd, env, tty, workdir = validate.exec_body(await self.body(r))

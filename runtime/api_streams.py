@@ -4,6 +4,7 @@ container's log (JSON lines or raw records, written as they come)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from portlink.errors import InvalidArgument, PortlinkError
 from portlink.runtime import events, logfmt
 from portlink.runtime.api_json import img_json
 
-# A followed log polls for new output and the end every 50 ms, but starts at 5 ms
-# and doubles: a short-lived container (`run --rm busybox true`) is seen to end
-# within a few ms instead of a full poll later; a long one costs the same.
+# A followed log polls for new output every 50 ms, but starts at 5 ms and doubles
+# (the first lines of a short-lived container come early). Its end is not polled
+# for: the container's exit notice (runtime.exit_notices) wakes the stream.
 FOLLOW_FIRST_POLL = 0.005
 FOLLOW_POLL = 0.05
 
@@ -100,9 +101,21 @@ async def logs_stream(api, r: web.Request, info: dict) -> web.StreamResponse:
         for i in range(0, len(data), 1 << 20):
             await resp.write(data[i:i + (1 << 20)])
         pause = FOLLOW_FIRST_POLL
+        ended = asyncio.Event()
+        stop_listening = None
+        if follow:
+            # Before the status check: an end between the two is not missed.
+            loop = asyncio.get_running_loop()
+            stop_listening = api.host.lifecycle.exits.listen(
+                info["id"], lambda pid: loop.call_soon_threadsafe(ended.set))
         while follow:
             now = api.host.records.get(info["id"])
-            running = now is not None and now.status == "running"
+            # Its process ended (the notice comes once its monitor has written the last
+            # output, with the code recorded first: a code while "running" is this run's,
+            # as a start clears it, and says the notice came before we listened), or it
+            # is recorded as stopped: what is new is the rest of its log.
+            running = (now is not None and now.status == "running" and now.exit_code is None
+                       and not ended.is_set())
             # Read after the status check: a stopped container's shim has written all
             # (Runc.delete waits for it before the status changes), so nothing is lost.
             new = await api.call(reader.read_new)
@@ -110,9 +123,12 @@ async def logs_stream(api, r: web.Request, info: dict) -> web.StreamResponse:
                 await resp.write(render(new))
             if not running:
                 break
-            await asyncio.sleep(pause)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ended.wait(), pause)
             pause = min(pause * 2, FOLLOW_POLL)
     finally:
+        if stop_listening is not None:
+            stop_listening()
         reader.close()
     await resp.write_eof()
     return resp

@@ -21,10 +21,23 @@ from portlink.runtime.cli_commands import (EXIT_ERROR, cmd_events, cmd_exec, cmd
                                            cmd_network, cmd_ps, cmd_restart, cmd_rm, cmd_run, cmd_start, cmd_stats,
                                            cmd_stop, cmd_system, cmd_volume)
 from portlink.runtime.cli_images import cmd_load, cmd_save
-from portlink.runtime.cli_cp import cmd_cp
 from portlink.runtime.cli_links import add_link
-from portlink.runtime.cli_ops import cmd_kill, cmd_port, cmd_top, cmd_wait
 from portlink.runtime.client import DEFAULT_SOCKET, Client, CliError
+
+
+def _lazy(module: str, name: str):
+    """A command whose module is imported only when it runs: cli_cp imports tarfile
+    and tempfile, cli_ops the signal table, which `run` and `ps` have no use for.
+    Made once here, so every parser built names the same function."""
+    def fn(cl, a):
+        mod = __import__(f"portlink.runtime.{module}", fromlist=[name])
+        return getattr(mod, name)(cl, a)
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+cmd_cp = _lazy("cli_cp", "cmd_cp")
+cmd_kill, cmd_port, cmd_top, cmd_wait = (_lazy("cli_ops", n) for n in ("cmd_kill", "cmd_port", "cmd_top", "cmd_wait"))
 
 
 def cmd_lab(cl, a):
@@ -85,9 +98,16 @@ def _columns() -> int:
     return columns
 
 
+# The width while build_parser runs: argparse makes a formatter for every
+# add_argument (to check its metavar), ~60 for `run`, each asking the terminal.
+_building_columns: int | None = None
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
-        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+        if width is None:
+            width = (_building_columns or _columns()) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -455,13 +475,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `only`, the same parser with just that command's
     subparser (what parsing that command needs: the rest only shows in help and
     in the error for an unknown command)."""
-    p = _Parser(prog="portlink", description="portlink: containers, networks and links across hosts")
-    p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
-                   help="daemon socket (env PORTLINK_HOST; default %(default)s)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    for name, add in COMMANDS.items():
-        if only is None or name == only:
-            add(sub)
+    global _building_columns
+    _building_columns = _columns()
+    try:
+        p = _Parser(prog="portlink", description="portlink: containers, networks and links across hosts")
+        p.add_argument("-H", "--host", default=os.environ.get("PORTLINK_HOST", DEFAULT_SOCKET),
+                       help="daemon socket (env PORTLINK_HOST; default %(default)s)")
+        sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+        for name, add in COMMANDS.items():
+            if only is None or name == only:
+                add(sub)
+    finally:
+        _building_columns = None     # help, printed later, asks again
     return p
 
 
@@ -481,17 +506,35 @@ def command_of(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    as_program = argv is None
     if argv is None:
         argv = sys.argv[1:]
     # Only the chosen command's subparser: building all of them is most of argparse's cost.
     a = build_parser(command_of(argv)).parse_args(argv)
     try:
-        sys.exit(a.fn(Client(a.host), a))
+        code = a.fn(Client(a.host), a)
     except CliError as e:
         print(f"portlink: {e}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
     except BrokenPipeError:
         sys.exit(0)
+    if as_program and a.cmd in _QUICK_EXIT and (code is None or isinstance(code, int)):
+        _exit_now(code or 0)
+    sys.exit(code)
+
+
+# Commands that leave nothing to finish at exit but their output: the interpreter's
+# teardown (freeing every module and object) is skipped, a few ms of a short run.
+_QUICK_EXIT = frozenset({"run", "ps", "rm", "inspect", "start", "stop", "kill", "wait"})
+
+
+def _exit_now(code: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        os._exit(0)    # as main's BrokenPipeError: the reader went away
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -121,11 +121,19 @@ def cmd_run(cl: Client, a) -> int:
         # the container's stdout on ours, its stderr on ours, as `docker run` does
         fmt.print_records(cl.request("GET", f"/containers/{c['id']}/logs", query={"follow": "1", "format": "cri"},
                                      stream=True), timestamps=False, flush=True)
-        code = _exit_code(cl, c["id"])
+        if not a.rm:
+            return _exit_code(cl, c["id"])
     except KeyboardInterrupt:
         return 130
-    if a.rm:
-        cl.delete(f"/containers/{c['id']}", force="1", volumes="1")   # --rm: anonymous volumes too
+    # --rm: anonymous volumes too. The log ended with the process, whose code is
+    # recorded by then: the removal (after the cleanup of its run) answers it.
+    gone = cl.delete(f"/containers/{c['id']}", force="1", volumes="1")
+    code = gone.get("exit_code")
+    if code is None:
+        print(f"portlink: container {c['name']} was removed, but its exit code is unknown "
+              f"({'its monitor ended before it' if 'exit_code' in gone else 'portlinkd did not say it: an older daemon?'})",
+              file=sys.stderr)
+        return EXIT_ERROR
     return code
 
 
@@ -150,7 +158,7 @@ def _run_attached(cl: Client, a, c: dict) -> int:
         code = None
     if code is None and cl.get(f"/containers/{c['id']}")["status"] == "running":
         return 0   # detached (ctrl-p ctrl-q): it runs on
-    recorded = _exit_code(cl, c["id"])   # also waits for the daemon to see the end, as docker run does
+    recorded = _exit_code(cl, c["id"], removing=a.rm)   # also waits for the daemon to see the end, as docker run does
     code = recorded if code is None else code
     if a.rm:
         cl.delete(f"/containers/{c['id']}", force="1", volumes="1")
@@ -176,14 +184,18 @@ def _limits_body(a) -> dict:
     return body
 
 
-def _exit_code(cl: Client, cid: str) -> int:
-    # The log stream ends when the container stops; the reaper records the code
-    # a moment later.
+def _exit_code(cl: Client, cid: str, removing: bool = False) -> int:
+    """The code of the run that ended. The log stream ends when the container's
+    process does, and its code is recorded then, while the cleanup after it may
+    still run (status "running"; a start clears the code, so a code there is this
+    run's). `removing`: the removal that follows waits for that cleanup; else wait
+    for it here, so the container is seen stopped once `run` returns."""
     deadline = time.monotonic() + 5
     while True:
         info = cl.get(f"/containers/{cid}")
+        done = info["exit_code"] is not None and (removing or info["status"] != "running")
         # Past the deadline it may be running again (a restart policy): report what is known.
-        if (info["status"] != "running" and info["exit_code"] is not None) or time.monotonic() > deadline:
+        if done or time.monotonic() > deadline:
             return info["exit_code"] if info["exit_code"] is not None else EXIT_ERROR
         time.sleep(0.02)
 

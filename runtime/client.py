@@ -23,6 +23,21 @@ class CliError(Exception):
     pass
 
 
+def _plain(text: str) -> bool:
+    """Does urlencode leave `text` as it is?"""
+    return text.isascii() and text.replace("-", "a").replace("_", "a").replace(".", "a").isalnum()
+
+
+def _query_string(query: dict) -> str:
+    """urlencode(query, doseq=True); plain words (force=1, follow=1) without
+    importing urllib.parse: with ipaddress, a few ms of a short command's start."""
+    if all(_plain(str(k)) and isinstance(v, (str, int)) and not isinstance(v, bool) and _plain(str(v))
+           for k, v in query.items()):
+        return "&".join(f"{k}={v}" for k, v in query.items())
+    import urllib.parse
+    return urllib.parse.urlencode(query, doseq=True)
+
+
 def _connect(path: str, timeout: float | None) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -166,11 +181,7 @@ class Client:
                 stream: bool = False):
         if query:
             query = {k: v for k, v in query.items() if v is not None}
-            if query:
-                import urllib.parse     # only here: with ipaddress, a few ms of a short command's start
-                path += "?" + urllib.parse.urlencode(query, doseq=True)
-            else:
-                path += "?"
+            path += "?" + _query_string(query)
         if any(c <= " " or c == "\x7f" for c in method + path):
             raise ValueError(f"can't request {method} {path!r}: a control character or space")
         data = json.dumps(body).encode() if body is not None else None

@@ -17,7 +17,7 @@ from portlink.runtime import ambassadors, faults
 from portlink.runtime import links as linkspec
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.lifecycle import Lifecycle
-from portlink.runtime.records import RUNNING, Records
+from portlink.runtime.records import REMOVING, RUNNING, Records
 from portlink.runtime.refresh import Refresher
 from portlink.runtime.restarts import Restarts
 from portlink.runtime.spec import Request
@@ -148,17 +148,21 @@ class Containers:
         self.stop(ref, timeout)
         return self.start(ref)
 
-    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
-        """`volumes`: its anonymous volumes too (rm -v)."""
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> int | None:
+        """`volumes`: its anonymous volumes too (rm -v). Returns the exit code its
+        last run recorded (None: none), which a foreground `run --rm` reports."""
         c = self.records.find(ref)
         self.amb.hold(c.id)
         self.restarts.removed(c.id)
-        self.life.remove(c, force, ref, volumes)
+        found = self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
-        self.refresher.changed()
-        self._serve(c)
-        if self.amb.collect():
+        collected = self.amb.collect()
+        # A container that was not running moves no name, flow or registration (its
+        # exit or stop refreshed them): `run --rm` spares its removal a refresh.
+        if found.status in (RUNNING, REMOVING) or collected:
             self.refresher.changed()
+        self._serve(c)
+        return found.exit_code
 
     def on_exit(self, cid: str, pid: int, code: int | None) -> None:
         """Called by the reaper when a container's init process `pid` ends."""

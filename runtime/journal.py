@@ -68,7 +68,7 @@ def _undo_pin(j: "Journal", key: str) -> None:
 
 def _undo_lease(j: "Journal", name: str) -> None:
     net_id, ip = name.split("/")
-    j.store.execute("DELETE FROM leases WHERE network_id=? AND ip=?", net_id, ip)
+    j.store.execute("DELETE FROM leases WHERE network_id=? AND ip=?", net_id, ip, synced=False)
 
 
 def _guard(j: "Journal"):
@@ -110,27 +110,38 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
 
 
 class Journal:
+    """Most steps are not synced on their own: the next synced commit (the runc
+    step's, before the container's process) puts them on disk too (the WAL is
+    written in order). A power cut before it loses some of the last rows: the
+    kernel's objects (mount, netns, lease, veth, nftables elements) are gone with
+    it, and a new container's dir, left on disk, is swept at start as a crash
+    between making and recording leaves it (Host.sweep: recovery forgets the
+    CREATING row, the dir then has none). Synced: the runc step (runc's state
+    stays on disk, and a container that ran before keeps its row, so only the
+    journal finds it) and steps with an object elsewhere (a Consul token, an
+    intention, a linker)."""
+
     def __init__(self, store: Store, kernel: Kernel) -> None:
         self.store, self.kernel = store, kernel
 
     # do: record, then make ------------------------------------------------------------
     def make_dir(self, owner: str, path: Path) -> None:
-        self.store.record("dir", str(path), owner)
+        self.store.record("dir", str(path), owner, synced=False)
         self.kernel.make_dir(str(path))
 
     def mount(self, owner: str, lower: str, cdir: Path) -> str:
         rootfs = str(cdir / "rootfs")
-        self.store.record("mount", rootfs, owner)
+        self.store.record("mount", rootfs, owner, synced=False)
         self.kernel.mount_overlay(lower, str(cdir / "upper"), str(cdir / "work"), rootfs)
         return rootfs
 
     def netns(self, owner: str, path: str) -> None:
-        self.store.record("netns", path, owner)
+        self.store.record("netns", path, owner, synced=False)
         self.kernel.create_netns(path)
 
     def lease(self, owner: str, net: NetworkSpec, prefer: str | None = None) -> IPv4Address:
         """An address on `net`, leased and recorded in one transaction."""
-        with self.store.tx() as db:
+        with self.store.tx(synced=False) as db:
             ip = Networks.lease(db, net, owner, prefer=prefer)
             self.store.record("lease", f"{net.id}/{ip}", owner, db)
         return ip
@@ -138,14 +149,14 @@ class Journal:
     def pin(self, owner: str, ep: Endpoint) -> None:
         """Pin the port to its MAC and address before the veth exists (the element
         names the port by its host-side name): the container never sends unpinned."""
-        self.kernel.add_pin(ep.pin, lambda key: self.store.record("pin", key, owner))
+        self.kernel.add_pin(ep.pin, lambda key: self.store.record("pin", key, owner, synced=False))
 
     def veth(self, owner: str, ep: Endpoint) -> None:
-        self.store.record("veth", ep.host_ifname, owner)
+        self.store.record("veth", ep.host_ifname, owner, synced=False)
         self.kernel.attach(ep)
 
     def ports(self, owner: str, mappings: list[PortMapping]) -> None:
-        self.kernel.add_ports(mappings, lambda key: self.store.record("port", key, owner))
+        self.kernel.add_ports(mappings, lambda key: self.store.record("port", key, owner, synced=False))
 
     def consul_token(self, owner: str, path: str, issue: Callable[[], object]) -> None:
         """An ambassador's Consul token (its file's path): logged out by the undo."""

@@ -23,6 +23,7 @@ from portlink.prom import Histogram
 from portlink.runtime import ambassadors, faults, init_proc, mount_paths, oci, seccomp, security, volspec
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
+from portlink.runtime.exit_notices import ExitNotices
 from portlink.runtime.images import ImageStore
 from portlink.runtime.journal import Journal
 from portlink.runtime.linker_identity import LinkerIdentities, is_client_side
@@ -73,6 +74,8 @@ class Lifecycle:
         self.d = d
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        # A followed log (runtime.api_streams) ends when the process does, before the cleanup.
+        self.exits = ExitNotices()
 
     def lock(self, cid: str) -> threading.RLock:
         with self._locks_guard:
@@ -368,6 +371,9 @@ class Lifecycle:
 
     def exited(self, cid: str, pid: int, code: int | None) -> Container | None:
         """The reaper saw `pid` end. Returns the container if this ended its run."""
+        # No code: the report is its monitor's end (runtime.reaper), so the log has all
+        # of the output; a code came from waiting for an init without one.
+        monitor_ended = code is None
         with self.lock(cid):
             c = self.d.records.get(cid)
             # A late report about an earlier run (stopped, then started again) is stale.
@@ -376,7 +382,11 @@ class Lifecycle:
             if code is None:
                 code = read_exit_file(self.d.layout.cdir(cid))
             if code is not None:
+                # Not synced on its own: the exit file keeps the code (read again on recovery).
                 self.d.records.set_exit_code(cid, code)
+            if monitor_ended:
+                # A followed log ends now, with the code recorded, not after the cleanup.
+                self.exits.ended(cid, pid)
             if c.status != RUNNING:
                 return None
             lost = code is None and self.monitor_lost(c)
@@ -390,8 +400,9 @@ class Lifecycle:
             return c
 
     # remove ------------------------------------------------------------------------------------
-    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> None:
-        """`volumes`: its anonymous volumes go too (rm -v; always with --rm)."""
+    def remove(self, c: Container, force: bool, ref: str | None = None, volumes: bool = False) -> Container:
+        """`volumes`: its anonymous volumes go too (rm -v; always with --rm).
+        Returns the container as its removal found it (status, exit code)."""
         with self.lock(c.id):
             c = self.d.records.current(c.id, ref)
             if c.status == RUNNING and not force:
@@ -405,6 +416,7 @@ class Lifecycle:
                 faults.point("rm.killed")
             self.finish_remove(c, volumes)
         self.drop_lock(c.id)
+        return c
 
     def finish_remove(self, c: Container, volumes: bool = False) -> None:
         errors = self.d.journal.undo(c.id, keep=(), fault="rm.undo")

@@ -174,7 +174,8 @@ class Records:
     # writes -------------------------------------------------------------------------------
     def insert(self, c: Container, publish: list[PortRequest]) -> None:
         """A new container (status CREATING) and its host ports, in one transaction."""
-        with self.store.tx() as db:
+        # Not synced: nothing is made before the journal's first synced step.
+        with self.store.tx(synced=False) as db:
             if db.execute("SELECT 1 FROM containers WHERE name=?", (c.name,)).fetchone():
                 raise Conflict(f"container name {c.name!r} is already in use")
             db.execute("INSERT INTO containers(id,name,spec,status,created) VALUES (?,?,?,?,?)",
@@ -194,8 +195,9 @@ class Records:
 
     def set_exited(self, cid: str, code: int | None, oom_killed: bool = False) -> None:
         """Exited; an unknown code (None) keeps the one recorded. The pid is kept (shown
-        only while running) so a late exit report is recognised as stale."""
-        with self.store.tx() as db:
+        only while running) so a late exit report is recognised as stale. Not synced:
+        lost in a power cut, recovery finds the container dead and records it again."""
+        with self.store.tx(synced=False) as db:
             if oom_killed:
                 row = db.execute("SELECT * FROM containers WHERE id=?", (cid,)).fetchone()
                 if row is not None:
@@ -232,10 +234,12 @@ class Records:
         return True
 
     def set_exit_code(self, cid: str, code: int) -> None:
-        self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid)
+        # Not synced: its monitor's exit file keeps the code.
+        self.store.execute("UPDATE containers SET exit_code=? WHERE id=?", code, cid, synced=False)
 
     def set_removing(self, cid: str) -> None:
-        self.store.execute("UPDATE containers SET status=? WHERE id=?", REMOVING, cid)
+        # Not synced: lost in a power cut, the container is there to remove again.
+        self.store.execute("UPDATE containers SET status=? WHERE id=?", REMOVING, cid, synced=False)
 
     def ports(self, cid: str) -> list[sqlite3.Row]:
         return self.store.query("SELECT * FROM ports WHERE container_id=? ORDER BY proto, host_port", cid)

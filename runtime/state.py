@@ -49,22 +49,33 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit returns once the WAL is on disk, so what a request was told
         # survives a power cut too (NORMAL survives only a killed process). Cost:
-        # about 6.5 ms per run+rm, 17 commits (bench/store_sync.py).
+        # about 6.5 ms per run+rm, 17 commits (bench/store_sync.py). A commit marked
+        # synced=False is NORMAL: it survives a killed daemon, and the WAL is written in
+        # order, so the next synced commit puts it on disk too. Only a row whose loss in
+        # a power cut recovery copes with is written so (a volatile kernel object's
+        # record, a forgotten step: its undo is redone; see runtime/journal.py).
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One serialised write transaction: check-then-insert is atomic inside it."""
+    def tx(self, synced: bool = True) -> Iterator[sqlite3.Connection]:
+        """One serialised write transaction: check-then-insert is atomic inside it.
+        synced=False: its commit does not wait for the disk (see __init__)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not synced:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not synced:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
@@ -74,22 +85,27 @@ class Store:
         rows = self.query(sql, *args)
         return rows[0] if rows else None
 
-    def execute(self, sql: str, *args: Any) -> None:
-        with self.tx() as db:
+    def execute(self, sql: str, *args: Any, synced: bool = True) -> None:
+        with self.tx(synced) as db:
             db.execute(sql, args)
 
     # The journal of created objects ------------------------------------------------
-    def record(self, kind: str, name: str, owner: str, db: sqlite3.Connection | None = None) -> None:
+    def record(self, kind: str, name: str, owner: str, db: sqlite3.Connection | None = None,
+               synced: bool = True) -> None:
         """Call before creating `name`: a crash after creation still finds it.
-        Pass `db` to record inside a transaction already open (see tx())."""
+        Pass `db` to record inside a transaction already open (see tx()).
+        synced=False only for an object a power cut takes too (a mount, a netns)."""
         args = (kind, name, owner, time.time())
         if db is not None:
             db.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", args)
         else:
-            self.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", *args)
+            self.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)", *args, synced=synced)
 
     def forget(self, kind: str, name: str) -> None:
-        self.execute("DELETE FROM resources WHERE kind=? AND name=?", kind, name)
+        """After the object is gone. Not synced: lost in a power cut, the row makes
+        recovery undo the object again, and every undo finds a missing object fine
+        (after a reboot none of the kernel's objects are there either)."""
+        self.execute("DELETE FROM resources WHERE kind=? AND name=?", kind, name, synced=False)
 
     def resources(self, owner: str | None = None) -> list[sqlite3.Row]:
         if owner is None:

@@ -58,3 +58,23 @@ def test_the_whole_parser_lists_every_command_in_order():
     listed = [line.split()[0] for line in cli.build_parser().format_help().split("COMMAND\n", 1)[1].splitlines()
               if line.startswith("    ") and not line.startswith("     ")]
     assert listed == list(cli.COMMANDS)
+
+
+@pytest.mark.parametrize("query", [{"force": "1", "volumes": "1"}, {"follow": "1", "format": "cri"}, {"tail": 5},
+                                   {"since": "2024-01-01T00:00:00Z"}, {"filter": ["a=b", "c"]}, {"t": "10.5"},
+                                   {"x": "a b"}, {"x": True}, {"ref": "näme"}, {}], ids=repr)
+def test_the_clients_query_string_is_urlencodes_own(query):
+    import urllib.parse
+
+    from portlink.runtime.client import _query_string
+    assert _query_string(query) == urllib.parse.urlencode(query, doseq=True)
+
+
+def test_run_needs_neither_cp_nor_ops_modules():
+    import subprocess
+    import sys
+    code = ("import sys\nfrom portlink.runtime import cli\ncli.build_parser('run').parse_args(['run', '--rm', 'b'])\n"
+            "print(sorted(m for m in ('tarfile', 'tempfile', 'portlink.runtime.cli_cp', 'portlink.runtime.cli_ops')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
