@@ -12,8 +12,10 @@ process holds no Consul connection at all. Here each ambassador is a
 HostedAmbassador: its listeners, pools and metrics of its own (forward.Ambassador)
 and its own /metrics and /stats on its own address, many in one event loop.
 
-It runs as the ambassadors' user with no capabilities (runtime.security), started
-and watched by portlinkd (runtime/host_forwarder.py). `--control-fd`: an
+It runs as the ambassadors' user with no capabilities (runtime.security): started
+by portlinkd as root (the interpreter may live where that user cannot read, a
+pyenv under /root), it imports what it runs, then drops to `--user` and sets
+no_new_privs before it takes any request (drop_privileges). Watched by portlinkd (runtime/host_forwarder.py). `--control-fd`: an
 inherited listening unix SOCK_SEQPACKET socket; portlinkd connects to it (again
 after a restart of its own) and the newest connection is the one served.
 A bad message gets an error reply and changes nothing. SIGTERM stops it."""
@@ -249,12 +251,32 @@ async def run(control: socket.socket, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid with no supplementary groups and no capabilities (a uid change
+    from 0 clears them), and never regain any (no_new_privs). Raises if any is left."""
+    import ctypes
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    with open("/proc/self/status") as f:
+        caps = {k: v.strip() for k, _, v in (line.partition(":") for line in f) if k.startswith("Cap")}
+    if any(int(caps[k], 16) for k in ("CapPrm", "CapEff", "CapAmb")) or os.getuid() != uid or os.geteuid() != uid:
+        raise OSError(f"privileges remain after the drop: {caps}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     p = argparse.ArgumentParser(prog=PROG, description="portlink's host forwarder (started by portlinkd)")
     p.add_argument("--control-fd", type=int, required=True, metavar="N",
                    help="an inherited listening unix SOCK_SEQPACKET socket portlinkd connects to")
+    p.add_argument("--user", metavar="UID:GID", help="drop to this user before serving (started as root)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         control = socket.socket(fileno=a.control_fd)
@@ -269,6 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         factory = uvloop.new_event_loop
     except ImportError:
         factory = None
+    if a.user:
+        # Everything the loop runs is imported by now (plaintext: no TLS modules).
+        import portlink.ambassador.splice  # noqa: F401
+        try:
+            uid, gid = (int(x) for x in a.user.split(":"))
+            drop_privileges(uid, gid)
+        except (ValueError, OSError) as e:
+            print(f"{PROG}: error: --user {a.user}: {e}", file=sys.stderr)
+            return 2
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(run(control))
 

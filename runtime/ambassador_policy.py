@@ -67,8 +67,10 @@ class AmbassadorPolicy:
                 out[r.name] = ports
         return out
 
-    def fill(self, req: Request) -> None:
-        """Fill in an ambassador container's image, command and ports (run --ambassador)."""
+    def fill(self, req: Request, for_links: bool = False) -> None:
+        """Fill in an ambassador container's image, command and ports (run --ambassador).
+        `for_links`: the shared ambassador of cross-host links (served by the host
+        forwarder when plaintext); a sidecar someone runs keeps a process of its own."""
         spec = req.spec
         amb = ambassadors.AmbassadorSpec.from_json(spec.ambassador)
         if not self.consul_url:
@@ -96,7 +98,7 @@ class AmbassadorPolicy:
             # Its Connect identity: one per ambassador and host (the intention's source).
             spec.name = spec.name or f"amb-{amb.service}-{secrets.token_hex(3)}"[:63]
             amb = dataclasses.replace(amb, identity=ambassadors.identity_name(spec.name, self.host_id))
-        if self.forwarder is not None and ambassadors.hostable(amb):
+        if for_links and self.forwarder is not None and ambassadors.hostable(amb):
             # Served by the host forwarder: the container holds its namespace, address and
             # name; its process only sleeps (killed at once on stop: nothing to flush).
             amb = dataclasses.replace(amb, ports=tuple(sorted(set(ports))))

@@ -276,12 +276,13 @@ class HostForwarder:
             os.chmod(cfg.socket_path, 0o600)     # portlinkd (root) alone talks to it
             listener.listen(4)
             with open(cfg.log_path, "ab") as logf:
-                # The ambassadors' user, no capabilities (dropped with the uid change), no
-                # supplementary groups, a session of its own: it outlives a daemon restart.
+                # It drops to the ambassadors' user (no capabilities, no groups, no_new_privs)
+                # itself once imported: the interpreter may be where that user cannot read.
+                # A session of its own: it outlives a daemon restart.
                 self._proc = subprocess.Popen(
-                    [cfg.python, "-P", "-m", "portlink.ambassador.hostfwd", "--control-fd", str(listener.fileno())],
-                    pass_fds=[listener.fileno()], user=cfg.uid, group=cfg.gid, extra_groups=[],
-                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                    [cfg.python, "-P", "-m", "portlink.ambassador.hostfwd", "--control-fd", str(listener.fileno()),
+                     "--user", f"{cfg.uid}:{cfg.gid}"],
+                    pass_fds=[listener.fileno()], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                     cwd="/", env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"})
         finally:
             listener.close()
