@@ -59,8 +59,8 @@ class HostedAmbassador:
     """One ambassador in the host forwarder: listeners on sockets made in its
     namespace, backends fed by portlinkd, its own metrics endpoint."""
 
-    def __init__(self, add: proto.Add) -> None:
-        self.spec = add
+    def __init__(self, add: proto.Add, dialable=dialable) -> None:
+        self.spec, self.dialable = add, dialable
         self.amb = Ambassador(add.ports, policy=add.policy, drain_deadline=add.drain_deadline)
         self.reachable: bool | None = None
         self.stats_server: StatsServer | None = None
@@ -79,7 +79,7 @@ class HostedAmbassador:
         # Client sides dial plaintext: a Connect-native instance (a server side) speaks mTLS only.
         instances = [i for i in instances if not i.native]
         for port, backends in split_instances(instances, self.spec.ports).items():
-            ok = tuple(b for b in backends if dialable(b))
+            ok = tuple(b for b in backends if self.dialable(b))
             if len(ok) != len(backends):
                 log.warning("%s: refusing loopback backends %s", self.spec.name,
                             [b.label for b in backends if b not in ok])
@@ -104,8 +104,9 @@ class Registry:
     """The ambassadors of this host, by container id. Each request touches one
     ambassador alone: a bad one is refused and the others carry on."""
 
-    def __init__(self) -> None:
+    def __init__(self, dialable=dialable) -> None:
         self.held: dict[str, HostedAmbassador] = {}
+        self.dialable = dialable     # which backends may be dialled (tests: loopback too)
 
     async def handle(self, data: bytes, fds: list[int]) -> bytes:
         """One request -> its reply. Every fd is owned here: used or closed."""
@@ -155,7 +156,7 @@ class Registry:
         if old is not None:              # restarted in a new namespace: the old sockets are dead
             self.held.pop(req.id)
             await old.stop(0.5)
-        h = HostedAmbassador(req)
+        h = HostedAmbassador(req, self.dialable)
         try:
             await h.start(socks[:-1], socks[-1])
         except BaseException:
@@ -180,6 +181,9 @@ def _close(fds: Iterable[int]) -> None:
             pass
 
 
+TRUNCATED = b"\0truncated"     # stands for a datagram or fd list over the limits
+
+
 async def _recv(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[bytes, list[int]]:
     """One datagram and its fds (b"" at EOF)."""
     while True:
@@ -191,7 +195,7 @@ async def _recv(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[b
                     fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
             if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
                 _close(fds)
-                return b'{"op": "truncated"}', []
+                return TRUNCATED, []
             return data, list(fds)
         except BlockingIOError:
             waiter = loop.create_future()
@@ -210,7 +214,10 @@ async def serve_connection(registry: Registry, conn: socket.socket) -> None:
             data, fds = await _recv(loop, conn)
             if not data and not fds:
                 return
-            answer = await registry.handle(data, fds)
+            if data is TRUNCATED:
+                answer = proto.reply(False, f"message over {proto.MAX_MESSAGE} bytes or {proto.MAX_FDS} fds: dropped")
+            else:
+                answer = await registry.handle(data, fds)
             await loop.sock_sendall(conn, answer)
     except (ConnectionError, OSError) as e:
         log.warning("control connection lost: %s", e)
