@@ -300,7 +300,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         factory = None
     if a.user:
         # Everything the loop runs is imported by now (plaintext: no TLS modules).
-        import portlink.ambassador.splice  # noqa: F401
         try:
             uid, gid = (int(x) for x in a.user.split(":"))
             drop_privileges(uid, gid)
