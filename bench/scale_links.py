@@ -144,7 +144,18 @@ def container_procs(pid: int, kids: dict[int, list[int]]) -> tuple[list[int], in
 
 
 def mem(pids: list[int]) -> dict:
-    return {"processes": len(pids), "rss_kib": sum(rss_kib(p) for p in pids), "pss_kib": sum(pss_kib(p) for p in pids)}
+    by: dict[str, dict] = {}
+    for p in pids:
+        try:
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:
+            continue
+        b = by.setdefault(comm, {"processes": 0, "rss_kib": 0, "pss_kib": 0})
+        b["processes"] += 1
+        b["rss_kib"] += rss_kib(p)
+        b["pss_kib"] += pss_kib(p)
+    return {"processes": len(pids), "rss_kib": sum(b["rss_kib"] for b in by.values()),
+            "pss_kib": sum(b["pss_kib"] for b in by.values()), "by_command": by}
 
 
 # the lab ------------------------------------------------------------------------------
@@ -352,7 +363,7 @@ def main() -> None:
             side_lat, sides = [], []
             for k in range(min(a.peers, n)):
                 t = time.monotonic()
-                c = client.post("/containers", {"name": f"side{k}", "network": "links",
+                c = client.post("/containers", {"name": f"side{k}", "network": "links", "image": "busybox",
                                                 "ambassador": {"service": svc(k)}})
                 side_lat.append(time.monotonic() - t)
                 made.append(f"side{k}")
