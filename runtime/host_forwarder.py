@@ -123,16 +123,15 @@ class HostForwarder:
     def detach(self, cid: str) -> None:
         """Stop serving an ambassador (the journal's undo); the last one stops the forwarder."""
         with self._lock:
+            self._served.discard(cid)
             if not self._alive():
                 return
-            self._served.discard(cid)
             try:
                 self._request(json.dumps({"op": "remove", "id": cid}).encode())
-                left = self._request(b'{"op": "list"}')["ambassadors"]
             except (OSError, proto.ProtocolError) as e:
                 log.warning("host forwarder: removing %s: %s", cid[:12], e)
                 return
-            if not left:
+            if not self._served:
                 self._stop_forwarder()
 
     def feed(self, c: Container) -> None:
@@ -200,7 +199,7 @@ class HostForwarder:
 
     # mechanics (under the lock) ---------------------------------------------------------
     def _key(self, c: Container) -> str:
-        return f"{c.id}@{netns_key(self.netns_path(c.id))}"
+        return netns_key(self.netns_path(c.id))
 
     def _add(self, c: Container) -> None:
         amb = ambassadors.AmbassadorSpec.from_json(c.spec.ambassador)
