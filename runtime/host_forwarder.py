@@ -349,7 +349,10 @@ class HostForwarder:
 
     def _watch_one(self, pidfd: int, pid: int, start: int | None) -> None:
         try:
-            select.select([pidfd], [], [])
+            poller = select.poll()          # not select(): the daemon's fds go past 1024
+            poller.register(pidfd, select.POLLIN)
+            while not poller.poll():
+                pass
         finally:
             os.close(pidfd)
         if self._proc is not None and self._proc.pid == pid:
