@@ -596,10 +596,15 @@ class Listener:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """`sock`: a listening socket made elsewhere (the host forwarder's: made by
+        portlinkd inside the ambassador's namespace) instead of binding host:port."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: Connection(self).client, self.host, self.port,
-                                               reuse_address=True, backlog=512)
+        if sock is not None:
+            self.server = await loop.create_server(lambda: Connection(self).client, sock=sock, backlog=512)
+        else:
+            self.server = await loop.create_server(lambda: Connection(self).client, self.host, self.port,
+                                                   reuse_address=True, backlog=512)
         if self.port == 0:
             self.port = self.server.sockets[0].getsockname()[1]
         self.update_warm()
@@ -810,11 +815,12 @@ class Ambassador:
                     listener.port, _names(old), _names(pool.backends), affected, what)
         return True
 
-    async def start(self) -> None:
+    async def start(self, socks: Mapping[int, socket.socket] | None = None) -> None:
+        """`socks`: listening sockets by port, made elsewhere (see Listener.start)."""
         started = []
         try:
-            for listener in self.listeners.values():
-                await listener.start()
+            for port, listener in self.listeners.items():
+                await listener.start((socks or {}).get(port))
                 started.append(listener)
         except BaseException:
             for listener in started:

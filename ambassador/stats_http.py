@@ -39,8 +39,13 @@ class StatsServer:
         self.stats = stats
         self.server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True, limit=HEAD_LIMIT)
+    async def start(self, host: str | None = None, port: int | None = None, sock=None) -> None:
+        """On host:port, or on a listening socket made elsewhere (`sock`)."""
+        if sock is not None:
+            self.server = await asyncio.start_server(self._handle, sock=sock, limit=HEAD_LIMIT)
+        else:
+            self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True,
+                                                     limit=HEAD_LIMIT)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -38,6 +38,15 @@ Measured after the N links are up:
   per service in the catalog cache, plus the service list), and the
   blocking queries per service this adds up to.
 
+--plaintext: the lab's daemons run plaintext links (no --secure-links), so
+each link's ambassador is served by host1's host forwarder (one process for
+all, runtime/host_forwarder.py; the ambassador container's own process a busybox
+sleep). Memory is then every ambassador container's processes and monitors
+plus the forwarder; Consul connections include the forwarder's own (ss -p in
+host1's namespace, by its pid). The peer, in the same run: --peers sidecars
+(`run --ambassador svcK`, each its own Python forwarder process, as every
+ambassador was before) measured the same way, per ambassador, and the ratio.
+
 Prints one JSON line. Teardown removes the links and ambassadors (concurrent
 rm -f, bounded) and then the lab, also on error or ^C. Run as root:
   .venv/bin/python -P bench/scale_links.py [--count 50] [--max-seconds 900]"""
@@ -135,7 +144,18 @@ def container_procs(pid: int, kids: dict[int, list[int]]) -> tuple[list[int], in
 
 
 def mem(pids: list[int]) -> dict:
-    return {"processes": len(pids), "rss_kib": sum(rss_kib(p) for p in pids), "pss_kib": sum(pss_kib(p) for p in pids)}
+    by: dict[str, dict] = {}
+    for p in pids:
+        try:
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:
+            continue
+        b = by.setdefault(comm, {"processes": 0, "rss_kib": 0, "pss_kib": 0})
+        b["processes"] += 1
+        b["rss_kib"] += rss_kib(p)
+        b["pss_kib"] += pss_kib(p)
+    return {"processes": len(pids), "rss_kib": sum(b["rss_kib"] for b in by.values()),
+            "pss_kib": sum(b["pss_kib"] for b in by.values()), "by_command": by}
 
 
 # the lab ------------------------------------------------------------------------------
@@ -160,12 +180,12 @@ class InHost:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def register_all(agent: InHost, host: labmod.LabHost, token: str, n: int) -> None:
+def register_all(agent: InHost, host: labmod.LabHost, token: str, n: int, plaintext: bool = False) -> None:
     for k in range(n):
         plain = {"ID": f"plbench-{svc(k)}", "Name": svc(k), "Address": host.ip, "Port": 20000 + k,
                  "Meta": {"portlink-port": f"{PORT}/tcp", "portlink-host": "bench"}}
         native = {**plain, "ID": f"plbench-{svc(k)}-tls", "Port": 30000 + k, "Connect": {"Native": True}}
-        for body in (plain, native):
+        for body in (plain,) if plaintext else (plain, native):
             code, _, data = agent.call(http_get, f"http://{host.ip}:8500/v1/agent/service/register", 10.0,
                                        None, "PUT", body, token)
             if code != 200:
@@ -201,6 +221,21 @@ def agent_connections(netns: str, agent_ip: str) -> dict[str, int]:
     return out
 
 
+def forwarder_pid(host: labmod.LabHost) -> int | None:
+    """The host forwarder portlinkd recorded (runtime.host_forwarder), if any."""
+    try:
+        return json.loads((Path(host.workdir) / "state" / "hostfwd.json").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def consul_conns_of(netns: str, pid: int) -> int:
+    """Established TCP connections process `pid` holds to any port 8500 (its own side)."""
+    p = subprocess.run(["nsenter", f"--net={netns}", "ss", "-Htnp", "state", "established", "( dport = :8500 )"],
+                       capture_output=True, text=True, timeout=30)
+    return sum(1 for line in p.stdout.splitlines() if f"pid={pid}," in line)
+
+
 def remove_all(sock: str, names: list[str], seconds: float) -> list[str]:
     """rm -f every container named, 4 at a time, within `seconds`; the errors."""
     errors: list[str] = []
@@ -224,6 +259,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=50, help="links on host1, to as many services on host2 (default 50)")
     ap.add_argument("--max-seconds", type=float, default=900, help="bound on making the links (default 900)")
+    ap.add_argument("--plaintext", action="store_true",
+                    help="plaintext links: the ambassadors are served by the host forwarder")
+    ap.add_argument("--peers", type=int, default=5,
+                    help="with --plaintext: sidecar ambassadors with a process each, measured alongside (default 5)")
     ap.add_argument("--name", default=f"sl{os.getpid() % 100000}", help="the lab's name")
     a = ap.parse_args()
     if not 2 <= a.count <= 1000:
@@ -232,7 +271,8 @@ def main() -> None:
         sys.exit("bench/scale_links.py must run as root (it starts a lab)")
     load_before = os.getloadavg()
     out: dict = {"bench": "scale_links", "requested": a.count, "errors": []}
-    lab = labmod.up(2, a.name, progress=progress)
+    lab = labmod.up(2, a.name, progress=progress, secure_links=not a.plaintext)
+    out["mode"] = "plaintext, host forwarder" if a.plaintext else "secure links, a process per ambassador"
     h1, h2 = lab.hosts
     token = labmod.management_token_file(lab).read_text().strip()
     in1, in2 = InHost(h1.netns_path), InHost(h2.netns_path)
@@ -241,7 +281,7 @@ def main() -> None:
     try:
         client.post("/networks", {"name": "links", "subnet": SUBNET})
         progress(f"registering {a.count} services on host2's agent")
-        register_all(in2, h2, token, a.count)
+        register_all(in2, h2, token, a.count, a.plaintext)
         probe = client.post("/containers", {"image": "busybox", "name": "probe", "network": "links",
                                             "cmd": ["sleep", "86400"]})
         made.append("probe")
@@ -298,15 +338,58 @@ def main() -> None:
             p, m = container_procs(c["pid"], kids)
             link_procs += p
             link_monitors += [m] if m else []
-        amb_mem = mem(amb_procs + amb_monitors)
-        fwd_mem = mem(amb_procs)
+        fwd_pid = forwarder_pid(h1) if a.plaintext else None
+        fwd_procs = [fwd_pid] if fwd_pid else []
+        amb_mem = mem(amb_procs + amb_monitors + fwd_procs)
+        fwd_mem = mem(amb_procs + fwd_procs)
         conns = agent_connections(h1.netns_path, h1.ip)
         amb_ips = {c["network"]["ip"] for c in ambs}
         amb_conns = sum(v for k, v in conns.items() if k in amb_ips)
         daemon_conns = conns.get(h1.ip, 0)
+        if fwd_pid:
+            # The forwarder is in host1's namespace: its connections would count as portlinkd's.
+            fwd_consul = consul_conns_of(h1.netns_path, fwd_pid)
+            amb_conns += fwd_consul
+            daemon_conns -= fwd_consul
+            out["host_forwarder"] = {"pid": fwd_pid, **mem([fwd_pid]), "consul_connections": fwd_consul,
+                                     "fds": len(os.listdir(f"/proc/{fwd_pid}/fd"))}
+            out["ambassador_containers_only"] = mem(amb_procs + amb_monitors)
         per_link_rss_mib = amb_mem["rss_kib"] / 1024 / n
         per_link_pss_mib = amb_mem["pss_kib"] / 1024 / n
         first10, last10 = lat[:10], lat[-10:]
+        peer = None
+        if a.plaintext and a.peers:
+            try:
+                # The peer, same run: sidecars with a Python forwarder of their own each.
+                side_lat, sides = [], []
+                for k in range(min(a.peers, n)):
+                    t = time.monotonic()
+                    c = client.post("/containers", {"name": f"side{k}", "network": "links", "image": "busybox",
+                                                    "ambassador": {"service": svc(k)}})
+                    side_lat.append(time.monotonic() - t)
+                    made.append(f"side{k}")
+                    sides.append(c)
+                time.sleep(2)
+                kids = children_map()
+                side_procs = []
+                for c in sides:
+                    c = client.get(f"/containers/side{sides.index(c)}")
+                    p, m = container_procs(c["pid"], kids)
+                    side_procs += p + ([m] if m else [])
+                sm = mem(side_procs)
+                side_conns = agent_connections(h1.netns_path, h1.ip)
+                side_ips = {client.get(f"/containers/side{k}")["network"]["ip"] for k in range(len(sides))}
+                peer = {"what": "sidecar ambassadors, a Python process each (how every ambassador ran before)",
+                        "count": len(sides), **sm,
+                        "per_ambassador_rss_mib": round(sm["rss_kib"] / 1024 / len(sides), 2),
+                        "per_ambassador_pss_mib": round(sm["pss_kib"] / 1024 / len(sides), 2),
+                        "start_ms_median": round(1000 * statistics.median(side_lat), 1),
+                        "consul_connections_per_ambassador": round(
+                            sum(v for k, v in side_conns.items() if k in side_ips) / len(sides), 2)}
+                out["peer_per_process"] = peer
+            except CliError as e:      # the links' figures stand without the peer's
+                out["peer_error"] = str(e)
+                peer = None
         out.update({
             "links": n, "link_failures": len(failed), "link_failures_first": failed[:5],
             "first_failed_link": failed[0].split(" ")[0] if failed else None,
@@ -314,7 +397,11 @@ def main() -> None:
                                                   "pss_mib": round(amb_mem["pss_kib"] / 1024, 1),
                                                   "monitors": len(amb_monitors)},
             "forwarders_only": fwd_mem,
-            "per_link_rss_mib": round(per_link_rss_mib, 1), "per_link_pss_mib": round(per_link_pss_mib, 1),
+            "per_link_rss_mib": round(per_link_rss_mib, 3), "per_link_pss_mib": round(per_link_pss_mib, 3),
+            **({"ratio_per_link_rss_peer_over_hosted": round(peer["per_ambassador_rss_mib"] / per_link_rss_mib, 1),
+                "ratio_per_link_pss_peer_over_hosted": round(peer["per_ambassador_pss_mib"] / per_link_pss_mib, 1)}
+               if peer else {}),
+            "total_rss_mib": round(amb_mem["rss_kib"] / 1024, 1), "total_pss_mib": round(amb_mem["pss_kib"] / 1024, 1),
             "linkers_not_counted": mem(link_procs + link_monitors),
             "daemon_rss_kib": {"before": daemon_before, "with_links": rss_kib(h1.daemon_pid)},
             "start_ms": {"first": round(1000 * lat[0], 1), "nth": round(1000 * lat[-1], 1),
@@ -329,8 +416,9 @@ def main() -> None:
                 "from_portlinkd": daemon_conns,
                 "blocking_queries_per_service": round((amb_conns + n) / n, 2),
                 "note": "per service: its ambassador's connections to the agent (each holds one blocking "
-                        "query: the service's Connect instances, the ambassador's leaf, the CA roots) plus "
-                        "portlinkd's one watch of the service (catalog cache)",
+                        "query: the service's Connect instances, the ambassador's leaf, the CA roots; with "
+                        "--plaintext the host forwarder's, which holds none) plus portlinkd's one watch of "
+                        "the service (catalog cache)",
             },
             "extrapolated_to_1000_links": {
                 "stated_as": "extrapolation: per-link figures measured at this N, times 1000",

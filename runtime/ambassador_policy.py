@@ -48,6 +48,8 @@ class AmbassadorPolicy:
         self.records, self.lifecycle, self.catalog = records, lifecycle, catalog
         self.consul_url, self.events, self.changed = consul_url, events, changed
         self.host_id, self.secure = host_id, secure
+        # runtime.host_forwarder.HostForwarder: plaintext client sides run in it (None: each its own process)
+        self.forwarder = None
         self._held: set[str] = set()              # stopped or removed on purpose: never auto-restarted
         self._restarts: dict[str, list[float]] = {}   # ambassador id -> recent restart times
         self._linking: list[str] = []             # ambassadors a `run` in flight is about to link to
@@ -65,8 +67,10 @@ class AmbassadorPolicy:
                 out[r.name] = ports
         return out
 
-    def fill(self, req: Request) -> None:
-        """Fill in an ambassador container's image, command and ports (run --ambassador)."""
+    def fill(self, req: Request, for_links: bool = False) -> None:
+        """Fill in an ambassador container's image, command and ports (run --ambassador).
+        `for_links`: the shared ambassador of cross-host links (served by the host
+        forwarder when plaintext); a sidecar someone runs keeps a process of its own."""
         spec = req.spec
         amb = ambassadors.AmbassadorSpec.from_json(spec.ambassador)
         if not self.consul_url:
@@ -94,7 +98,14 @@ class AmbassadorPolicy:
             # Its Connect identity: one per ambassador and host (the intention's source).
             spec.name = spec.name or f"amb-{amb.service}-{secrets.token_hex(3)}"[:63]
             amb = dataclasses.replace(amb, identity=ambassadors.identity_name(spec.name, self.host_id))
-        spec.cmd = ambassadors.command(amb, ports, self.consul_url)
+        if for_links and self.forwarder is not None and ambassadors.hostable(amb):
+            # Served by the host forwarder: the container holds its namespace, address and
+            # name; its process only sleeps (killed at once on stop: nothing to flush).
+            amb = dataclasses.replace(amb, ports=tuple(sorted(set(ports))))
+            spec.cmd = list(ambassadors.HOSTED_CMD)
+            spec.stop_signal = "KILL"
+        else:
+            spec.cmd = ambassadors.command(amb, ports, self.consul_url)
         spec.expose = sorted(set(spec.expose) | {f"{p}/tcp" for p in ports})
         req.expose = sorted(set(req.expose) | set(spec.expose))
         spec.labels = {**spec.labels, ambassadors.LABEL: amb.service, "portlink.register": "false"}
@@ -115,6 +126,14 @@ class AmbassadorPolicy:
         # dialled as its own identity, runtime.linker_identity).
         amb = {"service": service, "ports": ports, **({"unlinked": "refuse"} if self.secure else {})}
         return name, {"name": name, "image": "busybox", "network": network, "ambassador": amb}
+
+    def feed_all(self) -> None:
+        """Consul lost or back (no catalog change says so): every hosted ambassador hears it."""
+        if self.forwarder is None:
+            return
+        for c in self.records.running_ambassadors():
+            if ambassadors.is_hosted(c.spec):
+                self.forwarder.feed(c)
 
     def await_ready(self, name: str, timeout: float = READY_WAIT) -> None:
         """Until a just-started ambassador forwards: its forwarder (a Python process)
@@ -212,6 +231,14 @@ class AmbassadorPolicy:
         """Consul's instances changed: a reroute event for each local ambassador
         whose service's backends differ (naming them before and after)."""
         backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
+        if self.forwarder is not None:
+            # The host forwarder's only source is this catalog. Every hosted record, not
+            # only the running ones: one being started is fed once it is served (its
+            # attach reads the catalog under the forwarder's lock, this waits for it).
+            for c in self.records.all():
+                service = (c.spec.ambassador or {}).get("service", "")
+                if ambassadors.is_hosted(c.spec) and before.get(service.lower()) != now.get(service.lower()):
+                    self.forwarder.feed(c)
         for c in self.records.running_ambassadors():
             service = c.spec.ambassador["service"]
             old, new = backends(service, before), backends(service, now)

@@ -34,6 +34,9 @@ SERVER_PREFIX = "srv-"             # a server-side ambassador: srv-<served conta
 TLS_WARM = 1                       # a client side's --tls-warm (README: Warm connections)
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
 REPO = Path(__file__).resolve().parents[1]
+# A plaintext client side served by the host forwarder (runtime.host_forwarder): the
+# container's own process only holds its namespace; busybox sleep, about 0.1 MiB.
+HOSTED_CMD = ["sleep", "2147483647"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,17 @@ class AmbassadorSpec:
         if self.unlinked != "own":
             out["unlinked"] = self.unlinked
         return out
+
+
+def is_hosted(spec) -> bool:
+    """An ambassador container whose forwarding is the host forwarder's (a ContainerSpec)."""
+    return bool(spec.ambassador) and list(spec.cmd) == HOSTED_CMD
+
+
+def hostable(spec: AmbassadorSpec) -> bool:
+    """The host forwarder serves plaintext client sides; a secure one (an identity of
+    its own, TLS keys) or a server side keeps a process of its own."""
+    return not spec.identity and not spec.server_side
 
 
 def ports_from_catalog(instances) -> list[int]:

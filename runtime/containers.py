@@ -66,7 +66,7 @@ class Containers:
         remote = self.amb.remote_links(req.links)
         self._check_link_targets([r for r in req.links if r.name not in remote], req.spec.network)
         if req.spec.ambassador:
-            self.amb.fill(req)
+            self.amb.fill(req, for_links)
         self.life.check_process(req)
         self.life.check_mounts(req)
         made: list[str] = []         # ambassadors started for this run: removed if it fails

@@ -75,6 +75,7 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
     app = web.Application(middlewares=[api.errors], client_max_size=MAX_BODY)
     app.add_routes(api.routes())
     checker = asyncio.create_task(api.check_every(check_interval)) if check_interval else None
+    feeder = asyncio.create_task(feed_reachability(host, consul)) if consul and host.forwarder else None
     metrics = await exporter.Exporter(host, consul, api.call).serve(metrics_addr) if metrics_addr else None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -101,6 +102,8 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
     host.containers.restarts.close()   # no restart by a policy while shutting down
     if checker:
         checker.cancel()
+    if feeder:
+        feeder.cancel()
     # Containers keep running across a daemon stop; the next start reconciles.
     await runner.cleanup()
     if docker:
@@ -110,6 +113,17 @@ async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0
     if consul:
         await consul.stop()   # entries stay: the containers keep running
     host.close()
+
+
+async def feed_reachability(host: Host, sync: ConsulSync, every: float = 1.0) -> None:
+    """Consul lost or back (no catalog change says so): the hosted ambassadors are told."""
+    loop = asyncio.get_running_loop()
+    seen = sync.reach.up
+    while True:
+        await asyncio.sleep(every)
+        if sync.reach.up != seen:
+            seen = sync.reach.up
+            await loop.run_in_executor(None, host.ambassadors.feed_all)
 
 
 async def start_consul(host: Host) -> ConsulSync:
@@ -172,6 +186,8 @@ async def start_consul(host: Host) -> ConsulSync:
             if host.servers.quiesce(c):
                 time.sleep(QUIESCE_SETTLE)
     host.containers.withdraw = withdraw
+    if host.forwarder is not None:
+        host.forwarder.reachable = lambda: sync.reach.up   # what the hosted ambassadors' /stats say
     log.info("consul: %s as host %s, advertising %s", cfg.consul.url, host.host_id, advertise)
     if host.servers is not None:
         # Server sides publish on the advertise address: known only now.

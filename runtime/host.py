@@ -40,6 +40,8 @@ from portlink.runtime.logfmt import LogLimits
 from portlink.runtime.networks import DEFAULT_NETWORK, Networks
 from portlink.runtime.plan import Layout
 from portlink.runtime.health_monitor import HealthMonitor
+from portlink.runtime.host_forwarder import ForwarderConfig, HostForwarder
+from portlink.runtime import security
 from portlink.runtime.reaper import Reaper
 from portlink.runtime.records import RUNNING, Container, Records
 from portlink.runtime.refresh import Catalog, Refresher
@@ -150,6 +152,11 @@ class Host:
         intentions = Intentions(cfg.consul, self.host_id, socket.gethostname()) if cfg.secure_links else None
         kernel = HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens, intentions)
         journal = Journal(self.store, kernel)
+        # Plaintext client-side ambassadors: one forwarder process for them all (README:
+        # How ambassadors run); it follows this daemon's catalog, never Consul itself.
+        self.forwarder = kernel.forwarder = HostForwarder(
+            ForwarderConfig(cfg.state_dir, cfg.consul.url, security.AMBASSADOR_UID, security.AMBASSADOR_GID),
+            self.records, layout.netns_path, self.catalog.instances) if cfg.consul else None
         linkers = None
         if cfg.secure_links:
             linkers = kernel.linkers = LinkerIdentities(
@@ -159,10 +166,11 @@ class Host:
             runc=self.runc, events=self.events, refresher=self.refresher, watch=self.reaper.watch,
             trust=self.fw.trust, allow=self.fw.allow, default_dns=cfg.dns, start_time=self.metrics.start_time,
             oom_kills=lambda cid: cgroups.oom_kills(layout.cgroups_path(cid)), tokens=tokens,
-            volumes=self.volumes, intentions=intentions, linkers=linkers))
+            volumes=self.volumes, intentions=intentions, linkers=linkers, forwarder=self.forwarder))
         self.ambassadors = AmbassadorPolicy(self.records, life, self.catalog,
                                             cfg.consul.url if cfg.consul else None, self.events,
                                             self.refresher.changed, self.host_id, cfg.secure_links)
+        self.ambassadors.forwarder = self.forwarder
         self.health = HealthMonitor(self.records, self.images, self.runc, self.events)
         self.containers = Containers(self.records, life, self.ambassadors, self.refresher,
                                      Views(self.records, layout, cfg.dns, self.health.view))
@@ -225,6 +233,9 @@ class Host:
         self.refresher.refresh_names()
         self.link_datapath.sync()
         self.reaper.start(self.containers.on_exit)
+        if self.forwarder is not None:
+            # Found (it outlives a daemon restart) or started, serving the running hosted ambassadors.
+            repaired += self.forwarder.resume()
         self.health.start()
         # Restart policies after a daemon restart or a reboot: once the host is whole again.
         repaired += [f"restarting {n} (its restart policy)" for n in self.containers.restarts.resume()]
@@ -301,6 +312,8 @@ class Host:
         return {"removed": removed, "errors": errors}
 
     def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.close()     # it keeps serving: the next daemon finds it
         self.health.close()
         self.containers.restarts.close()
         self.reaper.close()

@@ -42,6 +42,7 @@ class Kernel(Protocol):
     def revoke_token(self, path: str) -> None: ...
     def remove_intention(self, key: str) -> None: ...
     def remove_linker(self, name: str) -> None: ...
+    def unhost(self, cid: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ STEPS: dict[str, Step] = {s.kind: s for s in (
     Step("consul_token", lambda j, name: j.kernel.revoke_token(name)),
     Step("intention", _undo_intention),
     Step("linker", lambda j, name: j.kernel.remove_linker(name)),
+    Step("hosted", lambda j, name: j.kernel.unhost(name)),
 )}
 
 
@@ -175,6 +177,12 @@ class Journal:
         ('AMBASSADOR-ID IP LINKER-ID', runtime.linker_identity): removed by the undo."""
         self.store.record("linker", name, owner)
         add()
+
+    def hosted(self, owner: str, attach: Callable[[], object]) -> None:
+        """An ambassador served by the host forwarder (its listeners handed over):
+        the undo has the forwarder drop them."""
+        self.store.record("hosted", owner, owner)
+        attach()
 
     def process(self, owner: str, start: Callable[[], int]) -> int:
         self.store.record("runc", owner, owner)

@@ -32,6 +32,7 @@ class HostKernel:
         self.tokens = tokens or TokenFiles(None)   # ambassadors' Consul tokens
         self.attach_time = attach_time   # seconds per veth attach (the metrics endpoint)
         self.linkers = None              # runtime.linker_identity.LinkerIdentities (secure links), set by the host
+        self.forwarder = None            # runtime.host_forwarder.HostForwarder, set by the host
         self._intention_guard = threading.Lock()
 
     def intention_guard(self) -> threading.Lock:
@@ -40,6 +41,10 @@ class HostKernel:
     def remove_linker(self, name: str) -> None:
         if self.linkers is not None:
             self.linkers.remove(name)
+
+    def unhost(self, cid: str) -> None:
+        if self.forwarder is not None:
+            self.forwarder.detach(cid)
 
     def make_dir(self, path: str) -> None:
         os.mkdir(path)

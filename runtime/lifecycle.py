@@ -60,6 +60,7 @@ class LifecycleDeps:
     volumes: Volumes | None = None             # None: no volumes on this host (unit tests)
     intentions: Intentions | None = None       # secure links: a client side's intention to its service
     linkers: LinkerIdentities | None = None    # secure links: each linker dialled as its own identity
+    forwarder: object | None = None            # runtime.host_forwarder.HostForwarder (plaintext client sides)
 
 
 def seccomp_profile(spec: ContainerSpec) -> dict | None:
@@ -240,7 +241,9 @@ class Lifecycle:
         ports = [PortRow(r["proto"], r["host_port"], r["container_port"], r["host_ip"])
                  for r in self.d.records.ports(cid)]
         peers = {s.name: s for s in self.d.refresher.seen()}
-        token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled else None
+        hosted = ambassadors.is_hosted(c.spec) and self.d.forwarder is not None
+        # A hosted ambassador's process never talks to Consul: no token for it.
+        token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled and not hosted else None
         if token is not None and self.d.linkers is not None and is_client_side(c):
             self.d.linkers.prepare_dir(cid)    # its linkers map's directory, bound into it
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
@@ -292,6 +295,9 @@ class Lifecycle:
             self.d.linkers.attach(j, c, str(ip))
         pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
                                                                c.spec.log_opts, stdio))
+        if hosted:
+            # Its listeners, made in its namespace, handed to the host forwarder and fed.
+            j.hosted(cid, lambda: self.d.forwarder.attach(c))
         self.d.start_time.observe(time.perf_counter() - began)
         faults.point("start.runc")
         if ip is not None and c.is_ambassador:

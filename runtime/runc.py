@@ -66,8 +66,12 @@ def _read_all(fd: int, timeout: float) -> bytes:
     """What is written to pipe `fd` until its writer closes it (at most `timeout` s)."""
     data = b""
     deadline = time.monotonic() + timeout
+    # poll, not select: a daemon following ~1,000 Consul services holds fds past
+    # FD_SETSIZE (1024), and select() refuses them ("filedescriptor out of range").
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], left)
+        ready = poller.poll(left * 1000)
         if not ready:
             continue
         chunk = os.read(fd, 256)

@@ -151,9 +151,14 @@ def test_plaintext_lab_starts_a_cross_host_ambassador_with_both_rules(tmp_path):
             fetch = lambda: two.cli("host2", "exec", "web", "sh", "-c", "timeout 5 wget -qO- http://sql/",
                                     check=False)
             assert wait_for(lambda: fetch().stdout.strip() == "db-on-host1", 10), fetch()
+            # Plaintext: the link's ambassador is served by the host forwarder, which never
+            # talks to Consul, so it gets no token. A sidecar has a process of its own: it does.
             amb = two.client("host2").get("/containers/amb-frontdb-bridge")
-            secret = (Path(made.host("host2").workdir) / "state" / "containers" / amb["id"] / "consul-token") \
-                .read_text().strip()
+            state = Path(made.host("host2").workdir) / "state" / "containers"
+            assert not (state / amb["id"] / "consul-token").exists()
+            two.cli("host2", "run", "-d", "--name", "side", "--ambassador", "frontdb")
+            side = two.client("host2").get("/containers/side")
+            secret = (state / side["id"] / "consul-token").read_text().strip()
             code, me = two.consul("host2", "GET", "/v1/acl/token/self", secret)
             assert code == 200 and [r["Name"] for r in me["Roles"]] == [acl.AMBASSADOR_ROLE], me
             assert not me.get("ServiceIdentities"), me     # plaintext: no claim, no identity

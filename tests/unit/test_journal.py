@@ -186,4 +186,17 @@ def test_an_unknown_kind_is_an_error_not_a_crash(store):
 
 def test_every_kind_a_start_makes_has_an_undo():
     assert set(STEPS) == {"dir", "mount", "netns", "lease", "pin", "veth", "port", "runc", "consul_token",
-                          "intention", "linker"}
+                          "intention", "linker", "hosted"}
+
+
+def test_a_hosted_ambassador_is_recorded_before_its_attach_and_dropped_first(store, tmp_path):
+    k = FakeKernel(store)
+    j = Journal(store, k)
+    start_all(j, tmp_path / "c1")
+    seen = []
+    j.hosted(OWNER, lambda: seen.append(sorted((r["kind"], r["name"]) for r in store.resources())))
+    assert ("hosted", OWNER) in seen[0]
+    k.calls.clear()
+    assert j.undo(OWNER) == []
+    # The host forwarder lets go of its listeners before the process and namespace go.
+    assert names(k.calls)[0] == "unhost" and k.calls[0][1] == OWNER
