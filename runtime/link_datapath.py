@@ -42,6 +42,7 @@ from portlink.netns import rules_dnat
 from portlink.netns.fw_dnat import NetnsDnat
 from portlink.netns.rules_dnat import LinkRules, Target
 from portlink.prom import escape
+from portlink.runtime import ambassadors
 from portlink.runtime.records import Container
 
 log = logging.getLogger("portlink.kernel_link")
@@ -57,8 +58,13 @@ def eligible(c: Container) -> bool:
     return bool(amb) and not amb.get("backends") and not amb.get("identity")
 
 
-def listeners(cmd) -> tuple[int, ...]:
-    """The forwarder's --listen ports, from its command line."""
+def listeners(spec) -> tuple[int, ...]:
+    """The ambassador's listening ports: a hosted one's are in its ambassador spec
+    (the host forwarder listens for it); one with a forwarder process of its own
+    has them as --listen on its command line."""
+    if ambassadors.is_hosted(spec):
+        return tuple(sorted(set(spec.ambassador.get("ports") or ())))
+    cmd = spec.cmd
     return tuple(sorted({int(cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a == "--listen"}))
 
 
@@ -131,7 +137,7 @@ class KernelLinks:
         self.sync()
 
     def desired(self, c: Container) -> LinkRules:
-        ports = listeners(c.spec.cmd)
+        ports = listeners(c.spec)
         return rules_dnat.make(ports, split(self.catalog.instances(c.spec.ambassador["service"]), ports))
 
     def sync(self) -> None:

@@ -9,6 +9,7 @@ client's): that is documented, and the lab test exercises the real rules."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,7 @@ from portlink.errors import InvalidArgument
 from portlink.netns import rules_dnat
 from portlink.netns.rules_dnat import LinkRules, Target
 from portlink.runtime import link_datapath as ld
+from portlink.runtime.ambassadors import HOSTED_CMD
 from portlink.runtime.host import HostConfig
 
 A, B = Target("10.99.0.1", 5432), Target("10.99.0.3", 5432)
@@ -108,8 +110,13 @@ def test_consul_instances_split_by_listener_as_the_forwarder_does():
             Instance("e", "db", "10.99.0.6", 9002, meta=(("portlink-port", "53/udp"),))]
     assert ld.split(inst, (80, 81)) == {80: [("10.99.0.1", 5432), ("10.99.0.4", 9000)],
                                         81: [("10.99.0.3", 5433), ("10.99.0.4", 9000)]}
-    assert ld.listeners(["python", "-m", "portlink.ambassador", "--listen", "81", "--listen", "80",
-                         "--service", "db"]) == (80, 81)
+    own = SimpleNamespace(ambassador={"service": "db", "ports": []},
+                          cmd=["python", "-m", "portlink.ambassador", "--listen", "81", "--listen", "80",
+                               "--service", "db"])
+    assert ld.listeners(own) == (80, 81)
+    # Served by the host forwarder: its process is a sleep, the ports are in its spec.
+    hosted = SimpleNamespace(ambassador={"service": "db", "ports": [81, 80]}, cmd=list(HOSTED_CMD))
+    assert ld.listeners(hosted) == (80, 81)
 
 
 def test_the_option_is_checked():
