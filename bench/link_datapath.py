@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,72 +42,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apps import Bench, say  # noqa: E402
-from proxy import MSG, _recv_exact, pct  # noqa: E402
+from proxy import echo_server, pct, rr_client  # noqa: E402
 
 HERE = Path(__file__).resolve()
 PY = sys.executable
 IPERF, ECHO = 5201, 7000
 HAPROXY = "/usr/sbin/haproxy"
-
-
-def echo_server(host: str, port: int) -> int:
-    import asyncio
-    import signal
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, t):
-            self.t = t
-
-        def data_received(self, data):
-            self.t.write(data)
-
-    async def serve():
-        loop = asyncio.get_running_loop()
-        srv = await loop.create_server(Echo, host, port, reuse_address=True, backlog=1024)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        srv.close()
-    try:
-        import uvloop
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as r:
-        r.run(serve())
-    return 0
-
-
-def rr_client(host: str, port: int, count: int, mode: str) -> int:
-    """bench/proxy.py's client, to any address: {"us": [...], "errors": n}."""
-    payload, out, errors, clock = os.urandom(MSG), [], 0, time.perf_counter_ns
-    if mode == "rr":
-        s = socket.create_connection((host, port), timeout=5)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with s:
-            for i in range(count + 200):
-                t = clock()
-                s.sendall(payload)
-                if _recv_exact(s, MSG) != payload:
-                    raise RuntimeError("echo mismatch")
-                if i >= 200:
-                    out.append((clock() - t) / 1000)
-    else:
-        for i in range(count + 50):
-            t = clock()
-            try:
-                with socket.create_connection((host, port), timeout=5) as s:
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    s.sendall(payload)
-                    ok = _recv_exact(s, MSG) == payload
-            except OSError:
-                ok = False
-            if not ok:
-                errors += 1
-            elif i >= 50:
-                out.append((clock() - t) / 1000)
-    print(json.dumps({"us": [round(x, 2) for x in out], "errors": errors}))
-    return 0
 
 
 def haproxy_cfg() -> str:
@@ -219,9 +158,9 @@ def one_lab(labmod, datapath: str, a, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--echo-server":
-        return echo_server(sys.argv[2], int(sys.argv[3]))
+        return echo_server(int(sys.argv[3]), sys.argv[2])
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--rr-client":
-        return rr_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return rr_client(int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[2])
     ap = argparse.ArgumentParser(description="a cross-host link: forwarder vs kernel data path vs direct vs HAProxy")
     ap.add_argument("--seconds", type=int, default=5, help="iperf3 -t per run (1..60)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds (1..10)")

@@ -70,7 +70,7 @@ def log(msg: str) -> None:
 
 # -- helpers that run inside the namespace (re-invoked as this file) ------------------
 
-def echo_server(port: int) -> int:
+def echo_server(port: int, host: str = "127.0.0.1") -> int:
     """Echo every byte back, one process, uvloop if present."""
     import asyncio
 
@@ -86,7 +86,7 @@ def echo_server(port: int) -> int:
 
     async def serve():
         loop = asyncio.get_running_loop()
-        srv = await loop.create_server(Echo, "127.0.0.1", port, reuse_address=True, backlog=1024)
+        srv = await loop.create_server(Echo, host, port, reuse_address=True, backlog=1024)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -112,14 +112,14 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return buf
 
 
-def rr_client(port: int, count: int, mode: str) -> int:
+def rr_client(port: int, count: int, mode: str, host: str = "127.0.0.1") -> int:
     """Print {"us": [...], "errors": n} for `count` round trips (after a warm-up)."""
     payload = os.urandom(MSG)
     out: list[float] = []
     errors = 0
     clock = time.perf_counter_ns
     if mode == "rr":
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = socket.create_connection((host, port), timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             for i in range(count + 200):
@@ -135,7 +135,7 @@ def rr_client(port: int, count: int, mode: str) -> int:
         for i in range(count + 50):
             t = clock()
             try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s = socket.create_connection((host, port), timeout=5)
                 try:
                     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     s.sendall(payload)

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from helpers import wait_for
+from test_crosshost import Lab as CrossHostLab
 from portlink.lab import lab as labmod
 from portlink.lab.consul_agent import http_get
 
@@ -29,23 +30,8 @@ TICKER = ("printf '#!/bin/sh\\nwhile true; do echo tick-$0; sleep 0.2; done\\n' 
           "chmod +x /tick; exec nc -ll -p 80 -e /tick")
 
 
-class Lab:
-    def __init__(self, made: labmod.Lab):
-        self.made = made
-
-    def cli(self, host: str, *args: str, check: bool = True) -> str:
-        cmd, env = labmod.exec_argv(self.made.name, host, ["portlink", *args])
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-        if check and p.returncode != 0:
-            raise AssertionError(f"{host}: portlink {' '.join(args)}: {p.stderr}")
-        return p.stdout.strip() if p.returncode == 0 else p.stderr.strip()
-
-    def client(self, host: str):
-        from portlink.runtime.client import Client
-        return Client(self.made.host(host).socket)
-
-    def fetch(self, host: str, ctr: str, url: str) -> str:
-        return self.cli(host, "exec", ctr, "sh", "-c", f"timeout 5 wget -qO- {url}; exit $?", check=False)
+class Lab(CrossHostLab):
+    """test_crosshost's lab driver, with the kernel path's views."""
 
     def in_ns(self, pid: int, *argv: str) -> str:
         """A command in the network namespace of process `pid` (an ambassador's)."""
