@@ -182,8 +182,9 @@ def test_an_ambassadors_row_shows_its_connections(consul):
         row = wait_for(counts, timeout=20)
         last = stats_json(h, "amb-ext-bridge")["amb-ext-bridge"]
         assert row, {k: v for k, v in last.items() if k.startswith("conns")}
-        # the same figures as any container: it is a Python process of its own
-        assert row["mem_rss"] > 5 * MB and row["pids"] >= 1 and row["net_rx_bytes"] > 0
+        # the same figures as any container; a link's ambassador is served by the host
+        # forwarder (runtime.host_forwarder), so its own process is a sleep of ~0.1 MiB
+        assert 0 < row["mem_rss"] < 5 * MB and row["pids"] >= 1 and row["net_rx_bytes"] > 0
         table = h.cli("stats", "--no-stream", "--interval", "0.2").stdout.splitlines()
         assert table[0].rstrip().endswith("CONNS")
         assert next(l for l in table if l.startswith("amb-ext-bridge")).rstrip().endswith("1 / 3")
