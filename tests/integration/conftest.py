@@ -54,6 +54,6 @@ def nft_host():
 def outside(host):
     o = Outside(host)
     yield o
-    o.ns.delete()
+    o.delete()
 
 

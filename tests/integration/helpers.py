@@ -18,6 +18,7 @@ class Outside:
 
     def __init__(self, host: SimHost):
         self.ns = Namespace.create("out")
+        self.procs: list[subprocess.Popen] = []   # servers started here: ended by delete()
         link_namespaces(host.ns, self.HOST_IP, self.ns, self.IP)
         # The outside knows no route to the containers' subnets: only published
         # ports (DNAT to the host address) and masqueraded replies can work.
@@ -32,6 +33,7 @@ class Outside:
                 "  c.sendall(('HTTP/1.0 200 OK\\r\\n\\r\\n'+a[0]+'\\n').encode())\n"
                 "  c.shutdown(socket.SHUT_WR); c.recv(4096); c.close()\n")
         p = self.ns.popen(sys.executable, "-c", code)
+        self.procs.append(p)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             if str(port) in self.ns.run("ss", "-ltn").stdout:
@@ -39,6 +41,14 @@ class Outside:
             time.sleep(0.05)
         p.kill()
         raise RuntimeError("peer-address server did not start")
+
+    def delete(self) -> None:
+        """End the servers started here (by their pid) and remove the namespace."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        self.ns.delete()
 
 
 def wait_for(fn, timeout: float = 10, interval: float = 0.05):

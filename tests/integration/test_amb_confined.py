@@ -35,7 +35,7 @@ def consul_host(tmp_path):
     finally:
         errors = h.destroy()
         agent.stop()
-        out.ns.delete()
+        out.delete()
     assert not errors, f"teardown reported: {errors}"
 
 

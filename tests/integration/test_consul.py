@@ -50,7 +50,7 @@ def consul(tmp_path):
     finally:
         errors = h.destroy()      # prune deregisters while the agent still runs
         s.agent.stop()
-        out.ns.delete()
+        out.delete()
     assert not errors, f"teardown reported: {errors}"
 
 

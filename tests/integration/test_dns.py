@@ -49,7 +49,7 @@ def world():
             if p.poll() is None:
                 p.kill()
                 p.wait(5)
-        out.ns.delete()
+        out.delete()
         errors = h.destroy()
         assert not errors, errors
 

@@ -116,7 +116,7 @@ def test_ambassador_metrics_and_consul_health(tmp_path):
     finally:
         errors = h.destroy()
         agent.stop()
-        out.ns.delete()
+        out.delete()
     assert not errors, errors
 
 
