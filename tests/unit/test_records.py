@@ -73,3 +73,27 @@ def test_health_is_kept_for_the_running_pid_only_and_a_new_run_clears_it(records
     records.set_running(records.get(DEAD), 43)               # a new run starts over
     assert records.get(DEAD).health is None
     assert "health" not in json.loads(records.store.one("SELECT spec FROM containers WHERE id=?", DEAD)["spec"])
+
+
+def test_a_document_is_parsed_once_and_a_changed_one_is_read_anew(records):
+    # Every change reads all running containers: a record whose document did not
+    # change must not be parsed again, and one that changed must never be served stale.
+    from portlink.runtime import records as recmod
+    records.set_running(records.get(DEAD), 4242)
+    recmod._document_fields.cache_clear()
+    for _ in range(3):
+        assert [c.name for c in records.running()] == ["one"]
+    info = recmod._document_fields.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    records.set_restart_state(DEAD, restart_count=3, user_stopped=True)
+    c = records.get(DEAD)
+    assert (c.restart_count, c.user_stopped, c.pid) == (3, True, 4242)
+    assert recmod._document_fields.cache_info().misses == 2
+    # Two containers with the same document text still keep their own row columns.
+    a, b = records.get(DEAD), records.get(BEEF)
+    assert (a.id, a.status, b.id, b.status) == (DEAD, RUNNING, BEEF, "creating")
+
+
+def test_the_parsed_documents_are_bounded():
+    from portlink.runtime import records as recmod
+    assert recmod._document_fields.cache_info().maxsize == recmod.DOCUMENTS_KEPT >= 2 * 1000
