@@ -12,6 +12,7 @@ import json
 import re
 import sqlite3
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from ipaddress import ip_address
 
@@ -118,6 +119,8 @@ def _document_fields(doc: str) -> dict:
 
 
 _HEX = re.compile(r"[0-9a-f]+")
+# Per store: (its version, running_with_ip's answer then), shared by every Records over it.
+_RUNNING_WITH_IP: "weakref.WeakKeyDictionary[Store, tuple[int, tuple[Container, ...]]]" = weakref.WeakKeyDictionary()
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
 
 
@@ -164,10 +167,19 @@ class Records:
         return [r["id"] for r in self.store.query("SELECT id FROM containers ORDER BY created")]
 
     def running_with_ip(self) -> list[Container]:
-        """Running containers with an address: what DNS, hosts files and drift see."""
-        return [Container.from_row(r) for r in self.store.query(
+        """Running containers with an address: what DNS, hosts files and drift see.
+        One change asks this several times (flows, names, the kernel path) with
+        nothing written between: the answer is kept for the store's version."""
+        version = self.store.version()
+        kept = _RUNNING_WITH_IP.get(self.store)
+        if version is not None and kept is not None and kept[0] == version:
+            return list(kept[1])
+        out = [Container.from_row(r) for r in self.store.query(
             "SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
             "WHERE c.status=? ORDER BY c.created", RUNNING)]
+        if version is not None and self.store.version() == version:   # nothing written meanwhile
+            _RUNNING_WITH_IP[self.store] = (version, tuple(out))
+        return out
 
     def running_ambassadors(self) -> list[Container]:
         return [c for c in self.running_with_ip() if c.is_ambassador]

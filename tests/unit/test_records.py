@@ -97,3 +97,32 @@ def test_a_document_is_parsed_once_and_a_changed_one_is_read_anew(records):
 def test_the_parsed_documents_are_bounded():
     from portlink.runtime import records as recmod
     assert recmod._document_fields.cache_info().maxsize == recmod.DOCUMENTS_KEPT >= 2 * 1000
+
+
+def test_running_with_ip_is_kept_until_the_store_writes(records):
+    # One change reads the running containers several times with nothing written
+    # between: the answer is kept, and any write (a lease, an exit, a journal row)
+    # makes the next read a fresh one; a read inside a transaction is never kept.
+    from portlink.runtime import records as recmod
+    store = records.store
+    store.execute("INSERT INTO leases VALUES ('n', '10.0.0.2', ?)", DEAD)
+    records.set_running(records.get(DEAD), 4242)
+    first = records.running_with_ip()
+    assert [(c.name, c.ip) for c in first] == [("one", "10.0.0.2")]
+    first.clear()   # a caller's list is its own
+    again = Records(store).running_with_ip()   # another Records over the same store shares it
+    assert [(c.name, c.ip) for c in again] == [("one", "10.0.0.2")]
+    assert recmod._RUNNING_WITH_IP[store][0] == store.version()
+    store.execute("UPDATE leases SET ip='10.0.0.3' WHERE container_id=?", DEAD)
+    assert [c.ip for c in records.running_with_ip()] == ["10.0.0.3"]
+    store.record("port", "x", DEAD)   # any row written counts, even one no query here reads
+    store.execute("INSERT INTO leases VALUES ('n', '10.0.0.4', ?)", BEEF)
+    records.set_running(records.get(BEEF), 4343)
+    assert [c.name for c in records.running_with_ip()] == ["one", "two"]
+    with pytest.raises(RuntimeError):
+        with store.tx() as db:
+            assert store.version() is None
+            db.execute("UPDATE containers SET status='exited' WHERE id=?", (DEAD,))
+            assert [c.name for c in records.running_with_ip()] == ["two"]   # seen in it, not kept
+            raise RuntimeError("rolled back")
+    assert [c.name for c in records.running_with_ip()] == ["one", "two"]
