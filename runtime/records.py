@@ -119,8 +119,10 @@ def _document_fields(doc: str) -> dict:
 
 
 _HEX = re.compile(r"[0-9a-f]+")
-# Per store: (its version, running_with_ip's answer then), shared by every Records over it.
-_RUNNING_WITH_IP: "weakref.WeakKeyDictionary[Store, tuple[int, tuple[Container, ...]]]" = weakref.WeakKeyDictionary()
+# Per store: (its version, running_with_ip's answer then by row, the answer), shared
+# by every Records over it.
+_RUNNING_WITH_IP: "weakref.WeakKeyDictionary[Store, tuple[int, dict[tuple, Container], tuple[Container, ...]]]" = \
+    weakref.WeakKeyDictionary()
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
 
 
@@ -173,12 +175,17 @@ class Records:
         version = self.store.version()
         kept = _RUNNING_WITH_IP.get(self.store)
         if version is not None and kept is not None and kept[0] == version:
-            return list(kept[1])
-        out = [Container.from_row(r) for r in self.store.query(
+            return list(kept[2])
+        # A row identical to one of the last answer's (every column, the document
+        # included) is that Container again: a change builds only the rows it touched.
+        before = kept[1] if kept is not None else {}
+        rows = {tuple(r): r for r in self.store.query(
             "SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
-            "WHERE c.status=? ORDER BY c.created", RUNNING)]
+            "WHERE c.status=? ORDER BY c.created", RUNNING)}
+        built = {key: before.get(key) or Container.from_row(r) for key, r in rows.items()}
+        out = list(built.values())
         if version is not None and self.store.version() == version:   # nothing written meanwhile
-            _RUNNING_WITH_IP[self.store] = (version, tuple(out))
+            _RUNNING_WITH_IP[self.store] = (version, built, tuple(out))
         return out
 
     def running_ambassadors(self) -> list[Container]:

@@ -126,3 +126,16 @@ def test_running_with_ip_is_kept_until_the_store_writes(records):
             assert [c.name for c in records.running_with_ip()] == ["two"]   # seen in it, not kept
             raise RuntimeError("rolled back")
     assert [c.name for c in records.running_with_ip()] == ["one", "two"]
+
+
+def test_a_row_unchanged_since_the_last_read_is_not_built_again(records):
+    store = records.store
+    for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
+        store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
+        records.set_running(records.get(cid), 4242)
+    one, two = records.running_with_ip()
+    store.record("port", "y", DEAD)   # a write: the next read asks the store again
+    assert [c is k for c, k in zip(records.running_with_ip(), (one, two))] == [True, True]
+    records.set_restart_state(BEEF, restart_count=1)   # only two's document changed
+    one2, two2 = records.running_with_ip()
+    assert one2 is one and two2 is not two and two2.restart_count == 1 and two.restart_count == 0
