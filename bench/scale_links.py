@@ -47,6 +47,11 @@ host1's namespace, by its pid). The peer, in the same run: --peers sidecars
 (`run --ambassador svcK`, each its own Python forwarder process, as every
 ambassador was before) measured the same way, per ambassador, and the ratio.
 
+--networks K spreads the links over K networks links0..links{K-1} (link k on
+links{k mod K}, its ambassador amb-svcK-links{k mod K} there too): a Linux
+bridge holds at most 1,024 ports and each link is two, so --count 1000 needs
+K >= 2. The start times also come as the median of each tenth of the links.
+
 Prints one JSON line. Teardown removes the links and ambassadors (concurrent
 rm -f, bounded) and then the lab, also on error or ^C. Run as root:
   .venv/bin/python -P bench/scale_links.py [--count 50] [--max-seconds 900]"""
@@ -74,6 +79,18 @@ from portlink.runtime.client import Client, CliError
 
 PORT = 80
 SUBNET = "10.96.0.0/20"          # room for 4,000 containers: N linkers + N ambassadors
+MAX_NETWORKS = 16                 # --networks: 10.96.0.0/20, 10.96.16.0/20, ... 10.96.240.0/20
+
+
+def network_of(k: int, count: int) -> str:
+    """The network of link k: `links` alone, or links0..links{K-1} round robin. A
+    bridge holds at most 1,024 ports (BR_MAX_PORTS), two per link (linker and
+    ambassador): 1,000 links need at least two networks."""
+    return "links" if count == 1 else f"links{k % count}"
+
+
+def subnet_of(i: int, count: int) -> str:
+    return SUBNET if count == 1 else f"10.96.{16 * i}.0/20"
 TARGET_LINKS, TARGET_RSS_MIB, TARGET_RATIO = 1000, 1024, 1.5
 MONITOR = "portlink-logshim"[:15]   # /proc/PID/comm keeps 15 characters
 
@@ -263,10 +280,15 @@ def main() -> None:
                     help="plaintext links: the ambassadors are served by the host forwarder")
     ap.add_argument("--peers", type=int, default=5,
                     help="with --plaintext: sidecar ambassadors with a process each, measured alongside (default 5)")
+    ap.add_argument("--networks", type=int, default=1,
+                    help=f"spread the links over this many networks, round robin (1 to {MAX_NETWORKS}; "
+                         "default 1: `links`); a bridge holds at most 1,024 ports, two per link")
     ap.add_argument("--name", default=f"sl{os.getpid() % 100000}", help="the lab's name")
     a = ap.parse_args()
     if not 2 <= a.count <= 1000:
         sys.exit("--count must be 2 to 1000")
+    if not 1 <= a.networks <= MAX_NETWORKS:
+        sys.exit(f"--networks must be 1 to {MAX_NETWORKS}")
     if os.geteuid() != 0:
         sys.exit("bench/scale_links.py must run as root (it starts a lab)")
     load_before = os.getloadavg()
@@ -279,10 +301,12 @@ def main() -> None:
     client = Client(h1.socket, timeout=180)
     made: list[str] = []
     try:
-        client.post("/networks", {"name": "links", "subnet": SUBNET})
+        for i in range(a.networks):
+            client.post("/networks", {"name": network_of(i, a.networks), "subnet": subnet_of(i, a.networks)})
+        out["networks"] = a.networks
         progress(f"registering {a.count} services on host2's agent")
         register_all(in2, h2, token, a.count, a.plaintext)
-        probe = client.post("/containers", {"image": "busybox", "name": "probe", "network": "links",
+        probe = client.post("/containers", {"image": "busybox", "name": "probe", "network": network_of(0, a.networks),
                                             "cmd": ["sleep", "86400"]})
         made.append("probe")
         # host1 follows Consul: its resolver answers the first and (waited for a bounded
@@ -310,15 +334,16 @@ def main() -> None:
                 out["stopped_early"] = True
                 break
             t = time.monotonic()
+            net = network_of(k, a.networks)
             try:
-                client.post("/containers", {"image": "busybox", "name": f"l{k}", "network": "links",
+                client.post("/containers", {"image": "busybox", "name": f"l{k}", "network": net,
                                             "links": [f"{svc(k)}:db"], "cmd": ["sleep", "86400"]})
             except CliError as e:     # reported, and the next link tried: what fails is the finding
                 failed.append(f"l{k} -> {svc(k)}: {e}")
                 continue
             lat.append(time.monotonic() - t)
             linked.append(k)
-            made += [f"l{k}", f"amb-{svc(k)}-links"]
+            made += [f"l{k}", f"amb-{svc(k)}-{net}"]
             if (k + 1) % 10 == 0:
                 progress(f"{k + 1} links, last {1000 * lat[-1]:.0f} ms")
         n = len(lat)
@@ -326,7 +351,7 @@ def main() -> None:
         cs = {c["name"]: c for c in client.get("/containers", all="1")}
         if not n:
             raise RuntimeError(f"no link could be made: {failed[:3]}")
-        ambs = [cs[f"amb-{svc(k)}-links"] for k in linked]
+        ambs = [cs[f"amb-{svc(k)}-{network_of(k, a.networks)}"] for k in linked]
         linkers = [cs[f"l{k}"] for k in linked]
         kids = children_map()
         amb_procs, amb_monitors, link_procs, link_monitors = [], [], [], []
@@ -364,7 +389,8 @@ def main() -> None:
                 side_lat, sides = [], []
                 for k in range(min(a.peers, n)):
                     t = time.monotonic()
-                    c = client.post("/containers", {"name": f"side{k}", "network": "links", "image": "busybox",
+                    c = client.post("/containers", {"name": f"side{k}", "network": network_of(k, a.networks),
+                                                    "image": "busybox",
                                                     "ambassador": {"service": svc(k)}})
                     side_lat.append(time.monotonic() - t)
                     made.append(f"side{k}")
@@ -407,7 +433,10 @@ def main() -> None:
             "start_ms": {"first": round(1000 * lat[0], 1), "nth": round(1000 * lat[-1], 1),
                          "first10_median": round(1000 * statistics.median(first10), 1),
                          "last10_median": round(1000 * statistics.median(last10), 1),
-                         "all_median": round(1000 * statistics.median(lat), 1)},
+                         "all_median": round(1000 * statistics.median(lat), 1),
+                         # how the start grows: the median of each tenth of the links, in order
+                         "median_by_tenth": [round(1000 * statistics.median(lat[i * n // 10:(i + 1) * n // 10]), 1)
+                                             for i in range(10) if (i + 1) * n // 10 > i * n // 10]},
             "start_ratio_nth_over_first": round(lat[-1] / lat[0], 2),
             "start_ratio_last10_over_first10": round(statistics.median(last10) / statistics.median(first10), 2),
             "consul": {

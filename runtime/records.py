@@ -7,10 +7,12 @@ The stored form of a container is a row with the record as JSON
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from ipaddress import ip_address
 
@@ -20,6 +22,10 @@ from portlink.runtime.ports import PortRequest
 from portlink.runtime.spec import ContainerSpec
 from portlink.runtime.state import Store, dumps
 from portlink.runtime.volspec import Mount
+
+# Parsed documents kept (runtime records' spec column, _document_fields): room for
+# 1,000 links (a linker and an ambassador each) and as many again.
+DOCUMENTS_KEPT = 4096
 
 # Container status values
 CREATING, RUNNING, EXITED = "creating", "running", "exited"
@@ -54,19 +60,12 @@ class Container:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, ip: str | None = None) -> "Container":
-        rec = json.loads(row["spec"])
         keys = row.keys()
         get = lambda k: row[k] if k in keys else None
-        return cls(id=row["id"], name=row["name"], spec=ContainerSpec.stored(rec["spec"]),
-                   exposed=tuple(rec["exposed"]), status=get("status"), pid=get("pid"),
+        return cls(id=row["id"], name=row["name"], status=get("status"), pid=get("pid"),
                    exit_code=get("exit_code"), created=get("created") or 0.0, started=get("started"),
-                   finished=get("finished"), for_links=bool(rec.get("for_links")),
-                   kept_ip=rec.get("ip"), ip=ip if ip is not None else get("ip"),
-                   pid_start=rec.get("pid_start"),   # absent in rows written before it was recorded
-                   oom_killed=bool(rec.get("oom_killed")),
-                   mounts=tuple(Mount.from_json(m) for m in rec.get("mounts") or ()),
-                   restart_count=rec.get("restart_count") or 0, user_stopped=bool(rec.get("user_stopped")),
-                   restarting=bool(rec.get("restarting")), health=rec.get("health"))
+                   finished=get("finished"), ip=ip if ip is not None else get("ip"),
+                   **_document_fields(row["spec"]))
 
     def document(self) -> str:
         """The JSON stored in the row's spec column."""
@@ -100,7 +99,30 @@ class Container:
         return replace(self, **changes)
 
 
+@functools.lru_cache(maxsize=DOCUMENTS_KEPT)
+def _document_fields(doc: str) -> dict:
+    """The fields a stored document (the spec column) gives a Container, parsed
+    once per distinct document: every change reads all running containers (DNS,
+    hosts files, flows, health), and parsing each again made a change cost grow
+    with the containers there (issue 18). A document's text is its identity, so
+    a changed record is a new key. The values are shared by every Container read
+    from the same text: records are read-only (changes go through `with_` and a
+    write), so callers copy before they change anything."""
+    rec = json.loads(doc)
+    return dict(spec=ContainerSpec.stored(rec["spec"]), exposed=tuple(rec["exposed"]),
+                for_links=bool(rec.get("for_links")), kept_ip=rec.get("ip"),
+                pid_start=rec.get("pid_start"),   # absent in rows written before it was recorded
+                oom_killed=bool(rec.get("oom_killed")),
+                mounts=tuple(Mount.from_json(m) for m in rec.get("mounts") or ()),
+                restart_count=rec.get("restart_count") or 0, user_stopped=bool(rec.get("user_stopped")),
+                restarting=bool(rec.get("restarting")), health=rec.get("health"))
+
+
 _HEX = re.compile(r"[0-9a-f]+")
+# Per store: (its version, running_with_ip's answer then by row, the answer), shared
+# by every Records over it.
+_RUNNING_WITH_IP: "weakref.WeakKeyDictionary[Store, tuple[int, dict[tuple, Container], tuple[Container, ...]]]" = \
+    weakref.WeakKeyDictionary()
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
 
 
@@ -147,10 +169,24 @@ class Records:
         return [r["id"] for r in self.store.query("SELECT id FROM containers ORDER BY created")]
 
     def running_with_ip(self) -> list[Container]:
-        """Running containers with an address: what DNS, hosts files and drift see."""
-        return [Container.from_row(r) for r in self.store.query(
+        """Running containers with an address: what DNS, hosts files and drift see.
+        One change asks this several times (flows, names, the kernel path) with
+        nothing written between: the answer is kept for the store's version."""
+        version = self.store.version()
+        kept = _RUNNING_WITH_IP.get(self.store)
+        if version is not None and kept is not None and kept[0] == version:
+            return list(kept[2])
+        # A row identical to one of the last answer's (every column, the document
+        # included) is that Container again: a change builds only the rows it touched.
+        before = kept[1] if kept is not None else {}
+        rows = {tuple(r): r for r in self.store.query(
             "SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
-            "WHERE c.status=? ORDER BY c.created", RUNNING)]
+            "WHERE c.status=? ORDER BY c.created", RUNNING)}
+        built = {key: before.get(key) or Container.from_row(r) for key, r in rows.items()}
+        out = list(built.values())
+        if version is not None and self.store.version() == version:   # nothing written meanwhile
+            _RUNNING_WITH_IP[self.store] = (version, built, tuple(out))
+        return out
 
     def running_ambassadors(self) -> list[Container]:
         return [c for c in self.running_with_ip() if c.is_ambassador]

@@ -67,6 +67,7 @@ class Refresher:
         self._answers = discovery.ConsulAnswers()
         self._listeners: list[Callable[[], None]] = []
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
+        self._seen: dict[str, tuple] = {}    # id -> (Container, image env, Seen) of the last seen()
 
     def subscribe(self, fn: Callable[[], None]) -> None:
         """`fn` is called after every change (the registrar's poke)."""
@@ -81,14 +82,21 @@ class Refresher:
     def seen(self) -> list[Seen]:
         """Every running container with an address, as name resolution sees it."""
         envs: dict[str, list[str]] = {}   # one image read per image, not per container (500 → 1)
-        out = []
+        out, kept = [], {}
         for c in self.records.running_with_ip():
             if c.spec.image not in envs:
                 try:
                     envs[c.spec.image] = self.images.get(c.spec.image).config.env
                 except NotFound:
                     envs[c.spec.image] = []
-            out.append(seen_of(c, envs[c.spec.image], c.ip))
+            env = envs[c.spec.image]
+            # The records hand an unchanged row's Container on as the same object:
+            # its Seen is the one made last time (same record, same image env).
+            last = self._seen.get(c.id)
+            s = last[2] if last is not None and last[0] is c and last[1] == env else seen_of(c, env, c.ip)
+            kept[c.id] = (c, env, s)
+            out.append(s)
+        self._seen = kept
         return out
 
     def refresh_names(self) -> None:

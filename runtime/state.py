@@ -81,6 +81,14 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def version(self) -> int | None:
+        """A number that grows with every row written through this store (SQLite's
+        total_changes; the daemon is its only writer): the same number, the same
+        data, for caches over queries. None inside a transaction: a rollback does
+        not take the count back."""
+        with self._lock:
+            return None if self._db.in_transaction else self._db.total_changes
+
     def one(self, sql: str, *args: Any) -> sqlite3.Row | None:
         rows = self.query(sql, *args)
         return rows[0] if rows else None

@@ -73,3 +73,69 @@ def test_health_is_kept_for_the_running_pid_only_and_a_new_run_clears_it(records
     records.set_running(records.get(DEAD), 43)               # a new run starts over
     assert records.get(DEAD).health is None
     assert "health" not in json.loads(records.store.one("SELECT spec FROM containers WHERE id=?", DEAD)["spec"])
+
+
+def test_a_document_is_parsed_once_and_a_changed_one_is_read_anew(records):
+    # Every change reads all running containers: a record whose document did not
+    # change must not be parsed again, and one that changed must never be served stale.
+    from portlink.runtime import records as recmod
+    records.set_running(records.get(DEAD), 4242)
+    recmod._document_fields.cache_clear()
+    for _ in range(3):
+        assert [c.name for c in records.running()] == ["one"]
+    info = recmod._document_fields.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    records.set_restart_state(DEAD, restart_count=3, user_stopped=True)
+    c = records.get(DEAD)
+    assert (c.restart_count, c.user_stopped, c.pid) == (3, True, 4242)
+    assert recmod._document_fields.cache_info().misses == 2
+    # Two containers with the same document text still keep their own row columns.
+    a, b = records.get(DEAD), records.get(BEEF)
+    assert (a.id, a.status, b.id, b.status) == (DEAD, RUNNING, BEEF, "creating")
+
+
+def test_the_parsed_documents_are_bounded():
+    from portlink.runtime import records as recmod
+    assert recmod._document_fields.cache_info().maxsize == recmod.DOCUMENTS_KEPT >= 2 * 1000
+
+
+def test_running_with_ip_is_kept_until_the_store_writes(records):
+    # One change reads the running containers several times with nothing written
+    # between: the answer is kept, and any write (a lease, an exit, a journal row)
+    # makes the next read a fresh one; a read inside a transaction is never kept.
+    from portlink.runtime import records as recmod
+    store = records.store
+    store.execute("INSERT INTO leases VALUES ('n', '10.0.0.2', ?)", DEAD)
+    records.set_running(records.get(DEAD), 4242)
+    first = records.running_with_ip()
+    assert [(c.name, c.ip) for c in first] == [("one", "10.0.0.2")]
+    first.clear()   # a caller's list is its own
+    again = Records(store).running_with_ip()   # another Records over the same store shares it
+    assert [(c.name, c.ip) for c in again] == [("one", "10.0.0.2")]
+    assert recmod._RUNNING_WITH_IP[store][0] == store.version()
+    store.execute("UPDATE leases SET ip='10.0.0.3' WHERE container_id=?", DEAD)
+    assert [c.ip for c in records.running_with_ip()] == ["10.0.0.3"]
+    store.record("port", "x", DEAD)   # any row written counts, even one no query here reads
+    store.execute("INSERT INTO leases VALUES ('n', '10.0.0.4', ?)", BEEF)
+    records.set_running(records.get(BEEF), 4343)
+    assert [c.name for c in records.running_with_ip()] == ["one", "two"]
+    with pytest.raises(RuntimeError):
+        with store.tx() as db:
+            assert store.version() is None
+            db.execute("UPDATE containers SET status='exited' WHERE id=?", (DEAD,))
+            assert [c.name for c in records.running_with_ip()] == ["two"]   # seen in it, not kept
+            raise RuntimeError("rolled back")
+    assert [c.name for c in records.running_with_ip()] == ["one", "two"]
+
+
+def test_a_row_unchanged_since_the_last_read_is_not_built_again(records):
+    store = records.store
+    for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
+        store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
+        records.set_running(records.get(cid), 4242)
+    one, two = records.running_with_ip()
+    store.record("port", "y", DEAD)   # a write: the next read asks the store again
+    assert [c is k for c, k in zip(records.running_with_ip(), (one, two))] == [True, True]
+    records.set_restart_state(BEEF, restart_count=1)   # only two's document changed
+    one2, two2 = records.running_with_ip()
+    assert one2 is one and two2 is not two and two2.restart_count == 1 and two.restart_count == 0
