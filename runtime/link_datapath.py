@@ -35,8 +35,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from portlink import parse
-from portlink.catalog.services import META_PORT
+from portlink.ambassador.sources import split_instances
 from portlink.errors import InvalidArgument, PortlinkError
 from portlink.netns import rules_dnat
 from portlink.netns.fw_dnat import NetnsDnat
@@ -69,25 +68,10 @@ def listeners(spec) -> tuple[int, ...]:
 
 
 def split(instances, ports) -> dict[int, list[tuple[str, int]]]:
-    """Backends per listener as the forwarder splits them (ambassador.sources):
-    an instance whose meta portlink-port is "P/tcp" feeds listener P, one
-    without it feeds every listener; Connect-native instances speak only TLS."""
-    out: dict[int, list[tuple[str, int]]] = {p: [] for p in ports}
-    for i in instances:
-        if i.native:
-            continue
-        meta = i.meta_get(META_PORT)
-        if meta is None:
-            targets = list(out)
-        else:
-            try:
-                targets = [parse.port_proto("portlink-port", meta, protos=("tcp",))[0]]
-            except ValueError:
-                continue
-        for p in targets:
-            if p in out:
-                out[p].append((i.address, i.port))
-    return out
+    """Backends per listener exactly as the forwarder splits them
+    (ambassador.sources.split_instances); Connect-native instances speak only TLS."""
+    plain = [i for i in instances if not i.native]
+    return {p: [(b.address, b.port) for b in bs] for p, bs in split_instances(plain, ports).items()}
 
 
 @dataclass(frozen=True)
