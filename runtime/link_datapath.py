@@ -41,6 +41,7 @@ from portlink.netns import rules_dnat
 from portlink.netns.fw_dnat import NetnsDnat
 from portlink.netns.rules_dnat import LinkRules, Target
 from portlink.prom import escape
+from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE
 from portlink.runtime import ambassadors
 from portlink.runtime.records import Container
 
@@ -173,7 +174,8 @@ class KernelLinks:
         d.set_backends(rules)
         self._applied[c.id] = Applied(c.pid, rules)
         amb = c.spec.ambassador
-        for a in flow_actions(amb.get("policy", "drain"), amb.get("drain_deadline", 10.0), prev.rules, rules):
+        for a in flow_actions(amb.get("policy", AMBASSADOR_POLICY), amb.get("drain_deadline", DRAIN_DEADLINE),
+                              prev.rules, rules):
             if a.delay <= 0:
                 self._forget(c.id, c.pid, a)
             else:
