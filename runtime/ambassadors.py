@@ -35,8 +35,13 @@ TLS_WARM = 1                       # a client side's --tls-warm (README: Warm co
 _IDENTITY = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")   # what a service identity may be named
 REPO = Path(__file__).resolve().parents[1]
 # A plaintext client side served by the host forwarder (runtime.host_forwarder): the
-# container's own process only holds its namespace; busybox sleep, about 0.1 MiB.
-HOSTED_CMD = ["sleep", "2147483647"]
+# container's own process only holds its namespace: portlink-pause (shim/pause.c, static
+# musl, ~25 KiB of RSS), bound read-only at PAUSE_PATH (runtime.plan).
+PAUSE_PATH = "/sbin/portlink-pause"
+HOSTED_CMD = [PAUSE_PATH]
+# What hosted ambassadors made before portlink-pause run (busybox sleep, ~1.4 MiB):
+# their records still say so, and they are still hosted.
+LEGACY_HOSTED_CMDS = (["sleep", "2147483647"],)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class AmbassadorSpec:
 
 def is_hosted(spec) -> bool:
     """An ambassador container whose forwarding is the host forwarder's (a ContainerSpec)."""
+    return bool(spec.ambassador) and (list(spec.cmd) == HOSTED_CMD or list(spec.cmd) in LEGACY_HOSTED_CMDS)
+
+
+def runs_pause(spec) -> bool:
+    """A hosted ambassador made since portlink-pause (a ContainerSpec): it needs the binary bound."""
     return bool(spec.ambassador) and list(spec.cmd) == HOSTED_CMD
 
 

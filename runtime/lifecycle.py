@@ -20,7 +20,7 @@ from pathlib import Path
 from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
-from portlink.runtime import ambassadors, faults, init_proc, mount_paths, oci, seccomp, security, volspec
+from portlink.runtime import ambassadors, faults, init_proc, mount_paths, oci, seccomp, security, shim_binaries, volspec
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.exit_notices import ExitNotices
@@ -119,6 +119,8 @@ class Lifecycle:
         seccomp_profile(req.spec)
         if spec.init:
             init_proc.binary()
+        if ambassadors.runs_pause(spec):
+            shim_binaries.find(shim_binaries.PAUSE)
 
     # volumes and mounts ------------------------------------------------------------------------
     def check_mounts(self, req: Request) -> None:
@@ -248,7 +250,8 @@ class Lifecycle:
             self.d.linkers.prepare_dir(cid)    # its linkers map's directory, bound into it
         plan = plan_start(c, image.config, resolve_user(c.spec.user, image), layout, net, ip, ports,
                           peers, self.d.default_dns, profile=seccomp_profile(c.spec), token_file=token,
-                          mount_targets=targets, init_binary=init_proc.binary() if c.spec.init else None)
+                          mount_targets=targets, init_binary=init_proc.binary() if c.spec.init else None,
+                          pause_binary=shim_binaries.find(shim_binaries.PAUSE) if ambassadors.runs_pause(c.spec) else None)
         amb = c.spec.ambassador
         # Secure links: a server side is the service it serves, a client side its own identity.
         identity = (amb["service"] if amb.get("backends") else amb.get("identity")) if amb else None

@@ -126,11 +126,13 @@ def apply_image_config(spec, config: ImageConfig) -> None:
 
 def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: list[str] = (),
             files: dict[str, str] | None = None, token_file: str | None = None,
-            init_binary: str | None = None) -> oci.ProcessSpec:
+            init_binary: str | None = None, pause_binary: str | None = None) -> oci.ProcessSpec:
     """`token_file`: an ambassador's Consul token on the host, bound read-only at
     ambassadors.TOKEN_PATH; the environment names the path, never the secret.
     `init_binary`: with --init, the host's static tini, bound read-only at INIT_PATH
-    and run as PID 1 with the command after `--` (Docker's docker-init)."""
+    and run as PID 1 with the command after `--` (Docker's docker-init).
+    `pause_binary`: for a hosted ambassador (its command ambassadors.HOSTED_CMD), the
+    host's static portlink-pause, bound read-only at ambassadors.PAUSE_PATH the same way."""
     spec = c.spec
     # Docker's order: PATH and HOSTNAME, the link variables, then the image's and the
     # user's entries replacing or appending (so -e overrides a link variable).
@@ -148,6 +150,10 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
             if spec.ambassador.get("identity"):
                 # A client side's linkers map and their tokens, beside its own token (runtime.linker_identity).
                 ro_binds[ambassadors.LINKERS_PATH] = str(Path(token_file).with_name(ambassadors.LINKERS_DIR))
+    if ambassadors.runs_pause(spec):
+        if not pause_binary:
+            raise ValueError("a hosted ambassador needs portlink-pause's host path")
+        ro_files[ambassadors.PAUSE_PATH] = pause_binary
     args = [*(spec.entrypoint or []), *spec.cmd]      # Docker's ENTRYPOINT + CMD (apply_image_config)
     if spec.init:
         if not init_binary:
@@ -195,12 +201,13 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
                peers: dict[str, Seen], default_dns: list[str],
                profile: dict | None = None, machine: seccomp.Machine | None = None,
                token_file: str | None = None, mount_targets: dict[str, str] | None = None,
-               init_binary: str | None = None) -> StartPlan:
+               init_binary: str | None = None, pause_binary: str | None = None) -> StartPlan:
     """`peers`: the running containers by name, as name resolution sees them.
     `profile`: the seccomp profile as read from its file (None: unconfined).
     `token_file`: an ambassador's Consul token file (runtime.token_files).
     `mount_targets`: the container's mount targets resolved in its rootfs.
-    `init_binary`: the host's tini-static, for --init (runtime.lifecycle finds it)."""
+    `init_binary`: the host's tini-static, for --init (runtime.lifecycle finds it).
+    `pause_binary`: the host's portlink-pause, for a hosted ambassador (likewise)."""
     cdir = layout.cdir(c.id)
     me = seen_of(c, config.env, str(ip) if ip is not None else None)
     link_env = [v for link, child in discovery.resolve_links(me, peers) if child is not None
@@ -213,7 +220,7 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
         "/etc/hostname": ("hostname", c.spec.hostname + "\n"),
     }
     binds = {dest: str(cdir / fname) for dest, (fname, _) in texts.items()}
-    proc = process(c, config, ids, link_env, binds, token_file, init_binary)
+    proc = process(c, config, ids, link_env, binds, token_file, init_binary, pause_binary)
     ns = layout.netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,

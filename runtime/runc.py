@@ -19,17 +19,16 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from portlink.errors import RuntimeFailure
-from portlink.runtime import logfmt
+from portlink.runtime import logfmt, shim_binaries
 
 log = logging.getLogger("portlink.runc")
-LOGSHIM = "portlink-logshim"
+LOGSHIM = shim_binaries.LOGSHIM
 LOGSHIM_PID = "logshim.pid"     # in the log's directory: crash recovery and rm find the shim by it
 LOGSHIM_WAIT = 10.0             # seconds a shim may take to drain the pipes once the container is gone
 EXIT_FILE = "exit"              # in the container's dir: the init's exit code, written by its monitor
@@ -89,15 +88,8 @@ def _runc_bin() -> str:
 
 
 def logshim_binary() -> str:
-    """The log shim: $PORTLINK_LOGSHIM, else beside the venv's python (scripts/build-logshim
-    puts it there), else on PATH."""
-    here = [os.environ.get("PORTLINK_LOGSHIM", ""), str(Path(sys.executable).parent / LOGSHIM),
-            str(Path(sys.prefix) / "bin" / LOGSHIM), shutil.which(LOGSHIM) or ""]
-    for path in here:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    raise RuntimeFailure(f"the log shim {LOGSHIM} is not built: run ./scripts/setup (it compiles "
-                         "shim/logshim.c with gcc into .venv/bin; or set PORTLINK_LOGSHIM to the binary)")
+    """The log shim (runtime.shim_binaries: $PORTLINK_LOGSHIM, else the venv's bin, else PATH)."""
+    return shim_binaries.find(LOGSHIM)
 
 
 @dataclass

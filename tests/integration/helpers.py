@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -101,3 +102,22 @@ def refused_start(tmp_path, *args: str) -> subprocess.CompletedProcess:
     assert r.returncode != 0, "portlinkd started with bad arguments"
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.sock").exists(), "a refused start created state"
     return r
+
+
+def is_static(path: str) -> bool:
+    """An ELF executable with no program interpreter (PT_INTERP): it needs no ld.so
+    and no shared libc (scripts/build-logshim links portlink's shims so)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        assert head[:4] == b"\x7fELF" and head[4] == 2, f"{path}: not a 64-bit ELF file"
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))   # 3: PT_INTERP
+
+
+def parent_pid(pid: int) -> int:
+    """The parent's pid, from /proc/PID/stat (after the command's closing parenthesis)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])

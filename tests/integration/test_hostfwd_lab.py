@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import wait_for
+from helpers import is_static, parent_pid, wait_for
 from portlink.lab import lab as labmod
 from portlink.netns import kernel_ns
+from portlink.runtime import shim_binaries
+from portlink.runtime.ambassadors import PAUSE_PATH
 from portlink.runtime.client import Client
 from portlink.runtime.procstart import process_start
 
@@ -104,16 +106,25 @@ def test_three_links_one_forwarder(two):
     host_of = dict.fromkeys(SERVICES, "host1")
     assert wait_for(lambda: all_answer(L, webs, host_of), 15), {w: L.fetch(w) for w in webs.values()}
 
-    # One forwarder process for the three; each ambassador's own process is a sleep.
+    # One forwarder process for the three; each ambassador's own process is portlink-pause
+    # (static, bound read-only from the host), under its monitor, the static log shim.
     fwd = L.forwarder()
     assert fwd is not None, "no host forwarder recorded on host2"
     status = Path(f"/proc/{fwd['pid']}/status").read_text()
     assert "Uid:\t65536\t65536\t65536\t65536" in status and "CapEff:\t0000000000000000" in status, status
     ambs = {svc: L.client("host2").get(f"/containers/{amb(svc)}") for svc in SERVICES}
     assert len({a["network"]["ip"] for a in ambs.values()}) == 3
+    starts = {svc: process_start(a["pid"]) for svc, a in ambs.items()}
+    pause = os.stat(shim_binaries.find(shim_binaries.PAUSE))
     for a in ambs.values():
         cmdline = Path(f"/proc/{a['pid']}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[:1] == [b"sleep"], cmdline
+        assert cmdline[:1] == [PAUSE_PATH.encode()], cmdline
+        exe = os.stat(f"/proc/{a['pid']}/exe")
+        assert (exe.st_dev, exe.st_ino) == (pause.st_dev, pause.st_ino)
+        assert is_static(f"/proc/{a['pid']}/exe")
+        monitor = parent_pid(a["pid"])
+        assert Path(f"/proc/{monitor}/comm").read_text().strip() == "portlink-logshi"   # comm: 15 bytes
+        assert is_static(f"/proc/{monitor}/exe")
     fds = os.listdir(f"/proc/{fwd['pid']}/fd")
     # Each ambassador's listener and metrics socket live in its own namespace, held by the forwarder.
     for svc in SERVICES:
@@ -151,6 +162,7 @@ def test_three_links_one_forwarder(two):
     # Removing one link (its only linker) removes that ambassador; the others go on.
     L.cli("host2", "rm", "-f", webs["gamma"])
     assert wait_for(lambda: L.cli("host2", "inspect", amb("gamma"), check=False).returncode != 0, 15)
+    assert process_start(ambs["gamma"]["pid"]) != starts["gamma"]     # its pause ended with it
     del webs["gamma"]
     assert all_answer(L, webs, host_of)
     assert L.forwarder()["pid"] == fwd["pid"]

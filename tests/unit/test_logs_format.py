@@ -230,6 +230,22 @@ def test_a_missing_shim_names_the_setup_command(tmp_path, monkeypatch):
     assert runc.logshim_binary() == str(shim)
 
 
+def test_a_missing_pause_names_the_setup_command_and_its_variable(tmp_path, monkeypatch):
+    from portlink.runtime import shim_binaries
+    monkeypatch.delenv("PORTLINK_PAUSE", raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeFailure, match=r"portlink-pause is not built: run \./scripts/setup "
+                                             r"\(it compiles shim/pause\.c with musl-gcc.*PORTLINK_PAUSE"):
+        shim_binaries.find(shim_binaries.PAUSE)
+    other = tmp_path / "pause"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PORTLINK_PAUSE", str(other))
+    assert shim_binaries.find(shim_binaries.PAUSE) == str(other)
+
+
 def test_rfc3339_of_the_shim_is_what_datetime_reads():
     ns = logfmt.parse_time(b"2024-05-01T12:00:00.123456789Z")
     assert datetime.fromtimestamp(ns // 10**9, timezone.utc) == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)

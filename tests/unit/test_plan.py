@@ -122,6 +122,26 @@ def test_an_ambassador_runs_unprivileged_whatever_the_request_says():
     assert plain["root"]["readonly"] is False and plain["process"]["user"] == {"uid": 1000, "gid": 1000}
 
 
+def test_a_hosted_ambassador_runs_portlink_pause_bound_read_only():
+    from portlink.runtime.ambassadors import HOSTED_CMD, LEGACY_HOSTED_CMDS, PAUSE_PATH, is_hosted
+    c = container(ambassador={"service": "db", "ports": [80]}, cmd=list(HOSTED_CMD))
+    plan = plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [],
+                      pause_binary="/opt/pl/bin/portlink-pause")
+    assert plan.config["process"]["args"] == ["/sbin/portlink-pause"] == [PAUSE_PATH]
+    binds = {m["destination"]: (m["source"], m["options"]) for m in plan.config["mounts"] if m["type"] == "bind"}
+    assert binds[PAUSE_PATH][0] == "/opt/pl/bin/portlink-pause" and "ro" in binds[PAUSE_PATH][1]
+    with pytest.raises(ValueError, match="portlink-pause"):
+        plan_start(c, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
+    # One made before portlink-pause (busybox sleep) is still hosted and runs as recorded.
+    old = container(ambassador={"service": "db", "ports": [80]}, cmd=list(LEGACY_HOSTED_CMDS[0]))
+    assert is_hosted(c.spec) and is_hosted(old.spec)
+    old_plan = plan_start(old, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
+    assert old_plan.config["process"]["args"] == ["sleep", "2147483647"]
+    assert PAUSE_PATH not in {m["destination"] for m in old_plan.config["mounts"]}
+    # The same command outside an ambassador is an ordinary container's, with nothing bound.
+    assert not is_hosted(container(cmd=list(HOSTED_CMD)).spec)
+
+
 @pytest.mark.parametrize("links", [["db"], ["db:DB"]])
 def test_seen_carries_the_parsed_links(links):
     s = seen_of(container(links=links), [], None)
