@@ -40,8 +40,8 @@ Measured after the N links are up:
 
 --plaintext: the lab's daemons run plaintext links (no --secure-links), so
 each link's ambassador is served by host1's host forwarder (one process for
-all, runtime/host_forwarder.py; the ambassador container's own process a busybox
-sleep). Memory is then every ambassador container's processes and monitors
+all, runtime/host_forwarder.py; the ambassador container's own process
+portlink-pause, shim/pause.c). Memory is then every ambassador container's processes and monitors
 plus the forwarder; Consul connections include the forwarder's own (ss -p in
 host1's namespace, by its pid). The peer, in the same run: --peers sidecars
 (`run --ambassador svcK`, each its own Python forwarder process, as every
