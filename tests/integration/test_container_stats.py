@@ -191,6 +191,12 @@ def test_an_ambassadors_row_shows_its_connections(consul):
         table = h.cli("stats", "--no-stream", "--interval", "0.2").stdout.splitlines()
         assert table[0].rstrip().endswith("CONNS")
         assert next(l for l in table if l.startswith("amb-ext-bridge")).rstrip().endswith("1 / 3")
+        # portlink-pause is PID 1 of the ambassador's pid namespace, where a signal without a
+        # handler is dropped: SIGTERM ends it through its own handler, with exit code 0.
+        h.cli("kill", "-s", "TERM", "amb-ext-bridge", check=True)
+        ended = wait_for(lambda: (lambda c: c if c["status"] != "running" else None)(
+            h.client.get("/containers/amb-ext-bridge")), 15)
+        assert ended and ended["exit_code"] == 0, ended
     finally:
         server.kill()   # the peer-address server this test started
         server.wait(10)
