@@ -88,6 +88,28 @@ def test_explicit_architectures_win_over_arch_map():
     assert out["architectures"] == ["SCMP_ARCH_X86_64"]
 
 
+def test_an_abi_the_kernel_lacks_is_left_out():
+    no_x32 = Machine("amd64", "SCMP_ARCH_X86_64", (6, 1, 0), frozenset({"SCMP_ARCH_X32"}))
+    assert convert(SMALL, [], no_x32)["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    explicit = {**SMALL, "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_X86"]}
+    assert convert(explicit, [], no_x32)["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    # the rules are the same: only the filter's architectures change
+    assert convert(SMALL, [], no_x32)["syscalls"] == convert(SMALL, [], AMD64)["syscalls"]
+
+
+@pytest.mark.parametrize("config, lacks", [
+    ("CONFIG_IA32_EMULATION=y\n# CONFIG_X86_X32_ABI is not set\nCONFIG_COMPAT_32=y\n", {"SCMP_ARCH_X32"}),
+    ("# CONFIG_X86_X32 is not set\n", {"SCMP_ARCH_X32"}),            # its name before Linux 5.18
+    ("CONFIG_X86_X32_ABI=y\n", set()),
+    ("CONFIG_X86_X32=y\n# CONFIG_X86_X32_ABI is not set\n", set()),  # said both ways: keep it
+    ("CONFIG_IA32_EMULATION=y\n", set()),                              # not mentioned: keep it
+    ("#  CONFIG_X86_X32_ABI is not set (comment)\n", set()),           # not the config's own line
+    (None, set()),                                                     # no config readable: keep it
+])
+def test_kernel_lacks(config, lacks):
+    assert seccomp.kernel_lacks(config) == frozenset(lacks)
+
+
 def test_unknown_arch_in_map_gives_no_architectures():
     out = convert({"defaultAction": "SCMP_ACT_ALLOW", "archMap": SMALL["archMap"]}, [],
                   Machine("riscv64", "SCMP_ARCH_RISCV64", (6,)))
@@ -103,6 +125,7 @@ def test_kernel_version(release, want):
 def test_this_machine():
     m = seccomp.this_machine()
     assert m.kernel == kernel_version(os.uname().release)
+    assert m.lacks == seccomp.kernel_lacks(seccomp._kernel_config(os.uname().release))
     assert (m.arch, m.scmp_arch) == {"x86_64": ("amd64", "SCMP_ARCH_X86_64"),
                                      "aarch64": ("arm64", "SCMP_ARCH_AARCH64")}[os.uname().machine]
 
