@@ -123,28 +123,60 @@ def build_snapshot(networks: list[NetworkSpec], running: list[Seen], upstreams: 
                    ttl: int = DEFAULT_TTL, services: dict[str, tuple[Instance, ...]] | None = None,
                    convert=consul_services) -> Snapshot:
     """`services` None: no Consul configured (names under .consul are forwarded like any other).
-    `convert`: how Consul's instances become answers (a ConsulAnswers keeps them across builds)."""
+    `convert`: how Consul's instances become answers (a ConsulAnswers keeps them across builds).
+    runtime.name_patch patches the result for the containers a change touched."""
+    return snapshot_of(networks, build_zones(networks, running), running, upstreams, ttl, convert(services))
+
+
+def build_zones(networks: list[NetworkSpec], running: list[Seen]) -> dict[str, NetworkZone]:
+    """Each network's names, its running containers added in the order given."""
     zones = {n.name: NetworkZone(n.name, n.subnet) for n in networks}
-    by_name = {c.name: c for c in running}
     for c in running:
         zone = zones.get(c.network)
-        if zone is None or not c.ip:
-            continue
-        zone.add(c.member(), [c.name, c.hostname, c.id[:12], f"{c.name}.{c.network}", *c.aliases])
-    internal = {n.name for n in networks if n.internal}
-    daemon_up = upstream_list(upstreams)
+        if zone is not None and c.ip:
+            zone.add(c.member(), zone_labels(c))
+    return zones
+
+
+def snapshot_of(networks: list[NetworkSpec], zones: dict[str, NetworkZone], running: list[Seen],
+                upstreams: list[str], ttl: int,
+                services: dict[str, tuple[ServiceInstance, ...]] | None) -> Snapshot:
+    """The snapshot over `zones` (build_zones): a view per running container with an address."""
+    by_name = {c.name: c for c in running}
+    policy = ViewPolicy.of(networks, upstreams)
     views = {}
     for c in running:
         zone = zones.get(c.network)
         if zone is None or not c.ip:
             continue
-        links = {link.alias.lower(): (child.member(),)
-                 for link, child in resolve_links(c, by_name) if child is not None}
-        views[c.ip] = View(zone=zone, links=links,
-                           upstreams=upstream_list(c.dns) if c.dns else daemon_up,
-                           forward=c.network not in internal)
+        views[c.ip] = view_of(c, zone, by_name, policy)
     return Snapshot(views=views, networks=frozenset(zones), subnets=tuple(n.subnet for n in networks),
-                    ttl=ttl, services=convert(services))
+                    ttl=ttl, services=services)
+
+
+def zone_labels(c: Seen) -> list[str]:
+    """The names a container answers to on its network."""
+    return [c.name, c.hostname, c.id[:12], f"{c.name}.{c.network}", *c.aliases]
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    """What a container's view takes from its networks and the daemon's upstreams."""
+
+    internal: frozenset[str]                    # networks nothing leaves, not even DNS
+    upstreams: tuple[tuple[str, int], ...]      # the daemon's (portlinkd --dns)
+
+    @classmethod
+    def of(cls, networks: list[NetworkSpec], upstreams: list[str]) -> "ViewPolicy":
+        return cls(frozenset(n.name for n in networks if n.internal), upstream_list(upstreams))
+
+
+def view_of(c: Seen, zone: NetworkZone, by_name: dict[str, Seen], policy: ViewPolicy) -> View:
+    """What container `c` (on `zone`'s network, with an address) may resolve."""
+    links = {link.alias.lower(): (child.member(),)
+             for link, child in resolve_links(c, by_name) if child is not None}
+    return View(zone=zone, links=links, upstreams=upstream_list(c.dns) if c.dns else policy.upstreams,
+                forward=c.network not in policy.internal)
 
 
 def with_services(snapshot: Snapshot, services: dict[str, tuple[Instance, ...]] | None,

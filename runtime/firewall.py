@@ -84,6 +84,9 @@ class Firewall:
         self._consul = consul
         self.lock = threading.RLock()
         self._flows: frozenset[Flow] = frozenset()   # in the firewall now (under lock)
+        # trusted_flows' last answer, by ambassador id -> (its ip, its flow), and as a set
+        self._trusted: dict[str, tuple[str, TrustedFlow]] = {}
+        self._trusted_set: frozenset[TrustedFlow] = frozenset()
 
     # the whole rule set -------------------------------------------------------------
     def mappings(self) -> list[PortMapping]:
@@ -144,11 +147,24 @@ class Firewall:
     # allowed flows: ambassadors -> the Consul agent; links on icc-off networks ------------
     def trusted_flows(self) -> frozenset[TrustedFlow]:
         """(ambassador ip, Consul ip, Consul port) for every running ambassador:
-        the only connections a container may open to the host itself besides DNS."""
+        the only connections a container may open to the host itself besides DNS.
+        The last answer patched for the ambassadors that came, went or moved: a
+        change costs a look-up per ambassador, not a flow made and hashed each."""
         if self._consul is None:
             return frozenset()
         ip, port = self._consul
-        return frozenset(TrustedFlow(ip_address(c.ip), ip, port) for c in self._records.running_ambassadors())
+        with self.lock:
+            last, now = self._trusted, {}
+            for c in self._records.running_ambassadors():
+                hit = last.get(c.id)
+                now[c.id] = hit if hit is not None and hit[0] == c.ip else \
+                    (c.ip, TrustedFlow(ip_address(c.ip), ip, port))
+            gone = frozenset(v[1] for k, v in last.items() if now.get(k) is not v)
+            came = frozenset(v[1] for k, v in now.items() if last.get(k) is not v)
+            self._trusted = now
+            if gone or came:
+                self._trusted_set = (self._trusted_set - gone) | came
+            return self._trusted_set
 
     def link_flows(self) -> frozenset[LinkFlow]:
         """What the running containers' links open on networks with icc off."""

@@ -32,6 +32,11 @@ log = logging.getLogger("portlink.health")
 
 WORKERS = 4      # checks running at once on this host
 TICK = 0.2       # how often the scheduler looks for due checks
+# How often it reads the running containers (a new run is tracked within this): at
+# every tick, with the store written several times a second while links are made,
+# the read of every running row cost more than the links' own changes (issue 18).
+# A check started on a container that stopped meanwhile is no verdict (_check).
+READ_EVERY = 1.0
 
 
 class HealthMonitor:
@@ -46,6 +51,8 @@ class HealthMonitor:
         self._subs: list[Callable[[], None]] = []
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="health")
         self._stop = threading.Event()
+        self._running: dict[str, Container] = {}   # the scheduler's last read (its thread only)
+        self._read_at: float | None = None
         self._thread: threading.Thread | None = None
 
     def subscribe(self, fn: Callable[[], None]) -> None:
@@ -102,7 +109,10 @@ class HealthMonitor:
                 log.exception("health: scheduling pass failed")
 
     def tick(self, now: float) -> None:
-        running = {c.id: c for c in self.records.running() if not c.is_ambassador and c.pid}
+        if self._read_at is None or not 0 <= now - self._read_at < READ_EVERY:
+            self._running = {c.id: c for c in self.records.running() if not c.is_ambassador and c.pid}
+            self._read_at = now
+        running = self._running
         with self._lock:
             for cid in [k for k, (pid, _) in self._states.items() if k not in running or running[k].pid != pid]:
                 del self._states[cid]

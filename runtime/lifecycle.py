@@ -21,6 +21,7 @@ from portlink.catalog.intentions import Intentions, Link
 from portlink.errors import Conflict, InvalidArgument, NotFound, PortlinkError, RuntimeFailure
 from portlink.prom import Histogram
 from portlink.runtime import ambassadors, faults, init_proc, mount_paths, oci, seccomp, security, shim_binaries, volspec
+from portlink.runtime import links as linkspec
 from portlink.runtime.container_files import write_fresh
 from portlink.runtime.events import EventLog
 from portlink.runtime.exit_notices import ExitNotices
@@ -49,7 +50,7 @@ class LifecycleDeps:
     journal: Journal
     runc: Runc
     events: EventLog
-    refresher: Refresher                       # peers' names for a start (read only here)
+    refresher: Refresher                       # the links' names for a start (read only here)
     watch: Callable[..., None]                 # the reaper: report when (cid, pid, monitor pid) ends
     trust: Callable[[str], None]               # the firewall: an ambassador may reach Consul
     allow: Callable[[list], None]              # the firewall: what a container's links open (icc off)
@@ -242,7 +243,7 @@ class Lifecycle:
             faults.point("start.lease")
         ports = [PortRow(r["proto"], r["host_port"], r["container_port"], r["host_ip"])
                  for r in self.d.records.ports(cid)]
-        peers = {s.name: s for s in self.d.refresher.seen()}
+        peers = self.d.refresher.seen_named(linkspec.parse_link(x).name for x in c.spec.links)
         hosted = ambassadors.is_hosted(c.spec) and self.d.forwarder is not None
         # A hosted ambassador's process never talks to Consul: no token for it.
         token = str(cdir / TOKEN_FILE) if c.is_ambassador and self.d.tokens.enabled and not hosted else None

@@ -119,11 +119,14 @@ def _document_fields(doc: str) -> dict:
 
 
 _HEX = re.compile(r"[0-9a-f]+")
-# Per store: (its version, running_with_ip's answer then by row, the answer), shared
-# by every Records over it.
-_RUNNING_WITH_IP: "weakref.WeakKeyDictionary[Store, tuple[int, dict[tuple, Container], tuple[Container, ...]]]" = \
+# Per store and query: (its version, the answer then by row, the answer), shared by
+# every Records over it (running_with_ip, running).
+_KEPT: "weakref.WeakKeyDictionary[Store, dict[str, tuple[int, dict[tuple, Container], tuple[Container, ...]]]]" = \
     weakref.WeakKeyDictionary()
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
+_RUNNING_WITH_IP = ("SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
+                    "WHERE c.status=? ORDER BY c.created")
+_RUNNING = "SELECT * FROM containers WHERE status=? ORDER BY created"
 
 
 class Records:
@@ -169,31 +172,34 @@ class Records:
         return [r["id"] for r in self.store.query("SELECT id FROM containers ORDER BY created")]
 
     def running_with_ip(self) -> list[Container]:
-        """Running containers with an address: what DNS, hosts files and drift see.
-        One change asks this several times (flows, names, the kernel path) with
-        nothing written between: the answer is kept for the store's version."""
-        version = self.store.version()
-        kept = _RUNNING_WITH_IP.get(self.store)
-        if version is not None and kept is not None and kept[0] == version:
-            return list(kept[2])
-        # A row identical to one of the last answer's (every column, the document
-        # included) is that Container again: a change builds only the rows it touched.
-        before = kept[1] if kept is not None else {}
-        rows = {tuple(r): r for r in self.store.query(
-            "SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
-            "WHERE c.status=? ORDER BY c.created", RUNNING)}
-        built = {key: before.get(key) or Container.from_row(r) for key, r in rows.items()}
-        out = list(built.values())
-        if version is not None and self.store.version() == version:   # nothing written meanwhile
-            _RUNNING_WITH_IP[self.store] = (version, built, tuple(out))
-        return out
+        """Running containers with an address: what DNS, hosts files and drift see."""
+        return self._kept_running(_RUNNING_WITH_IP)
 
     def running_ambassadors(self) -> list[Container]:
         return [c for c in self.running_with_ip() if c.is_ambassador]
 
     def running(self) -> list[Container]:
-        return [Container.from_row(r) for r in
-                self.store.query("SELECT * FROM containers WHERE status=?", RUNNING)]
+        """Every running container (the health monitor asks five times a second)."""
+        return self._kept_running(_RUNNING)
+
+    def _kept_running(self, sql: str) -> list[Container]:
+        """The running containers by `sql`. One change asks several times (flows,
+        names, the kernel path) and the health monitor every tick, with nothing
+        written between: the answer is kept for the store's version."""
+        version = self.store.version()
+        per_store = _KEPT.setdefault(self.store, {})
+        kept = per_store.get(sql)
+        if version is not None and kept is not None and kept[0] == version:
+            return list(kept[2])
+        # A row identical to one of the last answer's (every column, the document
+        # included) is that Container again: a change builds only the rows it touched.
+        before = kept[1] if kept is not None else {}
+        rows = {tuple(r): r for r in self.store.query(sql, RUNNING)}
+        built = {key: before.get(key) or Container.from_row(r) for key, r in rows.items()}
+        out = list(built.values())
+        if version is not None and self.store.version() == version:   # nothing written meanwhile
+            per_store[sql] = (version, built, tuple(out))
+        return out
 
     def is_running(self, cid: str, pid: int | None = None) -> bool:
         sql, args = "SELECT 1 FROM containers WHERE id=? AND status=?", [cid, RUNNING]

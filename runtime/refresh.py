@@ -1,25 +1,26 @@
 """The consequences of a change, from one place: after a container or network
 changes, the trusted flows follow the running ambassadors, the resolver's
-snapshot and every linking container's /etc/hosts are rebuilt from the state,
+snapshot and the linking containers' /etc/hosts follow the state (patched for
+the containers that changed, runtime.name_patch; rebuilt when a network did),
 and the listeners (the Consul registrar) are told."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from portlink.catalog.services import Instance
 from portlink.dns.server import DnsServer
-from portlink.dns.zone import Snapshot
 from portlink.errors import NotFound, PortlinkError
 from portlink.runtime import discovery, networks
 from portlink.runtime.container_files import rewrite_in_place
 from portlink.runtime.discovery import Seen
 from portlink.runtime.firewall import Firewall
 from portlink.runtime.images import ImageStore
+from portlink.runtime.name_patch import Names
 from portlink.runtime.plan import Layout, seen_of
-from portlink.runtime.records import Records
+from portlink.runtime.records import RUNNING, Records
 from portlink.runtime.state import Store
 
 log = logging.getLogger("portlink.host")
@@ -63,7 +64,8 @@ class Refresher:
         self.dns, self.fw, self.catalog = dns, firewall, catalog
         self.upstreams, self.ttl = upstreams, ttl
         self._lock = threading.Lock()
-        self._snapshot: Snapshot | None = None   # the resolver's, as the last refresh built it
+        self._names = Names()                    # the resolver's snapshot, as the last refresh made it
+        self._listening: list[str] | None = None  # the gateways served since the last listen without errors
         self._answers = discovery.ConsulAnswers()
         self._listeners: list[Callable[[], None]] = []
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
@@ -84,12 +86,7 @@ class Refresher:
         envs: dict[str, list[str]] = {}   # one image read per image, not per container (500 → 1)
         out, kept = [], {}
         for c in self.records.running_with_ip():
-            if c.spec.image not in envs:
-                try:
-                    envs[c.spec.image] = self.images.get(c.spec.image).config.env
-                except NotFound:
-                    envs[c.spec.image] = []
-            env = envs[c.spec.image]
+            env = self._image_env(c.spec.image, envs)
             # The records hand an unchanged row's Container on as the same object:
             # its Seen is the one made last time (same record, same image env).
             last = self._seen.get(c.id)
@@ -99,21 +96,45 @@ class Refresher:
         self._seen = kept
         return out
 
+    def seen_named(self, names: Iterable[str]) -> dict[str, Seen]:
+        """Those of seen() named in `names`, by name: what a start needs of its links,
+        one indexed read per name instead of every running row."""
+        out, envs = {}, {}
+        for name in set(names):
+            c = self.records.named(name)
+            if c is not None and c.status == RUNNING and c.ip:
+                out[name] = seen_of(c, self._image_env(c.spec.image, envs), c.ip)
+        return out
+
+    def _image_env(self, image: str, envs: dict[str, list[str]]) -> list[str]:
+        if image not in envs:
+            try:
+                envs[image] = self.images.get(image).config.env
+            except NotFound:
+                envs[image] = []
+        return envs[image]
+
     def refresh_names(self) -> None:
-        """Rebuild the resolver's snapshot and the linking containers' /etc/hosts
-        from the state; called after every change that moves a name."""
+        """Bring the resolver's snapshot and the linking containers' /etc/hosts up to
+        the state; called after every change that moves a name. Only what the
+        changed containers touch is redone (runtime.name_patch)."""
         with self._lock:
             nets = networks.read_all(self.store)
             running = self.seen()
+            gateways = {n.name: str(n.gateway) for n in nets}   # also --add-host NAME:host-gateway
+            if self._listening != sorted(gateways.values()):
+                errors = self.dns.listen(gateways.values())
+                for e in errors:
+                    log.error("%s", e)
+                self._listening = None if errors else sorted(gateways.values())
+            done = self._names.refresh(nets, running, self.upstreams, self.ttl,
+                                       lambda: self._answers(self.catalog.services))
+            self.dns.update(done.snapshot)
+            by_id = {c.id: c for c in running}
+            self._bad_hosts &= by_id.keys()   # forget the removed
             by_name = {c.name: c for c in running}
-            for e in self.dns.listen(str(n.gateway) for n in nets):
-                log.error("%s", e)
-            self._snapshot = discovery.build_snapshot(nets, running, self.upstreams, self.ttl,
-                                                      self.catalog.services, self._answers)
-            self.dns.update(self._snapshot)
-            self._bad_hosts &= {c.id for c in running}   # forget the removed
-            gateways = {n.name: str(n.gateway) for n in nets}   # --add-host NAME:host-gateway
-            for c in running:
+            for cid in done.hosts | self._bad_hosts:   # a file that failed is tried again
+                c = by_id[cid]
                 if c.links:
                     self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
 
@@ -137,10 +158,10 @@ class Refresher:
         return True
 
     def _swap_services(self, wait: bool) -> None:
-        if self._snapshot is None:
+        if self._names.snapshot is None:
             return      # no refresh yet: the first one reads the catalog as it is then
-        self._snapshot = discovery.with_services(self._snapshot, self.catalog.services, self._answers)
-        (self.dns.update if wait else self.dns.offer)(self._snapshot)
+        self._names.use(discovery.with_services(self._names.snapshot, self.catalog.services, self._answers))
+        (self.dns.update if wait else self.dns.offer)(self._names.snapshot)
 
     def write_hosts(self, cid: str, text: str, name: str = "") -> bool:
         """Rewrite a running container's /etc/hosts in place (the file is bind-mounted,

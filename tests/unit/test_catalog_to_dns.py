@@ -10,6 +10,7 @@ from portlink.dns.server import DnsServer
 from portlink.dns.zone import ServiceInstance, Snapshot
 from portlink.netns.model import NetworkSpec
 from portlink.runtime.discovery import ConsulAnswers, Seen, build_snapshot, consul_services, with_services
+from portlink.runtime.name_patch import Names
 from portlink.runtime.refresh import Catalog, Refresher
 
 A1 = Instance("a-1", "a", "10.0.0.1", 80, "n1")
@@ -65,7 +66,9 @@ def refresher(services: dict | None, last: Snapshot | None) -> Refresher:
     r.dns, r.catalog = FakeDns(), Catalog(True)
     r.catalog.services = services
     r._lock = threading.Lock()
-    r._snapshot = last
+    r._names = Names()
+    if last is not None:
+        r._names.use(last)
     r._answers = ConsulAnswers()
     return r
 

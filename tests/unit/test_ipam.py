@@ -139,3 +139,12 @@ def test_released_address_is_handed_out_last():
         order.append(cursor)
         used.add(cursor)
     assert order == [A(f"10.8.0.{i}") for i in range(7, 15)] + [A("10.8.0.3")]
+
+
+def test_leased_texts_answer_for_addresses():
+    from ipaddress import IPv4Address, IPv4Network
+    from portlink.netns.ipam import next_free
+    from portlink.runtime.networks import Leased
+    used = Leased({"10.0.0.2", "10.0.0.3"})
+    assert IPv4Address("10.0.0.2") in used and IPv4Address("10.0.0.4") not in used and len(used) == 2
+    assert next_free(IPv4Network("10.0.0.0/29"), IPv4Address("10.0.0.1"), used, None) == IPv4Address("10.0.0.4")

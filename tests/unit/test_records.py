@@ -82,7 +82,7 @@ def test_a_document_is_parsed_once_and_a_changed_one_is_read_anew(records):
     records.set_running(records.get(DEAD), 4242)
     recmod._document_fields.cache_clear()
     for _ in range(3):
-        assert [c.name for c in records.running()] == ["one"]
+        assert records.get(DEAD).name == "one"   # a row read again: its document is not parsed again
     info = recmod._document_fields.cache_info()
     assert (info.misses, info.hits) == (1, 2)
     records.set_restart_state(DEAD, restart_count=3, user_stopped=True)
@@ -112,7 +112,7 @@ def test_running_with_ip_is_kept_until_the_store_writes(records):
     first.clear()   # a caller's list is its own
     again = Records(store).running_with_ip()   # another Records over the same store shares it
     assert [(c.name, c.ip) for c in again] == [("one", "10.0.0.2")]
-    assert recmod._RUNNING_WITH_IP[store][0] == store.version()
+    assert recmod._KEPT[store][recmod._RUNNING_WITH_IP][0] == store.version()
     store.execute("UPDATE leases SET ip='10.0.0.3' WHERE container_id=?", DEAD)
     assert [c.ip for c in records.running_with_ip()] == ["10.0.0.3"]
     store.record("port", "x", DEAD)   # any row written counts, even one no query here reads
@@ -139,3 +139,18 @@ def test_a_row_unchanged_since_the_last_read_is_not_built_again(records):
     records.set_restart_state(BEEF, restart_count=1)   # only two's document changed
     one2, two2 = records.running_with_ip()
     assert one2 is one and two2 is not two and two2.restart_count == 1 and two.restart_count == 0
+
+
+def test_running_is_kept_until_the_store_writes(records):
+    # The health monitor asks five times a second: with nothing written between,
+    # the same Containers come back without a query's rows being built again.
+    records.set_running(records.get(DEAD), 4242)
+    first = records.running()
+    assert [c.name for c in first] == ["one"]
+    assert [c is k for c, k in zip(records.running(), first)] == [True]
+    records.set_running(records.get(BEEF), 4343)
+    again = records.running()
+    assert [c.name for c in again] == ["one", "two"]
+    assert again[0] is first[0]   # its row did not change
+    records.set_exited(DEAD, 0)
+    assert [c.name for c in records.running()] == ["two"]

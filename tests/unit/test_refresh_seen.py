@@ -51,3 +51,24 @@ def test_seen_is_kept_for_unchanged_records_and_rebuilt_for_changed_ones(tmp_pat
     records.set_exited("0" * 64, 0)
     assert [s.name for s in r.seen()] == ["b"] and set(r._seen) == {"1" * 64}
     store.close()
+
+
+def test_seen_named_is_seen_for_those_names(tmp_path):
+    # A start reads only its links' targets: the same Seen values as seen() has for them.
+    store = Store(tmp_path / "state.db")
+    records, images = Records(store), Images()
+    r = Refresher.__new__(Refresher)
+    r.records, r.images, r._seen = records, images, {}
+    for i, name in enumerate(("a", "b", "c", "d")):
+        cid = f"{i}" * 64
+        records.insert(Container(id=cid, name=name, spec=ContainerSpec(image="busybox", name=name, env=["K=v"]),
+                                 exposed=("80/tcp",), status="creating", created=float(i)), [])
+        if name != "d":                                   # d never started
+            store.execute("INSERT INTO leases VALUES ('n', ?, ?)", f"10.0.0.{i + 2}", cid)
+            records.set_running(records.get(cid), 100 + i)
+    records.set_exited("2" * 64, 0)                          # c stopped
+    every = {s.name: s for s in r.seen()}
+    got = r.seen_named(["a", "c", "d", "nope", "a"])
+    assert got == {"a": every["a"]} and got["a"].env == ("PATH=/bin", "K=v")
+    assert r.seen_named([]) == {}
+    store.close()
