@@ -7,6 +7,7 @@ and the listeners (the Consul registrar) are told."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 
@@ -69,6 +70,7 @@ class Refresher:
         self._answers = discovery.ConsulAnswers()
         self._listeners: list[Callable[[], None]] = []
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
+        self._hosts_stamps: dict[str, tuple] = {}   # id -> its hosts file's stamp when it last held our text
         self._seen: dict[str, tuple] = {}    # id -> (Container, image env, Seen) of the last seen()
 
     def subscribe(self, fn: Callable[[], None]) -> None:
@@ -133,10 +135,27 @@ class Refresher:
             by_id = {c.id: c for c in running}
             self._bad_hosts &= by_id.keys()   # forget the removed
             by_name = {c.name: c for c in running}
-            for cid in done.hosts | self._bad_hosts:   # a file that failed is tried again
+            self._hosts_stamps = {cid: s for cid, s in self._hosts_stamps.items() if cid in by_id}
+            # A file that failed is tried again; one its container wrote since we did
+            # is put back (a stat per linker: the patch alone would leave it as written).
+            redo = done.hosts | self._bad_hosts | self._scribbled(c.id for c in running if c.links)
+            for cid in redo:
                 c = by_id[cid]
                 if c.links:
                     self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
+
+    def _hosts_stamp(self, cid: str) -> tuple | None:
+        try:
+            st = os.stat(self.layout.cdir(cid) / "hosts", follow_symlinks=False)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _scribbled(self, ids: Iterable[str]) -> set[str]:
+        """Of `ids`, those whose hosts file changed since it last held our text (by its
+        stamp: a same-size write within the clock's tick of ours waits for the next
+        change that touches the container, or its restart)."""
+        return {cid for cid in ids if self._hosts_stamps.get(cid) != self._hosts_stamp(cid)}
 
     def refresh_services(self) -> None:
         """Consul's catalog changed, nothing local did: the last snapshot with the
@@ -179,4 +198,5 @@ class Refresher:
                 log.error("cannot update /etc/hosts of container %s: %s", name or cid[:12], e)
             return False
         self._bad_hosts.discard(cid)
+        self._hosts_stamps[cid] = self._hosts_stamp(cid)
         return True

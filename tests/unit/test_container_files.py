@@ -110,6 +110,7 @@ def _refresher(tmp_path) -> Refresher:
     r = Refresher.__new__(Refresher)   # only write_hosts: no store, DNS or firewall needed
     r.layout = Layout(tmp_path)
     r._bad_hosts = set()
+    r._hosts_stamps = {}
     return r
 
 
@@ -128,3 +129,26 @@ def test_refresher_logs_a_bad_hosts_once_naming_the_container(tmp_path, caplog):
     assert r.write_hosts("a" * 64, WANT, "evil") is True and (cdir / "hosts").read_text() == WANT
     assert r._bad_hosts == set()
     assert r.write_hosts("b" * 64, WANT, "gone") is False   # removed meanwhile: quiet
+
+
+def test_refresher_finds_the_hosts_files_their_containers_wrote(tmp_path):
+    """A change that does not touch a linker still puts back its scribbled file:
+    the refresh asks _scribbled which files moved since they held our text."""
+    r = _refresher(tmp_path)
+    ids = ["a" * 64, "b" * 64, "c" * 64]
+    for cid in ids:
+        r.layout.cdir(cid).mkdir(parents=True)
+        (r.layout.cdir(cid) / "hosts").write_text("old\n")
+    assert r._scribbled(ids) == set(ids)           # never written by us
+    for cid in ids[:2]:
+        assert r.write_hosts(cid, WANT) is True
+    assert r._scribbled(ids) == {ids[2]}
+    hosts_a = r.layout.cdir(ids[0]) / "hosts"
+    with open(hosts_a, "ab") as f:                 # the container appends: same inode
+        f.write(b"\xff")
+    assert r._scribbled(ids) == {ids[0], ids[2]}
+    assert r.write_hosts(ids[0], WANT) is True and hosts_a.read_text() == WANT
+    assert r._scribbled(ids) == {ids[2]}
+    (r.layout.cdir(ids[1]) / "hosts").unlink()      # removed meanwhile: nothing to put back
+    assert r._scribbled(ids[:2]) == {ids[1]}        # a stamp that no longer matches
+    assert r.write_hosts(ids[1], WANT) is False
