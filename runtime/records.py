@@ -124,9 +124,32 @@ _HEX = re.compile(r"[0-9a-f]+")
 _KEPT: "weakref.WeakKeyDictionary[Store, dict[str, tuple[int, dict[tuple, Container], tuple[Container, ...]]]]" = \
     weakref.WeakKeyDictionary()
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
-_RUNNING_WITH_IP = ("SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
-                    "WHERE c.status=? ORDER BY c.created")
-_RUNNING = "SELECT * FROM containers WHERE status=? ORDER BY created"
+
+
+@dataclass(frozen=True)
+class _Running:
+    """A query of running rows, in three forms: every column; only what tells a
+    row changed (its id and revision, state.REVISIONS, and the lease's address);
+    every column of some ids (`{}`: their placeholders)."""
+    full: str
+    keys: str
+    some: str
+    key_columns: tuple[str, ...]
+
+    def key(self, row: sqlite3.Row) -> tuple:
+        return tuple(row[k] for k in self.key_columns)
+
+
+_RUNNING_WITH_IP = _Running(
+    full="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? ORDER BY c.created",
+    keys="SELECT c.id, c.rev, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
+         "WHERE c.status=? ORDER BY c.created",
+    some="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? AND c.id IN ({})",
+    key_columns=("id", "rev", "ip"))
+_RUNNING = _Running(full="SELECT * FROM containers WHERE status=? ORDER BY created",
+                    keys="SELECT id, rev FROM containers WHERE status=? ORDER BY created",
+                    some="SELECT * FROM containers WHERE status=? AND id IN ({})", key_columns=("id", "rev"))
+_FETCH_SOME = 200   # more rows new than this: one read of every row instead
 
 
 class Records:
@@ -182,23 +205,33 @@ class Records:
         """Every running container (the health monitor asks five times a second)."""
         return self._kept_running(_RUNNING)
 
-    def _kept_running(self, sql: str) -> list[Container]:
-        """The running containers by `sql`. One change asks several times (flows,
+    def _kept_running(self, q: _Running) -> list[Container]:
+        """The running containers by `q`. One change asks several times (flows,
         names, the kernel path) and the health monitor every tick, with nothing
         written between: the answer is kept for the store's version."""
         version = self.store.version()
         per_store = _KEPT.setdefault(self.store, {})
-        kept = per_store.get(sql)
+        kept = per_store.get(q.full)
         if version is not None and kept is not None and kept[0] == version:
             return list(kept[2])
-        # A row identical to one of the last answer's (every column, the document
-        # included) is that Container again: a change builds only the rows it touched.
+        # A row whose (id, rev, address) the last answer had is that Container again:
+        # a change reads the small keys of every running row and the documents of
+        # the rows it touched only.
         before = kept[1] if kept is not None else {}
-        rows = {tuple(r): r for r in self.store.query(sql, RUNNING)}
-        built = {key: before.get(key) or Container.from_row(r) for key, r in rows.items()}
+        with self.store.reading():
+            keys = [tuple(r) for r in self.store.query(q.keys, RUNNING)]
+            new = [k[0] for k in keys if k not in before]
+            if len(new) > _FETCH_SOME:
+                rows = self.store.query(q.full, RUNNING)
+            elif new:
+                rows = self.store.query(q.some.format(",".join("?" * len(new))), RUNNING, *new)
+            else:
+                rows = []
+        fetched = {q.key(r): Container.from_row(r) for r in rows}
+        built = {k: before.get(k) or fetched[k] for k in keys}
         out = list(built.values())
         if version is not None and self.store.version() == version:   # nothing written meanwhile
-            per_store[sql] = (version, built, tuple(out))
+            per_store[q.full] = (version, built, tuple(out))
         return out
 
     def is_running(self, cid: str, pid: int | None = None) -> bool:

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS networks(
   created REAL NOT NULL, cursor TEXT);
 CREATE TABLE IF NOT EXISTS containers(
   id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
-  pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, finished REAL);
+  pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, finished REAL,
+  rev INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS leases(
   network_id TEXT NOT NULL, ip TEXT NOT NULL, container_id TEXT NOT NULL,
   PRIMARY KEY(network_id, ip));
@@ -38,6 +39,15 @@ CREATE TABLE IF NOT EXISTS network_labels(
 CREATE TABLE IF NOT EXISTS volumes(
   name TEXT PRIMARY KEY, created REAL NOT NULL, anonymous INTEGER NOT NULL, creator TEXT,
   labels TEXT NOT NULL);
+"""
+# A container row's revision grows with every update of it, whoever writes it: a
+# reader that keeps rows (records.Records._kept_running) asks for the (id, rev)
+# pairs and fetches only the rows whose pair it has not seen (issue 18: reading
+# every running row's document after each change grew with the containers there).
+REVISIONS = """
+CREATE TRIGGER IF NOT EXISTS containers_rev AFTER UPDATE ON containers FOR EACH ROW
+WHEN NEW.rev = OLD.rev
+BEGIN UPDATE containers SET rev = OLD.rev + 1 WHERE id = NEW.id; END;
 """
 
 
@@ -56,6 +66,10 @@ class Store:
         # record, a forgotten step: its undo is redone; see runtime/journal.py).
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(containers)")}
+        if "rev" not in columns:   # a state dir from before revisions
+            self._db.execute("ALTER TABLE containers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+        self._db.executescript(REVISIONS)
         self._lock = threading.RLock()
 
     @contextmanager
@@ -80,6 +94,13 @@ class Store:
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Several queries that see the same data: no write of this store comes
+        between them (the daemon is the store's only writer, through this lock)."""
+        with self._lock:
+            yield
 
     def version(self) -> int | None:
         """A number that grows with every row written through this store (SQLite's

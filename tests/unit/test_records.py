@@ -112,7 +112,7 @@ def test_running_with_ip_is_kept_until_the_store_writes(records):
     first.clear()   # a caller's list is its own
     again = Records(store).running_with_ip()   # another Records over the same store shares it
     assert [(c.name, c.ip) for c in again] == [("one", "10.0.0.2")]
-    assert recmod._KEPT[store][recmod._RUNNING_WITH_IP][0] == store.version()
+    assert recmod._KEPT[store][recmod._RUNNING_WITH_IP.full][0] == store.version()
     store.execute("UPDATE leases SET ip='10.0.0.3' WHERE container_id=?", DEAD)
     assert [c.ip for c in records.running_with_ip()] == ["10.0.0.3"]
     store.record("port", "x", DEAD)   # any row written counts, even one no query here reads
@@ -139,6 +139,49 @@ def test_a_row_unchanged_since_the_last_read_is_not_built_again(records):
     records.set_restart_state(BEEF, restart_count=1)   # only two's document changed
     one2, two2 = records.running_with_ip()
     assert one2 is one and two2 is not two and two2.restart_count == 1 and two.restart_count == 0
+
+
+def test_a_change_reads_the_documents_of_the_rows_it_touched_only(records):
+    """Every running row's (id, rev, address), and the full row of only those whose
+    revision moved: any UPDATE of a row moves it (a trigger), whoever wrote it."""
+    store = records.store
+    for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
+        store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
+        records.set_running(records.get(cid), 4242)
+    records.running_with_ip()
+    revs = {r["id"]: r["rev"] for r in store.query("SELECT id, rev FROM containers")}
+    store.execute("UPDATE containers SET exit_code=7 WHERE id=?", BEEF, synced=False)   # no rev named
+    assert store.one("SELECT rev FROM containers WHERE id=?", BEEF)["rev"] == revs[BEEF] + 1
+    assert store.one("SELECT rev FROM containers WHERE id=?", DEAD)["rev"] == revs[DEAD]
+    asked: list[str] = []
+    store._db.set_trace_callback(asked.append)
+    try:
+        one, two = records.running_with_ip()
+    finally:
+        store._db.set_trace_callback(None)
+    assert (one.id, two.id, two.exit_code) == (DEAD, BEEF, 7)
+    documents = [q for q in asked if q.startswith("SELECT c.*")]
+    assert len(documents) == 1 and BEEF in documents[0] and DEAD not in documents[0], asked
+    store.execute("UPDATE leases SET ip='10.0.0.9' WHERE container_id=?", DEAD)   # the address is in the key
+    assert [c.ip for c in records.running_with_ip()] == ["10.0.0.9", "10.0.0.3"]
+
+
+def test_a_store_from_before_revisions_gets_them(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE containers(id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL, "
+               "status TEXT NOT NULL, pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, "
+               "finished REAL)")
+    db.execute("INSERT INTO containers(id, name, spec, status, created) VALUES ('a', 'x', '{}', 'created', 1)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.one("SELECT rev FROM containers WHERE id='a'")["rev"] == 0
+    store.execute("UPDATE containers SET status='running' WHERE id='a'")
+    assert store.one("SELECT rev FROM containers WHERE id='a'")["rev"] == 1
+    store.close()
+    assert Store(path).one("SELECT rev FROM containers WHERE id='a'")["rev"] == 1   # opened again: no second column
 
 
 def test_running_is_kept_until_the_store_writes(records):
