@@ -119,19 +119,19 @@ class Names:
         in the order of `running` (as build_zones adds them)."""
         fresh: dict[str, tuple[dict, dict]] = {}
 
-        def dicts(zone: NetworkZone) -> tuple[dict, dict]:
-            if zone.name not in fresh:
-                fresh[zone.name] = (dict(zone.names), dict(zone.ptr))
-            return fresh[zone.name]
+        def entries(cs: list[Seen]):
+            """Per container with an address on a known network: its zone's new
+            dicts, its member, and its names as the zone keys them."""
+            for c in cs:
+                zone = self._zones.get(c.network)
+                if zone is None or not c.ip:
+                    continue
+                if zone.name not in fresh:
+                    fresh[zone.name] = (dict(zone.names), dict(zone.ptr))
+                yield (*fresh[zone.name], c.member(), [label.lower().rstrip(".") for label in zone_labels(c)])
 
-        for c in gone:
-            zone = self._zones.get(c.network)
-            if zone is None or not c.ip:
-                continue
-            names, ptr = dicts(zone)
-            m = c.member()
-            for label in zone_labels(c):
-                key = label.lower().rstrip(".")
+        for names, ptr, m, keys in entries(gone):
+            for key in keys:
                 kept = tuple(x for x in names.get(key, ()) if x != m)
                 if kept:
                     names[key] = kept
@@ -140,14 +140,8 @@ class Names:
             if ptr.get(m.address) == m.name:
                 del ptr[m.address]
         rank: dict[str, int] = {}
-        for c in came:
-            zone = self._zones.get(c.network)
-            if zone is None or not c.ip:
-                continue
-            names, ptr = dicts(zone)
-            m = c.member()
-            for label in zone_labels(c):
-                key = label.lower().rstrip(".")
+        for names, ptr, m, keys in entries(came):
+            for key in keys:
                 have = names.get(key, ())
                 if m in have:
                     continue
