@@ -22,7 +22,7 @@ unit: setup
 	.venv/bin/python -P -m pytest -q -p no:cacheprovider tests/unit
 
 bench: setup
-	.venv/bin/python bench/attach.py
+	.venv/bin/python -P bench/attach.py
 
 clean:
 	.venv/bin/python -P -m portlink.lab.sandbox --clean
