@@ -141,13 +141,13 @@ class _Running:
 
 
 _RUNNING_WITH_IP = _Running(
-    full="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? ORDER BY c.created",
+    full="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? ORDER BY c.created, c.rowid",
     keys="SELECT c.id, c.rev, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
-         "WHERE c.status=? ORDER BY c.created",
+         "WHERE c.status=? ORDER BY c.created, c.rowid",
     some="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? AND c.id IN ({})",
     key_columns=("id", "rev", "ip"))
-_RUNNING = _Running(full="SELECT * FROM containers WHERE status=? ORDER BY created",
-                    keys="SELECT id, rev FROM containers WHERE status=? ORDER BY created",
+_RUNNING = _Running(full="SELECT * FROM containers WHERE status=? ORDER BY created, rowid",
+                    keys="SELECT id, rev FROM containers WHERE status=? ORDER BY created, rowid",
                     some="SELECT * FROM containers WHERE status=? AND id IN ({})", key_columns=("id", "rev"))
 _FETCH_SOME = 200   # more rows new than this: one read of every row instead
 
@@ -219,7 +219,7 @@ class Records:
         # the rows it touched only.
         before = kept[1] if kept is not None else {}
         with self.store.reading():
-            keys = [tuple(r) for r in self.store.query(q.keys, RUNNING)]
+            keys = self.store.tuples(q.keys, RUNNING)
             new = [k[0] for k in keys if k not in before]
             if len(new) > _FETCH_SOME:
                 rows = self.store.query(q.full, RUNNING)

@@ -49,6 +49,12 @@ CREATE TRIGGER IF NOT EXISTS containers_rev AFTER UPDATE ON containers FOR EACH 
 WHEN NEW.rev = OLD.rev
 BEGIN UPDATE containers SET rev = OLD.rev + 1 WHERE id = NEW.id; END;
 """
+# Covering indexes for those keys: without them each read walked every row's
+# document to reach `status` and `rev` (6 ms at 2,000 rows, several times a change).
+KEY_INDEXES = """
+CREATE INDEX IF NOT EXISTS containers_keys ON containers(status, created, id, rev);
+CREATE INDEX IF NOT EXISTS leases_by_container ON leases(container_id, ip);
+"""
 
 
 class Store:
@@ -69,7 +75,7 @@ class Store:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(containers)")}
         if "rev" not in columns:   # a state dir from before revisions
             self._db.execute("ALTER TABLE containers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
-        self._db.executescript(REVISIONS)
+        self._db.executescript(REVISIONS + KEY_INDEXES)
         self._lock = threading.RLock()
 
     @contextmanager
@@ -94,6 +100,13 @@ class Store:
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def tuples(self, sql: str, *args: Any) -> list[tuple]:
+        """As query, as plain tuples: for keys compared by value."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.row_factory = None
+            return cur.execute(sql, args).fetchall()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
