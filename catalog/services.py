@@ -32,6 +32,10 @@ META_HOST = "portlink-host"
 META_CONTAINER = "portlink-container"
 META_CONTAINER_ID = "portlink-container-id"
 META_PORT = "portlink-port"            # "5432/tcp": the container port behind this instance
+# "80/tcp,81/tcp": every container port this container serves as this service. Each
+# port is its own instance, registered one PUT at a time: a host that hears of the
+# first one knows them all (a link made then gets every port, not the first).
+META_PORTS = "portlink-ports"
 META_SPEC = "portlink-spec"            # hash of the registration: a changed one is re-registered
 LABEL = "portlink."
 
@@ -196,15 +200,20 @@ def registrations(host_id: str, advertise: str, containers: Iterable[Published])
         tags = tuple(t.strip() for t in c.labels.get("portlink.tags", "").split(",") if t.strip())
         user_meta = [(k.removeprefix("portlink.meta."), v) for k, v in sorted(c.labels.items())
                      if k.startswith("portlink.meta.")]
-        for p in c.ports:
-            if p.host_ip and p.host_ip.startswith("127."):
-                continue   # published on loopback only: no other host could reach it
+        # Published on loopback only: no other host could reach it.
+        ports = [p for p in c.ports if not (p.host_ip and p.host_ip.startswith("127."))]
+        served: dict[str, list[str]] = {}
+        for p in ports:
+            served.setdefault(_name_for(c, p), []).append(f"{p.container_port}/{p.proto}")
+        for p in ports:
+            name = _name_for(c, p)
             address = p.host_ip if p.host_ip and p.host_ip != "0.0.0.0" else advertise
             meta = (*user_meta, (META_HOST, host_id), (META_CONTAINER, c.name),
-                    (META_CONTAINER_ID, c.id), (META_PORT, f"{p.container_port}/{p.proto}"))
+                    (META_CONTAINER_ID, c.id), (META_PORT, f"{p.container_port}/{p.proto}"),
+                    (META_PORTS, ports_text(served[name])))
             out.append(Registration(
                 id=f"{ID_PREFIX}{host_id}-{c.id[:12]}-{p.container_port}-{p.proto}",
-                name=_name_for(c, p), address=address, port=p.host_port, tags=tags,
+                name=name, address=address, port=p.host_port, tags=tags,
                 meta=meta, tcp_check=p.proto == "tcp", health=c.health))
     return sorted(out, key=lambda r: r.id)
 
@@ -215,15 +224,20 @@ def _connect_registrations(host_id: str, advertise: str, c: Published) -> list[R
     a client-side ambassador maps it to), the address is where other hosts reach
     its published port."""
     out = []
-    for p in c.ports:
-        if p.proto != "tcp":
-            continue
+    tcp = [p for p in c.ports if p.proto == "tcp"]
+    every = ports_text(f"{p.container_port}/tcp" for p in tcp)
+    for p in tcp:
         meta = ((META_HOST, host_id), (META_CONTAINER, c.name), (META_CONTAINER_ID, c.id),
-                (META_PORT, f"{p.container_port}/tcp"))
+                (META_PORT, f"{p.container_port}/tcp"), (META_PORTS, every))
         out.append(Registration(id=f"{ID_PREFIX}{host_id}-{c.id[:12]}-{p.container_port}-tls",
                                 name=c.connect, address=p.host_ip or advertise, port=p.host_port,
                                 meta=meta, connect_native=True, health=c.health))
     return out
+
+
+def ports_text(ports: Iterable[str]) -> str:
+    """META_PORTS's value: "P/proto" items in port order, each once."""
+    return ",".join(sorted(set(ports), key=lambda t: (int(t.split("/")[0]), t)))
 
 
 def served_name(name: str, labels: Mapping[str, str]) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portlink import parse
+from portlink.catalog.services import META_PORT, META_PORTS
 from portlink.errors import InvalidArgument, RuntimeFailure
 from portlink.runtime import security
 from portlink.reroute import AMBASSADOR_POLICY, DRAIN_DEADLINE, POLICIES
@@ -135,15 +136,18 @@ def hostable(spec: AmbassadorSpec) -> bool:
 
 
 def ports_from_catalog(instances) -> list[int]:
-    """The TCP ports a service's instances stand for (their portlink-port meta);
-    an instance registered by someone else stands for its own port."""
+    """The TCP ports a service's instances stand for: their portlink-port meta and
+    the service's other ports their portlink-ports lists (registered a moment
+    apart, they may not all be in the catalog yet); an instance registered by
+    someone else stands for its own port."""
     ports = set()
     for i in instances:
-        try:
-            ports.add(parse.port_proto("portlink-port", i.meta_get("portlink-port") or f"{i.port}/tcp",
-                                       default=None, protos=("tcp",))[0])
-        except ValueError:
-            pass
+        texts = [i.meta_get(META_PORT) or f"{i.port}/tcp", *filter(None, (i.meta_get(META_PORTS) or "").split(","))]
+        for text in texts:
+            try:
+                ports.add(parse.port_proto("portlink-port", text, default=None, protos=("tcp",))[0])
+            except ValueError:
+                pass   # a udp port, or meta that does not parse
     return sorted(ports)
 
 

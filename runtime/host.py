@@ -194,15 +194,17 @@ class Host:
             registration.PublishedPort(r["container_port"], r["proto"], r["host_port"], r["host_ip"] or None)
             for r in rows), connect=c.spec.ambassador["service"] if is_server_side(c) else None,
             health=self._health(c))
-            for c, rows in self.records.published() if c.id not in gone and self._served_id(c) not in gone]
+            for c, rows in self.records.published() if c.id not in gone and self._serves(c, gone)]
         return registration.registrations(self.host_id, advertise, published)
 
-    def _served_id(self, c: Container) -> str | None:
-        """The id of the container a server side serves (its one link); None for others."""
-        if not is_server_side(c) or not c.spec.links:
-            return None
-        served = self.records.named(c.spec.links[0].split(":")[0])
-        return served.id if served is not None else None
+    def _serves(self, c: Container, gone: set[str]) -> bool:
+        """Not a server side, or one whose container runs and is not being stopped: a
+        server side outlives its container by a moment (it is removed on the exit),
+        and re-advertised then it drew new connections to nothing."""
+        if not is_server_side(c):
+            return True
+        served = self.records.named(c.spec.links[0].split(":")[0]) if c.spec.links else None
+        return served is not None and served.status == RUNNING and served.id not in gone
 
     def _health(self, c: Container) -> str | None:
         """The health its Consul check follows: a server-side ambassador (secure links)

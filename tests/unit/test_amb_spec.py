@@ -83,3 +83,17 @@ def test_check_readable_names_what_the_unprivileged_forwarder_cannot_read(tmp_pa
     assert f"cannot read {closed} (mode 0700)" in str(e.value) and "65536" in str(e.value)
     closed.chmod(0o755)
     ambassadors.check_readable({"/py": str(closed)})
+
+
+def test_ports_from_catalog_take_every_port_an_instance_lists():
+    """A link made when only the first of a service's instances is known gets its
+    other ports too (portlink-ports); a foreign instance stands for its own port."""
+    from portlink.catalog.services import Instance
+    first = Instance("i80", "shop", "10.99.0.1", 32768, meta=(("portlink-port", "80/tcp"),
+                                                              ("portlink-ports", "80/tcp,81/tcp,53/udp")))
+    assert ambassadors.ports_from_catalog([first]) == [80, 81]
+    foreign = Instance("x", "shop", "10.99.0.9", 7000)
+    junk = Instance("j", "shop", "10.99.0.8", 7001, meta=(("portlink-port", "90/tcp"), ("portlink-ports", "9x/tcp,,91")))
+    assert ambassadors.ports_from_catalog([foreign, junk]) == [90, 91, 7000]
+    old = Instance("o", "shop", "10.99.0.7", 32770, meta=(("portlink-port", "5432/tcp"),))   # before portlink-ports
+    assert ambassadors.ports_from_catalog([old]) == [5432]

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from portlink.catalog.services import (
-    META_CONTAINER, META_CONTAINER_ID, META_HOST, META_PORT, META_SPEC, CheckPolicy, Instance, Published,
+    META_CONTAINER, META_CONTAINER_ID, META_HOST, META_PORT, META_PORTS, META_SPEC, CheckPolicy, Instance, Published,
     PublishedPort, Registration, diff, parse_health, registrations, service_name, spec_hash, validate_labels,
 )
 from portlink.errors import InvalidArgument
@@ -20,8 +20,9 @@ CID12 = CID[:12]
 CID2 = "fedcba9876543210" + "0" * 48
 
 
-def meta(name, cid, port, *user):
-    return (*user, (META_HOST, HOST), (META_CONTAINER, name), (META_CONTAINER_ID, cid), (META_PORT, port))
+def meta(name, cid, port, *user, ports=None):
+    return (*user, (META_HOST, HOST), (META_CONTAINER, name), (META_CONTAINER_ID, cid), (META_PORT, port),
+            (META_PORTS, ports or port))
 
 
 # -- service_name ------------------------------------------------------------
@@ -55,12 +56,30 @@ def test_registrations_exact_list():
     user = (("env", "prod"), ("team", "blue"))          # sorted by label key
     assert got == [
         Registration(id=f"portlink-h1-{CID12}-53-udp", name="my-web-1", address=ADV, port=5353,
-                     tags=("v1", "primary"), meta=meta("My_Web.1", CID, "53/udp", *user), tcp_check=False),
+                     tags=("v1", "primary"), meta=meta("My_Web.1", CID, "53/udp", *user, ports="53/udp,80/tcp"), tcp_check=False),
         Registration(id=f"portlink-h1-{CID12}-80-tcp", name="my-web-1", address=ADV, port=8080,
-                     tags=("v1", "primary"), meta=meta("My_Web.1", CID, "80/tcp", *user), tcp_check=True),
+                     tags=("v1", "primary"), meta=meta("My_Web.1", CID, "80/tcp", *user, ports="53/udp,80/tcp"), tcp_check=True),
         Registration(id="portlink-h1-fedcba987654-5432-tcp", name="db", address=ADV, port=15432,
                      tags=(), meta=meta("db", CID2, "5432/tcp"), tcp_check=True),
     ]
+
+
+def test_each_instance_names_every_port_of_its_service():
+    """Each port is an instance of its own, registered one PUT at a time: each
+    lists the container's ports served under the same name (portlink-ports), so a
+    host that has heard of only one knows the others; loopback-only ports are not
+    registered, so not listed."""
+    c = Published(CID, "shop", {"portlink.service.9000": "admin"},
+                  (PublishedPort(81, "tcp", 8081), PublishedPort(9000, "tcp", 9000), PublishedPort(80, "tcp", 8080),
+                   PublishedPort(80, "tcp", 8090), PublishedPort(82, "tcp", 8082, "127.0.0.1")))
+    got = {(r.name, r.port): dict(r.meta)[META_PORTS] for r in registrations(HOST, ADV, [c])}
+    assert got == {("shop", 8080): "80/tcp,81/tcp", ("shop", 8090): "80/tcp,81/tcp", ("shop", 8081): "80/tcp,81/tcp",
+                   ("admin", 9000): "9000/tcp"}
+    side = Published(CID2, "srv-shop", {}, (PublishedPort(81, "tcp", 32769), PublishedPort(80, "tcp", 32768),
+                                            PublishedPort(53, "udp", 32770)), connect="shop")
+    tls = registrations(HOST, ADV, [side])
+    assert [(r.port, dict(r.meta)[META_PORT], dict(r.meta)[META_PORTS]) for r in tls] == \
+        [(32768, "80/tcp", "80/tcp,81/tcp"), (32769, "81/tcp", "80/tcp,81/tcp")]
 
 
 def test_registrations_sorted_by_id_whatever_the_input_order():
@@ -83,7 +102,7 @@ def test_registrations_sorted_by_id_whatever_the_input_order():
 def test_registration_name_precedence(labels, names):
     c = Published(CID, "App_X", labels, (PublishedPort(80, "tcp", 8080), PublishedPort(80, "udp", 8080),
                                          PublishedPort(443, "tcp", 8443)))
-    by_port = {(r.meta[-1][1]): r.name for r in registrations(HOST, ADV, [c])}
+    by_port = {dict(r.meta)[META_PORT]: r.name for r in registrations(HOST, ADV, [c])}
     assert (by_port["80/tcp"], by_port["80/udp"], by_port["443/tcp"]) == names
 
 
