@@ -348,6 +348,13 @@ def main() -> None:
                 progress(f"{k + 1} links, last {1000 * lat[-1]:.0f} ms")
         n = len(lat)
         time.sleep(2)                   # the last ambassadors' first blocking queries are in
+        # The daemon's periodic drift check (every --check-interval) at this many links:
+        # one on demand, timed; and the mounts runc's start copies (see bench/runc_mounts.py).
+        t0 = time.monotonic()
+        findings = client.post("/system/check", {})
+        drift = {"seconds": round(time.monotonic() - t0, 3), "findings": len(findings["findings"])}
+        with open(f"/proc/{h1.daemon_pid}/mountinfo") as f:
+            mounts = sum(1 for _ in f)
         cs = {c["name"]: c for c in client.get("/containers", all="1")}
         if not n:
             raise RuntimeError(f"no link could be made: {failed[:3]}")
@@ -437,6 +444,7 @@ def main() -> None:
                          # how the start grows: the median of each tenth of the links, in order
                          "median_by_tenth": [round(1000 * statistics.median(lat[i * n // 10:(i + 1) * n // 10]), 1)
                                              for i in range(10) if (i + 1) * n // 10 > i * n // 10]},
+            "drift_check": drift, "mounts_in_daemon_namespace": mounts,
             "start_ratio_nth_over_first": round(lat[-1] / lat[0], 2),
             "start_ratio_last10_over_first10": round(statistics.median(last10) / statistics.median(first10), 2),
             "consul": {
