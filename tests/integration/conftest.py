@@ -9,6 +9,7 @@ import pytest
 
 from helpers import Outside
 from portlink.lab.sandbox import SimHost
+from portlink.netns import kernel_ns
 
 DRIVERS = ["nftables", "iptables"]
 
@@ -57,3 +58,13 @@ def outside(host):
     o.delete()
 
 
+@pytest.fixture
+def ns(tmp_path):
+    """A throwaway network namespace of the test's own (a path to its file), for
+    tests of netns.* against the real kernel without a host around it."""
+    path = str(tmp_path / "plt-scratch-ns")
+    kernel_ns.create_netns(path)
+    try:
+        yield path
+    finally:
+        kernel_ns.delete_netns(path)

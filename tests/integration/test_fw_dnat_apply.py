@@ -16,16 +16,6 @@ from portlink.netns.fw_dnat import NetnsDnat
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def ns(tmp_path):
-    path = str(tmp_path / "plt-dnat-ns")
-    kernel_ns.create_netns(path)
-    try:
-        yield path
-    finally:
-        kernel_ns.delete_netns(path)
-
-
 def nft_in(path: str, *args: str) -> str:
     return subprocess.run(["nsenter", f"--net={path}", "nft", *args], capture_output=True, text=True).stdout
 

@@ -13,16 +13,6 @@ from portlink.netns import kernel_link, kernel_ns
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def ns(tmp_path):
-    path = str(tmp_path / "plt-links-ns")
-    kernel_ns.create_netns(path)
-    try:
-        yield path
-    finally:
-        kernel_ns.delete_netns(path)
-
-
 def ip_in(path: str, *args: str) -> None:
     subprocess.run(["nsenter", f"--net={path}", "ip", *args], check=True, capture_output=True)
 
