@@ -46,7 +46,7 @@ from portlink.runtime.reaper import Reaper
 from portlink.runtime.records import RUNNING, Container, Records
 from portlink.runtime.refresh import Catalog, Refresher
 from portlink.runtime.runc import Runc
-from portlink.runtime.server_sides import ServerSides, is_server_side
+from portlink.runtime.server_sides import ServerSides, advertised, is_server_side, served_container
 from portlink.runtime.state import Store
 from portlink.runtime.token_files import TokenFiles
 from portlink.runtime.views import Views
@@ -198,19 +198,19 @@ class Host:
         return registration.registrations(self.host_id, advertise, published)
 
     def _serves(self, c: Container, gone: set[str]) -> bool:
-        """Not a server side, or one whose container runs and is not being stopped: a
-        server side outlives its container by a moment (it is removed on the exit),
-        and re-advertised then it drew new connections to nothing."""
+        """Not a server side, or one advertised now (server_sides.advertised)."""
         if not is_server_side(c):
             return True
-        served = self.records.named(c.spec.links[0].split(":")[0]) if c.spec.links else None
-        return served is not None and served.status == RUNNING and served.id not in gone
+        name = served_container(c)
+        starting = self.servers.starting if self.servers is not None else frozenset()
+        return advertised(c, self.records.named(name) if name else None, gone, starting)
 
     def _health(self, c: Container) -> str | None:
         """The health its Consul check follows: a server-side ambassador (secure links)
         follows the container it serves, the one it links to."""
         if is_server_side(c):
-            served = self.records.named(c.spec.links[0].split(":")[0]) if c.spec.links else None
+            name = served_container(c)
+            served = self.records.named(name) if name else None
             return self.health.status(served) if served is not None and served.status == RUNNING else None
         return self.health.status(c)
 

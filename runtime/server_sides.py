@@ -67,11 +67,28 @@ def is_server_side(c: Container) -> bool:
     return bool(c.spec.ambassador and c.spec.ambassador.get("backends"))
 
 
+def served_container(side: Container) -> str | None:
+    """The name of the container a server side serves (its one link)."""
+    return side.spec.links[0].split(":")[0] if side.spec.links else None
+
+
+def advertised(side: Container, served: Container | None, withdrawn: set[str],
+               starting: frozenset[str] = frozenset()) -> bool:
+    """Whether a server side belongs in Consul: once it listens (not `starting`,
+    by name: its instance starts passing, and a TCP check before the listener
+    failed it for a check interval) and while the container it serves runs and
+    is not being stopped. It outlives that container by a moment (it is removed
+    on the exit); advertised again then, it drew new connections to nothing."""
+    return served is not None and served.status == RUNNING and served.id not in withdrawn and \
+        side.id not in withdrawn and side.name not in starting
+
+
 class ServerSides:
     def __init__(self, records: Records, lifecycle: Lifecycle, policy: AmbassadorPolicy,
                  run: Callable[[dict], dict], changed: Callable[[], None]) -> None:
         self.records, self.life, self.policy, self.run, self.changed = records, lifecycle, policy, run, changed
         self.advertise: str | None = None     # set once Consul's is known: until then nothing is served
+        self.starting: frozenset[str] = frozenset()   # names started by sync, not yet listening: not advertised
         self._lock = threading.Lock()
 
     def sync(self) -> list[str]:
@@ -96,12 +113,16 @@ class ServerSides:
                     log.warning("cannot serve %s over secure links: a container named %s exists",
                                 w["ambassador"]["service"], name)
                     continue
+                # Registered once it listens: the run's own refresh must not advertise it.
+                self.starting |= {name}
                 try:
                     self.run(w)
                     self.policy.await_ready(name)
                     done.append(f"started {name}")
                 except Exception as e:
                     log.error("server-side ambassador %s for %s: %s", name, w["ambassador"]["service"], e)
+                finally:
+                    self.starting -= {name}
         if done:
             self.changed()
         return done
