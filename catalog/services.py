@@ -201,12 +201,11 @@ def registrations(host_id: str, advertise: str, containers: Iterable[Published])
         user_meta = [(k.removeprefix("portlink.meta."), v) for k, v in sorted(c.labels.items())
                      if k.startswith("portlink.meta.")]
         # Published on loopback only: no other host could reach it.
-        ports = [p for p in c.ports if not (p.host_ip and p.host_ip.startswith("127."))]
+        named = [(p, _name_for(c, p)) for p in c.ports if not (p.host_ip and p.host_ip.startswith("127."))]
         served: dict[str, list[str]] = {}
-        for p in ports:
-            served.setdefault(_name_for(c, p), []).append(f"{p.container_port}/{p.proto}")
-        for p in ports:
-            name = _name_for(c, p)
+        for p, name in named:
+            served.setdefault(name, []).append(f"{p.container_port}/{p.proto}")
+        for p, name in named:
             address = p.host_ip if p.host_ip and p.host_ip != "0.0.0.0" else advertise
             meta = (*user_meta, (META_HOST, host_id), (META_CONTAINER, c.name),
                     (META_CONTAINER_ID, c.id), (META_PORT, f"{p.container_port}/{p.proto}"),

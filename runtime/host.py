@@ -201,16 +201,19 @@ class Host:
         """Not a server side, or one advertised now (server_sides.advertised)."""
         if not is_server_side(c):
             return True
-        name = served_container(c)
         starting = self.servers.starting if self.servers is not None else frozenset()
-        return advertised(c, self.records.named(name) if name else None, gone, starting)
+        return advertised(c, self._served(c), gone, starting)
+
+    def _served(self, side: Container) -> Container | None:
+        """The container a server side serves, if it exists."""
+        name = served_container(side)
+        return self.records.named(name) if name else None
 
     def _health(self, c: Container) -> str | None:
         """The health its Consul check follows: a server-side ambassador (secure links)
         follows the container it serves, the one it links to."""
         if is_server_side(c):
-            name = served_container(c)
-            served = self.records.named(name) if name else None
+            served = self._served(c)
             return self.health.status(served) if served is not None and served.status == RUNNING else None
         return self.health.status(c)
 
