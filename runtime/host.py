@@ -4,6 +4,7 @@ firewall, wired together; set-up at daemon start, reconciliation and prune."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -25,7 +26,7 @@ from portlink.netns import kernel_link, kernel_ns, names
 from portlink.netns.firewall import make_driver
 from portlink.netns.fw_l2 import L2Pins
 from portlink.prom import Histogram
-from portlink.runtime import ambassadors, cgroups, discovery, durable, link_datapath, mounts
+from portlink.runtime import ambassadors, cgroups, discovery, durable, launch_ns, link_datapath, mounts
 from portlink.runtime.ambassador_policy import AmbassadorPolicy
 from portlink.runtime.containers import Containers
 from portlink.runtime.events import EventLog
@@ -129,7 +130,9 @@ class Host:
     def __init__(self, cfg: HostConfig) -> None:
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.layout = layout = Layout(cfg.state_dir)
+        # runc starts containers from a namespace without our mounts (runtime.launch_ns),
+        # where the netns files are reached through our root.
+        self.layout = layout = Layout(cfg.state_dir, via_daemon_root=f"/proc/{os.getpid()}/root")
         layout.containers.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "state.db")
         self.records = Records(self.store)
@@ -143,7 +146,8 @@ class Host:
         self.refresher = Refresher(self.store, self.images, layout, self.dns, self.fw, self.catalog,
                                    cfg.dns, cfg.dns_ttl)
         self.networks = Networks(self.store, self.fw, self.events, self.refresher.changed, cfg.default_subnet)
-        self.runc = Runc(layout.runc_root, log_defaults=cfg.log_limits)
+        self.runc = Runc(layout.runc_root, log_defaults=cfg.log_limits,
+                         launch_ns=launch_ns.open_launch_namespace(str(cfg.state_dir)))
         self.metrics = Metrics()
         self.reaper = Reaper()
         self.volumes = Volumes(self.store, layout, self.events)
@@ -324,3 +328,6 @@ class Host:
         self.reaper.close()
         self.dns.stop()
         self.store.close()
+        if self.runc.launch_ns is not None:
+            os.close(self.runc.launch_ns)
+            self.runc.launch_ns = None

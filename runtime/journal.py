@@ -13,12 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from portlink.netns.model import Endpoint, NetworkSpec, Pin, PortMapping
 from portlink.runtime import faults
 from portlink.runtime.networks import Networks
 from portlink.runtime.state import Store
+
+if TYPE_CHECKING:
+    from portlink.runtime.mounts import RootMount
 
 
 class Kernel(Protocol):
@@ -26,7 +29,7 @@ class Kernel(Protocol):
 
     def make_dir(self, path: str) -> None: ...
     def remove_dir(self, path: str) -> None: ...
-    def mount_overlay(self, lower: str, upper: str, work: str, target: str) -> None: ...
+    def mount_overlay(self, lower: str, upper: str, work: str, target: str) -> "RootMount": ...
     def unmount(self, target: str) -> None: ...
     def create_netns(self, path: str) -> None: ...
     def delete_netns(self, path: str) -> None: ...
@@ -131,11 +134,11 @@ class Journal:
         self.store.record("dir", str(path), owner, synced=False)
         self.kernel.make_dir(str(path))
 
-    def mount(self, owner: str, lower: str, cdir: Path) -> str:
+    def mount(self, owner: str, lower: str, cdir: Path) -> "RootMount":
+        """The container's root, for its monitor to attach at cdir/rootfs."""
         rootfs = str(cdir / "rootfs")
         self.store.record("mount", rootfs, owner, synced=False)
-        self.kernel.mount_overlay(lower, str(cdir / "upper"), str(cdir / "work"), rootfs)
-        return rootfs
+        return self.kernel.mount_overlay(lower, str(cdir / "upper"), str(cdir / "work"), rootfs)
 
     def netns(self, owner: str, path: str) -> None:
         self.store.record("netns", path, owner, synced=False)

@@ -34,6 +34,8 @@ class HostKernel:
         self.linkers = None              # runtime.linker_identity.LinkerIdentities (secure links), set by the host
         self.forwarder = None            # runtime.host_forwarder.HostForwarder, set by the host
         self._intention_guard = threading.Lock()
+        self._roots: dict[str, mounts.RootMount] = {}   # target -> a root not yet undone
+        self._roots_lock = threading.Lock()
 
     def intention_guard(self) -> threading.Lock:
         return self._intention_guard
@@ -55,11 +57,21 @@ class HostKernel:
         if os.path.exists(path):
             shutil.rmtree(path)
 
-    def mount_overlay(self, lower: str, upper: str, work: str, target: str) -> None:
-        mounts.mount_overlay(lower, upper, work, target)
+    def mount_overlay(self, lower: str, upper: str, work: str, target: str) -> mounts.RootMount:
+        root = mounts.detached_overlay(lower, upper, work, target)
+        with self._roots_lock:
+            old = self._roots.pop(target, None)
+            self._roots[target] = root
+        if old is not None:
+            old.close()
+        return root
 
     def unmount(self, target: str) -> None:
-        mounts.unmount(target)
+        with self._roots_lock:
+            root = self._roots.pop(target, None)
+        if root is not None:
+            root.close()
+        mounts.unmount(target)   # a root an older portlink mounted here
 
     def create_netns(self, path: str) -> None:
         kernel_ns.create_netns(path)

@@ -230,9 +230,9 @@ class Lifecycle:
         j, layout = self.d.journal, self.d.layout
         image = self.d.images.get(c.spec.image)
         cdir = layout.cdir(cid)
-        rootfs = j.mount(cid, str(image.rootfs), cdir)
+        root = j.mount(cid, str(image.rootfs), cdir)
         faults.point("start.mount")
-        targets = self.mount_targets(c, rootfs)
+        targets = self.mount_targets(c, root.view)
         nspath = layout.netns_path(cid)
         j.netns(cid, nspath)
         faults.point("start.netns")
@@ -280,7 +280,7 @@ class Lifecycle:
             write_fresh(cdir / fname, text)   # an earlier run's container wrote there: replace, never follow
         self.d.runc.check_mount_options(oci.mount_options(plan.config))
         if c.is_ambassador:
-            ambassadors.open_ancestors(Path(plan.config["root"]["path"]), oci.bind_destinations(plan.config))
+            ambassadors.open_ancestors(Path(root.view), oci.bind_destinations(plan.config))
         stdio = Stdio(tty=c.spec.tty, stdin=c.spec.interactive)
         if stdio.tty:   # a pty from runc, handed to the monitor (--console-socket)
             plan.config["process"]["terminal"] = True
@@ -298,7 +298,8 @@ class Lifecycle:
             # Token, map entry, intention; waits until the ambassador has its certificate.
             self.d.linkers.attach(j, c, str(ip))
         pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
-                                                               c.spec.log_opts, stdio))
+                                                               c.spec.log_opts, stdio, root))
+        root.close()   # attached in its monitor's namespace: ours is not needed any more
         if hosted:
             # Its listeners, made in its namespace, handed to the host forwarder and fed.
             j.hosted(cid, lambda: self.d.forwarder.attach(c))

@@ -29,6 +29,9 @@ class Layout:
     """Where a host keeps each container's things."""
 
     state_dir: Path
+    # The daemon's root as runc sees it from the launch namespace (/proc/PID/root:
+    # the netns files are not there, runtime.launch_ns); empty: runc runs beside us.
+    via_daemon_root: str = ""
 
     @property
     def containers(self) -> Path:
@@ -47,6 +50,10 @@ class Layout:
 
     def netns_path(self, cid: str) -> str:
         return str(self.netns_dir / (names.NETNS_PREFIX + cid[:12]))
+
+    def runc_netns_path(self, cid: str) -> str:
+        """The netns file as the container's config names it to runc."""
+        return self.via_daemon_root + self.netns_path(cid)
 
     # volumes (runtime.volumes): Docker's shape, <name>/_data, under portlink's prefix
     @property
@@ -221,7 +228,7 @@ def plan_start(c: Container, config: ImageConfig, ids: tuple[int, int], layout: 
     }
     binds = {dest: str(cdir / fname) for dest, (fname, _) in texts.items()}
     proc = process(c, config, ids, link_env, binds, token_file, init_binary, pause_binary)
-    ns = layout.netns_path(c.id)
+    ns = layout.runc_netns_path(c.id)
     ep = endpoint(layout, c.id, net, ip) if net is not None and ip is not None else None
     return StartPlan(seen=me, endpoint=ep, mappings=mappings(ports, ip) if ep else [], files=texts,
                      config=oci.build_config(proc, str(cdir / "rootfs"), ns, layout.cgroups_path(c.id),

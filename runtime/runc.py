@@ -26,6 +26,7 @@ from pathlib import Path
 
 from portlink.errors import RuntimeFailure
 from portlink.runtime import logfmt, shim_binaries
+from portlink.runtime.mounts import RootMount
 
 log = logging.getLogger("portlink.runc")
 LOGSHIM = shim_binaries.LOGSHIM
@@ -96,6 +97,7 @@ def logshim_binary() -> str:
 class Runc:
     root: Path
     log_defaults: logfmt.LogLimits = field(default_factory=logfmt.LogLimits)   # portlinkd --log-max-*
+    launch_ns: int | None = None   # the launch mount namespace's fd (runtime.launch_ns)
     _shims: dict = field(default_factory=dict, repr=False)    # cid -> Popen of the shim we started
     _shims_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -106,11 +108,15 @@ class Runc:
         return subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout)
 
     def run_detached(self, cid: str, bundle: Path, log: Path, log_opts: dict | None = None,
-                     stdio: Stdio | None = None) -> int:
+                     stdio: Stdio | None = None, root: RootMount | None = None) -> int:
         """Start the container under its monitor (shim/logshim.c), which runs
         `runc run --detach`, becomes the init's parent, writes `log` (rotated per
         `log_opts` over the daemon's defaults) and, when the init ends, its status
         to EXIT_FILE beside the log. Returns the init's pid once runc is done.
+
+        `root`: the container's detached root; the monitor attaches it in its own copy
+        of the launch namespace and starts runc there. None: the bundle's root is a
+        plain directory and runc starts beside us.
 
         runc's own errors go to --log (its stderr is the container's)."""
         stdio = stdio or Stdio()
@@ -128,10 +134,16 @@ class Runc:
                 argv = [shim_bin, "--file", str(log), "--max-size", str(limits.max_size),
                         "--max-files", str(limits.max_files), "--dir", str(cdir), "--sync-fd", str(sync_w)]
                 argv += ["--tty"] * stdio.tty + ["--stdin"] * stdio.stdin
+                fds = (sync_w,)
+                if root is not None:
+                    if self.launch_ns is None or root.fd is None:
+                        raise RuntimeFailure("no launch mount namespace or container root to start from")
+                    argv += ["--mntns-fd", str(self.launch_ns), "--root-fd", str(root.fd), "--root", root.target]
+                    fds += (self.launch_ns, root.fd)
                 argv += ["--", _runc_bin(), "--root", str(self.root), "--log", str(runc_log),
                          "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
                          "--bundle", str(bundle), cid]
-                shim = subprocess.Popen(argv, pass_fds=(sync_w,), stdin=devnull, stdout=devnull,
+                shim = subprocess.Popen(argv, pass_fds=fds, stdin=devnull, stdout=devnull,
                                         stderr=shim_log, cwd="/", start_new_session=True)
             os.close(sync_w)
             sync_w = -1
@@ -146,7 +158,9 @@ class Runc:
         if said != b"ok\n":
             if not said:
                 self.end_logshim(cid, cdir, timeout=1)
-                raise RuntimeFailure(f"the container's monitor ended before runc did: see {cdir / 'logshim.log'}")
+                said = _last_line(cdir / "logshim.log")
+                raise RuntimeFailure(f"the container's monitor ended before runc did{': ' + said if said else ''} "
+                                     f"(see {cdir / 'logshim.log'})")
             raise RuntimeFailure(f"the container's command could not start: {_last_log_error(runc_log)}")
         return int(pidfile.read_text())
 
@@ -258,6 +272,15 @@ def _mount_options(runc: str) -> frozenset[str]:
                 pass
         _features[key] = frozenset(o for o in opts if isinstance(o, str))
     return _features[key]
+
+
+def _last_line(path: Path) -> str:
+    """The last line a monitor wrote to its log (its reason for ending), without its name."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("portlink-logshim: ") if lines else ""
 
 
 def _read_pid(path: Path | None) -> int | None:

@@ -8,7 +8,8 @@
  *
  * Monitor (what the daemon starts, in a session of its own, so it outlives it):
  *   portlink-logshim --file PATH [--max-size B] [--max-files N] --dir DIR
- *                    --sync-fd FD [--tty] [--stdin] -- RUNC-ARGV... CID
+ *                    --sync-fd FD [--tty] [--stdin]
+ *                    [--mntns-fd N --root-fd R --root PATH] -- RUNC-ARGV... CID
  * It is a child subreaper, runs RUNC-ARGV (`runc ... run --detach ... CID`;
  * with --tty it puts `--console-socket S` before CID and receives the pty
  * master from runc), then writes "ok\n" or "fail\n" on FD and closes it. The
@@ -17,6 +18,12 @@
  * the output left is drained (at most DRAIN_MS more), and the monitor exits;
  * the daemon watches the monitor's pid and reads DIR/exit, also after a
  * restart of its own.
+ *
+ * With --mntns-fd N --root-fd R --root PATH (the daemon's launch namespace and
+ * the container's overlay root, a detached mount), the monitor first moves
+ * into a private copy of that namespace and attaches R at PATH there, so runc
+ * starts from a namespace holding the host's own mounts and this container's
+ * root, not every other container's (runtime/launch_ns.py says why).
  *
  * DIR/attach.sock (mode 0600) relays the container live: any number of
  * clients; each frame, both ways, is Docker's stream header (type byte, three
@@ -57,6 +64,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -68,6 +76,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -296,6 +305,8 @@ static int dir_fd = -1;
 static int sync_fd = -1;
 static int want_tty, want_stdin;
 static char **runc_argv;
+static int mntns_fd = -1, root_fd = -1;   /* --mntns-fd, --root-fd */
+static const char *root_path;             /* --root */
 static int runc_argc;
 static int listen_fd = -1;
 static char attach_path[128];
@@ -502,6 +513,26 @@ static void tell_daemon(const char *what) {
     }
 }
 
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+
+/* Into a private copy of the launch namespace, the container's root attached in it.
+ * A failure ends the monitor before runc: the daemon reports this message. */
+static void enter_launch_namespace(void) {
+    if (setns(mntns_fd, CLONE_NEWNS) != 0)
+        die("cannot enter the launch mount namespace: setns: %s", strerror(errno));
+    if (unshare(CLONE_NEWNS) != 0)
+        die("cannot copy the launch mount namespace: unshare: %s", strerror(errno));
+    if (chdir("/") != 0)
+        die("chdir /: %s", strerror(errno));
+    if (syscall(SYS_move_mount, root_fd, "", AT_FDCWD, root_path, MOVE_MOUNT_F_EMPTY_PATH) != 0)
+        die("cannot attach the container's root at %s: move_mount: %s", root_path, strerror(errno));
+    close(mntns_fd);
+    close(root_fd);
+    mntns_fd = root_fd = -1;
+}
+
 /* Start runc with the container's stdio; returns the init's pid, or -1 (runc failed). */
 static int start_container(struct stream *streams, sigset_t *oldmask) {
     int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, console = -1;
@@ -626,6 +657,12 @@ int main(int argc, char **argv) {
             dir = v;
         else if (!strcmp(opt, "--sync-fd"))
             sync_fd = (int)parse_num(opt, v, 0, INT_MAX);
+        else if (!strcmp(opt, "--mntns-fd"))
+            mntns_fd = (int)parse_num(opt, v, 0, INT_MAX);
+        else if (!strcmp(opt, "--root-fd"))
+            root_fd = (int)parse_num(opt, v, 0, INT_MAX);
+        else if (!strcmp(opt, "--root"))
+            root_path = v;
         else
             die("unknown option %s", opt);
     }
@@ -636,6 +673,10 @@ int main(int argc, char **argv) {
     monitor = dir != NULL;
     if (monitor && runc_argc < 2)
         die("--dir needs the runc command after --, the container id last");
+    if ((mntns_fd >= 0) != (root_fd >= 0) || (root_fd >= 0) != (root_path != NULL))
+        die("--mntns-fd, --root-fd and --root go together");
+    if (root_fd >= 0 && !monitor)
+        die("--root-fd needs --dir (the monitor)");
     /* A reader that went away must not kill us; a stop request is the only signal we act on. */
     signal(SIGPIPE, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
@@ -645,6 +686,8 @@ int main(int argc, char **argv) {
     if (monitor) {
         if (sync_fd >= 0)
             fcntl(sync_fd, F_SETFD, FD_CLOEXEC);
+        if (root_fd >= 0)
+            enter_launch_namespace();
         if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
             die("prctl(PR_SET_CHILD_SUBREAPER): %s", strerror(errno));
         dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
