@@ -176,6 +176,17 @@ def mem(pids: list[int]) -> dict:
 
 
 # the lab ------------------------------------------------------------------------------
+def _monitor_mounts(pid: int) -> int | None:
+    """Lines of the mountinfo of a container's monitor (its init's parent)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            ppid = next(int(l.split()[1]) for l in f if l.startswith("PPid:"))
+        with open(f"/proc/{ppid}/mountinfo") as f:
+            return sum(1 for _ in f)
+    except (OSError, StopIteration):
+        return None
+
+
 class InHost:
     """A thread kept inside a lab host's namespace, for calls that must start there."""
 
@@ -356,6 +367,9 @@ def main() -> None:
         with open(f"/proc/{h1.daemon_pid}/mountinfo") as f:
             mounts = sum(1 for _ in f)
         cs = {c["name"]: c for c in client.get("/containers", all="1")}
+        # What the last linker's runc started from: its monitor's copy of the launch
+        # namespace (runtime/launch_ns.py), the same size for the 1st and the Nth.
+        launch_mounts = _monitor_mounts(cs[f"l{linked[-1]}"]["pid"]) if linked else None
         if not n:
             raise RuntimeError(f"no link could be made: {failed[:3]}")
         ambs = [cs[f"amb-{svc(k)}-{network_of(k, a.networks)}"] for k in linked]
@@ -445,6 +459,7 @@ def main() -> None:
                          "median_by_tenth": [round(1000 * statistics.median(lat[i * n // 10:(i + 1) * n // 10]), 1)
                                              for i in range(10) if (i + 1) * n // 10 > i * n // 10]},
             "drift_check": drift, "mounts_in_daemon_namespace": mounts,
+            "mounts_in_launch_namespace": launch_mounts,
             "start_ratio_nth_over_first": round(lat[-1] / lat[0], 2),
             "start_ratio_last10_over_first10": round(statistics.median(last10) / statistics.median(first10), 2),
             "consul": {

@@ -147,7 +147,7 @@ class Host:
                                    cfg.dns, cfg.dns_ttl)
         self.networks = Networks(self.store, self.fw, self.events, self.refresher.changed, cfg.default_subnet)
         self.runc = Runc(layout.runc_root, log_defaults=cfg.log_limits,
-                         launch_ns=launch_ns.open_launch_namespace(str(cfg.state_dir)))
+                         launch=launch_ns.LaunchNamespace(str(cfg.state_dir)))
         self.metrics = Metrics()
         self.reaper = Reaper()
         self.volumes = Volumes(self.store, layout, self.events)
@@ -328,6 +328,5 @@ class Host:
         self.reaper.close()
         self.dns.stop()
         self.store.close()
-        if self.runc.launch_ns is not None:
-            os.close(self.runc.launch_ns)
-            self.runc.launch_ns = None
+        if self.runc.launch is not None:
+            self.runc.launch.close()

@@ -233,6 +233,8 @@ class Lifecycle:
         root = j.mount(cid, str(image.rootfs), cdir)
         faults.point("start.mount")
         targets = self.mount_targets(c, root.view)
+        # Host paths bound in: runc, in the launch namespace, must find what we see.
+        binds = [mount_source(m, layout) for m in c.mounts if m.type == volspec.BIND]
         nspath = layout.netns_path(cid)
         j.netns(cid, nspath)
         faults.point("start.netns")
@@ -298,7 +300,7 @@ class Lifecycle:
             # Token, map entry, intention; waits until the ambassador has its certificate.
             self.d.linkers.attach(j, c, str(ip))
         pid = j.process(cid, lambda: self.d.runc.run_detached(cid, bundle, cdir / "container.log",
-                                                               c.spec.log_opts, stdio, root))
+                                                               c.spec.log_opts, stdio, root, binds))
         root.close()   # attached in its monitor's namespace: ours is not needed any more
         if hosted:
             # Its listeners, made in its namespace, handed to the host forwarder and fed.

@@ -12,6 +12,7 @@ daemon, and ends once the init has ended and its output is drained."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,11 +22,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from portlink.errors import RuntimeFailure
 from portlink.runtime import logfmt, shim_binaries
+from portlink.runtime.launch_ns import LaunchNamespace
 from portlink.runtime.mounts import RootMount
 
 log = logging.getLogger("portlink.runc")
@@ -97,7 +100,7 @@ def logshim_binary() -> str:
 class Runc:
     root: Path
     log_defaults: logfmt.LogLimits = field(default_factory=logfmt.LogLimits)   # portlinkd --log-max-*
-    launch_ns: int | None = None   # the launch mount namespace's fd (runtime.launch_ns)
+    launch: LaunchNamespace | None = None   # where containers start from (runtime.launch_ns)
     _shims: dict = field(default_factory=dict, repr=False)    # cid -> Popen of the shim we started
     _shims_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -108,15 +111,16 @@ class Runc:
         return subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout)
 
     def run_detached(self, cid: str, bundle: Path, log: Path, log_opts: dict | None = None,
-                     stdio: Stdio | None = None, root: RootMount | None = None) -> int:
+                     stdio: Stdio | None = None, root: RootMount | None = None, binds: Sequence[str] = ()) -> int:
         """Start the container under its monitor (shim/logshim.c), which runs
         `runc run --detach`, becomes the init's parent, writes `log` (rotated per
         `log_opts` over the daemon's defaults) and, when the init ends, its status
         to EXIT_FILE beside the log. Returns the init's pid once runc is done.
 
         `root`: the container's detached root; the monitor attaches it in its own copy
-        of the launch namespace and starts runc there. None: the bundle's root is a
-        plain directory and runc starts beside us.
+        of the launch namespace and starts runc there; `binds`: the host paths the
+        config binds in, which must be what we see there. None: the bundle's root
+        is a plain directory and runc starts beside us.
 
         runc's own errors go to --log (its stderr is the container's)."""
         stdio = stdio or Stdio()
@@ -134,17 +138,18 @@ class Runc:
                 argv = [shim_bin, "--file", str(log), "--max-size", str(limits.max_size),
                         "--max-files", str(limits.max_files), "--dir", str(cdir), "--sync-fd", str(sync_w)]
                 argv += ["--tty"] * stdio.tty + ["--stdin"] * stdio.stdin
-                fds = (sync_w,)
-                if root is not None:
-                    if self.launch_ns is None or root.fd is None:
-                        raise RuntimeFailure("no launch mount namespace or container root to start from")
-                    argv += ["--mntns-fd", str(self.launch_ns), "--root-fd", str(root.fd), "--root", root.target]
-                    fds += (self.launch_ns, root.fd)
-                argv += ["--", _runc_bin(), "--root", str(self.root), "--log", str(runc_log),
-                         "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
-                         "--bundle", str(bundle), cid]
-                shim = subprocess.Popen(argv, pass_fds=fds, stdin=devnull, stdout=devnull,
-                                        stderr=shim_log, cwd="/", start_new_session=True)
+                if root is not None and (self.launch is None or root.fd is None):
+                    raise RuntimeFailure("no launch mount namespace or container root to start from")
+                with self.launch.held(binds) if root is not None else contextlib.nullcontext() as ns:
+                    fds = (sync_w,)
+                    if root is not None:
+                        argv += ["--mntns-fd", str(ns), "--root-fd", str(root.fd), "--root", root.target]
+                        fds += (ns, root.fd)
+                    argv += ["--", _runc_bin(), "--root", str(self.root), "--log", str(runc_log),
+                             "--log-format", "json", "run", "--detach", "--pid-file", str(pidfile),
+                             "--bundle", str(bundle), cid]
+                    shim = subprocess.Popen(argv, pass_fds=fds, stdin=devnull, stdout=devnull,
+                                            stderr=shim_log, cwd="/", start_new_session=True)
             os.close(sync_w)
             sync_w = -1
             with self._shims_lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,8 @@ def test_a_root_the_monitor_cannot_attach_is_named_and_runc_never_runs(tmp_path)
 
     for d in ("lower", "upper", "work", "c/bundle"):
         (tmp_path / d).mkdir(parents=True)
-    ns = launch_ns.open_launch_namespace(str(tmp_path))
-    runc = Runc(tmp_path / "runc", launch_ns=ns)
+    launch = launch_ns.LaunchNamespace(str(tmp_path))
+    runc = Runc(tmp_path / "runc", launch=launch)
     target = str(tmp_path / "c" / "rootfs")
     root = mounts.detached_overlay(str(tmp_path / "lower"), str(tmp_path / "upper"), str(tmp_path / "work"), target)
     os.rmdir(target)     # nowhere to attach it
@@ -103,5 +104,27 @@ def test_a_root_the_monitor_cannot_attach_is_named_and_runc_never_runs(tmp_path)
         assert runc.list_ids() == [] and not (tmp_path / "runc" / "plt-launchns-bad").exists()
     finally:
         root.close()
-        os.close(ns)
+        launch.close()
     assert [p for p, _ in _mountinfo(os.getpid()) if p.startswith(str(tmp_path))] == []
+
+
+def test_a_bind_source_mounted_after_the_daemon_started_is_seen(nft_host, tmp_path):
+    """The launch namespace is a copy made at start: a host mount made since is
+    found missing there and the namespace is made again before the container runs."""
+    h = nft_host
+    src = tmp_path / "late"
+    src.mkdir()
+    (src / "under").write_text("the directory below the mount\n")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "plt-launchns-late", str(src)], check=True)
+    try:
+        (src / "data").write_text("on the late mount\n")
+        r = h.cli("run", "--rm", "-v", f"{src}:/data", "busybox", "sh", "-c", "cat /data/data; ls /data")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\n")[0] == "on the late mount" and "under" not in r.stdout
+        assert "launch namespace is made again" in h.daemon_log()
+        # Made again once: the next container finds it as it is.
+        before = h.daemon_log().count("made again")
+        h.cli("run", "--rm", "-v", f"{src}:/data", "busybox", "true", check=True)
+        assert h.daemon_log().count("made again") == before
+    finally:
+        subprocess.run(["umount", "-l", str(src)], check=True)
