@@ -120,8 +120,9 @@ def _document_fields(doc: str) -> dict:
 
 _HEX = re.compile(r"[0-9a-f]+")
 # Per store and query: (its version, the answer then by row, the answer), shared by
-# every Records over it (running_with_ip, running).
-_KEPT: "weakref.WeakKeyDictionary[Store, dict[str, tuple[int, dict[tuple, Container], tuple[Container, ...]]]]" = \
+# every Records over it (running_with_ip, running); running_ambassadors keeps
+# (its version, the answer).
+_KEPT: "weakref.WeakKeyDictionary[Store, dict[str, tuple]]" = \
     weakref.WeakKeyDictionary()
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
 
@@ -149,6 +150,7 @@ _RUNNING_WITH_IP = _Running(
 _RUNNING = _Running(full="SELECT * FROM containers WHERE status=? ORDER BY created, rowid",
                     keys="SELECT id, rev FROM containers WHERE status=? ORDER BY created, rowid",
                     some="SELECT * FROM containers WHERE status=? AND id IN ({})", key_columns=("id", "rev"))
+_AMBASSADORS = "running ambassadors"   # its key among _KEPT's queries
 _FETCH_SOME = 200   # more rows new than this: one read of every row instead
 
 
@@ -199,7 +201,17 @@ class Records:
         return self._kept_running(_RUNNING_WITH_IP)
 
     def running_ambassadors(self) -> list[Container]:
-        return [c for c in self.running_with_ip() if c.is_ambassador]
+        """Asked by the flows, the kernel path and the forwarder on each change: the
+        filtered list is kept for the store's version too (2,000 rows looked at once)."""
+        version = self.store.version()
+        per_store = _KEPT.setdefault(self.store, {})
+        kept = per_store.get(_AMBASSADORS)
+        if version is not None and kept is not None and kept[0] == version:
+            return list(kept[1])
+        out = [c for c in self.running_with_ip() if c.is_ambassador]
+        if version is not None and self.store.version() == version:
+            per_store[_AMBASSADORS] = (version, tuple(out))
+        return out
 
     def running(self) -> list[Container]:
         """Every running container (the health monitor asks five times a second)."""

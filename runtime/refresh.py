@@ -17,6 +17,7 @@ from portlink.errors import NotFound, PortlinkError
 from portlink.runtime import discovery, networks
 from portlink.runtime.container_files import rewrite_in_place
 from portlink.runtime.discovery import Seen
+from portlink.runtime.file_watch import FileWatch
 from portlink.runtime.firewall import Firewall
 from portlink.runtime.images import ImageStore
 from portlink.runtime.name_patch import Names
@@ -71,6 +72,7 @@ class Refresher:
         self._listeners: list[Callable[[], None]] = []
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
         self._hosts_stamps: dict[str, tuple] = {}   # id -> its hosts file's stamp when it last held our text
+        self._hosts_watch = FileWatch()              # which of those files moved since (inotify)
         self._seen: dict[str, tuple] = {}    # id -> (Container, image env, Seen) of the last seen()
 
     def subscribe(self, fn: Callable[[], None]) -> None:
@@ -136,6 +138,7 @@ class Refresher:
             self._bad_hosts &= by_id.keys()   # forget the removed
             by_name = {c.name: c for c in running}
             self._hosts_stamps = {cid: s for cid, s in self._hosts_stamps.items() if cid in by_id}
+            self._hosts_watch.forget(self._hosts_watch.keys() - by_id.keys())
             # A file that failed is tried again; one its container wrote since we did
             # is put back (a stat per linker: the patch alone would leave it as written).
             redo = done.hosts | self._bad_hosts | self._scribbled(c.id for c in running if c.links)
@@ -156,9 +159,12 @@ class Refresher:
     def _scribbled(self, ids: Iterable[str]) -> set[str]:
         """Of `ids`, those whose hosts file changed since it last held our text (by its
         stamp: a same-size write within the clock's tick of ours waits for the next
-        change that touches the container, or its restart)."""
+        change that touches the container, or its restart). Only the files inotify saw
+        move (and any it does not watch) are stat-ed."""
         containers = str(self.layout.containers)
-        return {cid for cid in ids if self._hosts_stamps.get(cid) != self._hosts_stamp(containers, cid)}
+        moved, watch = self._hosts_watch.changed(), self._hosts_watch
+        maybe = ids if moved is None else (cid for cid in ids if cid in moved or not watch.watched(cid))
+        return {cid for cid in maybe if self._hosts_stamps.get(cid) != self._hosts_stamp(containers, cid)}
 
     def refresh_services(self) -> None:
         """Consul's catalog changed, nothing local did: the last snapshot with the
@@ -202,4 +208,6 @@ class Refresher:
             return False
         self._bad_hosts.discard(cid)
         self._hosts_stamps[cid] = self._hosts_stamp(str(self.layout.containers), cid)
+        if not self._hosts_watch.watched(cid):
+            self._hosts_watch.watch(cid, f"{self.layout.containers}/{cid}/hosts")
         return True

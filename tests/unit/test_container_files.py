@@ -10,6 +10,7 @@ import pytest
 
 from portlink.runtime import container_files as cf
 from portlink.runtime.container_files import ContainerFileError, matches, read_prefix, rewrite_in_place, write_fresh
+from portlink.runtime.file_watch import FileWatch
 from portlink.runtime.plan import Layout
 from portlink.runtime.refresh import Refresher
 
@@ -111,6 +112,7 @@ def _refresher(tmp_path) -> Refresher:
     r.layout = Layout(tmp_path)
     r._bad_hosts = set()
     r._hosts_stamps = {}
+    r._hosts_watch = FileWatch()
     return r
 
 
@@ -149,6 +151,30 @@ def test_refresher_finds_the_hosts_files_their_containers_wrote(tmp_path):
     assert r._scribbled(ids) == {ids[0], ids[2]}
     assert r.write_hosts(ids[0], WANT) is True and hosts_a.read_text() == WANT
     assert r._scribbled(ids) == {ids[2]}
+    os.chmod(r.layout.cdir(ids[1]) / "hosts", 0o600)   # a change of its own kind: still seen
+    assert r._scribbled(ids) == {ids[1], ids[2]}
     (r.layout.cdir(ids[1]) / "hosts").unlink()      # removed meanwhile: nothing to put back
     assert r._scribbled(ids[:2]) == {ids[1]}        # a stamp that no longer matches
     assert r.write_hosts(ids[1], WANT) is False
+
+
+def test_refresher_stats_only_the_hosts_files_inotify_saw_move(tmp_path, monkeypatch):
+    r = _refresher(tmp_path)
+    ids = [c * 64 for c in "abcdef"]
+    for cid in ids:
+        r.layout.cdir(cid).mkdir(parents=True)
+        (r.layout.cdir(cid) / "hosts").write_text("old\n")
+        assert r.write_hosts(cid, WANT) is True
+    assert r._hosts_watch.keys() == set(ids)
+    stated = []
+    real = Refresher._hosts_stamp
+    monkeypatch.setattr(Refresher, "_hosts_stamp", staticmethod(lambda d, cid: stated.append(cid) or real(d, cid)))
+    r._scribbled(ids)
+    stated.clear()
+    assert r._scribbled(ids) == set() and stated == []          # nothing moved: not one stat
+    (r.layout.cdir(ids[3]) / "hosts").write_text("mine\n")
+    assert r._scribbled(ids) == {ids[3]} and stated == [ids[3]]
+    # A file whose watch went (the container's dir removed and made again) is stat-ed again.
+    r._hosts_watch.forget([ids[4]])
+    stated.clear()
+    assert r._scribbled(ids) == set() and stated == [ids[4]]

@@ -211,3 +211,20 @@ def test_running_is_kept_until_the_store_writes(records):
     assert again[0] is first[0]   # its row did not change
     records.set_exited(DEAD, 0)
     assert [c.name for c in records.running()] == ["two"]
+
+
+def test_running_ambassadors_are_kept_until_the_store_writes(records):
+    from portlink.runtime import records as recmod
+    store = records.store
+    for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
+        store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
+        records.set_running(records.get(cid), 4242)
+    assert records.running_ambassadors() == []
+    assert recmod._KEPT[store][recmod._AMBASSADORS] == (store.version(), ())
+    amb = records.get(BEEF)
+    amb.spec.ambassador = {"service": "db"}
+    store.execute("UPDATE containers SET spec=? WHERE id=?", amb.document(), BEEF)   # a write: asked again
+    got = records.running_ambassadors()
+    assert [c.name for c in got] == ["two"]
+    got.clear()   # a caller's list is its own
+    assert [c.name for c in Records(store).running_ambassadors()] == ["two"]
