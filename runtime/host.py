@@ -43,6 +43,7 @@ from portlink.runtime.plan import Layout
 from portlink.runtime.health_monitor import HealthMonitor
 from portlink.runtime.host_forwarder import ForwarderConfig, HostForwarder
 from portlink.runtime import security
+from portlink.runtime.procstart import process_start
 from portlink.runtime.reaper import Reaper
 from portlink.runtime.records import RUNNING, Container, Records
 from portlink.runtime.refresh import Catalog, Refresher
@@ -186,7 +187,8 @@ class Host:
         self.lifecycle = life
         # Plaintext client sides' kernel path (or, in proxy mode, the removal of one left behind).
         self.link_datapath = link_datapath.KernelLinks(cfg.link_datapath == "kernel", self.records,
-                                                       layout.netns_path, self.catalog, self.events)
+                                                       layout.netns_path, self.catalog, self.events,
+                                                       since=process_start(os.getpid()))
         self.refresher.subscribe(self.link_datapath.sync)
         self.links = LinkViews(self.records, self.host_id, intentions.get if intentions else None)
 

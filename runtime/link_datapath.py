@@ -105,8 +105,12 @@ class Applied:
 
 class KernelLinks:
     def __init__(self, enabled: bool, records, netns_path: Callable[[str], str], catalog, events,
-                 dnat: Callable[[str], NetnsDnat] = NetnsDnat, timer=threading.Timer) -> None:
+                 dnat: Callable[[str], NetnsDnat] = NetnsDnat, timer=threading.Timer,
+                 since: int | None = None) -> None:
         self.enabled, self.records, self.netns_path = enabled, records, netns_path
+        # This daemon's own start (procstart ticks): an ambassador whose process started
+        # after it never had rules written while the kernel path is off.
+        self.since = since
         self.catalog, self.events, self.dnat, self.timer = catalog, events, dnat, timer
         self._applied: dict[str, Applied] = {}     # ambassador id -> what its namespace has
         self._cleared: set[tuple[str, int]] = set()   # proxy mode: (id, pid) checked for a leftover table
@@ -140,10 +144,15 @@ class KernelLinks:
                             self._sync_one(c)
                     elif (c.id, c.pid) not in self._cleared:
                         self._cleared.add((c.id, c.pid))
+                        if self._started_since(c):
+                            continue     # no `nft` run per new ambassador (~10 ms each)
                         for e in self.dnat(self.netns_path(c.id)).teardown():
                             log.error("ambassador %s: removing the kernel path: %s", c.name, e)
                 except (PortlinkError, OSError) as e:
                     log.error("ambassador %s: kernel data path: %s", c.name, e)
+
+    def _started_since(self, c: Container) -> bool:
+        return c.pid_start is not None and self.since is not None and c.pid_start > self.since
 
     def _sync_one(self, c: Container) -> None:
         prev = self._applied.get(c.id)

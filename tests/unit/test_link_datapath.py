@@ -167,6 +167,7 @@ class Ctr:
     name: str
     pid: int
     spec: Spec
+    pid_start: int | None = None
 
 
 class Records:
@@ -309,6 +310,17 @@ def test_proxy_mode_removes_a_leftover_table_once_per_run():
     kl, ns, amb, cat, _, _ = _world(enabled=False)
     kl.sync()
     kl.catalog_changed()
+    assert ns.calls == [("teardown",)]
+
+
+def test_proxy_mode_looks_for_no_table_in_an_ambassador_started_since_the_daemon():
+    kl, ns, amb, cat, _, _ = _world(enabled=False)
+    kl.since = 1000
+    amb.pid_start = 1001          # started under this daemon, which wrote it no rules
+    kl.sync()
+    assert ns.calls == []
+    amb.pid, amb.pid_start = 200, 999   # one from before it (a restart of the daemon)
+    kl.sync()
     assert ns.calls == [("teardown",)]
 
 
