@@ -127,10 +127,6 @@ class LaunchNamespace:
                 old.close()
             yield self._made.fd
 
-    @property
-    def helper_pid(self) -> int:
-        return self._made.helper.pid
-
     def close(self) -> None:
         with self._lock:
             self._made.close()

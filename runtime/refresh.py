@@ -140,7 +140,7 @@ class Refresher:
             self._hosts_stamps = {cid: s for cid, s in self._hosts_stamps.items() if cid in by_id}
             self._hosts_watch.forget(self._hosts_watch.keys() - by_id.keys())
             # A file that failed is tried again; one its container wrote since we did
-            # is put back (a stat per linker: the patch alone would leave it as written).
+            # is put back (the patch alone would leave it as written; _scribbled finds it).
             redo = done.hosts | self._bad_hosts | self._scribbled(c.id for c in running if c.links)
             for cid in redo:
                 c = by_id[cid]
