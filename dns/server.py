@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from dnslib import EDNS0, RCODE, DNSHeader, DNSRecord
 
+from portlink import threads
 from portlink.dns.answer import EDNS_PAYLOAD, Forward, answer, error, edns, header_error, udp_limit
 from portlink.dns.forward import ForwardConfig, Forwarder
 from portlink.dns.zone import Snapshot
@@ -95,7 +96,7 @@ class _UdpListener:
         # every other container's first question) while hits keep flowing.
         self.queued = self.taken = self.dropped = 0
         self.cached = [0] * 16   # answers from the packed table, by rcode (metrics)
-        self.thread = threading.Thread(target=self._run, name=f"dns-udp-{addr}", daemon=True)
+        self.thread = threads.Thread(target=self._run, name=f"dns-udp-{addr}", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -166,7 +167,7 @@ class DnsServer:
     # Control, from any thread ----------------------------------------------------
     def start(self) -> None:
         self.loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="dns", daemon=True)
+        self._thread = threads.Thread(target=self.loop.run_forever, name="dns", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import ClientSession, ClientTimeout, web
 
 from portlink import parse
+from portlink.threads import name_os_thread
 from portlink.catalog.services import META_CONTAINER_ID
 from portlink.catalog.sync import ConsulSync
 from portlink.catalog.watch import describe
@@ -48,11 +49,16 @@ def _check_unicode(data: object) -> None:
                                       "a lone UTF-16 surrogate is not a character") from None
 
 
+# Requests run in threads (the store, the kernel); at most this many at once.
+WORKERS = 16
+
+
 class Api:
-    def __init__(self, host: Host, consul: ConsulSync | None = None, workers: int = 16) -> None:
+    def __init__(self, host: Host, consul: ConsulSync | None = None, workers: int = WORKERS) -> None:
         self.host = host
         self.consul = consul
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api",
+                                       initializer=name_os_thread)
 
     async def call(self, fn, *args, **kw):
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))

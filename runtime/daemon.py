@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from portlink.catalog.services import CheckPolicy
 from portlink.catalog.sync import ConsulSync, route_source
 from portlink.dns.zone import DEFAULT_TTL
 from portlink.errors import InvalidArgument, PortlinkError
+from portlink.threads import name_os_thread
 from portlink.runtime import docker_api, exporter, logfmt, reaper
 from portlink.runtime.api import MAX_BODY, Api
 from portlink.runtime.client import DEFAULT_SOCKET  # the CLI's default too
@@ -66,6 +68,9 @@ _seconds.__name__ = "duration"   # argparse: "invalid duration value: 'x'"
 
 async def serve(cfg: HostConfig, socket_path: Path, check_interval: float = 30.0,
                 metrics_addr: str | None = None, docker_socket: Path | None = None) -> None:
+    # The loop's own pool (setup, follow-ups of catalog changes), named like the rest.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(thread_name_prefix="background", initializer=name_os_thread))
     host = Host(cfg)
     repaired = await asyncio.get_running_loop().run_in_executor(None, host.setup)
     if repaired:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from portlink import threads
 from portlink.runtime import health
 from portlink.runtime.events import EventLog
 from portlink.runtime.images import ImageStore
@@ -49,7 +50,8 @@ class HealthMonitor:
         self._busy: set[str] = set()
         self._unchecked: dict[str, int] = {}                            # cid -> pid of a run with no check
         self._subs: list[Callable[[], None]] = []
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="health")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="health-check",
+                                        initializer=threads.name_os_thread)
         self._stop = threading.Event()
         self._running: dict[str, Container] = {}   # the scheduler's last read (its thread only)
         self._read_at: float | None = None
@@ -60,7 +62,7 @@ class HealthMonitor:
         self._subs.append(fn)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._thread = threads.Thread(target=self._loop, name="health", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

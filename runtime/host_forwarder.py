@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from portlink import threads
 from portlink.ambassador import hostfwd_proto as proto
 from portlink.errors import RuntimeFailure
 from portlink.netns import kernel_ns
@@ -344,7 +345,7 @@ class HostForwarder:
             pidfd = os.pidfd_open(pid)
         except OSError:
             return
-        threading.Thread(target=self._watch_one, args=(pidfd, pid, start), daemon=True,
+        threads.Thread(target=self._watch_one, args=(pidfd, pid, start), daemon=True,
                          name=f"hostfwd-watch-{pid}").start()
 
     def _watch_one(self, pidfd: int, pid: int, start: int | None) -> None:

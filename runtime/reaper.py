@@ -19,6 +19,8 @@ import select
 import threading
 from typing import Callable
 
+from portlink import threads
+
 log = logging.getLogger("portlink.reaper")
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -41,7 +43,7 @@ class Reaper:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._ep.register(self._wake_r, select.EPOLLIN)
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
+        self._thread = threads.Thread(target=self._loop, name="reaper", daemon=True)
 
     def start(self, on_exit: Callable[[str, int, int | None], None]) -> None:
         """Begin reporting exits (also of processes watched before this call)."""
@@ -54,7 +56,7 @@ class Reaper:
         try:
             fd = os.pidfd_open(monitor or pid)
         except ProcessLookupError:
-            threading.Thread(target=self._report, args=(cid, pid, None), daemon=True).start()
+            threads.Thread(target=self._report, args=(cid, pid, None), daemon=True, name="reaper-report").start()
             return
         with self._lock:
             self._fds[fd] = (cid, pid, monitor is not None)
@@ -72,7 +74,8 @@ class Reaper:
                 code = None if via_monitor else self._status(fd)
                 os.close(fd)
                 # Cleanup takes locks and does I/O: never block the watch loop on it.
-                threading.Thread(target=self._report, args=(cid, pid, code), daemon=True).start()
+                threads.Thread(target=self._report, args=(cid, pid, code), daemon=True,
+                               name="reaper-report").start()
 
     @staticmethod
     def _status(fd: int) -> int | None:
