@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address, ip_address
 
@@ -85,8 +86,10 @@ class Firewall:
         self.lock = threading.RLock()
         self._flows: frozenset[Flow] = frozenset()   # in the firewall now (under lock)
         # trusted_flows' last answer, by ambassador id -> (its ip, its flow), and as a set
-        self._trusted: dict[str, tuple[str, TrustedFlow]] = {}
+        self._trusted: dict[str, tuple[str, TrustedFlow]] = {}   # ambassador id -> (its ip, its flow)
+        self._trusted_uses: Counter[TrustedFlow] = Counter()      # flow -> ambassadors needing it
         self._trusted_set: frozenset[TrustedFlow] = frozenset()
+        self._trusted_mark = -1   # the records' mark of the last look (Records.running_ambassadors_since)
 
     # the whole rule set -------------------------------------------------------------
     def mappings(self) -> list[PortMapping]:
@@ -148,20 +151,38 @@ class Firewall:
     def trusted_flows(self) -> frozenset[TrustedFlow]:
         """(ambassador ip, Consul ip, Consul port) for every running ambassador:
         the only connections a container may open to the host itself besides DNS.
-        The last answer patched for the ambassadors that came, went or moved: a
-        change costs a look-up per ambassador, not a flow made and hashed each."""
+        The last answer patched for the ambassadors the store says came, went or
+        changed since (Records.running_ambassadors_since): a change costs a look
+        at those, not at every ambassador. Flows are counted: two ambassadors on
+        two networks may share an address."""
         if self._consul is None:
             return frozenset()
         ip, port = self._consul
         with self.lock:
-            last, now = self._trusted, {}
-            for c in self._records.running_ambassadors():
-                hit = last.get(c.id)
-                now[c.id] = hit if hit is not None and hit[0] == c.ip else \
-                    (c.ip, TrustedFlow(ip_address(c.ip), ip, port))
-            gone = frozenset(v[1] for k, v in last.items() if now.get(k) is not v)
-            came = frozenset(v[1] for k, v in now.items() if last.get(k) is not v)
-            self._trusted = now
+            delta = self._records.running_ambassadors_since(self._trusted_mark)
+            self._trusted_mark = delta.mark
+            if delta.changed is None:
+                rows = {c.id: c for c in delta.rows}
+                ids = rows.keys() | self._trusted.keys()
+            else:
+                ids = delta.changed
+                rows = {c.id: c for c in delta.rows if c.id in ids}
+            came, gone = set(), set()
+            for cid in ids:
+                old, c = self._trusted.get(cid), rows.get(cid)
+                if old is not None and c is not None and old[0] == c.ip:
+                    continue
+                if old is not None:
+                    del self._trusted[cid]
+                    self._trusted_uses[old[1]] -= 1
+                    if not self._trusted_uses[old[1]]:
+                        del self._trusted_uses[old[1]]
+                        gone.add(old[1])
+                if c is not None:
+                    flow = TrustedFlow(ip_address(c.ip), ip, port)
+                    self._trusted[cid] = (c.ip, flow)
+                    self._trusted_uses[flow] += 1
+                    came.add(flow)
             if gone or came:
                 self._trusted_set = (self._trusted_set - gone) | came
             return self._trusted_set

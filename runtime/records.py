@@ -13,7 +13,8 @@ import re
 import sqlite3
 import time
 import weakref
-from dataclasses import asdict, dataclass, replace
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
 from ipaddress import ip_address
 
 from portlink.errors import Conflict, InvalidArgument, NotFound
@@ -119,39 +120,82 @@ def _document_fields(doc: str) -> dict:
 
 
 _HEX = re.compile(r"[0-9a-f]+")
-# Per store and query: (its version, the answer then by row, the answer), shared by
-# every Records over it (running_with_ip, running); running_ambassadors keeps
-# (its version, the answer).
-_KEPT: "weakref.WeakKeyDictionary[Store, dict[str, tuple]]" = \
-    weakref.WeakKeyDictionary()
-_WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
 
 
 @dataclass(frozen=True)
 class _Running:
-    """A query of running rows, in three forms: every column; only what tells a
-    row changed (its id and revision, state.REVISIONS, and the lease's address);
-    every column of some ids (`{}`: their placeholders)."""
+    """A query of running rows, in two forms: every row, and the rows of some ids
+    (`{}`: their placeholders). Both carry `row_order` (the rowid): with `created`
+    it orders the answer, as the full form's ORDER BY does."""
     full: str
-    keys: str
     some: str
-    key_columns: tuple[str, ...]
-
-    def key(self, row: sqlite3.Row) -> tuple:
-        return tuple(row[k] for k in self.key_columns)
 
 
 _RUNNING_WITH_IP = _Running(
-    full="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? ORDER BY c.created, c.rowid",
-    keys="SELECT c.id, c.rev, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
+    full="SELECT c.*, c.rowid AS row_order, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
          "WHERE c.status=? ORDER BY c.created, c.rowid",
-    some="SELECT c.*, l.ip FROM containers c JOIN leases l ON l.container_id = c.id WHERE c.status=? AND c.id IN ({})",
-    key_columns=("id", "rev", "ip"))
-_RUNNING = _Running(full="SELECT * FROM containers WHERE status=? ORDER BY created, rowid",
-                    keys="SELECT id, rev FROM containers WHERE status=? ORDER BY created, rowid",
-                    some="SELECT * FROM containers WHERE status=? AND id IN ({})", key_columns=("id", "rev"))
-_AMBASSADORS = "running ambassadors"   # its key among _KEPT's queries
-_FETCH_SOME = 200   # more rows new than this: one read of every row instead
+    some="SELECT c.*, c.rowid AS row_order, l.ip FROM containers c JOIN leases l ON l.container_id = c.id "
+         "WHERE c.status=? AND c.id IN ({})")
+_RUNNING = _Running(full="SELECT *, rowid AS row_order FROM containers WHERE status=? ORDER BY created, rowid",
+                    some="SELECT *, rowid AS row_order FROM containers WHERE status=? AND id IN ({})")
+_FETCH_SOME = 200     # more ids changed than this: one read of every row instead
+_CHANGES_KEPT = 4096  # entries of the store's change log kept for readers behind (state.CHANGES)
+_HISTORY = 64         # generations of changed ids a view keeps for since()
+
+
+@dataclass(frozen=True)
+class RunningDelta:
+    """An answer and what changed since the caller's last: `mark` is passed back
+    next time; `changed` holds the ids whose rows came, went or changed since
+    the mark given, or is None: treat every row as new."""
+    mark: int
+    rows: list[Container]
+    changed: frozenset[str] | None
+
+
+@dataclass
+class _View:
+    """The running rows of one query, kept between reads: patched from the change
+    log, so a change costs a read of the rows it touched, not of every row. Rows
+    not touched are handed on as the same Container objects (callers keep what
+    they derived from them by identity). `ambassadors` is the subset whose
+    process is an ambassador."""
+    version: int
+    seq: int
+    rows: list[Container]
+    ambassadors: list[Container]
+    order: dict[str, tuple[float, int]]
+    gen: int = 0
+    history: "deque[tuple[int, frozenset[str] | None]]" = field(default_factory=lambda: deque(maxlen=_HISTORY))
+
+    def since(self, mark: int) -> frozenset[str] | None:
+        if mark == self.gen:
+            return frozenset()
+        if mark > self.gen or not self.history or self.history[0][0] > mark + 1:
+            return None
+        out: set[str] = set()
+        for gen, ids in self.history:
+            if gen > mark:
+                if ids is None:
+                    return None
+                out |= ids
+        return frozenset(out)
+
+
+def _ordered(kept: list[Container], fresh: list[Container], order: dict[str, tuple[float, int]]) -> list[Container]:
+    """`kept` (in order) with `fresh` put in their places: appended when they all
+    come last, as a new container's row does."""
+    if not fresh:
+        return kept
+    fresh.sort(key=lambda c: order[c.id])
+    if kept and order[fresh[0].id] < order[kept[-1].id]:
+        return sorted(kept + fresh, key=lambda c: order[c.id])
+    return kept + fresh
+
+
+_WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
+# Per store, per query: its _View, shared by every Records over the store.
+_KEPT: "weakref.WeakKeyDictionary[Store, dict[str, _View]]" = weakref.WeakKeyDictionary()
 
 
 class Records:
@@ -198,53 +242,84 @@ class Records:
 
     def running_with_ip(self) -> list[Container]:
         """Running containers with an address: what DNS, hosts files and drift see."""
-        return self._kept_running(_RUNNING_WITH_IP)
+        return self._view(_RUNNING_WITH_IP).rows
+
+    def running_with_ip_since(self, mark: int) -> RunningDelta:
+        """running_with_ip, and the ids changed since `mark` (-1: none known)."""
+        return self._view(_RUNNING_WITH_IP, mark)
 
     def running_ambassadors(self) -> list[Container]:
-        """Asked by the flows, the kernel path and the forwarder on each change: the
-        filtered list is kept for the store's version too (2,000 rows looked at once)."""
-        version = self.store.version()
-        per_store = _KEPT.setdefault(self.store, {})
-        kept = per_store.get(_AMBASSADORS)
-        if version is not None and kept is not None and kept[0] == version:
-            return list(kept[1])
-        out = [c for c in self.running_with_ip() if c.is_ambassador]
-        if version is not None and self.store.version() == version:
-            per_store[_AMBASSADORS] = (version, tuple(out))
-        return out
+        """Those of running_with_ip that are ambassadors: asked by the flows, the
+        kernel path and the forwarder on each change."""
+        return self._view(_RUNNING_WITH_IP, ambassadors=True).rows
+
+    def running_ambassadors_since(self, mark: int) -> RunningDelta:
+        """running_ambassadors, and the ids changed since `mark`: a superset (any
+        running row's change is named, ambassador or not)."""
+        return self._view(_RUNNING_WITH_IP, mark, ambassadors=True)
 
     def running(self) -> list[Container]:
         """Every running container (the health monitor asks five times a second)."""
-        return self._kept_running(_RUNNING)
+        return self._view(_RUNNING).rows
 
-    def _kept_running(self, q: _Running) -> list[Container]:
-        """The running containers by `q`. One change asks several times (flows,
-        names, the kernel path) and the health monitor every tick, with nothing
-        written between: the answer is kept for the store's version."""
-        version = self.store.version()
-        per_store = _KEPT.setdefault(self.store, {})
-        kept = per_store.get(q.full)
-        if version is not None and kept is not None and kept[0] == version:
-            return list(kept[2])
-        # A row whose (id, rev, address) the last answer had is that Container again:
-        # a change reads the small keys of every running row and the documents of
-        # the rows it touched only.
-        before = kept[1] if kept is not None else {}
+    def _view(self, q: _Running, mark: int = -1, ambassadors: bool = False) -> RunningDelta:
+        """The running rows by `q`, brought up to the store: with nothing written
+        since the last read, the kept answer; else patched with the rows of the
+        ids the change log names. Inside a transaction (a rollback would take the
+        log back) every row is read and nothing is kept."""
+        pick = (lambda v: v.ambassadors) if ambassadors else (lambda v: v.rows)
         with self.store.reading():
-            keys = self.store.tuples(q.keys, RUNNING)
-            new = [k[0] for k in keys if k not in before]
-            if len(new) > _FETCH_SOME:
-                rows = self.store.query(q.full, RUNNING)
-            elif new:
-                rows = self.store.query(q.some.format(",".join("?" * len(new))), RUNNING, *new)
-            else:
-                rows = []
-        fetched = {q.key(r): Container.from_row(r) for r in rows}
-        built = {k: before.get(k) or fetched[k] for k in keys}
-        out = list(built.values())
-        if version is not None and self.store.version() == version:   # nothing written meanwhile
-            per_store[q.full] = (version, built, tuple(out))
-        return out
+            version = self.store.version()
+            if version is None:
+                rows = [Container.from_row(r) for r in self.store.query(q.full, RUNNING)]
+                return RunningDelta(-1, [c for c in rows if c.is_ambassador] if ambassadors else rows, None)
+            per_store = _KEPT.setdefault(self.store, {})
+            view = per_store.get(q.full)
+            if view is None or view.version != version:
+                view = self._refresh(q, view, version)
+                per_store[q.full] = view
+            return RunningDelta(view.gen, list(pick(view)), view.since(mark))
+
+    def _refresh(self, q: _Running, view: _View | None, version: int) -> _View:
+        """`view` brought up to the store (under its lock): patched, or read whole
+        when there is none, the log was trimmed past it, or too much changed."""
+        seq, first, ids = self.store.changes_since(view.seq if view is not None else 0)
+        if view is not None and not ids:
+            view.version = version
+            view.seq = seq
+            return view
+        if view is None or (first is not None and first > view.seq + 1) or len(ids) > _FETCH_SOME:
+            rows = self.store.query(q.full, RUNNING)
+            order = {r["id"]: (r["created"], r["row_order"]) for r in rows}
+            built = [Container.from_row(r) for r in rows]
+            if view is not None:   # an unchanged row is still handed on as the same object
+                old = {(c.id, c.ip): c for c in view.rows}
+                built = [c if old.get((c.id, c.ip)) != c else old[c.id, c.ip] for c in built]
+            new = _View(version, seq, built, [c for c in built if c.is_ambassador], order,
+                        gen=view.gen + 1 if view is not None else 0)
+            if view is not None:
+                new.history.extend(view.history)
+            new.history.append((new.gen, None))
+        else:
+            changed = frozenset(ids)
+            rows = self.store.query(q.some.format(",".join("?" * len(ids))), RUNNING, *ids)
+            order = view.order
+            for cid in changed:
+                order.pop(cid, None)
+            fresh = []
+            for r in rows:
+                order[r["id"]] = (r["created"], r["row_order"])
+                fresh.append(Container.from_row(r))
+            keep = [c for c in view.rows if c.id not in changed]
+            amb_keep = [c for c in view.ambassadors if c.id not in changed]
+            new = _View(version, seq, _ordered(keep, list(fresh), order),
+                        _ordered(amb_keep, [c for c in fresh if c.is_ambassador], order), order,
+                        gen=view.gen + 1, history=view.history)
+            new.history.append((new.gen, changed))
+        if seq - (first or seq) > 2 * _CHANGES_KEPT:
+            self.store.trim_changes(_CHANGES_KEPT)
+            new.version = self.store.version()
+        return new
 
     def is_running(self, cid: str, pid: int | None = None) -> bool:
         sql, args = "SELECT 1 FROM containers WHERE id=? AND status=?", [cid, RUNNING]

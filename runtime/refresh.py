@@ -73,7 +73,8 @@ class Refresher:
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
         self._hosts_stamps: dict[str, tuple] = {}   # id -> its hosts file's stamp when it last held our text
         self._hosts_watch = FileWatch()              # which of those files moved since (inotify)
-        self._seen: dict[str, tuple] = {}    # id -> (Container, image env, Seen) of the last seen()
+        self._seen: dict[tuple, Seen] = {}   # (id, ip) -> its Seen in the last seen()
+        self._seen_mark = -1                  # the records' mark then (Records.running_with_ip_since)
 
     def subscribe(self, fn: Callable[[], None]) -> None:
         """`fn` is called after every change (the registrar's poke)."""
@@ -86,19 +87,25 @@ class Refresher:
             fn()
 
     def seen(self) -> list[Seen]:
-        """Every running container with an address, as name resolution sees it."""
+        """Every running container with an address, as name resolution sees it.
+        The last answer patched for the containers the store says changed since
+        (Records.running_with_ip_since): a running container's view is made once,
+        from its record and its image's env then, as Docker fixes a container's
+        env at its creation."""
+        delta = self.records.running_with_ip_since(self._seen_mark)
+        self._seen_mark = delta.mark
         envs: dict[str, list[str]] = {}   # one image read per image, not per container (500 → 1)
-        out, kept = [], {}
-        for c in self.records.running_with_ip():
-            env = self._image_env(c.spec.image, envs)
-            # The records hand an unchanged row's Container on as the same object:
-            # its Seen is the one made last time (same record, same image env).
-            last = self._seen.get(c.id)
-            s = last[2] if last is not None and last[0] is c and last[1] == env else seen_of(c, env, c.ip)
-            kept[c.id] = (c, env, s)
-            out.append(s)
-        self._seen = kept
-        return out
+        if delta.changed is None:
+            kept = self._seen = {}
+            made = delta.rows
+        else:
+            kept, changed = self._seen, delta.changed
+            for key in [k for k in kept if k[0] in changed]:
+                del kept[key]
+            made = [c for c in delta.rows if c.id in changed]
+        for c in made:
+            kept[c.id, c.ip] = seen_of(c, self._image_env(c.spec.image, envs), c.ip)
+        return [kept[c.id, c.ip] for c in delta.rows]
 
     def seen_named(self, names: Iterable[str]) -> dict[str, Seen]:
         """Those of seen() named in `names`, by name: what a start needs of its links,

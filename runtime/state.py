@@ -22,8 +22,7 @@ CREATE TABLE IF NOT EXISTS networks(
   created REAL NOT NULL, cursor TEXT);
 CREATE TABLE IF NOT EXISTS containers(
   id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
-  pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, finished REAL,
-  rev INTEGER NOT NULL DEFAULT 0);
+  pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, finished REAL);
 CREATE TABLE IF NOT EXISTS leases(
   network_id TEXT NOT NULL, ip TEXT NOT NULL, container_id TEXT NOT NULL,
   PRIMARY KEY(network_id, ip));
@@ -40,19 +39,38 @@ CREATE TABLE IF NOT EXISTS volumes(
   name TEXT PRIMARY KEY, created REAL NOT NULL, anonymous INTEGER NOT NULL, creator TEXT,
   labels TEXT NOT NULL);
 """
-# A container row's revision grows with every update of it, whoever writes it: a
-# reader that keeps rows (records.Records._kept_running) asks for the (id, rev)
-# pairs and fetches only the rows whose pair it has not seen (issue 18: reading
-# every running row's document after each change grew with the containers there).
-REVISIONS = """
-CREATE TRIGGER IF NOT EXISTS containers_rev AFTER UPDATE ON containers FOR EACH ROW
-WHEN NEW.rev = OLD.rev
-BEGIN UPDATE containers SET rev = OLD.rev + 1 WHERE id = NEW.id; END;
+# Every write of a container's row or of one of its leases, whoever makes it,
+# appends the container's id to a log (triggers): a reader that keeps rows
+# (records.Records) reads the ids logged since its last read and fetches only
+# those rows (issue 18: reading every running row after each change grew with
+# the containers there). The log is trimmed from its old end (trim_changes); a
+# reader that finds it trimmed past its place reads everything again.
+CHANGES = """
+CREATE TABLE IF NOT EXISTS container_changes(seq INTEGER PRIMARY KEY, id TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS containers_logged_insert AFTER INSERT ON containers
+BEGIN INSERT INTO container_changes(id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS containers_logged_update AFTER UPDATE ON containers
+BEGIN INSERT INTO container_changes(id) VALUES (NEW.id);
+      INSERT INTO container_changes(id) SELECT OLD.id WHERE OLD.id != NEW.id; END;
+CREATE TRIGGER IF NOT EXISTS containers_logged_delete AFTER DELETE ON containers
+BEGIN INSERT INTO container_changes(id) VALUES (OLD.id); END;
+CREATE TRIGGER IF NOT EXISTS leases_logged_insert AFTER INSERT ON leases
+BEGIN INSERT INTO container_changes(id) VALUES (NEW.container_id); END;
+CREATE TRIGGER IF NOT EXISTS leases_logged_update AFTER UPDATE ON leases
+BEGIN INSERT INTO container_changes(id) VALUES (NEW.container_id);
+      INSERT INTO container_changes(id) SELECT OLD.container_id WHERE OLD.container_id != NEW.container_id; END;
+CREATE TRIGGER IF NOT EXISTS leases_logged_delete AFTER DELETE ON leases
+BEGIN INSERT INTO container_changes(id) VALUES (OLD.container_id); END;
 """
-# Covering indexes for those keys: without them each read walked every row's
-# document to reach `status` and `rev` (6 ms at 2,000 rows, several times a change).
-KEY_INDEXES = """
-CREATE INDEX IF NOT EXISTS containers_keys ON containers(status, created, id, rev);
+# Before the log, rows carried a revision bumped by a trigger, read for every
+# running row at each change: a state dir from then loses the trigger and its
+# index (the column stays, unread).
+BEFORE_CHANGES = """
+DROP TRIGGER IF EXISTS containers_rev;
+DROP INDEX IF EXISTS containers_keys;
+"""
+INDEXES = """
+CREATE INDEX IF NOT EXISTS containers_by_status ON containers(status, created);
 CREATE INDEX IF NOT EXISTS leases_by_container ON leases(container_id, ip);
 """
 
@@ -72,10 +90,7 @@ class Store:
         # record, a forgotten step: its undo is redone; see runtime/journal.py).
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(containers)")}
-        if "rev" not in columns:   # a state dir from before revisions
-            self._db.execute("ALTER TABLE containers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
-        self._db.executescript(REVISIONS + KEY_INDEXES)
+        self._db.executescript(BEFORE_CHANGES + CHANGES + INDEXES)
         self._lock = threading.RLock()
 
     @contextmanager
@@ -122,6 +137,24 @@ class Store:
         not take the count back."""
         with self._lock:
             return None if self._db.in_transaction else self._db.total_changes
+
+    def changes_since(self, seq: int) -> tuple[int, int | None, list[str]]:
+        """The change log (CHANGES) after `seq`: (its last seq, its first, the
+        distinct ids logged). A first seq above `seq` + 1 means entries a reader
+        at `seq` needed were trimmed."""
+        with self._lock:
+            first, last = self._db.execute("SELECT MIN(seq), MAX(seq) FROM container_changes").fetchone()
+            if last is None or last <= seq:
+                return seq if last is None else last, first, []
+            ids = [r[0] for r in self._db.execute("SELECT DISTINCT id FROM container_changes WHERE seq > ?", (seq,))]
+            return last, first, ids
+
+    def trim_changes(self, keep: int) -> None:
+        """Drop all but the newest `keep` entries of the change log (never the
+        newest one: seq keeps growing from it)."""
+        with self.tx(synced=False) as db:
+            db.execute("DELETE FROM container_changes WHERE seq <= (SELECT MAX(seq) FROM container_changes) - ?",
+                       (max(keep, 1),))
 
     def one(self, sql: str, *args: Any) -> sqlite3.Row | None:
         rows = self.query(sql, *args)

@@ -112,7 +112,7 @@ def test_running_with_ip_is_kept_until_the_store_writes(records):
     first.clear()   # a caller's list is its own
     again = Records(store).running_with_ip()   # another Records over the same store shares it
     assert [(c.name, c.ip) for c in again] == [("one", "10.0.0.2")]
-    assert recmod._KEPT[store][recmod._RUNNING_WITH_IP.full][0] == store.version()
+    assert recmod._KEPT[store][recmod._RUNNING_WITH_IP.full].version == store.version()
     store.execute("UPDATE leases SET ip='10.0.0.3' WHERE container_id=?", DEAD)
     assert [c.ip for c in records.running_with_ip()] == ["10.0.0.3"]
     store.record("port", "x", DEAD)   # any row written counts, even one no query here reads
@@ -141,18 +141,16 @@ def test_a_row_unchanged_since_the_last_read_is_not_built_again(records):
     assert one2 is one and two2 is not two and two2.restart_count == 1 and two.restart_count == 0
 
 
-def test_a_change_reads_the_documents_of_the_rows_it_touched_only(records):
-    """Every running row's (id, rev, address), and the full row of only those whose
-    revision moved: any UPDATE of a row moves it (a trigger), whoever wrote it."""
+def test_a_change_reads_the_rows_it_touched_only(records):
+    """The ids the change log names since the last read, and the full rows of
+    those only: any write of a row or of its lease is logged (triggers), whoever
+    wrote it."""
     store = records.store
     for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
         store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
         records.set_running(records.get(cid), 4242)
     records.running_with_ip()
-    revs = {r["id"]: r["rev"] for r in store.query("SELECT id, rev FROM containers")}
-    store.execute("UPDATE containers SET exit_code=7 WHERE id=?", BEEF, synced=False)   # no rev named
-    assert store.one("SELECT rev FROM containers WHERE id=?", BEEF)["rev"] == revs[BEEF] + 1
-    assert store.one("SELECT rev FROM containers WHERE id=?", DEAD)["rev"] == revs[DEAD]
+    store.execute("UPDATE containers SET exit_code=7 WHERE id=?", BEEF, synced=False)   # written by hand
     asked: list[str] = []
     store._db.set_trace_callback(asked.append)
     try:
@@ -162,40 +160,104 @@ def test_a_change_reads_the_documents_of_the_rows_it_touched_only(records):
     assert (one.id, two.id, two.exit_code) == (DEAD, BEEF, 7)
     documents = [q for q in asked if q.startswith("SELECT c.*")]
     assert len(documents) == 1 and BEEF in documents[0] and DEAD not in documents[0], asked
-    store.execute("UPDATE leases SET ip='10.0.0.9' WHERE container_id=?", DEAD)   # the address is in the key
+    assert not any("ORDER BY" in q for q in asked), asked   # no read of every running row
+    store.execute("UPDATE leases SET ip='10.0.0.9' WHERE container_id=?", DEAD)   # a lease's write names its container
     assert [c.ip for c in records.running_with_ip()] == ["10.0.0.9", "10.0.0.3"]
+    store.execute("DELETE FROM leases WHERE container_id=?", BEEF)
+    assert [c.name for c in records.running_with_ip()] == ["one"]
+    store.execute("DELETE FROM containers WHERE id=?", DEAD)
+    assert records.running_with_ip() == []
 
 
-def test_the_keys_of_running_rows_are_read_from_indexes_alone(records):
-    """The keys a change reads of every running row come from covering indexes,
-    not from walking each row's document (its status and rev lie past it)."""
-    from portlink.runtime.records import _RUNNING, _RUNNING_WITH_IP
-    for q in (_RUNNING, _RUNNING_WITH_IP):
-        plan = [r["detail"] for r in records.store.query("EXPLAIN QUERY PLAN " + q.keys, RUNNING)]
-        reads = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]   # not the sort's steps
-        assert reads and all("USING COVERING INDEX" in step for step in reads), plan
-        assert records.store.tuples(q.keys, RUNNING) == []
+def test_rows_keep_their_order_when_patched(records):
+    """Patched or read whole, the answer is in the order of (created, rowid): a
+    restarted older container goes back to its place, not to the end."""
+    store = records.store
+    for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
+        store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
+        records.set_running(records.get(cid), 4242)
+    records.set_exited(DEAD, 0)
+    assert [c.name for c in records.running()] == ["two"]
+    records.insert(Container(id="ab" * 32, name="three", spec=ContainerSpec(image="busybox", name="three"),
+                             exposed=(), status="creating", created=0.5), [])
+    records.set_running(records.get(DEAD), 4343)
+    records.set_running(records.get("ab" * 32), 4444)
+    assert [c.name for c in records.running()] == ["three", "one", "two"]
+    full = [dict(r) for r in store.query("SELECT name FROM containers WHERE status=? ORDER BY created, rowid", RUNNING)]
+    assert [r["name"] for r in full] == ["three", "one", "two"]
 
 
-def test_a_store_from_before_revisions_gets_them(tmp_path):
+def test_a_reader_behind_a_trimmed_log_reads_every_row(records, monkeypatch):
+    from portlink.runtime import records as recmod
+    store = records.store
+    monkeypatch.setattr(recmod, "_CHANGES_KEPT", 2)
+    records.set_running(records.get(DEAD), 4242)
+    assert [c.name for c in records.running()] == ["one"]
+    one = records.running()[0]
+    for i in range(6):   # more than 2 * 2 entries: the next read trims the log to 2
+        store.record("port", f"p{i}", DEAD)
+        records.set_restart_state(BEEF, restart_count=i)
+    records.running()
+    assert store.one("SELECT COUNT(*) AS n FROM container_changes")["n"] == 2
+    records.set_running(records.get(BEEF), 4343)
+    # A second view (another query) whose place in the log was trimmed away.
+    store.execute("INSERT INTO leases VALUES ('n', '10.0.0.2', ?)", DEAD)
+    delta = records.running_with_ip_since(-1)
+    assert [c.name for c in delta.rows] == ["one"] and delta.changed is None
+    mark = delta.mark
+    records.set_exited(DEAD, 0)
+    later = records.running_with_ip_since(mark)
+    assert later.rows == [] and later.changed == frozenset({DEAD})
+    names = [c.name for c in records.running()]
+    assert names == ["two"] and one.name == "one"
+
+
+def test_a_delta_names_what_changed_since_the_callers_mark(records):
+    store = records.store
+    for cid, ip in ((DEAD, "10.0.0.2"), (BEEF, "10.0.0.3")):
+        store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
+    records.set_running(records.get(DEAD), 4242)
+    first = records.running_with_ip_since(-1)
+    assert first.changed is None and [c.name for c in first.rows] == ["one"]
+    assert records.running_with_ip_since(first.mark).changed == frozenset()
+    records.set_running(records.get(BEEF), 4343)
+    store.record("port", "x", DEAD)   # a write that names no container
+    second = records.running_with_ip_since(first.mark)
+    assert second.changed == frozenset({BEEF}) and [c.name for c in second.rows] == ["one", "two"]
+    records.set_restart_state(DEAD, restart_count=2)
+    third = records.running_with_ip_since(second.mark)
+    assert third.changed == frozenset({DEAD})
+    assert records.running_with_ip_since(first.mark).changed == frozenset({DEAD, BEEF})   # two steps at once
+    assert records.running_with_ip_since(third.mark + 5).changed is None   # not a mark this view gave
+    with pytest.raises(RuntimeError):
+        with store.tx():
+            assert records.running_with_ip_since(third.mark).changed is None   # in a transaction: all of it
+            raise RuntimeError("rolled back")
+
+
+def test_a_store_from_before_the_change_log_gets_it(tmp_path):
     import sqlite3
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE containers(id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL, "
-               "status TEXT NOT NULL, pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL, "
-               "finished REAL)")
-    db.execute("INSERT INTO containers(id, name, spec, status, created) VALUES ('a', 'x', '{}', 'created', 1)")
+    db.executescript("""
+        CREATE TABLE containers(id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL,
+          status TEXT NOT NULL, pid INTEGER, exit_code INTEGER, created REAL NOT NULL, started REAL,
+          finished REAL, rev INTEGER NOT NULL DEFAULT 0);
+        CREATE TRIGGER containers_rev AFTER UPDATE ON containers FOR EACH ROW WHEN NEW.rev = OLD.rev
+        BEGIN UPDATE containers SET rev = OLD.rev + 1 WHERE id = NEW.id; END;
+        CREATE INDEX containers_keys ON containers(status, created, id, rev);
+        INSERT INTO containers(id, name, spec, status, created) VALUES ('a', 'x', '{}', 'created', 1);""")
     db.commit()
     db.close()
     store = Store(path)
-    assert store.one("SELECT rev FROM containers WHERE id='a'")["rev"] == 0
     store.execute("UPDATE containers SET status='running' WHERE id='a'")
-    assert store.one("SELECT rev FROM containers WHERE id='a'")["rev"] == 1
+    assert store.one("SELECT rev FROM containers WHERE id='a'")["rev"] == 0   # no longer bumped
+    assert store.changes_since(0)[2] == ["a"]
     store.close()
-    again = Store(path)
-    assert again.one("SELECT rev FROM containers WHERE id='a'")["rev"] == 1   # opened again: no second column
-    indexes = {r["name"] for r in again.query("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"containers_keys", "leases_by_container"} <= indexes
+    again = Store(path)   # opened again: nothing made twice
+    names = {r["name"] for r in again.query("SELECT name FROM sqlite_master WHERE type IN ('index', 'trigger')")}
+    assert {"containers_by_status", "leases_by_container", "containers_logged_update"} <= names
+    assert not {"containers_rev", "containers_keys"} & names
 
 
 def test_running_is_kept_until_the_store_writes(records):
@@ -220,7 +282,8 @@ def test_running_ambassadors_are_kept_until_the_store_writes(records):
         store.execute("INSERT INTO leases VALUES ('n', ?, ?)", ip, cid)
         records.set_running(records.get(cid), 4242)
     assert records.running_ambassadors() == []
-    assert recmod._KEPT[store][recmod._AMBASSADORS] == (store.version(), ())
+    view = recmod._KEPT[store][recmod._RUNNING_WITH_IP.full]
+    assert (view.version, view.ambassadors) == (store.version(), [])
     amb = records.get(BEEF)
     amb.spec.ambassador = {"service": "db"}
     store.execute("UPDATE containers SET spec=? WHERE id=?", amb.document(), BEEF)   # a write: asked again

@@ -1,6 +1,8 @@
 """Refresher.seen over a real Store: a container whose record did not change
 since the last call keeps its Seen (issue 18: every change rebuilt one per
-running container), and any change to the record or its image's env is seen."""
+running container, and then looked at each one), and any change to the record
+or its lease is seen; its image's env is taken when its record changes, as
+Docker fixes a container's env when it is made."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def test_seen_is_kept_for_unchanged_records_and_rebuilt_for_changed_ones(tmp_pat
     store = Store(tmp_path / "state.db")
     records, images = Records(store), Images()
     r = Refresher.__new__(Refresher)    # seen() alone: records, images and its memory
-    r.records, r.images, r._seen = records, images, {}
+    r.records, r.images, r._seen, r._seen_mark = records, images, {}, -1
     for i, (name, image) in enumerate((("a", "busybox"), ("b", "gone"))):
         cid = f"{i}" * 64
         records.insert(Container(id=cid, name=name, spec=ContainerSpec(image=image, name=name, links=["x:y"]),
@@ -45,11 +47,16 @@ def test_seen_is_kept_for_unchanged_records_and_rebuilt_for_changed_ones(tmp_pat
     store.execute("UPDATE leases SET ip='10.0.0.9' WHERE container_id=?", "1" * 64)   # b moved
     a3, b3 = r.seen()
     assert a3 is a and b3 is not b and b3.ip == "10.0.0.9"
-    images.env["busybox"] = ["PATH=/bin", "X=1"]     # the image's env changed under a
+    images.env["busybox"] = ["PATH=/bin", "X=1"]     # the image's env changed under a running a
     a4, b4 = r.seen()
-    assert a4 is not a and a4.env == ("PATH=/bin", "X=1") and b4 is b3
+    assert a4 is a and a4.env == ("PATH=/bin",) and b4 is b3
+    records.set_restart_state("0" * 64, restart_count=1)   # a's record changed: made again, with it
+    a5, b5 = r.seen()
+    assert a5 is not a and a5.env == ("PATH=/bin", "X=1") and b5 is b3
     records.set_exited("0" * 64, 0)
-    assert [s.name for s in r.seen()] == ["b"] and set(r._seen) == {"1" * 64}
+    assert [s.name for s in r.seen()] == ["b"] and set(r._seen) == {("1" * 64, "10.0.0.9")}
+    r._seen_mark = 10 ** 6   # a mark the records never gave: everything made again
+    assert [s.name for s in r.seen()] == ["b"] and r.seen()[0] is not b3
     store.close()
 
 
@@ -58,7 +65,7 @@ def test_seen_named_is_seen_for_those_names(tmp_path):
     store = Store(tmp_path / "state.db")
     records, images = Records(store), Images()
     r = Refresher.__new__(Refresher)
-    r.records, r.images, r._seen = records, images, {}
+    r.records, r.images, r._seen, r._seen_mark = records, images, {}, -1
     for i, name in enumerate(("a", "b", "c", "d")):
         cid = f"{i}" * 64
         records.insert(Container(id=cid, name=name, spec=ContainerSpec(image="busybox", name=name, env=["K=v"]),

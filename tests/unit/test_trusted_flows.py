@@ -58,3 +58,23 @@ def test_no_consul_no_trusted_flows(tmp_path):
     store = Store(tmp_path / "state.db")
     assert Firewall(NoDriver(), None, store, None).trusted_flows() == frozenset()
     store.close()
+
+
+def test_a_flow_two_ambassadors_share_stays_while_either_runs(tmp_path):
+    # Two networks may lease the same address: one flow, needed until both are gone.
+    store = Store(tmp_path / "state.db")
+    records = Records(store)
+    fw = Firewall(NoDriver(), None, store, CONSUL)
+    for i, net in enumerate(("n", "m")):
+        cid = f"{i}" * 64
+        spec = ContainerSpec(image="busybox", name=f"a{i}", ambassador={"service": "s"})
+        records.insert(Container(id=cid, name=f"a{i}", spec=spec, exposed=(), status="creating", created=float(i)), [])
+        store.execute("INSERT INTO leases VALUES (?, '10.96.0.2', ?)", net, cid)
+        records.set_running(records.get(cid), 100 + i)
+    flow = TrustedFlow(ip_address("10.96.0.2"), *CONSUL)
+    assert fw.trusted_flows() == {flow}
+    records.set_exited("0" * 64, 0)
+    assert fw.trusted_flows() == {flow}
+    records.set_exited("1" * 64, 0)
+    assert fw.trusted_flows() == frozenset()
+    store.close()
