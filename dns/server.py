@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import socket
 import threading
@@ -157,6 +158,12 @@ class DnsServer:
         self.latency = {"local": Histogram(), "forward": Histogram()}
         self._listeners: dict[str, tuple[_UdpListener, asyncio.AbstractServer]] = {}
         self._turns: dict[tuple[str, str], list[int]] = {}
+        # Swaps come from any thread: the lock keeps one from coming between the
+        # slow path's check that its answer is of the current snapshot and its
+        # entry in the table (a stale answer kept would outlive the swap).
+        self._swap_lock = threading.Lock()
+        self._offers = itertools.count()   # order of the snapshots given
+        self._swapped = -1                 # the order of the one in place
         self._forwards = 0
         self._tcp_clients = 0
         self._tcp_by_client: dict[str, int] = {}
@@ -180,20 +187,27 @@ class DnsServer:
         self.loop = None
 
     def update(self, snapshot: Snapshot) -> None:
-        """Swap in a new snapshot; queries after this return see only it."""
-        self._call(self._install(snapshot))
+        """Swap in a new snapshot, in the caller's thread; queries after this
+        return see only it. (It was handed to the resolver's thread and waited
+        for: two thread switches, each waiting for the GIL, 20+ ms per change on
+        a busy daemon.)"""
+        self._swap(snapshot, next(self._offers))
 
     def offer(self, snapshot: Snapshot) -> None:
-        """Swap in a new snapshot without waiting for the resolver's thread (callers on
-        an event loop of their own). Swaps run in the order they were offered or
-        updated, so the latest one stays."""
-        self.loop.call_soon_threadsafe(self._swap, snapshot)
+        """Swap in a new snapshot soon, from the resolver's thread (callers on an
+        event loop of their own, which must not wait). Of the snapshots offered
+        or updated, the latest given stays, whichever swap runs last."""
+        self.loop.call_soon_threadsafe(self._swap, snapshot, next(self._offers))
 
-    def _swap(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self.packed.clear()
-        self._packed_bytes = 0
-        self._turns.clear()
+    def _swap(self, snapshot: Snapshot, seq: int) -> None:
+        with self._swap_lock:
+            if seq < self._swapped:
+                return
+            self._swapped = seq
+            self.snapshot = snapshot
+            self.packed.clear()
+            self._packed_bytes = 0
+            self._turns.clear()
 
     def listen(self, addresses: Iterable[str]) -> list[str]:
         """Serve exactly these addresses (port cfg.port); returns bind errors."""
@@ -206,9 +220,6 @@ class DnsServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     # In the loop's thread ---------------------------------------------------------
-    async def _install(self, snapshot: Snapshot) -> None:
-        self._swap(snapshot)
-
     async def _set_listeners(self, wanted: set[str]) -> list[str]:
         errors = []
         for addr in sorted(set(self._listeners) - wanted):
@@ -308,18 +319,20 @@ class DnsServer:
         if addr[0] not in snap.views:   # REFUSED, or FORMERR/NOTIMP/BADVERS decided before the view
             sock.sendto(result.record.pack(), addr)
             return   # never kept: a flood from strangers must not fill the table
-        if len(self.packed) >= MAX_PACKED or self._packed_bytes >= MAX_PACKED_BYTES:
-            self.packed.clear()
-            self._packed_bytes = 0
         body = _fit(result.record, req, limit)[2:]
-        self._packed_bytes += len(data) + len(body) * result.variants
-        if result.variants == 1:
-            self.packed[(addr[0], data[2:])] = body
-        else:
-            turn = self._turns.setdefault((addr[0], str(req.q.qname).lower()), [-1])
-            rotor = self.packed[(addr[0], data[2:])] = _Rotor(
-                body, result.variants, functools.partial(_order, data, addr[0], snap, limit), turn)
-            body = rotor.next()
+        with self._swap_lock:
+            if self.snapshot is snap:   # not swapped out meanwhile: the answer may be kept
+                if len(self.packed) >= MAX_PACKED or self._packed_bytes >= MAX_PACKED_BYTES:
+                    self.packed.clear()
+                    self._packed_bytes = 0
+                self._packed_bytes += len(data) + len(body) * result.variants
+                if result.variants == 1:
+                    self.packed[(addr[0], data[2:])] = body
+                else:
+                    turn = self._turns.setdefault((addr[0], str(req.q.qname).lower()), [-1])
+                    rotor = self.packed[(addr[0], data[2:])] = _Rotor(
+                        body, result.variants, functools.partial(_order, data, addr[0], snap, limit), turn)
+                    body = rotor.next()
         sock.sendto(data[:2] + body, addr)
 
     def _start_forward(self, req: DNSRecord, fwd: Forward, send, t0: float) -> None:

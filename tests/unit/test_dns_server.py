@@ -145,6 +145,43 @@ def test_update_changes_the_answer_at_once(server):
     assert addresses(udp(server, q)) == ["10.1.0.5"]
 
 
+def test_the_latest_snapshot_given_stays_whichever_swap_runs_last(server):
+    # An offer waits for the resolver's thread; an update swaps at once in the
+    # caller's. An older offer that runs after a newer update is dropped.
+    hold = threading.Event()
+    server.loop.call_soon_threadsafe(hold.wait, WAIT)   # the resolver's thread busy
+    server.offer(snapshot(web="10.1.0.7"))              # queued behind it
+    newer = snapshot(web="10.1.0.8")
+    server.update(newer)                                # in place at once, on this thread
+    assert server.snapshot is newer
+    hold.set()
+    ran = threading.Event()
+    server.loop.call_soon_threadsafe(ran.set)           # after the queued offer
+    assert ran.wait(WAIT) and server.snapshot is newer
+    assert addresses(udp(server, query("web"))) == ["10.1.0.8"]
+
+
+def test_an_answer_of_a_swapped_out_snapshot_is_sent_not_kept(server):
+    # The slow path answered from the snapshot it read; a swap between that read
+    # and the answer's entry in the table must leave no entry of the old one.
+    real = server.snapshot
+    swap_during = snapshot(web="10.1.0.9")
+
+    class Swapping:
+        """The old snapshot, swapped out the moment the answer is being made."""
+        def __getattr__(self, name):
+            if name == "views":
+                server.update(swap_during)
+            return getattr(real, name)
+
+    server.snapshot = Swapping()
+    server._swapped = -1
+    first = udp(server, query("web"))
+    assert addresses(first) == ["10.1.0.2"]       # answered from what it read
+    assert server.snapshot is swap_during and not server.packed
+    assert addresses(udp(server, query("web"))) == ["10.1.0.9"]
+
+
 def test_big_answer_truncated_over_udp_complete_over_tcp_or_edns(server):
     r = udp(server, query("big"))
     assert r.flags & dns.flags.TC and not r.answer
