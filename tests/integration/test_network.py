@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from helpers import wait_for
@@ -145,3 +147,23 @@ def test_network_create_ls_inspect_rm(host):
     assert n["bridge"] not in host.ns.run("ip", "-br", "link").stdout
     r = host.cli("network", "rm", "bridge")
     assert r.returncode != 0 and "default" in r.stderr
+
+
+def test_no_ipv6_address_on_either_end_of_a_containers_veth(host):
+    # No link-local address: no DAD, router solicitation or MLD report that the
+    # bridge would flood to every port; the bridge itself takes no IPv6.
+    run_d(host, "--name", "v6", "busybox", "sleep", "600")
+    netns = host.client.get("/containers/v6")["network"]["netns"]
+    inside = subprocess.run(["nsenter", f"--net={netns}", "ip", "-d", "-6", "-o", "addr", "show", "dev", "eth0"],
+                            capture_output=True, text=True, check=True)
+    assert inside.stdout == ""
+    mode = subprocess.run(["nsenter", f"--net={netns}", "ip", "-d", "link", "show", "eth0"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "addrgenmode none" in mode, mode
+    host_end = [l for l in host.ns.run("ip", "-d", "-o", "link", "show").stdout.splitlines() if ": plv" in l]
+    assert host_end and all("addrgenmode none" in l for l in host_end), host_end
+    assert "inet6" not in host.ns.run("ip", "-6", "-o", "addr", "show").stdout.replace("inet6 ::1", "")
+    bridge = [l for l in host.ns.run("ip", "-o", "link", "show", "type", "bridge").stdout.splitlines() if ": plb" in l]
+    assert bridge
+    name = bridge[0].split(": ")[1].split("@")[0]
+    assert host.ns.run("cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").stdout.strip() == "1"
