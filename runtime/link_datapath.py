@@ -113,7 +113,9 @@ class KernelLinks:
         self.since = since
         self.catalog, self.events, self.dnat, self.timer = catalog, events, dnat, timer
         self._applied: dict[str, Applied] = {}     # ambassador id -> what its namespace has
-        self._cleared: set[tuple[str, int]] = set()   # proxy mode: (id, pid) checked for a leftover table
+        self._cleared: dict[str, int] = {}   # proxy mode: id -> the pid whose namespace was checked for a leftover table
+        self._failed: set[str] = set()       # ids whose last pass failed: tried again at the next
+        self._mark = -1                      # the records' mark of the last pass
         self._lock = threading.Lock()
         # Until the daemon has heard from Consul its catalog is empty: a namespace keeps
         # the backends it has (a restarted daemon must not wipe them), as the forwarder
@@ -123,33 +125,46 @@ class KernelLinks:
     def catalog_changed(self) -> None:
         """The daemon's catalog watch delivered (the first time, or a change)."""
         self._heard = True
-        self.sync()
+        self.sync(everyone=True)
 
     def desired(self, c: Container) -> LinkRules:
         ports = listeners(c.spec)
         return rules_dnat.make(ports, split(self.catalog.instances(c.spec.ambassador["service"]), ports))
 
-    def sync(self) -> None:
-        """Bring every running plaintext client side's namespace to the catalog's
-        backends (the refresher's listener and the daemon's catalog watch)."""
+    def sync(self, everyone: bool = False) -> None:
+        """Bring running plaintext client sides' namespaces to the catalog's backends:
+        every one with `everyone` (the daemon's catalog watch); else (a container
+        change, the refresher's listener) those whose rows changed since the last
+        pass (Records.running_ambassadors_since) and those that failed then."""
         with self._lock:
-            running = {c.id: c for c in self.records.running_ambassadors() if eligible(c) and c.pid}
-            for cid in set(self._applied) - set(running):
-                del self._applied[cid]      # its namespace went with it
-            self._cleared &= {(c.id, c.pid) for c in running.values()}
-            for c in running.values():
+            delta = self.records.running_ambassadors_since(self._mark)
+            self._mark = delta.mark
+            if everyone or delta.changed is None:
+                todo = {c.id: c for c in delta.rows if eligible(c) and c.pid}
+                gone = (self._applied.keys() | self._cleared.keys()) - todo.keys()
+            else:
+                look = delta.changed | self._failed
+                todo = {c.id: c for c in delta.rows if c.id in look and eligible(c) and c.pid}
+                gone = look - todo.keys()
+            for cid in gone:
+                self._applied.pop(cid, None)     # its namespace went with it
+                self._cleared.pop(cid, None)
+            self._failed = set()
+            for c in todo.values():
                 try:
                     if self.enabled:
                         if self._heard:
                             self._sync_one(c)
-                    elif (c.id, c.pid) not in self._cleared:
-                        self._cleared.add((c.id, c.pid))
+                    elif self._cleared.get(c.id) != c.pid:
+                        self._cleared[c.id] = c.pid
                         if self._started_since(c):
                             continue     # no `nft` run per new ambassador (~10 ms each)
                         for e in self.dnat(self.netns_path(c.id)).teardown():
                             log.error("ambassador %s: removing the kernel path: %s", c.name, e)
                 except (PortlinkError, OSError) as e:
                     log.error("ambassador %s: kernel data path: %s", c.name, e)
+                    self._failed.add(c.id)
+                    self._cleared.pop(c.id, None)   # its leftover table is looked for again
 
     def _started_since(self, c: Container) -> bool:
         return c.pid_start is not None and self.since is not None and c.pid_start > self.since

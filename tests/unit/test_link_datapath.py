@@ -20,6 +20,7 @@ from portlink.netns.rules_dnat import LinkRules, Target
 from portlink.runtime import link_datapath as ld
 from portlink.runtime.ambassadors import HOSTED_CMD
 from portlink.runtime.host import HostConfig
+from portlink.runtime.records import RunningDelta
 
 A, B = Target("10.99.0.1", 5432), Target("10.99.0.3", 5432)
 
@@ -176,6 +177,9 @@ class Records:
 
     def running_ambassadors(self):
         return list(self.cs)
+
+    def running_ambassadors_since(self, mark):
+        return RunningDelta(0, list(self.cs), None)   # every pass sees every row as changed
 
     def get(self, cid):
         return next((c for c in self.cs if c.id == cid), None)
@@ -344,3 +348,47 @@ def test_the_exporter_adds_each_kernel_path_ambassadors_counters():
     texts = Exporter(Host())._kernel_texts()
     assert [labels for _, labels in texts] == [{"ambassador": "amb-db-bridge"}]   # not the server side
     assert "portlink_ambassador_kernel_bytes_to_client_total 300\n" in texts[0][0]
+
+
+class DeltaRecords(Records):
+    """Records that say what changed: `changed` is handed out once per pass."""
+
+    def __init__(self, cs):
+        super().__init__(cs)
+        self.changed = None
+
+    def running_ambassadors_since(self, mark):
+        out, self.changed = self.changed, frozenset()
+        return RunningDelta(mark + 1, list(self.cs), out)
+
+
+def test_a_container_change_looks_at_the_ambassadors_that_changed_and_those_that_failed():
+    spec = Spec({"service": "db"}, ["py", "--listen", "80", "--service", "db"])
+    ambs = [Ctr(f"c{i}", f"amb{i}", 100 + i, spec) for i in range(3)]
+    records, seen, broken = DeltaRecords(ambs), [], {"c2"}
+
+    def dnat(path):
+        cid = path.rsplit("/", 1)[1]
+        if cid in broken:
+            raise OSError(f"{cid}: no such namespace")
+        ns = FakeNs()
+        seen.append(cid)
+        return ns
+    kl = ld.KernelLinks(False, records, lambda cid: f"/run/ns/{cid}", Catalog(), Events(), dnat=dnat, timer=Timers())
+    kl.sync()                          # a first pass: every one
+    assert seen == ["c0", "c1"]
+    kl.sync()                          # nothing changed; c2 failed last time: tried again
+    assert seen == ["c0", "c1"]
+    broken.clear()
+    kl.sync()
+    assert seen == ["c0", "c1", "c2"]
+    kl.sync()
+    assert seen == ["c0", "c1", "c2"]  # nothing changed, nothing failed: no namespace looked into
+    ambs[1].pid = 200                  # restarted: its row changed
+    records.changed = frozenset({"c1"})
+    kl.sync()
+    assert seen == ["c0", "c1", "c2", "c1"]
+    records.cs = [ambs[0], ambs[1]]    # c2 gone
+    records.changed = frozenset({"c2"})
+    kl.sync()
+    assert "c2" not in kl._cleared and seen == ["c0", "c1", "c2", "c1"]
