@@ -113,6 +113,32 @@ def proc_status(pid: int) -> dict[str, str]:
     return out
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(process `pid`'s CPU time, user + system, of all its threads; the machine's
+    busy CPU time, /proc/stat less idle and iowait), in seconds."""
+    hz = os.sysconf("SC_CLK_TCK")
+    st = Path(f"/proc/{pid}/stat").read_text()
+    fields = st[st.rindex(")") + 2:].split()
+    machine = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (int(fields[11]) + int(fields[12])) / hz, (sum(machine) - machine[3] - machine[4]) / hz
+
+
+def cpu_per_link(cpu: list[tuple[float, float]], window: int) -> dict:
+    """CPU per link over the first and the last `window` links from `cpu` (the
+    readings before the first link and after each one): the start's cost with
+    the machine's scheduling taken out, which the wall-clock ratio is not."""
+    n = len(cpu) - 1
+    w = max(1, min(window, n // 4))
+
+    def per(a: int, b: int, i: int) -> float:
+        return round(1000 * (cpu[b][i] - cpu[a][i]) / (b - a), 1)
+    first = {"portlinkd_ms": per(0, w, 0), "machine_ms": per(0, w, 1)}
+    last = {"portlinkd_ms": per(n - w, n, 0), "machine_ms": per(n - w, n, 1)}
+    return {"window_links": w, "first": first, "last": last,
+            "ratio_portlinkd": round(last["portlinkd_ms"] / first["portlinkd_ms"], 2) if first["portlinkd_ms"] else None,
+            "ratio_machine": round(last["machine_ms"] / first["machine_ms"], 2) if first["machine_ms"] else None}
+
+
 def rss_kib(pid: int) -> int:
     try:
         return int(proc_status(pid).get("VmRSS", "0 kB").split()[0])
@@ -339,6 +365,7 @@ def main() -> None:
         linked: list[int] = []
         failed: list[str] = []
         stop_at = time.monotonic() + a.max_seconds
+        cpu = [cpu_seconds(h1.daemon_pid)]   # host1's portlinkd and the machine, after each link
         progress(f"making {a.count} links")
         for k in range(a.count):
             if time.monotonic() > stop_at:
@@ -353,6 +380,7 @@ def main() -> None:
                 failed.append(f"l{k} -> {svc(k)}: {e}")
                 continue
             lat.append(time.monotonic() - t)
+            cpu.append(cpu_seconds(h1.daemon_pid))
             linked.append(k)
             made += [f"l{k}", f"amb-{svc(k)}-{net}"]
             if (k + 1) % 10 == 0:
@@ -458,6 +486,7 @@ def main() -> None:
                          # how the start grows: the median of each tenth of the links, in order
                          "median_by_tenth": [round(1000 * statistics.median(lat[i * n // 10:(i + 1) * n // 10]), 1)
                                              for i in range(10) if (i + 1) * n // 10 > i * n // 10]},
+            "cpu_per_link": cpu_per_link(cpu, 100),
             "drift_check": drift, "mounts_in_daemon_namespace": mounts,
             "mounts_in_launch_namespace": launch_mounts,
             "start_ratio_nth_over_first": round(lat[-1] / lat[0], 2),

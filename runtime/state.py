@@ -39,29 +39,32 @@ CREATE TABLE IF NOT EXISTS volumes(
   name TEXT PRIMARY KEY, created REAL NOT NULL, anonymous INTEGER NOT NULL, creator TEXT,
   labels TEXT NOT NULL);
 """
+
+
+def _logged(table: str, column: str) -> str:
+    """Triggers appending `column` (a container's id) of every row of `table`
+    inserted, updated (old and new id, when they differ) or deleted."""
+    insert = "INSERT INTO container_changes(id)"
+    return f"""
+CREATE TRIGGER IF NOT EXISTS {table}_logged_insert AFTER INSERT ON {table}
+BEGIN {insert} VALUES (NEW.{column}); END;
+CREATE TRIGGER IF NOT EXISTS {table}_logged_update AFTER UPDATE ON {table}
+BEGIN {insert} VALUES (NEW.{column});
+      {insert} SELECT OLD.{column} WHERE OLD.{column} != NEW.{column}; END;
+CREATE TRIGGER IF NOT EXISTS {table}_logged_delete AFTER DELETE ON {table}
+BEGIN {insert} VALUES (OLD.{column}); END;
+"""
+
+
 # Every write of a container's row or of one of its leases, whoever makes it,
 # appends the container's id to a log (triggers): a reader that keeps rows
 # (records.Records) reads the ids logged since its last read and fetches only
 # those rows (issue 18: reading every running row after each change grew with
 # the containers there). The log is trimmed from its old end (trim_changes); a
 # reader that finds it trimmed past its place reads everything again.
-CHANGES = """
-CREATE TABLE IF NOT EXISTS container_changes(seq INTEGER PRIMARY KEY, id TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS containers_logged_insert AFTER INSERT ON containers
-BEGIN INSERT INTO container_changes(id) VALUES (NEW.id); END;
-CREATE TRIGGER IF NOT EXISTS containers_logged_update AFTER UPDATE ON containers
-BEGIN INSERT INTO container_changes(id) VALUES (NEW.id);
-      INSERT INTO container_changes(id) SELECT OLD.id WHERE OLD.id != NEW.id; END;
-CREATE TRIGGER IF NOT EXISTS containers_logged_delete AFTER DELETE ON containers
-BEGIN INSERT INTO container_changes(id) VALUES (OLD.id); END;
-CREATE TRIGGER IF NOT EXISTS leases_logged_insert AFTER INSERT ON leases
-BEGIN INSERT INTO container_changes(id) VALUES (NEW.container_id); END;
-CREATE TRIGGER IF NOT EXISTS leases_logged_update AFTER UPDATE ON leases
-BEGIN INSERT INTO container_changes(id) VALUES (NEW.container_id);
-      INSERT INTO container_changes(id) SELECT OLD.container_id WHERE OLD.container_id != NEW.container_id; END;
-CREATE TRIGGER IF NOT EXISTS leases_logged_delete AFTER DELETE ON leases
-BEGIN INSERT INTO container_changes(id) VALUES (OLD.container_id); END;
-"""
+CHANGES = ("CREATE TABLE IF NOT EXISTS container_changes(seq INTEGER PRIMARY KEY, id TEXT NOT NULL);"
+           + _logged("containers", "id") + _logged("leases", "container_id"))
+
 # Before the log, rows carried a revision bumped by a trigger, read for every
 # running row at each change: a state dir from then loses the trigger and its
 # index (the column stays, unread).
