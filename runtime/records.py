@@ -156,10 +156,9 @@ class RunningDelta:
 @dataclass
 class _View:
     """The running rows of one query, kept between reads: patched from the change
-    log, so a change costs a read of the rows it touched, not of every row. Rows
-    not touched are handed on as the same Container objects (callers keep what
-    they derived from them by identity). `ambassadors` is the subset whose
-    process is an ambassador."""
+    log, so a change costs a read of the rows it touched, not of every row; the
+    rows it did not touch are handed on as the same Container objects.
+    `ambassadors` is the subset whose process is an ambassador."""
     version: int
     seq: int
     rows: list[Container]
@@ -291,10 +290,7 @@ class Records:
         if view is None or (first is not None and first > view.seq + 1) or len(ids) > _FETCH_SOME:
             rows = self.store.query(q.full, RUNNING)
             order = {r["id"]: (r["created"], r["row_order"]) for r in rows}
-            built = [Container.from_row(r) for r in rows]
-            if view is not None:   # an unchanged row is still handed on as the same object
-                old = {(c.id, c.ip): c for c in view.rows}
-                built = [c if old.get((c.id, c.ip)) != c else old[c.id, c.ip] for c in built]
+            built = [Container.from_row(r) for r in rows]   # callers are told to redo all (changed None)
             new = _View(version, seq, built, [c for c in built if c.is_ambassador], order,
                         gen=view.gen + 1 if view is not None else 0)
             if view is not None:

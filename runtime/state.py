@@ -119,13 +119,6 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def tuples(self, sql: str, *args: Any) -> list[tuple]:
-        """As query, as plain tuples: for keys compared by value."""
-        with self._lock:
-            cur = self._db.cursor()
-            cur.row_factory = None
-            return cur.execute(sql, args).fetchall()
-
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Several queries that see the same data: no write of this store comes
