@@ -24,33 +24,38 @@ _libc = ctypes.CDLL(None, use_errno=True)
 class FileWatch:
     """Keys (a container id) and the file each watches. `changed()` returns the
     keys whose file had an event since the last call (None when the kernel's
-    queue overflowed); a key not watched (no inotify, or its limit hit) is for
-    the caller to check itself (`watched`)."""
+    queue overflowed); a key asked for but not watched now (no inotify, its
+    limit hit, or its file went) is `lost()`: for the caller to check itself."""
 
     def __init__(self) -> None:
         self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)   # -1: every key stays unwatched
         self._by_wd: dict[int, str] = {}
         self._wd: dict[str, int] = {}
+        self._lost: set[str] = set()
         self._lock = threading.Lock()
 
     def watched(self, key: str) -> bool:
         return key in self._wd
 
-    def watch(self, key: str, path: str) -> bool:
-        if self._fd < 0:
-            return False
-        wd = _libc.inotify_add_watch(self._fd, path.encode(), MASK)
+    def lost(self) -> set[str]:
         with self._lock:
-            if wd < 0:
-                self._drop(key)
-                return False
+            return set(self._lost)
+
+    def watch(self, key: str, path: str) -> bool:
+        wd = _libc.inotify_add_watch(self._fd, path.encode(), MASK) if self._fd >= 0 else -1
+        with self._lock:
             self._drop(key)
+            if wd < 0:
+                self._lost.add(key)
+                return False
+            self._lost.discard(key)
             self._wd[key], self._by_wd[wd] = wd, key
         return True
 
     def forget(self, keys) -> None:
         with self._lock:
             for key in keys:
+                self._lost.discard(key)
                 wd = self._drop(key)
                 if wd is not None:
                     _libc.inotify_rm_watch(self._fd, wd)
@@ -85,8 +90,9 @@ class FileWatch:
                     if key is None:
                         continue
                     out.add(key)
-                    if mask & IN_IGNORED:     # the file went (or we removed its watch)
+                    if mask & IN_IGNORED:     # the file went: lost until watched again
                         self._drop(key)
+                        self._lost.add(key)
         return None if overflow else out
 
     def close(self) -> None:

@@ -166,7 +166,7 @@ class Firewall:
                 ids = rows.keys() | self._trusted.keys()
             else:
                 ids = delta.changed
-                rows = {c.id: c for c in delta.rows if c.id in ids}
+                rows = {c.id: c for c in delta.fresh}
             came, gone = set(), set()
             for cid in ids:
                 old, c = self._trusted.get(cid), rows.get(cid)

@@ -144,7 +144,9 @@ class KernelLinks:
                 gone = (self._applied.keys() | self._cleared.keys()) - todo.keys()
             else:
                 look = delta.changed | self._failed
-                todo = {c.id: c for c in delta.rows if c.id in look and eligible(c) and c.pid}
+                # A failed one's row is looked for among every row (rare); the changed are `fresh`.
+                rows = delta.fresh + [c for c in delta.rows if c.id in self._failed] if self._failed else delta.fresh
+                todo = {c.id: c for c in rows if eligible(c) and c.pid}
                 gone = look - todo.keys()
             for cid in gone:
                 self._applied.pop(cid, None)     # its namespace went with it

@@ -3,9 +3,12 @@ patched for the containers a change touched instead of rebuilt from every
 running container (issue 18: rebuilt on every change, the 1,000th link started
 seven times slower than the 1st).
 
-A change is told by two lists of running containers as Refresher.seen gives
-them: a container whose record did not change keeps its Seen object, so the
-touched ids are found by identity. discovery.build_snapshot stays the one way
+A change is told by the running containers by id and the ids whose Seen came,
+went or was made again since the last refresh (Refresher's view of the
+store's change log), so a change costs what it touched, not a pass over every
+running container; without those ids (`changed` None) the touched ones are
+found by identity, a container whose record did not change keeping its Seen
+object. discovery.build_snapshot stays the one way
 to make a snapshot from nothing (the first refresh, a network or the daemon's
 upstreams changed); a patch gives what it would give for the same list
 (tests/unit/test_name_patch.py: patch == rebuild over random sequences).
@@ -19,12 +22,29 @@ not overlap), which the views, by address, rely on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from portlink.dns.zone import NetworkZone, Snapshot
 from portlink.netns.model import NetworkSpec
 from portlink.runtime import discovery
 from portlink.runtime.discovery import Seen, ViewPolicy, view_of, zone_labels
+
+
+@dataclass(frozen=True)
+class Running:
+    """Running containers as names see them: `by_id` (read, never kept: the caller
+    may change it after the refresh); `changed`: the ids whose Seen came, went or
+    was made again since the last refresh, None when unknown (every one is
+    compared); `ordered`: all of them in start order, made only when needed (a
+    rebuild, a name two containers share)."""
+    by_id: Mapping[str, Seen]
+    ordered: Callable[[], list[Seen]]
+    changed: frozenset[str] | None = None
+
+    @staticmethod
+    def of(seen: list[Seen]) -> "Running":
+        return Running({c.id: c for c in seen}, lambda: seen)
 
 
 @dataclass
@@ -50,17 +70,22 @@ class Names:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
+    @property
+    def by_name(self) -> Mapping[str, Seen]:
+        """The running containers of the last refresh by name (discovery.hosts_file's view)."""
+        return self._by_name
+
     def use(self, snapshot: Snapshot) -> None:
         """The last snapshot with other services (discovery.with_services): views and zones as they were."""
         self._snapshot = snapshot
 
-    def refresh(self, networks: list[NetworkSpec], running: list[Seen], upstreams: list[str], ttl: int,
+    def refresh(self, networks: list[NetworkSpec], running: Running, upstreams: list[str], ttl: int,
                 services) -> Refreshed:
         """The snapshot for `running`: patched from the last one when only containers
         changed, else rebuilt. `services`: a callable giving Consul's answers, called
         on a rebuild only (a patch keeps the last snapshot's)."""
         if self._snapshot is None or self._made_from != (networks, list(upstreams), ttl):
-            return self.rebuild(networks, running, upstreams, ttl, services())
+            return self.rebuild(networks, running.ordered(), upstreams, ttl, services())
         return self.patch(running)
 
     def rebuild(self, networks: list[NetworkSpec], running: list[Seen], upstreams: list[str], ttl: int,
@@ -77,46 +102,51 @@ class Names:
             self._link(c)
         return Refreshed(self._snapshot, {c.id for c in running if c.links}, True)
 
-    def patch(self, running: list[Seen]) -> Refreshed:
-        """The last snapshot with the containers that differ from the last list patched in."""
+    def patch(self, running: Running) -> Refreshed:
+        """The last snapshot with the containers that differ from the last ones patched in."""
         assert self._snapshot is not None and self._policy is not None, "patch before the first rebuild"
-        before, after = self._by_id, {c.id: c for c in running}
-        moved = [cid for cid, c in after.items() if before.get(cid) is not c]
-        moved += before.keys() - after.keys()
-        changed = [cid for cid in moved if before.get(cid) != after.get(cid)]
+        now, by_id = running.by_id, self._by_id
+        if running.changed is None:
+            moved = [cid for cid, c in now.items() if by_id.get(cid) is not c]
+            moved += by_id.keys() - now.keys()
+        else:
+            moved = [cid for cid in running.changed if by_id.get(cid) is not now.get(cid)]
+        before = {cid: by_id.get(cid) for cid in moved}
+        changed = [cid for cid in moved if before[cid] != now.get(cid)]
         for cid in moved:                     # the same value as a new object: only the indexes follow
-            self._forget(before.get(cid))
+            self._forget(before[cid])
         for cid in moved:
-            c = after.get(cid)
-            if c is not None:
-                self._by_name[c.name] = c
+            c = now.get(cid)
+            if c is None:
+                del by_id[cid]
+            else:
+                by_id[cid] = self._by_name[c.name] = c
                 self._link(c)
-        self._by_id = after
         if not changed:
             return Refreshed(self._snapshot, set(), False)
-        affected = {cid for cid in changed if cid in after}
+        affected = {cid for cid in changed if cid in by_id}
         for cid in changed:
-            for c in (before.get(cid), after.get(cid)):
+            for c in (before[cid], by_id.get(cid)):
                 if c is not None:
                     affected |= self._linkers.get(c.name, set())
-        self._patch_zones([before[cid] for cid in changed if cid in before],
-                          [after[cid] for cid in changed if cid in after], running)
+        self._patch_zones([before[cid] for cid in changed if before[cid] is not None],
+                          [by_id[cid] for cid in changed if cid in by_id], running.ordered)
         views = dict(self._snapshot.views)
         for cid in changed:
-            old = before.get(cid)
+            old = before[cid]
             if old is not None and old.ip and old.network in self._zones:
                 views.pop(old.ip, None)
         for cid in affected:
-            c = after.get(cid)
+            c = by_id.get(cid)
             zone = self._zones.get(c.network) if c is not None else None
             if zone is not None and c.ip:
                 views[c.ip] = view_of(c, zone, self._by_name, self._policy)
         self._snapshot = replace(self._snapshot, views=views)
-        return Refreshed(self._snapshot, {cid for cid in affected if after[cid].links}, False)
+        return Refreshed(self._snapshot, {cid for cid in affected if by_id[cid].links}, False)
 
-    def _patch_zones(self, gone: list[Seen], came: list[Seen], running: list[Seen]) -> None:
+    def _patch_zones(self, gone: list[Seen], came: list[Seen], ordered: Callable[[], list[Seen]]) -> None:
         """Take `gone`'s names out of their zones and put `came`'s in, each name's members
-        in the order of `running` (as build_zones adds them)."""
+        in start order (`ordered()`, as build_zones adds them)."""
         fresh: dict[str, tuple[dict, dict]] = {}
 
         def entries(cs: list[Seen]):
@@ -146,7 +176,7 @@ class Names:
                 if m in have:
                     continue
                 if have and not rank:
-                    rank.update((s.name, i) for i, s in enumerate(running))
+                    rank.update((s.name, i) for i, s in enumerate(ordered()))
                 names[key] = tuple(sorted((*have, m), key=lambda x: rank[x.name])) if have else (m,)
             ptr.setdefault(m.address, m.name)
         for name, (names, ptr) in fresh.items():

@@ -147,10 +147,13 @@ _HISTORY = 64         # generations of changed ids a view keeps for since()
 class RunningDelta:
     """An answer and what changed since the caller's last: `mark` is passed back
     next time; `changed` holds the ids whose rows came, went or changed since
-    the mark given, or is None: treat every row as new."""
+    the mark given, or is None: treat every row as new. `fresh`: the rows of
+    `changed` in the answer (those not there went), so a consumer's cost
+    follows the change, not the rows (every row when `changed` is None)."""
     mark: int
     rows: list[Container]
     changed: frozenset[str] | None
+    fresh: list[Container]
 
 
 @dataclass
@@ -161,8 +164,8 @@ class _View:
     `ambassadors` is the subset whose process is an ambassador."""
     version: int
     seq: int
-    rows: list[Container]
-    ambassadors: list[Container]
+    rows: dict[str, Container]          # by id, in order: patched in place, listed by copy
+    ambassadors: dict[str, Container]
     order: dict[str, tuple[float, int]]
     gen: int = 0
     history: "deque[tuple[int, frozenset[str] | None]]" = field(default_factory=lambda: deque(maxlen=_HISTORY))
@@ -181,15 +184,20 @@ class _View:
         return frozenset(out)
 
 
-def _ordered(kept: list[Container], fresh: list[Container], order: dict[str, tuple[float, int]]) -> list[Container]:
-    """`kept` (in order) with `fresh` put in their places: appended when they all
-    come last, as a new container's row does."""
+def _patch(rows: dict[str, Container], changed: frozenset[str], fresh: list[Container],
+           order: dict[str, tuple[float, int]]) -> dict[str, Container]:
+    """`rows` (by id, in order) without `changed` and with `fresh` in their places:
+    appended when they all come last, as a new container's row does (a restart
+    in an old place sorts them all again)."""
+    for cid in changed:
+        rows.pop(cid, None)
     if not fresh:
-        return kept
-    fresh.sort(key=lambda c: order[c.id])
-    if kept and order[fresh[0].id] < order[kept[-1].id]:
-        return sorted(kept + fresh, key=lambda c: order[c.id])
-    return kept + fresh
+        return rows
+    fresh = sorted(fresh, key=lambda c: order[c.id])
+    if rows and order[fresh[0].id] < order[next(reversed(rows))]:
+        return {c.id: c for c in sorted([*rows.values(), *fresh], key=lambda c: order[c.id])}
+    rows.update((c.id, c) for c in fresh)
+    return rows
 
 
 _WITH_IP = "SELECT c.*, l.ip FROM containers c LEFT JOIN leases l ON l.container_id = c.id"
@@ -271,13 +279,19 @@ class Records:
             version = self.store.version()
             if version is None:
                 rows = [Container.from_row(r) for r in self.store.query(q.full, RUNNING)]
-                return RunningDelta(-1, [c for c in rows if c.is_ambassador] if ambassadors else rows, None)
+                rows = [c for c in rows if c.is_ambassador] if ambassadors else rows
+                return RunningDelta(-1, rows, None, rows)
             per_store = _KEPT.setdefault(self.store, {})
             view = per_store.get(q.full)
             if view is None or view.version != version:
                 view = self._refresh(q, view, version)
                 per_store[q.full] = view
-            return RunningDelta(view.gen, list(pick(view)), view.since(mark))
+            rows, changed = pick(view), view.since(mark)
+            listed = list(rows.values())
+            if changed is None:
+                return RunningDelta(view.gen, listed, None, listed)
+            fresh = sorted((rows[cid] for cid in changed if cid in rows), key=lambda c: view.order[c.id])
+            return RunningDelta(view.gen, listed, changed, fresh)
 
     def _refresh(self, q: _Running, view: _View | None, version: int) -> _View:
         """`view` brought up to the store (under its lock): patched, or read whole
@@ -290,8 +304,8 @@ class Records:
         if view is None or (first is not None and first > view.seq + 1) or len(ids) > _FETCH_SOME:
             rows = self.store.query(q.full, RUNNING)
             order = {r["id"]: (r["created"], r["row_order"]) for r in rows}
-            built = [Container.from_row(r) for r in rows]   # callers are told to redo all (changed None)
-            new = _View(version, seq, built, [c for c in built if c.is_ambassador], order,
+            built = {r["id"]: Container.from_row(r) for r in rows}   # callers are told to redo all (changed None)
+            new = _View(version, seq, built, {cid: c for cid, c in built.items() if c.is_ambassador}, order,
                         gen=view.gen + 1 if view is not None else 0)
             if view is not None:
                 new.history.extend(view.history)
@@ -306,10 +320,9 @@ class Records:
             for r in rows:
                 order[r["id"]] = (r["created"], r["row_order"])
                 fresh.append(Container.from_row(r))
-            keep = [c for c in view.rows if c.id not in changed]
-            amb_keep = [c for c in view.ambassadors if c.id not in changed]
-            new = _View(version, seq, _ordered(keep, list(fresh), order),
-                        _ordered(amb_keep, [c for c in fresh if c.is_ambassador], order), order,
+            # In place: the answers handed out are copies (_view), and this view replaces the old.
+            new = _View(version, seq, _patch(view.rows, changed, fresh, order),
+                        _patch(view.ambassadors, changed, [c for c in fresh if c.is_ambassador], order), order,
                         gen=view.gen + 1, history=view.history)
             new.history.append((new.gen, changed))
         if seq - (first or seq) > 2 * _CHANGES_KEPT:

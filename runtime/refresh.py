@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 from portlink.catalog.services import Instance
 from portlink.dns.server import DnsServer
@@ -20,7 +20,7 @@ from portlink.runtime.discovery import Seen
 from portlink.runtime.file_watch import FileWatch
 from portlink.runtime.firewall import Firewall
 from portlink.runtime.images import ImageStore
-from portlink.runtime.name_patch import Names
+from portlink.runtime.name_patch import Names, Running
 from portlink.runtime.plan import Layout, seen_of
 from portlink.runtime.records import RUNNING, Records
 from portlink.runtime.state import Store
@@ -73,7 +73,7 @@ class Refresher:
         self._bad_hosts: set[str] = set()   # containers whose hosts file failed: logged once
         self._hosts_stamps: dict[str, tuple] = {}   # id -> its hosts file's stamp when it last held our text
         self._hosts_watch = FileWatch()              # which of those files moved since (inotify)
-        self._seen: dict[tuple, Seen] = {}   # (id, ip) -> its Seen in the last seen()
+        self._seen: dict[str, Seen] = {}     # id -> its Seen in the last seen()
         self._seen_mark = -1                  # the records' mark then (Records.running_with_ip_since)
 
     def subscribe(self, fn: Callable[[], None]) -> None:
@@ -87,25 +87,28 @@ class Refresher:
             fn()
 
     def seen(self) -> list[Seen]:
-        """Every running container with an address, as name resolution sees it.
-        The last answer patched for the containers the store says changed since
-        (Records.running_with_ip_since): a running container's view is made once,
-        from its record and its image's env then, as Docker fixes a container's
-        env at its creation."""
+        """Every running container with an address, as name resolution sees it, in start order."""
+        return self._running().ordered()
+
+    def _running(self) -> Running:
+        """seen() by id, and the ids changed since the last call: the last answer
+        patched for the containers the store says changed since
+        (Records.running_with_ip_since), at a cost that follows the change. A
+        running container's view is made once, from its record and its image's
+        env then, as Docker fixes a container's env at its creation."""
         delta = self.records.running_with_ip_since(self._seen_mark)
         self._seen_mark = delta.mark
         envs: dict[str, list[str]] = {}   # one image read per image, not per container (500 → 1)
+        kept = self._seen
         if delta.changed is None:
-            kept = self._seen = {}
-            made = delta.rows
+            kept.clear()
         else:
-            kept, changed = self._seen, delta.changed
-            for key in [k for k in kept if k[0] in changed]:
-                del kept[key]
-            made = [c for c in delta.rows if c.id in changed]
-        for c in made:
-            kept[c.id, c.ip] = seen_of(c, self._image_env(c.spec.image, envs), c.ip)
-        return [kept[c.id, c.ip] for c in delta.rows]
+            for cid in delta.changed:
+                kept.pop(cid, None)
+        for c in delta.fresh:
+            kept[c.id] = seen_of(c, self._image_env(c.spec.image, envs), c.ip)
+        rows = delta.rows
+        return Running(kept, lambda: [kept[c.id] for c in rows], delta.changed)
 
     def seen_named(self, names: Iterable[str]) -> dict[str, Seen]:
         """Those of seen() named in `names`, by name: what a start needs of its links,
@@ -131,7 +134,7 @@ class Refresher:
         changed containers touch is redone (runtime.name_patch)."""
         with self._lock:
             nets = networks.read_all(self.store)
-            running = self.seen()
+            running = self._running()
             gateways = {n.name: str(n.gateway) for n in nets}   # also --add-host NAME:host-gateway
             if self._listening != sorted(gateways.values()):
                 errors = self.dns.listen(gateways.values())
@@ -141,17 +144,21 @@ class Refresher:
             done = self._names.refresh(nets, running, self.upstreams, self.ttl,
                                        lambda: self._answers(self.catalog.services))
             self.dns.update(done.snapshot)
-            by_id = {c.id: c for c in running}
-            self._bad_hosts &= by_id.keys()   # forget the removed
-            by_name = {c.name: c for c in running}
-            self._hosts_stamps = {cid: s for cid, s in self._hosts_stamps.items() if cid in by_id}
-            self._hosts_watch.forget(self._hosts_watch.keys() - by_id.keys())
+            by_id, by_name = running.by_id, self._names.by_name
+            if running.changed is None:
+                gone = (self._bad_hosts | self._hosts_stamps.keys() | self._hosts_watch.keys()) - by_id.keys()
+            else:
+                gone = {cid for cid in running.changed if cid not in by_id}
+            self._bad_hosts -= gone       # forget the removed
+            for cid in gone:
+                self._hosts_stamps.pop(cid, None)
+            self._hosts_watch.forget(gone)
             # A file that failed is tried again; one its container wrote since we did
             # is put back (the patch alone would leave it as written; _scribbled finds it).
-            redo = done.hosts | self._bad_hosts | self._scribbled(c.id for c in running if c.links)
+            redo = done.hosts | self._bad_hosts | self._scribbled(_LinkerIds(by_id))
             for cid in redo:
-                c = by_id[cid]
-                if c.links:
+                c = by_id.get(cid)
+                if c is not None and c.links:
                     self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
 
     @staticmethod
@@ -163,14 +170,16 @@ class Refresher:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def _scribbled(self, ids: Iterable[str]) -> set[str]:
-        """Of `ids`, those whose hosts file changed since it last held our text (by its
-        stamp: a same-size write within the clock's tick of ours waits for the next
+    def _scribbled(self, linkers: Collection[str]) -> set[str]:
+        """Of `linkers`, those whose hosts file changed since it last held our text (by
+        its stamp: a same-size write within the clock's tick of ours waits for the next
         change that touches the container, or its restart). Only the files inotify saw
-        move (and any it does not watch) are stat-ed."""
+        move, and those it does not watch (lost), are stat-ed: every one only when
+        its queue overflowed."""
         containers = str(self.layout.containers)
-        moved, watch = self._hosts_watch.changed(), self._hosts_watch
-        maybe = ids if moved is None else (cid for cid in ids if cid in moved or not watch.watched(cid))
+        watch = self._hosts_watch
+        moved = watch.changed()
+        maybe = linkers if moved is None else [cid for cid in moved | watch.lost() if cid in linkers]
         return {cid for cid in maybe if self._hosts_stamps.get(cid) != self._hosts_stamp(containers, cid)}
 
     def refresh_services(self) -> None:
@@ -218,3 +227,21 @@ class Refresher:
         if not self._hosts_watch.watched(cid):
             self._hosts_watch.watch(cid, f"{self.layout.containers}/{cid}/hosts")
         return True
+
+
+class _LinkerIds(Collection[str]):
+    """The ids of `by_id`'s containers that have links: asked one by one (a change's
+    few files); listed only when every file must be looked at."""
+
+    def __init__(self, by_id: Mapping[str, Seen]) -> None:
+        self.by_id = by_id
+
+    def __contains__(self, cid: object) -> bool:
+        c = self.by_id.get(cid)   # type: ignore[call-overload]
+        return c is not None and bool(c.links)
+
+    def __iter__(self) -> Iterator[str]:
+        return (cid for cid, c in self.by_id.items() if c.links)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

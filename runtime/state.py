@@ -139,7 +139,9 @@ class Store:
         distinct ids logged). A first seq above `seq` + 1 means entries a reader
         at `seq` needed were trimmed."""
         with self._lock:
-            first, last = self._db.execute("SELECT MIN(seq), MAX(seq) FROM container_changes").fetchone()
+            # Apart: MIN and MAX in one SELECT scan the whole log; each alone reads one end of the key.
+            first, last = self._db.execute("SELECT (SELECT MIN(seq) FROM container_changes), "
+                                           "(SELECT MAX(seq) FROM container_changes)").fetchone()
             if last is None or last <= seq:
                 return seq if last is None else last, first, []
             ids = [r[0] for r in self._db.execute("SELECT DISTINCT id FROM container_changes WHERE seq > ?", (seq,))]

@@ -141,21 +141,22 @@ def test_refresher_finds_the_hosts_files_their_containers_wrote(tmp_path):
     for cid in ids:
         r.layout.cdir(cid).mkdir(parents=True)
         (r.layout.cdir(cid) / "hosts").write_text("old\n")
-    assert r._scribbled(ids) == set(ids)           # never written by us
-    for cid in ids[:2]:
         assert r.write_hosts(cid, WANT) is True
-    assert r._scribbled(ids) == {ids[2]}
+    assert r._scribbled(ids) == set()
     hosts_a = r.layout.cdir(ids[0]) / "hosts"
     with open(hosts_a, "ab") as f:                 # the container appends: same inode
         f.write(b"\xff")
-    assert r._scribbled(ids) == {ids[0], ids[2]}
+    assert r._scribbled(ids) == {ids[0]}
     assert r.write_hosts(ids[0], WANT) is True and hosts_a.read_text() == WANT
-    assert r._scribbled(ids) == {ids[2]}
+    assert r._scribbled(ids) == set()
     os.chmod(r.layout.cdir(ids[1]) / "hosts", 0o600)   # a change of its own kind: still seen
-    assert r._scribbled(ids) == {ids[1], ids[2]}
-    (r.layout.cdir(ids[1]) / "hosts").unlink()      # removed meanwhile: nothing to put back
-    assert r._scribbled(ids[:2]) == {ids[1]}        # a stamp that no longer matches
-    assert r.write_hosts(ids[1], WANT) is False
+    assert r._scribbled(ids) == {ids[1]}
+    assert r.write_hosts(ids[1], WANT) is True
+    (r.layout.cdir(ids[2]) / "hosts").unlink()      # removed meanwhile: nothing to put back
+    assert r._scribbled(ids) == {ids[2]}            # a stamp that no longer matches
+    assert r.write_hosts(ids[2], WANT) is False
+    assert r._scribbled(ids) == {ids[2]}            # its watch went with it: looked at each time
+    assert r._scribbled(ids[:2]) == set()           # only the linkers asked about
 
 
 def test_refresher_stats_only_the_hosts_files_inotify_saw_move(tmp_path, monkeypatch):
@@ -174,7 +175,17 @@ def test_refresher_stats_only_the_hosts_files_inotify_saw_move(tmp_path, monkeyp
     assert r._scribbled(ids) == set() and stated == []          # nothing moved: not one stat
     (r.layout.cdir(ids[3]) / "hosts").write_text("mine\n")
     assert r._scribbled(ids) == {ids[3]} and stated == [ids[3]]
-    # A file whose watch went (the container's dir removed and made again) is stat-ed again.
-    r._hosts_watch.forget([ids[4]])
+    # A file whose watch went (removed and made again) is stat-ed until it is watched again.
+    hosts_4 = r.layout.cdir(ids[4]) / "hosts"
+    hosts_4.unlink()
+    hosts_4.write_text(WANT)
     stated.clear()
-    assert r._scribbled(ids) == set() and stated == [ids[4]]
+    assert r._scribbled(ids) == {ids[4]} and stated == [ids[4]]   # another inode: not our text's stamp
+    stated.clear()
+    assert r._scribbled(ids) == {ids[4]} and stated == [ids[4]]   # nothing moved, but it is not watched
+    assert r.write_hosts(ids[4], WANT) is True
+    stated.clear()
+    assert r._scribbled(ids) == set() and stated == []
+    r._hosts_watch.forget([ids[5]])                  # its container went: never looked at again
+    (r.layout.cdir(ids[5]) / "hosts").write_text("mine\n")
+    assert r._scribbled(ids) == set() and stated == []

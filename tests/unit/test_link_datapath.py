@@ -179,7 +179,7 @@ class Records:
         return list(self.cs)
 
     def running_ambassadors_since(self, mark):
-        return RunningDelta(0, list(self.cs), None)   # every pass sees every row as changed
+        return RunningDelta(0, list(self.cs), None, list(self.cs))   # every pass sees every row as changed
 
     def get(self, cid):
         return next((c for c in self.cs if c.id == cid), None)
@@ -359,7 +359,8 @@ class DeltaRecords(Records):
 
     def running_ambassadors_since(self, mark):
         out, self.changed = self.changed, frozenset()
-        return RunningDelta(mark + 1, list(self.cs), out)
+        fresh = list(self.cs) if out is None else [c for c in self.cs if c.id in out]
+        return RunningDelta(mark + 1, list(self.cs), out, fresh)
 
 
 def test_a_container_change_looks_at_the_ambassadors_that_changed_and_those_that_failed():

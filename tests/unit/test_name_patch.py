@@ -16,7 +16,7 @@ from portlink.netns.model import NetworkSpec
 from portlink.runtime import discovery
 from portlink.runtime.discovery import Seen
 from portlink.runtime.links import LinkRequest
-from portlink.runtime.name_patch import Names
+from portlink.runtime.name_patch import Names, Running
 
 NETS = [NetworkSpec("n1", "links", IPv4Network("10.96.0.0/20"), IPv4Address("10.96.0.1"), "plb-1"),
         NetworkSpec("n2", "back", IPv4Network("10.97.0.0/24"), IPv4Address("10.97.0.1"), "plb-2", internal=True)]
@@ -73,17 +73,28 @@ def hosts_texts(running: list[Seen]) -> dict[str, str]:
     return {c.id: discovery.hosts_file(c, by_name, gw[c.network]) for c in running if c.links}
 
 
+def told(last: dict[str, Seen], running: list[Seen]) -> Running:
+    """`running` as the Refresher gives it: by id, with the ids whose Seen came, went
+    or was made again since `last` (the objects of the last refresh)."""
+    now = {c.id: c for c in running}
+    changed = frozenset(cid for cid in now.keys() | last.keys() if last.get(cid) is not now.get(cid))
+    return Running(now, lambda: running, changed)
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_a_patch_is_the_rebuild_for_random_changes(seed):
+@pytest.mark.parametrize("delta", [False, True], ids=["by-identity", "changed-ids"])
+def test_a_patch_is_the_rebuild_for_random_changes(seed, delta):
     rng = random.Random(seed)
     world, names = World(rng), Names()
-    first = names.refresh(NETS, [], UPSTREAMS, 1, lambda: None)
+    first = names.refresh(NETS, Running.of([]), UPSTREAMS, 1, lambda: None)
     assert first.rebuilt and first.hosts == set()
-    before = {}
+    before, last = {}, {}
     for _ in range(60):
         world.step()
         running = list(world.running)
-        done = names.refresh(NETS, running, UPSTREAMS, 1, lambda: pytest.fail("a patch asks for no services"))
+        given = told(last, running) if delta else Running.of(running)
+        last = {c.id: c for c in running}
+        done = names.refresh(NETS, given, UPSTREAMS, 1, lambda: pytest.fail("a patch asks for no services"))
         assert not done.rebuilt
         assert done.snapshot == discovery.build_snapshot(NETS, running, UPSTREAMS, 1)
         after = hosts_texts(running)
@@ -97,12 +108,12 @@ def test_a_network_or_upstream_change_rebuilds():
     world, names = World(rng), Names()
     for _ in range(10):
         world.step()
-    names.refresh(NETS, world.running, UPSTREAMS, 1, lambda: None)
-    assert not names.refresh(NETS, world.running, UPSTREAMS, 1, lambda: None).rebuilt
-    done = names.refresh(NETS[:1], world.running, UPSTREAMS, 1, lambda: {})
+    names.refresh(NETS, Running.of(world.running), UPSTREAMS, 1, lambda: None)
+    assert not names.refresh(NETS, Running.of(world.running), UPSTREAMS, 1, lambda: None).rebuilt
+    done = names.refresh(NETS[:1], Running.of(world.running), UPSTREAMS, 1, lambda: {})
     assert done.rebuilt and done.snapshot == discovery.build_snapshot(NETS[:1], world.running, UPSTREAMS, 1, {})
     assert done.hosts == {c.id for c in world.running if c.links}
-    assert names.refresh(NETS[:1], world.running, ["192.0.2.54"], 1, lambda: None).rebuilt
+    assert names.refresh(NETS[:1], Running.of(world.running), ["192.0.2.54"], 1, lambda: None).rebuilt
 
 
 def test_an_untouched_change_keeps_the_snapshot_and_names_no_hosts_file():
@@ -110,8 +121,8 @@ def test_an_untouched_change_keeps_the_snapshot_and_names_no_hosts_file():
     world, names = World(rng), Names()
     for _ in range(10):
         world.step()
-    snap = names.refresh(NETS, world.running, UPSTREAMS, 1, lambda: None).snapshot
-    again = names.refresh(NETS, [replace(c) for c in world.running], UPSTREAMS, 1, lambda: None)
+    snap = names.refresh(NETS, Running.of(world.running), UPSTREAMS, 1, lambda: None).snapshot
+    again = names.refresh(NETS, Running.of([replace(c) for c in world.running]), UPSTREAMS, 1, lambda: None)
     assert again.snapshot is snap and again.hosts == set()
 
 
@@ -120,9 +131,9 @@ def test_only_the_linkers_of_a_changed_container_are_named():
     x = Seen(id="b" * 64, name="x", hostname="x", network="links", ip="10.96.0.3", links=(LinkRequest("db", "db"),))
     y = Seen(id="c" * 64, name="y", hostname="y", network="links", ip="10.96.0.4", links=(LinkRequest("z", "z"),))
     names = Names()
-    names.refresh(NETS, [a, x, y], UPSTREAMS, 1, lambda: None)
+    names.refresh(NETS, Running.of([a, x, y]), UPSTREAMS, 1, lambda: None)
     moved = replace(a, ip="10.96.0.9")
-    done = names.refresh(NETS, [moved, x, y], UPSTREAMS, 1, lambda: None)
+    done = names.refresh(NETS, Running.of([moved, x, y]), UPSTREAMS, 1, lambda: None)
     assert done.hosts == {x.id}
     assert done.snapshot.views["10.96.0.3"].links["db"][0].address == "10.96.0.9"
     assert "10.96.0.2" not in done.snapshot.views

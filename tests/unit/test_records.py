@@ -224,10 +224,16 @@ def test_a_delta_names_what_changed_since_the_callers_mark(records):
     store.record("port", "x", DEAD)   # a write that names no container
     second = records.running_with_ip_since(first.mark)
     assert second.changed == frozenset({BEEF}) and [c.name for c in second.rows] == ["one", "two"]
+    assert [c.name for c in second.fresh] == ["two"] and second.fresh[0] is second.rows[1]
     records.set_restart_state(DEAD, restart_count=2)
     third = records.running_with_ip_since(second.mark)
-    assert third.changed == frozenset({DEAD})
-    assert records.running_with_ip_since(first.mark).changed == frozenset({DEAD, BEEF})   # two steps at once
+    assert third.changed == frozenset({DEAD}) and [c.name for c in third.fresh] == ["one"]
+    both = records.running_with_ip_since(first.mark)   # two steps at once: fresh in the rows' order
+    assert both.changed == frozenset({DEAD, BEEF}) and [c.name for c in both.fresh] == ["one", "two"]
+    records.set_exited(BEEF, 0)
+    gone = records.running_with_ip_since(third.mark)
+    assert gone.changed == frozenset({BEEF}) and gone.fresh == []   # changed, not there: it went
+    assert records.running_with_ip_since(-1).fresh == records.running_with_ip_since(-1).rows   # all new
     assert records.running_with_ip_since(third.mark + 5).changed is None   # not a mark this view gave
     with pytest.raises(RuntimeError):
         with store.tx():
@@ -283,7 +289,7 @@ def test_running_ambassadors_are_kept_until_the_store_writes(records):
         records.set_running(records.get(cid), 4242)
     assert records.running_ambassadors() == []
     view = recmod._KEPT[store][recmod._RUNNING_WITH_IP.full]
-    assert (view.version, view.ambassadors) == (store.version(), [])
+    assert (view.version, view.ambassadors) == (store.version(), {})
     amb = records.get(BEEF)
     amb.spec.ambassador = {"service": "db"}
     store.execute("UPDATE containers SET spec=? WHERE id=?", amb.document(), BEEF)   # a write: asked again
