@@ -75,6 +75,11 @@ class Names:
         """The running containers of the last refresh by name (discovery.hosts_file's view)."""
         return self._by_name
 
+    def invalidate(self) -> None:
+        """The next refresh rebuilds (a pass failed part-way: the indexes may be half
+        patched). The last snapshot stays, for use() until then."""
+        self._made_from = ()
+
     def use(self, snapshot: Snapshot) -> None:
         """The last snapshot with other services (discovery.with_services): views and zones as they were."""
         self._snapshot = snapshot

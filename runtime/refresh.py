@@ -133,33 +133,43 @@ class Refresher:
         the state; called after every change that moves a name. Only what the
         changed containers touch is redone (runtime.name_patch)."""
         with self._lock:
-            nets = networks.read_all(self.store)
-            running = self._running()
-            gateways = {n.name: str(n.gateway) for n in nets}   # also --add-host NAME:host-gateway
-            if self._listening != sorted(gateways.values()):
-                errors = self.dns.listen(gateways.values())
-                for e in errors:
-                    log.error("%s", e)
-                self._listening = None if errors else sorted(gateways.values())
-            done = self._names.refresh(nets, running, self.upstreams, self.ttl,
-                                       lambda: self._answers(self.catalog.services))
-            self.dns.update(done.snapshot)
-            by_id, by_name = running.by_id, self._names.by_name
-            if running.changed is None:
-                gone = (self._bad_hosts | self._hosts_stamps.keys() | self._hosts_watch.keys()) - by_id.keys()
-            else:
-                gone = {cid for cid in running.changed if cid not in by_id}
-            self._bad_hosts -= gone       # forget the removed
-            for cid in gone:
-                self._hosts_stamps.pop(cid, None)
-            self._hosts_watch.forget(gone)
-            # A file that failed is tried again; one its container wrote since we did
-            # is put back (the patch alone would leave it as written; _scribbled finds it).
-            redo = done.hosts | self._bad_hosts | self._scribbled(_LinkerIds(by_id))
-            for cid in redo:
-                c = by_id.get(cid)
-                if c is not None and c.links:
-                    self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
+            try:
+                self._refresh_names()
+            except BaseException:
+                # What the failed pass took in is not known to be done: the next one
+                # starts from every running container, as after a restart (a rebuild).
+                self._seen_mark = -1
+                self._names.invalidate()
+                raise
+
+    def _refresh_names(self) -> None:
+        nets = networks.read_all(self.store)
+        running = self._running()
+        gateways = {n.name: str(n.gateway) for n in nets}   # also --add-host NAME:host-gateway
+        if self._listening != sorted(gateways.values()):
+            errors = self.dns.listen(gateways.values())
+            for e in errors:
+                log.error("%s", e)
+            self._listening = None if errors else sorted(gateways.values())
+        done = self._names.refresh(nets, running, self.upstreams, self.ttl,
+                                   lambda: self._answers(self.catalog.services))
+        self.dns.update(done.snapshot)
+        by_id, by_name = running.by_id, self._names.by_name
+        if running.changed is None:
+            gone = (self._bad_hosts | self._hosts_stamps.keys() | self._hosts_watch.keys()) - by_id.keys()
+        else:
+            gone = {cid for cid in running.changed if cid not in by_id}
+        self._bad_hosts -= gone       # forget the removed
+        for cid in gone:
+            self._hosts_stamps.pop(cid, None)
+        self._hosts_watch.forget(gone)
+        # A file that failed is tried again; one its container wrote since we did
+        # is put back (the patch alone would leave it as written; _scribbled finds it).
+        redo = done.hosts | self._bad_hosts | self._scribbled(_LinkerIds(by_id))
+        for cid in redo:
+            c = by_id.get(cid)
+            if c is not None and c.links:
+                self.write_hosts(c.id, discovery.hosts_file(c, by_name, gateways.get(c.network)), c.name)
 
     @staticmethod
     def _hosts_stamp(containers: str, cid: str) -> tuple | None:

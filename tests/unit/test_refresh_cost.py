@@ -19,6 +19,7 @@ from portlink.runtime.spec import ContainerSpec
 from portlink.runtime.state import Store
 
 TARGETS = 150   # t0..t149; l0..l149 each link to its t
+real_rebuild = name_patch.Names.rebuild
 
 
 class Images:
@@ -137,3 +138,28 @@ def test_a_change_looks_only_at_what_it_touched(world, monkeypatch):
     # stat-ed, and l3's, which inotify saw move when the last change wrote it.
     assert counts == {"seen_of": 1, "hosts_file": 1, "_hosts_stamp": 3}
     assert "6.6.6.6" not in world.hosts(ids["l9"])
+
+
+def test_a_pass_that_fails_part_way_is_followed_by_a_full_one(world, monkeypatch):
+    """What a failed pass took in (the store's changes, half-patched indexes) is not
+    taken as done: the next pass rebuilds from every running container."""
+    t, l1 = world.start("t"), world.start("l1", ["t:db"])
+    r = Refresher(world.store, Images(), world.layout, Dns(), SimpleNamespace(sync_flows=lambda: None),
+                  Catalog(False), [], 1)
+    r.refresh_names()
+    l2 = world.start("l2", ["t:db"])
+    real = discovery.hosts_file
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the hosts text")
+    monkeypatch.setattr(discovery, "hosts_file", broken)
+    with pytest.raises(RuntimeError, match="a bug in the hosts text"):
+        r.refresh_names()
+    assert world.hosts(l2) == "before\n"
+    monkeypatch.setattr(discovery, "hosts_file", real)
+    rebuilt = []
+    monkeypatch.setattr(name_patch.Names, "rebuild", lambda self, *a: rebuilt.append(1) or real_rebuild(self, *a))
+    r.refresh_names()                                   # nothing changed since, but l2 is still owed its file
+    assert rebuilt == [1]
+    assert f"{world.ip['t']}\tdb " in world.hosts(l2) and f"{world.ip['t']}\tdb " in world.hosts(l1)
+    assert t in r._seen and l2 in r._seen
