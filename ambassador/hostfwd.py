@@ -87,6 +87,12 @@ class HostedAmbassador:
         self.reachable = reachable
         self.feeds += 1
 
+    def ready(self) -> bool:
+        """Forwarding: every listener has a backend, or Consul is known lost (it
+        serves what it has): what a run that links to it waits for."""
+        pools = self.amb.pools
+        return self.reachable is False or (bool(pools) and all(p.backends for p in pools.values()))
+
     def stats(self) -> tuple[str, dict]:
         """The same /metrics and /stats as a `python -m portlink.ambassador` of its own."""
         snap = self.amb.snapshot()
@@ -131,7 +137,7 @@ class Registry:
                 if h is None:
                     return proto.reply(False, f"no ambassador {req.id[:12]} here")
                 h.feed(req.instances, req.reachable)
-                return proto.reply(True)
+                return proto.reply(True, ready=h.ready())
             return await self._add(req, fds)
         except Exception as e:   # one ambassador's trouble: the others go on
             log.exception("control request %s failed", type(req).__name__)

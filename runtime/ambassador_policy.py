@@ -144,6 +144,14 @@ class AmbassadorPolicy:
         c = self.records.named(name)
         if c is None or c.status != RUNNING or not c.ip:
             return
+        if self.forwarder is not None and ambassadors.is_hosted(c.spec):
+            # The host forwarder's reply to each feed says whether it forwards: no
+            # request to its /stats, and no poll's sleep (issue 18).
+            ready = self.forwarder.wait_ready(c.id, timeout)
+            if ready is not None:
+                if not ready:
+                    log.warning("ambassador %s: no backends after %gs; linking anyway", name, timeout)
+                return
 
         def done(snap: dict) -> bool:
             listeners = snap["listeners"]

@@ -112,6 +112,10 @@ class HostForwarder:
         self._closing = False
         self._watched: int | None = None
         self._served: set[str] = set()   # ambassadors the forwarder holds (container ids)
+        # Whether each forwards, as the forwarder's reply to its last feed said (absent:
+        # not fed here, or a forwarder from before the reply said it).
+        self._ready: dict[str, bool] = {}
+        self._fed = threading.Condition(self._lock)
         self.restarts = 0              # forwarders that died and were started again
 
     # the ambassadors --------------------------------------------------------------------
@@ -124,7 +128,7 @@ class HostForwarder:
     def detach(self, cid: str) -> None:
         """Stop serving an ambassador (the journal's undo); the last one stops the forwarder."""
         with self._lock:
-            self._served.discard(cid)
+            self._unserve(cid)
             if not self._alive():
                 return
             try:
@@ -173,7 +177,7 @@ class HostForwarder:
             want = {c.id for c in hosted}
             for cid in set(held) - want:
                 self._request(json.dumps({"op": "remove", "id": cid}).encode())
-                self._served.discard(cid)
+                self._unserve(cid)
                 repaired.append(f"host forwarder: dropped {cid[:12]} (no such running ambassador)")
             for c in hosted:
                 # One it holds keeps its backends: this daemon's catalog is still empty
@@ -218,6 +222,11 @@ class HostForwarder:
         self._served.add(c.id)
         self._feed(c)
 
+    def _unserve(self, cid: str) -> None:
+        self._served.discard(cid)
+        if self._ready.pop(cid, None) is not None:
+            self._fed.notify_all()
+
     def _add_logged(self, c: Container) -> None:
         try:
             self._add(c)
@@ -229,6 +238,19 @@ class HostForwarder:
         r = self._request(proto.feed_message(c.id, self.instances(service), self.reachable()))
         if not r["ok"]:
             raise RuntimeFailure(f"the host forwarder refused the instances of {c.name}: {r.get('error')}")
+        if isinstance(r.get("ready"), bool):
+            self._ready[c.id] = r["ready"]
+            self._fed.notify_all()
+
+    def wait_ready(self, cid: str, timeout: float) -> bool | None:
+        """Until the forwarder says ambassador `cid` forwards (its reply to a feed): True;
+        False after `timeout` or once it is no longer served; None when no feed here
+        said (the caller asks the ambassador's /stats instead)."""
+        with self._fed:
+            if cid not in self._ready:
+                return None
+            self._fed.wait_for(lambda: self._ready.get(cid) is not False, timeout)
+            return self._ready.get(cid, False)
 
     def _request(self, data: bytes, fds: list[int] = ()) -> dict:
         if self._conn is None:
@@ -260,7 +282,8 @@ class HostForwarder:
                 log.error("host forwarder %d does not answer (%s): starting another", self._pid, e)
                 self._kill_recorded()
         self._spawn()
-        self._served = set()
+        for cid in list(self._served):
+            self._unserve(cid)
         for c in self.hosted():
             self._add_logged(c)
 

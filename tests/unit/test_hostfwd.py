@@ -147,7 +147,7 @@ def test_many_ambassadors_each_with_its_own_backends_and_metrics():
         for cid, p in (("c1", p1), ("c2", p2)):
             r = json.loads(await reg.handle(enc({"op": "feed", "id": cid, "instances": [inst(p, 80)],
                                                  "reachable": True}), []))
-            assert r == {"ok": True}
+            assert r == {"ok": True, "ready": True}
         assert await fetch(l1) == b"one:ping"
         assert await fetch(l2) == b"two:ping"
         assert await fetch(l2) == b"two:ping"
@@ -174,6 +174,30 @@ def test_many_ambassadors_each_with_its_own_backends_and_metrics():
         assert json.loads(await reg.handle(b'{"op": "list"}', [])) == {"ok": True, "ambassadors": {"c2": "k"}}
         await reg.stop()
         s1.close(), s2.close()
+    asyncio.run(go())
+
+
+def test_a_feed_reply_says_whether_the_ambassador_forwards():
+    """ready: every listener has a backend, or Consul is known lost (it serves what it
+    has): what a run that links to it waits for, instead of asking its /stats."""
+    async def go():
+        reg = hostfwd.Registry(dialable=lambda b: True)
+        lst = [listening() for _ in range(3)]
+        fds = [os.dup(s.fileno()) for s in lst]
+        for s in lst:
+            s.close()
+        r = json.loads(await reg.handle(enc(add_doc(ports=[80, 81])), fds))
+        assert r["ok"], r
+
+        async def feed(instances, reachable):
+            return json.loads(await reg.handle(enc({"op": "feed", "id": "c1", "instances": instances,
+                                                    "reachable": reachable}), []))
+        assert await feed([], None) == {"ok": True, "ready": False}
+        assert await feed([], False) == {"ok": True, "ready": True}                  # Consul lost
+        assert await feed([inst(7001, 80)], True) == {"ok": True, "ready": False}   # 81 has none
+        assert await feed([inst(7001, 80), inst(7002, 81)], True) == {"ok": True, "ready": True}
+        assert await feed([], True) == {"ok": True, "ready": False}
+        await reg.stop()
     asyncio.run(go())
 
 
