@@ -30,9 +30,13 @@ class Outside:
                 "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                 f"s.bind(('0.0.0.0',{port})); s.listen(8)\n"
                 "for _ in range(50):\n"
-                "  c,a=s.accept(); c.recv(4096)\n"
-                "  c.sendall(('HTTP/1.0 200 OK\\r\\n\\r\\n'+a[0]+'\\n').encode())\n"
-                "  c.shutdown(socket.SHUT_WR); c.recv(4096); c.close()\n")
+                "  c,a=s.accept()\n"
+                "  try:\n"
+                "    c.recv(4096)\n"
+                "    c.sendall(('HTTP/1.0 200 OK\\r\\n\\r\\n'+a[0]+'\\n').encode())\n"
+                "    c.shutdown(socket.SHUT_WR); c.recv(4096)\n"
+                "  except OSError: pass\n"       # a client that went (reset): serve the next
+                "  c.close()\n")
         p = self.ns.popen(sys.executable, "-c", code)
         self.procs.append(p)
         deadline = time.monotonic() + 5
