@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import threading
 
 CLONE_NEWNET = 0x40000000
@@ -71,6 +72,44 @@ def create_netns(path: str) -> None:
         raise
     finally:
         os.close(back)
+
+
+def mount_points() -> list[str]:
+    """This mount namespace's mount points (/proc/self/mountinfo, octal escapes undone)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return [_unescape(line.split(b" ", 5)[4]) for line in f]
+
+
+def _unescape(field: bytes) -> str:
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field).decode(errors="surrogateescape")
+
+
+def own_mount(path: str) -> bool:
+    """Make directory `path` a mount of its own (bound onto itself), as iproute2
+    does for /run/netns: the namespace files bind-mounted in it are then its
+    children, not children of the filesystem holding it, whose every child each
+    overlay mount walks (the kernel's clone_private_mount: O(namespaces) per
+    container start, issue 18). Idempotent. A directory already holding mounts
+    (files of an older portlink) is left as it is: a mount over it would hide
+    them. True: made now. (os.path.ismount misses a bind mount on the same
+    filesystem: the mount table is read.)"""
+    os.makedirs(path, exist_ok=True)
+    path = os.path.realpath(path)
+    points = mount_points()
+    if path in points or any(p.startswith(path + "/") for p in points):
+        return False
+    _check(_libc.mount(path.encode(), path.encode(), b"none", MS_BIND, None), f"bind mount {path} onto itself")
+    return True
+
+
+def drop_own_mount(path: str) -> bool:
+    """Undo own_mount once nothing is mounted in `path`. True: unmounted."""
+    path = os.path.realpath(path)
+    points = mount_points()
+    if path not in points or any(p.startswith(path + "/") for p in points):
+        return False
+    unmount(path)
+    return True
 
 
 def unmount(path: str) -> None:

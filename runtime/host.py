@@ -155,7 +155,7 @@ class Host:
         tokens = TokenFiles(cfg.ambassador_tokens)
         self.host_id = _host_id(cfg.state_dir)
         intentions = Intentions(cfg.consul, self.host_id, socket.gethostname()) if cfg.secure_links else None
-        kernel = HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens, intentions)
+        self.kernel = kernel = HostKernel(layout, self.runc, self.fw, self.metrics.attach_time, tokens, intentions)
         journal = Journal(self.store, kernel)
         # Plaintext client-side ambassadors: one forwarder process for them all (README:
         # How ambassadors run); it follows this daemon's catalog, never Consul itself.
@@ -320,6 +320,11 @@ class Host:
             removed += self.sweep()
         except Exception as e:
             errors.append(f"sweep: {e}")
+        try:
+            if self.kernel.release_netns_dir():
+                removed.append(f"mount {self.layout.netns_dir}")
+        except OSError as e:
+            errors.append(f"mount {self.layout.netns_dir}: {e}")
         return {"removed": removed, "errors": errors}
 
     def close(self) -> None:

@@ -36,6 +36,8 @@ class HostKernel:
         self._intention_guard = threading.Lock()
         self._roots: dict[str, mounts.RootMount] = {}   # target -> a root not yet undone
         self._roots_lock = threading.Lock()
+        self._netns_dir: str | None = None   # the namespace files' dir, once made a mount of its own
+        self._netns_dir_lock = threading.Lock()
 
     def intention_guard(self) -> threading.Lock:
         return self._intention_guard
@@ -74,7 +76,23 @@ class HostKernel:
         mounts.unmount(target)   # a root an older portlink mounted here
 
     def create_netns(self, path: str) -> None:
+        self._own_netns_dir(os.path.dirname(path))
         kernel_ns.create_netns(path)
+
+    def _own_netns_dir(self, d: str) -> None:
+        """Its dir a mount of its own before the first file (kernel_ns.own_mount)."""
+        if self._netns_dir == d:
+            return
+        with self._netns_dir_lock:
+            if self._netns_dir != d:
+                kernel_ns.own_mount(d)
+                self._netns_dir = d
+
+    def release_netns_dir(self) -> bool:
+        """After a prune: the dir's own mount goes once no namespace file is left in it."""
+        with self._netns_dir_lock:
+            self._netns_dir = None
+            return kernel_ns.drop_own_mount(str(self.layout.netns_dir))
 
     def delete_netns(self, path: str) -> None:
         kernel_ns.delete_netns(path)

@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from conftest import snapshot
+from portlink.netns import kernel_ns
 from helpers import wait_for
 
 pytestmark = pytest.mark.root
@@ -207,6 +208,43 @@ def test_sweep_removes_unrecorded_leftovers(nft_host):
     links = h.ns.run("ip", "-br", "link").stdout
     assert "plv-orphan" not in links
     assert "swept leaked veth plv-orphan" in h.daemon_log()
+
+
+def test_namespace_files_are_children_of_a_mount_of_their_own(nft_host, tmp_path):
+    """Not of the filesystem holding the state dir, whose every child each overlay
+    mount walks (issue 18); the mount goes with the last file; a dir already
+    holding mounts is not covered over."""
+    h = nft_host
+    nsdir = str(h.workdir / "state" / "netns")
+
+    def table() -> dict[str, tuple[str, str]]:    # mount point -> (id, parent id)
+        rows = [l.split() for l in open(f"/proc/{h.proc.pid}/mountinfo")]
+        return {r[4]: (r[0], r[1]) for r in rows}
+    h.cli("run", "-d", "--name", "a", "busybox", "sleep", "600", check=True)
+    h.cli("run", "-d", "--name", "b", "busybox", "sleep", "600", check=True)
+    t = table()
+    files = [p for p in t if p.startswith(nsdir + "/")]
+    assert len(files) == 2 and nsdir in t, t
+    assert {t[f][1] for f in files} == {t[nsdir][0]}
+    assert list(t).count(nsdir) == 1
+    h.cli("rm", "-f", "a", check=True)
+    assert nsdir in table()                   # b's file is still there
+    assert h.cli("system", "prune", "-f").returncode == 0
+    assert not [p for p in table() if p == nsdir or p.startswith(nsdir + "/")]
+
+    # a dir whose files an older portlink mounted: left as it is
+    old = tmp_path / "oldns"
+    old.mkdir()
+    kernel_ns.create_netns(str(old / "plc-old"))
+    try:
+        assert kernel_ns.own_mount(str(old)) is False
+        assert str(old) not in kernel_ns.mount_points()
+        assert kernel_ns.drop_own_mount(str(old)) is False
+    finally:
+        kernel_ns.delete_netns(str(old / "plc-old"))
+    assert kernel_ns.own_mount(str(old)) is True and kernel_ns.own_mount(str(old)) is False
+    assert kernel_ns.mount_points().count(str(old)) == 1
+    assert kernel_ns.drop_own_mount(str(old)) is True and str(old) not in kernel_ns.mount_points()
 
 
 def test_system_prune_removes_everything(nft_host):
