@@ -219,22 +219,24 @@ def ambassador_tokens(consul, key: str | None, method: str | None) -> Ambassador
         raise InvalidArgument(str(e)) from None
 
 
-GC_YOUNG = 10_000   # objects allocated between young collections (CPython's default: 700)
+GC_OLDEST = 100   # young-generation collections between full ones considered (CPython's default: 10)
 
 
 def tune_gc() -> None:
     """The cyclic collector, once set up (issue 18). Its full collection walks every
-    object the daemon holds, and it runs each time the objects promoted since the
-    last one reach a quarter of them. A `run` takes ~0.2 s, over which its objects
-    outlived several young collections of 700 and were promoted, counted, and freed
-    later: the full collections came as often while costing more with every
-    container. A young generation of 10,000 promotes few of a request's objects;
-    what set-up made (modules, classes, the recovered state) is frozen out of all
-    collections (bench/README: the thousand links)."""
+    object the daemon holds, and CPython runs one every 10 collections of the
+    middle generation once the objects promoted since the last reach a quarter of
+    them. A `run` takes ~0.2 s: its objects outlived young collections, were
+    promoted, counted and freed by their references, so that quarter came round
+    every ~80 links while each full collection cost more with every container.
+    Considered 10 times less often, they come about twice per 1,000 links; the
+    young generation keeps its size, so its pauses stay short (the resolver's
+    latency). What set-up made (modules, classes, the recovered state) is frozen
+    out of every collection."""
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, older, oldest)
+    young, older, _ = gc.get_threshold()
+    gc.set_threshold(young, older, GC_OLDEST)
 
 
 def main(argv: list[str] | None = None) -> None:
