@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
 import threading
 
 CLONE_NEWNET = 0x40000000
@@ -75,13 +74,14 @@ def create_netns(path: str) -> None:
 
 
 def mount_points() -> list[str]:
-    """This mount namespace's mount points (/proc/self/mountinfo, octal escapes undone)."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        return [_unescape(line.split(b" ", 5)[4]) for line in f]
+    """This mount namespace's mount points (/proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo") as f:
+        return [unescape_mount_field(line.split(" ", 5)[4]) for line in f]
 
 
-def _unescape(field: bytes) -> str:
-    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field).decode(errors="surrogateescape")
+def unescape_mount_field(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo."""
+    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
 
 
 def own_mount(path: str) -> bool:

@@ -4,6 +4,7 @@ sweep after a crash can find it by name alone (as mininet's clean.py does)."""
 BRIDGE_PREFIX = "plb-"       # bridge of a portlink network: plb-<network id[:11]>
 VETH_PREFIX = "plv-"         # host side of a container's veth: plv-<container id[:11]>
 NETNS_PREFIX = "plc-"        # /run/netns/plc-<container id[:12]>
+NETNS_DIR = "netns"          # <state dir>/netns: the netns files, a mount of its own (kernel_ns.own_mount)
 NFT_TABLE = "portlink"       # nftables: table ip portlink, table bridge portlink
 IPT_CHAIN_PREFIX = "PORTLINK-"
 VOLUME_PREFIX = "plvol-"     # a volume's directory: <state dir>/volumes/plvol-<name> (runtime.volumes)

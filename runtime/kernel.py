@@ -76,26 +76,32 @@ class HostKernel:
         mounts.unmount(target)   # a root an older portlink mounted here
 
     def create_netns(self, path: str) -> None:
-        self._own_netns_dir(os.path.dirname(path))
-        kernel_ns.create_netns(path)
-
-    def _own_netns_dir(self, d: str) -> None:
-        """Its dir a mount of its own before the first file (kernel_ns.own_mount)."""
-        if self._netns_dir == d:
-            return
+        # Under the dir's lock: the last file's removal cannot take the dir's mount
+        # (and this file with it) between the check and the file.
+        d = os.path.dirname(path)
         with self._netns_dir_lock:
             if self._netns_dir != d:
-                kernel_ns.own_mount(d)
+                kernel_ns.own_mount(d)     # before the first file (kernel_ns.own_mount)
                 self._netns_dir = d
-
-    def release_netns_dir(self) -> bool:
-        """After a prune: the dir's own mount goes once no namespace file is left in it."""
-        with self._netns_dir_lock:
-            self._netns_dir = None
-            return kernel_ns.drop_own_mount(str(self.layout.netns_dir))
+            kernel_ns.create_netns(path)
 
     def delete_netns(self, path: str) -> None:
         kernel_ns.delete_netns(path)
+        self.release_netns_dir(os.path.dirname(path))
+
+    def release_netns_dir(self, d: str | None = None) -> bool:
+        """The dir's own mount goes with its last file, as it came with the first
+        (a host with no container holds no mount). True: unmounted now."""
+        d = d or str(self.layout.netns_dir)
+        with self._netns_dir_lock:
+            try:
+                with os.scandir(d) as entries:
+                    if next(entries, None) is not None:
+                        return False
+            except FileNotFoundError:
+                pass
+            self._netns_dir = None
+            return kernel_ns.drop_own_mount(d)
 
     def attach(self, ep: Endpoint) -> None:
         t = time.perf_counter()

@@ -29,30 +29,27 @@ import sys
 import threading
 
 from portlink.errors import RuntimeFailure
-from portlink.netns import kernel_ns
+from portlink.netns import kernel_ns, names
 
 log = logging.getLogger("portlink.runtime")
 
 OURS = ("overlay", "nsfs")   # what portlink mounts below its state dir
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as \\ooo."""
-    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
+OWN = (names.NETNS_DIR,)     # its dirs there that are mounts of their own (kernel_ns.own_mount)
 
 
 def mounts_to_detach(mountinfo: str, under: str) -> list[str]:
-    """Mount points strictly below `under` of the kinds portlink makes there,
-    deepest first (pure)."""
+    """Mount points strictly below `under` of the kinds portlink makes there, and
+    its own dirs' mounts, deepest first (pure)."""
     prefix = under.rstrip("/") + "/"
+    own = {prefix + d for d in OWN}
     found = []
     for line in mountinfo.splitlines():
         head, sep, tail = line.partition(" - ")
         fields = head.split()
         if not sep or len(fields) < 5 or not tail:
             continue
-        point = _unescape(fields[4])
-        if point.startswith(prefix) and tail.split()[0] in OURS:
+        point = kernel_ns.unescape_mount_field(fields[4])
+        if point.startswith(prefix) and (tail.split()[0] in OURS or point in own):
             found.append(point)
     return sorted(found, key=lambda p: (-p.count("/"), p))
 

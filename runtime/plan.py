@@ -39,7 +39,7 @@ class Layout:
 
     @property
     def netns_dir(self) -> Path:
-        return self.state_dir / "netns"
+        return self.state_dir / names.NETNS_DIR
 
     @property
     def runc_root(self) -> Path:

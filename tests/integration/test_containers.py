@@ -212,8 +212,8 @@ def test_sweep_removes_unrecorded_leftovers(nft_host):
 
 def test_namespace_files_are_children_of_a_mount_of_their_own(nft_host, tmp_path):
     """Not of the filesystem holding the state dir, whose every child each overlay
-    mount walks (issue 18); the mount goes with the last file; a dir already
-    holding mounts is not covered over."""
+    mount walks (issue 18); the mount comes with the first file and goes with the
+    last; a dir already holding mounts is not covered over."""
     h = nft_host
     nsdir = str(h.workdir / "state" / "netns")
 
@@ -229,6 +229,10 @@ def test_namespace_files_are_children_of_a_mount_of_their_own(nft_host, tmp_path
     assert list(t).count(nsdir) == 1
     h.cli("rm", "-f", "a", check=True)
     assert nsdir in table()                   # b's file is still there
+    h.cli("rm", "-f", "b", check=True)        # the last file: the mount goes with it
+    assert not [p for p in table() if p == nsdir or p.startswith(nsdir + "/")]
+    h.cli("run", "-d", "--name", "c", "busybox", "sleep", "600", check=True)
+    assert list(table()).count(nsdir) == 1
     assert h.cli("system", "prune", "-f").returncode == 0
     assert not [p for p in table() if p == nsdir or p.startswith(nsdir + "/")]
 
