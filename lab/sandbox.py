@@ -196,10 +196,8 @@ def unmount_under(root: Path) -> list[str]:
     """Lazily unmount whatever is still mounted below `root` (overlays, netns
     files), deepest first, so removing the directory cannot fail on a mount."""
     prefix = str(root).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
     errors = []
-    for mp in sorted((m for m in points if m.startswith(prefix)), key=len, reverse=True):
+    for mp in sorted((m for m in kernel_ns.mount_points() if m.startswith(prefix)), key=len, reverse=True):
         try:
             kernel_ns.unmount(mp)
             errors.append(f"leaked mount {mp} (unmounted)")

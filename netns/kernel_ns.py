@@ -84,6 +84,13 @@ def unescape_mount_field(field: str) -> str:
     return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
 
 
+def _mount_state(path: str) -> tuple[bool, bool]:
+    """(`path` is a mount point, something is mounted below it), from the mount
+    table: os.path.ismount misses a bind mount on the same filesystem."""
+    points = mount_points()
+    return path in points, any(p.startswith(path + "/") for p in points)
+
+
 def own_mount(path: str) -> bool:
     """Make directory `path` a mount of its own (bound onto itself), as iproute2
     does for /run/netns: the namespace files bind-mounted in it are then its
@@ -91,12 +98,10 @@ def own_mount(path: str) -> bool:
     overlay mount walks (the kernel's clone_private_mount: O(namespaces) per
     container start, issue 18). Idempotent. A directory already holding mounts
     (files of an older portlink) is left as it is: a mount over it would hide
-    them. True: made now. (os.path.ismount misses a bind mount on the same
-    filesystem: the mount table is read.)"""
+    them. True: made now."""
     os.makedirs(path, exist_ok=True)
     path = os.path.realpath(path)
-    points = mount_points()
-    if path in points or any(p.startswith(path + "/") for p in points):
+    if any(_mount_state(path)):
         return False
     _check(_libc.mount(path.encode(), path.encode(), b"none", MS_BIND, None), f"bind mount {path} onto itself")
     return True
@@ -105,8 +110,7 @@ def own_mount(path: str) -> bool:
 def drop_own_mount(path: str) -> bool:
     """Undo own_mount once nothing is mounted in `path`. True: unmounted."""
     path = os.path.realpath(path)
-    points = mount_points()
-    if path not in points or any(p.startswith(path + "/") for p in points):
+    if _mount_state(path) != (True, False):
         return False
     unmount(path)
     return True

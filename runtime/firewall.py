@@ -162,7 +162,7 @@ class Firewall:
             delta = self._records.running_ambassadors_since(self._trusted_mark)
             self._trusted_mark = delta.mark
             rows = {c.id: c for c in delta.fresh}   # every row when changed is None
-            ids = rows.keys() | self._trusted.keys() if delta.changed is None else delta.changed
+            ids = (rows.keys() | self._trusted.keys()) if delta.changed is None else delta.changed
             came, gone = set(), set()
             for cid in ids:
                 old, c = self._trusted.get(cid), rows.get(cid)
