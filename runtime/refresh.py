@@ -34,29 +34,53 @@ class Catalog:
     Consul (catalog.lookup), for a name the cache does not hold yet."""
 
     def __init__(self, enabled: bool, ask: Callable[[str], tuple[Instance, ...]] | None = None) -> None:
-        self.services: dict[str, tuple[Instance, ...]] | None = {} if enabled else None
+        self._services: dict[str, tuple[Instance, ...]] | None = {} if enabled else None
         self.ask = ask
+        # What was asked of Consul for a name the watch's answer lacked, with that
+        # answer's generation: until the watch's next answer it is the best there is
+        # (a link's ambassador is fed from it while the watch is still reconnecting).
+        self._generation = 0
+        self._asked: dict[str, tuple[int, tuple[Instance, ...]]] = {}
+
+    @property
+    def services(self) -> dict[str, tuple[Instance, ...]] | None:
+        return self._services
+
+    @services.setter
+    def services(self, value: dict[str, tuple[Instance, ...]] | None) -> None:
+        """The watch's answer: it supersedes whatever was asked before it."""
+        self._services, self._asked = value, {}
+        self._generation += 1
 
     @property
     def enabled(self) -> bool:
-        return self.services is not None
+        return self._services is not None
 
     def instances(self, service: str) -> tuple[Instance, ...]:
-        return (self.services or {}).get(service.lower(), ())
+        key = service.lower()
+        got = (self._services or {}).get(key)
+        if got is not None:
+            return got
+        generation, asked = self._asked.get(key, (-1, ()))
+        return asked if generation == self._generation else ()
 
     def instances_now(self, service: str) -> tuple[Instance, ...]:
-        """The cache's instances, else Consul's own answer: a service registered
-        a moment ago is in Consul before this host's watch brings it. A Consul
-        that cannot answer counts as no instance (logged): the caller's refusal
-        names the service."""
+        """The cache's instances, else Consul's own answer (kept until the watch's
+        next answer): a service registered a moment ago is in Consul before this
+        host's watch brings it. A Consul that cannot answer counts as no instance
+        (logged): the caller's refusal names the service."""
         cached = self.instances(service)
         if cached or self.ask is None or not self.enabled:
             return cached
+        generation = self._generation    # an answer of the watch's meanwhile wins
         try:
-            return self.ask(service)
+            got = self.ask(service)
         except PortlinkError as e:
             log.warning("consul: %s", e)
             return ()
+        if got:
+            self._asked = {**self._asked, service.lower(): (generation, got)}
+        return got
 
 
 class Refresher:

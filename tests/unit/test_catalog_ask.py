@@ -29,6 +29,37 @@ def test_a_name_the_cache_lacks_is_asked_for():
     assert cat.instances_now("db") == ()
 
 
+def test_what_was_asked_is_the_instances_until_the_watch_answers():
+    """A link made while this host's watch reconnects: the ambassador is fed what
+    the run asked Consul (CI: fed nothing, a wget through the link got no answer)."""
+    cat = Catalog(True, ask=lambda name: (WEB,))
+    assert cat.instances_now("Web") == (WEB,)
+    assert cat.instances("web") == (WEB,)
+    cat.services = {"db": ()}
+    assert cat.instances("web") == (), "the watch's answer lacks it: gone"
+    cat.services = {"web": ()}
+    assert cat.instances_now("web") == (WEB,), "asked again: the cache holds no instance"
+    assert cat.instances("web") == (), "the watch's own word wins over what was asked"
+
+
+def test_an_answer_of_the_watch_during_the_ask_wins():
+    cat = Catalog(True)
+
+    def ask(name):
+        cat.services = {}        # the watch answers meanwhile, without it
+        return (WEB,)
+    cat.ask = ask
+    assert cat.instances_now("web") == (WEB,)
+    assert cat.instances("web") == ()
+
+
+def test_nothing_asked_is_kept_when_consul_knows_no_instance():
+    asked = []
+    cat = Catalog(True, ask=lambda name: asked.append(name) or ())
+    assert cat.instances_now("web") == () and cat.instances_now("web") == ()
+    assert asked == ["web", "web"]
+
+
 def test_a_consul_that_cannot_answer_counts_as_no_instance(caplog):
     def ask(name):
         raise RuntimeFailure(f"cannot ask Consul for service {name!r}: refused")
