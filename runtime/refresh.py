@@ -41,6 +41,11 @@ class Catalog:
         # (a link's ambassador is fed from it while the watch is still reconnecting).
         self._generation = 0
         self._asked: dict[str, tuple[int, tuple[Instance, ...]]] = {}
+        # Asked answers a watch's answer replaced, for the daemon's next comparison:
+        # an ambassador fed one must hear of the change even if the watch's answer
+        # lacks the service (it went meanwhile).
+        self._superseded: dict[str, tuple[Instance, ...]] = {}
+        self._superseded_lock = threading.Lock()
 
     @property
     def services(self) -> dict[str, tuple[Instance, ...]] | None:
@@ -49,8 +54,20 @@ class Catalog:
     @services.setter
     def services(self, value: dict[str, tuple[Instance, ...]] | None) -> None:
         """The watch's answer: it supersedes whatever was asked before it."""
+        current = self._generation
+        superseded = {k: got for k, (gen, got) in self._asked.items() if gen == current}
+        self._generation = current + 1
         self._services, self._asked = value, {}
-        self._generation += 1
+        if superseded:
+            with self._superseded_lock:
+                self._superseded = {**superseded, **self._superseded}
+
+    def take_superseded(self) -> dict[str, tuple[Instance, ...]]:
+        """The asked answers the watch's answers replaced since the last call: what
+        the consumers fed them had, to compare with the watch's word."""
+        with self._superseded_lock:
+            out, self._superseded = self._superseded, {}
+        return out
 
     @property
     def enabled(self) -> bool:
