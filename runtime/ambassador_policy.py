@@ -26,7 +26,7 @@ from portlink.runtime.events import EventLog
 from portlink.runtime.lifecycle import Lifecycle
 from portlink.runtime.linker_identity import poll_stats
 from portlink.runtime.networks import NO_NETWORK
-from portlink.runtime.records import EXITED, RUNNING, Records
+from portlink.runtime.records import EXITED, RUNNING, Container, Records
 from portlink.runtime.restart_policy import backoff
 from portlink.runtime.refresh import Catalog
 from portlink.runtime.runc import pid_alive
@@ -174,14 +174,22 @@ class AmbassadorPolicy:
                 for n in names:
                     self._linking.remove(n)
 
-    def collect(self) -> list[str]:
+    def collect(self, after: Container | None = None) -> list[str]:
         """Remove ambassadors started for links that no container links to any more
-        (the last linker was removed, or its `run` died half-way)."""
-        everyone = self.records.all()
-        linked = {linkspec.parse_link(x).name for c in everyone for x in c.spec.links}
+        (the last linker was removed, or its `run` died half-way). `after`: the
+        container just removed, whose link targets alone are looked at (reading
+        every container at each removal made it cost O(containers): issue 18)."""
+        if after is None:
+            everyone = self.records.all()
+            linked = {linkspec.parse_link(x).name for c in everyone for x in c.spec.links}
+            unlinked = [c for c in everyone if c.for_links and c.name not in linked]
+        else:
+            targets = {linkspec.parse_link(x).name for x in after.spec.links}
+            unlinked = [t for t in map(self.records.named, sorted(targets))
+                        if t is not None and t.for_links and not self._linked(t.name)]
         gone = []
-        for c in everyone:
-            if not c.for_links or c.name in linked or c.name in self._linking:
+        for c in unlinked:
+            if c.name in self._linking:
                 continue
             try:
                 self.hold(c.id)
@@ -193,6 +201,9 @@ class AmbassadorPolicy:
             except Exception as e:
                 log.error("removing unused ambassador %s: %s", c.name, e)
         return gone
+
+    def _linked(self, name: str) -> bool:
+        return any(linkspec.parse_link(x).name == name for c in self.records.quoting(name) for x in c.spec.links)
 
     # restarts ---------------------------------------------------------------------------
     def hold(self, cid: str) -> None:

@@ -156,7 +156,7 @@ class Containers:
         self.restarts.removed(c.id)
         found = self.life.remove(c, force, ref, volumes)
         self.amb.forget(c.id)
-        collected = self.amb.collect()
+        collected = self.amb.collect(after=found)
         # A container that was not running moves no name, flow or registration (its
         # exit or stop refreshed them): `run --rm` spares its removal a refresh.
         if found.status in (RUNNING, REMOVING) or collected:

@@ -244,6 +244,14 @@ class Records:
     def all(self) -> list[Container]:
         return [Container.from_row(r) for r in self.store.query(_WITH_IP + " ORDER BY c.created")]
 
+    def quoting(self, name: str) -> list[Container]:
+        """The containers whose stored record holds a JSON string starting with
+        `name` (a link to it is "name" or "name:alias"): a superset for the caller
+        to check, found by SQLite in the stored text, so a question about one name
+        does not read every container into Python (issue 18)."""
+        return [Container.from_row(r) for r in
+                self.store.query(_WITH_IP + " WHERE instr(c.spec, ?) > 0", json.dumps(name)[:-1])]
+
     def ids(self) -> list[str]:
         return [r["id"] for r in self.store.query("SELECT id FROM containers ORDER BY created")]
 
