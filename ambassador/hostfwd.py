@@ -88,10 +88,14 @@ class HostedAmbassador:
         self.feeds += 1
 
     def ready(self) -> bool:
-        """Forwarding: every listener has a backend, or Consul is known lost (it
-        serves what it has): what a run that links to it waits for."""
+        """Forwarding: every listener has a backend. What a run that links to it
+        waits for. Consul known lost does not count: portlinkd's watch may still be
+        in its backoff while the agent already answered the run's own question, and
+        a run that returned then found its link closing every connection (CI). With
+        Consul really lost a run is refused before it waits, unless this host's
+        catalog holds instances, which then are its backends."""
         pools = self.amb.pools
-        return self.reachable is False or (bool(pools) and all(p.backends for p in pools.values()))
+        return bool(pools) and all(p.backends for p in pools.values())
 
     def stats(self) -> tuple[str, dict]:
         """The same /metrics and /stats as a `python -m portlink.ambassador` of its own."""

@@ -139,8 +139,9 @@ class AmbassadorPolicy:
         """Until a just-started ambassador forwards: its forwarder (a Python process)
         takes a moment to listen and to hear from Consul, and a connection before
         that is closed at once. A run that links to it returns when the link works
-        (or when the ambassador found Consul unreachable). Asks its /stats on the
-        bridge, so no probe connection shows in its counters."""
+        (or when an ambassador with a process of its own found Consul unreachable:
+        a hosted one waits for backends, runtime.host_forwarder). Asks its /stats
+        on the bridge, so no probe connection shows in its counters."""
         c = self.records.named(name)
         if c is None or c.status != RUNNING or not c.ip:
             return

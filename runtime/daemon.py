@@ -153,9 +153,7 @@ async def start_consul(host: Host) -> ConsulSync:
             rebuild = False
             host.refresher.refresh_services()
         now = dict(host.catalog.services or {})
-        # What a run asked Consul counts as known before (refresh.Catalog): an
-        # ambassador fed it hears if the watch's word differs, or lacks the service.
-        last, before = now, {**host.catalog.take_superseded(), **last}
+        last, before = now, last
         # The local ambassadors follow the same catalog: an instance set that changed
         # is a reroute for each of them (an event; reading the store, so in a thread).
         host.ambassadors.reroutes(before, now)

@@ -34,70 +34,29 @@ class Catalog:
     Consul (catalog.lookup), for a name the cache does not hold yet."""
 
     def __init__(self, enabled: bool, ask: Callable[[str], tuple[Instance, ...]] | None = None) -> None:
-        self._services: dict[str, tuple[Instance, ...]] | None = {} if enabled else None
+        self.services: dict[str, tuple[Instance, ...]] | None = {} if enabled else None
         self.ask = ask
-        # What was asked of Consul for a name the watch's answer lacked, with that
-        # answer's generation: until the watch's next answer it is the best there is
-        # (a link's ambassador is fed from it while the watch is still reconnecting).
-        self._generation = 0
-        self._asked: dict[str, tuple[int, tuple[Instance, ...]]] = {}
-        # Asked answers a watch's answer replaced, for the daemon's next comparison:
-        # an ambassador fed one must hear of the change even if the watch's answer
-        # lacks the service (it went meanwhile).
-        self._superseded: dict[str, tuple[Instance, ...]] = {}
-        self._superseded_lock = threading.Lock()
-
-    @property
-    def services(self) -> dict[str, tuple[Instance, ...]] | None:
-        return self._services
-
-    @services.setter
-    def services(self, value: dict[str, tuple[Instance, ...]] | None) -> None:
-        """The watch's answer: it supersedes whatever was asked before it."""
-        current = self._generation
-        superseded = {k: got for k, (gen, got) in self._asked.items() if gen == current}
-        self._generation = current + 1
-        self._services, self._asked = value, {}
-        if superseded:
-            with self._superseded_lock:
-                self._superseded = {**superseded, **self._superseded}
-
-    def take_superseded(self) -> dict[str, tuple[Instance, ...]]:
-        """The asked answers the watch's answers replaced since the last call: what
-        the consumers fed them had, to compare with the watch's word."""
-        with self._superseded_lock:
-            out, self._superseded = self._superseded, {}
-        return out
 
     @property
     def enabled(self) -> bool:
-        return self._services is not None
+        return self.services is not None
 
     def instances(self, service: str) -> tuple[Instance, ...]:
-        key = service.lower()
-        got = (self._services or {}).get(key)
-        if got is not None:
-            return got
-        generation, asked = self._asked.get(key, (-1, ()))
-        return asked if generation == self._generation else ()
+        return (self.services or {}).get(service.lower(), ())
 
     def instances_now(self, service: str) -> tuple[Instance, ...]:
-        """The cache's instances, else Consul's own answer (kept until the watch's
-        next answer): a service registered a moment ago is in Consul before this
-        host's watch brings it. A Consul that cannot answer counts as no instance
-        (logged): the caller's refusal names the service."""
+        """The cache's instances, else Consul's own answer: a service registered
+        a moment ago is in Consul before this host's watch brings it. A Consul
+        that cannot answer counts as no instance (logged): the caller's refusal
+        names the service."""
         cached = self.instances(service)
         if cached or self.ask is None or not self.enabled:
             return cached
-        generation = self._generation    # an answer of the watch's meanwhile wins
         try:
-            got = self.ask(service)
+            return self.ask(service)
         except PortlinkError as e:
             log.warning("consul: %s", e)
             return ()
-        if got:
-            self._asked = {**self._asked, service.lower(): (generation, got)}
-        return got
 
 
 class Refresher:

@@ -29,65 +29,6 @@ def test_a_name_the_cache_lacks_is_asked_for():
     assert cat.instances_now("db") == ()
 
 
-def test_what_was_asked_is_the_instances_until_the_watch_answers():
-    """A link made while this host's watch reconnects: the ambassador is fed what
-    the run asked Consul (CI: fed nothing, a wget through the link got no answer)."""
-    cat = Catalog(True, ask=lambda name: (WEB,))
-    assert cat.instances_now("Web") == (WEB,)
-    assert cat.instances("web") == (WEB,)
-    cat.services = {"db": ()}
-    assert cat.instances("web") == (), "the watch's answer lacks it: gone"
-    cat.services = {"web": ()}
-    assert cat.instances_now("web") == (WEB,), "asked again: the cache holds no instance"
-    assert cat.instances("web") == (), "the watch's own word wins over what was asked"
-
-
-def test_an_answer_of_the_watch_during_the_ask_wins():
-    cat = Catalog(True)
-
-    def ask(name):
-        cat.services = {}        # the watch answers meanwhile, without it
-        return (WEB,)
-    cat.ask = ask
-    assert cat.instances_now("web") == (WEB,)
-    assert cat.instances("web") == ()
-
-
-def test_an_asked_answer_the_watch_replaced_is_handed_to_the_next_comparison():
-    """The daemon compares the watch's answers to feed the ambassadors: one fed an
-    asked answer must hear of a watch's answer that lacks the service (it went)."""
-    other = Instance(id="web-2", service="web", address="10.0.0.6", port=8080, node="n2")
-    cat = Catalog(True, ask=lambda name: (WEB,))
-    assert cat.take_superseded() == {}
-    cat.instances_now("web")
-    cat.services = {"db": ()}
-    assert cat.take_superseded() == {"web": (WEB,)}
-    assert cat.take_superseded() == {}, "handed once"
-    cat.instances_now("web")
-    cat.services = {"web": (other,)}
-    cat.services = {"web": (other,)}
-    assert cat.take_superseded() == {"web": (WEB,)}, "kept until taken, across answers"
-
-
-def test_an_asked_answer_out_of_date_when_stored_is_not_handed_on():
-    cat = Catalog(True)
-
-    def ask(name):
-        cat.services = {}
-        return (WEB,)
-    cat.ask = ask
-    cat.instances_now("web")
-    cat.services = {}
-    assert cat.take_superseded() == {}
-
-
-def test_nothing_asked_is_kept_when_consul_knows_no_instance():
-    asked = []
-    cat = Catalog(True, ask=lambda name: asked.append(name) or ())
-    assert cat.instances_now("web") == () and cat.instances_now("web") == ()
-    assert asked == ["web", "web"]
-
-
 def test_a_consul_that_cannot_answer_counts_as_no_instance(caplog):
     def ask(name):
         raise RuntimeFailure(f"cannot ask Consul for service {name!r}: refused")

@@ -178,8 +178,8 @@ def test_many_ambassadors_each_with_its_own_backends_and_metrics():
 
 
 def test_a_feed_reply_says_whether_the_ambassador_forwards():
-    """ready: every listener has a backend, or Consul is known lost (it serves what it
-    has): what a run that links to it waits for, instead of asking its /stats."""
+    """ready: every listener has a backend, whatever Consul's reachability: what a run
+    that links to it waits for, instead of asking its /stats."""
     async def go():
         reg = hostfwd.Registry(dialable=lambda b: True)
         lst = [listening() for _ in range(3)]
@@ -193,7 +193,10 @@ def test_a_feed_reply_says_whether_the_ambassador_forwards():
             return json.loads(await reg.handle(enc({"op": "feed", "id": "c1", "instances": instances,
                                                     "reachable": reachable}), []))
         assert await feed([], None) == {"ok": True, "ready": False}
-        assert await feed([], False) == {"ok": True, "ready": True}                  # Consul lost
+        # Consul lost is no backend: the daemon's watch may be in its backoff while the
+        # agent answered the run (CI: that run's link closed every connection).
+        assert await feed([], False) == {"ok": True, "ready": False}
+        assert await feed([inst(7001, 80), inst(7002, 81)], False) == {"ok": True, "ready": True}
         assert await feed([inst(7001, 80)], True) == {"ok": True, "ready": False}   # 81 has none
         assert await feed([inst(7001, 80), inst(7002, 81)], True) == {"ok": True, "ready": True}
         assert await feed([], True) == {"ok": True, "ready": False}
