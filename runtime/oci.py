@@ -36,6 +36,10 @@ class Confinement:
     seccomp: dict | None                                  # OCI linux.seccomp; None: unconfined
     sysctl: dict[str, str] = field(default_factory=dict)  # namespaced sysctls (ping_group_range)
     readonly_root: bool = False
+    # /sys and /dev/mqueue. Each mount of either walks every superblock of its kind on
+    # the machine (one per namespace: sget_fc), so a process that reads neither (a
+    # hosted ambassador's pause) goes without them (issue 18).
+    system_fs: bool = True
 
 
 # Recursively read-only (mount_setattr, runc >= 1.1 on Linux >= 5.12): a plain "ro"
@@ -62,11 +66,14 @@ def build_config(proc: ProcessSpec, rootfs: str, netns_path: str, cgroups_path: 
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]
+    if confine.system_fs:
+        mounts += [
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ]
     mounts += [dict(m) for m in user_mounts]
     for dest, src in sorted({**proc.ro_binds, **proc.ro_files}.items()):
         mounts.append({"destination": dest, "type": "bind", "source": src, "options": list(RO_BIND)})

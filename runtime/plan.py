@@ -175,12 +175,14 @@ def process(c: Container, config: ImageConfig, ids: tuple[int, int], link_env: l
 def confinement(c: Container, profile: dict | None, machine: seccomp.Machine | None) -> oci.Confinement:
     """Capabilities from --cap-add/--cap-drop; the seccomp profile (None: unconfined)
     resolved for them and this machine; ping without CAP_NET_RAW. An ambassador:
-    no capabilities, low ports without one, a read-only root."""
+    no capabilities, low ports without one, a read-only root; a hosted one's pause
+    no /sys or /dev/mqueue."""
     amb = bool(c.spec.ambassador)
     caps = [] if amb else security.capabilities(c.spec.cap_add, c.spec.cap_drop)
     rules = seccomp.convert(profile, caps, machine or seccomp.this_machine()) if profile is not None else None
     sysctl = security.AMBASSADOR_SYSCTL if amb else security.PING_SYSCTL
-    return oci.Confinement(caps=caps, seccomp=rules, sysctl=dict(sysctl), readonly_root=amb)
+    return oci.Confinement(caps=caps, seccomp=rules, sysctl=dict(sysctl), readonly_root=amb,
+                           system_fs=not ambassadors.runs_pause(c.spec))
 
 
 def mappings(ports: list[PortRow], ip: IPv4Address) -> list[PortMapping]:

@@ -125,6 +125,11 @@ def test_three_links_one_forwarder(two):
         monitor = parent_pid(a["pid"])
         assert Path(f"/proc/{monitor}/comm").read_text().strip() == "portlink-logshi"   # comm: 15 bytes
         assert is_static(f"/proc/{monitor}/exe")
+        # Its pause reads neither: no /sys or /dev/mqueue mounted in its mount namespace.
+        kinds = {l.split(" - ")[1].split()[0] for l in Path(f"/proc/{a['pid']}/mountinfo").read_text().splitlines()}
+        assert "proc" in kinds and not kinds & {"sysfs", "mqueue"}, kinds
+    web_kinds = Path(f"/proc/{L.client('host2').get('/containers/web-alpha')['pid']}/mountinfo").read_text()
+    assert " - sysfs " in web_kinds and " - mqueue " in web_kinds
     fds = os.listdir(f"/proc/{fwd['pid']}/fd")
     # Each ambassador's listener and metrics socket live in its own namespace, held by the forwarder.
     for svc in SERVICES:

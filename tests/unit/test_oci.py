@@ -110,6 +110,14 @@ def test_read_only_binds_and_handed_files_are_recursively_read_only():
     assert cfg["root"]["readonly"] is False
 
 
+def test_system_fs_mounted_unless_left_out():
+    kinds = lambda cfg: [m["type"] for m in cfg["mounts"]]
+    full = oci.build_config(PROC, "/r", NETNS, "/c", oci.Confinement(caps=[], seccomp=None))
+    assert kinds(full)[:6] == ["proc", "tmpfs", "devpts", "tmpfs", "mqueue", "sysfs"]
+    bare = oci.build_config(PROC, "/r", NETNS, "/c", oci.Confinement(caps=[], seccomp=None, system_fs=False))
+    assert kinds(bare)[:4] == ["proc", "tmpfs", "devpts", "tmpfs"] and not {"mqueue", "sysfs"} & set(kinds(bare))
+
+
 def test_read_only_root():
     cfg = oci.build_config(PROC, "/r", NETNS, "/c", oci.Confinement(caps=[], seccomp=None, readonly_root=True))
     assert cfg["root"] == {"path": "/r", "readonly": True}

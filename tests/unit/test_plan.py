@@ -138,6 +138,14 @@ def test_a_hosted_ambassador_runs_portlink_pause_bound_read_only():
     old_plan = plan_start(old, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, [])
     assert old_plan.config["process"]["args"] == ["sleep", "2147483647"]
     assert PAUSE_PATH not in {m["destination"] for m in old_plan.config["mounts"]}
+    # Its pause reads no /sys and no message queue: neither is mounted (each mount walks
+    # every superblock of its kind, one per namespace); every other container has both.
+    fs = lambda cfg: {m["destination"]: m["type"] for m in cfg["mounts"] if m["type"] in ("sysfs", "mqueue")}
+    assert fs(plan.config) == {}
+    assert fs(old_plan.config) == {"/sys": "sysfs", "/dev/mqueue": "mqueue"}
+    sidecar = container(ambassador={"service": "db", "ports": [80]})
+    assert fs(plan_start(sidecar, IMAGE, (0, 0), LAYOUT, NET, ip_address("10.90.0.5"), [], {}, []).config) == \
+        {"/sys": "sysfs", "/dev/mqueue": "mqueue"}
     # The same command outside an ambassador is an ordinary container's, with nothing bound.
     assert not is_hosted(container(cmd=list(HOSTED_CMD)).spec)
 
