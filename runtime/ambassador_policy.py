@@ -251,14 +251,13 @@ class AmbassadorPolicy:
         """Consul's instances changed: a reroute event for each local ambassador
         whose service's backends differ (naming them before and after)."""
         backends = lambda svc, d: sorted(f"{i.address}:{i.port}" for i in d.get(svc, ()))
+        changed = {s for s in before.keys() | now.keys() if before.get(s) != now.get(s)}
+        if not changed:
+            return
         if self.forwarder is not None:
-            # The host forwarder's only source is this catalog. Every hosted record, not
-            # only the running ones: one being started is fed once it is served (its
-            # attach reads the catalog under the forwarder's lock, this waits for it).
-            for c in self.records.all():
-                service = (c.spec.ambassador or {}).get("service", "")
-                if ambassadors.is_hosted(c.spec) and before.get(service.lower()) != now.get(service.lower()):
-                    self.forwarder.feed(c)
+            # The host forwarder's only source is this catalog: what it serves for the
+            # changed services is fed (one being started reads the catalog when served).
+            self.forwarder.feed_services(changed)
         for c in self.records.running_ambassadors():
             service = c.spec.ambassador["service"]
             old, new = backends(service, before), backends(service, now)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +111,9 @@ class HostForwarder:
         self._start: int | None = None
         self._closing = False
         self._watched: int | None = None
-        self._served: set[str] = set()   # ambassadors the forwarder holds (container ids)
+        # The ambassadors the forwarder holds, by container id: the record each was given
+        # with (its name and service, for the feeds of a catalog change).
+        self._served: dict[str, Container] = {}
         # Whether each forwards, as the forwarder's reply to its last feed said (absent:
         # not fed here, or a forwarder from before the reply said it).
         self._ready: dict[str, bool] = {}
@@ -144,10 +146,19 @@ class HostForwarder:
         with self._lock:
             if c.id not in self._served or not self._alive():
                 return        # not served yet: its attach reads the catalog itself
-            try:
-                self._feed(c)
-            except (OSError, proto.ProtocolError, RuntimeFailure) as e:
-                log.error("host forwarder: feeding %s: %s", c.name, e)
+            self._feed_logged(c)
+
+    def feed_services(self, services: Collection[str]) -> None:
+        """The instances of `services` (lower-case names) changed: each ambassador served
+        for one of them is fed. From the forwarder's own list, not a read of every
+        container (a catalog change cost O(containers): issue 18); one not served yet
+        reads the catalog when its attach serves it, under this lock."""
+        with self._lock:
+            if not self._alive():
+                return
+            for c in list(self._served.values()):
+                if c.spec.ambassador["service"].lower() in services:
+                    self._feed_logged(c)
 
     def resume(self) -> list[str]:
         """After a daemon (re)start: find the recorded forwarder or start one, and make
@@ -173,7 +184,7 @@ class HostForwarder:
                 return repaired
             self._ensure()
             held = self._request(b'{"op": "list"}')["ambassadors"]
-            self._served = set(held)
+            self._served = {c.id: c for c in hosted if c.id in held}
             want = {c.id for c in hosted}
             for cid in set(held) - want:
                 self._request(json.dumps({"op": "remove", "id": cid}).encode())
@@ -219,11 +230,11 @@ class HostForwarder:
                 s.close()
         if not r["ok"]:
             raise RuntimeFailure(f"the host forwarder refused ambassador {c.name}: {r.get('error')}")
-        self._served.add(c.id)
+        self._served[c.id] = c
         self._feed(c)
 
     def _unserve(self, cid: str) -> None:
-        self._served.discard(cid)
+        self._served.pop(cid, None)
         if self._ready.pop(cid, None) is not None:
             self._fed.notify_all()
 
@@ -232,6 +243,12 @@ class HostForwarder:
             self._add(c)
         except (OSError, proto.ProtocolError, RuntimeFailure) as e:
             log.error("host forwarder: %s not served: %s", c.name, e)
+
+    def _feed_logged(self, c: Container) -> None:
+        try:
+            self._feed(c)
+        except (OSError, proto.ProtocolError, RuntimeFailure) as e:
+            log.error("host forwarder: feeding %s: %s", c.name, e)
 
     def _feed(self, c: Container) -> None:
         service = c.spec.ambassador["service"]

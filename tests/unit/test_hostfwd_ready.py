@@ -5,8 +5,11 @@ forwarder itself is tests/unit/test_hostfwd.py's."""
 
 from __future__ import annotations
 
+import json
 import threading
 from types import SimpleNamespace
+
+import pytest
 
 from portlink.runtime.host_forwarder import ForwarderConfig, HostForwarder
 
@@ -58,3 +61,38 @@ def test_a_forwarder_that_does_not_say_leaves_the_poll(tmp_path):
     with fw._lock:
         fw._feed(AMB)
     assert fw.wait_ready(AMB.id, 30) is None
+
+
+def test_a_catalog_change_feeds_the_ambassadors_served_for_the_changed_services(tmp_path):
+    """From the forwarder's own list of what it serves: no read of every container
+    record (a catalog change cost O(containers), issue 18)."""
+    sent: list[dict] = []
+    fw = HostForwarder(ForwarderConfig(tmp_path, "http://10.0.0.1:8500", 1, 1), records=None,
+                       netns_path=str, instances=lambda service: [])
+    fw._request = lambda data, fds=(): sent.append(json.loads(data)) or {"ok": True, "ready": True}
+    fw._alive = lambda: True
+    other = SimpleNamespace(id="b" * 64, name="amb-Web-bridge", spec=SimpleNamespace(ambassador={"service": "Web"}))
+    fw._served = {AMB.id: AMB, other.id: other}
+    fw.feed_services({"web"})                              # the catalog's names are lower case
+    assert [(m["op"], m["id"]) for m in sent] == [("feed", other.id)]
+    fw.feed_services({"cache"})
+    assert len(sent) == 1, "nothing served for that service"
+    fw._alive = lambda: False
+    fw.feed_services({"db", "web"})
+    assert len(sent) == 1, "no forwarder: nothing to feed (its restart gives every listener afresh)"
+
+
+def test_reroutes_feed_the_changed_services_alone_without_reading_every_container():
+    from portlink.catalog.services import Instance
+    from portlink.runtime.ambassador_policy import AmbassadorPolicy
+    fed = []
+    records = SimpleNamespace(all=lambda: pytest.fail("every container read"), running_ambassadors=lambda: [])
+    policy = AmbassadorPolicy(records, lifecycle=None, catalog=None, consul_url="http://x", events=None,
+                              changed=lambda: None)
+    policy.forwarder = SimpleNamespace(feed_services=fed.append)
+    one = Instance(id="db-1", service="db", address="10.0.0.5", port=5432, node="n1")
+    two = Instance(id="db-2", service="db", address="10.0.0.6", port=5432, node="n2")
+    policy.reroutes({"db": (one,), "web": (one,)}, {"db": (one, two), "web": (one,), "new": (two,)})
+    assert fed == [{"db", "new"}]
+    policy.reroutes({"db": (one,)}, {"db": (one,)})
+    assert fed == [{"db", "new"}], "nothing changed: nothing fed"
