@@ -45,6 +45,8 @@ class ConsulConfig:
         """A py-consul asyncio client (call from inside a running event loop)."""
         import consul.aio   # imported here: a host without Consul never loads it
 
+        from portlink.catalog.health_view import CachedHealth
+
         verify: bool | str = self.ca_file or self.verify
         cert = (self.cert_file, self.key_file) if self.cert_file else None
         # Each followed service holds one connection in a blocking query: aiohttp's default pool of
@@ -53,6 +55,7 @@ class ConsulConfig:
                               verify=verify, cert=cert, connections_timeout=timeout,
                               connections_limit=CONNECTIONS)
         c.token = self.token   # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; ours won
+        c.health = CachedHealth(c)   # followed services from the agent's streamed view
         return c
 
 
