@@ -102,8 +102,8 @@ def test_ambassador_metrics_and_consul_health(tmp_path):
                                      "600").returncode == 0, timeout=15)
         assert ran
         # At once: the run returns when the link forwards, though this host's watch may
-        # still be reconnecting (the agent came after the daemon): what the run asked
-        # Consul feeds the ambassador meanwhile (CI: it got no backend).
+        # still be reconnecting (the agent came after the daemon): a hosted ambassador
+        # is ready only with backends, Consul known lost or not (CI: it had none).
         r = h.cli("exec", "web", "sh", "-c", "timeout 5 wget -q -O- http://sql/")
         assert r.stdout.strip() == Outside.HOST_IP, (r.returncode, r.stderr, h.client.get("/system/consul"))
         text = wait_for(lambda: (lambda t: t if 'portlink_ambassador_connections_total{ambassador="amb-ext-bridge"} 1'
