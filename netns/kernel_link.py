@@ -1,5 +1,6 @@
-"""Bridges, veth pairs, addresses and routes through netlink (pyroute2); touches
-the kernel. Every call is idempotent in the way of pyroute2's IPRoute.ensure():
+"""Bridges, veth pairs, addresses and routes through netlink: a container's
+attach by plain rtnetlink requests (netns.rtnl), the rest through pyroute2;
+touches the kernel. Every call is idempotent in the way of pyroute2's IPRoute.ensure():
 creating what exists (EEXIST) or deleting what is gone (ENODEV) is not an error,
 so a retry after a crash converges."""
 
@@ -18,7 +19,7 @@ from ipaddress import IPv4Address
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from portlink.netns import kernel_ns, names
+from portlink.netns import kernel_ns, names, rtnl
 from portlink.netns.model import Endpoint, NetworkSpec
 
 SIOCGIFADDR = 0x8915   # linux/sockios.h
@@ -32,6 +33,14 @@ def _ipr() -> IPRoute:
     if ipr is None:
         ipr = _local.ipr = IPRoute()
     return ipr
+
+
+def _rtnl() -> rtnl.Rtnl:
+    """This thread's plain rtnetlink socket in the daemon's namespace (attach)."""
+    sock = getattr(_local, "rtnl", None)
+    if sock is None:
+        sock = _local.rtnl = rtnl.Rtnl()
+    return sock
 
 
 def _index(ipr: IPRoute, ifname: str) -> int | None:
@@ -146,7 +155,7 @@ def list_links() -> list[str]:
 _bridges: dict[str, int] = {}   # bridge name -> ifindex; kept current by ensure_bridge/delete_link
 
 
-def _bridge_index(ipr: IPRoute, ep: Endpoint) -> int:
+def _bridge_index(ep: Endpoint) -> int:
     idx = _bridges.get(ep.network.bridge)
     if idx is None:
         idx = _host_index(ep.network.bridge)
@@ -169,17 +178,16 @@ def _disable_ipv6(ifname: str) -> None:
 # port (attach time would then grow with the containers). By netlink, before
 # the link is up: a /proc/sys path costs a walk of every namespace's entries of
 # the same name (proc_sys_compare: ~10 ms an attach at 2,000 containers).
-_NO_IPV6_ADDRESSES = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}   # IN6_ADDR_GEN_MODE_NONE
 
 
-def _no_ipv6_addresses(ipr: IPRoute, idx: int) -> None:
+def _no_ipv6_addresses(sock: rtnl.Rtnl, idx: int) -> None:
     try:
-        ipr.link("set", index=idx, IFLA_AF_SPEC=_NO_IPV6_ADDRESSES)
+        sock.request(rtnl.no_ipv6_addresses(idx))
     except NetlinkError as e:
         _tolerate(e, errno.EAFNOSUPPORT)   # kernel without IPv6
 
 
-def _add_veth(ipr: IPRoute, ep: Endpoint, br: int) -> None:
+def _add_veth(sock: rtnl.Rtnl, ep: Endpoint, br: int) -> None:
     fd = os.open(ep.netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         # index 2: the first link made in a new namespace after lo, named up front
@@ -187,9 +195,7 @@ def _add_veth(ipr: IPRoute, ep: Endpoint, br: int) -> None:
         # The container's MAC is derived from its address (model.container_mac):
         # its layer-2 pin (rules_l2) was rendered from it before this pair existed,
         # and a pair rebuilt by drift repair keeps it.
-        ipr.link("add", ifname=ep.host_ifname, kind="veth", master=br,
-                 peer={"ifname": ep.ifname, "net_ns_fd": fd, "index": CONTAINER_IFINDEX,
-                       "address": ep.mac})
+        sock.request(rtnl.new_veth(ep.host_ifname, br, ep.ifname, fd, CONTAINER_IFINDEX, ep.mac))
     finally:
         os.close(fd)
 
@@ -204,56 +210,63 @@ def attach(ep: Endpoint, fresh: bool = True) -> None:
     renamed or moved through the host), then addressed and routed from a netlink
     socket opened in that namespace. `fresh`: the namespace is new, so the peer
     is ifindex 2; a repair (drift) looks it up by name instead, as the kernel
-    does not hand an ifindex out again at once."""
-    ipr = _ipr()
+    does not hand an ifindex out again at once. Plain rtnetlink requests
+    (netns.rtnl): this runs at every container start."""
+    host = _rtnl()
     with kernel_ns.entered(ep.netns_path):
-        cipr = IPRoute()
+        inside = rtnl.Rtnl()
     try:
         try:
-            br = _bridge_index(ipr, ep)
+            br = _bridge_index(ep)
             try:
-                _add_veth(ipr, ep, br)
+                _add_veth(host, ep, br)
             except NetlinkError as e:
                 if e.code == errno.EEXIST:
                     # A host end left by a namespace the kernel has not finished
                     # tearing down (same container restarted): replace it.
                     delete_link(ep.host_ifname)
-                    _add_veth(ipr, ep, br)
+                    _add_veth(host, ep, br)
                 else:
                     _bridges.pop(ep.network.bridge, None)
                     raise
             idx = _host_index(ep.host_ifname)
-            _no_ipv6_addresses(ipr, idx)
+            _no_ipv6_addresses(host, idx)
             # Hairpin: with br_netfilter a published port is DNATed at the bridge, so
             # a container reaching its own published port needs frames sent back out
             # the port they came in on.
-            ipr.brport("set", index=idx, mode=1)
-            ipr.link("set", index=idx, state="up")
-            _configure_inside(cipr, ep, CONTAINER_IFINDEX if fresh else _index(cipr, ep.ifname))
+            host.request(rtnl.hairpin(idx))
+            host.request(rtnl.link_up(idx))
+            _configure_inside(inside, ep, CONTAINER_IFINDEX if fresh else _index_inside(ep))
         except BaseException:
             delete_link(ep.host_ifname)   # leave no half-made pair behind
             raise
     finally:
-        cipr.close()
+        inside.close()
 
 
-def _configure_inside(ipr: IPRoute, ep: Endpoint, idx: int) -> None:
-    _no_ipv6_addresses(ipr, idx)
-    ipr.addr("add", index=idx, address=str(ep.address), prefixlen=ep.network.subnet.prefixlen)
-    ipr.link("set", index=idx, state="up")
-    ipr.link("set", index=1, state="up")  # lo is always ifindex 1 in a new namespace
+def _index_inside(ep: Endpoint) -> int:
+    with kernel_ns.entered(ep.netns_path):
+        idx = _host_index(ep.ifname)   # by ioctl, in the namespace this thread is in now
+    if idx is None:
+        raise OSError(errno.ENODEV, f"{ep.ifname} is missing in {ep.netns_path}")
+    return idx
+
+
+def _configure_inside(inside: rtnl.Rtnl, ep: Endpoint, idx: int) -> None:
+    _no_ipv6_addresses(inside, idx)
+    inside.request(rtnl.add_address(idx, ep.address, ep.network.subnet.prefixlen))
+    inside.request(rtnl.link_up(idx))
+    inside.request(rtnl.link_up(1))  # lo is always ifindex 1 in a new namespace
     if ep.default_route and not ep.network.internal:
-        ipr.route("add", dst="0.0.0.0/0", gateway=str(ep.network.gateway), oif=idx)
+        inside.request(rtnl.add_default_route(ep.network.gateway, idx))
 
 
 def loopback_up(netns_path: str) -> None:
     """Bring up lo in a namespace that has no other link (network "none")."""
     with kernel_ns.entered(netns_path):
-        ipr = IPRoute()
-    try:
-        ipr.link("set", index=1, state="up")
-    finally:
-        ipr.close()
+        inside = rtnl.Rtnl()
+    with inside:
+        inside.request(rtnl.link_up(1))
 
 
 def address_of(netns_path: str, ifname: str = "eth0") -> IPv4Address | None:
