@@ -55,6 +55,10 @@ class ConsulConfig:
                               verify=verify, cert=cert, connections_timeout=timeout,
                               connections_limit=CONNECTIONS)
         c.token = self.token   # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; ours won
+        # aiohttp asks for gzip by default and Consul then compresses every answer above
+        # ~1 KB: on the link to this host's own agent that is CPU on both ends for no gain,
+        # several times per catalog change (bench/scale_hosts.py). Uncompressed, please.
+        c.http._session.headers["Accept-Encoding"] = "identity"
         c.health = CachedHealth(c)   # followed services from the agent's streamed view
         return c
 

@@ -290,3 +290,23 @@ def test_client_pool_holds_a_blocking_query_per_service_past_aiohttps_default():
 
     got = asyncio.run(limit())
     assert got == CONNECTIONS and got >= 1000
+
+
+def test_client_asks_for_uncompressed_answers():
+    """Consul gzips an answer when asked, and aiohttp asks by default: the client says
+    identity on every request, without any I/O."""
+    import asyncio
+
+    async def sent_encoding():
+        c = ConsulConfig(host="127.0.0.1", port=DEFAULT_PORT).client()
+        try:
+            from aiohttp import ClientRequest
+            from yarl import URL
+            session = c.http._session
+            req = ClientRequest("GET", URL("http://127.0.0.1:8500/v1/catalog/services"),
+                                headers=session._prepare_headers(None), loop=asyncio.get_running_loop())
+            return req.headers.get("Accept-Encoding")
+        finally:
+            await c.http._session.close()
+
+    assert asyncio.run(sent_encoding()) == "identity"
