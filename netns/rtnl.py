@@ -11,7 +11,6 @@ kernel's ABI (linux/rtnetlink.h, if_link.h, veth.h, if_addr.h)."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -63,8 +62,9 @@ def _mac(text: str) -> bytes:
     return bytes(int(x, 16) for x in text.split(":"))
 
 
-def message(kind: int, flags: int, body: bytes, seq: int = 0) -> bytes:
-    return _HEADER.pack(_HEADER.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+def message(kind: int, flags: int, body: bytes) -> bytes:
+    """A request asking for its acknowledgement; Rtnl.request stamps its sequence number."""
+    return _HEADER.pack(_HEADER.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0) + body
 
 
 def new_veth(host: str, master: int, peer: str, peer_netns_fd: int, peer_index: int, peer_mac: str) -> bytes:
@@ -141,7 +141,7 @@ class Rtnl:
             if code is not None:
                 break
         if code:
-            raise NetlinkError(code, os.strerror(code) if code in errno.errorcode else f"netlink error {code}")
+            raise NetlinkError(code, os.strerror(code))
 
     def close(self) -> None:
         self.sock.close()
