@@ -23,11 +23,18 @@ class Backend:
     # Where we connect is the identity: a Consul instance re-registered under a
     # new id at the same address is the same backend, not a reroute.
     id: str = field(default="", compare=False)
+    # Made once: every connection hashes its backend several times and labels its
+    # metrics with it (dataclass's own __hash__ builds a tuple per call).
+    label: str = field(init=False, compare=False, repr=False)     # 'ip:port' ('[v6]:port'): metrics, logs
+    _hash: int = field(init=False, compare=False, repr=False)
 
-    @property
-    def label(self) -> str:
-        """'ip:port' ('[v6]:port'), the metrics label and log spelling."""
-        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+    def __post_init__(self) -> None:
+        label = f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "_hash", hash((self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return self.label
@@ -75,8 +82,9 @@ class Pool:
     def order(self, now: float | None = None) -> list[Backend]:
         """The current backends in the order a new connection should try them."""
         n = len(self.backends)
-        if not n:
-            return []
+        if n <= 1:
+            self._turn += 1
+            return list(self.backends)     # the usual link: one instance, nothing to weigh
         now = self.clock() if now is None else now
         start = self._turn % n
         self._turn += 1

@@ -189,6 +189,7 @@ class Connection:
         self._preamble: tuple[int, asyncio.Future] | None = None   # (bytes awaited, future) before pairing
         self._grace: asyncio.TimerHandle | None = None   # see EOF_GRACE
         self.splice: kernel.Spliced | None = None         # the plaintext kernel path, once handed over
+        self._dial_expired = False                         # the listener's dial timer cancelled our dial
 
     def __repr__(self) -> str:
         return f"<Connection :{self.listener.port} -> {self.backend or '?'}>"
@@ -365,10 +366,19 @@ class Connection:
             try:
                 contexts = tls_out.identity.current(source) if links is not None else None
                 dial = tls_out.dial(warm=links is not None, source=source) if tls_out is not None else {}
-                # asyncio.timeout, not wait_for: no extra task per connection (it showed
-                # in connect-per-request latency).
-                async with asyncio.timeout(listener.connect_timeout):
+                # Bounded by the listener's one dial timer, not a timer per connection
+                # (asyncio.timeout's showed in connect-per-request latency): Listener.dialing.
+                listener.dialing(self)
+                try:
                     transport, _ = await loop.create_connection(lambda: side, b.address, b.port, **dial)
+                except asyncio.CancelledError:
+                    if not self._dial_expired:
+                        raise
+                    self._dial_expired = False
+                    asyncio.current_task().uncancel()
+                    raise asyncio.TimeoutError() from None
+                finally:
+                    listener.dialed(self)
                 if tls_out is not None:
                     tls_out.check(transport)
                     if links is not None:   # a reusable link (warm/2), if the server side speaks it
@@ -591,6 +601,10 @@ class Listener:
         self.linker_warm: dict[str, WarmPool] = {}
         self.connections: set[Connection] = set()
         self.unflushed: set[Connection] = set()     # connections with byte counts not in metrics yet
+        # Connections dialling a backend -> their deadline (loop time), oldest first (one
+        # connect_timeout for all), and the one timer that enforces them.
+        self._dials: dict[Connection, float] = {}
+        self._dial_timer: asyncio.TimerHandle | None = None
         self.metrics.on_read(self.flush)
         self.server: asyncio.AbstractServer | None = None
         self._idle = asyncio.Event()
@@ -657,6 +671,35 @@ class Listener:
         finally:
             conn.connecting = False
             conn._maybe_finish()
+
+    def dialing(self, conn: Connection) -> None:
+        """`conn`'s task dials a backend: cancelled if it has not returned within
+        connect_timeout. One timer serves every dial of the listener: it is armed for
+        the oldest dial's deadline and, when it fires, expires what is due and re-arms
+        for the oldest left (the dict is in deadline order), so a connection that dials
+        and pairs in microseconds arms and cancels nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        self._dials[conn] = deadline
+        if self._dial_timer is None:
+            self._dial_timer = loop.call_at(deadline, self._expire_dials)
+
+    def dialed(self, conn: Connection) -> None:
+        self._dials.pop(conn, None)
+
+    def _expire_dials(self) -> None:
+        self._dial_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._dials:
+            conn, deadline = next(iter(self._dials.items()))
+            if deadline > now:
+                self._dial_timer = loop.call_at(deadline, self._expire_dials)
+                return
+            del self._dials[conn]
+            if conn.task is not None and not conn.task.done():
+                conn._dial_expired = True
+                conn.task.cancel()
 
     def flush(self) -> None:
         """Add the connections' batched byte counts to the metrics."""
@@ -741,6 +784,9 @@ class Listener:
         if self._poller is not None and not self.connections:
             self._poller.close()
             self._poller = None
+        if self._dial_timer is not None and not self._dials:
+            self._dial_timer.cancel()
+            self._dial_timer = None
 
 
 @types.coroutine

@@ -56,12 +56,14 @@ PATHS = {              # name -> (throughput port, latency port)
     "haproxy_mt": (15204, 16204),
     "haproxy_tuned": (15205, 16205),
     "ambassador_copy": (15206, 16206),
+    "ambassador_base": (15207, 16207),     # --baseline: another checkout's ambassador
 }
 HAPROXIES = {"haproxy": {"nbthread": 1}, "haproxy_mt": {"nbthread": None},
              "haproxy_tuned": {"nbthread": 1, "tuned": True}}
 TUNED_BUFSIZE = 262144
 HAPROXY = "/usr/sbin/haproxy"
 MSG = 64
+RR_WARMUP, CPR_WARMUP = 200, 50      # round trips a latency client makes before it records
 
 
 def log(msg: str) -> None:
@@ -122,17 +124,17 @@ def rr_client(port: int, count: int, mode: str, host: str = "127.0.0.1") -> int:
         s = socket.create_connection((host, port), timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            for i in range(count + 200):
+            for i in range(count + RR_WARMUP):
                 t = clock()
                 s.sendall(payload)
                 if _recv_exact(s, MSG) != payload:
                     raise RuntimeError("echo mismatch")
-                if i >= 200:
+                if i >= RR_WARMUP:
                     out.append((clock() - t) / 1000)
         finally:
             s.close()
     else:
-        for i in range(count + 50):
+        for i in range(count + CPR_WARMUP):
             t = clock()
             try:
                 s = socket.create_connection((host, port), timeout=5)
@@ -146,7 +148,7 @@ def rr_client(port: int, count: int, mode: str, host: str = "127.0.0.1") -> int:
                 ok = False
             if not ok:
                 errors += 1
-            elif i >= 50:
+            elif i >= CPR_WARMUP:
                 out.append((clock() - t) / 1000)
     print(json.dumps({"us": [round(x, 2) for x in out], "errors": errors}))
     return 0
@@ -235,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rr", type=int, default=5000, help="round trips over one connection per path per round")
     ap.add_argument("--cpr", type=int, default=1000, help="connect-per-request round trips per path per round")
     ap.add_argument("--no-haproxy-mt", action="store_true", help="skip HAProxy with its default threads")
+    ap.add_argument("--baseline", metavar="PYTHON",
+                    help="also run the ambassador of another checkout, started by its interpreter "
+                         "(e.g. /work/base/.venv/bin/python), as path ambassador_base")
     ap.add_argument("--paths", default=",".join(PATHS),
                     help=f"comma-separated paths to run (direct and ambassador always run): {','.join(PATHS)}")
     ap.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -260,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(wanted - set(PATHS))
     if unknown:
         raise SystemExit(f"bench/proxy: unknown --paths {','.join(unknown)}: expected some of {','.join(PATHS)}")
+    if a.baseline:
+        if not os.access(a.baseline, os.X_OK):
+            raise SystemExit(f"bench/proxy: --baseline {a.baseline}: not an executable interpreter")
+        wanted.add("ambassador_base")
+    elif "ambassador_base" in wanted:
+        raise SystemExit("bench/proxy: path ambassador_base needs --baseline PYTHON")
     paths = [p for p in PATHS if p in wanted and not (a.no_haproxy_mt and p == "haproxy_mt")]
     tmp = Path(tempfile.mkdtemp(prefix="plt-proxy-"))
     ns: Namespace | None = None
@@ -271,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"namespace {ns.name}, temp dir {tmp}")
         start("iperf3_server", "iperf3", "-s", "-p", str(IPERF_PORT), "-B", "127.0.0.1")
         start("echo", PY, "-P", str(HERE), "--echo-server", str(ECHO_PORT))
-        for name, extra in (("ambassador", ()), ("ambassador_copy", ("--no-splice",))):
+        for name, py, extra in (("ambassador", PY, ()), ("ambassador_copy", PY, ("--no-splice",)),
+                                ("ambassador_base", a.baseline, ())):
             if name in paths:
                 tp, lp = PATHS[name]
-                start(name, PY, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1", *extra,
+                start(name, py, "-P", "-m", "portlink.ambassador", "--bind", "127.0.0.1", *extra,
                       "--listen", str(tp), "--listen", str(lp),
                       "--backend", f"{tp}=127.0.0.1:{IPERF_PORT}", "--backend", f"{lp}=127.0.0.1:{ECHO_PORT}")
         for port, target in zip(PATHS["socat"], (IPERF_PORT, ECHO_PORT)):
@@ -304,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         lat: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}
         p99_rounds: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}
         lat_errors: dict[str, int] = {p: 0 for p in paths}
-        cpu_pid = {name: procs[name].pid for name in ("ambassador", "ambassador_copy", *HAPROXIES) if name in procs}
+        lat_cpu: dict[str, dict[str, list[float]]] = {p: {"rr": [], "cpr": []} for p in paths}   # CPU s, round trips
+        cpu_pid = {name: procs[name].pid for name in ("ambassador", "ambassador_copy", "ambassador_base", *HAPROXIES)
+                   if name in procs}
 
         def iperf(port: int) -> dict:
             last = ""
@@ -341,8 +355,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 for mode, n in (("rr", a.rr), ("cpr", a.cpr)):
                     check_alive()
+                    pid = cpu_pid.get(name)
+                    c0 = cpu_seconds(pid) if pid else 0.0
                     r = ns.run(PY, "-P", str(HERE), "--rr-client", str(PATHS[name][1]), str(n), mode,
                                check=False, timeout=600)
+                    if pid:
+                        lat_cpu[name][mode] += [cpu_seconds(pid) - c0, n + (RR_WARMUP if mode == "rr" else CPR_WARMUP)]
                     if r.returncode != 0:
                         raise RuntimeError(f"latency client {name} {mode} failed: {r.stderr.strip()[-1500:]}")
                     doc = json.loads(r.stdout)
@@ -366,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                 d[label] = {"p50_us": pct(xs, 0.5), "p99_us": pct(xs, 0.99), "samples": len(xs),
                             "p99_rounds_us": p99_rounds[name][mode],
                             "p99_median_of_rounds_us": round(statistics.median(p99_rounds[name][mode]), 1)}
+                if lat_cpu[name][mode]:
+                    # The forwarder's CPU (user + system) per round trip, warm-ups included:
+                    # steadier than any p99 on shared CPUs.
+                    used, trips = sum(lat_cpu[name][mode][0::2]), sum(lat_cpu[name][mode][1::2])
+                    d[label]["cpu_us_per_round_trip"] = round(used / trips * 1e6, 1)
                 if name != "direct":
                     base = lat["direct"][mode]
                     d[label]["added_p50_us"] = round(pct(xs, 0.5) - pct(base, 0.5), 1)
@@ -379,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         out["ambassador"]["data_path"] = "splice(2) socket -> pipe -> socket (ambassador/splice.py)"
         if "ambassador_copy" in out:
             out["ambassador_copy"]["data_path"] = "--no-splice: asyncio transports, bytes through Python"
+        if "ambassador_base" in out:
+            out["ambassador_base"]["interpreter"] = a.baseline
         for name, how in HAPROXIES.items():
             if name in out:
                 out[name]["nbthread"] = how["nbthread"] or f"default ({os.cpu_count()} CPUs)"
@@ -402,9 +427,14 @@ def main(argv: list[str] | None = None) -> int:
                       for label in ("one_connection", "connect_per_request")}
             if "cpu_s_per_gbit" in other:
                 r["cpu_s_per_gbit"] = ratio(amb.get("cpu_s_per_gbit"), other["cpu_s_per_gbit"])
+            for label in ("one_connection", "connect_per_request"):
+                if "cpu_us_per_round_trip" in other[label]:
+                    r[f"cpu_per_round_trip_{label}"] = ratio(amb[label].get("cpu_us_per_round_trip"),
+                                                             other[label]["cpu_us_per_round_trip"])
             return r
 
-        ratios = {peer: vs(peer) for peer in ("direct", *HAPROXIES, "ambassador_copy") if peer in out}
+        ratios = {peer: vs(peer) for peer in ("direct", *HAPROXIES, "ambassador_copy", "ambassador_base")
+                  if peer in out}
         by_mode = {label: ratios.get("haproxy", {}).get(f"added_p99_{label}")
                    for label in ("one_connection", "connect_per_request")}
         worst = [v for v in by_mode.values() if v is not None]

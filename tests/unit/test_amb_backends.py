@@ -20,6 +20,19 @@ def test_backend_identity_is_where_we_connect():
     assert Backend("10.0.0.1", 80) != Backend("10.0.0.1", 81)
     assert A.label == "10.0.0.1:80"
     assert Backend("fd00::1", 443).label == "[fd00::1]:443"
+    # label and hash are made once; a copy with another port gets its own
+    import dataclasses
+    moved = dataclasses.replace(A, port=81)
+    assert moved.label == "10.0.0.1:81" and moved == Backend("10.0.0.1", 81) and hash(moved) != hash(A)
+    assert repr(A) == "Backend(address='10.0.0.1', port=80, id='')"
+
+
+def test_one_backend_is_the_whole_order_and_the_turn_still_moves():
+    pool = Pool([A])
+    assert [pool.order(now=0) for _ in range(3)] == [[A]] * 3
+    pool.update([A, B])
+    assert pool.order(now=0) == [B, A]      # the turn moved on while A was alone (3 turns)
+    assert Pool().order(now=0) == []
 
 
 def test_ties_rotate_round_robin():

@@ -331,6 +331,36 @@ def test_connect_timeout_falls_over_and_client_bytes_are_bounded_meanwhile():
     run(main())
 
 
+def test_each_dial_times_out_at_its_own_deadline_from_one_listener_timer():
+    """The listener bounds every dial with one timer (Listener.dialing): a dial started
+    later is not cut short by an earlier one's deadline, and each still ends."""
+    async def main():
+        hole = Blackhole()
+        amb, lst = await start([Backend("127.0.0.1", hole.port)], connect_timeout=0.6)
+        try:
+            ended = {}
+
+            async def client(name):
+                began = time.monotonic()
+                r, w = await connect(lst)
+                assert await asyncio.wait_for(r.read(), T) == b""    # no backend answered: closed
+                ended[name] = time.monotonic() - began
+
+            first = asyncio.ensure_future(client("first"))
+            await asyncio.sleep(0.3)
+            second = asyncio.ensure_future(client("second"))
+            await asyncio.wait_for(asyncio.gather(first, second), T)
+            # Never before its own deadline (uvloop's clock is milliseconds: a little slack).
+            assert ended["first"] >= 0.55 and ended["second"] >= 0.55, ended
+            assert counter(amb, "connect_failures_total") == 2
+            assert counter(amb, "rejected_total") == 2
+            assert not lst._dials
+        finally:
+            await amb.stop()
+            hole.close()
+    run(main())
+
+
 def test_client_eof_while_connecting_is_forwarded_after_its_bytes():
     async def count_then_reply(r, w):
         data = await r.read()
