@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,6 +104,11 @@ class DnsperfResult:
     # (sent / run time show no stall then)
     qps_per_second: list[float] = field(default_factory=list)
     rcodes: dict[str, int] = field(default_factory=dict)
+    server_cpu_s: float | None = None   # the server's CPU (user + system) during the main pass
+
+    @property
+    def server_cpu_us_per_query(self) -> float | None:
+        return self.server_cpu_s / self.completed * 1e6 if self.server_cpu_s is not None and self.completed else None
 
 
 _STAT = {
@@ -182,7 +189,8 @@ def _scratch_dir() -> str | None:
 
 def run_dnsperf(client_ns: Namespace, server: str, queries: list[tuple[str, str]], seconds: float,
                 clients: int = 8, outstanding: int = 100, *, threads: int = 1,
-                warmup: float = 1.0, p99_pass: str = "separate") -> DnsperfResult:
+                warmup: float = 1.0, p99_pass: str = "separate",
+                server_cpu: Callable[[], float] | None = None) -> DnsperfResult:
     """dnsperf in `client_ns` against server:53 for `seconds`, cycling through `queries`
     (name, type), after an unreported `warmup` pass.
 
@@ -190,7 +198,8 @@ def run_dnsperf(client_ns: Namespace, server: str, queries: list[tuple[str, str]
     response). p99_pass: "separate" (default) takes qps/avg from a plain pass and p99
     from an extra -v pass of min(seconds, P99_PASS_SECONDS) at the same settings, whose
     own qps/avg are in `.p99_pass`; "same" takes every figure from one -v pass; "none"
-    gives no p99."""
+    gives no p99. `server_cpu`: the server's CPU seconds so far (cpu_seconds of its
+    pids), read around the main pass into `.server_cpu_s`."""
     if p99_pass not in ("separate", "same", "none"):
         raise ValueError(f"p99_pass must be separate, same or none, not {p99_pass!r}")
     with tempfile.TemporaryDirectory(prefix="plt-dnsperf-", dir=_scratch_dir()) as tmp:
@@ -202,11 +211,23 @@ def run_dnsperf(client_ns: Namespace, server: str, queries: list[tuple[str, str]
 
         if warmup > 0:
             run(warmup)
+        cpu0 = server_cpu() if server_cpu else None
         main = run(seconds, verbose=p99_pass == "same")
+        cpu = server_cpu() - cpu0 if server_cpu else None
         lat_pass = main if p99_pass == "same" else None
         if p99_pass == "separate":
             lat_pass = run(min(seconds, P99_PASS_SECONDS), verbose=True)
-    return _result(main, lat_pass, p99_pass)
+    return dataclasses.replace(_result(main, lat_pass, p99_pass), server_cpu_s=cpu)
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds of these processes (all their threads) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def _result(main: _Pass, lat_pass: _Pass | None, mode: str) -> DnsperfResult:
