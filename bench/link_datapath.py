@@ -129,15 +129,18 @@ def one_lab(labmod, datapath: str, a, tmp: Path) -> dict:
         seen = {"kernel_connections": amb.get("kernel", {}).get("connections_total"),
                 "forwarder_connections": amb.get("metrics", {}).get("connections_total", {}).get("total")}
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        down = labmod.down(made.name, progress=lambda *_: None)
+        try:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        finally:
+            # The lab goes whatever ending the clients did, an interrupt included.
+            down = labmod.down(made.name, progress=lambda *_: None)
     out: dict = {"loadavg_before_after": load, "path_errors": errors, **seen, "lab_down_errors": down}
     for name in targets:
         out[name] = {"gbit_s": round(statistics.median(tput[name]), 2),

@@ -600,11 +600,14 @@ def main() -> None:
         out["errors"].append(f"{type(e).__name__}: {e}")
         raise
     finally:
-        b.close()
-        errs = labmod.down(a.name, progress=progress)
-        out["errors"] += [f"teardown: {e}" for e in errs]
-        out["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-        print(json.dumps(out), flush=True)
+        try:
+            b.close()
+        finally:
+            # The lab goes whatever closing the bench's own sockets did, an interrupt included.
+            errs = labmod.down(a.name, progress=progress)
+            out["errors"] += [f"teardown: {e}" for e in errs]
+            out["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+            print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -514,16 +514,20 @@ def main() -> None:
         out["errors"].append(f"{type(e).__name__}: {e}")
         raise
     finally:
-        progress(f"removing {len(made)} containers")
-        # The linkers first: an ambassador goes with its last linker; any left then.
-        out["errors"] += remove_all(h1.socket, [x for x in made if not x.startswith("amb-")], 600)
-        out["errors"] += remove_all(h1.socket, [x for x in made if x.startswith("amb-")], 300)
-        in1.close()
-        in2.close()
-        errs = labmod.down(a.name, progress=progress)
-        out["errors"] += [f"teardown: {e}" for e in errs]
-        out["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-        print(json.dumps(out), flush=True)
+        try:
+            progress(f"removing {len(made)} containers")
+            # The linkers first: an ambassador goes with its last linker; any left then.
+            out["errors"] += remove_all(h1.socket, [x for x in made if not x.startswith("amb-")], 600)
+            out["errors"] += remove_all(h1.socket, [x for x in made if x.startswith("amb-")], 300)
+            in1.close()
+            in2.close()
+        finally:
+            # The lab goes whatever the removals did, an interrupt included: it removes
+            # whatever they left.
+            errs = labmod.down(a.name, progress=progress)
+            out["errors"] += [f"teardown: {e}" for e in errs]
+            out["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+            print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
